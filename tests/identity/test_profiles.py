@@ -1,0 +1,153 @@
+"""Golden records and traits of ``customer_profiles`` on a hand-made staging layer; not identity matching."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+import pandas as pd
+import pytest
+
+from cdp.config import Settings
+from identity.profiles import build_customer_profiles
+
+STG_RECORDS = """CREATE TABLE stg_records (
+    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
+    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
+    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
+    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
+    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
+    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
+LINKS = """CREATE TABLE customer_source_records (
+    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
+
+
+def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, when: str, **values):
+    row = {"source": source, "source_record_id": rid, "record_time": datetime.fromisoformat(when), **values}
+    cols = ", ".join(row)
+    con.execute(f"INSERT INTO stg_records ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    con.execute(
+        "INSERT INTO customer_source_records VALUES (?, ?, ?, ?)",
+        [source, rid, customer_id, f"{source}:{rid}"],
+    )
+
+
+@pytest.fixture
+def con():
+    con = duckdb.connect(":memory:")
+    con.execute(STG_RECORDS)
+    con.execute(LINKS)
+    # c1: CRM contact (older) and a newer store till entry with a different, typed name.
+    add_record(
+        con,
+        "c1",
+        "crm",
+        "crm1",
+        "2026-01-01 10:00",
+        crm_id="crm1",
+        first_name="mary-jane",
+        last_name="o connor",
+        email="mj@example.com",
+        email_key="mj@example.com",
+        phone_e164="+447700900001",
+        date_of_birth="1980-05-04",
+        postcode="SW1A1AA",
+    )
+    add_record(
+        con,
+        "c1",
+        "store",
+        "t1",
+        "2026-03-01 12:00",
+        first_name="mary",
+        last_name="oconnor",
+        email="mary.new@example.com",
+        phone_e164="+447700900099",
+        postcode="E11AA",
+        amount=Decimal("20.00"),
+        store_id="s1",
+    )
+    add_record(con, "c1", "store", "t2", "2026-03-05 12:00", amount=Decimal("5.50"), store_id="s2")
+    add_record(
+        con,
+        "c1",
+        "web",
+        "w1",
+        "2026-02-01 09:00",
+        event_type="purchase",
+        order_id="o1",
+        amount=Decimal("30.00"),
+        anonymous_id="a1",
+    )
+    add_record(
+        con,
+        "c1",
+        "app",
+        "p1",
+        "2026-02-01 09:01",
+        event_type="purchase",
+        order_id="o1",
+        amount=Decimal("30.00"),
+        device_id="d1",
+    )
+    add_record(con, "c1", "app", "p2", "2026-04-01 08:00", event_type="app_open", device_id="d2")
+    # c2: web only, no purchase, a CRM record with an empty first name.
+    add_record(
+        con,
+        "c2",
+        "web",
+        "w2",
+        "2026-01-10 09:00",
+        event_type="page_view",
+        anonymous_id="a2",
+        email="b@example.com",
+        email_key="b@example.com",
+    )
+    add_record(con, "c2", "crm", "crm2", "2025-12-01 09:00", crm_id="crm2", first_name=" ", last_name="smith")
+    return con
+
+
+def profiles(con):
+    build_customer_profiles(con, Settings())
+    df = con.execute("SELECT * FROM customer_profiles").df()
+    return {r["customer_id"]: r for r in df.to_dict("records")}
+
+
+def test_trusted_source_wins_over_newer_untrusted_value(con):
+    p = profiles(con)["c1"]
+    assert (p["first_name"], p["last_name"]) == ("Mary-Jane", "O Connor")
+    assert p["first_name_source"] == "crm" and p["first_name_at"] == datetime(2026, 1, 1, 10)
+    assert p["email"] == "mj@example.com" and p["phone"] == "+447700900001"
+    assert str(p["date_of_birth"])[:10] == "1980-05-04" and p["postcode"] == "SW1A1AA"
+
+
+def test_survivorship_order_is_configurable(con):
+    build_customer_profiles(con, Settings(survivorship=("store", "crm", "app", "web")))
+    first, email, source = con.execute(
+        "SELECT first_name, email, email_source FROM customer_profiles WHERE customer_id = 'c1'"
+    ).fetchall()[0]
+    assert (first, email, source) == ("Mary", "mary.new@example.com", "store")
+
+
+def test_empty_values_never_survive(con):
+    p = profiles(con)["c2"]
+    assert p["first_name"] is None and p["last_name"] == "Smith" and p["email"] == "b@example.com"
+    assert p["email_source"] == "web"
+
+
+def test_traits_count_orders_once_across_channels(con):
+    p = profiles(con)["c1"]
+    assert p["orders"] == 3  # web+app purchase of o1 is one order, plus two store transactions
+    assert p["total_spend"] == Decimal("55.50")
+    assert p["stores_visited"] == 2
+    assert list(p["channels"]) == ["app", "store", "web"]
+    assert p["last_purchase_at"] == datetime(2026, 3, 5, 12) and p["first_seen"] == datetime(2026, 1, 1, 10)
+    assert p["last_seen"] == datetime(2026, 4, 1, 8) and p["device_id"] == "d2"
+    q = profiles(con)["c2"]
+    assert q["orders"] == 0 and q["total_spend"] == 0 and pd.isna(q["last_purchase_at"])
+    assert list(q["channels"]) == ["web"]
+
+
+def test_counts_are_returned_without_personal_data(con):
+    assert build_customer_profiles(con, Settings()) == {"profiles": 2, "records": 8}
