@@ -1,0 +1,47 @@
+"""What every command shares: the ``--db`` option, settings, and turning fixable errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from cdp.config import Settings, load_settings
+from cdp.errors import CdpError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DbOption = typer.Option(None, "--db", help="DuckDB file of the store (default from config: data/cdp.duckdb).")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_for(db: Path | None = None, **overrides: Any) -> Settings:
+    return load_settings(db_path=db, **overrides)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def one_line_errors(func: F) -> F:
+    """Report :class:`CdpError` as one line and a non-zero exit, never as a stack trace."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CdpError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature typer reads

@@ -1,0 +1,125 @@
+"""Settings, read once from environment variables and an optional ``cdp.yaml``, then passed in.
+
+Precedence: explicit arguments > ``CDP_*`` environment variables > ``cdp.yaml`` in the working directory
+(or the file named by ``CDP_CONFIG``) > defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PURPOSES = (
+    "email_marketing",
+    "sms_marketing",
+    "push_marketing",
+    "personalised_ads",
+    "analytics",
+    "profiling",
+)
+
+#: Which contact point a purpose needs in an export.
+PURPOSE_CHANNEL = {
+    "email_marketing": "email",
+    "sms_marketing": "phone",
+    "push_marketing": "device_id",
+    "personalised_ads": "customer_id",
+    "analytics": "customer_id",
+    "profiling": "customer_id",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one installation."""
+
+    db_path: Path = Path("data/cdp.duckdb")
+    inbox: Path = Path("data/inbox")
+    home: Path = Path(".cdp")  # secrets, Dagster home, export files, backups
+    default_region: str = "GB"
+    segments_dir: Path = Path("data/segments")
+    #: Source trust order for golden-record survivorship, most trusted first.
+    survivorship: tuple[str, ...] = ("crm", "store", "app", "web")
+    #: Splink match probability above which two records are one customer.
+    match_threshold: float = 0.99
+    #: An identifier seen on more distinct people-like records than this is not a hard link.
+    max_records_per_identifier: dict[str, int] = field(
+        default_factory=lambda: {
+            "user_id": 50_000,
+            "loyalty_id": 50_000,
+            "email_key": 50_000,
+            "phone_e164": 50_000,
+            "crm_id": 50_000,
+            "device_id": 50_000,
+            "anonymous_id": 50_000,
+        }
+    )
+    engine: str = "duckdb"
+    threads: int = 2
+    memory_limit: str = "8GB"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.home / "secret.key"
+
+    def with_overrides(self, **kwargs: Any) -> Settings:
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+_ENV = {
+    "db_path": "CDP_DB",
+    "inbox": "CDP_INBOX",
+    "home": "CDP_HOME",
+    "default_region": "CDP_DEFAULT_REGION",
+    "segments_dir": "CDP_SEGMENTS_DIR",
+    "match_threshold": "CDP_MATCH_THRESHOLD",
+    "engine": "CDP_ENGINE",
+    "threads": "CDP_THREADS",
+    "memory_limit": "CDP_MEMORY_LIMIT",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = {f.name: f for f in fields(Settings)}[name]
+    kind = default.type
+    if name in ("db_path", "inbox", "home", "segments_dir"):
+        return Path(value)
+    if name == "survivorship":
+        return tuple(value)
+    if kind == "float" or name == "match_threshold":
+        return float(value)
+    if name == "threads":
+        return int(value)
+    return value
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings once: defaults, then ``cdp.yaml``, then ``CDP_*`` variables, then ``overrides``."""
+    values: dict[str, Any] = {}
+    path = config_file or Path(os.environ.get("CDP_CONFIG", "cdp.yaml"))
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            from cdp.errors import CdpError
+
+            raise CdpError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in loaded.items()})
+    for name, var in _ENV.items():
+        if var in os.environ:
+            values[name] = _coerce(name, os.environ[var])
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    return Settings(**values)

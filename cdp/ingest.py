@@ -1,0 +1,388 @@
+"""Ingestion of inbox files into the raw tables, with quarantine, suppression and a batch ledger.
+
+One file is one batch, identified by the hash of its content: a file whose content was already ingested
+is skipped, whatever its name. Every input row ends in exactly one of three places, and the
+``ingest_batches`` ledger counts them: the raw table (loaded), ``quarantine`` (with a reason), or nowhere
+because it belongs to an erased subject (suppressed). A file that lacks a required column is rejected
+whole: its rows go to quarantine with that reason, and the run goes on with the next file.
+
+The work happens inside DuckDB: the file is read as text, required values are checked and typed in SQL,
+and only the per-file bookkeeping runs in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from cdp.errors import SchemaError
+from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table
+from cdp.suppression import SqlHasher
+
+READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
+CONSENT_PURPOSES = (
+    "email_marketing",
+    "sms_marketing",
+    "push_marketing",
+    "personalised_ads",
+    "analytics",
+    "profiling",
+)
+CONSENT_STATUSES = ("granted", "withdrawn")
+
+
+@dataclass
+class BatchResult:
+    """What happened to one inbox file; holds counts and names only, never row values."""
+
+    source: str
+    file: str
+    batch_id: str
+    status: str  # loaded | rejected | skipped | failed
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_suppressed: int = 0
+    error: str | None = None
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_loaded + self.rows_quarantined + self.rows_suppressed
+
+
+@dataclass
+class IngestSummary:
+    batches: list[BatchResult] = field(default_factory=list)
+
+    def count(self, attr: str, status: str | None = None) -> int:
+        return sum(getattr(b, attr) for b in self.batches if status is None or b.status == status)
+
+    @property
+    def new_files(self) -> list[BatchResult]:
+        return [b for b in self.batches if b.status != "skipped"]
+
+    @property
+    def errors(self) -> list[str]:
+        return [b.error for b in self.batches if b.error]
+
+
+def inbox_files(inbox: Path, source: str) -> list[Path]:
+    folder = inbox / source
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS)
+
+
+def content_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], int]:
+    """Load ``path`` into the temp table ``_batch`` (all VARCHAR, with ``_row``); returns columns, rejects.
+
+    Malformed CSV lines (too many or too few fields) are not lost: they land in ``_rejects`` with their
+    line number, and become quarantine rows.
+    """
+    kind = READERS[path.suffix.lower()]
+    con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
+    con.execute("CREATE TEMP TABLE _rejects (row_number BIGINT, reason VARCHAR, line VARCHAR)")
+    try:
+        if kind == "csv":
+            con.execute(
+                "CREATE TEMP TABLE _read AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
+                "delim = ',', quote = '\"', escape = '\"', store_rejects = true, "
+                "rejects_table = '_csv_errors', rejects_scan = '_csv_scans', encoding = 'utf-8')",
+                [str(path)],
+            )
+            con.execute(
+                "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
+                "min(csv_line) FROM _csv_errors GROUP BY line"
+            )
+            con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+        elif kind == "parquet":
+            con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_parquet(?)", [str(path)])
+        else:
+            con.execute(
+                "CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'newline_delimited', "
+                "union_by_name = true)",
+                [str(path)],
+            )
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SchemaError(f"{path}: cannot be read as {kind}: {first}") from None
+    columns = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _read)").fetchall()]
+    casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
+    rejected = con.execute("SELECT count(*) FROM _rejects").fetchall()[0][0]
+    # Number good rows by their position in the file, skipping the numbers of rejected lines.
+    con.execute(
+        f"CREATE TEMP TABLE _batch AS WITH good AS (SELECT {casts}, row_number() OVER () AS _ord FROM _read), "
+        "numbers AS (SELECT n AS _row, row_number() OVER (ORDER BY n) AS _ord FROM range(1, "
+        "(SELECT count(*) FROM _read) + (SELECT count(*) FROM _rejects) + 1) r(n) "
+        "WHERE n NOT IN (SELECT row_number FROM _rejects)) "
+        "SELECT good.* EXCLUDE (_ord), numbers._row FROM good JOIN numbers USING (_ord)"
+    )
+    con.execute("DROP TABLE _read")
+    return columns, int(rejected)
+
+
+def _typed(column: str, kind: str) -> str:
+    """SQL parsing the text value of ``column`` into ``kind``; NULL when it does not parse."""
+    col = f"NULLIF(trim({_q(column)}), '')"
+    if kind == "TIMESTAMP":
+        return f"CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if kind.startswith("DECIMAL"):
+        return f"try_cast(regexp_replace({col}, '[^0-9.\\-]', '', 'g') AS {kind})"
+    if kind in ("DATE", "INTEGER", "BIGINT"):
+        return f"try_cast({col} AS {kind})"
+    return col
+
+
+#: Suppression identifier type -> the source column it is derived from.
+IDENTIFIER_COLUMNS = {
+    "email_key": "email",
+    "phone_e164": "phone",
+    "user_id": "user_id",
+    "loyalty_id": "loyalty_id",
+    "crm_id": "crm_id",
+    "device_id": "device_id",
+    "anonymous_id": "anonymous_id",
+}
+
+
+def _identifier_sql(spec: SourceSpec) -> dict[str, str]:
+    """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of."""
+    from identity.standardise import sql_email_match_key, sql_trim_id
+
+    out = {}
+    for id_type, column in IDENTIFIER_COLUMNS.items():
+        if column not in spec.columns:
+            continue
+        if id_type == "email_key":
+            out[id_type] = sql_email_match_key(_q(column))
+        elif id_type == "phone_e164":
+            out[id_type] = "_phone.e164"
+        else:
+            out[id_type] = sql_trim_id(_q(column))
+    return out
+
+
+class Ingestor:
+    """Ingests inbox files of every source into one DuckDB connection."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        secret: bytes,
+        region: str = "GB",
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.con = con
+        self.hasher = SqlHasher(secret)
+        self.region = region
+        self.progress = progress or (lambda _msg: None)
+        con.execute("SET TimeZone = 'UTC'")
+
+    # -- public -------------------------------------------------------------------------------------------
+    def ingest_inbox(self, inbox: Path, sources: Iterable[str] = SOURCES) -> IngestSummary:
+        summary = IngestSummary()
+        for source in sources:
+            summary.batches.extend(self.ingest_source(inbox, source))
+        return summary
+
+    def ingest_source(self, inbox: Path, source: str) -> list[BatchResult]:
+        results = []
+        for path in inbox_files(inbox, source):
+            result = self.ingest_file(source, path)
+            self.progress(
+                f"{source}/{path.name}: {result.status}, {result.rows_loaded} loaded, "
+                f"{result.rows_quarantined} quarantined, {result.rows_suppressed} suppressed"
+            )
+            results.append(result)
+        return results
+
+    def ingest_file(self, source: str, path: Path) -> BatchResult:
+        spec = SOURCE_SPECS[source]
+        digest = content_hash(path)
+        batch_id = digest[:20]
+        label = f"{source}/{path.name}"
+        seen = self.con.execute(
+            "SELECT count(*) FROM ingest_batches WHERE source = ? AND content_hash = ?", [source, digest]
+        ).fetchall()[0][0]
+        if seen:
+            return BatchResult(source, label, batch_id, "skipped")
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            result = self._load(spec, path, label, batch_id)
+            self.con.execute(
+                "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [
+                    batch_id,
+                    source,
+                    label,
+                    digest,
+                    result.rows_in,
+                    result.rows_loaded,
+                    result.rows_quarantined,
+                    result.rows_suppressed,
+                    result.status,
+                    result.error,
+                ],
+            )
+            self.con.execute("COMMIT")
+        except SchemaError as exc:
+            self.con.execute("ROLLBACK")
+            # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
+            return BatchResult(source, label, batch_id, "failed", error=str(exc))
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        finally:
+            self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
+            self.con.execute("DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified")
+        return result
+
+    # -- one file -----------------------------------------------------------------------------------------
+    def _load(self, spec: SourceSpec, path: Path, label: str, batch_id: str) -> BatchResult:
+        columns, rejected = _read_as_text(self.con, path)
+        rows_in = self.con.execute("SELECT count(*) FROM _batch").fetchall()[0][0] + rejected
+        result = BatchResult(spec.name, label, batch_id, "loaded", rows_in=rows_in)
+        self._quarantine_rejects(spec.name, label, batch_id)
+
+        missing = [c for c in spec.required if c not in columns]
+        if missing:
+            result.status = "rejected"
+            result.error = f"{label}: missing required column '{missing[0]}'" + (
+                f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
+            )
+            reason = f"file rejected: missing required column {missing[0]}"
+            self._quarantine_all(spec.name, label, batch_id, reason, columns)
+            result.rows_quarantined = rows_in
+            return result
+
+        # Absent optional columns read as NULL; columns beyond the contract are kept in ``extra``.
+        for col in spec.columns:
+            if col not in columns:
+                self.con.execute(f"ALTER TABLE _batch ADD COLUMN {_q(col)} VARCHAR")
+        extras = [c for c in columns if c not in spec.columns]
+        self._classify(spec, extras)
+        counts = dict(self.con.execute("SELECT _fate, count(*) FROM _classified GROUP BY 1").fetchall())
+
+        typed = ", ".join(f"{_typed(c, k)} AS {_q(c)}" for c, k in spec.columns.items())
+        unparsed = [
+            f"'_unparsed_{c}', CASE WHEN {_typed(c, k)} IS NULL THEN NULLIF(trim({_q(c)}), '') END"
+            for c, k in spec.columns.items()
+            if k != "VARCHAR"
+        ]
+        extra_pairs = [f"{_json_key(c)}, {_q(c)}" for c in extras] + unparsed
+        # merge_patch onto an empty object drops the null-valued keys (RFC 7386).
+        extra_sql = f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))" if extra_pairs else "NULL"
+        meta = ", ".join(RAW_META)
+        self.con.execute(
+            f"INSERT INTO {raw_table(spec.name)} ({', '.join(map(_q, spec.columns))}, {meta}) "
+            f"SELECT {typed}, ?, ?, _row, {extra_sql} FROM _classified WHERE _fate = 'loaded'",
+            [batch_id, label],
+        )
+        self.con.execute(
+            f"INSERT INTO quarantine SELECT ?, ?, ?, _row, _fate_reason, {_row_json(columns)}, "
+            "now()::TIMESTAMP FROM _classified WHERE _fate = 'quarantined'",
+            [batch_id, spec.name, label],
+        )
+        result.rows_loaded = counts.get("loaded", 0)
+        result.rows_quarantined = counts.get("quarantined", 0) + rejected
+        result.rows_suppressed = counts.get("suppressed", 0)
+        return result
+
+    def _classify(self, spec: SourceSpec, extras: list[str]) -> None:
+        """Create ``_classified``: ``_batch`` plus ``_fate`` (loaded, quarantined, suppressed) and a reason."""
+        reasons: list[str] = []
+        for col in spec.required:
+            kind = spec.columns[col]
+            reasons.append(f"WHEN NULLIF(trim({_q(col)}), '') IS NULL THEN 'empty required value: {col}'")
+            if kind != "VARCHAR":
+                reasons.append(f"WHEN {_typed(col, kind)} IS NULL THEN 'unparseable {col}'")
+        if spec.name == "consent":
+            purposes = ", ".join(f"'{p}'" for p in CONSENT_PURPOSES)
+            statuses = ", ".join(f"'{s}'" for s in CONSENT_STATUSES)
+            ids = " AND ".join(f"NULLIF(trim({_q(c)}), '') IS NULL" for c in _CONSENT_SUBJECT_COLUMNS)
+            reasons += [
+                f"WHEN lower(trim(purpose)) NOT IN ({purposes}) THEN 'unknown purpose'",
+                f"WHEN lower(trim(status)) NOT IN ({statuses}) THEN 'unknown status'",
+                f"WHEN {ids} THEN 'no subject identifier'",
+            ]
+        reason_sql = "CASE " + " ".join(reasons) + " END"
+        suppressed_sql, params = self._suppressed_sql(spec)
+        join_phone = self._has_suppressions and "phone" in spec.columns
+        self.con.execute(
+            f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
+            f"CASE WHEN {suppressed_sql} THEN 'suppressed' WHEN ({reason_sql}) IS NOT NULL THEN 'quarantined' "
+            f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
+            + ("LEFT JOIN _phone ON _phone.raw = _batch.phone" if join_phone else ""),
+            params,
+        )
+
+    @property
+    def _has_suppressions(self) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM suppression_list").fetchall()[0][0])
+
+    def _suppressed_sql(self, spec: SourceSpec) -> tuple[str, list[object]]:
+        """SQL (and its parameters) that is true for rows carrying an identifier of an erased subject."""
+        if not self._has_suppressions:
+            return "false", []
+        from identity.standardise import normalise_phone
+
+        if "phone" in spec.columns:
+            phones = self.con.execute("SELECT DISTINCT phone FROM _batch WHERE phone IS NOT NULL").fetchall()
+            self.con.execute("CREATE TEMP TABLE _phone (raw VARCHAR, e164 VARCHAR)")
+            if phones:
+                self.con.executemany(
+                    "INSERT INTO _phone VALUES (?, ?)",
+                    [(p, normalise_phone(p, self.region)) for (p,) in phones],
+                )
+        checks, params = [], []
+        for id_type, expr in _identifier_sql(spec).items():
+            hash_sql, hash_params = self.hasher.expr(expr, id_type)
+            checks.append(
+                f"({expr} IS NOT NULL AND {hash_sql} IN "
+                "(SELECT identifier_hash FROM suppression_list WHERE identifier_type = ?))"
+            )
+            params += [*hash_params, id_type]
+        return "(" + " OR ".join(checks) + ")", params
+
+    def _quarantine_rejects(self, source: str, label: str, batch_id: str) -> None:
+        self.con.execute(
+            "INSERT INTO quarantine SELECT ?, ?, ?, row_number, reason, to_json(struct_pack(line := line)), "
+            "now()::TIMESTAMP FROM _rejects",
+            [batch_id, source, label],
+        )
+
+    def _quarantine_all(
+        self, source: str, label: str, batch_id: str, reason: str, columns: list[str]
+    ) -> None:
+        self.con.execute(
+            f"INSERT INTO quarantine SELECT ?, ?, ?, _row, ?, {_row_json(columns)}, now()::TIMESTAMP FROM _batch",
+            [batch_id, source, label, reason],
+        )
+
+
+_CONSENT_SUBJECT_COLUMNS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
+
+
+def _json_key(name: str) -> str:
+    return "'" + name.replace("'", "''") + "'"
+
+
+def _row_json(columns: list[str]) -> str:
+    """SQL for the row as it arrived (text values under their original column names), as JSON."""
+    return f"to_json(struct_pack({', '.join(f'{_q(c)} := {_q(c)}' for c in columns)}))"

@@ -1,0 +1,232 @@
+"""The DuckDB store: connections, the schema of the ingestion layer, and the source column contract.
+
+Every table of the platform lives in one DuckDB file. This module owns the raw, quarantine, ledger and
+staging tables; ``identity`` and ``consent`` own the DDL of theirs and call :func:`connect` like
+everyone else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from cdp.errors import StoreBusyError
+
+SOURCES = ("web", "app", "store", "crm", "consent")
+RECORD_SOURCES = ("web", "app", "store", "crm")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One inbox source: its key, its required columns and the typed columns of its raw table."""
+
+    name: str
+    key: str
+    time_column: str | None
+    required: tuple[str, ...]
+    #: column -> DuckDB type of the raw table; VARCHAR columns are kept as written.
+    columns: dict[str, str]
+
+
+_MONEY = "DECIMAL(18,2)"
+SUBJECT_IDENTIFIERS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
+
+SOURCE_SPECS: dict[str, SourceSpec] = {
+    "web": SourceSpec(
+        "web",
+        key="event_id",
+        time_column="event_time",
+        required=("event_id", "event_time", "anonymous_id"),
+        columns={
+            "event_id": "VARCHAR",
+            "event_time": "TIMESTAMP",
+            "anonymous_id": "VARCHAR",
+            "user_id": "VARCHAR",
+            "email": "VARCHAR",
+            "event_type": "VARCHAR",
+            "page_url": "VARCHAR",
+            "order_id": "VARCHAR",
+            "revenue": _MONEY,
+            "currency": "VARCHAR",
+            "utm_source": "VARCHAR",
+            "utm_medium": "VARCHAR",
+            "utm_campaign": "VARCHAR",
+        },
+    ),
+    "app": SourceSpec(
+        "app",
+        key="event_id",
+        time_column="event_time",
+        required=("event_id", "event_time", "device_id"),
+        columns={
+            "event_id": "VARCHAR",
+            "event_time": "TIMESTAMP",
+            "device_id": "VARCHAR",
+            "user_id": "VARCHAR",
+            "email": "VARCHAR",
+            "phone": "VARCHAR",
+            "event_type": "VARCHAR",
+            "platform": "VARCHAR",
+            "app_version": "VARCHAR",
+            "order_id": "VARCHAR",
+            "revenue": _MONEY,
+            "currency": "VARCHAR",
+        },
+    ),
+    "store": SourceSpec(
+        "store",
+        key="transaction_id",
+        time_column="transaction_time",
+        required=("transaction_id", "transaction_time"),
+        columns={
+            "transaction_id": "VARCHAR",
+            "transaction_time": "TIMESTAMP",
+            "store_id": "VARCHAR",
+            "loyalty_id": "VARCHAR",
+            "email": "VARCHAR",
+            "phone": "VARCHAR",
+            "first_name": "VARCHAR",
+            "last_name": "VARCHAR",
+            "postcode": "VARCHAR",
+            "amount": _MONEY,
+            "currency": "VARCHAR",
+            "items": "INTEGER",
+        },
+    ),
+    "crm": SourceSpec(
+        "crm",
+        key="crm_id",
+        time_column="updated_at",
+        required=("crm_id",),
+        columns={
+            "crm_id": "VARCHAR",
+            "first_name": "VARCHAR",
+            "last_name": "VARCHAR",
+            "email": "VARCHAR",
+            "phone": "VARCHAR",
+            "date_of_birth": "DATE",
+            "address_line1": "VARCHAR",
+            "address_line2": "VARCHAR",
+            "city": "VARCHAR",
+            "postcode": "VARCHAR",
+            "country": "VARCHAR",
+            "loyalty_id": "VARCHAR",
+            "user_id": "VARCHAR",
+            "created_at": "TIMESTAMP",
+            "updated_at": "TIMESTAMP",
+        },
+    ),
+    "consent": SourceSpec(
+        "consent",
+        key="consent_id",
+        time_column="event_time",
+        required=("consent_id", "event_time", "purpose", "status"),
+        columns={
+            "consent_id": "VARCHAR",
+            "event_time": "TIMESTAMP",
+            "purpose": "VARCHAR",
+            "status": "VARCHAR",
+            "source": "VARCHAR",
+            "policy_version": "VARCHAR",
+            "email": "VARCHAR",
+            "phone": "VARCHAR",
+            "user_id": "VARCHAR",
+            "crm_id": "VARCHAR",
+            "loyalty_id": "VARCHAR",
+            "device_id": "VARCHAR",
+            "anonymous_id": "VARCHAR",
+        },
+    ),
+}
+
+# Columns every raw table carries besides the source's own.
+RAW_META = {"batch_id": "VARCHAR", "file": "VARCHAR", "row_number": "BIGINT", "extra": "JSON"}
+
+CORE_DDL = [
+    """CREATE TABLE IF NOT EXISTS ingest_batches (
+        batch_id VARCHAR PRIMARY KEY, source VARCHAR, file VARCHAR, content_hash VARCHAR,
+        rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, rows_suppressed BIGINT,
+        status VARCHAR, error VARCHAR, ingested_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        batch_id VARCHAR, source VARCHAR, file VARCHAR, row_number BIGINT, reason VARCHAR, raw JSON,
+        quarantined_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS suppression_list (
+        identifier_type VARCHAR, identifier_hash VARCHAR, request_id VARCHAR, created_at TIMESTAMP,
+        PRIMARY KEY (identifier_type, identifier_hash))""",
+]
+
+
+def raw_table(source: str) -> str:
+    return f"raw_{source}"
+
+
+def raw_ddl(source: str) -> str:
+    spec = SOURCE_SPECS[source]
+    cols = {**spec.columns, **RAW_META}
+    body = ", ".join(f"{name} {kind}" for name, kind in cols.items())
+    return f"CREATE TABLE IF NOT EXISTS {raw_table(source)} ({body})"
+
+
+def ensure_core_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in CORE_DDL:
+        con.execute(ddl)
+    for source in SOURCES:
+        con.execute(raw_ddl(source))
+
+
+def _open(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o077)  # the database and its WAL are readable by their owner only
+    try:
+        return duckdb.connect(str(db_path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise StoreBusyError(
+                f"{db_path}: the database is in use by another process (a pipeline run?); try again when it ends"
+            ) from None
+        raise
+    finally:
+        os.umask(old)
+
+
+def connect(
+    db_path: Path | str, read_only: bool = False, threads: int | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Open the store, creating the core schema when writable."""
+    db_path = Path(db_path)
+    if read_only and not db_path.exists():
+        from cdp.errors import CdpError
+
+        raise CdpError(f"{db_path}: no database yet; run `cdp run --inbox DIR` first")
+    con = _open(db_path, read_only)
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")  # a setting, not user text
+    if not read_only:
+        ensure_core_schema(con)
+    return con
+
+
+@contextmanager
+def session(db_path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that is closed (and so checkpointed) when the block ends."""
+    con = connect(db_path, read_only=read_only)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
+            [name],
+        ).fetchall()[0][0]
+    )
