@@ -1,0 +1,301 @@
+"""The identifier graph: identity units joined by the keys they share, with hub identifiers held back.
+
+An *identity unit* is what a person leaves behind as one thing: a CRM contact, a store transaction, a
+web cookie (all its events) or an app device (all its events); ``stg_records.unit_id`` names it. Units
+are joined when they share a usable key: ``user_id``, ``loyalty_id``, the email match key, the E.164
+phone, ``crm_id``, or a cookie/device id. A cookie or device carries the keys of its identified events.
+
+Guards, in order:
+
+1. Placeholder values (``null``, ``-1``, ``0000``, ``test@...``, ``123456``...) are never keys.
+2. A cookie or device that saw several values of one key type (a shared tablet, two accounts) keeps
+   only a value that most of its identified events carry; with no majority it keeps none.
+3. A key held by more units than ``settings.max_records_per_identifier[type]`` is a hub: no links.
+4. A key shared by units that disagree on who they are (clearly different first names, or dates of
+   birth more than a typo apart: a household landline, a family email) is not a hard link. It only
+   joins units that also agree on the (nickname-folded) first name and do not disagree on dob.
+
+Every edge records its evidence: the key *type* and the rule, never the key's value, so that erasing a
+record's unit removes its edges. Edges are written as a star per key (every unit to the key's smallest
+unit id), which keeps their number linear in the number of units.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from importlib import resources
+
+import duckdb
+import pandas as pd
+
+#: Key types that can join units, in the order edges are reported.
+KEY_TYPES = ("user_id", "loyalty_id", "email_key", "phone_e164", "crm_id", "device_id", "anonymous_id")
+
+#: Values of any key type that stand for "no value".
+PLACEHOLDER_VALUES = (
+    "null", "none", "nil", "nan", "n/a", "na", "unknown", "undefined", "unset", "-1", "0", "test", "testing",
+    "anonymous", "anon", "guest", "default", "tbd", "tba", "xxx", "?", "-", "123", "1234", "12345",
+    "123456", "1234567", "12345678", "123456789", "1234567890", "not provided", "not_provided", "noemail",
+)  # fmt: skip
+#: Email local parts and domains that are not a person's mailbox.
+PLACEHOLDER_EMAIL_LOCALS = (
+    "test", "noreply", "no-reply", "donotreply", "do-not-reply", "none", "null", "nobody", "noemail",
+    "no-email", "example", "email", "unknown", "na", "n/a", "x", "xx", "xxx", "abc", "asdf", "qwerty",
+    "fake", "dummy", "sample", "user",
+)  # fmt: skip
+PLACEHOLDER_EMAIL_DOMAINS = (
+    "example.com", "example.org", "example.net", "test.com", "test.test", "invalid.com", "none.com",
+    "noemail.com", "no-email.com", "nomail.com", "email.invalid", "localhost.com", "fake.com",
+    "mailinator.com",
+)  # fmt: skip
+
+#: First names closer than this (Jaro-Winkler) are "not clearly different" (typos, short forms).
+NAME_AGREEMENT = 0.8
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    # constants of this module, not user text
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+PLACEHOLDER_MACRO = f"""
+CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
+    v IS NULL OR trim(v) = ''
+    OR lower(trim(v)) IN ({_sql_list(PLACEHOLDER_VALUES)})
+    OR length(replace(lower(trim(v)), left(lower(trim(v)), 1), '')) = 0
+    OR regexp_full_match(trim(v), '[0\\-\\s.+]+')
+    OR (t = 'email_key' AND (
+        split_part(v, '@', 1) IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
+        OR regexp_full_match(split_part(v, '@', 1), '(test|noreply|no-reply|dummy|fake)[0-9._-]*')
+        OR split_part(v, '@', 2) IN ({_sql_list(PLACEHOLDER_EMAIL_DOMAINS)})
+        OR length(replace(split_part(v, '@', 1), left(split_part(v, '@', 1), 1), '')) = 0))
+    OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}|123456789|987654321'))
+)
+"""
+
+NEAR_DOB_MACRO = """
+CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
+    a = b
+    OR damerau_levenshtein(strftime(a, '%Y%m%d'), strftime(b, '%Y%m%d')) <= 1
+    OR (year(a) = year(b) AND month(a) = day(b) AND day(a) = month(b))
+)
+"""
+
+
+def install_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """The SQL helpers the graph and the model share (temporary, per connection)."""
+    con.execute(PLACEHOLDER_MACRO)
+    con.execute(NEAR_DOB_MACRO)
+
+
+def is_placeholder(key_type: str, value: str | None) -> bool:
+    """Whether ``value`` is a stand-in rather than a key (same rule as the SQL the graph runs).
+
+    >>> is_placeholder("email_key", "test@example.com"), is_placeholder("user_id", "u-81723")
+    (True, False)
+    """
+    con = duckdb.connect()
+    try:
+        install_macros(con)
+        return bool(con.execute("SELECT cdp_is_placeholder(?, ?)", [key_type, value]).fetchall()[0][0])
+    finally:
+        con.close()
+
+
+def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
+    """Load ``identity/data/nicknames.csv`` (name, canonical) into temp table ``_nicknames``.
+
+    A name listed under several canonical forms keeps the alphabetically first; canonical names map to
+    themselves. Without the file every name is its own canonical form. Returns the number of names.
+    """
+    rows: dict[str, str] = {}
+    path = resources.files("identity").joinpath("data/nicknames.csv")
+    if path.is_file():
+        with path.open(encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                name = (row.get("name") or "").strip().lower()
+                canonical = (row.get("canonical") or "").strip().lower()
+                if name and canonical:
+                    rows[name] = min(rows.get(name, canonical), canonical)
+                    rows.setdefault(canonical, canonical)
+    frame = pd.DataFrame({"name": list(rows), "canonical": list(rows.values())}, dtype="string")
+    con.execute("CREATE OR REPLACE TEMP TABLE _nicknames (name VARCHAR PRIMARY KEY, canonical VARCHAR)")
+    if len(frame):
+        con.register("_nicknames_frame", frame)
+        con.execute("INSERT INTO _nicknames SELECT name, canonical FROM _nicknames_frame")
+        con.unregister("_nicknames_frame")
+    return len(frame)
+
+
+def build_units(con: duckdb.DuckDBPyConnection) -> int:
+    """Temp table ``_units``: one row per identity unit with its person attributes.
+
+    Person attributes come from the unit's records (a CRM contact or a store transaction has one
+    record; a cookie or device rarely carries any): the smallest non-null value, so reruns agree.
+    """
+    loaded = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_nicknames'"
+    if not con.execute(loaded).fetchall()[0][0]:
+        load_nicknames(con)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _units AS
+        WITH u AS (
+            SELECT unit_id, min(source) AS source, count(*) AS n_records,
+                   min(first_name) AS first_name, min(last_name) AS last_name,
+                   min(date_of_birth) AS dob, min(email_key) AS email_key,
+                   min(phone_e164) AS phone_e164, min(postcode) AS postcode,
+                   min(address_line1) AS address_line1, min(city) AS city
+            FROM stg_records GROUP BY unit_id
+        )
+        SELECT u.*, coalesce(n.canonical, split_part(u.first_name, ' ', 1)) AS first_canon
+        FROM u LEFT JOIN _nicknames n ON n.name = split_part(u.first_name, ' ', 1)
+        """
+    )
+    return int(con.execute("SELECT count(*) FROM _units").fetchall()[0][0])
+
+
+def _limits_frame(limits: Mapping[str, int]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"id_type": list(KEY_TYPES), "max_units": [int(limits.get(t, 10**12)) for t in KEY_TYPES]}
+    )
+
+
+def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> dict[str, int]:
+    """Build temp tables ``_unit_keys``, ``_key_groups`` and ``_graph_edges`` from ``stg_records``.
+
+    ``_graph_edges(unit_id_l, unit_id_r, evidence, rule)`` with ``unit_id_l < unit_id_r``; ``evidence``
+    is the key type. Returns counts (no values) for run metadata.
+    """
+    install_macros(con)
+    build_units(con)
+    keys_sql = " UNION ALL ".join(
+        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL"
+        for t in KEY_TYPES
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _raw_keys AS
+        SELECT unit_id, id_type, id_value, count(*) AS n, cdp_is_placeholder(id_type, id_value) AS placeholder
+        FROM ({keys_sql}) GROUP BY ALL
+        """
+    )
+    # Guard 2: a unit with several values of one type keeps only a strict-majority value.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _unit_keys AS
+        WITH k AS (
+            SELECT *, sum(n) OVER (PARTITION BY unit_id, id_type) AS total,
+                   count(*) OVER (PARTITION BY unit_id, id_type) AS n_values
+            FROM _raw_keys WHERE NOT placeholder
+        )
+        SELECT unit_id, id_type, id_value, n_values > 1 AS shared_unit
+        FROM k WHERE 2 * n > total
+        """
+    )
+    con.register("_limits_frame", _limits_frame(limits))
+    con.execute("CREATE OR REPLACE TEMP TABLE _limits AS SELECT * FROM _limits_frame")
+    con.unregister("_limits_frame")
+    # Keys held by two or more units, with their guard verdict.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _key_members AS
+        SELECT k.id_type, k.id_value, k.unit_id, u.first_name, u.first_canon, u.dob
+        FROM _unit_keys k JOIN _units u USING (unit_id)
+        WHERE (k.id_type, k.id_value) IN (
+            SELECT (id_type, id_value) FROM _unit_keys GROUP BY id_type, id_value HAVING count(*) > 1)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _key_groups AS
+        WITH sizes AS (
+            SELECT id_type, id_value, count(*) AS n_units FROM _key_members GROUP BY ALL
+        ),
+        small AS (
+            SELECT s.* FROM sizes s JOIN _limits l USING (id_type) WHERE s.n_units <= l.max_units
+        ),
+        names AS (
+            SELECT DISTINCT m.id_type, m.id_value, m.first_name, m.first_canon
+            FROM _key_members m SEMI JOIN small USING (id_type, id_value) WHERE m.first_name IS NOT NULL
+        ),
+        name_conflicts AS (
+            SELECT DISTINCT a.id_type, a.id_value FROM names a JOIN names b
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.first_name < b.first_name
+            WHERE a.first_canon <> b.first_canon
+              AND jaro_winkler_similarity(a.first_canon, b.first_canon) < {NAME_AGREEMENT}
+              AND jaro_winkler_similarity(a.first_name, b.first_name) < {NAME_AGREEMENT}
+        ),
+        dobs AS (
+            SELECT DISTINCT m.id_type, m.id_value, m.dob
+            FROM _key_members m SEMI JOIN small USING (id_type, id_value) WHERE m.dob IS NOT NULL
+        ),
+        dob_conflicts AS (
+            SELECT DISTINCT a.id_type, a.id_value FROM dobs a JOIN dobs b
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.dob < b.dob
+            WHERE NOT cdp_near_dob(a.dob, b.dob)
+        )
+        SELECT s.id_type, s.id_value, s.n_units,
+               CASE WHEN s.n_units > l.max_units THEN 'over_limit'
+                    WHEN (s.id_type, s.id_value) IN (SELECT (id_type, id_value) FROM name_conflicts)
+                      OR (s.id_type, s.id_value) IN (SELECT (id_type, id_value) FROM dob_conflicts)
+                    THEN 'conflict' ELSE 'ok' END AS verdict
+        FROM sizes s JOIN _limits l USING (id_type)
+        """
+    )
+    # Edges: a star per clean key; per (key, first name) for conflicting keys whose sub-group agrees on dob.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _graph_edges AS
+        WITH clean AS (
+            SELECT m.id_type, m.id_value, m.unit_id,
+                   min(m.unit_id) OVER (PARTITION BY m.id_type, m.id_value) AS anchor,
+                   'shared_key' AS rule
+            FROM _key_members m JOIN _key_groups g USING (id_type, id_value) WHERE g.verdict = 'ok'
+        ),
+        personas AS (
+            SELECT m.id_type, m.id_value, m.unit_id, m.first_canon, m.dob
+            FROM _key_members m JOIN _key_groups g USING (id_type, id_value)
+            WHERE g.verdict = 'conflict' AND m.first_canon IS NOT NULL
+        ),
+        persona_conflicts AS (
+            SELECT DISTINCT a.id_type, a.id_value, a.first_canon FROM personas a JOIN personas b
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.first_canon = b.first_canon
+             AND a.dob < b.dob
+            WHERE NOT cdp_near_dob(a.dob, b.dob)
+        ),
+        soft AS (
+            SELECT p.id_type, p.id_value, p.unit_id,
+                   min(p.unit_id) OVER (PARTITION BY p.id_type, p.id_value, p.first_canon) AS anchor,
+                   'shared_key_same_first_name' AS rule
+            FROM personas p ANTI JOIN persona_conflicts c USING (id_type, id_value, first_canon)
+        ),
+        star AS (SELECT * FROM clean UNION ALL SELECT * FROM soft)
+        SELECT DISTINCT least(anchor, unit_id) AS unit_id_l, greatest(anchor, unit_id) AS unit_id_r,
+               id_type AS evidence, rule
+        FROM star WHERE anchor <> unit_id
+        """
+    )
+    return graph_stats(con)
+
+
+def graph_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Counts of the last :func:`build_graph`, by key type: keys, edges, hubs, placeholders, shared units."""
+    stats: dict[str, int] = {}
+    verdict = "SELECT id_type, count(*) FROM _key_groups WHERE verdict = '{}' GROUP BY 1"
+    for name, sql in (
+        ("placeholder_values",
+         "SELECT id_type, count(DISTINCT id_value) FROM _raw_keys WHERE placeholder GROUP BY 1"),
+        ("shared_units", "SELECT id_type, count(*) FROM (SELECT unit_id, id_type FROM _raw_keys "
+         "WHERE NOT placeholder GROUP BY ALL HAVING count(*) > 1) GROUP BY 1"),
+        ("linking_keys", verdict.format("ok")),
+        ("hub_keys_conflict", verdict.format("conflict")),
+        ("hub_keys_over_limit", verdict.format("over_limit")),
+        ("edges", "SELECT evidence, count(*) FROM _graph_edges GROUP BY 1"),
+    ):  # fmt: skip
+        total = 0
+        for key_type, count in con.execute(sql).fetchall():
+            stats[f"{name}.{key_type}"] = int(count)
+            total += int(count)
+        stats[name] = total
+    return stats

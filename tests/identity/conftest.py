@@ -1,0 +1,62 @@
+"""Helpers for the identity tests: tiny ``stg_records`` tables built from a few dicts.
+
+Fixtures are prefixed ``id`` so they never shadow fixtures of other test modules in this folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pytest
+
+from cdp.config import Settings
+
+STG_COLUMNS = {
+    "source": "VARCHAR", "source_record_id": "VARCHAR", "unit_id": "VARCHAR", "record_time": "TIMESTAMP",
+    "event_type": "VARCHAR", "user_id": "VARCHAR", "loyalty_id": "VARCHAR", "crm_id": "VARCHAR",
+    "anonymous_id": "VARCHAR", "device_id": "VARCHAR", "email": "VARCHAR", "email_key": "VARCHAR",
+    "phone_e164": "VARCHAR", "first_name": "VARCHAR", "last_name": "VARCHAR", "date_of_birth": "DATE",
+    "address_line1": "VARCHAR", "city": "VARCHAR", "postcode": "VARCHAR", "country": "VARCHAR",
+    "order_id": "VARCHAR", "amount": "DECIMAL(18,2)", "currency": "VARCHAR", "store_id": "VARCHAR",
+    "batch_id": "VARCHAR", "file": "VARCHAR", "row_number": "BIGINT",
+}  # fmt: skip
+
+_UNIT_KEY = {"crm": "crm_id", "store": "source_record_id", "web": "anonymous_id", "app": "device_id"}
+
+
+def rec(source: str, record_id: str, **values: Any) -> dict[str, Any]:
+    """One stg_records row; ``unit_id`` follows the staging rule unless given."""
+    row: dict[str, Any] = {"source": source, "source_record_id": record_id, **values}
+    if source == "crm":
+        row.setdefault("crm_id", record_id)
+    row.setdefault("unit_id", f"{source}:{row.get(_UNIT_KEY[source]) or record_id}")
+    row.setdefault("record_time", "2026-01-01 00:00:00")
+    row.setdefault("batch_id", "b1")
+    return row
+
+
+def write_stg(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
+    """(Re)create ``stg_records`` holding ``rows``."""
+    frame = pd.DataFrame([{c: r.get(c) for c in STG_COLUMNS} for r in rows], columns=list(STG_COLUMNS))
+    frame = frame.astype("object")
+    con.execute("DROP TABLE IF EXISTS stg_records")
+    cols = ", ".join(f"{c} {t}" for c, t in STG_COLUMNS.items())
+    con.execute(f"CREATE TABLE stg_records ({cols})")
+    con.register("_rows", frame)
+    casts = ", ".join(f"CAST({c} AS {t})" for c, t in STG_COLUMNS.items())
+    con.execute(f"INSERT INTO stg_records SELECT {casts} FROM _rows")
+    con.unregister("_rows")
+
+
+@pytest.fixture
+def idcon() -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def idsettings(tmp_path) -> Settings:
+    return Settings(db_path=tmp_path / "t.duckdb", home=tmp_path / "home")

@@ -1,0 +1,119 @@
+"""The identifier graph: placeholder and hub guards, edges with their evidence; not Splink or clustering."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import rec, write_stg
+
+from identity.graph import build_graph, is_placeholder
+
+LIMITS = {"user_id": 100, "loyalty_id": 100, "email_key": 3, "phone_e164": 100, "crm_id": 100}
+
+
+def edges(con) -> set[tuple[str, str, str, str]]:
+    return set(con.execute("SELECT unit_id_l, unit_id_r, evidence, rule FROM _graph_edges").fetchall())
+
+
+@pytest.mark.parametrize(
+    ("key_type", "value", "expected"),
+    [
+        ("user_id", "null", True), ("user_id", "-1", True), ("loyalty_id", "0000000", True),
+        ("user_id", "  ", True), ("loyalty_id", "123456", True), ("email_key", "test@shop.com", True),
+        ("email_key", "anna@example.com", True), ("email_key", "noreply@brand.co.uk", True),
+        ("email_key", "xxx@gmail.com", True), ("phone_e164", "+447000000000", True),
+        ("user_id", "u-81723", False), ("email_key", "anna.lee@gmail.com", False),
+        ("phone_e164", "+447700900123", False), ("loyalty_id", "L100234", False),
+    ],
+)  # fmt: skip
+def test_placeholders_are_never_keys(key_type, value, expected):
+    assert is_placeholder(key_type, value) is expected
+
+
+def test_shared_keys_link_units_and_record_type_and_rule_not_value(idcon):
+    write_stg(
+        idcon,
+        [
+            rec("crm", "c1", user_id="u1", loyalty_id="L1", email_key="ann@x.com", first_name="ann"),
+            rec("store", "t1", loyalty_id="L1", first_name="ann"),
+            rec("web", "e1", anonymous_id="ck1", user_id="u1"),
+            rec("web", "e2", anonymous_id="ck1"),
+            rec("app", "a1", device_id="d1", email_key="ann@x.com"),
+            rec("store", "t2", loyalty_id="-1"),  # placeholder: links nobody
+            rec("store", "t3", loyalty_id="-1"),
+        ],
+    )
+    stats = build_graph(idcon, LIMITS)
+    got = edges(idcon)
+    assert ("crm:c1", "store:t1", "loyalty_id", "shared_key") in got
+    assert ("crm:c1", "web:ck1", "user_id", "shared_key") in got
+    assert ("app:d1", "crm:c1", "email_key", "shared_key") in got
+    assert not any("store:t2" in (a, b) for a, b, _, _ in got)
+    assert stats["placeholder_values.loyalty_id"] == 1
+    # evidence is the key type; the raw value is nowhere in the edge table
+    flat = {v for row in idcon.execute("SELECT * FROM _graph_edges").fetchall() for v in row}
+    assert not flat & {"u1", "L1", "ann@x.com"}
+
+
+def test_household_phone_with_different_people_is_not_a_hard_link(idcon):
+    write_stg(
+        idcon,
+        [
+            rec("crm", "c1", phone_e164="+441632960001", first_name="john", date_of_birth="1970-01-01"),
+            rec("crm", "c2", phone_e164="+441632960001", first_name="mary", date_of_birth="1972-05-05"),
+            rec("store", "t1", phone_e164="+441632960001", first_name="john"),
+            rec("store", "t2", phone_e164="+441632960001"),  # nameless: ambiguous, stays alone
+        ],
+    )
+    stats = build_graph(idcon, LIMITS)
+    got = edges(idcon)
+    assert stats["hub_keys_conflict.phone_e164"] == 1
+    linked = {(a, b) for a, b, _, _ in got}
+    assert ("crm:c1", "crm:c2") not in linked
+    assert not any("store:t2" in pair for pair in linked)
+    assert ("crm:c1", "store:t1", "phone_e164", "shared_key_same_first_name") in got
+
+
+def test_dob_typo_is_not_a_conflict_but_distant_dob_is(idcon):
+    write_stg(
+        idcon,
+        [
+            rec("crm", "c1", email_key="pat@x.com", first_name="pat", date_of_birth="1980-03-12"),
+            rec("crm", "c2", email_key="pat@x.com", first_name="pat", date_of_birth="1980-12-03"),  # swapped
+            rec("crm", "c3", loyalty_id="L9", first_name="sam", date_of_birth="1990-01-01"),
+            rec("crm", "c4", loyalty_id="L9", first_name="sam", date_of_birth="1962-07-30"),
+        ],
+    )
+    build_graph(idcon, LIMITS)
+    linked = {(a, b) for a, b, _, _ in edges(idcon)}
+    assert ("crm:c1", "crm:c2") in linked
+    assert ("crm:c3", "crm:c4") not in linked
+
+
+def test_per_type_limit_makes_a_hub(idcon):
+    rows = [rec("store", f"t{i}", email_key="shop@brand.com") for i in range(4)]
+    write_stg(idcon, rows)
+    stats = build_graph(idcon, LIMITS)
+    assert stats["hub_keys_over_limit.email_key"] == 1
+    assert edges(idcon) == set()
+    stats = build_graph(idcon, {**LIMITS, "email_key": 10})
+    assert stats["edges.email_key"] == 3
+
+
+def test_shared_tablet_keeps_only_a_majority_account(idcon):
+    write_stg(
+        idcon,
+        [
+            rec("crm", "c1", user_id="mum", first_name="ann"),
+            rec("crm", "c2", user_id="kid", first_name="tom"),
+            *[rec("app", f"a{i}", device_id="tab", user_id="mum") for i in range(3)],
+            rec("app", "a9", device_id="tab", user_id="kid"),
+            rec("app", "b1", device_id="tab2", user_id="mum"),
+            rec("app", "b2", device_id="tab2", user_id="kid"),  # no majority: links nobody
+        ],
+    )
+    stats = build_graph(idcon, LIMITS)
+    linked = {(a, b) for a, b, _, _ in edges(idcon)}
+    assert ("app:tab", "crm:c1") in linked
+    assert ("app:tab", "crm:c2") not in linked
+    assert not any("app:tab2" in pair for pair in linked)
+    assert stats["shared_units.user_id"] == 2
