@@ -1,0 +1,157 @@
+"""How good is the resolution: pairwise precision, recall and F1 over identity units against labels.
+
+The grain is the identity unit (a CRM contact, a store transaction, a web cookie, an app device). A
+unit's true person is the one most of its records belong to (a shared tablet belongs to whoever used it
+most); its predicted customer is the one most of its records got. A pair of units is a true match when
+both belong to one person and a predicted match when both got one customer.
+
+Recall is also reported over *connectable* units only: a cookie that never logged in and shares nothing
+with anyone cannot be linked by any method, and the generator labels which units can.
+
+>>> import duckdb
+>>> con = duckdb.connect()
+>>> _ = con.execute("CREATE TABLE u AS SELECT * FROM (VALUES ('a','c1','p1',true), ('b','c1','p1',true),"
+...                 " ('c','c2','p1',true)) t(unit_id, customer_id, person_id, connectable)")
+>>> m = evaluate_units(con, "u")
+>>> m["precision"], round(m["recall"], 3)
+(1.0, 0.333)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cdp.errors import CdpError
+
+TRUTH_COLUMNS = ("source", "source_record_id", "unit_id", "person_id", "connectable")
+
+
+def _ratio(num: int, den: int) -> float:
+    return float(num) / den if den else 1.0
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]:
+    """Metrics over ``table(unit_id, customer_id, person_id, connectable)``, one row per unit.
+
+    ``table`` is the name of a table this module created (not user text).
+    """
+    pair = "sum(n * (n - 1) / 2)::HUGEINT"
+
+    def pairs(where: str) -> tuple[int, int, int]:
+        row = con.execute(
+            f"""
+            SELECT
+              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
+                                                GROUP BY customer_id, person_id)),
+              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
+                                                GROUP BY customer_id)),
+              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
+                                                GROUP BY person_id))
+            """
+        ).fetchall()[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    tp, predicted, true = pairs("")
+    tp_c, _, true_c = pairs("WHERE connectable")
+    counts = con.execute(
+        f"""
+        SELECT count(*), count(*) FILTER (WHERE connectable),
+          (SELECT count(DISTINCT customer_id) FROM {table}),
+          (SELECT count(DISTINCT person_id) FROM {table}),
+          (SELECT count(*) FROM (SELECT customer_id FROM {table} GROUP BY 1
+                                 HAVING count(DISTINCT person_id) > 1)),
+          (SELECT count(*) FROM (SELECT person_id FROM {table} GROUP BY 1
+                                 HAVING count(DISTINCT customer_id) > 1)),
+          (SELECT count(*) FROM (SELECT person_id FROM {table} WHERE connectable GROUP BY 1
+                                 HAVING count(DISTINCT customer_id) > 1))
+        FROM {table}
+        """
+    ).fetchall()[0]
+    precision = _ratio(tp, predicted)
+    recall = _ratio(tp, true)
+    recall_c = _ratio(tp_c, true_c)
+    return {
+        "units": int(counts[0]),
+        "connectable_units": int(counts[1]),
+        "customers": int(counts[2]),
+        "persons": int(counts[3]),
+        "true_pairs": true,
+        "predicted_pairs": predicted,
+        "true_positive_pairs": tp,
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "recall_connectable": recall_c,
+        "f1_connectable": _f1(precision, recall_c),
+        "over_merged_customers": int(counts[4]),
+        "split_persons": int(counts[5]),
+        "split_connectable_persons": int(counts[6]),
+    }
+
+
+def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Read a truth CSV (``source, source_record_id, unit_id, person_id, connectable``) into ``_truth``."""
+    if not path.is_file():
+        raise CdpError(f"{path}: truth file not found")
+    try:
+        rel = con.read_csv(str(path), header=True, all_varchar=True)
+    except duckdb.Error as exc:
+        raise CdpError(f"{path}: cannot read truth file ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ("source", "source_record_id", "person_id") if c not in rel.columns]
+    if missing:
+        raise CdpError(f"{path}: truth file lacks column {missing[0]}")
+    connectable = "TRY_CAST(connectable AS BOOLEAN)" if "connectable" in rel.columns else "true"
+    con.register("_truth_rel", rel)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _truth AS
+        SELECT source, source_record_id, person_id, coalesce({connectable}, true) AS connectable
+        FROM _truth_rel
+        """
+    )
+    con.unregister("_truth_rel")
+    return int(con.execute("SELECT count(*) FROM _truth").fetchall()[0][0])
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]:
+    """Compare ``customer_source_records`` with a truth file; see :func:`evaluate_units`."""
+    from cdp.store import table_exists
+
+    if not table_exists(con, "customer_source_records"):
+        raise CdpError("no customer_source_records yet; run `cdp run --inbox DIR` first")
+    n_truth = load_truth(con, truth_path)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _eval_records AS
+        SELECT c.unit_id, c.customer_id, t.person_id, t.connectable
+        FROM customer_source_records c JOIN _truth t USING (source, source_record_id)
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _eval_units AS
+        WITH persons AS (
+            SELECT unit_id, person_id, count(*) AS n, bool_or(connectable) AS connectable
+            FROM _eval_records GROUP BY ALL
+        ),
+        customers AS (SELECT unit_id, customer_id, count(*) AS n FROM _eval_records GROUP BY ALL)
+        SELECT p.unit_id, c.customer_id, p.person_id, p.connectable
+        FROM (SELECT unit_id, arg_max(person_id, (n, person_id)) AS person_id,
+                     arg_max(connectable, (n, person_id)) AS connectable FROM persons GROUP BY 1) p
+        JOIN (SELECT unit_id, arg_max(customer_id, (n, customer_id)) AS customer_id
+              FROM customers GROUP BY 1) c
+          USING (unit_id)
+        """
+    )
+    metrics = evaluate_units(con, "_eval_units")
+    matched = int(con.execute("SELECT count(*) FROM _eval_records").fetchall()[0][0])
+    metrics["truth_records"] = n_truth
+    metrics["truth_records_unmatched"] = n_truth - matched
+    return metrics
