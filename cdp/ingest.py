@@ -287,7 +287,9 @@ class Ingestor:
         ]
         extra_pairs = [f"{_json_key(c)}, {_q(c)}" for c in extras] + unparsed
         # merge_patch onto an empty object drops the null-valued keys (RFC 7386).
-        extra_sql = f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))" if extra_pairs else "NULL"
+        extra_sql = (
+            f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))" if extra_pairs else "NULL"
+        )
         meta = ", ".join(RAW_META)
         self.con.execute(
             f"INSERT INTO {raw_table(spec.name)} ({', '.join(map(_q, spec.columns))}, {meta}) "

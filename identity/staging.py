@@ -118,12 +118,24 @@ FROM raw_consent r {_LATEST.format(key="consent_id", time="event_time")}
 """
 
 
-def build_staging(con: duckdb.DuckDBPyConnection, region: str = "GB") -> dict[str, int]:
-    """Rebuild ``stg_records`` and ``stg_consent`` from the raw tables; returns row counts."""
+def build_stg_records(con: duckdb.DuckDBPyConnection, region: str = "GB") -> dict[str, int]:
+    """Rebuild ``stg_records`` from the raw record tables; returns row counts per source."""
     con.execute("SET TimeZone = 'UTC'")
     build_phone_map(con, region)
     con.execute(STG_RECORDS_SQL)
+    return dict(con.execute("SELECT source, count(*) FROM stg_records GROUP BY 1 ORDER BY 1").fetchall())
+
+
+def build_stg_consent(con: duckdb.DuckDBPyConnection, region: str = "GB") -> int:
+    """Rebuild ``stg_consent`` from ``raw_consent``; returns its row count."""
+    con.execute("SET TimeZone = 'UTC'")
+    build_phone_map(con, region)
     con.execute(STG_CONSENT_SQL)
-    counts = dict(con.execute("SELECT source, count(*) FROM stg_records GROUP BY 1").fetchall())
-    counts["consent"] = con.execute("SELECT count(*) FROM stg_consent").fetchall()[0][0]
+    return int(con.execute("SELECT count(*) FROM stg_consent").fetchall()[0][0])
+
+
+def build_staging(con: duckdb.DuckDBPyConnection, region: str = "GB") -> dict[str, int]:
+    """Rebuild both staged tables; returns row counts per source, consent included."""
+    counts = build_stg_records(con, region)
+    counts["consent"] = build_stg_consent(con, region)
     return counts

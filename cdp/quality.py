@@ -1,0 +1,175 @@
+"""Great Expectations suites for the raw and staged tables.
+
+Each suite is declared as data (:data:`SUITES`) and validated on the columns it needs, read from DuckDB
+into pandas. Results are reduced to counts per expectation: Great Expectations' own result objects carry
+samples of the failing values, which are personal data and must not reach Dagster's event log.
+
+``great_expectations`` takes seconds to import, so it is imported where validation runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from cdp.config import PURPOSES
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(\.[a-z0-9\-]+)*\.[a-z]{2,}$"
+POSTCODE = r"^[A-Z0-9]+$"
+
+WEB_EVENTS = [
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "checkout",
+    "purchase",
+    "sign_up",
+    "newsletter_signup",
+    "login",
+]
+APP_EVENTS = ["app_open", "login", "product_view", "add_to_cart", "purchase", "push_opt_in", "push_opt_out"]
+
+
+@dataclass(frozen=True)
+class Expect:
+    """One expectation: the Great Expectations class name and its keyword arguments."""
+
+    kind: str
+    kwargs: dict[str, Any]
+
+    @property
+    def columns(self) -> list[str]:
+        if "column" in self.kwargs:
+            return [self.kwargs["column"]]
+        return list(self.kwargs.get("column_list", []))
+
+
+def _not_null(col: str) -> Expect:
+    return Expect("ExpectColumnValuesToNotBeNull", {"column": col})
+
+
+def _regex(col: str, pattern: str) -> Expect:
+    return Expect("ExpectColumnValuesToMatchRegex", {"column": col, "regex": pattern})
+
+
+def _in_set(col: str, values: list[str], mostly: float = 1.0) -> Expect:
+    return Expect("ExpectColumnValuesToBeInSet", {"column": col, "value_set": values, "mostly": mostly})
+
+
+def _unique(*cols: str) -> Expect:
+    if len(cols) == 1:
+        return Expect("ExpectColumnValuesToBeUnique", {"column": cols[0]})
+    return Expect("ExpectCompoundColumnsToBeUnique", {"column_list": list(cols)})
+
+
+#: table -> expectations. Raw suites describe what arrived (unknown event types are tolerated up to a
+#: share); staged suites guard what identity resolution and consent rely on.
+SUITES: dict[str, list[Expect]] = {
+    "raw_web": [
+        _not_null("event_id"),
+        _not_null("event_time"),
+        _not_null("anonymous_id"),
+        _in_set("event_type", WEB_EVENTS, mostly=0.95),
+    ],
+    "raw_app": [
+        _not_null("event_id"),
+        _not_null("event_time"),
+        _not_null("device_id"),
+        _in_set("event_type", APP_EVENTS, mostly=0.95),
+    ],
+    "raw_store": [
+        _not_null("transaction_id"),
+        _not_null("transaction_time"),
+        Expect(
+            "ExpectColumnValuesToBeBetween", {"column": "amount", "min_value": -100000, "max_value": 1000000}
+        ),
+    ],
+    "raw_crm": [_not_null("crm_id")],
+    "raw_consent": [_not_null("consent_id"), _not_null("event_time")],
+    "stg_records": [
+        _not_null("source_record_id"),
+        _not_null("unit_id"),
+        _unique("source", "source_record_id"),
+        _regex("email_key", EMAIL_KEY),
+        _regex("phone_e164", E164),
+        _regex("postcode", POSTCODE),
+        _in_set("source", ["web", "app", "store", "crm"]),
+    ],
+    "stg_consent": [
+        _unique("consent_id"),
+        _in_set("purpose", list(PURPOSES)),
+        _in_set("status", ["granted", "withdrawn"]),
+        _regex("email_key", EMAIL_KEY),
+        _regex("phone_e164", E164),
+    ],
+}
+
+
+@dataclass
+class SuiteResult:
+    """The outcome of one suite: counts per expectation, no values."""
+
+    table: str
+    rows: int
+    success: bool
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    evaluated: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "expectations": self.evaluated,
+            "failed": len(self.failures),
+            "failures": [f"{f['expectation']}: {f['unexpected_count']} unexpected" for f in self.failures],
+        }
+
+
+def _quiet_gx() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+
+
+def validate_table(
+    con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None
+) -> SuiteResult:
+    """Validate ``table`` against its suite with Great Expectations; returns counts only."""
+    _quiet_gx()
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    expectations = suite if suite is not None else SUITES[table]
+    columns = sorted({c for e in expectations for c in e.columns})
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    df = con.execute(f"SELECT {quoted} FROM {table}").df()  # table and columns come from SUITES
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (
+        context.data_sources.add_pandas(f"cdp_{table}")
+        .add_dataframe_asset(table)
+        .add_batch_definition_whole_dataframe("whole_table")
+    )
+    gx_suite = gx.ExpectationSuite(
+        name=f"{table}_suite", expectations=[getattr(gxe, e.kind)(**e.kwargs) for e in expectations]
+    )
+    outcome = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(gx_suite)
+    failures = [
+        {
+            "expectation": _label(r.expectation_config),
+            "unexpected_count": int(r.result.get("unexpected_count") or 0),
+        }
+        for r in outcome.results
+        if not r.success
+    ]
+    return SuiteResult(table, len(df), bool(outcome.success), failures, evaluated=len(outcome.results))
+
+
+def _label(config: Any) -> str:
+    kwargs = config.kwargs
+    cols = kwargs.get("column") or ",".join(kwargs.get("column_list") or [])
+    return f"{config.type}({cols})"

@@ -1,0 +1,128 @@
+"""Materialise the asset graph in-process: what ``cdp run`` and ``cdp demo`` call.
+
+It is the same job the Dagster UI shows (``cdp_pipeline`` in :mod:`pipelines.definitions`), executed
+against the project's Dagster instance, so every run appears in the UI's run history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from cdp.config import Settings
+from pipelines.definitions import build_definitions
+from pipelines.resources import CdpStore, Inbox
+
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+
+
+@dataclass
+class RunOutcome:
+    success: bool
+    run_id: str
+    seconds: float
+    steps: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, severity)
+    warnings: list[str] = field(default_factory=list)
+    failure: str | None = None
+
+
+def prepare_instance(settings: Settings) -> dg.DagsterInstance:
+    """The project-local Dagster instance (``<home>/dagster``), configured by the repo's dagster.yaml."""
+    home = settings.dagster_home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if PROJECT_DAGSTER_YAML.exists() and (
+        not target.exists() or target.read_bytes() != PROJECT_DAGSTER_YAML.read_bytes()
+    ):
+        shutil.copyfile(PROJECT_DAGSTER_YAML, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+class _ProgressHandler(logging.Handler):
+    """Turns Dagster's structured events into one progress line per step and check."""
+
+    def __init__(self, outcome: RunOutcome, echo: Callable[[str], None]):
+        super().__init__(level=logging.DEBUG)
+        self.outcome = outcome
+        self.echo = echo
+        self.started: dict[str, float] = {}
+        self.checked: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta: dict[str, Any] = getattr(record, "dagster_meta", {}) or {}
+        event = getattr(record, "dagster_event", None) or meta.get("dagster_event")
+        if event is None:
+            if record.levelno >= logging.INFO and meta.get("step_key"):
+                message = meta.get("orig_message") or record.getMessage()
+                if record.levelno >= logging.WARNING:
+                    self.outcome.warnings.append(str(message))
+                self.echo(f"    {meta.get('step_key')}: {message}")
+            return
+        kind = event.event_type_value
+        step = event.step_key or ""
+        if kind == "STEP_START":
+            self.started[step] = time.perf_counter()
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            name = f"{data.asset_key.to_user_string()}.{data.check_name}"
+            severity = data.severity.value if data.severity else "ERROR"
+            self.outcome.checks.append((name, bool(data.passed), severity))
+            self.checked.add(step)
+            mark = "✓" if data.passed else ("✗" if severity == "ERROR" else "!")
+            self.echo(f"  {mark} check {name} {'passed' if data.passed else 'FAILED'}")
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            took = time.perf_counter() - self.started.get(step, time.perf_counter())
+            status = {"STEP_SUCCESS": "ok", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped"}[kind]
+            self.outcome.steps.append((step, status, took))
+            if status != "ok" or step not in self.checked:
+                self.echo(f"  {'✓' if status == 'ok' else '✗'} {step} {status} ({took:.1f} s)")
+
+
+def run_pipeline(
+    settings: Settings, inbox: Path, echo: Callable[[str], None] = print, selection: list[str] | None = None
+) -> RunOutcome:
+    """Materialise ``cdp_pipeline`` for ``inbox`` into ``settings.db_path``; returns what happened."""
+    instance = prepare_instance(settings)
+    outcome = RunOutcome(success=False, run_id="", seconds=0.0)
+    handler = _ProgressHandler(outcome, echo)
+
+    @dg.logger(description="One line per step and check, for the terminal.")
+    def progress(_init: dg.InitLoggerContext) -> logging.Logger:
+        log = logging.Logger("cdp.progress", level=logging.DEBUG)
+        log.addHandler(handler)
+        return log
+
+    resources = {"store": CdpStore.from_settings(settings), "inbox": Inbox(path=str(inbox))}
+    job = build_definitions(resources).resolve_job_def("cdp_pipeline").with_logger_defs({"console": progress})
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        run_config={"loggers": {"console": {}}},  # a logger definition only logs when configured
+        instance=instance,
+        raise_on_error=False,
+        asset_selection=_keys(selection),
+    )
+    outcome.seconds = time.perf_counter() - started
+    outcome.run_id = result.run_id
+    outcome.success = result.success
+    if not result.success:
+        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        if failed:
+            error = failed[0].event_specific_data.error
+            outcome.failure = f"step {failed[0].step_key} failed: {error.message.strip().splitlines()[0]}"
+        else:
+            outcome.failure = "the run did not finish"
+    return outcome
+
+
+def _keys(selection: list[str] | None) -> list[dg.AssetKey] | None:
+    return [dg.AssetKey(name) for name in selection] if selection else None
