@@ -19,7 +19,7 @@ import duckdb
 from cdp.config import PURPOSES
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
-EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(\.[a-z0-9\-]+)*\.[a-z]{2,}$"
+EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}$"
 POSTCODE = r"^[A-Z0-9]+$"
 
 WEB_EVENTS = [

@@ -111,15 +111,10 @@ def normalise_postcode(value: object) -> str | None:
 
 # SQL forms of the same rules, for staging millions of rows inside DuckDB. The phone rule has no SQL
 # form: it runs through phonenumbers once per distinct value (see identity.staging).
-SQL_NORMALISE_EMAIL = (
-    "CASE WHEN regexp_matches(replace(lower(trim({col})), ' ', ''), "
-    "'^[a-z0-9._%+''\\-]+@[a-z0-9\\-]+(\\.[a-z0-9\\-]+)*\\.[a-z]{{2,}}$') "
-    "THEN replace(lower(trim({col})), ' ', '') END"
-)
-
-
 def sql_normalise_email(col: str) -> str:
-    return SQL_NORMALISE_EMAIL.format(col=col)
+    cleaned = f"regexp_replace(replace(lower(trim({col})), ' ', ''), '^mailto:', '')"
+    pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
+    return f"CASE WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
 
 
 def sql_email_match_key(col: str) -> str:

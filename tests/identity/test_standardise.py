@@ -1,0 +1,116 @@
+"""Standardisers: real-world spellings of emails, phones, names and postcodes, and SQL/Python agreement.
+
+Does not touch the store beyond an in-memory DuckDB used to run the SQL forms.
+"""
+
+import duckdb
+import pytest
+
+from identity.standardise import (
+    email_match_key,
+    normalise_email,
+    normalise_name,
+    normalise_phone,
+    normalise_postcode,
+    sql_email_match_key,
+    sql_normalise_email,
+    sql_normalise_name,
+    sql_normalise_postcode,
+)
+
+PHONES = [
+    ("07700 900123", "+447700900123"),
+    ("07700900123", "+447700900123"),
+    ("+44 7700 900123", "+447700900123"),
+    ("+44 (0)7700 900123", "+447700900123"),
+    ("0044 7700 900 123", "+447700900123"),
+    ("(020) 7946 0123", "+442079460123"),
+    ("020-7946-0123", "+442079460123"),
+    ("+1 (415) 555-2671", "+14155552671"),
+    ("+33 1 42 68 53 00", "+33142685300"),
+    (" 7700 900123 ", "+447700900123"),
+    ("0000000000", None),
+    ("-1", None),
+    ("n/a", None),
+    ("", None),
+    (None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), PHONES)
+def test_phone_spellings_become_e164(raw, expected):
+    assert normalise_phone(raw, "GB") == expected
+
+
+def test_phone_default_region_is_configurable():
+    assert normalise_phone("(415) 555-2671", "US") == "+14155552671"
+    assert normalise_phone("01 42 68 53 00", "FR") == "+33142685300"
+
+
+EMAILS = [
+    ("  Alice.Smith@Example.COM ", "alice.smith@example.com", "alice.smith@example.com"),
+    ("alice.smith+newsletter@example.com", "alice.smith+newsletter@example.com", "alice.smith@example.com"),
+    ("A.l.i.c.e@gmail.com", "a.l.i.c.e@gmail.com", "alice@gmail.com"),
+    ("alice+shop@googlemail.com", "alice+shop@googlemail.com", "alice@gmail.com"),
+    ("mailto:bob@example.org", "bob@example.org", "bob@example.org"),
+    ("o'neil@example.ie", "o'neil@example.ie", "o'neil@example.ie"),
+    ("not an email", None, None),
+    ("bob@", None, None),
+    ("@example.com", None, None),
+    ("", None, None),
+    (None, None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "deliverable", "key"), EMAILS)
+def test_email_spellings(raw, deliverable, key):
+    assert normalise_email(raw) == deliverable
+    assert email_match_key(raw) == key
+
+
+def test_gmail_dots_and_tags_fold_into_one_key_but_keep_deliverable_address():
+    spellings = ["John.Smith@gmail.com", "johnsmith+sale@gmail.com", "j.o.h.n.smith@googlemail.com"]
+    assert {email_match_key(s) for s in spellings} == {"johnsmith@gmail.com"}
+    assert normalise_email(spellings[1]) == "johnsmith+sale@gmail.com"
+
+
+def test_dots_matter_outside_gmail():
+    assert email_match_key("john.smith@example.com") != email_match_key("johnsmith@example.com")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  JOHN ", "john"),
+        ("O'Brien", "obrien"),
+        ("Mary-Jane", "mary-jane"),
+        ("mary - jane", "mary-jane"),
+        ("José", "jose"),
+        ("Smith, Jr.", "smith jr"),
+        ("  ", None),
+        ("...", None),
+    ],
+)
+def test_names(raw, expected):
+    assert normalise_name(raw) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("sw1a 1aa", "SW1A1AA"), (" SW1A-1AA ", "SW1A1AA"), ("", None)])
+def test_postcodes(raw, expected):
+    assert normalise_postcode(raw) == expected
+
+
+def test_sql_forms_agree_with_python_forms():
+    values = [e[0] for e in EMAILS] + ["  JOHN ", "O'Brien", "Mary-Jane", "José", "sw1a 1aa", "Smith, Jr."]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE v (x VARCHAR)")
+    con.executemany("INSERT INTO v VALUES (?)", [(v,) for v in values])
+    rows = con.execute(
+        f"SELECT x, {sql_normalise_email('x')}, {sql_email_match_key('x')}, {sql_normalise_name('x')}, "
+        f"{sql_normalise_postcode('x')} FROM v"
+    ).fetchall()
+    for x, email, key, name, postcode in rows:
+        assert email == normalise_email(x), x
+        assert key == email_match_key(x), x
+        assert name == normalise_name(x), x
+        assert postcode == normalise_postcode(x), x

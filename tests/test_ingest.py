@@ -1,0 +1,192 @@
+"""Ingestion: parsing of each source and format, quarantine, rejection, idempotence, suppression, counts.
+
+Runs the Ingestor directly on a temporary DuckDB file; does not run Dagster or identity resolution.
+"""
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cdp.ingest import Ingestor
+from cdp.store import SOURCE_SPECS, connect
+from cdp.suppression import identifier_hash
+
+SECRET = b"s" * 32
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.strip() + "\n")
+    return path
+
+
+@pytest.fixture
+def con(tmp_path):
+    con = connect(tmp_path / "cdp.duckdb")
+    yield con
+    con.close()
+
+
+@pytest.fixture
+def ingestor(con):
+    return Ingestor(con, SECRET, region="GB")
+
+
+def ledger(con):
+    return con.execute(
+        "SELECT file, status, rows_in, rows_loaded, rows_quarantined, rows_suppressed, error FROM ingest_batches "
+        "ORDER BY file"
+    ).fetchall()
+
+
+def test_web_csv_types_and_quarantine(tmp_path, con, ingestor):
+    write_csv(
+        tmp_path / "inbox/web/web-1.csv",
+        """
+event_id,event_time,anonymous_id,user_id,email,event_type,revenue,currency,campaign_extra
+e1,2026-03-01T10:00:00+02:00,c1,,Ann@Example.com,purchase,£1.234,GBP,spring
+e2,yesterday,c1,,,page_view,,,
+e3,2026-03-01T10:00:00Z,,,,page_view,,,
+e4,2026-03-01 09:00:00,c2,u9,,page_view,lots,,
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 4, 2, 2)
+    assert result.balanced
+    rows = con.execute("SELECT event_id, event_time, revenue, email, extra FROM raw_web ORDER BY 1").fetchall()
+    assert str(rows[0][1]) == "2026-03-01 08:00:00"  # converted to UTC
+    assert rows[0][2] == Decimal("1.23")
+    assert rows[0][3] == "Ann@Example.com"  # raw keeps values as written
+    assert json.loads(rows[0][4]) == {"campaign_extra": "spring"}
+    # An unparseable optional value is kept, not silently lost.
+    assert json.loads(rows[1][4])["_unparsed_revenue"] == "lots"
+    reasons = dict(con.execute("SELECT row_number, reason FROM quarantine").fetchall())
+    assert reasons == {2: "unparseable event_time", 3: "empty required value: anonymous_id"}
+    raw = json.loads(con.execute("SELECT raw FROM quarantine WHERE row_number = 2").fetchall()[0][0])
+    assert raw["event_time"] == "yesterday"
+
+
+def test_missing_required_column_rejects_file_and_keeps_rows(tmp_path, con, ingestor):
+    write_csv(tmp_path / "inbox/store/bad.csv", "transaction_id,amount\nt1,10\nt2,11")
+    write_csv(tmp_path / "inbox/store/good.csv", "transaction_id,transaction_time,amount\nt3,2026-01-01,5")
+    results = ingestor.ingest_source(tmp_path / "inbox", "store")
+    bad, good = results
+    assert bad.status == "rejected"
+    assert bad.error == "store/bad.csv: missing required column 'transaction_time'"
+    assert (bad.rows_in, bad.rows_quarantined) == (2, 2)
+    assert good.status == "loaded" and good.rows_loaded == 1  # the run goes on with the other files
+    assert con.execute("SELECT count(*) FROM quarantine WHERE file = 'store/bad.csv'").fetchall()[0][0] == 2
+
+
+def test_malformed_csv_lines_are_quarantined_not_lost(tmp_path, con, ingestor):
+    write_csv(
+        tmp_path / "inbox/crm/crm.csv",
+        'crm_id,first_name,last_name\nC1,Ann,Lee\nC2,Bob\nC3,"Smith, Jr",Ray,extra\nC4,Dee,Fox',
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert result.rows_in == 4 and result.rows_loaded == 2 and result.rows_quarantined == 2 and result.balanced
+    quarantined = con.execute("SELECT row_number, reason FROM quarantine ORDER BY 1").fetchall()
+    assert quarantined == [(2, "malformed CSV line: missing columns"), (3, "malformed CSV line: too many columns")]
+    loaded = con.execute("SELECT crm_id, row_number FROM raw_crm ORDER BY 1").fetchall()
+    assert loaded == [("C1", 1), ("C4", 4)]
+
+
+def test_parquet_and_json_lines(tmp_path, con, ingestor):
+    (tmp_path / "inbox/app").mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "event_id": ["a1", "a2"],
+            "event_time": ["2026-02-01T08:00:00Z", "2026-02-01T09:00:00Z"],
+            "device_id": ["d1", "d1"],
+            "phone": ["07700 900123", None],
+            "revenue": ["9.99", None],
+        }
+    ).to_parquet(tmp_path / "inbox/app/app-1.parquet")
+    (tmp_path / "inbox/consent").mkdir(parents=True)
+    lines = [
+        {
+            "consent_id": "k1",
+            "event_time": "2026-02-01T08:00:00Z",
+            "purpose": "email_marketing",
+            "status": "granted",
+            "email": "a@b.com",
+        },
+        {
+            "consent_id": "k2",
+            "event_time": "2026-02-01T08:00:00Z",
+            "purpose": "telepathy",
+            "status": "granted",
+            "email": "a@b.com",
+        },
+        {
+            "consent_id": "k3",
+            "event_time": "2026-02-01T08:00:00Z",
+            "purpose": "analytics",
+            "status": "maybe",
+            "email": "a@b.com",
+        },
+        {"consent_id": "k4", "event_time": "2026-02-01T08:00:00Z", "purpose": "analytics", "status": "granted"},
+    ]
+    (tmp_path / "inbox/consent/c.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    summary = ingestor.ingest_inbox(tmp_path / "inbox")
+    by_source = {b.source: b for b in summary.batches}
+    assert by_source["app"].rows_loaded == 2
+    assert con.execute("SELECT revenue FROM raw_app WHERE event_id = 'a1'").fetchall()[0][0] == Decimal("9.99")
+    assert by_source["consent"].rows_loaded == 1
+    reasons = sorted(r for (r,) in con.execute("SELECT reason FROM quarantine WHERE source = 'consent'").fetchall())
+    assert reasons == ["no subject identifier", "unknown purpose", "unknown status"]
+
+
+def test_same_content_is_never_ingested_twice(tmp_path, con, ingestor):
+    path = write_csv(tmp_path / "inbox/crm/a.csv", "crm_id,first_name\nC1,Ann")
+    ingestor.ingest_inbox(tmp_path / "inbox")
+    # The same content under another name is the same batch.
+    write_csv(tmp_path / "inbox/crm/a-copy.csv", path.read_text())
+    again = ingestor.ingest_inbox(tmp_path / "inbox")
+    assert [b.status for b in again.batches] == ["skipped", "skipped"]
+    assert con.execute("SELECT count(*) FROM raw_crm").fetchall()[0][0] == 1
+    assert len(ledger(con)) == 1
+
+
+def test_unreadable_file_fails_with_one_line_and_others_continue(tmp_path, con, ingestor):
+    (tmp_path / "inbox/web").mkdir(parents=True)
+    (tmp_path / "inbox/web/broken.parquet").write_bytes(b"this is not parquet")
+    write_csv(tmp_path / "inbox/web/ok.csv", "event_id,event_time,anonymous_id\ne1,2026-01-01,c1")
+    broken, ok = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert broken.status == "failed" and broken.error.startswith(str(tmp_path / "inbox/web/broken.parquet"))
+    assert "\n" not in broken.error
+    assert ok.rows_loaded == 1
+
+
+def test_suppressed_subjects_are_dropped_and_counted(tmp_path, con, ingestor):
+    con.execute(
+        "INSERT INTO suppression_list VALUES ('email_key', ?, 'R1', now()), ('phone_e164', ?, 'R1', now())",
+        [
+            identifier_hash(SECRET, "email_key", "annlee@gmail.com"),
+            identifier_hash(SECRET, "phone_e164", "+447700900123"),
+        ],
+    )
+    write_csv(
+        tmp_path / "inbox/store/s.csv",
+        """
+transaction_id,transaction_time,email,phone
+t1,2026-01-01,Ann.Lee+x@googlemail.com,
+t2,2026-01-01,,+44 7700 900123
+t3,2026-01-01,other@example.com,07700 900999
+t4,,Ann.Lee@gmail.com,
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert (result.rows_loaded, result.rows_suppressed, result.rows_quarantined) == (1, 3, 0)
+    assert result.balanced
+    assert con.execute("SELECT transaction_id FROM raw_store").fetchall() == [("t3",)]
+    assert con.execute("SELECT count(*) FROM quarantine").fetchall()[0][0] == 0  # no copy of an erased row
+
+
+def test_every_source_has_its_required_columns_declared():
+    for spec in SOURCE_SPECS.values():
+        assert spec.key in spec.required
+        assert set(spec.required) <= set(spec.columns)
