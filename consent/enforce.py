@@ -1,0 +1,209 @@
+"""The one place that decides who may be contacted for a purpose. Every export path goes through here.
+
+A customer may be exported for purpose P only when, at the moment of asking:
+
+* nothing in :data:`EXCLUSIONS` applies (built in: an active restriction, i.e. a row in ``restrictions``
+  with ``lifted_at IS NULL``; the privacy owner adds further rules with :func:`register_exclusion`);
+* their ``consent_state`` for P is ``granted`` (no row means no consent; ``withdrawn`` is withdrawn);
+* their profile has the contact point P's channel needs (:data:`cdp.config.PURPOSE_CHANNEL`).
+
+Erased subjects are removed from every table by erasure, so they have no profile and cannot be selected;
+an exclusion registered by the privacy owner can name them if a profile outlives its erasure.
+
+Callers select with :func:`approve` and, just before writing anything, call :func:`verify` again on the
+exact rows they are about to write: it re-decides from the tables as they are then, so rows that were
+never approved, or whose consent changed in between, or whose contact point was altered, are refused.
+Nothing here logs or raises with personal data: only counts.
+
+Example::
+
+    >>> audience = approve(con, "email_marketing")  # doctest: +SKIP
+    >>> verify(con, "email_marketing", audience.rows)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from cdp.config import PURPOSE_CHANNEL, PURPOSES
+from cdp.errors import CdpError
+from cdp.store import table_exists
+
+
+class ConsentViolation(CdpError):
+    """Rows about to leave the platform include customers who may not be contacted for the purpose."""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A rule that keeps customers out of every export, checked before consent.
+
+    ``predicate`` is SQL over the candidate's ``customer_id`` (column ``c.customer_id``) that is true when the
+    customer must be left out. The rule applies only when every table in ``requires`` exists.
+    """
+
+    reason: str
+    predicate: str
+    requires: tuple[str, ...] = ()
+
+
+#: Exclusions in priority order: a customer left out for several reasons is counted under the first.
+EXCLUSIONS: list[Exclusion] = [
+    Exclusion(
+        "restricted",
+        "EXISTS (SELECT 1 FROM restrictions r WHERE r.customer_id = c.customer_id AND r.lifted_at IS NULL)",
+        requires=("restrictions",),
+    ),
+]
+
+#: Reasons a customer is left out, in the order they are decided.
+CONSENT_REASONS = ("withdrawn", "no_consent", "no_contact_point")
+
+
+def register_exclusion(exclusion: Exclusion) -> None:
+    """Add a rule (e.g. the privacy owner's) that every export obeys; re-registering a reason replaces it."""
+    EXCLUSIONS[:] = [e for e in EXCLUSIONS if e.reason != exclusion.reason] + [exclusion]
+
+
+def reasons() -> tuple[str, ...]:
+    return tuple(e.reason for e in EXCLUSIONS) + CONSENT_REASONS
+
+
+def contact_column(purpose: str) -> str:
+    """The profile column an export for ``purpose`` must carry (``customer_id`` when no channel is needed)."""
+    check_purpose(purpose)
+    return PURPOSE_CHANNEL[purpose]
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise CdpError(f"unknown purpose {purpose!r}; expected one of: {', '.join(PURPOSES)}")
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Customers approved for a purpose: ``rows`` has ``customer_id`` and the purpose's contact column."""
+
+    purpose: str
+    contact: str
+    rows: pd.DataFrame
+    decided_at: datetime = field(default_factory=datetime.now)
+
+
+_names = itertools.count()
+
+
+def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str | None) -> str:
+    """SQL with one row per candidate: customer_id, contact, excluded_because (NULL when allowed)."""
+    if not table_exists(con, "customer_profiles"):
+        raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
+    contact = contact_column(purpose)
+    source = f"SELECT DISTINCT customer_id FROM {candidates}" if candidates else "SELECT customer_id FROM p0"
+    state = (
+        "SELECT customer_id, status FROM consent_state WHERE purpose = $purpose"
+        if table_exists(con, "consent_state")
+        else "SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS status WHERE $purpose::VARCHAR IS NULL"
+    )
+    whens = [
+        f"WHEN {e.predicate} THEN '{e.reason}'"  # reasons and predicates are code, not user text
+        for e in EXCLUSIONS
+        if all(table_exists(con, t) for t in e.requires)
+    ]
+    return f"""
+    WITH p0 AS (SELECT customer_id, {contact} AS contact FROM customer_profiles),
+         st AS ({state})
+    SELECT c.customer_id, p.contact,
+           CASE WHEN p.customer_id IS NULL THEN 'unknown_customer'
+                {" ".join(whens)}
+                WHEN s.status = 'withdrawn' THEN 'withdrawn'
+                WHEN s.status IS DISTINCT FROM 'granted' THEN 'no_consent'
+                WHEN p.contact IS NULL OR trim(p.contact::VARCHAR) = '' THEN 'no_contact_point'
+           END AS excluded_because
+    FROM ({source}) c
+    LEFT JOIN p0 p ON p.customer_id = c.customer_id
+    LEFT JOIN st s ON s.customer_id = c.customer_id
+    """
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    purpose: str,
+    candidates: pd.DataFrame | None,
+    then: Callable[[str], pd.DataFrame],
+) -> pd.DataFrame:
+    check_purpose(purpose)
+    if candidates is None:
+        return then(_decision_sql(con, purpose, None))
+    name = f"_enforce_candidates_{next(_names)}"
+    con.register(name, candidates[["customer_id"]].astype({"customer_id": "string"}))
+    try:
+        return then(_decision_sql(con, purpose, name))
+    finally:
+        con.unregister(name)
+
+
+def decide(con: duckdb.DuckDBPyConnection, purpose: str, candidates: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every candidate (default: every profile) with its contact point and why it is left out (or None)."""
+    return _run(con, purpose, candidates, lambda sql: con.execute(f"{sql} ORDER BY 1", {"purpose": purpose}).df())
+
+
+def exclusion_counts(
+    con: duckdb.DuckDBPyConnection, purpose: str, candidates: pd.DataFrame | None = None
+) -> dict[str, int]:
+    """``{"candidates": n, "allowed": n, <reason>: n, ...}`` for a purpose; counts only."""
+
+    def count(sql: str) -> pd.DataFrame:
+        return con.execute(
+            f"SELECT coalesce(excluded_because, 'allowed') AS k, count(*) AS n FROM ({sql}) GROUP BY 1",
+            {"purpose": purpose},
+        ).df()
+
+    found = {str(r.k): int(r.n) for r in _run(con, purpose, candidates, count).itertuples()}
+    out = {"candidates": int(sum(found.values())), "allowed": int(found.pop("allowed", 0))}
+    for reason in reasons():
+        out[reason] = int(found.pop(reason, 0))
+    out.update({k: int(v) for k, v in found.items()})  # e.g. unknown_customer
+    return out
+
+
+def approve(con: duckdb.DuckDBPyConnection, purpose: str, candidates: pd.DataFrame | None = None) -> Audience:
+    """The candidates who may be contacted for ``purpose`` now, with the contact point it needs."""
+    contact = contact_column(purpose)
+    decided = decide(con, purpose, candidates)
+    allowed = decided[decided["excluded_because"].isna()]
+    rows = allowed[["customer_id"]].copy()
+    if contact != "customer_id":
+        rows[contact] = allowed["contact"].to_numpy()
+    return Audience(purpose=purpose, contact=contact, rows=rows.reset_index(drop=True))
+
+
+def verify(con: duckdb.DuckDBPyConnection, purpose: str, rows: pd.DataFrame) -> None:
+    """Refuse (raise :class:`ConsentViolation`) unless every row may be contacted for ``purpose`` right now.
+
+    ``rows`` must hold ``customer_id`` and the purpose's contact column, exactly as they will be written;
+    each contact must be the customer's current one, so rows cannot be redirected to another address.
+    """
+    contact = contact_column(purpose)
+    if "customer_id" not in rows.columns or contact not in rows.columns:
+        raise ConsentViolation(f"export rows for {purpose} must carry customer_id and {contact}")
+    if rows.empty:
+        return
+    decided = decide(con, purpose, rows[["customer_id"]]).set_index("customer_id")
+    ids = rows["customer_id"].astype("string")
+    now = decided.loc[ids].reset_index(drop=True)
+    refused = now["excluded_because"].notna()
+    if contact != "customer_id":
+        written = rows[contact].astype("string").reset_index(drop=True)
+        same = (now["contact"].astype("string") == written).fillna(False).astype(bool)
+        refused = refused | ~same
+    if bool(refused.any()):
+        raise ConsentViolation(
+            f"{int(refused.sum())} of {len(rows)} export rows may not be contacted for {purpose} now; "
+            "nothing was written"
+        )

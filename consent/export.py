@@ -1,0 +1,157 @@
+"""Segment exports: the file a marketing tool receives, and the register of every file that left.
+
+``export_segment`` selects the segment (sandboxed, :mod:`consent.segments`), keeps only the customers
+:mod:`consent.enforce` approves for the purpose, and hands the rows to :func:`write_export`, which is the
+only function here that writes an export file. It asks :func:`consent.enforce.verify` once more, just
+before writing, so rows that reach it any other way are refused too. Files are CSV or Parquet by
+extension, created readable by their owner only (0600), written to a temporary name and renamed into
+place, then recorded:
+
+* ``export_register(export_id, segment, purpose, exported_at, row_count, file, file_hash, contact_column,
+  columns)``: one row per file; counts and a SHA-256, no personal data;
+* ``export_members(export_id, customer_id)``: who was in each file, so an erasure or access request can
+  find every export naming a subject (erasure deletes the subject's rows here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from cdp.config import Settings
+from cdp.errors import CdpError
+from consent import enforce
+from consent.segments import Segment, get_segment, select_segment
+
+FORMATS = {".csv": "csv", ".parquet": "parquet"}
+
+REGISTER_DDL = [
+    """CREATE TABLE IF NOT EXISTS export_register (
+        export_id VARCHAR PRIMARY KEY, segment VARCHAR, purpose VARCHAR, exported_at TIMESTAMP,
+        row_count BIGINT, file VARCHAR, file_hash VARCHAR, contact_column VARCHAR, columns VARCHAR)""",
+    "CREATE TABLE IF NOT EXISTS export_members (export_id VARCHAR, customer_id VARCHAR)",
+]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    export_id: str
+    segment: str
+    purpose: str
+    file: Path
+    row_count: int
+    file_hash: str
+    counts: dict[str, int]  # segment size and exclusions by reason
+
+
+def ensure_register(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in REGISTER_DDL:
+        con.execute(ddl)
+
+
+def export_format(out: Path) -> str:
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise CdpError(f"{out}: export file must end in .csv or .parquet")
+    return fmt
+
+
+def export_segment(
+    con: duckdb.DuckDBPyConnection, settings: Settings, segment_name: str, purpose: str, out: Path
+) -> ExportResult:
+    """Export the customers of a segment who may be contacted for ``purpose`` to ``out``."""
+    enforce.check_purpose(purpose)
+    export_format(out)
+    segment = get_segment(settings.segments_dir, segment_name)
+    return export_selected(con, segment, purpose, out)
+
+
+def export_selected(con: duckdb.DuckDBPyConnection, segment: Segment, purpose: str, out: Path) -> ExportResult:
+    """Export an already loaded segment (the scheduled activation asset uses this)."""
+    candidates = select_segment(con, segment)
+    counts = enforce.exclusion_counts(con, purpose, candidates)
+    audience = enforce.approve(con, purpose, candidates)
+    extra = [f for f in segment.fields if f not in audience.rows.columns]
+    rows = audience.rows.merge(candidates[["customer_id", *extra]], on="customer_id", how="left")
+    return write_export(con, rows, segment=segment.name, purpose=purpose, out=out, counts=counts)
+
+
+def write_export(
+    con: duckdb.DuckDBPyConnection,
+    rows: pd.DataFrame,
+    *,
+    segment: str,
+    purpose: str,
+    out: Path,
+    counts: dict[str, int] | None = None,
+) -> ExportResult:
+    """Check ``rows`` against consent once more, then write them (0600) and record the export."""
+    fmt = export_format(out)
+    enforce.verify(con, purpose, rows)  # the last word, just before any byte is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if fmt == "csv":
+                _flat(rows).to_csv(fh, index=False)
+            else:
+                rows.to_parquet(fh, index=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.chmod(out, 0o600)
+    file_hash = hashlib.sha256(out.read_bytes()).hexdigest()
+    export_id = f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
+    _record(con, export_id, segment, purpose, out, rows, file_hash)
+    return ExportResult(export_id, segment, purpose, out, len(rows), file_hash, counts or {})
+
+
+def _flat(rows: pd.DataFrame) -> pd.DataFrame:
+    """Lists (e.g. ``channels``) as ``a;b`` text for CSV."""
+    flat = rows.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str | bytes)).any():
+            flat[col] = flat[col].map(
+                lambda v: ";".join(map(str, v)) if hasattr(v, "__len__") and not isinstance(v, str) else v
+            )
+    return flat
+
+
+def _record(
+    con: duckdb.DuckDBPyConnection,
+    export_id: str,
+    segment: str,
+    purpose: str,
+    out: Path,
+    rows: pd.DataFrame,
+    file_hash: str,
+) -> None:
+    ensure_register(con)
+    members = pd.DataFrame({"export_id": export_id, "customer_id": rows["customer_id"].astype("string")})
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "INSERT INTO export_register VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                export_id, segment, purpose, datetime.now(UTC).replace(tzinfo=None), len(rows),
+                str(out.resolve()), file_hash, enforce.contact_column(purpose), ",".join(rows.columns),
+            ],
+        )  # fmt: skip
+        con.register("_export_members_new", members)
+        con.execute("INSERT INTO export_members SELECT export_id, customer_id FROM _export_members_new")
+        con.unregister("_export_members_new")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise

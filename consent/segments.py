@@ -1,0 +1,284 @@
+"""Segments: YAML definitions marketers write, compiled to parameterised SQL over profile columns only.
+
+A segment file (``<segments_dir>/<name>.yaml``, default ``data/segments``)::
+
+    name: lapsed_big_spenders
+    description: Spent over 100 in total but bought nothing in the last 90 days
+    where:
+      all:
+        - total_spend > 100
+        - any:
+            - last_purchase_at < current_date - interval 90 day
+            - last_purchase_at is null
+    fields: [first_name, total_spend]        # extra export columns (optional)
+    activations: [email_marketing]           # purposes the scheduled export sends it for (optional)
+
+``where`` is one condition or a tree of ``all`` (and) / ``any`` (or) lists. Each condition is parsed with
+sqlglot and must use only: the profile columns in :data:`identity.profiles.SEGMENT_COLUMNS`; literals
+(passed as parameters, never spliced into SQL); comparisons, ``and``/``or``/``not``, ``in (...)``,
+``between``, ``is [not] null``, ``like``/``ilike``, arithmetic; and the functions in :data:`FUNCTIONS`.
+Anything else (other columns or functions, subqueries, several statements, placeholders) is refused with
+one line naming the file, the condition and the offending part.
+
+Segments run in a sandbox: an in-memory DuckDB connection with external access disabled and its
+configuration locked, holding only the allow-listed profile columns. A condition that slipped past the
+checks could still read no file, no other table and write nothing. The built-in ``all_customers`` selects
+every profile.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import sqlglot
+import yaml
+from sqlglot import exp
+
+from cdp.config import PURPOSES
+from cdp.errors import CdpError
+from cdp.store import table_exists
+from identity.profiles import SEGMENT_COLUMNS
+
+ALL_CUSTOMERS = "all_customers"
+
+#: Functions a condition may call (sqlglot expression types).
+FUNCTIONS: dict[type[exp.Expression], str] = {
+    exp.Lower: "lower",
+    exp.Upper: "upper",
+    exp.Length: "length",
+    exp.Coalesce: "coalesce",
+    exp.Abs: "abs",
+    exp.ArrayContains: "list_contains",
+    exp.CurrentDate: "current_date",
+    exp.CurrentTimestamp: "current_timestamp",
+    exp.DateDiff: "date_diff",
+}
+_OPERATORS: tuple[type[exp.Expression], ...] = (
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Paren, exp.In,
+    exp.Between, exp.Is, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
+    exp.Boolean, exp.Null, exp.Literal, exp.Column, exp.Identifier, exp.Interval, exp.Var, exp.Cast,
+    exp.DataType,
+)  # fmt: skip
+_CONDITIONS = (exp.Predicate, exp.Connector, exp.Not, exp.Paren, exp.Boolean, exp.ArrayContains)
+_UNITS = {"DAY", "DAYS", "WEEK", "WEEKS", "MONTH", "MONTHS", "YEAR", "YEARS"}
+_CASTS = {exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP}
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class SegmentError(CdpError):
+    """A segment definition that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    description: str
+    where: Any
+    fields: tuple[str, ...] = ()
+    activations: tuple[str, ...] = ()
+    file: str = "(built-in)"
+
+
+@dataclass(frozen=True)
+class CompiledSegment:
+    segment: Segment
+    sql: str  # the WHERE clause, with $p1.. placeholders
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def select_sql(self) -> str:
+        cols = ", ".join(f'"{c}"' for c in ("customer_id", *self.segment.fields))
+        return f"SELECT {cols} FROM profiles WHERE {self.sql} ORDER BY customer_id"
+
+
+BUILT_IN = Segment(ALL_CUSTOMERS, "Every unified customer", where="true")
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+
+def load_segment(path: Path) -> Segment:
+    """Read and validate one segment file (it is compiled too, so a bad condition fails here)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SegmentError(f"{path}: cannot read segment: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise SegmentError(f"{path}: a segment is a mapping with name, description, where")
+    unknown = sorted(set(doc) - {"name", "description", "where", "fields", "activations"})
+    if unknown:
+        raise SegmentError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    name = doc.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SegmentError(f"{path}: name must be lower-case letters, digits and _, got {name!r}")
+    if "where" not in doc:
+        raise SegmentError(f"{path}: missing 'where' (use `where: true` for everyone)")
+    fields = tuple(_str_list(path, doc, "fields"))
+    for f in fields:
+        if f not in SEGMENT_COLUMNS:
+            raise SegmentError(f"{path}: field {f!r} is not a profile column; allowed: {_allowed()}")
+    activations = tuple(_str_list(path, doc, "activations"))
+    for p in activations:
+        if p not in PURPOSES:
+            raise SegmentError(f"{path}: activation purpose {p!r} unknown; expected one of {', '.join(PURPOSES)}")
+    segment = Segment(
+        name=name,
+        description=str(doc.get("description") or ""),
+        where=doc["where"],
+        fields=fields,
+        activations=activations,
+        file=str(path),
+    )
+    compile_segment(segment)
+    return segment
+
+
+def _str_list(path: Path, doc: dict[str, Any], key: str) -> list[str]:
+    value = doc.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SegmentError(f"{path}: {key} must be a list of names")
+    return list(dict.fromkeys(value))
+
+
+def load_segments(segments_dir: Path) -> dict[str, Segment | SegmentError]:
+    """Every segment by name: the built-in, then ``*.yaml`` / ``*.yml`` files (invalid ones as errors)."""
+    found: dict[str, Segment | SegmentError] = {ALL_CUSTOMERS: BUILT_IN}
+    paths = sorted([*segments_dir.glob("*.yaml"), *segments_dir.glob("*.yml")]) if segments_dir.is_dir() else []
+    for path in paths:
+        try:
+            seg = load_segment(path)
+        except SegmentError as exc:
+            found[path.stem] = exc
+            continue
+        if seg.name in found:
+            found[seg.name] = SegmentError(f"{path}: segment name {seg.name!r} is defined twice")
+            continue
+        found[seg.name] = seg
+    return found
+
+
+def get_segment(segments_dir: Path, name: str) -> Segment:
+    found = load_segments(segments_dir).get(name)
+    if found is None:
+        raise SegmentError(f"no segment named {name!r} in {segments_dir} (try `cdp segments list`)")
+    if isinstance(found, SegmentError):
+        raise found
+    return found
+
+
+# -- compiling ---------------------------------------------------------------------------------------
+
+
+def compile_segment(segment: Segment) -> CompiledSegment:
+    """The segment's ``where`` as one parameterised SQL predicate over the allow-listed columns."""
+    counter = itertools.count(1)
+    params: dict[str, Any] = {}
+    leaves = itertools.count(1)
+    tree = _compile_node(segment, segment.where, counter, params, leaves)
+    return CompiledSegment(segment, tree.sql(dialect="duckdb", comments=False), params)
+
+
+def _compile_node(seg: Segment, node: Any, counter: Any, params: dict[str, Any], leaves: Any) -> exp.Expression:
+    if isinstance(node, dict):
+        if len(node) != 1 or next(iter(node)) not in ("all", "any"):
+            raise SegmentError(f"{seg.file}: a condition group is `all: [...]` or `any: [...]`")
+        ((kind, items),) = node.items()
+        if not isinstance(items, list) or not items:
+            raise SegmentError(f"{seg.file}: `{kind}` needs a non-empty list of conditions")
+        parts = [exp.Paren(this=_compile_node(seg, item, counter, params, leaves)) for item in items]
+        combine = exp.and_ if kind == "all" else exp.or_
+        return combine(*parts)
+    if isinstance(node, bool):
+        return exp.Boolean(this=node)
+    if isinstance(node, str):
+        return _compile_condition(seg, next(leaves), node, counter, params)
+    raise SegmentError(f"{seg.file}: a condition must be text, got {type(node).__name__}")
+
+
+def _compile_condition(seg: Segment, n: int, text: str, counter: Any, params: dict[str, Any]) -> exp.Expression:
+    where = f"{seg.file}: condition {n}"
+    try:
+        statements = [s for s in sqlglot.parse(text, read="duckdb") if s is not None]
+    except sqlglot.errors.SqlglotError as exc:
+        raise SegmentError(f"{where}: not a valid condition ({str(exc).splitlines()[0][:80]})") from None
+    if len(statements) != 1:
+        raise SegmentError(f"{where}: one condition expected, found {len(statements)} statements")
+    tree = statements[0]
+    for node in tree.walk():
+        _check_node(where, node)
+    if not isinstance(tree, exp.Predicate | exp.Connector | exp.Not | exp.Paren | exp.Boolean | exp.ArrayContains):
+        raise SegmentError(f"{where}: not a true/false condition ({tree.sql(dialect='duckdb')[:60]})")
+
+    def parameterise(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Literal) and not isinstance(node.parent, exp.Interval):
+            name = f"p{next(counter)}"
+            params[name] = node.this if node.is_string else Decimal(node.this)
+            return exp.Placeholder(this=name)
+        return node
+
+    return tree.transform(parameterise, copy=True)
+
+
+def _check_node(where: str, node: exp.Expression) -> None:
+    if isinstance(node, exp.Query | exp.Subquery | exp.Exists):
+        raise SegmentError(f"{where}: subqueries are not allowed")
+    if isinstance(node, exp.Column):
+        if node.table or node.args.get("db") or node.args.get("catalog"):
+            raise SegmentError(f"{where}: use bare profile column names, not {node.sql(dialect='duckdb')}")
+        if node.name not in SEGMENT_COLUMNS:
+            raise SegmentError(f"{where}: {node.name!r} is not a profile column; allowed: {_allowed()}")
+        return
+    if type(node) in FUNCTIONS:
+        return
+    if type(node) not in _OPERATORS:  # exact types: a subclass of an allowed node is not allowed
+        if isinstance(node, exp.Func):
+            name = str(node.this) if isinstance(node, exp.Anonymous) else node.sql_name()
+            allowed = ", ".join(sorted(FUNCTIONS.values()))
+            raise SegmentError(f"{where}: function {name.lower()} is not allowed; allowed: {allowed}")
+        raise SegmentError(f"{where}: {type(node).__name__.lower()} is not allowed in a segment condition")
+    if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
+        raise SegmentError(f"{where}: subqueries are not allowed")
+    if isinstance(node, exp.Var) and node.name.upper() not in _UNITS:
+        raise SegmentError(f"{where}: {node.name!r} is not a date unit (day, week, month, year)")
+    if isinstance(node, exp.Literal) and isinstance(node.parent, exp.Interval) and not node.this.isdigit():
+        raise SegmentError(f"{where}: an interval needs a whole number, got {node.this!r}")
+    if isinstance(node, exp.DataType) and node.this not in _CASTS:
+        raise SegmentError(f"{where}: only DATE and TIMESTAMP casts are allowed")
+
+
+def _allowed() -> str:
+    return ", ".join(SEGMENT_COLUMNS)
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+def sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """An in-memory, locked-down connection holding only the allow-listed profile columns as ``profiles``."""
+    if not table_exists(con, "customer_profiles"):
+        raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
+    cols = ", ".join(f'"{c}"' for c in SEGMENT_COLUMNS)
+    profiles = con.sql(f"SELECT {cols} FROM customer_profiles").to_arrow_table()
+    box = duckdb.connect(":memory:")
+    box.execute("SET enable_external_access = false")
+    box.execute("SET lock_configuration = true")
+    box.register("profiles", profiles)
+    return box
+
+
+def select_segment(con: duckdb.DuckDBPyConnection, segment: Segment) -> pd.DataFrame:
+    """Customers in the segment (before consent): ``customer_id`` and the segment's ``fields``."""
+    compiled = compile_segment(segment)
+    box = sandbox(con)
+    try:
+        return box.execute(compiled.select_sql(), compiled.params).df()
+    except duckdb.Error as exc:
+        raise SegmentError(f"{segment.file}: segment cannot run: {str(exc).splitlines()[0][:120]}") from None
+    finally:
+        box.close()

@@ -1,0 +1,99 @@
+"""Who may be exported for a purpose (consent/enforce.py); not segment parsing or file writing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from consent_world import at, rebuild
+
+from cdp.errors import CdpError
+from consent import enforce
+
+
+def test_only_current_grants_with_a_contact_point_pass(con):
+    audience = enforce.approve(con, "email_marketing")
+    assert audience.contact == "email"
+    assert audience.rows.to_dict("records") == [
+        {"customer_id": "cA", "email": "a@example.com"},
+        {"customer_id": "cC", "email": "c@example.com"},
+        {"customer_id": "cG", "email": "g@example.com"},
+    ]
+
+
+def test_every_customer_left_out_has_a_reason(con):
+    counts = enforce.exclusion_counts(con, "email_marketing")
+    assert counts == {
+        "candidates": 7, "allowed": 3, "restricted": 1, "withdrawn": 1, "no_consent": 1,
+        "no_contact_point": 1,
+    }  # fmt: skip
+    reasons = enforce.decide(con, "email_marketing").set_index("customer_id")["excluded_because"]
+    assert reasons["cB"] == "withdrawn" and reasons["cD"] == "no_consent" and reasons["cE"] == "restricted"
+    assert reasons["cF"] == "no_contact_point" and pd.isna(reasons["cA"])
+
+
+def test_lifted_restriction_no_longer_excludes(con):
+    con.execute("UPDATE restrictions SET lifted_at = ? WHERE customer_id = 'cE'", [at(8)])
+    assert "cE" in set(enforce.approve(con, "email_marketing").rows["customer_id"])
+
+
+def test_no_consent_state_at_all_means_nobody(con):
+    con.execute("DROP TABLE consent_state")
+    assert enforce.approve(con, "email_marketing").rows.empty
+    counts = enforce.exclusion_counts(con, "analytics")
+    assert counts["no_consent"] == 6 and counts["restricted"] == 1 and counts["allowed"] == 0
+
+
+def test_purpose_channels(con):
+    push = enforce.approve(con, "push_marketing")
+    assert push.rows.to_dict("records") == [{"customer_id": "cF", "device_id": "devF"}]
+    sms = enforce.approve(con, "sms_marketing")
+    assert sms.rows.to_dict("records") == [{"customer_id": "cA", "phone": "+447700900001"}]
+    analytics = enforce.approve(con, "analytics")
+    assert list(analytics.rows.columns) == ["customer_id"] and analytics.rows.empty
+
+
+def test_registered_exclusion_applies_to_every_decision(con):
+    con.execute("CREATE TABLE erased_test (customer_id VARCHAR)")
+    con.execute("INSERT INTO erased_test VALUES ('cA')")
+    rule = enforce.Exclusion(
+        "erased", "c.customer_id IN (SELECT customer_id FROM erased_test)", requires=("erased_test",)
+    )
+    saved = list(enforce.EXCLUSIONS)
+    try:
+        enforce.register_exclusion(rule)
+        assert set(enforce.approve(con, "email_marketing").rows["customer_id"]) == {"cC", "cG"}
+        assert enforce.exclusion_counts(con, "email_marketing")["erased"] == 1
+    finally:
+        enforce.EXCLUSIONS[:] = saved
+
+
+def test_verify_refuses_rows_that_were_never_approved(con):
+    forged = pd.DataFrame({"customer_id": ["cA", "cB"], "email": ["a@example.com", "b@example.com"]})
+    with pytest.raises(enforce.ConsentViolation, match="1 of 2 export rows"):
+        enforce.verify(con, "email_marketing", forged)
+
+
+def test_verify_refuses_a_redirected_contact_point(con):
+    redirected = pd.DataFrame({"customer_id": ["cA"], "email": ["someone.else@example.com"]})
+    with pytest.raises(enforce.ConsentViolation):
+        enforce.verify(con, "email_marketing", redirected)
+    with pytest.raises(enforce.ConsentViolation, match="must carry customer_id and email"):
+        enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": ["cA"]}))
+
+
+def test_verify_sees_a_withdrawal_made_after_approval(con):
+    audience = enforce.approve(con, "email_marketing")
+    enforce.verify(con, "email_marketing", audience.rows)  # still fine
+    con.execute(
+        "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
+        "VALUES ('late', ?, 'email_marketing', 'withdrawn', 'a@example.com', 'a@example.com')",
+        [at(10)],
+    )
+    rebuild(con, as_of=at(20))
+    with pytest.raises(enforce.ConsentViolation):
+        enforce.verify(con, "email_marketing", audience.rows)
+
+
+def test_unknown_purpose_is_one_line(con):
+    with pytest.raises(CdpError, match="unknown purpose 'spam'"):
+        enforce.approve(con, "spam")

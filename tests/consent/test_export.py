@@ -1,0 +1,123 @@
+"""Segment export files and the export register; includes the attempts to get round enforcement."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from consent_world import at, rebuild
+
+from cdp.errors import CdpError
+from cdp.store import table_exists
+from consent import enforce, export
+from consent.export import export_segment, write_export
+from consent.segments import SegmentError
+
+
+def register(con) -> list[tuple]:
+    return con.execute("SELECT segment, purpose, row_count, file_hash FROM export_register").fetchall()
+
+
+def registered(con) -> int:
+    """Rows in the export register (0 when no export was ever recorded)."""
+    if not table_exists(con, "export_register"):
+        return 0
+    return con.execute("SELECT count(*) FROM export_register").fetchall()[0][0]
+
+
+def test_csv_export_holds_only_consented_customers(con, settings, tmp_path: Path):
+    out = tmp_path / "out" / "email.csv"
+    result = export_segment(con, settings, "all_customers", "email_marketing", out)
+    rows = pd.read_csv(out)
+    assert rows.to_dict("records") == [
+        {"customer_id": "cA", "email": "a@example.com"},
+        {"customer_id": "cC", "email": "c@example.com"},
+        {"customer_id": "cG", "email": "g@example.com"},
+    ]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert result.row_count == 3 and result.counts["withdrawn"] == 1 and result.counts["restricted"] == 1
+    assert register(con) == [("all_customers", "email_marketing", 3, hashlib.sha256(out.read_bytes()).hexdigest())]
+    members = con.execute("SELECT customer_id FROM export_members WHERE export_id = ? ORDER BY 1", [result.export_id])
+    assert [r[0] for r in members.fetchall()] == ["cA", "cC", "cG"]
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path):
+    con.execute(
+        "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
+        "VALUES ('kc', ?, 'sms_marketing', 'granted', 'c@example.com', 'c@example.com')",
+        [at(9)],
+    )
+    rebuild(con, as_of=at(20))
+    out = tmp_path / "big.parquet"
+    export_segment(con, settings, "big_spenders", "sms_marketing", out)
+    rows = pd.read_parquet(out)
+    assert list(rows.columns) == ["customer_id", "phone", "first_name", "total_spend"]
+    assert rows.to_dict("records")[0]["customer_id"] == "cC" and len(rows) == 1
+    assert rows["phone"].tolist() == ["+447700900999"] and rows["first_name"].tolist() == ["Cat"]
+
+
+def test_writing_unapproved_rows_directly_is_refused_and_writes_nothing(con, tmp_path: Path):
+    out = tmp_path / "bypass.csv"
+    everyone = con.execute("SELECT customer_id, email FROM customer_profiles").df()  # no enforce.approve
+    with pytest.raises(enforce.ConsentViolation, match="nothing was written"):
+        write_export(con, everyone, segment="all_customers", purpose="email_marketing", out=out)
+    assert not out.exists() and not list(tmp_path.iterdir()) and registered(con) == 0
+
+
+def test_export_cannot_skip_the_final_check(con, settings, tmp_path: Path, monkeypatch):
+    calls = []
+
+    def spy(con_, purpose, rows):
+        calls.append((purpose, len(rows)))
+        raise enforce.ConsentViolation("stopped by test")
+
+    monkeypatch.setattr(enforce, "verify", spy)
+    out = tmp_path / "x.csv"
+    with pytest.raises(enforce.ConsentViolation, match="stopped by test"):
+        export_segment(con, settings, "all_customers", "email_marketing", out)
+    assert calls == [("email_marketing", 3)] and not out.exists() and registered(con) == 0
+
+
+def test_consent_withdrawn_between_selection_and_writing_is_caught(con, settings, tmp_path: Path, monkeypatch):
+    real_approve = enforce.approve
+
+    def approve_then_withdraw(con_, purpose, candidates=None):
+        audience = real_approve(con_, purpose, candidates)
+        con_.execute(
+            "INSERT INTO stg_consent (consent_id, event_time, purpose, status, crm_id) "
+            "VALUES ('race', ?, 'email_marketing', 'withdrawn', 'crmG')",
+            [at(12)],
+        )
+        rebuild(con_, as_of=at(20))
+        return audience
+
+    monkeypatch.setattr(enforce, "approve", approve_then_withdraw)
+    out = tmp_path / "race.csv"
+    with pytest.raises(enforce.ConsentViolation, match="1 of 3"):
+        export_segment(con, settings, "all_customers", "email_marketing", out)
+    assert not out.exists()
+
+
+def test_bad_requests_fail_before_anything_is_written(con, settings, tmp_path: Path):
+    with pytest.raises(CdpError, match=r"must end in \.csv or \.parquet"):
+        export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "x.xlsx")
+    with pytest.raises(CdpError, match="unknown purpose"):
+        export_segment(con, settings, "all_customers", "spam", tmp_path / "x.csv")
+    (settings.segments_dir / "evil.yaml").write_text(
+        "name: evil\nwhere: \"x = ''; COPY customer_profiles TO '" + str(tmp_path / "leak.csv") + "'\"\n"
+    )
+    with pytest.raises(SegmentError, match="evil.yaml: condition 1"):
+        export_segment(con, settings, "evil", "email_marketing", tmp_path / "x.csv")
+    assert not list(tmp_path.glob("*.csv")) and not (tmp_path / "leak.csv").exists() and registered(con) == 0
+
+
+def test_csv_lists_are_flattened(con, settings, tmp_path: Path):
+    (settings.segments_dir / "chan.yaml").write_text("name: chan\nwhere: true\nfields: [channels]\n")
+    out = tmp_path / "chan.csv"
+    export.export_segment(con, settings, "chan", "email_marketing", out)
+    assert pd.read_csv(out, keep_default_na=False)["channels"].tolist() == ["web", "store", ""]
+    assert export._flat(pd.DataFrame({"channels": [["app", "web"]]}))["channels"].tolist() == ["app;web"]

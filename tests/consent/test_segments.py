@@ -1,0 +1,103 @@
+"""Segment YAML compiled to parameterised SQL over allow-listed profile columns, run in a sandbox.
+
+Covers parsing, the allow-list and refusal of injection attempts; consent is covered in test_enforce.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from consent.segments import (
+    ALL_CUSTOMERS,
+    Segment,
+    SegmentError,
+    compile_segment,
+    get_segment,
+    load_segments,
+    sandbox,
+    select_segment,
+)
+
+
+def seg(where, fields=()) -> Segment:
+    return Segment("t", "test", where=where, fields=tuple(fields), file="t.yaml")
+
+
+def test_conditions_compile_to_parameterised_sql():
+    compiled = compile_segment(
+        seg({"all": ["total_spend >= 100", {"any": ["postcode LIKE 'SW%'", "first_name = 'O''Brien'"]}]})
+    )
+    assert "'" not in compiled.sql and "100" not in compiled.sql  # every literal is a parameter
+    assert compiled.params == {"p1": 100, "p2": "SW%", "p3": "O'Brien"}
+    assert "$p1" in compiled.sql and " OR " in compiled.sql and " AND " in compiled.sql
+
+
+def test_segment_selects_from_profiles(con):
+    picked = select_segment(con, seg("total_spend >= 100", fields=["first_name", "total_spend"]))
+    assert picked["customer_id"].tolist() == ["cC"] and list(picked.columns) == [
+        "customer_id", "first_name", "total_spend",
+    ]  # fmt: skip
+    recent_app = "last_seen >= current_date - interval 10000 day AND list_contains(channels, 'app')"
+    dated = select_segment(con, seg(recent_app))
+    assert dated["customer_id"].tolist() == ["cF"]
+    assert len(select_segment(con, seg(True))) == 7
+
+
+INJECTIONS = {
+    "x = ''; COPY customer_profiles TO '/tmp/leak.csv'": "found 2 statements|not a profile column",
+    "total_spend > 0; COPY customer_profiles TO '/tmp/leak.csv'": "found 2 statements",
+    "read_csv('/etc/passwd') IS NOT NULL": "function read_csv is not allowed",
+    "customer_id IN (SELECT customer_id FROM consent_state)": "subqueries are not allowed",
+    "EXISTS (SELECT 1)": "subqueries are not allowed",
+    "secret_column = 1": "'secret_column' is not a profile column",
+    "consent_state.status = 'granted'": "bare profile column names",
+    "pg_read_file('x') = 'y'": "function pg_read_file is not allowed",
+    "getenv('HOME') = 'x'": "not allowed",
+    "total_spend > $1": "placeholder is not allowed",
+    "total_spend": "not a true/false condition",
+    "total_spend >": "not a valid condition",
+}
+
+
+@pytest.mark.parametrize("condition", INJECTIONS)
+def test_injection_attempts_are_refused_with_one_line(condition, tmp_path: Path):
+    with pytest.raises(SegmentError, match=INJECTIONS[condition]) as caught:
+        compile_segment(seg(condition))
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("t.yaml: condition 1")
+    assert not Path("/tmp/leak.csv").exists()
+
+
+def test_sandbox_cannot_read_files_or_other_tables(con):
+    box = sandbox(con)
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        box.execute("SELECT * FROM read_csv('/etc/passwd')").fetchall()
+    with pytest.raises(duckdb.Error):
+        box.execute("SELECT * FROM consent_state").fetchall()
+    with pytest.raises(duckdb.Error, match="locked"):
+        box.execute("SET enable_external_access = true")
+    assert "email" in box.execute("SELECT * FROM profiles LIMIT 0").df().columns
+
+
+def test_segment_files_load_and_bad_ones_are_reported(tmp_path: Path):
+    (tmp_path / "good.yaml").write_text("name: good\ndescription: d\nwhere: orders > 1\nfields: [city]\n")
+    (tmp_path / "bad.yaml").write_text("name: bad\nwhere: read_csv('/etc/passwd') IS NULL\n")
+    (tmp_path / "badfield.yaml").write_text("name: badfield\nwhere: true\nfields: [ssn]\n")
+    found = load_segments(tmp_path)
+    assert list(found) == [ALL_CUSTOMERS, "bad", "badfield", "good"]
+    assert isinstance(found["good"], Segment) and found["good"].fields == ("city",)
+    assert isinstance(found["bad"], SegmentError) and "read_csv" in str(found["bad"])
+    assert "field 'ssn' is not a profile column" in str(found["badfield"])
+    with pytest.raises(SegmentError, match="no segment named 'nope'"):
+        get_segment(tmp_path, "nope")
+    with pytest.raises(SegmentError, match="bad.yaml: condition 1: function read_csv"):
+        get_segment(tmp_path, "bad")
+
+
+def test_committed_example_segments_are_valid():
+    folder = Path(__file__).resolve().parents[2] / "data" / "segments"
+    found = load_segments(folder)
+    assert len(found) >= 4
+    assert all(isinstance(s, Segment) for s in found.values()), [str(s) for s in found.values()]
