@@ -54,12 +54,8 @@ def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, ri
     row = {"source": source, "source_record_id": rid, "record_time": when, "unit_id": f"{source}:{rid}", **v}
     if "email" in row and "email_key" not in row:
         row["email_key"] = row["email"]
-    con.execute(
-        f"INSERT INTO stg_records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
-    )
-    con.execute(
-        "INSERT INTO customer_source_records VALUES (?, ?, ?, ?)", [source, rid, customer_id, row["unit_id"]]
-    )
+    con.execute(f"INSERT INTO stg_records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    con.execute("INSERT INTO customer_source_records VALUES (?, ?, ?, ?)", [source, rid, customer_id, row["unit_id"]])
 
 
 def add_consent(con: duckdb.DuckDBPyConnection, cid: str, when: datetime, purpose: str, status: str, **ids):
@@ -73,9 +69,7 @@ def add_consent(con: duckdb.DuckDBPyConnection, cid: str, when: datetime, purpos
     }
     if "email" in row and "email_key" not in row:
         row["email_key"] = row["email"]
-    con.execute(
-        f"INSERT INTO stg_consent ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
-    )
+    con.execute(f"INSERT INTO stg_consent ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
 
 def rebuild(con: duckdb.DuckDBPyConnection, as_of: datetime | None = None) -> dict[str, int]:
@@ -115,6 +109,4 @@ def make_world(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def states(con: duckdb.DuckDBPyConnection, purpose: str) -> dict[str, str]:
-    return dict(
-        con.execute("SELECT customer_id, status FROM consent_state WHERE purpose = ?", [purpose]).fetchall()
-    )
+    return dict(con.execute("SELECT customer_id, status FROM consent_state WHERE purpose = ?", [purpose]).fetchall())

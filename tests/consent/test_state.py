@@ -11,9 +11,7 @@ from consent.state import build_consent_state
 def test_latest_event_wins_whichever_identifier_it_came_through(con):
     email = states(con, "email_marketing")
     assert email["cA"] == "granted"
-    assert (
-        email["cB"] == "withdrawn"
-    )  # granted via CRM id, withdrew later at a store with the household phone
+    assert email["cB"] == "withdrawn"  # granted via CRM id, withdrew later at a store with the household phone
     assert email["cC"] == "granted"  # the household withdrawal reached cC too, but cC granted again later
     assert "cD" not in email  # no event, no row: no consent
 
@@ -64,9 +62,7 @@ def test_event_for_an_unseen_identifier_is_kept_and_applies_once_it_appears(con)
 
 def test_app_push_opt_in_and_out_become_push_marketing_consent(con):
     assert states(con, "push_marketing") == {"cF": "granted"}
-    row = con.execute(
-        "SELECT origin, source, status FROM consent_events WHERE event_id = 'app:pF2'"
-    ).fetchall()
+    row = con.execute("SELECT origin, source, status FROM consent_events WHERE event_id = 'app:pF2'").fetchall()
     assert row == [("app", "app_prompt", "granted")]
     add_record(con, "cF", "app", "pF3", at(11), device_id="devF", event_type="push_opt_out")
     rebuild(con, as_of=at(20))
