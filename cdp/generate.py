@@ -82,229 +82,33 @@ _EXTRA_COLUMN = {"web": "user_agent", "store": "till_id", "crm": "source_system"
 # ---------------------------------------------------------------------------------------------------------
 # Reference data. Names are written in their display form; nicknames mirror identity/data/nicknames.csv.
 
-_MALE = [
-    "James",
-    "John",
-    "Robert",
-    "Michael",
-    "William",
-    "David",
-    "Richard",
-    "Thomas",
-    "Christopher",
-    "Daniel",
-    "Matthew",
-    "Andrew",
-    "Joseph",
-    "Anthony",
-    "Stephen",
-    "Peter",
-    "Edward",
-    "Samuel",
-    "Benjamin",
-    "Jonathan",
-    "Nicholas",
-    "Alexander",
-    "Philip",
-    "Patrick",
-    "Henry",
-    "Charles",
-    "Frederick",
-    "Raymond",
-    "Kenneth",
-    "Gregory",
-    "George",
-    "Oliver",
-    "Mohammed",
-    "Ali",
-    "Liam",
-    "Noah",
-    "Oscar",
-    "Arthur",
-    "Leo",
-    "Ethan",
-    "Ryan",
-    "Adam",
-    "Luke",
-    "José",
-    "Seán",
-    "Owen",
-    "Callum",
-    "Kieran",
-    "Connor",
-    "Dylan",
-    "Ravi",
-    "Arjun",
-    "Tariq",
-    "Wei",
-    "Piotr",
-]
-_FEMALE = [
-    "Elizabeth",
-    "Sarah",
-    "Emma",
-    "Catherine",
-    "Katherine",
-    "Margaret",
-    "Susan",
-    "Jennifer",
-    "Rebecca",
-    "Victoria",
-    "Jessica",
-    "Samantha",
-    "Amanda",
-    "Patricia",
-    "Deborah",
-    "Christine",
-    "Natalie",
-    "Charlotte",
-    "Abigail",
-    "Eleanor",
-    "Alexandra",
-    "Nicola",
-    "Joanne",
-    "Sandra",
-    "Barbara",
-    "Jacqueline",
-    "Olivia",
-    "Amelia",
-    "Isla",
-    "Ava",
-    "Mia",
-    "Emily",
-    "Sophie",
-    "Grace",
-    "Lucy",
-    "Hannah",
-    "Chloé",
-    "Zoë",
-    "Siân",
-    "Aoife",
-    "Priya",
-    "Fatima",
-    "Aisha",
-    "Anna",
-    "Laura",
-    "Rachel",
-    "Helen",
-    "Claire",
-    "Louise",
-    "Mary",
-]
-_SURNAMES = [
-    "Smith",
-    "Jones",
-    "Williams",
-    "Taylor",
-    "Brown",
-    "Davies",
-    "Evans",
-    "Wilson",
-    "Thomas",
-    "Johnson",
-    "Roberts",
-    "Robinson",
-    "Thompson",
-    "Wright",
-    "Walker",
-    "White",
-    "Edwards",
-    "Hughes",
-    "Green",
-    "Hall",
-    "Lewis",
-    "Harris",
-    "Clarke",
-    "Patel",
-    "Jackson",
-    "Wood",
-    "Turner",
-    "Martin",
-    "Cooper",
-    "Hill",
-    "Ward",
-    "Morris",
-    "Moore",
-    "Clark",
-    "Lee",
-    "King",
-    "Baker",
-    "Harrison",
-    "Morgan",
-    "Allen",
-    "James",
-    "Scott",
-    "Phillips",
-    "Watson",
-    "Davis",
-    "Parker",
-    "Price",
-    "Bennett",
-    "Young",
-    "Griffiths",
-    "Mitchell",
-    "Kelly",
-    "Cook",
-    "Carter",
-    "Richardson",
-    "Bailey",
-    "Collins",
-    "Bell",
-    "Shaw",
-    "Murphy",
-    "Miller",
-    "Cox",
-    "Richards",
-    "Khan",
-    "Marshall",
-    "Anderson",
-    "Simpson",
-    "Ellis",
-    "Adams",
-    "Singh",
-    "Begum",
-    "Wilkinson",
-    "Foster",
-    "Chapman",
-    "Powell",
-    "Webb",
-    "Rogers",
-    "Gray",
-    "Mason",
-    "Ali",
-    "Hunt",
-    "Hussain",
-    "Campbell",
-    "Matthews",
-    "Owen",
-    "Palmer",
-    "Holmes",
-    "Mills",
-    "Barnes",
-    "Knight",
-    "Lloyd",
-    "Butler",
-    "Russell",
-    "Barker",
-    "Fisher",
-    "Stevens",
-    "Jenkins",
-    "Murray",
-    "Dixon",
-    "Harvey",
-    "O'Brien",
-    "O'Connor",
-    "McDonald",
-    "MacLeod",
-    "Smith-Jones",
-    "Fernández",
-    "Nowak",
-    "Müller",
-    "Zhang",
-    "Nguyen",
-    "Okafor",
+_MALE = (
+    "James", "John", "Robert", "Michael", "William", "David", "Richard", "Thomas", "Christopher", "Daniel", "Matthew",
+    "Andrew", "Joseph", "Anthony", "Stephen", "Peter", "Edward", "Samuel", "Benjamin", "Jonathan", "Nicholas",
+    "Alexander", "Philip", "Patrick", "Henry", "Charles", "Frederick", "Raymond", "Kenneth", "Gregory", "George",
+    "Oliver", "Mohammed", "Ali", "Liam", "Noah", "Oscar", "Arthur", "Leo", "Ethan", "Ryan", "Adam", "Luke", "José",
+    "Seán", "Owen", "Callum", "Kieran", "Connor", "Dylan", "Ravi", "Arjun", "Tariq", "Wei", "Piotr",
+)  # fmt: skip
+_FEMALE = (
+    "Elizabeth", "Sarah", "Emma", "Catherine", "Katherine", "Margaret", "Susan", "Jennifer", "Rebecca", "Victoria",
+    "Jessica", "Samantha", "Amanda", "Patricia", "Deborah", "Christine", "Natalie", "Charlotte", "Abigail", "Eleanor",
+    "Alexandra", "Nicola", "Joanne", "Sandra", "Barbara", "Jacqueline", "Olivia", "Amelia", "Isla", "Ava", "Mia",
+    "Emily", "Sophie", "Grace", "Lucy", "Hannah", "Chloé", "Zoë", "Siân", "Aoife", "Priya", "Fatima", "Aisha", "Anna",
+    "Laura", "Rachel", "Helen", "Claire", "Louise", "Mary",
+)  # fmt: skip
+_SURNAMES = (
+    "Smith", "Jones", "Williams", "Taylor", "Brown", "Davies", "Evans", "Wilson", "Thomas", "Johnson", "Roberts",
+    "Robinson", "Thompson", "Wright", "Walker", "White", "Edwards", "Hughes", "Green", "Hall", "Lewis", "Harris",
+    "Clarke", "Patel", "Jackson", "Wood", "Turner", "Martin", "Cooper", "Hill", "Ward", "Morris", "Moore", "Clark",
+    "Lee", "King", "Baker", "Harrison", "Morgan", "Allen", "James", "Scott", "Phillips", "Watson", "Davis", "Parker",
+    "Price", "Bennett", "Young", "Griffiths", "Mitchell", "Kelly", "Cook", "Carter", "Richardson", "Bailey",
+    "Collins", "Bell", "Shaw", "Murphy", "Miller", "Cox", "Richards", "Khan", "Marshall", "Anderson", "Simpson",
+    "Ellis", "Adams", "Singh", "Begum", "Wilkinson", "Foster", "Chapman", "Powell", "Webb", "Rogers", "Gray", "Mason",
+    "Ali", "Hunt", "Hussain", "Campbell", "Matthews", "Owen", "Palmer", "Holmes", "Mills", "Barnes", "Knight",
+    "Lloyd", "Butler", "Russell", "Barker", "Fisher", "Stevens", "Jenkins", "Murray", "Dixon", "Harvey", "O'Brien",
+    "O'Connor", "McDonald", "MacLeod", "Smith-Jones", "Fernández", "Nowak", "Müller", "Zhang", "Nguyen", "Okafor",
     "da Silva",
-]
+)  # fmt: skip
 NICKNAMES: dict[str, tuple[str, ...]] = {
     "Robert": ("Bob", "Rob", "Bobby", "Robbie"), "William": ("Bill", "Will", "Billy"),
     "Elizabeth": ("Liz", "Beth", "Lizzie", "Betty"), "James": ("Jim", "Jimmy", "Jamie"),
@@ -323,48 +127,12 @@ NICKNAMES: dict[str, tuple[str, ...]] = {
     "Alexandra": ("Alex",), "Nicola": ("Nicky",), "Joanne": ("Jo",), "Sandra": ("Sandy",),
     "Barbara": ("Barb",), "Jacqueline": ("Jackie",),
 }  # fmt: skip
-_STREETS = [
-    "High",
-    "Station",
-    "Church",
-    "Park",
-    "Victoria",
-    "Green",
-    "Manor",
-    "Mill",
-    "Queen's",
-    "King",
-    "London",
-    "Grange",
-    "Alexandra",
-    "Albert",
-    "York",
-    "Springfield",
-    "Windsor",
-    "Chestnut",
-    "Oak",
-    "Elm",
-    "Beech",
-    "Willow",
-    "Meadow",
-    "Orchard",
-    "Highfield",
-    "St John's",
-    "North",
-    "South",
-    "West",
-    "Mount Pleasant",
-    "Cedar",
-    "Hawthorn",
-    "Rosemary",
-    "Cromwell",
-    "Nelson",
-    "Wellington",
-    "Marlborough",
-    "Belmont",
-    "Richmond",
-    "Stanley",
-]
+_STREETS = (
+    "High", "Station", "Church", "Park", "Victoria", "Green", "Manor", "Mill", "Queen's", "King", "London", "Grange",
+    "Alexandra", "Albert", "York", "Springfield", "Windsor", "Chestnut", "Oak", "Elm", "Beech", "Willow", "Meadow",
+    "Orchard", "Highfield", "St John's", "North", "South", "West", "Mount Pleasant", "Cedar", "Hawthorn", "Rosemary",
+    "Cromwell", "Nelson", "Wellington", "Marlborough", "Belmont", "Richmond", "Stanley",
+)  # fmt: skip
 _SUFFIXES = ("Road", "Street", "Lane", "Avenue", "Close", "Drive", "Grove", "Crescent", "Way", "Gardens")
 _ABBREV = {
     "Road": "Rd", "Street": "St", "Lane": "Ln", "Avenue": "Ave", "Close": "Cl", "Drive": "Dr", "Grove": "Gr",
@@ -393,20 +161,10 @@ _EMAIL_DOMAINS = (
     ("live.co.uk", 0.04), ("aol.com", 0.02), ("protonmail.com", 0.02), ("virginmedia.com", 0.03),
     ("nhs.net", 0.03),
 )  # fmt: skip
-_HANDLE_WORDS = [
-    "sunny",
-    "blue",
-    "redfox",
-    "skater",
-    "gamer",
-    "bookworm",
-    "runner",
-    "foodie",
-    "dreamer",
-    "tiger",
-    "pixel",
+_HANDLE_WORDS = (
+    "sunny", "blue", "redfox", "skater", "gamer", "bookworm", "runner", "foodie", "dreamer", "tiger", "pixel",
     "storm",
-]
+)  # fmt: skip
 _PLACEHOLDER_IDS = ("-1", "null", "000000", "NULL", "0")
 _PLACEHOLDER_EMAILS = ("test@test.com", "noemail@noemail.com", "none@none.com")
 _PLACEHOLDER_PHONES = ("00000000000", "0", "-1")
@@ -564,7 +322,7 @@ def _case(s: str, k: int) -> str:
     return s + "  "
 
 
-def _messy_text(rng: np.random.Generator, values: np.ndarray, p_typo: float, p_case=None) -> np.ndarray:
+def _messy_text(rng: np.random.Generator, values: np.ndarray, p_typo, p_case=None) -> np.ndarray:
     n = len(values)
     case = rng.choice(5, size=n, p=p_case or (0.70, 0.12, 0.08, 0.05, 0.05))
     typo = rng.random(n) < p_typo
@@ -736,7 +494,9 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     partner_gap = rng.integers(-6 * 365, 6 * 365, n).astype("timedelta64[D]")
     child_gap = rng.integers(22 * 365, 36 * 365, n).astype("timedelta64[D]")
     dob = base[household] + np.where(rank == 0, 0, np.where(rank == 1, partner_gap, child_gap))
-    dob = np.minimum(dob, np.datetime64("2007-12-31")).astype("datetime64[D]")
+    cap = np.datetime64("2007-12-31")  # every customer is an adult
+    dob = np.where(dob > cap, cap - rng.integers(0, 12 * 365, n).astype("timedelta64[D]"), dob)
+    dob = dob.astype("datetime64[D]")
 
     # Twins: in some families with two children, the younger one shares the elder's birthday and surname.
     twin = (rank == 3) & (rng.random(n) < 0.35)
@@ -748,7 +508,7 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     first[same[first[same - 1] == first[same]]] = "Grace"
 
     # Common names: a share of single people are all called John Smith (different people!).
-    common = (sizes[household] == 1) & ~sex & (rng.random(n) < 0.02)
+    common = (sizes[household] == 1) & ~sex & (rng.random(n) < 0.06)
     first[common], last[common] = "John", "Smith"
     common_f = (sizes[household] == 1) & sex & (rng.random(n) < 0.01)
     first[common_f], last[common_f] = "Sarah", "Jones"
@@ -841,20 +601,25 @@ class _Part:
     seconds: np.ndarray
     key_rows: list[np.ndarray] = field(default_factory=list)
     key_codes: list[np.ndarray] = field(default_factory=list)
+    e164: np.ndarray | None = None  # no_shared_ids CRM: each record's own phone, canonical
 
     def keys(self, rows: np.ndarray, codes: np.ndarray) -> None:
         self.key_rows.append(np.asarray(rows, dtype=np.int64))
         self.key_codes.append(np.asarray(codes, dtype=np.int64))
 
 
-def _choose_email(rng, w: _World, person: np.ndarray, p_second: float, p_family: float):
-    """For rows of ``person``: an email index (personal, second or family) or -1."""
+def _choose_email(rng, w: _World, person: np.ndarray, p_second, p_family: float = 0.0) -> np.ndarray:
+    """For rows of ``person``: an email index (first, second or household email) or -1.
+
+    A surname changer's current address is the second one (their first carries the old surname), so
+    their rows always take the second unless a caller sets it explicitly.
+    """
     n = len(person)
     primary, second = w.emails[person, 0], w.emails[person, 1]
-    # a surname changer's current address is the second one; old records use the first
+    changed = np.array([m is not None for m in w.maiden[person]], dtype=bool)
     family = w.hh_family_email[w.household[person]]
-    r = rng.random(n)
-    out = np.where(r < p_second, np.where(second >= 0, second, primary), primary)
+    take_second = (second >= 0) & ((rng.random(n) < p_second) | changed)
+    out = np.where(take_second, second, primary)
     use_family = (rng.random(n) < p_family) & (family >= 0)
     return np.where(use_family, family, out)
 
@@ -1006,9 +771,9 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     f["crm_id"] = crm_ids
     f["first_name"] = _first_names(rng, w, person, np.where(dup, 0.35, 0.08), 0.02)
     f.loc[dup, "first_name"] = _messy_text(rng, f.loc[dup, "first_name"].values, 0.12)
-    f["last_name"] = _messy_text(rng, last, np.where(dup, 0.15, 0.03).mean())
+    f["last_name"] = _messy_text(rng, last, np.where(dup, 0.15, 0.03))
     dob_missing = 0.03 if not shared_ids else 0.12
-    f["date_of_birth"] = _dob_text(rng, w.dob[person], np.where(dup, 0.35, 0.02).mean(), dob_missing)
+    f["date_of_birth"] = _dob_text(rng, w.dob[person], np.where(dup, 0.35, 0.02), dob_missing)
     hh = w.household[person]
     line1, line2 = _address_text(rng, w, hh, 0.12 if not shared_ids else 0.05)
     no_addr = rng.random(n) < (0.02 if not shared_ids else 0.08)
@@ -1023,7 +788,7 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     f["country"] = _pick(rng, np.array(["GB", "GB", "GB", "gb", " GB", None], dtype=object), n)
 
     if shared_ids:
-        email_idx = _choose_email(rng, w, person, np.where(dup, 0.5, 0.1).mean(), 0.06)
+        email_idx = _choose_email(rng, w, person, np.where(dup, 0.5, 0.1), 0.06)
         email_idx[old & (w.emails[person, 0] >= 0)] = w.emails[person[old & (w.emails[person, 0] >= 0)], 0]
         email_idx[rng.random(n) < 0.1] = -1
         f["email"] = _write_email(rng, w, email_idx, part, rows, 0.01)
@@ -1044,10 +809,10 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
         has_p = rng.random(n) < 0.5
         codes = _unique_numbers(rng, n, 5 * 10**8)
         style = rng.choice(7, size=n, p=_PHONE_WEIGHTS)
-        phones = [
-            _phone_variants(f"07{'45789'[c // 10**8]}{c % 10**8:08d}")[k] for c, k in zip(codes, style, strict=True)
-        ]
+        nationals = [f"07{'45789'[c // 10**8]}{c % 10**8:08d}" for c in codes]
+        phones = [_phone_variants(x)[k] for x, k in zip(nationals, style, strict=True)]
         f["phone"] = np.where(has_p, np.array(phones, dtype=object), None)
+        part.e164 = np.where(has_p, np.array(["+44" + x[1:] for x in nationals], dtype=object), None)
         f["loyalty_id"] = np.where(rng.random(n) < 0.3, "LOY" + pd.Series(50_000_000 + rows).astype(str), None)
         f["user_id"] = np.where(rng.random(n) < 0.3, "u" + pd.Series(5_000_000 + rows).astype(str), None)
     f["created_at"] = _iso(created, "", " ")
@@ -1087,8 +852,8 @@ def _store(rng, w: _World) -> _Part:
 
     lo = np.where(mode == 0, w.loyalty[person], None)
     f["loyalty_id"] = _write_id(rng, lo, _LOYALTY, person, part, rows, 0.02)
-    email_idx = np.where((mode == 1) | ((mode == 0) & (rng.random(n) < 0.2)), w.emails[person, -1], -1)
-    email_idx = np.where(email_idx >= 0, email_idx, np.where(mode == 1, w.emails[person, 0], -1))
+    receipt = (mode == 1) | ((mode == 0) & (rng.random(n) < 0.2))
+    email_idx = np.where(receipt, _choose_email(rng, w, person, 0.4, 0.05), -1)
     f["email"] = _write_email(rng, w, email_idx, part, rows, 0.02)
     phone_idx = np.where((mode == 2) | ((mode == 0) & (rng.random(n) < 0.1)), w.mobile[person], -1)
     f["phone"] = _write_phone(rng, w, phone_idx, part, rows, 0.01)
@@ -1165,8 +930,7 @@ def _web(rng, w: _World) -> _Part:
     keep_id = logged & (rng.random(n) < 0.97)  # the odd tag fires without the user id
     f["user_id"] = _write_id(rng, np.where(keep_id, w.user[person], None), _USER, person, part, rows, 0.004)
     wants_email = at_news | (at_login & (rng.random(n) < 0.45)) | (logged & (etype == "purchase"))
-    email_idx = np.where(wants_email, w.emails[person, -1], -1)
-    email_idx = np.where(email_idx >= 0, email_idx, np.where(wants_email, w.emails[person, 0], -1))
+    email_idx = np.where(wants_email, _choose_email(rng, w, person, 0.5), -1)
     f["email"] = _write_email(rng, w, email_idx, part, rows, 0.005)
 
     paths = np.empty(n, dtype=object)
@@ -1234,7 +998,7 @@ def _app(rng, w: _World) -> _Part:
     logged = logs_in[device] & (pos >= login_pos[device])
     f["user_id"] = _write_id(rng, np.where(logged, w.user[person], None), _USER, person, part, rows, 0.004)
     r = rng.random(n)
-    email_idx = np.where(at_login & (r < 0.5), w.emails[person, 0], -1)
+    email_idx = np.where(at_login & (r < 0.5), _choose_email(rng, w, person, 0.3), -1)
     f["email"] = _write_email(rng, w, email_idx, part, rows, 0.005)
     phone_idx = np.where(at_login & (r > 0.7), w.mobile[person], -1)
     f["phone"] = _write_phone(rng, w, phone_idx, part, rows, 0.005)
@@ -1492,7 +1256,7 @@ def _people_frame(w: _World, crm: _Part | None) -> pd.DataFrame:
         }
     )
     if crm is not None:  # no_shared_ids: the only emails and phones are the per-record ones
-        per = pd.DataFrame({"p": crm.person, "e": crm.frame["email"].values, "t": crm.frame["phone"].values})
+        per = pd.DataFrame({"p": crm.person, "e": crm.frame["email"].values, "t": crm.e164})
         out["emails"] = per.groupby("p")["e"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
         out["phones"] = per.groupby("p")["t"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
     return out
