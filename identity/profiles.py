@@ -149,3 +149,84 @@ def build_customer_profiles(con: duckdb.DuckDBPyConnection, settings: Settings) 
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]
     return {"profiles": int(profiles), "records": int(records)}
+
+
+def find_customers(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    email: str | None = None,
+    phone: str | None = None,
+    customer_id: str | None = None,
+    region: str = "GB",
+) -> list[str]:
+    """Customer ids whose records carry the email (by match key) or phone, or the id itself.
+
+    A retired customer id (merged into another) is followed through ``customer_id_history`` when present.
+    """
+    from cdp.errors import CdpError
+    from cdp.store import table_exists
+    from identity.standardise import email_match_key, normalise_phone
+
+    if sum(v is not None for v in (email, phone, customer_id)) != 1:
+        raise CdpError("give exactly one of --email, --phone, --customer-id")
+    if not table_exists(con, "customer_profiles"):
+        raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
+    if customer_id is not None:
+        seen: set[str] = set()
+        frontier = {customer_id}
+        has_history = table_exists(con, "customer_id_history")
+        while frontier:
+            found = [c for c in sorted(frontier) if _has_profile(con, c)]
+            if found or not has_history:
+                return found
+            seen |= frontier
+            nxt = {
+                r[0]
+                for c in frontier
+                for r in con.execute(
+                    "SELECT new_customer_id FROM customer_id_history WHERE old_customer_id = ?", [c]
+                ).fetchall()
+            }
+            frontier = nxt - seen
+        return []
+    if email is not None:
+        key = email_match_key(email)
+        if key is None:
+            raise CdpError(f"--email {email!r} is not a valid email address")
+        column, value = "email_key", key
+    else:
+        e164 = normalise_phone(phone, region)
+        if e164 is None:
+            raise CdpError(f"--phone {phone!r} is not a valid phone number (default region {region})")
+        column, value = "phone_e164", e164
+    rows = con.execute(
+        f"""SELECT DISTINCT l.customer_id FROM stg_records r
+            JOIN customer_source_records l USING (source, source_record_id)
+            WHERE r.{column} = ? ORDER BY 1""",  # column chosen above from two constants
+        [value],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _has_profile(con: duckdb.DuckDBPyConnection, customer_id: str) -> bool:
+    sql = "SELECT count(*) FROM customer_profiles WHERE customer_id = ?"
+    return bool(con.execute(sql, [customer_id]).fetchall()[0][0])
+
+
+def profile_detail(con: duckdb.DuckDBPyConnection, customer_id: str) -> dict[str, object]:
+    """One profile as a dict, with its linked source records (newest first) under ``records``."""
+    profile = con.execute("SELECT * FROM customer_profiles WHERE customer_id = ?", [customer_id]).df()
+    if profile.empty:
+        from cdp.errors import CdpError
+
+        raise CdpError(f"no profile with customer id {customer_id!r}")
+    records = con.execute(
+        """SELECT r.source, r.source_record_id, r.record_time, r.event_type, r.email, r.phone_e164,
+                  r.first_name, r.last_name, r.postcode, r.order_id, r.amount, r.store_id
+           FROM customer_source_records l JOIN stg_records r USING (source, source_record_id)
+           WHERE l.customer_id = ? ORDER BY r.record_time DESC NULLS LAST, r.source, r.source_record_id""",
+        [customer_id],
+    ).df()
+    detail: dict[str, object] = profile.to_dict("records")[0]
+    detail["records"] = records
+    return detail

@@ -1,14 +1,119 @@
-"""Fixtures of the consent tests: the tiny world of consent_world.py, rebuilt, and settings in tmp_path."""
+"""Fixtures of the consent tests: a tiny world of staging tables with the contract schemas, seven customers.
+
+Tests reach the helpers below through the ``w`` fixture (pytest runs with ``--import-mode=importlib``, so
+test modules cannot import each other).
+
+Customers (ids are the identity owner's ``customer_id``):
+
+* ``cA`` CRM contact + web visits; grants email and sms marketing through email and phone.
+* ``cB`` CRM contact (email from CRM) who shops in store with the household phone; granted email via CRM id,
+  then withdrew at a store with the household phone.
+* ``cC`` store customer sharing the household phone; granted email through their own email after that.
+* ``cD`` CRM contact with no consent events at all.
+* ``cE`` web customer with an email grant, under an active restriction.
+* ``cF`` app customer with a device and a push opt-in, an email grant via user id, but no email address.
+* ``cG`` CRM contact; an earlier grant by an email never seen before lands before the record is known.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
-from consent_world import at, make_world, rebuild
 
 from cdp.config import Settings
+from consent.ledger import sync_ledger
+from consent.state import build_consent_state
+from identity.profiles import build_customer_profiles
+
+STG_RECORDS = """CREATE TABLE stg_records (
+    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
+    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
+    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
+    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
+    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
+    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
+STG_CONSENT = """CREATE TABLE stg_consent (
+    consent_id VARCHAR, event_time TIMESTAMP, purpose VARCHAR, status VARCHAR, source VARCHAR,
+    policy_version VARCHAR, email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, user_id VARCHAR,
+    crm_id VARCHAR, loyalty_id VARCHAR, device_id VARCHAR, anonymous_id VARCHAR,
+    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
+LINKS = """CREATE TABLE customer_source_records (
+    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
+RESTRICTIONS = """CREATE TABLE restrictions (
+    customer_id VARCHAR, request_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, lifted_at TIMESTAMP)"""
+
+HOUSEHOLD = "+447700900999"
+T0 = datetime(2026, 1, 1, 9)
+
+
+def at(day: int, hour: int = 9) -> datetime:
+    return datetime(2026, 1, day, hour)
+
+
+def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, when: datetime, **v):
+    row = {"source": source, "source_record_id": rid, "record_time": when, "unit_id": f"{source}:{rid}", **v}
+    if "email" in row and "email_key" not in row:
+        row["email_key"] = row["email"]
+    con.execute(f"INSERT INTO stg_records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    con.execute("INSERT INTO customer_source_records VALUES (?, ?, ?, ?)", [source, rid, customer_id, row["unit_id"]])
+
+
+def add_consent(con: duckdb.DuckDBPyConnection, cid: str, when: datetime, purpose: str, status: str, **ids):
+    row = {
+        "consent_id": cid,
+        "event_time": when,
+        "purpose": purpose,
+        "status": status,
+        "source": "crm",
+        **ids,
+    }
+    if "email" in row and "email_key" not in row:
+        row["email_key"] = row["email"]
+    con.execute(f"INSERT INTO stg_consent ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def rebuild(con: duckdb.DuckDBPyConnection, as_of: datetime | None = None) -> dict[str, int]:
+    build_customer_profiles(con, Settings())
+    sync_ledger(con)
+    return build_consent_state(con, as_of=as_of)
+
+
+def make_world(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in (STG_RECORDS, STG_CONSENT, LINKS, RESTRICTIONS):
+        con.execute(ddl)
+    add_record(con, "cA", "crm", "crmA", T0, crm_id="crmA", user_id="uA", email="a@example.com",
+               phone_e164="+447700900001", first_name="ann", last_name="archer")  # fmt: skip
+    add_record(con, "cA", "web", "wA", at(2), anonymous_id="anonA", user_id="uA", event_type="login")
+    add_record(con, "cB", "crm", "crmB", T0, crm_id="crmB", email="b@example.com", loyalty_id="LB",
+               first_name="bob", last_name="baker")  # fmt: skip
+    add_record(con, "cB", "store", "tB", at(3), loyalty_id="LB", phone_e164=HOUSEHOLD, store_id="s1",
+               amount=10)  # fmt: skip
+    add_record(con, "cC", "store", "tC", at(3), email="c@example.com", phone_e164=HOUSEHOLD, store_id="s1",
+               first_name="cat", amount=250)  # fmt: skip
+    add_record(con, "cD", "crm", "crmD", T0, crm_id="crmD", email="d@example.com", first_name="dee")
+    add_record(con, "cE", "web", "wE", at(2), anonymous_id="anonE", email="e@example.com")
+    add_record(con, "cF", "app", "pF", at(2), device_id="devF", user_id="uF", event_type="app_open")
+    add_record(con, "cF", "app", "pF2", at(4), device_id="devF", event_type="push_opt_in")
+    add_record(con, "cG", "crm", "crmG", T0, crm_id="crmG", email="g@example.com")
+
+    add_consent(con, "k1", at(1), "email_marketing", "granted", email="a@example.com")
+    add_consent(con, "k2", at(1), "sms_marketing", "granted", phone_e164="+447700900001")
+    add_consent(con, "k3", at(1), "email_marketing", "granted", crm_id="crmB")
+    add_consent(con, "k4", at(5), "email_marketing", "withdrawn", phone_e164=HOUSEHOLD)  # at a store
+    add_consent(con, "k5", at(6), "email_marketing", "granted", email="c@example.com")
+    add_consent(con, "k6", at(1), "sms_marketing", "granted", phone_e164=HOUSEHOLD)  # ambiguous grant
+    add_consent(con, "k7", at(1), "email_marketing", "granted", email="e@example.com")
+    add_consent(con, "k8", at(1), "email_marketing", "granted", user_id="uF")
+    add_consent(con, "k9", at(1), "email_marketing", "granted", email="g@example.com")
+    con.execute("INSERT INTO restrictions VALUES ('cE', 'req-1', 'restriction', ?, NULL)", [at(7)])
+
+
+def states(con: duckdb.DuckDBPyConnection, purpose: str) -> dict[str, str]:
+    return dict(con.execute("SELECT customer_id, status FROM consent_state WHERE purpose = ?", [purpose]).fetchall())
 
 
 @pytest.fixture
@@ -28,3 +133,12 @@ def settings(tmp_path: Path) -> Settings:
         "fields: [first_name, total_spend]\nactivations: [email_marketing]\n"
     )
     return Settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", segments_dir=segments)
+
+
+@pytest.fixture
+def w() -> SimpleNamespace:
+    """The world's helpers: at, rebuild, add_record, add_consent, make_world, states, HOUSEHOLD."""
+    return SimpleNamespace(
+        at=at, rebuild=rebuild, add_record=add_record, add_consent=add_consent, make_world=make_world,
+        states=states, HOUSEHOLD=HOUSEHOLD,
+    )  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from consent_world import at, rebuild
 
 from cdp.errors import CdpError
 from consent import enforce
@@ -31,8 +30,8 @@ def test_every_customer_left_out_has_a_reason(con):
     assert reasons["cF"] == "no_contact_point" and pd.isna(reasons["cA"])
 
 
-def test_lifted_restriction_no_longer_excludes(con):
-    con.execute("UPDATE restrictions SET lifted_at = ? WHERE customer_id = 'cE'", [at(8)])
+def test_lifted_restriction_no_longer_excludes(con, w):
+    con.execute("UPDATE restrictions SET lifted_at = ? WHERE customer_id = 'cE'", [w.at(8)])
     assert "cE" in set(enforce.approve(con, "email_marketing").rows["customer_id"])
 
 
@@ -81,15 +80,15 @@ def test_verify_refuses_a_redirected_contact_point(con):
         enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": ["cA"]}))
 
 
-def test_verify_sees_a_withdrawal_made_after_approval(con):
+def test_verify_sees_a_withdrawal_made_after_approval(con, w):
     audience = enforce.approve(con, "email_marketing")
     enforce.verify(con, "email_marketing", audience.rows)  # still fine
     con.execute(
         "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
         "VALUES ('late', ?, 'email_marketing', 'withdrawn', 'a@example.com', 'a@example.com')",
-        [at(10)],
+        [w.at(10)],
     )
-    rebuild(con, as_of=at(20))
+    w.rebuild(con, as_of=w.at(20))
     with pytest.raises(enforce.ConsentViolation):
         enforce.verify(con, "email_marketing", audience.rows)
 

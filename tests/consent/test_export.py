@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from consent_world import at, rebuild
 
 from cdp.errors import CdpError
 from cdp.store import table_exists
@@ -45,13 +44,13 @@ def test_csv_export_holds_only_consented_customers(con, settings, tmp_path: Path
     assert not list(out.parent.glob(".*.tmp"))
 
 
-def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path):
+def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path, w):
     con.execute(
         "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
         "VALUES ('kc', ?, 'sms_marketing', 'granted', 'c@example.com', 'c@example.com')",
-        [at(9)],
+        [w.at(9)],
     )
-    rebuild(con, as_of=at(20))
+    w.rebuild(con, as_of=w.at(20))
     out = tmp_path / "big.parquet"
     export_segment(con, settings, "big_spenders", "sms_marketing", out)
     rows = pd.read_parquet(out)
@@ -82,7 +81,7 @@ def test_export_cannot_skip_the_final_check(con, settings, tmp_path: Path, monke
     assert calls == [("email_marketing", 3)] and not out.exists() and registered(con) == 0
 
 
-def test_consent_withdrawn_between_selection_and_writing_is_caught(con, settings, tmp_path: Path, monkeypatch):
+def test_consent_withdrawn_between_selection_and_writing_is_caught(con, settings, tmp_path: Path, monkeypatch, w):
     real_approve = enforce.approve
 
     def approve_then_withdraw(con_, purpose, candidates=None):
@@ -90,9 +89,9 @@ def test_consent_withdrawn_between_selection_and_writing_is_caught(con, settings
         con_.execute(
             "INSERT INTO stg_consent (consent_id, event_time, purpose, status, crm_id) "
             "VALUES ('race', ?, 'email_marketing', 'withdrawn', 'crmG')",
-            [at(12)],
+            [w.at(12)],
         )
-        rebuild(con_, as_of=at(20))
+        w.rebuild(con_, as_of=w.at(20))
         return audience
 
     monkeypatch.setattr(enforce, "approve", approve_then_withdraw)

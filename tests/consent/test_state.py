@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from consent_world import HOUSEHOLD, add_consent, add_record, at, rebuild, states
-
 from consent.ledger import sync_ledger
 from consent.state import build_consent_state
 
 
-def test_latest_event_wins_whichever_identifier_it_came_through(con):
-    email = states(con, "email_marketing")
+def test_latest_event_wins_whichever_identifier_it_came_through(con, w):
+    email = w.states(con, "email_marketing")
     assert email["cA"] == "granted"
     assert email["cB"] == "withdrawn"  # granted via CRM id, withdrew later at a store with the household phone
     assert email["cC"] == "granted"  # the household withdrawal reached cC too, but cC granted again later
     assert "cD" not in email  # no event, no row: no consent
 
 
-def test_household_withdrawal_applies_to_all_but_grant_to_none(con):
-    sms = states(con, "sms_marketing")
+def test_household_withdrawal_applies_to_all_but_grant_to_none(con, w):
+    sms = w.states(con, "sms_marketing")
     assert sms == {"cA": "granted"}  # the grant through the household phone granted nobody
     con.execute("DELETE FROM stg_consent WHERE consent_id = 'k5'")
     con.execute("DELETE FROM consent_events WHERE consent_id = 'k5'")
-    rebuild(con, as_of=at(20))
-    assert states(con, "email_marketing")["cC"] == "withdrawn"
+    w.rebuild(con, as_of=w.at(20))
+    assert w.states(con, "email_marketing")["cC"] == "withdrawn"
 
 
-def test_grant_through_unique_identifier_survives_an_ambiguous_one_on_the_same_event(con):
-    add_consent(con, "k20", at(8), "sms_marketing", "granted", email="c@example.com", phone_e164=HOUSEHOLD)
-    rebuild(con, as_of=at(20))
-    sms = states(con, "sms_marketing")
+def test_grant_through_unique_identifier_survives_an_ambiguous_one_on_the_same_event(con, w):
+    w.add_consent(con, "k20", w.at(8), "sms_marketing", "granted", email="c@example.com", phone_e164=w.HOUSEHOLD)
+    w.rebuild(con, as_of=w.at(20))
+    sms = w.states(con, "sms_marketing")
     assert sms["cC"] == "granted" and "cB" not in sms
     via = con.execute(
         "SELECT via FROM consent_state WHERE customer_id = 'cC' AND purpose = 'sms_marketing'"
@@ -36,50 +34,50 @@ def test_grant_through_unique_identifier_survives_an_ambiguous_one_on_the_same_e
     assert via == "email_key"  # the household phone carried no grant
 
 
-def test_withdrawal_at_the_same_instant_beats_a_grant(con):
-    add_consent(con, "k30", at(9), "analytics", "granted", crm_id="crmD")
-    add_consent(con, "k31", at(9), "analytics", "withdrawn", email="d@example.com")
-    rebuild(con, as_of=at(20))
-    assert states(con, "analytics")["cD"] == "withdrawn"
+def test_withdrawal_at_the_same_instant_beats_a_grant(con, w):
+    w.add_consent(con, "k30", w.at(9), "analytics", "granted", crm_id="crmD")
+    w.add_consent(con, "k31", w.at(9), "analytics", "withdrawn", email="d@example.com")
+    w.rebuild(con, as_of=w.at(20))
+    assert w.states(con, "analytics")["cD"] == "withdrawn"
 
 
-def test_events_apply_from_their_timestamp(con):
-    add_consent(con, "k40", at(25), "email_marketing", "withdrawn", email="a@example.com")
-    rebuild(con, as_of=at(20))
-    assert states(con, "email_marketing")["cA"] == "granted"
-    rebuild(con, as_of=at(26))
-    assert states(con, "email_marketing")["cA"] == "withdrawn"
+def test_events_apply_from_their_timestamp(con, w):
+    w.add_consent(con, "k40", w.at(25), "email_marketing", "withdrawn", email="a@example.com")
+    w.rebuild(con, as_of=w.at(20))
+    assert w.states(con, "email_marketing")["cA"] == "granted"
+    w.rebuild(con, as_of=w.at(26))
+    assert w.states(con, "email_marketing")["cA"] == "withdrawn"
 
 
-def test_event_for_an_unseen_identifier_is_kept_and_applies_once_it_appears(con):
-    add_consent(con, "k50", at(2), "profiling", "granted", loyalty_id="LNEW")
-    counts = rebuild(con, as_of=at(20))
-    assert counts["unmatched_events"] == 1 and "cH" not in states(con, "profiling")
-    add_record(con, "cH", "store", "tH", at(10), loyalty_id="LNEW", store_id="s2")
-    counts = rebuild(con, as_of=at(20))
-    assert states(con, "profiling")["cH"] == "granted" and counts["unmatched_events"] == 0
+def test_event_for_an_unseen_identifier_is_kept_and_applies_once_it_appears(con, w):
+    w.add_consent(con, "k50", w.at(2), "profiling", "granted", loyalty_id="LNEW")
+    counts = w.rebuild(con, as_of=w.at(20))
+    assert counts["unmatched_events"] == 1 and "cH" not in w.states(con, "profiling")
+    w.add_record(con, "cH", "store", "tH", w.at(10), loyalty_id="LNEW", store_id="s2")
+    counts = w.rebuild(con, as_of=w.at(20))
+    assert w.states(con, "profiling")["cH"] == "granted" and counts["unmatched_events"] == 0
 
 
-def test_app_push_opt_in_and_out_become_push_marketing_consent(con):
-    assert states(con, "push_marketing") == {"cF": "granted"}
+def test_app_push_opt_in_and_out_become_push_marketing_consent(con, w):
+    assert w.states(con, "push_marketing") == {"cF": "granted"}
     row = con.execute("SELECT origin, source, status FROM consent_events WHERE event_id = 'app:pF2'").fetchall()
     assert row == [("app", "app_prompt", "granted")]
-    add_record(con, "cF", "app", "pF3", at(11), device_id="devF", event_type="push_opt_out")
-    rebuild(con, as_of=at(20))
-    assert states(con, "push_marketing") == {"cF": "withdrawn"}
+    w.add_record(con, "cF", "app", "pF3", w.at(11), device_id="devF", event_type="push_opt_out")
+    w.rebuild(con, as_of=w.at(20))
+    assert w.states(con, "push_marketing") == {"cF": "withdrawn"}
 
 
-def test_ledger_is_append_only_and_idempotent(con):
+def test_ledger_is_append_only_and_idempotent(con, w):
     before = con.execute("SELECT count(*) FROM consent_events").fetchall()[0][0]
     again = sync_ledger(con)
     assert again["appended_consent"] == 0 and again["appended_app"] == 0 and again["events"] == before
-    add_consent(con, "k60", at(3), "not_a_purpose", "granted", email="a@example.com")
-    add_consent(con, "k61", at(3), "analytics", "maybe", email="a@example.com")
+    w.add_consent(con, "k60", w.at(3), "not_a_purpose", "granted", email="a@example.com")
+    w.add_consent(con, "k61", w.at(3), "analytics", "maybe", email="a@example.com")
     counts = sync_ledger(con)
     assert counts["appended_consent"] == 0 and counts["not_consent"] == 2
 
 
-def test_state_counts_carry_no_personal_data(con):
-    counts = build_consent_state(con, as_of=at(20))
+def test_state_counts_carry_no_personal_data(con, w):
+    counts = build_consent_state(con, as_of=w.at(20))
     assert set(counts) == {"granted", "withdrawn", "events", "unmatched_events", "ambiguous_grants"}
     assert counts["ambiguous_grants"] == 1 and all(isinstance(v, int) for v in counts.values())

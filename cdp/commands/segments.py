@@ -1,0 +1,118 @@
+"""`cdp segments list | preview | export`: marketer-written segments, counted and exported under consent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cdp.commands.common import DbOption, console, one_line_errors, settings_for
+
+app = typer.Typer(help="Segments: list, preview counts under consent, export for a purpose.", no_args_is_help=True)
+
+_REASON_LABELS = {
+    "erased": "erased",
+    "restricted": "restricted",
+    "withdrawn": "withdrawn",
+    "no_consent": "no consent",
+    "no_contact_point": "no contact point",
+}
+
+
+def _where_text(where: object) -> str:
+    if isinstance(where, dict):
+        (kind, items), *_ = where.items()
+        joiner = " AND " if kind == "all" else " OR "
+        return "(" + joiner.join(_where_text(i) for i in items) + ")"
+    return str(where).lower() if isinstance(where, bool) else str(where)
+
+
+@app.command("list")
+@one_line_errors
+def list_segments(
+    segments_dir: Path | None = typer.Option(None, "--segments-dir", help="Folder of segment YAML files."),
+) -> None:
+    """Segment definitions: the built-in `all_customers` and every YAML file in the segments folder."""
+    from consent.segments import SegmentError, load_segments
+
+    settings = settings_for(None, segments_dir=segments_dir)
+    found = load_segments(settings.segments_dir)
+    table = Table("name", "description", "where", "fields", "activations", box=None, pad_edge=False)
+    invalid = 0
+    for name, seg in found.items():
+        if isinstance(seg, SegmentError):
+            invalid += 1
+            table.add_row(f"[red]{name}[/red]", f"[red]invalid: {seg}[/red]", "", "", "")
+            continue
+        fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
+        table.add_row(name, seg.description, _where_text(seg.where), fields, activations)
+    console.print(table)
+    console.print(f"{len(found)} segments in {settings.segments_dir} (including built-in all_customers)", end="")
+    console.print(f", {invalid} invalid" if invalid else "")
+
+
+@app.command()
+@one_line_errors
+def preview(
+    name: str = typer.Argument(..., help="Segment name (see `cdp segments list`)."),
+    purpose: str | None = typer.Option(None, "--purpose", help="Only this purpose (default: every purpose)."),
+    segments_dir: Path | None = typer.Option(None, "--segments-dir", help="Folder of segment YAML files."),
+    db: Path | None = DbOption,
+) -> None:
+    """How many customers the segment holds, how many may be contacted per purpose, and why the rest may not."""
+    from cdp.config import PURPOSE_CHANNEL, PURPOSES
+    from cdp.store import connect
+    from consent import enforce
+    from consent.segments import get_segment, select_segment
+
+    settings = settings_for(db, segments_dir=segments_dir)
+    purposes = [purpose] if purpose else list(PURPOSES)
+    for p in purposes:
+        enforce.check_purpose(p)
+    segment = get_segment(settings.segments_dir, name)
+    con = connect(settings.db_path, read_only=True)
+    try:
+        candidates = select_segment(con, segment)
+        lines = []
+        for p in purposes:
+            counts = enforce.exclusion_counts(con, p, candidates)
+            left_out = ", ".join(f"{_REASON_LABELS.get(r, r)} {counts[r]:,}" for r in enforce.reasons() if counts[r])
+            lines.append(
+                f"  {p:<17} ({PURPOSE_CHANNEL[p]}): {counts['allowed']:,} of {counts['candidates']:,} may be contacted"
+                + (f"; left out: {left_out}" if left_out else "")
+            )
+    finally:
+        con.close()
+    console.print(f"Segment {segment.name}: {len(candidates):,} customers before consent", soft_wrap=True)
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+@app.command("export")
+@one_line_errors
+def export_cmd(
+    name: str = typer.Argument(..., help="Segment name (see `cdp segments list`)."),
+    purpose: str = typer.Option(..., "--purpose", help="What the export is for, e.g. email_marketing."),
+    out: Path = typer.Option(..., "--out", help="File to write: .csv or .parquet (created readable by you only)."),
+    segments_dir: Path | None = typer.Option(None, "--segments-dir", help="Folder of segment YAML files."),
+    db: Path | None = DbOption,
+) -> None:
+    """Write the segment's customers who may be contacted for PURPOSE now, and record the export."""
+    from cdp.store import connect
+    from consent.export import export_format, export_segment
+
+    settings = settings_for(db, segments_dir=segments_dir)
+    export_format(out)
+    con = connect(settings.db_path)
+    try:
+        result = export_segment(con, settings, name, purpose, out)
+    finally:
+        con.close()
+    left_out = {k: v for k, v in result.counts.items() if k not in ("candidates", "allowed") and v}
+    why = ", ".join(f"{_REASON_LABELS.get(k, k)} {v:,}" for k, v in left_out.items()) or "none"
+    console.print(
+        f"Exported {result.row_count:,} of {result.counts.get('candidates', 0):,} customers in {result.segment} "
+        f"for {purpose} to {result.file} (left out: {why})."
+    )
+    console.print(f"Export {result.export_id} recorded in export_register; sha256 {result.file_hash}")

@@ -1,0 +1,92 @@
+"""`cdp profile show` and `cdp segments list|preview|export` on a small store file; not the pipeline."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cdp.cli import app
+from cdp.store import connect
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path: Path, w) -> Path:
+    path = tmp_path / "cdp.duckdb"
+    con = connect(path)
+    w.make_world(con)
+    w.rebuild(con, as_of=w.at(20))
+    con.close()
+    return path
+
+
+def cdp(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_profile_show_by_email_phone_and_id(db: Path):
+    by_email = cdp("profile", "show", "--email", " A@Example.com ", "--db", str(db))
+    assert by_email.exit_code == 0, by_email.output
+    assert "customer cA" in by_email.output and "Ann" in by_email.output and "crmA" in by_email.output
+    assert "email_marketing" in by_email.output and "granted" in by_email.output
+    assert "no (no_consent)" in by_email.output  # e.g. push_marketing: no event, no consent
+    household = cdp("profile", "show", "--phone", "07700 900999", "--db", str(db))
+    assert household.exit_code == 0 and "2 customers carry this identifier" in household.output
+    assert "customer cB" in household.output and "customer cC" in household.output
+    restricted = cdp("profile", "show", "--customer-id", "cE", "--db", str(db))
+    assert "no (restricted)" in restricted.output
+
+
+def test_profile_show_errors_are_one_line(db: Path):
+    both = cdp("profile", "show", "--email", "a@example.com", "--phone", "1", "--db", str(db))
+    assert both.exit_code != 0 and "exactly one of" in both.output
+    bad = cdp("profile", "show", "--email", "not-an-email", "--db", str(db))
+    assert bad.exit_code != 0 and "not a valid email" in bad.output and "Traceback" not in bad.output
+    missing = cdp("profile", "show", "--customer-id", "nobody", "--db", str(db))
+    assert missing.exit_code == 1 and "No customer found" in missing.output
+
+
+def test_segments_list_preview_export(db: Path, tmp_path: Path):
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    spenders = "name: spenders\ndescription: big\nwhere: total_spend >= 5\nfields: [first_name]\n"
+    (segs / "spenders.yaml").write_text(spenders)
+    (segs / "evil.yaml").write_text("name: evil\nwhere: read_csv('/etc/passwd') IS NULL\n")
+    listed = cdp("segments", "list", "--segments-dir", str(segs))
+    assert listed.exit_code == 0 and "all_customers" in listed.output and "spenders" in listed.output
+    assert "1 invalid" in listed.output
+    shown = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db),
+                "--segments-dir", str(segs))  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert "7 customers before consent" in shown.output
+    assert (
+        "email_marketing   (email): 3 of 7 may be contacted; "
+        "left out: restricted 1, withdrawn 1, no consent 1, no contact point 1"
+    ) in shown.output
+    out = tmp_path / "spenders.csv"
+    done = cdp("segments", "export", "spenders", "--purpose", "email_marketing", "--out", str(out),
+               "--db", str(db), "--segments-dir", str(segs))  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "Exported 1 of 2 customers" in done.output  # cB (spent 10) withdrew; only cC (250) remains
+    assert pd.read_csv(out).to_dict("records") == [{"customer_id": "cC", "email": "c@example.com", "first_name": "Cat"}]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_segment_injection_is_refused_on_the_command_line(db: Path, tmp_path: Path):
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    leak = tmp_path / "leak.csv"
+    (segs / "evil.yaml").write_text(f"name: evil\nwhere: \"x = ''; COPY customer_profiles TO '{leak}'\"\n")
+    result = cdp("segments", "export", "evil", "--purpose", "email_marketing", "--out", str(tmp_path / "e.csv"),
+                 "--db", str(db), "--segments-dir", str(segs))  # fmt: skip
+    assert result.exit_code != 0 and "evil.yaml: condition 1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not leak.exists() and not (tmp_path / "e.csv").exists()
+    unknown = cdp("segments", "export", "all_customers", "--purpose", "spam", "--out", str(tmp_path / "s.csv"),
+                  "--db", str(db))  # fmt: skip
+    assert unknown.exit_code != 0 and "unknown purpose 'spam'" in unknown.output
