@@ -118,7 +118,10 @@ def run_pipeline(
         failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         if failed:
             error = failed[0].event_specific_data.error
-            outcome.failure = f"step {failed[0].step_key} failed: {error.message.strip().splitlines()[0]}"
+            while error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
+                error = error.cause  # the user code's own exception, not Dagster's wrapper
+            first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+            outcome.failure = f"step {failed[0].step_key} failed: {first}"
         else:
             outcome.failure = "the run did not finish"
     return outcome

@@ -14,7 +14,7 @@ from rich.console import Console
 from cdp.config import Settings, load_settings
 from cdp.errors import CdpError
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
 
 DbOption = typer.Option(None, "--db", help="DuckDB file of the store (default from config: data/cdp.duckdb).")

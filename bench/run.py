@@ -1,0 +1,163 @@
+"""``make bench``: the whole pipeline on generated worlds of growing size, timed per stage.
+
+Each size runs in its own process (so its peak memory is its own): generate an inbox, materialise the
+asset graph through Dagster exactly as ``cdp run`` does, then evaluate identity resolution against the
+world's ground truth. Results go to ``bench/results/pipeline.json`` and ``bench/results/pipeline.md``,
+which the README quotes.
+
+    python -m bench.run                       # 100k, 300k and 1M source records
+    python -m bench.run --records 100000      # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+WORK = ROOT / "work"
+#: Source rows per generated person (web, app, store, CRM and consent rows), measured on the generator.
+ROWS_PER_PERSON = 12.75
+STAGES = {
+    "ingest": ("raw_web", "raw_app", "raw_store", "raw_crm", "raw_consent"),
+    "standardise": ("stg_records", "stg_consent"),
+    "link_and_cluster": ("customer_source_records",),
+    "profiles": ("customer_profiles",),
+    "consent": ("consent_events", "consent_state"),
+}
+
+
+def run_one(records: int, seed: int) -> dict:
+    """Generate and run one world in this process; returns its figures."""
+    from cdp.config import load_settings
+    from cdp.generate import generate_world
+    from cdp.store import connect
+    from pipelines.run import run_pipeline
+
+    customers = max(100, round(records / ROWS_PER_PERSON))
+    work = WORK / f"{records}"
+    shutil.rmtree(work, ignore_errors=True)
+    inbox = work / "inbox"
+    started = time.perf_counter()
+    generate_world(inbox, customers=customers, seed=seed)
+    generate_s = time.perf_counter() - started
+    settings = load_settings(db_path=work / "cdp.duckdb", home=work / "home", inbox=inbox)
+    outcome = run_pipeline(settings, inbox, echo=lambda _m: None)
+    step_s = {step: took for step, _status, took in outcome.steps}
+    stages = {name: round(sum(step_s.get(s, 0.0) for s in steps), 2) for name, steps in STAGES.items()}
+    stages["checks"] = round(sum(t for s, t in step_s.items() if s not in sum(STAGES.values(), ())), 2)
+    con = connect(settings.db_path, read_only=True)
+    try:
+        rows_in, loaded, quarantined = con.execute(
+            "SELECT sum(rows_in), sum(rows_loaded), sum(rows_quarantined) FROM ingest_batches"
+        ).fetchall()[0]
+        customers_found = con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][
+            0
+        ]
+        accuracy = {}
+        try:
+            from identity.evaluate import evaluate
+
+            metrics = evaluate(con, Path(str(inbox) + "-truth") / "records.csv")
+            accuracy = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        except Exception as exc:  # the figure is reported as missing, the benchmark goes on
+            accuracy = {"error": str(exc).splitlines()[0]}
+    finally:
+        con.close()
+    return {
+        "records": int(rows_in),
+        "people": customers,
+        "success": outcome.success,
+        "failure": outcome.failure,
+        "generate_s": round(generate_s, 2),
+        "pipeline_s": round(outcome.seconds, 2),
+        "stages_s": stages,
+        "ingest_rows_per_s": round(int(rows_in) / stages["ingest"]) if stages["ingest"] else None,
+        "pipeline_records_per_s": round(int(rows_in) / outcome.seconds),
+        "rows_loaded": int(loaded),
+        "rows_quarantined": int(quarantined),
+        "customers": int(customers_found),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "identity": accuracy,
+    }
+
+
+def machine() -> dict:
+    mem_kb = next(
+        (
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def to_markdown(results: list[dict], host: dict) -> str:
+    lines = [
+        f"Machine: {host['cpus']} cores, {host['memory_gb']} GB, Python {host['python']}.",
+        "",
+        "| records | pipeline s | ingest s | standardise s | link+cluster s | profiles s | consent s | checks s "
+        "| ingest rows/s | peak MB | precision | recall (connectable) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        s = r["stages_s"]
+        ident = r.get("identity", {})
+        p = ident.get("precision")
+        rc = ident.get("recall_connectable", ident.get("recall"))
+        lines.append(
+            f"| {r['records']:,} | {r['pipeline_s']} | {s['ingest']} | {s['standardise']} | {s['link_and_cluster']} "
+            f"| {s['profiles']} | {s['consent']} | {s['checks']} | {r['ingest_rows_per_s']:,} | {r['peak_rss_mb']:,} "
+            f"| {p if p is None else f'{p:.4f}'} | {rc if rc is None else f'{rc:.4f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, nargs="*", default=[100_000, 300_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.seed)))
+        return
+    results = []
+    for records in args.records:
+        print(f"bench: {records:,} records ...", flush=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--one", str(records), "--seed", str(args.seed)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            sys.exit(f"bench: {records:,} records failed: {out.stderr.strip().splitlines()[-1]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {json.dumps(result)}", flush=True)
+        results.append(result)
+    host = machine()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "pipeline.json").write_text(json.dumps({"machine": host, "results": results}, indent=2) + "\n")
+    (RESULTS / "pipeline.md").write_text(to_markdown(results, host))
+    print((RESULTS / "pipeline.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
