@@ -155,3 +155,35 @@ def _record(
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+def verify_exports(con: duckdb.DuckDBPyConnection, export_ids: list[str]) -> dict[str, int]:
+    """Re-check recorded exports: members still allowed for the purpose, counts agree, files unchanged.
+
+    Counts only: ``exports``, ``rows``, ``not_allowed`` (members who may not be contacted now),
+    ``count_mismatch`` (register row count differs from members), ``files_changed`` (hash differs),
+    ``files_missing`` (moved away by the receiver; not a problem) and ``problems`` (the sum of the bad ones).
+    """
+    ensure_register(con)
+    report = {"exports": 0, "rows": 0, "not_allowed": 0, "count_mismatch": 0, "files_changed": 0, "files_missing": 0}
+    for export_id in export_ids:
+        found = con.execute(
+            "SELECT purpose, row_count, file, file_hash FROM export_register WHERE export_id = ?", [export_id]
+        ).fetchall()
+        if not found:
+            report["count_mismatch"] += 1
+            continue
+        purpose, row_count, file, file_hash = found[0]
+        members = con.execute("SELECT customer_id FROM export_members WHERE export_id = ?", [export_id]).df()
+        report["exports"] += 1
+        report["rows"] += len(members)
+        report["count_mismatch"] += int(len(members) != row_count)
+        if not members.empty:
+            report["not_allowed"] += int(enforce.decide(con, purpose, members)["excluded_because"].notna().sum())
+        path = Path(file)
+        if not path.exists():
+            report["files_missing"] += 1
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != file_hash:
+            report["files_changed"] += 1
+    report["problems"] = report["not_allowed"] + report["count_mismatch"] + report["files_changed"]
+    return report

@@ -1,0 +1,262 @@
+"""Profiles and consent: golden records, the consent ledger and state, and scheduled segment activations.
+
+Thin wrappers over :mod:`identity.profiles`, :mod:`consent.ledger`, :mod:`consent.state` and
+:mod:`consent.export`. Metadata and logs carry counts, segment names and purposes only, never people.
+"""
+# No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
+
+import dagster as dg
+
+from pipelines.resources import CdpStore
+
+#: Group of assets that send data out of the platform (pipelines.definitions.ACTIVATION_GROUP): they run on
+#: their own schedule, not in a rebuild. Repeated here because definitions imports this package.
+ACTIVATION_GROUP = "activation"
+
+#: Check names, as constants so the UI, tests and alerts can refer to them.
+PROFILES_ONE_PER_CUSTOMER = "profiles_one_row_per_customer"
+PROFILE_CONTACTS_NORMALISED = "profile_contacts_are_normalised"
+CONSENT_STATE_TRACES_TO_LEDGER = "consent_state_traces_to_ledger"
+EXPORT_ROWS_ALL_CONSENTED = "export_rows_all_consented"
+
+
+def _count(store: CdpStore, sql: str) -> int:
+    con = store.connect()
+    try:
+        return int(con.execute(sql).fetchall()[0][0])
+    finally:
+        con.close()
+
+
+@dg.asset(
+    name="customer_profiles",
+    group_name="profiles",
+    kinds={"duckdb"},
+    deps=[dg.AssetKey("customer_source_records"), dg.AssetKey("stg_records")],
+    description=(
+        "Golden record per customer. Grain: one row per customer_id. Survivorship per field: most recent "
+        "non-empty value from the most trusted source (settings.survivorship, default crm > store > app > "
+        "web), with `<field>_source` and `<field>_at`. Traits: first/last seen, channels, orders, total "
+        "spend, average order value, first/last purchase, stores visited, latest app device. "
+        "PII: first_name, last_name, email, phone, date_of_birth, address_line1, city, postcode, device_id."
+    ),
+)
+def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+    from identity.profiles import build_customer_profiles
+
+    con = store.connect()
+    try:
+        counts = build_customer_profiles(con, store.settings)
+    finally:
+        con.close()
+    context.log.info(f"{counts['profiles']} profiles from {counts['records']} source records")
+    return dg.MaterializeResult(metadata=counts)
+
+
+@dg.asset(
+    name="consent_events",
+    group_name="consent",
+    kinds={"duckdb"},
+    deps=[dg.AssetKey("stg_consent"), dg.AssetKey("stg_records")],
+    description=(
+        "The consent ledger, append-only: every grant and withdrawal from the consent source, plus the "
+        "app's push_opt_in/push_opt_out events as push_marketing consent. Grain: one row per event "
+        "(event_id). Rows with an unknown purpose or status are counted, not appended. "
+        "PII: email, email_key, phone_e164, user_id, crm_id, loyalty_id, device_id, anonymous_id."
+    ),
+)
+def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+    from consent.ledger import sync_ledger
+
+    con = store.connect()
+    try:
+        counts = sync_ledger(con)
+    finally:
+        con.close()
+    context.log.info(
+        f"ledger: {counts['appended_consent']} consent and {counts['appended_app']} app events appended, "
+        f"{counts['events']} in total; {counts['not_consent']} rows with an unknown purpose or status"
+    )
+    return dg.MaterializeResult(metadata=counts)
+
+
+@dg.asset(
+    name="consent_state",
+    group_name="consent",
+    kinds={"duckdb"},
+    deps=[dg.AssetKey("consent_events"), dg.AssetKey("customer_source_records"), dg.AssetKey("stg_records")],
+    description=(
+        "Current consent per customer and purpose, recomputed from the whole ledger through the identity "
+        "graph: latest applicable event wins; withdrawals reach every customer an identifier maps to, "
+        "grants only customers reached through identifiers unique to them. No row means no consent. "
+        "Grain: one row per (customer_id, purpose). PII: none (customer ids and event ids only)."
+    ),
+)
+def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+    from consent.state import build_consent_state
+
+    con = store.connect()
+    try:
+        counts = build_consent_state(con)
+    finally:
+        con.close()
+    context.log.info(
+        f"consent state: {counts['granted']} granted, {counts['withdrawn']} withdrawn; "
+        f"{counts['unmatched_events']} events wait for an identifier; {counts['ambiguous_grants']} ambiguous grants"
+    )
+    return dg.MaterializeResult(metadata=counts)
+
+
+@dg.asset(
+    name="segment_activations",
+    group_name=ACTIVATION_GROUP,
+    kinds={"duckdb", "csv"},
+    deps=[dg.AssetKey("customer_profiles"), dg.AssetKey("consent_state")],
+    description=(
+        "Scheduled exports: every segment whose YAML lists `activations` is exported for each of those "
+        "purposes to <home>/exports/<segment>/<purpose>-<UTC time>.csv (0600), through consent/enforce, and "
+        "recorded in export_register / export_members. Grain: one file per segment and purpose per run. "
+        "PII: the files hold customer ids and the purpose's contact point."
+    ),
+)
+def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+    from datetime import UTC, datetime
+
+    from consent.export import export_selected
+    from consent.segments import Segment, load_segments
+
+    settings = store.settings
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    segments = [s for s in load_segments(settings.segments_dir).values() if isinstance(s, Segment) and s.activations]
+    exported: dict[str, int] = {}
+    export_ids: list[str] = []
+    con = store.connect()
+    try:
+        for segment in segments:
+            for purpose in segment.activations:
+                out = settings.exports_dir / segment.name / f"{purpose}-{stamp}.csv"
+                result = export_selected(con, segment, purpose, out)
+                exported[f"{segment.name}.{purpose}"] = result.row_count
+                export_ids.append(result.export_id)
+                context.log.info(
+                    f"{segment.name} for {purpose}: {result.row_count} of {result.counts.get('candidates', 0)} exported"
+                )
+    finally:
+        con.close()
+    return dg.MaterializeResult(
+        metadata={
+            "exports": len(export_ids),
+            "export_ids": ",".join(export_ids),
+            **{f"rows.{k}": v for k, v in exported.items()},
+        }
+    )
+
+
+@dg.asset_check(
+    asset="customer_profiles",
+    name=PROFILES_ONE_PER_CUSTOMER,
+    blocking=True,
+    description="Exactly one profile per customer in customer_source_records, and no profile without one.",
+)
+def profiles_one_row_per_customer(store: CdpStore) -> dg.AssetCheckResult:
+    con = store.connect()
+    try:
+        rows, distinct, missing, orphan = con.execute(
+            """SELECT (SELECT count(*) FROM customer_profiles),
+                      (SELECT count(DISTINCT customer_id) FROM customer_profiles),
+                      (SELECT count(DISTINCT customer_id) FROM customer_source_records
+                        WHERE customer_id NOT IN (SELECT customer_id FROM customer_profiles)),
+                      (SELECT count(*) FROM customer_profiles
+                        WHERE customer_id NOT IN (SELECT customer_id FROM customer_source_records))"""
+        ).fetchall()[0]
+    finally:
+        con.close()
+    return dg.AssetCheckResult(
+        passed=rows == distinct and missing == 0 and orphan == 0,
+        metadata={"profiles": rows, "duplicate_rows": rows - distinct, "missing": missing, "orphans": orphan},
+    )
+
+
+@dg.asset_check(
+    asset="customer_profiles",
+    name=PROFILE_CONTACTS_NORMALISED,
+    description="Profile emails are lower-case deliverable addresses and phones are E.164 (+ and digits).",
+)
+def profile_contacts_are_normalised(store: CdpStore) -> dg.AssetCheckResult:
+    bad_email = _count(
+        store,
+        "SELECT count(*) FROM customer_profiles WHERE email IS NOT NULL AND (email <> lower(trim(email)) "
+        "OR NOT regexp_full_match(email, '[^@\\s]+@[^@\\s]+\\.[^@\\s]+'))",
+    )
+    bad_phone = _count(
+        store,
+        "SELECT count(*) FROM customer_profiles "
+        "WHERE phone IS NOT NULL AND NOT regexp_full_match(phone, '\\+[0-9]{7,15}')",
+    )
+    return dg.AssetCheckResult(
+        passed=bad_email == 0 and bad_phone == 0,
+        metadata={"emails_not_normalised": bad_email, "phones_not_e164": bad_phone},
+    )
+
+
+@dg.asset_check(
+    asset="consent_state",
+    name=CONSENT_STATE_TRACES_TO_LEDGER,
+    blocking=True,
+    description=(
+        "Every consent_state row is one per customer and purpose, has a valid status and purpose, and "
+        "names a ledger event with that purpose and status."
+    ),
+)
+def consent_state_traces_to_ledger(store: CdpStore) -> dg.AssetCheckResult:
+    from cdp.config import PURPOSES
+
+    untraced = _count(
+        store,
+        "SELECT count(*) FROM consent_state s LEFT JOIN consent_events e USING (event_id) "
+        "WHERE e.event_id IS NULL OR e.purpose <> s.purpose OR e.status <> s.status "
+        f"OR s.status NOT IN ('granted', 'withdrawn') OR s.purpose NOT IN {PURPOSES}",
+    )
+    duplicates = _count(
+        store,
+        "SELECT count(*) - count(DISTINCT (customer_id, purpose)) FROM consent_state",
+    )
+    return dg.AssetCheckResult(
+        passed=untraced == 0 and duplicates == 0, metadata={"untraced_rows": untraced, "duplicate_rows": duplicates}
+    )
+
+
+@dg.asset_check(
+    asset="segment_activations",
+    name=EXPORT_ROWS_ALL_CONSENTED,
+    description=(
+        "Every customer in the exports of the latest activation run may still be contacted for the export's "
+        "purpose (consent/enforce), each register row count equals its members, and each file still has the "
+        "recorded SHA-256."
+    ),
+)
+def export_rows_all_consented(context: dg.AssetCheckExecutionContext, store: CdpStore) -> dg.AssetCheckResult:
+    from consent.export import verify_exports
+
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("segment_activations"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    ids_value = meta.get("export_ids")
+    export_ids = [i for i in str(ids_value.value if ids_value else "").split(",") if i]
+    con = store.connect()
+    try:
+        report = verify_exports(con, export_ids)
+    finally:
+        con.close()
+    return dg.AssetCheckResult(passed=report["problems"] == 0, metadata=report)
+
+
+activation_job = dg.define_asset_job(
+    name="segment_activation",
+    selection=dg.AssetSelection.groups(ACTIVATION_GROUP),
+    description="Export every segment with `activations` for each of its purposes, under consent.",
+)
+
+#: Daily at 06:00 UTC. pipelines.definitions registers it (with activation_job).
+activation_schedule = dg.ScheduleDefinition(
+    name="segment_activation_daily", job=activation_job, cron_schedule="0 6 * * *", execution_timezone="UTC"
+)
