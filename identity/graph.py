@@ -50,9 +50,6 @@ PLACEHOLDER_EMAIL_DOMAINS = (
     "mailinator.com",
 )  # fmt: skip
 
-#: First names closer than this (Jaro-Winkler) are "not clearly different" (typos, short forms).
-NAME_AGREEMENT = 0.8
-
 
 def _sql_list(values: tuple[str, ...]) -> str:
     # constants of this module, not user text
@@ -83,10 +80,46 @@ CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
 """
 
 
+#: First names "agree" when they are one name: they share a candidate canonical form (nickname folding
+#: that tolerates one keying error: "katthy" -> kathy -> katherine), are one keying error apart, one is a
+#: prefix or an abbreviation (same first two letters, letters in order: "phl", "philip") of the other,
+#: or forename and surname are swapped. Anything else -- Patrick and Patricia, John and Mary -- is
+#: "clearly different". ``ca``/``cb`` are the candidate lists :func:`build_units` computes.
+ABBREVIATES_MACRO = r"""
+CREATE OR REPLACE TEMP MACRO cdp_abbreviates(short, long) AS (
+    regexp_matches(long, '^' || array_to_string(string_split(regexp_replace(short, '[^a-z]', '', 'g'), ''), '.*'))
+)
+"""
+NAMES_DISAGREE_MACRO = """
+CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) AS (
+    coalesce(NOT (
+        list_has_any(ca, cb)
+        OR damerau_levenshtein(fn_a, fn_b) <= 1
+        OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
+        OR (least(length(fn_a), length(fn_b)) >= 3 AND left(fn_a, 2) = left(fn_b, 2)
+            AND (cdp_abbreviates(fn_a, fn_b) OR cdp_abbreviates(fn_b, fn_a)))
+        OR (fn_a = ln_b AND ln_a = fn_b)
+    ), false)
+)
+"""
+
+#: Two person records that "disagree on who they are": clearly different first names or dates of birth
+#: more than a typo apart.
+DISAGREE_MACRO = """
+CREATE OR REPLACE TEMP MACRO cdp_disagree(fn_a, ca, ln_a, dob_a, fn_b, cb, ln_b, dob_b) AS (
+    cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b)
+    OR coalesce(NOT cdp_near_dob(dob_a, dob_b), false)
+)
+"""
+
+
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     """The SQL helpers the graph and the model share (temporary, per connection)."""
     con.execute(PLACEHOLDER_MACRO)
     con.execute(NEAR_DOB_MACRO)
+    con.execute(ABBREVIATES_MACRO)
+    con.execute(NAMES_DISAGREE_MACRO)
+    con.execute(DISAGREE_MACRO)
 
 
 def is_placeholder(key_type: str, value: str | None) -> bool:
@@ -128,8 +161,10 @@ def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
     return len(frame)
 
 
-def build_units(con: duckdb.DuckDBPyConnection) -> int:
+def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") -> int:
     """Temp table ``_units``: one row per identity unit with its person attributes.
+
+    ``records`` names the staged-records table (``stg_records``, or a subset this package made).
 
     Person attributes come from the unit's records (a CRM contact or a store transaction has one
     record; a cookie or device rarely carries any): the smallest non-null value, so reruns agree.
@@ -138,7 +173,7 @@ def build_units(con: duckdb.DuckDBPyConnection) -> int:
     if not con.execute(loaded).fetchall()[0][0]:
         load_nicknames(con)
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _units AS
         WITH u AS (
             SELECT unit_id, min(source) AS source, count(*) AS n_records,
@@ -146,19 +181,37 @@ def build_units(con: duckdb.DuckDBPyConnection) -> int:
                    min(date_of_birth) AS dob, min(email_key) AS email_key,
                    min(phone_e164) AS phone_e164, min(postcode) AS postcode,
                    min(address_line1) AS address_line1, min(city) AS city
-            FROM stg_records GROUP BY unit_id
+            FROM {records} GROUP BY unit_id
         )
         SELECT u.*, coalesce(n.canonical, split_part(u.first_name, ' ', 1)) AS first_canon
         FROM u LEFT JOIN _nicknames n ON n.name = split_part(u.first_name, ' ', 1)
+        """
+    )
+    # Candidate canonical forms of each distinct first name: its own first word and the canonical form of
+    # every nickname-list name within one keying error of it.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _name_candidates AS
+        WITH names AS (SELECT DISTINCT first_name, split_part(first_name, ' ', 1) AS word FROM _units
+                       WHERE first_name IS NOT NULL),
+        hits AS (SELECT n.first_name, k.canonical FROM names n JOIN _nicknames k
+                 ON abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1)
+        SELECT first_name, list_distinct(list(canonical) || [any_value(word)]) AS first_cands
+        FROM (SELECT n.first_name, h.canonical, n.word FROM names n LEFT JOIN hits h USING (first_name))
+        GROUP BY first_name
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _units AS
+        SELECT u.*, c.first_cands FROM _units u LEFT JOIN _name_candidates c USING (first_name)
         """
     )
     return int(con.execute("SELECT count(*) FROM _units").fetchall()[0][0])
 
 
 def _limits_frame(limits: Mapping[str, int]) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"id_type": list(KEY_TYPES), "max_units": [int(limits.get(t, 10**12)) for t in KEY_TYPES]}
-    )
+    return pd.DataFrame({"id_type": list(KEY_TYPES), "max_units": [int(limits.get(t, 10**12)) for t in KEY_TYPES]})
 
 
 def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> dict[str, int]:
@@ -170,8 +223,7 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
     install_macros(con)
     build_units(con)
     keys_sql = " UNION ALL ".join(
-        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL"
-        for t in KEY_TYPES
+        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL" for t in KEY_TYPES
     )
     con.execute(
         f"""
@@ -200,14 +252,14 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _key_members AS
-        SELECT k.id_type, k.id_value, k.unit_id, u.first_name, u.first_canon, u.dob
+        SELECT k.id_type, k.id_value, k.unit_id, u.first_name, u.first_canon, u.first_cands, u.last_name, u.dob
         FROM _unit_keys k JOIN _units u USING (unit_id)
         WHERE (k.id_type, k.id_value) IN (
             SELECT (id_type, id_value) FROM _unit_keys GROUP BY id_type, id_value HAVING count(*) > 1)
         """
     )
     con.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE _key_groups AS
         WITH sizes AS (
             SELECT id_type, id_value, count(*) AS n_units FROM _key_members GROUP BY ALL
@@ -216,15 +268,14 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
             SELECT s.* FROM sizes s JOIN _limits l USING (id_type) WHERE s.n_units <= l.max_units
         ),
         names AS (
-            SELECT DISTINCT m.id_type, m.id_value, m.first_name, m.first_canon
+            SELECT DISTINCT m.id_type, m.id_value, m.first_name, m.first_cands, m.last_name
             FROM _key_members m SEMI JOIN small USING (id_type, id_value) WHERE m.first_name IS NOT NULL
         ),
         name_conflicts AS (
             SELECT DISTINCT a.id_type, a.id_value FROM names a JOIN names b
               ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.first_name < b.first_name
-            WHERE a.first_canon <> b.first_canon
-              AND jaro_winkler_similarity(a.first_canon, b.first_canon) < {NAME_AGREEMENT}
-              AND jaro_winkler_similarity(a.first_name, b.first_name) < {NAME_AGREEMENT}
+            WHERE cdp_names_disagree(a.first_name, a.first_cands, a.last_name,
+                                     b.first_name, b.first_cands, b.last_name)
         ),
         dobs AS (
             SELECT DISTINCT m.id_type, m.id_value, m.dob

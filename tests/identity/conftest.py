@@ -60,3 +60,15 @@ def idcon() -> duckdb.DuckDBPyConnection:
 @pytest.fixture
 def idsettings(tmp_path) -> Settings:
     return Settings(db_path=tmp_path / "t.duckdb", home=tmp_path / "home")
+
+
+@pytest.fixture
+def rec_():
+    """The :func:`rec` row builder (test modules cannot import conftest under importlib mode)."""
+    return rec
+
+
+@pytest.fixture
+def stg(idcon):
+    """Write rows into ``stg_records`` of the test connection: ``stg(rows)``."""
+    return lambda rows: write_stg(idcon, rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import rec, write_stg
 
 from identity.graph import build_graph, is_placeholder
 
@@ -29,17 +28,16 @@ def test_placeholders_are_never_keys(key_type, value, expected):
     assert is_placeholder(key_type, value) is expected
 
 
-def test_shared_keys_link_units_and_record_type_and_rule_not_value(idcon):
-    write_stg(
-        idcon,
+def test_shared_keys_link_units_and_record_type_and_rule_not_value(idcon, stg, rec_):
+    stg(
         [
-            rec("crm", "c1", user_id="u1", loyalty_id="L1", email_key="ann@x.com", first_name="ann"),
-            rec("store", "t1", loyalty_id="L1", first_name="ann"),
-            rec("web", "e1", anonymous_id="ck1", user_id="u1"),
-            rec("web", "e2", anonymous_id="ck1"),
-            rec("app", "a1", device_id="d1", email_key="ann@x.com"),
-            rec("store", "t2", loyalty_id="-1"),  # placeholder: links nobody
-            rec("store", "t3", loyalty_id="-1"),
+            rec_("crm", "c1", user_id="u1", loyalty_id="L1", email_key="ann@x.com", first_name="ann"),
+            rec_("store", "t1", loyalty_id="L1", first_name="ann"),
+            rec_("web", "e1", anonymous_id="ck1", user_id="u1"),
+            rec_("web", "e2", anonymous_id="ck1"),
+            rec_("app", "a1", device_id="d1", email_key="ann@x.com"),
+            rec_("store", "t2", loyalty_id="-1"),  # placeholder: links nobody
+            rec_("store", "t3", loyalty_id="-1"),
         ],
     )
     stats = build_graph(idcon, LIMITS)
@@ -54,14 +52,13 @@ def test_shared_keys_link_units_and_record_type_and_rule_not_value(idcon):
     assert not flat & {"u1", "L1", "ann@x.com"}
 
 
-def test_household_phone_with_different_people_is_not_a_hard_link(idcon):
-    write_stg(
-        idcon,
+def test_household_phone_with_different_people_is_not_a_hard_link(idcon, stg, rec_):
+    stg(
         [
-            rec("crm", "c1", phone_e164="+441632960001", first_name="john", date_of_birth="1970-01-01"),
-            rec("crm", "c2", phone_e164="+441632960001", first_name="mary", date_of_birth="1972-05-05"),
-            rec("store", "t1", phone_e164="+441632960001", first_name="john"),
-            rec("store", "t2", phone_e164="+441632960001"),  # nameless: ambiguous, stays alone
+            rec_("crm", "c1", phone_e164="+441632960001", first_name="john", date_of_birth="1970-01-01"),
+            rec_("crm", "c2", phone_e164="+441632960001", first_name="mary", date_of_birth="1972-05-05"),
+            rec_("store", "t1", phone_e164="+441632960001", first_name="john"),
+            rec_("store", "t2", phone_e164="+441632960001"),  # nameless: ambiguous, stays alone
         ],
     )
     stats = build_graph(idcon, LIMITS)
@@ -73,14 +70,13 @@ def test_household_phone_with_different_people_is_not_a_hard_link(idcon):
     assert ("crm:c1", "store:t1", "phone_e164", "shared_key_same_first_name") in got
 
 
-def test_dob_typo_is_not_a_conflict_but_distant_dob_is(idcon):
-    write_stg(
-        idcon,
+def test_dob_typo_is_not_a_conflict_but_distant_dob_is(idcon, stg, rec_):
+    stg(
         [
-            rec("crm", "c1", email_key="pat@x.com", first_name="pat", date_of_birth="1980-03-12"),
-            rec("crm", "c2", email_key="pat@x.com", first_name="pat", date_of_birth="1980-12-03"),  # swapped
-            rec("crm", "c3", loyalty_id="L9", first_name="sam", date_of_birth="1990-01-01"),
-            rec("crm", "c4", loyalty_id="L9", first_name="sam", date_of_birth="1962-07-30"),
+            rec_("crm", "c1", email_key="pat@x.com", first_name="pat", date_of_birth="1980-03-12"),
+            rec_("crm", "c2", email_key="pat@x.com", first_name="pat", date_of_birth="1980-12-03"),  # swapped
+            rec_("crm", "c3", loyalty_id="L9", first_name="sam", date_of_birth="1990-01-01"),
+            rec_("crm", "c4", loyalty_id="L9", first_name="sam", date_of_birth="1962-07-30"),
         ],
     )
     build_graph(idcon, LIMITS)
@@ -89,9 +85,9 @@ def test_dob_typo_is_not_a_conflict_but_distant_dob_is(idcon):
     assert ("crm:c3", "crm:c4") not in linked
 
 
-def test_per_type_limit_makes_a_hub(idcon):
-    rows = [rec("store", f"t{i}", email_key="shop@brand.com") for i in range(4)]
-    write_stg(idcon, rows)
+def test_per_type_limit_makes_a_hub(idcon, stg, rec_):
+    rows = [rec_("store", f"t{i}", email_key="shop@brand.com") for i in range(4)]
+    stg(rows)
     stats = build_graph(idcon, LIMITS)
     assert stats["hub_keys_over_limit.email_key"] == 1
     assert edges(idcon) == set()
@@ -99,16 +95,15 @@ def test_per_type_limit_makes_a_hub(idcon):
     assert stats["edges.email_key"] == 3
 
 
-def test_shared_tablet_keeps_only_a_majority_account(idcon):
-    write_stg(
-        idcon,
+def test_shared_tablet_keeps_only_a_majority_account(idcon, stg, rec_):
+    stg(
         [
-            rec("crm", "c1", user_id="mum", first_name="ann"),
-            rec("crm", "c2", user_id="kid", first_name="tom"),
-            *[rec("app", f"a{i}", device_id="tab", user_id="mum") for i in range(3)],
-            rec("app", "a9", device_id="tab", user_id="kid"),
-            rec("app", "b1", device_id="tab2", user_id="mum"),
-            rec("app", "b2", device_id="tab2", user_id="kid"),  # no majority: links nobody
+            rec_("crm", "c1", user_id="mum", first_name="ann"),
+            rec_("crm", "c2", user_id="kid", first_name="tom"),
+            *[rec_("app", f"a{i}", device_id="tab", user_id="mum") for i in range(3)],
+            rec_("app", "a9", device_id="tab", user_id="kid"),
+            rec_("app", "b1", device_id="tab2", user_id="mum"),
+            rec_("app", "b2", device_id="tab2", user_id="kid"),  # no majority: links nobody
         ],
     )
     stats = build_graph(idcon, LIMITS)

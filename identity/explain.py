@@ -1,0 +1,111 @@
+"""Why two records are, or are not, one customer: the identifier path between them and Splink's view.
+
+``explain_pair(con, (source, id), (source, id))`` finds both records' units and customers, the shortest
+path of ``identity_edges`` joining the units (each step names its evidence: a key type and rule, or a
+Splink match weight), and the model's per-comparison match weights for the two units when both bear
+person attributes (optionally saving Splink's waterfall chart as HTML).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cdp.errors import CdpError
+
+
+@dataclass
+class Explanation:
+    unit_a: str
+    unit_b: str
+    customer_a: str
+    customer_b: str
+    path: list[dict[str, Any]] | None = None
+    splink: dict[str, Any] | None = None
+    chart: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def same_customer(self) -> bool:
+        return self.customer_a == self.customer_b
+
+
+def parse_ref(text: str) -> tuple[str, str]:
+    """``"crm:C123"`` -> ``("crm", "C123")``: a record named by its source and source key."""
+    source, sep, record_id = text.partition(":")
+    if not sep or source not in ("web", "app", "store", "crm") or not record_id:
+        raise CdpError(f"{text!r}: name a record as SOURCE:ID, with SOURCE one of web, app, store, crm")
+    return source, record_id
+
+
+def _locate(con: duckdb.DuckDBPyConnection, ref: tuple[str, str]) -> tuple[str, str]:
+    rows = con.execute(
+        "SELECT unit_id, customer_id FROM customer_source_records WHERE source = ? AND source_record_id = ?",
+        list(ref),
+    ).fetchall()
+    if not rows:
+        raise CdpError(f"{ref[0]}:{ref[1]}: no such record in customer_source_records")
+    return rows[0][0], rows[0][1]
+
+
+def shortest_path(con: duckdb.DuckDBPyConnection, customer_id: str, start: str, goal: str) -> list[dict[str, Any]]:
+    """Breadth-first path over the edges among one customer's units; each step carries its evidence."""
+    edges = con.execute(
+        """
+        SELECT e.unit_id_l, e.unit_id_r, e.evidence, e.rule, e.match_weight FROM identity_edges e
+        WHERE e.unit_id_l IN (SELECT unit_id FROM customer_source_records WHERE customer_id = ?)
+        """,
+        [customer_id],
+    ).fetchall()
+    adjacent: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for left, right, evidence, rule, weight in edges:
+        step = {"evidence": evidence, "rule": rule, "match_weight": weight}
+        adjacent.setdefault(left, []).append((right, step))
+        adjacent.setdefault(right, []).append((left, step))
+    previous: dict[str, tuple[str, dict[str, Any]] | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        if node == goal:
+            break
+        for nxt, step in sorted(adjacent.get(node, []), key=lambda s: (s[1]["evidence"] == "splink", s[0])):
+            if nxt not in previous:
+                previous[nxt] = (node, step)
+                queue.append(nxt)
+    if goal not in previous:
+        return []
+    path: list[dict[str, Any]] = []
+    node = goal
+    while previous[node] is not None:
+        parent, step = previous[node]  # type: ignore[misc]  # checked not None on the line above
+        path.append({"from": parent, "to": node, **step})
+        node = parent
+    return list(reversed(path))
+
+
+def explain_pair(
+    con: duckdb.DuckDBPyConnection, a: tuple[str, str], b: tuple[str, str], chart_path: Path | None = None
+) -> Explanation:
+    from cdp.store import table_exists
+    from identity.model import score_units
+
+    if not table_exists(con, "customer_source_records"):
+        raise CdpError("no customer_source_records yet; run `cdp run --inbox DIR` first")
+    unit_a, customer_a = _locate(con, a)
+    unit_b, customer_b = _locate(con, b)
+    result = Explanation(unit_a, unit_b, customer_a, customer_b)
+    if unit_a == unit_b:
+        result.notes.append("both records belong to the same identity unit")
+        result.path = []
+    elif customer_a == customer_b:
+        result.path = shortest_path(con, customer_a, unit_a, unit_b)
+    result.splink = score_units(con, unit_a, unit_b, chart_path) if unit_a != unit_b else None
+    if result.splink is None and unit_a != unit_b:
+        result.notes.append("the model scores only units with a name (CRM contacts, named store receipts)")
+    elif chart_path is not None:
+        result.chart = chart_path
+    return result

@@ -1,0 +1,500 @@
+"""The probabilistic person model: Splink 5 over the person-bearing identity units.
+
+Person-bearing units are the ones with a name (CRM contacts, store transactions with names). Their
+attributes -- names (nickname-folded, transpositions), date of birth, email local part, phone, postcode
+and street address -- are scored pairwise by a Fellegi-Sunter model whose u values come from random
+sampling and whose m values come from EM. The trained model is a reviewed, versioned artefact:
+``identity/models/person_v1.json`` (Splink's own JSON) beside ``person_v1.meta.json`` (what it was
+trained on and how its parameters looked). Runs load it; only ``cdp identity train`` rewrites it.
+
+Splink runs on its own in-memory DuckDB connection: its scratch tables never land in the store file.
+
+>>> from identity.model import comparison_names
+>>> comparison_names()
+['name', 'dob', 'email', 'phone', 'location']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from identity.graph import build_units, install_macros
+
+MODEL_DIR = Path(__file__).parent / "models"
+MODEL_NAME = "person_v1"
+MODEL_PATH = MODEL_DIR / f"{MODEL_NAME}.json"
+META_PATH = MODEL_DIR / f"{MODEL_NAME}.meta.json"
+
+#: Columns of the Splink input table, one row per person-bearing unit.
+PERSON_COLUMNS = (
+    "unit_id", "first_name", "first_canon", "first_cands", "last_name", "dob", "email_key", "email_local",
+    "phone_e164", "postcode", "address_line1",
+)  # fmt: skip
+
+
+def _level(sql: str, label: str, null: bool = False) -> dict[str, Any]:
+    level: dict[str, Any] = {"sql_condition": sql, "label_for_charts": label}
+    if null:
+        level["is_null_level"] = True
+    return level
+
+
+def _else() -> dict[str, Any]:
+    return _level("ELSE", "All other comparisons")
+
+
+JW = "jaro_winkler_similarity"
+
+NAME = {
+    "output_column_name": "name",
+    "comparison_description": "forename and surname together: exact, swapped, nicknames, typos",
+    "comparison_levels": [
+        _level(
+            "first_name_l IS NULL OR first_name_r IS NULL OR last_name_l IS NULL OR last_name_r IS NULL",
+            "Null",
+            null=True,
+        ),
+        _level("first_name_l = first_name_r AND last_name_l = last_name_r", "Exact forename and surname"),
+        _level("first_name_l = last_name_r AND last_name_l = first_name_r", "Forename and surname swapped"),
+        _level("last_name_l = last_name_r AND first_canon_l = first_canon_r", "Surname exact, nickname"),
+        _level(
+            f"(last_name_l = last_name_r AND {JW}(first_name_l, first_name_r) >= 0.88) "
+            f"OR (first_canon_l = first_canon_r AND {JW}(last_name_l, last_name_r) >= 0.9)",
+            "One name exact, the other a typo",
+        ),
+        _level(
+            f"{JW}(first_name_l, first_name_r) >= 0.88 AND {JW}(last_name_l, last_name_r) >= 0.88",
+            "Both names close",
+        ),
+        _level("last_name_l = last_name_r", "Surname only"),
+        _level("first_canon_l = first_canon_r", "Forename only"),
+        _else(),
+    ],
+}
+
+DOB = {
+    "output_column_name": "dob",
+    "comparison_description": "date of birth: exact, one typo or day/month swapped, same month",
+    "comparison_levels": [
+        _level("dob_l IS NULL OR dob_r IS NULL", "Null", null=True),
+        _level("dob_l = dob_r", "Exact"),
+        _level(
+            "damerau_levenshtein(strftime(dob_l, '%Y%m%d'), strftime(dob_r, '%Y%m%d')) <= 1 "
+            "OR (year(dob_l) = year(dob_r) AND month(dob_l) = day(dob_r) AND day(dob_l) = month(dob_r))",
+            "One typo or day/month swapped",
+        ),
+        _level("year(dob_l) = year(dob_r) AND month(dob_l) = month(dob_r)", "Same year and month"),
+        _else(),
+    ],
+}
+
+EMAIL = {
+    "output_column_name": "email",
+    "comparison_description": "email: same mailbox only (local parts are often built from names, so fuzzy "
+    "levels would count the name twice)",
+    "comparison_levels": [
+        _level("email_key_l IS NULL OR email_key_r IS NULL", "Null", null=True),
+        _level("email_key_l = email_key_r", "Same mailbox"),
+        _else(),
+    ],
+}
+
+PHONE = {
+    "output_column_name": "phone",
+    "comparison_description": "phone (E.164): exact, last eight digits",
+    "comparison_levels": [
+        _level("phone_e164_l IS NULL OR phone_e164_r IS NULL", "Null", null=True),
+        _level("phone_e164_l = phone_e164_r", "Exact"),
+        _level("right(phone_e164_l, 8) = right(phone_e164_r, 8)", "Same last eight digits"),
+        _else(),
+    ],
+}
+
+LOCATION = {
+    "output_column_name": "location",
+    "comparison_description": "postcode and first address line together (household members share both, "
+    "so scoring them apart would count one fact twice)",
+    "comparison_levels": [
+        _level(
+            "(postcode_l IS NULL OR postcode_r IS NULL) AND (address_line1_l IS NULL OR address_line1_r IS NULL)",
+            "Null",
+            null=True,
+        ),  # fmt: skip
+        _level("postcode_l = postcode_r AND address_line1_l = address_line1_r", "Same postcode and address"),
+        _level(
+            f"postcode_l = postcode_r AND {JW}(address_line1_l, address_line1_r) >= 0.9",
+            "Same postcode, address typo",
+        ),
+        _level("address_line1_l = address_line1_r", "Same address, postcode differs or missing"),
+        _level("postcode_l = postcode_r", "Same postcode only"),
+        _level(
+            "length(postcode_l) > 4 AND left(postcode_l, length(postcode_l) - 3) "
+            "= left(postcode_r, length(postcode_r) - 3)",
+            "Same postcode district",
+        ),
+        _else(),
+    ],
+}
+
+COMPARISONS = [NAME, DOB, EMAIL, PHONE, LOCATION]
+
+#: Rules that generate candidate pairs for prediction (a pair found by any is scored). Chosen by measured
+#: pair recall and comparison counts on generated worlds: see bench/identity_bench.py --blocking.
+PREDICTION_BLOCKING = [
+    "l.first_canon = r.first_canon AND l.last_name = r.last_name",
+    "l.dob = r.dob AND substr(l.last_name, 1, 1) = substr(r.last_name, 1, 1)",
+    "l.dob = r.dob AND substr(l.first_name, 1, 1) = substr(r.first_name, 1, 1)",
+    "l.postcode = r.postcode AND substr(l.first_name, 1, 1) = substr(r.first_name, 1, 1)",
+    "l.postcode = r.postcode AND substr(l.last_name, 1, 1) = substr(r.last_name, 1, 1)",
+    "l.email_key = r.email_key",
+    "l.phone_e164 = r.phone_e164",
+    "l.first_name = r.last_name AND l.last_name = r.first_name",
+]
+
+#: Rules that fence EM: each leaves the comparisons it uses unestimated, so together they cover all.
+EM_BLOCKING = [
+    "l.dob = r.dob",
+    "l.first_canon = r.first_canon AND l.last_name = r.last_name",
+]
+#: Training uses the units that carry a date of birth (CRM contacts): store receipts are many repeat
+#: pairs of one shopper with no dob or address, and let EM learn "same shopper" instead of "same person"
+#: (m(dob exact) fell to 0.12 when they were included).
+TRAINING_FILTER = "dob IS NOT NULL"
+
+#: Deterministic rules (and their assumed recall) for the prior probability that two units match.
+PRIOR_RULES = [
+    "l.first_name = r.first_name AND l.last_name = r.last_name AND l.dob = r.dob",
+    "l.first_name = r.first_name AND l.last_name = r.last_name AND l.postcode = r.postcode",
+    "l.email_key = r.email_key AND l.last_name = r.last_name",
+]
+PRIOR_RECALL = 0.9
+
+
+def comparison_names() -> list[str]:
+    return [c["output_column_name"] for c in COMPARISONS]
+
+
+def base_settings() -> dict[str, Any]:
+    """The untrained Splink settings dictionary."""
+    return {
+        "link_type": "dedupe_only",
+        "unique_id_column_name": "unit_id",
+        "probability_two_random_records_match": 1e-4,
+        "blocking_rules_to_generate_predictions": [
+            {"blocking_rule": rule, "sql_dialect": "duckdb"} for rule in PREDICTION_BLOCKING
+        ],
+        "comparisons": COMPARISONS,
+        "retain_matching_columns": True,
+        "retain_intermediate_calculation_columns": True,
+        "em_convergence": 0.0001,
+        "max_iterations": 25,
+    }
+
+
+def probability_to_weight(probability: float) -> float:
+    """Match weight (log2 Bayes factor incl. the prior) equivalent to a match probability."""
+    probability = min(max(probability, 1e-12), 1 - 1e-12)
+    return math.log2(probability / (1 - probability))
+
+
+def build_person_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", training: bool = False) -> int:
+    """Temp table ``_person_units`` (see :data:`PERSON_COLUMNS`) from ``stg_records`` (or ``records``).
+
+    With ``training`` only the units passing :data:`TRAINING_FILTER` are kept.
+    """
+    build_units(con, records)
+    extra = f"AND {TRAINING_FILTER}" if training else ""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _person_units AS
+        SELECT unit_id, first_name, first_canon, first_cands, last_name, dob, email_key,
+               split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1
+        FROM _units WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
+        """
+    )
+    return int(con.execute("SELECT count(*) FROM _person_units").fetchall()[0][0])
+
+
+def _person_frame(con: duckdb.DuckDBPyConnection) -> Any:
+    return con.sql("SELECT * FROM _person_units ORDER BY unit_id").to_arrow_table()
+
+
+@dataclass
+class SplinkSession:
+    """A linker over one in-memory DuckDB holding a copy of the person units."""
+
+    linker: Any
+    con: duckdb.DuckDBPyConnection
+    n_units: int
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_session(
+    con: duckdb.DuckDBPyConnection, settings: dict[str, Any] | Path, threads: int = 2, memory_limit: str = "4GB"
+) -> SplinkSession:
+    """Copy ``_person_units`` into a private DuckDB and put a Splink linker over it."""
+    from splink import DuckDBAPI, Linker
+
+    frame = _person_frame(con)
+    scratch = duckdb.connect()
+    scratch.execute(f"SET threads = {int(threads)}")
+    scratch.execute(f"SET memory_limit = '{memory_limit}'")  # a setting, not user text
+    scratch.execute("SET preserve_insertion_order = false")
+    scratch.register("_frame", frame)
+    scratch.execute("CREATE TABLE person_units AS SELECT * FROM _frame")
+    scratch.unregister("_frame")
+    db_api = DuckDBAPI(connection=scratch)
+    sdf = db_api.register("person_units", dataset_display_name="person_units")
+    loaded = settings
+    if isinstance(settings, Path):
+        loaded = json.loads(settings.read_text())
+    linker = Linker(sdf, loaded, log_level=None)
+    return SplinkSession(linker=linker, con=scratch, n_units=len(frame))
+
+
+def load_model(path: Path = MODEL_PATH) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained settings and their meta data; a missing model is a fixable error."""
+    from cdp.errors import CdpError
+
+    if not path.exists():
+        raise CdpError(f"{path}: no trained identity model; run `cdp identity train --db PATH`")
+    meta_path = path.with_name(path.stem + ".meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return json.loads(path.read_text()), meta
+
+
+def scaled_prior(model: dict[str, Any], meta: dict[str, Any], n_units: int) -> float:
+    """The prior scaled to this run's size: matches per unit stay, pairs grow with n^2."""
+    prior = float(model["probability_two_random_records_match"])
+    trained_on = int(meta.get("n_units", 0) or 0)
+    if trained_on > 1 and n_units > 1:
+        prior = prior * (trained_on - 1) / (n_units - 1)
+    return min(max(prior, 1e-12), 0.5)
+
+
+def predict_pairs(
+    con: duckdb.DuckDBPyConnection,
+    threshold_weight: float,
+    model_path: Path = MODEL_PATH,
+    threads: int = 2,
+    memory_limit: str = "4GB",
+) -> dict[str, Any]:
+    """Score candidate pairs of person units; write temp table ``_model_edges``.
+
+    ``_model_edges(unit_id_l, unit_id_r, match_weight)`` holds the pairs at or above ``threshold_weight``.
+    Returns counts and timings.
+    """
+    started = time.perf_counter()
+    n_units = build_person_units(con)
+    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    if n_units < 2:
+        return {"person_units": n_units, "model_pairs": 0, "model_seconds": 0.0}
+    model, meta = load_model(model_path)
+    model = dict(model)
+    model["probability_two_random_records_match"] = scaled_prior(model, meta, n_units)
+    model["retain_intermediate_calculation_columns"] = False
+    model["retain_matching_columns"] = False
+    session = open_session(con, model, threads=threads, memory_limit=memory_limit)
+    try:
+        scored = session.linker.inference.predict(threshold_match_weight=threshold_weight)
+        install_macros(session.con)
+        # Precision guard: a pair that disagrees on who it is (clearly different first names, or dates of
+        # birth more than a typo apart) is never linked, however much household detail it shares.
+        session.con.execute(
+            f"""
+            CREATE TABLE scored_pairs AS
+            SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
+                   p.match_weight,
+                   cdp_disagree(a.first_name, a.first_cands, a.last_name, a.dob,
+                                b.first_name, b.first_cands, b.last_name, b.dob) AS vetoed
+            FROM {scored.physical_name} p
+            JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
+            """  # a Splink table name, not user text
+        )
+        # Ambiguity guard: a unit matched to two records that disagree with each other (a receipt from
+        # "James Jackson" at a house where father and son are both James Jackson) is linked to neither.
+        session.con.execute(
+            """
+            CREATE TABLE ambiguous_units AS
+            WITH kept AS (SELECT unit_id_l, unit_id_r FROM scored_pairs WHERE NOT vetoed),
+            nb AS (SELECT unit_id_l AS u, unit_id_r AS v FROM kept UNION ALL SELECT unit_id_r, unit_id_l FROM kept)
+            SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
+            JOIN person_units a ON a.unit_id = x.v JOIN person_units b ON b.unit_id = y.v
+            WHERE cdp_disagree(a.first_name, a.first_cands, a.last_name, a.dob,
+                               b.first_name, b.first_cands, b.last_name, b.dob)
+            """
+        )
+        pairs = session.con.sql(
+            """
+            SELECT unit_id_l, unit_id_r, match_weight FROM scored_pairs
+            WHERE NOT vetoed AND unit_id_l NOT IN (SELECT unit_id FROM ambiguous_units)
+              AND unit_id_r NOT IN (SELECT unit_id FROM ambiguous_units)
+            """
+        ).to_arrow_table()
+        vetoed = int(session.con.execute("SELECT count(*) FROM scored_pairs WHERE vetoed").fetchall()[0][0])
+        ambiguous = int(session.con.execute("SELECT count(*) FROM ambiguous_units").fetchall()[0][0])
+    finally:
+        session.close()
+    con.register("_pairs_frame", pairs)
+    con.execute("INSERT INTO _model_edges SELECT * FROM _pairs_frame")
+    con.unregister("_pairs_frame")
+    return {
+        "person_units": n_units,
+        "model_pairs": pairs.num_rows,
+        "model_pairs_vetoed": vetoed,
+        "model_ambiguous_units": ambiguous,
+        "model_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def parameter_table(model: dict[str, Any]) -> pd.DataFrame:
+    """m, u and match weight of every comparison level of a trained model (for review)."""
+    rows = []
+    for comparison in model["comparisons"]:
+        for level in comparison["comparison_levels"]:
+            if level.get("is_null_level"):
+                continue
+            m = level.get("m_probability")
+            u = level.get("u_probability")
+            weight = math.log2(m / u) if m and u else None
+            rows.append(
+                {
+                    "comparison": comparison["output_column_name"],
+                    "level": level["label_for_charts"],
+                    "m": m,
+                    "u": u,
+                    "match_weight": weight,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def check_parameters(model: dict[str, Any]) -> list[str]:
+    """Signs of an EM collapse: strong agreement levels that EM decided are weak evidence."""
+    problems = []
+    table = parameter_table(model)
+    for comparison, level in (("name", "Exact forename and surname"), ("dob", "Exact")):
+        row = table[(table.comparison == comparison) & (table.level == level)]
+        if row.empty or row.m.isna().all():
+            problems.append(f"{comparison}/{level}: no trained m value")
+            continue
+        m = float(row.m.iloc[0])
+        if m < 0.5:
+            problems.append(f"{comparison}/{level}: m = {m:.2f} < 0.5 (EM collapse?)")
+    strong = table[table.level.str.startswith(("Exact", "Same mailbox", "Same postcode and address"))]
+    for _, row in strong.dropna(subset=["match_weight"]).iterrows():
+        if row.match_weight < 0:
+            problems.append(f"{row.comparison}/{row.level}: negative weight {row.match_weight:.1f}")
+    return problems
+
+
+def train_model(
+    con: duckdb.DuckDBPyConnection,
+    out_path: Path = MODEL_PATH,
+    seed: int = 42,
+    u_max_pairs: float = 5e6,
+    threads: int = 2,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Train on the store's person units: prior by deterministic rules, u by sampling, m by EM.
+
+    Writes the Splink JSON to ``out_path`` and its meta data beside it. Returns the meta data.
+    """
+    from cdp.errors import CdpError
+
+    started = time.perf_counter()
+    n_units = build_person_units(con, training=True)
+    if n_units < 1000:
+        raise CdpError(f"only {n_units} person records in the store; train on at least 1,000")
+    session = open_session(con, base_settings(), threads=threads, memory_limit="8GB")
+    try:
+        training = session.linker.training
+        training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)
+        training.estimate_u_using_random_sampling(max_pairs=u_max_pairs, seed=seed)
+        for rule in EM_BLOCKING:
+            training.estimate_parameters_using_expectation_maximisation(rule, estimate_without_term_frequencies=True)
+        model = session.linker.misc.save_model_to_json()
+    finally:
+        session.close()
+    problems = check_parameters(model)
+    if problems and strict:
+        raise CdpError("trained model looks wrong, not saved: " + "; ".join(problems))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model.pop("linker_uid", None)
+    out_path.write_text(json.dumps(model, indent=2) + "\n")
+    meta = {
+        "model": out_path.stem,
+        "problems": problems,
+        "n_units": n_units,
+        "seed": seed,
+        "u_max_pairs": u_max_pairs,
+        "prior_rules": PRIOR_RULES,
+        "prior_recall": PRIOR_RECALL,
+        "em_blocking": EM_BLOCKING,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "parameters": parameter_table(model).round(6).to_dict(orient="records"),
+    }
+    out_path.with_name(out_path.stem + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def score_units(
+    con: duckdb.DuckDBPyConnection,
+    unit_a: str,
+    unit_b: str,
+    chart_path: Path | None = None,
+    model_path: Path = MODEL_PATH,
+) -> dict[str, Any] | None:
+    """Splink's verdict on two units: total match weight and the weight of every comparison.
+
+    Returns ``None`` when either unit bears no person attributes (no name). With ``chart_path`` the
+    waterfall chart is saved there as a self-contained HTML file.
+    """
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _explain_records AS SELECT * FROM stg_records WHERE unit_id IN (?, ?)",
+        [unit_a, unit_b],
+    )
+    if build_person_units(con, "_explain_records") < 2:
+        return None
+    total_units = int(con.execute("SELECT count(DISTINCT unit_id) FROM stg_records").fetchall()[0][0])
+    trained, meta = load_model(model_path)
+    trained = dict(trained)
+    trained["probability_two_random_records_match"] = scaled_prior(trained, meta, total_units)
+    session = open_session(con, trained)
+    try:
+        rows = con.execute("SELECT * FROM _person_units ORDER BY unit_id").fetch_df()
+        records = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
+        scored = session.linker.inference.score_pair(records[0], records[1]).as_record_list()
+        result = {
+            "match_weight": float(scored[0]["match_weight"]),
+            "match_probability": float(scored[0]["match_probability"]),
+            "comparisons": {c["output_column_name"]: _level_result(c, scored[0]) for c in trained["comparisons"]},
+        }
+        if chart_path is not None:
+            chart = session.linker.visualisations.waterfall_chart(scored, filter_nulls=False)
+            chart.save(str(chart_path), inline=True)
+        return result
+    finally:
+        session.close()
+
+
+def _level_result(comparison: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+    """The label and weight of the level a scored pair fell in (gamma counts down to 0 = ELSE)."""
+    name = comparison["output_column_name"]
+    gamma = scored.get(f"gamma_{name}")
+    levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
+    if gamma is None or gamma < 0:
+        return {"label": "Null", "weight": None}
+    weight = scored.get(f"mw_{name}")
+    return {"label": levels[len(levels) - 1 - int(gamma)]["label_for_charts"],
+            "weight": None if weight is None else float(weight)}  # fmt: skip

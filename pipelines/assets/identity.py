@@ -1,0 +1,103 @@
+"""Identity layer: staged records resolved into customers with stable ids, and checks on the result."""
+# No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
+
+import dagster as dg
+
+from pipelines.resources import CdpStore
+
+#: Check names, as constants so the UI, tests and alerts can refer to them.
+NO_OUTLIER_CUSTOMERS = "no_outlier_customer_clusters"
+HUB_IDENTIFIERS_HELD_BACK = "hub_identifiers_held_back"
+
+#: Above this share of multi-unit customers flagged as outliers, the cluster-size check fails.
+OUTLIER_SHARE_LIMIT = 0.001
+
+
+@dg.asset(
+    name="customer_source_records",
+    group_name="identity",
+    kinds={"duckdb"},
+    deps=[dg.AssetKey("stg_records")],
+    description=(
+        "Which customer every staged web, app, store and CRM record belongs to. Grain: one row per "
+        "`stg_records` row (source, source_record_id, customer_id, unit_id). Built from the identifier "
+        "graph (shared user_id, loyalty_id, email, phone, crm_id; hub keys held back) and the saved "
+        "Splink person model, clustered with stable customer ids. Also writes `identity_edges` (unit "
+        "pairs and their evidence type, no key values), `customer_id_history` (merges, splits) and "
+        "`identity_runs`. PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
+    ),
+)
+def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+    from identity.resolve import resolve_identities
+
+    con = store.connect()
+    try:
+        stats = resolve_identities(con, store.settings)
+    finally:
+        con.close()
+    context.log.info(
+        f"{stats['records']} records in {stats['units']} units -> {stats['customers']} customers "
+        f"({stats['new_customers']} new, {stats['merged']} merged, {stats['split']} split) "
+        f"in {stats['seconds']} s"
+    )
+    keep = (
+        "records", "units", "customers", "new_customers", "kept_customers", "merged", "split", "retired",
+        "person_units", "model_pairs", "edges", "hub_keys_conflict", "hub_keys_over_limit",
+        "placeholder_values", "shared_units", "largest_customer_units", "outlier_customers", "seconds",
+        "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id",
+    )  # fmt: skip
+    return dg.MaterializeResult(metadata={k: stats[k] for k in keep if k in stats})
+
+
+def _latest_run_stats(store: CdpStore) -> dict:
+    import json
+
+    con = store.connect()
+    try:
+        rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
+    finally:
+        con.close()
+    return json.loads(rows[0][0]) if rows else {}
+
+
+@dg.asset_check(
+    asset="customer_source_records",
+    name=NO_OUTLIER_CUSTOMERS,
+    description=(
+        "Customers that look over-merged: more than 3 CRM contacts, more than 2 online accounts or more "
+        f"than 500 units. Fails when they exceed {OUTLIER_SHARE_LIMIT:.1%} of multi-unit customers. "
+        "Counts only."
+    ),
+)
+def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
+    stats = _latest_run_stats(store)
+    outliers = int(stats.get("outlier_customers", 0))
+    multi = int(stats.get("multi_unit_customers", 0))
+    return dg.AssetCheckResult(
+        passed=bool(stats) and outliers <= OUTLIER_SHARE_LIMIT * max(multi, 1),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "outlier_customers": outliers,
+            "multi_unit_customers": multi,
+            "largest_customer_units": int(stats.get("largest_customer_units", 0)),
+        },
+    )
+
+
+@dg.asset_check(
+    asset="customer_source_records",
+    name=HUB_IDENTIFIERS_HELD_BACK,
+    description=(
+        "Hub identifiers (shared by units that disagree on who they are, or by more units than the "
+        "per-type limit) found and kept from hard-linking on this run, by type. Counts only; passes "
+        "when the guard ran."
+    ),
+)
+def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
+    stats = _latest_run_stats(store)
+    metadata: dict[str, int] = {
+        k: int(v)
+        for k, v in stats.items()
+        if k.startswith(("hub_keys_conflict", "hub_keys_over_limit", "placeholder_values", "shared_units"))
+    }
+    return dg.AssetCheckResult(passed=bool(stats), severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
