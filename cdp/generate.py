@@ -26,6 +26,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -271,7 +272,12 @@ def _iso(seconds: np.ndarray, suffix: str = "Z", sep: str = "T") -> np.ndarray:
     return s + suffix if suffix else s
 
 
-def _pick(rng: np.random.Generator, options: np.ndarray, n: int, p=None) -> np.ndarray:
+def _where(condition: Any, values: Any, other: Any = None) -> np.ndarray:
+    """``np.where`` over object arrays; ``None`` (the default) stands for a missing value."""
+    return np.where(condition, np.asarray(values, dtype=object), np.asarray(other, dtype=object))
+
+
+def _pick(rng: np.random.Generator, options: Any, n: int, p: Any = None) -> np.ndarray:
     return np.asarray(options, dtype=object)[rng.choice(len(options), size=n, p=p)]
 
 
@@ -443,8 +449,8 @@ class _World:
     hh_landline: np.ndarray
     hh_family_email: np.ndarray
     contacts: _Contacts
-    email_table: np.ndarray | None = None
-    phone_table: np.ndarray | None = None
+    email_table: np.ndarray  # (emails, 7) ways each email gets written; see _email_variants
+    phone_table: np.ndarray  # (phones, 7) ways each phone number gets written
 
 
 def _postcodes(rng: np.random.Generator, areas: np.ndarray) -> np.ndarray:
@@ -479,7 +485,7 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     )
     hh_street = np.stack([numbers, streets, suffixes], axis=1)
     flats = rng.random(h) < 0.18
-    hh_flat = np.where(flats, np.char.add("Flat ", rng.integers(1, 30, h).astype(str)).astype(object), None)
+    hh_flat = _where(flats, np.char.add("Flat ", rng.integers(1, 30, h).astype(str)).astype(object))
     hh_surname = rng.choice(len(_SURNAMES), size=h, p=_zipf(len(_SURNAMES), 6))
 
     sex = rng.random(n) < 0.5  # True = female
@@ -579,11 +585,14 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     loyalty = np.full(n, None, dtype=object)
     loyalty[has_loyalty] = ("LOY" + pd.Series(10_000_000 + rng.permutation(int(has_loyalty.sum()))).astype(str)).values
 
+    email_table, phone_table = contacts.tables()
     return _World(
         n=n, household=household, first=first, last=last, maiden=maiden, dob=dob, emails=emails,
         mobile=mobile, user=user, loyalty=loyalty, hh_line1=hh_line1, hh_street=hh_street, hh_flat=hh_flat,
         hh_city=hh_city, hh_postcode=hh_postcode, hh_landline=hh_landline, hh_family_email=hh_family_email,
         contacts=contacts,
+        email_table=email_table,
+        phone_table=phone_table,
     )  # fmt: skip
 
 
@@ -725,7 +734,7 @@ def _address_text(rng, w: _World, hh: np.ndarray, p_typo: float) -> tuple[np.nda
     return line1, line2
 
 
-def _dob_text(rng, dob: np.ndarray, p_error: float, p_missing: float) -> np.ndarray:
+def _dob_text(rng, dob: np.ndarray, p_error: Any, p_missing: float) -> np.ndarray:
     """YYYY-MM-DD; some with day and month swapped or one digit wrong (always still a real date)."""
     n = len(dob)
     err = rng.random(n) < p_error
@@ -798,24 +807,24 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
         phone_idx = np.where(r < 0.6, mob, np.where(r < 0.8, land, -1))
         phone_idx = np.where((phone_idx < 0) & (r < 0.8), np.maximum(mob, land), phone_idx)
         f["phone"] = _write_phone(rng, w, phone_idx, part, rows, 0.01)
-        lo = np.where(rng.random(n) < 0.7, w.loyalty[person], None)
+        lo = _where(rng.random(n) < 0.7, w.loyalty[person])
         f["loyalty_id"] = _write_id(rng, lo, _LOYALTY, person, part, rows, 0.005)
-        us = np.where(rng.random(n) < 0.55, w.user[person], None)
+        us = _where(rng.random(n) < 0.55, w.user[person])
         f["user_id"] = _write_id(rng, us, _USER, person, part, rows, 0.005)
     else:
         # No shared identifiers: every value is unique to its record, or absent.
         has_e = rng.random(n) < 0.6
         local = [f"{_fold(a)}.{_fold(b)}.{r}" for a, b, r in zip(w.first[person], last, rows, strict=True)]
-        f["email"] = np.where(has_e, np.char.add(np.array(local, dtype=str), "@example.org").astype(object), None)
+        f["email"] = _where(has_e, np.char.add(np.array(local, dtype=str), "@example.org").astype(object))
         has_p = rng.random(n) < 0.5
         codes = _unique_numbers(rng, n, 5 * 10**8)
         style = rng.choice(7, size=n, p=_PHONE_WEIGHTS)
         nationals = [f"07{'45789'[c // 10**8]}{c % 10**8:08d}" for c in codes]
         phones = [_phone_variants(x)[k] for x, k in zip(nationals, style, strict=True)]
-        f["phone"] = np.where(has_p, np.array(phones, dtype=object), None)
-        part.e164 = np.where(has_p, np.array(["+44" + x[1:] for x in nationals], dtype=object), None)
-        f["loyalty_id"] = np.where(rng.random(n) < 0.3, "LOY" + pd.Series(50_000_000 + rows).astype(str), None)
-        f["user_id"] = np.where(rng.random(n) < 0.3, "u" + pd.Series(5_000_000 + rows).astype(str), None)
+        f["phone"] = _where(has_p, np.array(phones, dtype=object))
+        part.e164 = _where(has_p, np.array(["+44" + x[1:] for x in nationals], dtype=object))
+        f["loyalty_id"] = _where(rng.random(n) < 0.3, "LOY" + pd.Series(50_000_000 + rows).astype(str))
+        f["user_id"] = _where(rng.random(n) < 0.3, "u" + pd.Series(5_000_000 + rows).astype(str))
     f["created_at"] = _iso(created, "", " ")
     f["updated_at"] = _iso(updated, "", " ")
 
@@ -851,7 +860,7 @@ def _store(rng, w: _World) -> _Part:
     mode[(mode == 4) & (r2 >= 0.30) & (r2 < 0.48) & has_mob] = 2
     mode[(mode == 4) & (r2 >= 0.48) & (r2 < 0.80)] = 3
 
-    lo = np.where(mode == 0, w.loyalty[person], None)
+    lo = _where(mode == 0, w.loyalty[person])
     f["loyalty_id"] = _write_id(rng, lo, _LOYALTY, person, part, rows, 0.02)
     receipt = (mode == 1) | ((mode == 0) & (rng.random(n) < 0.2))
     email_idx = np.where(receipt, _choose_email(rng, w, person, 0.4, 0.05), -1)
@@ -929,7 +938,7 @@ def _web(rng, w: _World) -> _Part:
 
     logged = logs_in[cookie] & (pos >= login_pos[cookie])
     keep_id = logged & (rng.random(n) < 0.97)  # the odd tag fires without the user id
-    f["user_id"] = _write_id(rng, np.where(keep_id, w.user[person], None), _USER, person, part, rows, 0.004)
+    f["user_id"] = _write_id(rng, _where(keep_id, w.user[person]), _USER, person, part, rows, 0.004)
     wants_email = at_news | (at_login & (rng.random(n) < 0.45)) | (logged & (etype == "purchase"))
     email_idx = np.where(wants_email, _choose_email(rng, w, person, 0.5), -1)
     f["email"] = _write_email(rng, w, email_idx, part, rows, 0.005)
@@ -949,13 +958,13 @@ def _web(rng, w: _World) -> _Part:
     order[buy] = ("W" + pd.Series(10**8 + rng.permutation(int(buy.sum()))).astype(str)).values
     f["order_id"] = order
     revenue = np.round(np.exp(rng.normal(3.6, 0.7, n)), 2).clip(3, 3000).astype(str).astype(object)
-    f["revenue"] = np.where(buy, revenue, None)
-    f["currency"] = np.where(buy, "GBP", None)
+    f["revenue"] = _where(buy, revenue)
+    f["currency"] = _where(buy, "GBP")
     utm = (pos == 0) & (rng.random(n) < 0.4)
     which = rng.integers(0, len(_UTM), n)
     for j, col in enumerate(("utm_source", "utm_medium", "utm_campaign")):
         vals = np.array([u[j] or None for u in _UTM], dtype=object)[which]
-        f[col] = np.where(utm, vals, None)
+        f[col] = _where(utm, vals)
     f["user_agent"] = np.asarray(_USER_AGENTS, dtype=object)[rng.integers(0, len(_USER_AGENTS), c)][cookie]
     return part
 
@@ -997,7 +1006,7 @@ def _app(rng, w: _World) -> _Part:
     f["event_type"] = etype
 
     logged = logs_in[device] & (pos >= login_pos[device])
-    f["user_id"] = _write_id(rng, np.where(logged, w.user[person], None), _USER, person, part, rows, 0.004)
+    f["user_id"] = _write_id(rng, _where(logged, w.user[person]), _USER, person, part, rows, 0.004)
     r = rng.random(n)
     email_idx = np.where(at_login & (r < 0.5), _choose_email(rng, w, person, 0.3), -1)
     f["email"] = _write_email(rng, w, email_idx, part, rows, 0.005)
@@ -1011,8 +1020,8 @@ def _app(rng, w: _World) -> _Part:
     order[buy] = ("A" + pd.Series(10**8 + rng.permutation(int(buy.sum()))).astype(str)).values
     f["order_id"] = order
     revenue = np.round(np.exp(rng.normal(3.5, 0.7, n)), 2).clip(3, 3000).astype(str).astype(object)
-    f["revenue"] = np.where(buy, revenue, None)
-    f["currency"] = np.where(buy, "GBP", None)
+    f["revenue"] = _where(buy, revenue)
+    f["currency"] = _where(buy, "GBP")
     return part
 
 
@@ -1124,12 +1133,12 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     with_email |= story_pair & (subject == "crm_id")
     f["email"] = _write_email(rng, w, np.where(with_email, email[person], -1), None, np.arange(m), 0.0)
     f["phone"] = _write_phone(rng, w, np.where(subject == "phone", mobile[person], -1), None, np.arange(m), 0)
-    f["user_id"] = np.where(subject == "user_id", w.user[person], None)
-    f["crm_id"] = np.where(subject == "crm_id", crm[person], None)
-    f["loyalty_id"] = np.where(subject == "loyalty_id", w.loyalty[person], None)
-    f["device_id"] = np.where(subject == "device_id", device[person], None)
+    f["user_id"] = _where(subject == "user_id", w.user[person])
+    f["crm_id"] = _where(subject == "crm_id", crm[person])
+    f["loyalty_id"] = _where(subject == "loyalty_id", w.loyalty[person])
+    f["device_id"] = _where(subject == "device_id", device[person])
     with_cookie = (subject == "anonymous_id") | ((subject == "email") & (extra > 0.7) & has(cookie[person]))
-    f["anonymous_id"] = np.where(with_cookie, cookie[person], None)
+    f["anonymous_id"] = _where(with_cookie, cookie[person])
     return _Part(f, person, np.zeros(m, dtype=np.int64), seconds), purpose, granted
 
 
@@ -1300,7 +1309,6 @@ def generate_world(
     rng = np.random.default_rng(seed)
 
     w = _people(rng, customers)
-    w.email_table, w.phone_table = w.contacts.tables()
     shared = mode == "omnichannel"
     parts: dict[str, _Part] = {"crm": _crm(rng, w, shared)}
     if shared:
