@@ -1,0 +1,173 @@
+"""Right of access and portability (GDPR Art. 15 and 20): everything held on a subject, as JSON.
+
+The subject is found exactly as erasure finds them (:func:`consent.erasure.find_subject`), and every table
+is read with the erasure map's own predicate, so what an access request returns is what an erasure would
+remove: the raw rows of every source with the file, batch and row they came from, the profile, the
+consent history (events as received, the ledger, the current state), rejected rows that carry the
+subject, restrictions, identity links and id changes, and the exports the subject appeared in. Nothing
+of other customers: a household member sharing the subject's landline is not the subject.
+
+The file is written readable by its owner only (0600), atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cdp.config import Settings
+from cdp.store import RECORD_SOURCES, connect, raw_table
+from cdp.suppression import load_secret
+from consent import register
+from consent.erasure import Subject, drop_scope, exports_of_subject, find_subject, present_rules
+
+FORMAT_VERSION = 1
+
+#: Where each mapped table goes in the document; tables not named here go under ``other``.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "profiles": ("customer_profiles",),
+    "consent_received": ("raw_consent",),
+    "consent_ledger": ("consent_events",),
+    "consent_state": ("consent_state",),
+    "quarantined_rows": ("quarantine",),
+    "restrictions": ("restrictions",),
+    "identity_links": ("customer_source_records",),
+    "identity_history": ("customer_id_history",),
+    "identity_edges": ("identity_edges",),
+    "standardised_records": ("stg_records",),
+    "standardised_consent": ("stg_consent",),
+}
+#: Internal lookups that add nothing a person would read (a phone spelling and its E.164 form).
+SKIPPED = ("phone_map", "export_members")
+
+
+@dataclass
+class AccessResult:
+    request_id: str
+    path: Path
+    customers: int
+    records: int
+    counts: dict[str, int]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    rel = con.execute(sql)
+    names = [d[0] for d in rel.description]
+    types = [str(d[1]) for d in rel.description]
+    out = []
+    for row in rel.fetchall():
+        item = {}
+        for name, kind, value in zip(names, types, row, strict=True):
+            if kind == "JSON" and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # not JSON after all: kept as the text stored
+                    value = json.loads(value)
+            item[name] = _plain(value)
+        out.append(item)
+    return out
+
+
+def collect(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, request_id: str) -> dict[str, Any]:
+    """The access document for ``subject`` (a dict ready for JSON)."""
+    rules = present_rules(con)
+    scope = find_subject(con, subject, settings.default_region)
+    doc: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "request_id": request_id,
+        "generated_at": register.utcnow().isoformat(),
+        "customer_ids": scope.customers,
+        "former_customer_ids": scope.former_customers,
+        "records": {},
+    }
+    placed = set(SKIPPED)
+    for source in RECORD_SOURCES:
+        table = raw_table(source)
+        placed.add(table)
+        if table in rules:
+            doc["records"][source] = _rows(
+                con, f"SELECT * FROM {table} WHERE {rules[table].where} ORDER BY batch_id, row_number"
+            )
+    for section, tables in SECTIONS.items():
+        doc[section] = []
+        for table in tables:
+            placed.add(table)
+            if table in rules:
+                doc[section] += _rows(con, f"SELECT * FROM {table} WHERE {rules[table].where}")
+    doc["exports"] = [_plain(e) for e in exports_of_subject(con)]
+    doc["other"] = {
+        table: _rows(con, f"SELECT * FROM {table} WHERE {rule.where}")
+        for table, rule in rules.items()
+        if table not in placed
+    }
+    return doc
+
+
+def write_private_json(path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` to ``path`` atomically, readable by its owner only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, ensure_ascii=False, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def access(
+    settings: Settings,
+    subject: Subject,
+    out: Path,
+    con: duckdb.DuckDBPyConnection | None = None,
+    actor: str | None = None,
+) -> AccessResult:
+    """Answer an access request: write the subject's document to ``out`` and register the request."""
+    con = con or connect(settings.db_path)
+    try:
+        register.ensure_register_schema(con)
+        secret = load_secret(settings.secret_path)
+        present_rules(con)
+        request_id = register.open_request(con, "access", subject.hash(secret))
+        doc = collect(con, subject, settings, request_id)
+        write_private_json(out, doc)
+        counts = {source: len(rows) for source, rows in doc["records"].items()}
+        for section in SECTIONS:
+            counts[section] = len(doc[section])
+        counts["exports"] = len(doc["exports"])
+        records = sum(len(rows) for rows in doc["records"].values())
+        register.complete_request(con, request_id, records_affected=records)
+        register.audit(
+            con, "access", request_id, f"access document written: {len(doc['customer_ids'])} customers", records, actor
+        )
+        return AccessResult(request_id, Path(out), len(doc["customer_ids"]), records, counts)
+    finally:
+        drop_scope(con)
+        con.close()

@@ -1,0 +1,784 @@
+"""Right to erasure (GDPR Art. 17): find a subject through the identity graph, erase them from every
+table, suppress their identifiers, and rewrite the database file so that no byte of them is left.
+
+How the subject is found (:func:`find_subject`)
+    The identifier named in the request (email match key, E.164 phone or a customer id) selects the
+    ``stg_records`` rows carrying it; ``customer_source_records`` turns those into customers, and every
+    record of those customers is the subject's. Customer ids that were merged into them
+    (``customer_id_history``) come along when all their successors are the subject's. The identifiers on
+    the subject's records are collected per type and split in two:
+
+    * **exclusive**: carried by no record of any other customer. These are swept (every raw row, consent
+      event and quarantined row carrying one goes) and suppressed.
+    * **shared**: also carried by another customer (a household landline, a family email, a shared
+      device). These are never swept or suppressed: the other customer keeps every record, and the
+      subject's own rows carrying the value go with the subject's records.
+
+    Placeholder values (``-1``, ``test@example.com``...; :func:`identity.graph.is_placeholder`) are never
+    swept or suppressed either, since they would drop strangers' rows.
+
+What is erased (:data:`ERASURE_MAP`)
+    One entry per table: the SQL predicate that selects the subject's rows, over the scope tables built by
+    :func:`find_subject`. :func:`uncovered_tables` lists every table of the store that is in neither
+    :data:`ERASURE_MAP` nor :data:`KEPT_TABLES`; erasure refuses to run while there is one, so a new table
+    cannot silently escape it (``tests/consent/test_privacy_erasure.py`` checks the real schema).
+
+What is left behind
+    Nothing of the subject's: after the deleting transaction commits, :func:`rewrite_database` copies the
+    database into a new file (``COPY FROM DATABASE``), syncs it, replaces the old file atomically and
+    removes any write-ahead log, because DuckDB keeps deleted values in free blocks and its WAL. Export
+    files that held the subject are listed in the receipt for the privacy officer to recall.
+
+Nothing here logs, prints or raises with an identifier: only counts, table names and request ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cdp.config import Settings
+from cdp.errors import CdpError
+from cdp.ingest import IDENTIFIER_COLUMNS
+from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table
+from cdp.suppression import identifier_hash, load_secret
+from consent import register
+
+#: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
+ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
+
+#: Scope tables built by :func:`find_subject` (temporary: they never reach the database file).
+SCOPE_TABLES = (
+    "_subject_customers",
+    "_subject_records",
+    "_subject_ids",
+    "_subject_consent",
+    "_subject_quarantine",
+    "_subject_phones",
+)
+
+
+# -- the table map -------------------------------------------------------------------------------------
+def _keys(source: str) -> str:
+    return f"(SELECT record_id FROM _subject_records WHERE source = '{source}')"
+
+
+def _ids(identifier_type: str) -> str:
+    """The subject's identifiers of one type that may be swept: exclusive and not placeholders."""
+    return f"(SELECT value FROM _subject_ids WHERE identifier_type = '{identifier_type}' AND usable)"
+
+
+_CUSTOMERS = "(SELECT customer_id FROM _subject_customers)"
+_UNITS = "(SELECT DISTINCT unit_id FROM _subject_records)"
+_RECORD_PAIRS = "(SELECT source, record_id FROM _subject_records)"
+_CONSENT = "(SELECT consent_id FROM _subject_consent)"
+
+
+def _any_identifier(columns: Iterable[str]) -> str:
+    return " OR ".join(f"{c} IN {_ids(c)}" for c in columns)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the subject's rows of one table are found: a predicate over the table's own columns."""
+
+    how: str
+    where: str
+    columns: tuple[str, ...]
+
+
+ERASURE_MAP: dict[str, Rule] = {
+    # Raw layer: by the source's own key (every version of it), plus events of the subject's own cookies
+    # and devices; raw_consent by the consent events that are the subject's.
+    "raw_web": Rule(
+        "web events of the subject's records and of their cookies",
+        f"event_id IN {_keys('web')} OR trim(anonymous_id) IN {_ids('anonymous_id')}",
+        ("event_id", "anonymous_id"),
+    ),
+    "raw_app": Rule(
+        "app events of the subject's records and of their devices",
+        f"event_id IN {_keys('app')} OR trim(device_id) IN {_ids('device_id')}",
+        ("event_id", "device_id"),
+    ),
+    "raw_store": Rule("store transactions of the subject", f"transaction_id IN {_keys('store')}", ("transaction_id",)),
+    "raw_crm": Rule("every version of the subject's CRM contacts", f"crm_id IN {_keys('crm')}", ("crm_id",)),
+    "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),
+    "quarantine": Rule(
+        "rejected rows whose raw content carries an identifier or record key of the subject",
+        "rowid IN (SELECT row_id FROM _subject_quarantine)",
+        ("raw",),
+    ),
+    "phone_map": Rule(
+        "phone spellings of the subject's exclusive numbers or found only on the subject's raw rows",
+        f"e164 IN {_ids('phone_e164')} OR raw IN (SELECT raw FROM _subject_phones)",
+        ("raw", "e164"),
+    ),
+    # Staging.
+    "stg_records": Rule(
+        "staged rows of the subject's records",
+        f"(source, source_record_id) IN {_RECORD_PAIRS}",
+        ("source", "source_record_id"),
+    ),
+    "stg_consent": Rule("staged consent events of the subject", f"consent_id IN {_CONSENT}", ("consent_id",)),
+    # Identity.
+    "customer_source_records": Rule(
+        "the subject's customers and records",
+        f"customer_id IN {_CUSTOMERS} OR (source, source_record_id) IN {_RECORD_PAIRS}",
+        ("customer_id", "source", "source_record_id"),
+    ),
+    "identity_edges": Rule(
+        "edges touching one of the subject's identity units",
+        f"unit_id_l IN {_UNITS} OR unit_id_r IN {_UNITS}",
+        ("unit_id_l", "unit_id_r"),
+    ),
+    "customer_id_history": Rule(
+        "id changes leading to the subject's customers",
+        f"new_customer_id IN {_CUSTOMERS} OR old_customer_id IN {_CUSTOMERS}",
+        ("old_customer_id", "new_customer_id"),
+    ),
+    "customer_profiles": Rule("the subject's profiles", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
+    # Consent and activation.
+    "consent_events": Rule(
+        "ledger events from the subject's consent rows or app records, or naming an exclusive identifier",
+        f"consent_id IN {_CONSENT} OR event_id IN (SELECT 'app:' || record_id FROM _subject_records "
+        f"WHERE source = 'app') OR {_any_identifier(ID_TYPES)}",
+        ("consent_id", "event_id", *ID_TYPES),
+    ),
+    "consent_state": Rule("the subject's consent state", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
+    "restrictions": Rule("restrictions on the subject", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
+    "export_members": Rule(
+        "the subject's membership of past exports", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
+    ),
+}
+
+#: Tables that hold no personal data, and why; erasure leaves them as they are (except the counts below).
+KEPT_TABLES: dict[str, str] = {
+    "ingest_batches": "one row per inbox file: names, hashes and counts (erased rows move to rows_suppressed)",
+    "suppression_list": "keyed hashes of erased identifiers: what keeps the subject from coming back",
+    "privacy_requests": "the request register: ids, dates, counts, at most a keyed hash of the subject",
+    "audit_log": "who did what when: actions, request ids and counts",
+    "identity_runs": "one row per identity run: counts and settings",
+    "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
+}
+
+
+def uncovered_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tables of the store that the erasure map does not cover (schema-qualified outside ``main``)."""
+    rows = con.execute(
+        """SELECT table_schema, table_name FROM information_schema.tables
+           WHERE table_catalog = current_database() AND table_type = 'BASE TABLE'
+           ORDER BY 1, 2"""
+    ).fetchall()
+    known = set(ERASURE_MAP) | set(KEPT_TABLES)
+    return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows
+            if not (schema == "main" and name in known)]  # fmt: skip
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    rows = con.execute(
+        """SELECT column_name FROM information_schema.columns
+           WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ?""",
+        [table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def present_rules(con: duckdb.DuckDBPyConnection) -> dict[str, Rule]:
+    """The map's entries for tables that exist, after checking that no table is uncovered and that every
+    column a rule reads is there. Either failure stops erasure with a one-line reason."""
+    uncovered = uncovered_tables(con)
+    if uncovered:
+        raise CdpError(
+            f"erasure refused: table(s) {', '.join(uncovered)} not covered by the erasure map "
+            "(add them to consent/erasure.py ERASURE_MAP or KEPT_TABLES)"
+        )
+    rules = {}
+    for table, rule in ERASURE_MAP.items():
+        cols = _columns(con, table)
+        if not cols:
+            continue
+        missing = [c for c in rule.columns if c not in cols]
+        if missing:
+            raise CdpError(f"erasure refused: table {table} has no column {missing[0]} that the erasure map reads")
+        rules[table] = rule
+    return rules
+
+
+# -- the subject ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subject:
+    """The identifier a request names, normalised. ``kind``: ``email_key``, ``phone_e164`` or ``customer_id``."""
+
+    kind: str
+    value: str
+
+    @classmethod
+    def from_options(cls, email: str | None, phone: str | None, customer_id: str | None, region: str = "GB") -> Subject:
+        from identity.standardise import email_match_key, normalise_phone
+
+        given = [(k, v) for k, v in (("email", email), ("phone", phone), ("customer-id", customer_id)) if v]
+        if len(given) != 1:
+            raise CdpError("name the subject with exactly one of --email, --phone or --customer-id")
+        option, value = given[0]
+        if option == "email":
+            key = email_match_key(value)
+            if key is None:
+                raise CdpError("--email: not a valid email address")
+            return cls("email_key", key)
+        if option == "phone":
+            e164 = normalise_phone(value, region)
+            if e164 is None:
+                raise CdpError(f"--phone: not a valid phone number (default region {region})")
+            return cls("phone_e164", e164)
+        return cls("customer_id", value.strip())
+
+    def hash(self, secret: bytes) -> str:
+        """Keyed hash for de-duplicating requests in the register (never the value itself)."""
+        return identifier_hash(secret, self.kind, self.value)
+
+
+@dataclass
+class Scope:
+    """What :func:`find_subject` found; counts and internal customer ids only."""
+
+    customers: list[str]
+    former_customers: list[str]
+    seed_customers: int
+    records_by_source: dict[str, int]
+    #: identifier type -> counts: ``records`` carrying it, distinct ``values``, of which ``shared`` and
+    #: ``placeholder`` (kept and not suppressed).
+    identifier_types: dict[str, dict[str, int]]
+    consent_events: int
+    quarantined_rows: int
+
+
+def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(_columns(con, table))
+
+
+def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
+    for table in SCOPE_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS temp.{table}")
+
+
+def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str = "GB") -> Scope:
+    """Build the scope tables (``temp._subject_*``) of ``subject`` and return what they hold, in counts."""
+    from identity.graph import install_macros
+
+    install_macros(con)
+    drop_scope(con)
+    con.execute("CREATE TEMP TABLE _subject_customers (customer_id VARCHAR PRIMARY KEY, current BOOLEAN)")
+    con.execute("CREATE TEMP TABLE _subject_records (source VARCHAR, record_id VARCHAR, unit_id VARCHAR)")
+    con.execute(
+        "CREATE TEMP TABLE _subject_ids (identifier_type VARCHAR, value VARCHAR, records BIGINT, "
+        "exclusive BOOLEAN DEFAULT true, placeholder BOOLEAN DEFAULT false, usable BOOLEAN DEFAULT false)"
+    )
+    con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
+    con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
+    has_stg, has_csr = _exists(con, "stg_records"), _exists(con, "customer_source_records")
+    has_history = _exists(con, "customer_id_history")
+
+    # 1. The customers the named identifier reaches.
+    if subject.kind == "customer_id":
+        seeds = _current_ids(con, subject.value, has_csr, has_history)
+    elif subject.kind in ("email_key", "phone_e164"):
+        seeds = []
+        if has_stg:
+            matched = con.execute(
+                f"SELECT count(*) FROM stg_records WHERE {subject.kind} = ?", [subject.value]
+            ).fetchall()[0][0]
+            if matched and not has_csr:
+                raise CdpError("identities are not resolved yet (no customer_source_records): run `cdp run` first")
+            if has_csr:
+                seeds = [r[0] for r in con.execute(
+                    f"""SELECT DISTINCT l.customer_id FROM stg_records s
+                        JOIN customer_source_records l USING (source, source_record_id)
+                        WHERE s.{subject.kind} = ? ORDER BY 1""",
+                    [subject.value],
+                ).fetchall()]  # fmt: skip
+    else:
+        raise ValueError(f"unknown subject kind {subject.kind!r}")
+    if seeds:
+        con.executemany("INSERT INTO _subject_customers VALUES (?, true)", [(c,) for c in seeds])
+
+    # 2. Former ids merged into them: an old id all of whose successors are the subject's.
+    if has_history:
+        while True:
+            added = con.execute(
+                """INSERT INTO _subject_customers
+                   SELECT old_customer_id, false FROM customer_id_history
+                   WHERE old_customer_id IS NOT NULL
+                     AND old_customer_id NOT IN (SELECT customer_id FROM _subject_customers)
+                   GROUP BY old_customer_id
+                   HAVING bool_and(new_customer_id IN (SELECT customer_id FROM _subject_customers))"""
+            ).fetchall()[0][0]
+            if not added:
+                break
+
+    # 3. Their records, and the identifiers on them.
+    if has_csr:
+        con.execute(
+            """INSERT INTO _subject_records
+               SELECT DISTINCT source, source_record_id, unit_id FROM customer_source_records
+               WHERE customer_id IN (SELECT customer_id FROM _subject_customers WHERE current)"""
+        )
+    if has_stg:
+        for t in ID_TYPES:
+            con.execute(
+                f"""INSERT INTO _subject_ids (identifier_type, value, records)
+                    SELECT '{t}', s.{t}, count(*) FROM stg_records s
+                    JOIN _subject_records r ON r.source = s.source AND r.record_id = s.source_record_id
+                    WHERE s.{t} IS NOT NULL GROUP BY s.{t}"""
+            )
+    if subject.kind in ID_TYPES:
+        con.execute(
+            """INSERT INTO _subject_ids (identifier_type, value, records)
+               SELECT ?, ?, 0 WHERE NOT EXISTS
+                 (SELECT 1 FROM _subject_ids WHERE identifier_type = ? AND value = ?)""",
+            [subject.kind, subject.value, subject.kind, subject.value],
+        )
+    # 4. Shared with another customer's record, or a placeholder: kept and never suppressed.
+    if has_stg:
+        for t in ID_TYPES:
+            con.execute(
+                f"""UPDATE _subject_ids SET exclusive = false
+                    WHERE identifier_type = '{t}' AND value IN (
+                        SELECT s.{t} FROM stg_records s
+                        WHERE s.{t} IN (SELECT value FROM _subject_ids WHERE identifier_type = '{t}')
+                          AND (s.source, s.source_record_id) NOT IN {_RECORD_PAIRS})"""
+            )
+    con.execute(
+        "UPDATE _subject_ids SET placeholder = cdp_is_placeholder(identifier_type, value), "
+        "usable = exclusive AND NOT cdp_is_placeholder(identifier_type, value)"
+    )
+
+    # 5. Consent events that are the subject's: naming an exclusive identifier.
+    for table in ("stg_consent", "consent_events"):
+        cols = _columns(con, table)
+        if cols:
+            id_cols = [t for t in ID_TYPES if t in cols]
+            where = _any_identifier(id_cols) if id_cols else "false"
+            con.execute(
+                f"INSERT INTO _subject_consent SELECT DISTINCT consent_id FROM {table} "
+                f"WHERE consent_id IS NOT NULL AND ({where}) AND consent_id NOT IN {_CONSENT}"
+            )
+
+    # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
+    quarantined = _scan_quarantine(con, region)
+    _collect_phone_spellings(con)
+    return _scope_counts(con, len(seeds), quarantined)
+
+
+def _current_ids(con: duckdb.DuckDBPyConnection, customer_id: str, has_csr: bool, has_history: bool) -> list[str]:
+    """A current customer id stands for itself; a former one for the ids it became."""
+    if not has_csr:
+        return []
+    current_sql = "SELECT DISTINCT customer_id FROM customer_source_records WHERE customer_id = ANY(?)"
+    next_sql = "SELECT DISTINCT new_customer_id FROM customer_id_history WHERE old_customer_id = ANY(?)"
+    frontier, seen = [customer_id], {customer_id}
+    while frontier:
+        current = sorted(r[0] for r in con.execute(current_sql, [frontier]).fetchall())
+        if current or not has_history:
+            return current
+        frontier = [r[0] for r in con.execute(next_sql, [frontier]).fetchall() if r[0] not in seen]
+        seen |= set(frontier)
+    return []
+
+
+#: Raw-row fields holding an identifier of a given type (any other string value is checked as an email).
+_FIELD_TYPES = {
+    "email": "email_key", "phone": "phone_e164", "user_id": "user_id", "loyalty_id": "loyalty_id",
+    "crm_id": "crm_id", "device_id": "device_id", "anonymous_id": "anonymous_id",
+}  # fmt: skip
+
+
+def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
+    """Mark quarantined rows whose raw content carries one of the subject's usable identifiers (normalised
+    as ingestion does) or the key of one of the subject's records. Malformed CSV lines are kept as
+    ``{"line": ...}``: their comma-separated fields are checked the same way."""
+    if not _exists(con, "quarantine"):
+        return 0
+    from identity.standardise import email_match_key, normalise_phone
+
+    usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
+    for t, v in con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable").fetchall():
+        usable[t].add(v)
+    keys: dict[str, set[str]] = {}
+    for s, k in con.execute("SELECT source, record_id FROM _subject_records").fetchall():
+        keys.setdefault(s, set()).add(k)
+    keys["consent"] = {r[0] for r in con.execute("SELECT consent_id FROM _subject_consent").fetchall()}
+    all_keys = set().union(*keys.values()) if keys else set()
+    if not any(usable.values()) and not all_keys:
+        return 0
+
+    def carries(field_name: str | None, value: object, source: str) -> bool:
+        if value is None or isinstance(value, dict | list):
+            return False
+        text = str(value).strip()
+        if not text:
+            return False
+        spec = SOURCE_SPECS.get(source)
+        if field_name is None:  # a field of a malformed line: any key of the subject
+            if text in all_keys:
+                return True
+        elif spec is not None and field_name == spec.key and text in keys.get(source, set()):
+            return True
+        id_type = _FIELD_TYPES.get(field_name or "")
+        if "@" in text and email_match_key(text) in usable["email_key"]:
+            return True
+        phone_like = (id_type == "phone_e164" or field_name is None) and sum(ch.isdigit() for ch in text) >= 7
+        if phone_like and usable["phone_e164"] and normalise_phone(text, region) in usable["phone_e164"]:
+            return True
+        if id_type and id_type not in ("email_key", "phone_e164"):
+            return text in usable[id_type]
+        return field_name is None and any(text in usable[t] for t in ID_TYPES)
+
+    hits = []
+    cursor = con.execute("SELECT rowid, source, raw FROM quarantine WHERE raw IS NOT NULL")
+    while batch := cursor.fetchmany(10_000):
+        for row_id, source, raw in batch:
+            try:
+                data = json.loads(raw)
+            except (TypeError, ValueError):
+                data = {"line": str(raw)}
+            if not isinstance(data, dict):
+                continue
+            fields: list[tuple[str | None, object]] = []
+            for name, value in data.items():
+                key = str(name).strip().lower()
+                if key == "line" and isinstance(value, str) and len(data) == 1:
+                    fields += [(None, part.strip().strip('"')) for part in value.split(",")]
+                else:
+                    fields.append((key, value))
+            if any(carries(name, value, str(source)) for name, value in fields):
+                hits.append((row_id,))
+    if hits:
+        con.executemany("INSERT INTO _subject_quarantine VALUES (?)", hits)
+    return len(hits)
+
+
+def _collect_phone_spellings(con: duckdb.DuckDBPyConnection) -> None:
+    """Phone spellings on raw rows that go, and on no raw row that stays."""
+    going, staying = [], []
+    for source in ("app", "store", "crm", "consent"):
+        table = raw_table(source)
+        rule = ERASURE_MAP[table]
+        if _exists(con, table):
+            going.append(f"SELECT phone FROM {table} WHERE phone IS NOT NULL AND ({rule.where})")
+            staying.append(f"SELECT phone FROM {table} WHERE phone IS NOT NULL AND NOT coalesce({rule.where}, false)")
+    if going:
+        con.execute(
+            f"INSERT INTO _subject_phones SELECT DISTINCT phone FROM ({' UNION ALL '.join(going)}) "
+            f"WHERE phone NOT IN ({' UNION ALL '.join(staying)})"
+        )
+
+
+def _scope_counts(con: duckdb.DuckDBPyConnection, seeds: int, quarantined: int) -> Scope:
+    customers = con.execute("SELECT customer_id, current FROM _subject_customers ORDER BY customer_id").fetchall()
+    by_source = dict(con.execute("SELECT source, count(*) FROM _subject_records GROUP BY 1 ORDER BY 1").fetchall())
+    types: dict[str, dict[str, int]] = {}
+    for t, records, values, shared, placeholder in con.execute(
+        """SELECT identifier_type, sum(records), count(*), count(*) FILTER (WHERE NOT exclusive),
+                  count(*) FILTER (WHERE placeholder)
+           FROM _subject_ids GROUP BY 1 ORDER BY 1"""
+    ).fetchall():
+        types[t] = {"records": int(records), "values": int(values), "shared": int(shared),
+                    "placeholder": int(placeholder)}  # fmt: skip
+    consent = con.execute("SELECT count(DISTINCT consent_id) FROM _subject_consent").fetchall()[0][0]
+    return Scope(
+        customers=[c for c, current in customers if current],
+        former_customers=[c for c, current in customers if not current],
+        seed_customers=seeds,
+        records_by_source={str(k): int(v) for k, v in by_source.items()},
+        identifier_types=types,
+        consent_events=int(consent),
+        quarantined_rows=quarantined,
+    )
+
+
+# -- plan, erase, rewrite ------------------------------------------------------------------------------
+@dataclass
+class ErasurePlan:
+    """What an erasure will remove: the scope, rows per table, and the exports that held the subject."""
+
+    request_id: str
+    scope: Scope
+    table_counts: dict[str, int]
+    exports: list[dict[str, Any]]
+    #: identifier type -> hashes that will go on the suppression list
+    suppress: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.table_counts.values())
+
+
+@dataclass
+class ErasureReport:
+    """The receipt: request id, rows per table, suppressions, exports to recall, the file rewrite."""
+
+    plan: ErasurePlan
+    dry_run: bool
+    deleted: dict[str, int] = field(default_factory=dict)
+    suppressed: dict[str, int] = field(default_factory=dict)
+    rewritten: bool = False
+    file_bytes: int | None = None
+    free_blocks: int | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.plan.request_id
+
+
+def exports_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    reg, members = _columns(con, "export_register"), _columns(con, "export_members")
+    if not reg or not members or "export_id" not in reg:
+        return []
+    rows = con.execute(
+        f"""SELECT r.*, m.n AS subject_customers FROM export_register r
+            JOIN (SELECT export_id, count(*) AS n FROM export_members
+                  WHERE customer_id IN {_CUSTOMERS} GROUP BY 1) m USING (export_id)
+            ORDER BY r.export_id"""
+    )
+    names = [d[0] for d in rows.description]
+    return [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
+
+
+def plan_erasure(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, request_id: str) -> ErasurePlan:
+    """Find the subject and count, without changing anything, what erasure would remove."""
+    rules = present_rules(con)
+    scope = find_subject(con, subject, settings.default_region)
+    counts = {}
+    for table, rule in rules.items():
+        counts[table] = int(con.execute(f"SELECT count(*) FROM {table} WHERE {rule.where}").fetchall()[0][0])
+    suppress = dict(
+        con.execute("SELECT identifier_type, count(*) FROM _subject_ids WHERE usable GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    return ErasurePlan(request_id, scope, counts, exports_of_subject(con), suppress)
+
+
+def _erase_rows(
+    con: duckdb.DuckDBPyConnection, plan: ErasurePlan, secret: bytes, now: datetime
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Inside the caller's transaction: move erased rows' counts in ``ingest_batches`` to
+    ``rows_suppressed``, delete from every mapped table, write the suppression hashes."""
+    rules = present_rules(con)
+    # Per batch, raw rows and quarantined rows that go: they become "suppressed by an erasure".
+    moved = []
+    for source in RECORD_SOURCES + ("consent",):
+        table = raw_table(source)
+        if table in rules:
+            moved.append(f"SELECT batch_id, count(*) AS n, 0 AS q FROM {table} WHERE {rules[table].where} GROUP BY 1")
+    if "quarantine" in rules:
+        moved.append(f"SELECT batch_id, 0, count(*) FROM quarantine WHERE {rules['quarantine'].where} GROUP BY 1")
+    if moved:
+        con.execute(
+            f"""UPDATE ingest_batches b SET rows_loaded = b.rows_loaded - m.n,
+                       rows_quarantined = b.rows_quarantined - m.q,
+                       rows_suppressed = coalesce(b.rows_suppressed, 0) + m.n + m.q
+                FROM (SELECT batch_id, sum(n) AS n, sum(q) AS q FROM ({" UNION ALL ".join(moved)}) GROUP BY 1) m
+                WHERE b.batch_id = m.batch_id"""
+        )
+    deleted = {}
+    for table, rule in rules.items():
+        deleted[table] = int(con.execute(f"DELETE FROM {table} WHERE {rule.where}").fetchall()[0][0])
+    values = con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable ORDER BY 1, 2").fetchall()
+    rows = [(t, identifier_hash(secret, t, v), plan.request_id, now) for t, v in values]
+    if rows:
+        con.executemany("INSERT INTO suppression_list VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+    suppressed: dict[str, int] = {}
+    for t, _v in values:
+        suppressed[t] = suppressed.get(t, 0) + 1
+    return deleted, suppressed
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rewrite_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    """Copy the open database into a fresh file and put it in the old one's place; closes ``con``.
+
+    DuckDB leaves deleted values in free blocks and in the write-ahead log (LIBRARY-NOTES), so the only
+    file without them is a new one: ``COPY FROM DATABASE`` (tables, views, sequences, macros, indexes),
+    fsync, ``os.replace`` (atomic on one filesystem), fsync of the directory. The copy runs while ``con``
+    still holds the store's lock, so no other process writes in between. Mode 0600, as :func:`connect`.
+    """
+    db_path = Path(db_path)
+    tmp = db_path.with_name(db_path.name + ".rewrite")
+    for leftover in (tmp, Path(f"{tmp}.wal")):
+        leftover.unlink(missing_ok=True)
+    catalog = con.execute("SELECT current_database()").fetchall()[0][0]
+    con.execute("CHECKPOINT")
+    old_umask = os.umask(0o077)
+    try:
+        con.execute("ATTACH ? AS cdp_rewrite", [str(tmp)])
+        try:
+            quoted = '"' + str(catalog).replace('"', '""') + '"'  # the store's own catalog name
+            con.execute(f"COPY FROM DATABASE {quoted} TO cdp_rewrite")
+        finally:
+            con.execute("DETACH cdp_rewrite")
+    finally:
+        os.umask(old_umask)
+    con.close()
+    if Path(f"{tmp}.wal").exists():
+        raise CdpError(f"{tmp}: the rewritten database kept a write-ahead log; erasure not finished")
+    os.chmod(tmp, 0o600)
+    _fsync(tmp)
+    Path(f"{db_path}.wal").unlink(missing_ok=True)  # checkpointed on close; never pair the new file with it
+    os.replace(tmp, db_path)
+    _fsync(db_path.parent)
+
+
+def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], customer_ids: list[str]) -> int:
+    """Remove the subject's rows from the platform's own copies of earlier exports.
+
+    Only files under ``settings.exports_dir`` are the platform's to change; any other file named by the
+    register went to a recipient and is listed in the receipt for recall. Each entry of ``exports`` gets
+    ``copy``: what happened to its file. The register row is left as it was: a record of what was sent.
+    Returns the number of rows removed.
+    """
+    import pandas as pd
+
+    root = settings.exports_dir.resolve()
+    removed = 0
+    ids = set(customer_ids)
+    for export in exports:
+        path = Path(str(export.get("file") or ""))
+        if not export.get("file") or not path.exists():
+            export["copy"] = "not on this machine: recall from its recipient"
+            continue
+        if not path.resolve().is_relative_to(root):
+            export["copy"] = "outside the platform's export folder: recall it and this copy"
+            continue
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise CdpError(f"{path}: platform export of unknown format; remove the subject from it by hand")
+        if "customer_id" not in frame.columns:
+            raise CdpError(f"{path}: platform export without a customer_id column; remove the subject by hand")
+        keep = frame[~frame["customer_id"].astype(str).isin(ids)]
+        tmp = path.with_name(f".{path.name}.erasure.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if suffix == ".csv":
+                    keep.to_csv(fh, index=False)
+                else:
+                    keep.to_parquet(fh, index=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        export["copy"] = f"platform copy: {len(frame) - len(keep)} rows of the subject removed; recall the sent file"
+        removed += len(frame) - len(keep)
+    return removed
+
+
+def _finish_rewrites(settings: Settings, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """An erasure whose rows went but whose file rewrite was interrupted is finished first."""
+    pending = register.pending_rewrites(con)
+    if not pending:
+        return con
+    rewrite_database(con, settings.db_path)
+    con = connect(settings.db_path)
+    for request_id in pending:
+        register.complete_request(con, request_id)
+        register.audit(con, "erase_rewrite", request_id, "database file rewritten (resumed)")
+    return con
+
+
+def erase(
+    settings: Settings,
+    subject: Subject,
+    dry_run: bool = True,
+    con: duckdb.DuckDBPyConnection | None = None,
+    now: datetime | None = None,
+    allow_several_customers: bool = False,
+    actor: str | None = None,
+) -> ErasureReport:
+    """Plan (``dry_run``) or carry out the erasure of ``subject``; registers the request either way.
+
+    ``con`` (optional) is an open connection to ``settings.db_path``; erasure takes it over and closes it
+    (the file is replaced). Without it the store is opened here, and a store held by another process
+    fails at once with :class:`cdp.errors.StoreBusyError`, before anything is written.
+
+    When the identifier given reaches several customers (a shared phone or email), nothing is erased
+    unless ``allow_several_customers``: the officer checks the dry run and erases by ``--customer-id``.
+    ``actor`` names who asked in the audit log (default: the operating-system user).
+    """
+    now = now or register.utcnow()
+    con = con or connect(settings.db_path)
+    try:
+        con = _finish_rewrites(settings, con)
+        register.ensure_register_schema(con)
+        secret = load_secret(settings.secret_path)
+        present_rules(con)  # refuse before registering anything if a table is not covered
+        request_id = register.open_request(con, "erasure", subject.hash(secret), now=now)
+        plan = plan_erasure(con, subject, settings, request_id)
+        report = ErasureReport(plan, dry_run)
+        if dry_run:
+            register.audit(con, "erase_dry_run", request_id, "planned, nothing erased", plan.total, actor, now)
+            return report
+        if plan.scope.seed_customers > 1 and not allow_several_customers:
+            raise CdpError(
+                f"request {request_id}: the identifier given links {plan.scope.seed_customers} customers "
+                "(shared by a household?); check the dry run and erase each one by --customer-id"
+            )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            report.deleted, report.suppressed = _erase_rows(con, plan, secret, now)
+            total = sum(report.deleted.values())
+            register.set_status(con, request_id, register.REWRITE_PENDING, total)
+            register.audit(
+                con, "erase", request_id,
+                f"rows deleted from {sum(1 for n in report.deleted.values() if n)} tables; "
+                f"{sum(report.suppressed.values())} identifiers suppressed; "
+                f"{len(plan.exports)} earlier exports listed for recall",
+                total, actor, now,
+            )  # fmt: skip
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        drop_scope(con)
+        rewrite_database(con, settings.db_path)
+        con = connect(settings.db_path)
+        # Measured before anything else is written: blocks freed later hold only the register's own rows.
+        report.free_blocks = int(con.execute("SELECT free_blocks FROM pragma_database_size()").fetchall()[0][0])
+        scrubbed = scrub_platform_exports(settings, plan.exports, plan.scope.customers + plan.scope.former_customers)
+        register.complete_request(con, request_id, now=register.utcnow())
+        register.audit(
+            con, "erase_rewrite", request_id, "database file rewritten; old file and WAL removed", None, actor
+        )
+        register.audit(
+            con, "erase_exports", request_id,
+            f"{len(plan.exports)} earlier exports held the subject; rows removed from platform copies", scrubbed, actor,
+        )  # fmt: skip
+        con.execute("CHECKPOINT")
+        report.rewritten = True
+        report.file_bytes = settings.db_path.stat().st_size
+        return report
+    finally:
+        try:
+            drop_scope(con)
+            con.close()
+        except duckdb.Error:
+            pass  # already closed by the rewrite

@@ -1,0 +1,169 @@
+"""Restriction of processing (GDPR Art. 18) and objection to direct marketing (Art. 21).
+
+Both keep every record and keep the customer out of every export and segment: a row in
+``restrictions(customer_id, request_id, kind, created_at, lifted_at)`` with ``lifted_at IS NULL`` is an
+active restriction, and :mod:`consent.enforce` excludes those customers before it looks at consent.
+``kind`` is ``restriction`` or ``objection``. Lifting sets ``lifted_at``; rows are never rewritten
+otherwise, so the table is also the history.
+
+Customer ids can change when identities are re-resolved; :func:`carry_restrictions` follows
+``customer_id_history`` so that an active restriction moves with the customer (the pipeline calls it
+after resolving identities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from cdp.config import Settings
+from cdp.errors import CdpError
+from cdp.store import connect, table_exists
+from cdp.suppression import load_secret
+from consent import register
+from consent.erasure import Subject, drop_scope, find_subject
+
+KINDS = ("restriction", "objection")
+
+RESTRICTIONS_DDL = """CREATE TABLE IF NOT EXISTS restrictions (
+    customer_id VARCHAR, request_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, lifted_at TIMESTAMP)"""
+
+
+@dataclass
+class RestrictionResult:
+    request_id: str
+    customers: int
+    changed: int
+
+
+def ensure_restrictions(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RESTRICTIONS_DDL)
+
+
+def active_restrictions(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """(customer_id, kind, request_id) of every active restriction."""
+    ensure_restrictions(con)
+    return [
+        (str(c), str(k), str(r))
+        for c, k, r in con.execute(
+            "SELECT customer_id, kind, request_id FROM restrictions WHERE lifted_at IS NULL ORDER BY 1, 2"
+        ).fetchall()
+    ]
+
+
+def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings) -> list[str]:
+    scope = find_subject(con, subject, settings.default_region)
+    drop_scope(con)
+    if scope.seed_customers > 1:
+        raise CdpError(
+            f"the identifier given links {scope.seed_customers} customers (shared by a household?); "
+            "name the customer with --customer-id"
+        )
+    if not scope.customers:
+        raise CdpError("no customer found for the identifier given")
+    return scope.customers
+
+
+def restrict(
+    settings: Settings,
+    subject: Subject,
+    kind: str = "restriction",
+    con: duckdb.DuckDBPyConnection | None = None,
+    now: datetime | None = None,
+    actor: str | None = None,
+) -> RestrictionResult:
+    """Restrict processing of (or record an objection by) the subject's customers."""
+    if kind not in KINDS:
+        raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
+    now = now or register.utcnow()
+    con = con or connect(settings.db_path)
+    try:
+        ensure_restrictions(con)
+        register.ensure_register_schema(con)
+        customers = _customers(con, subject, settings)
+        request_id = register.open_request(con, kind, subject.hash(load_secret(settings.secret_path)), now=now)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            changed = 0
+            for customer_id in customers:
+                changed += con.execute(
+                    """INSERT INTO restrictions SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS (
+                           SELECT 1 FROM restrictions WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL)""",
+                    [customer_id, request_id, kind, now, customer_id, kind],
+                ).fetchall()[0][0]
+            register.complete_request(con, request_id, records_affected=changed, now=now)
+            register.audit(
+                con, kind, request_id, f"{kind} recorded for {len(customers)} customers", changed, actor, now
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return RestrictionResult(request_id, len(customers), int(changed))
+    finally:
+        con.close()
+
+
+def unrestrict(
+    settings: Settings,
+    subject: Subject,
+    kind: str | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+    now: datetime | None = None,
+    actor: str | None = None,
+) -> RestrictionResult:
+    """Lift the subject's active restrictions (of ``kind``, or of both kinds)."""
+    if kind is not None and kind not in KINDS:
+        raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
+    now = now or register.utcnow()
+    con = con or connect(settings.db_path)
+    try:
+        ensure_restrictions(con)
+        register.ensure_register_schema(con)
+        customers = _customers(con, subject, settings)
+        request_id = register.open_request(
+            con, "lift_restriction", subject.hash(load_secret(settings.secret_path)), now=now
+        )
+        kinds = [kind] if kind else list(KINDS)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            changed = 0
+            for customer_id in customers:
+                for k in kinds:
+                    changed += con.execute(
+                        "UPDATE restrictions SET lifted_at = ? "
+                        "WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL",
+                        [now, customer_id, k],
+                    ).fetchall()[0][0]
+            register.complete_request(con, request_id, records_affected=changed, now=now)
+            register.audit(con, "lift_restriction", request_id, f"{changed} restrictions lifted", changed, actor, now)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return RestrictionResult(request_id, len(customers), int(changed))
+    finally:
+        con.close()
+
+
+def carry_restrictions(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:
+    """Give every active restriction on a customer id that was replaced (``customer_id_history``) to the
+    ids that replaced it, keeping its request id and kind. Returns the rows added; idempotent."""
+    if not (table_exists(con, "restrictions") and table_exists(con, "customer_id_history")):
+        return 0
+    total = 0
+    while True:  # follow chains of replacements (a -> b -> c)
+        added = con.execute(
+            """INSERT INTO restrictions
+               SELECT DISTINCT h.new_customer_id, r.request_id, r.kind, ?, NULL
+               FROM restrictions r JOIN customer_id_history h ON h.old_customer_id = r.customer_id
+               WHERE r.lifted_at IS NULL AND h.new_customer_id IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM restrictions x WHERE x.customer_id = h.new_customer_id
+                                 AND x.kind = r.kind AND x.lifted_at IS NULL)""",
+            [now or register.utcnow()],
+        ).fetchall()[0][0]
+        if not added:
+            return total
+        total += int(added)
