@@ -96,11 +96,12 @@ def run_pipeline(
     outcome = RunOutcome(success=False, run_id="", seconds=0.0)
     handler = _ProgressHandler(outcome, echo)
 
-    @dg.logger(description="One line per step and check, for the terminal.")
-    def progress(_init: dg.InitLoggerContext) -> logging.Logger:
+    def progress_logger(_init: dg.InitLoggerContext) -> logging.Logger:
         log = logging.Logger("cdp.progress", level=logging.DEBUG)
         log.addHandler(handler)
         return log
+
+    progress = dg.LoggerDefinition(progress_logger, description="One line per step and check, for the terminal.")
 
     resources = {"store": CdpStore.from_settings(settings), "inbox": Inbox(path=str(inbox))}
     job = build_definitions(resources).resolve_job_def("cdp_pipeline").with_logger_defs({"console": progress})
@@ -115,16 +116,27 @@ def run_pipeline(
     outcome.run_id = result.run_id
     outcome.success = result.success
     if not result.success:
-        failed = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        if failed:
-            error = failed[0].event_specific_data.error
-            while error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
-                error = error.cause  # the user code's own exception, not Dagster's wrapper
-            first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
-            outcome.failure = f"step {failed[0].step_key} failed: {first}"
-        else:
-            outcome.failure = "the run did not finish"
+        outcome.failure = _failure_message(result)
     return outcome
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """One line: the first failed step and the message of the user code's own exception."""
+    for event in result.all_events:
+        if not event.is_step_failure:
+            continue
+        error = event.step_failure_data.error
+        while (
+            error is not None
+            and error.cause is not None
+            and "DagsterExecutionStepExecutionError" in (error.cls_name or "")
+        ):
+            error = error.cause  # unwrap Dagster's wrapper down to the exception the asset raised
+        if error is None:
+            return f"step {event.step_key} failed"
+        first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+        return f"step {event.step_key} failed: {first}"
+    return "the run did not finish"
 
 
 def _keys(selection: list[str] | None) -> list[dg.AssetKey] | None:
