@@ -125,14 +125,17 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str]
     columns = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _read)").fetchall()]
     casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
     rejected = con.execute("SELECT count(*) FROM _rejects").fetchall()[0][0]
-    # Number good rows by their position in the file, skipping the numbers of rejected lines.
-    con.execute(
-        f"CREATE TEMP TABLE _batch AS WITH good AS (SELECT {casts}, row_number() OVER () AS _ord FROM _read), "
-        "numbers AS (SELECT n AS _row, row_number() OVER (ORDER BY n) AS _ord FROM range(1, "
-        "(SELECT count(*) FROM _read) + (SELECT count(*) FROM _rejects) + 1) r(n) "
-        "WHERE n NOT IN (SELECT row_number FROM _rejects)) "
-        "SELECT good.* EXCLUDE (_ord), numbers._row FROM good JOIN numbers USING (_ord)"
-    )
+    if not rejected:
+        con.execute(f"CREATE TEMP TABLE _batch AS SELECT {casts}, row_number() OVER () AS _row FROM _read")
+    else:
+        # Number good rows by their position in the file, skipping the numbers of rejected lines.
+        con.execute(
+            f"CREATE TEMP TABLE _batch AS WITH good AS (SELECT {casts}, row_number() OVER () AS _ord FROM _read), "
+            "numbers AS (SELECT n AS _row, row_number() OVER (ORDER BY n) AS _ord FROM range(1, "
+            "(SELECT count(*) FROM _read) + (SELECT count(*) FROM _rejects) + 1) r(n) "
+            "WHERE n NOT IN (SELECT row_number FROM _rejects)) "
+            "SELECT good.* EXCLUDE (_ord), numbers._row FROM good JOIN numbers USING (_ord)"
+        )
     con.execute("DROP TABLE _read")
     return columns, int(rejected)
 
@@ -280,16 +283,25 @@ class Ingestor:
         counts = dict(self.con.execute("SELECT _fate, count(*) FROM _classified GROUP BY 1").fetchall())
 
         typed = ", ".join(f"{_typed(c, k)} AS {_q(c)}" for c, k in spec.columns.items())
+        # Values of typed optional columns that do not parse are kept in ``extra``, as are extra columns.
+        typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
         unparsed = [
             f"'_unparsed_{c}', CASE WHEN {_typed(c, k)} IS NULL THEN NULLIF(trim({_q(c)}), '') END"
-            for c, k in spec.columns.items()
-            if k != "VARCHAR"
+            for c, k in typed_columns
         ]
+        any_unparsed = (
+            " OR ".join(f"({_typed(c, k)} IS NULL AND NULLIF(trim({_q(c)}), '') IS NOT NULL)" for c, k in typed_columns)
+            or "false"
+        )
         extra_pairs = [f"{_json_key(c)}, {_q(c)}" for c in extras] + unparsed
         # merge_patch onto an empty object drops the null-valued keys (RFC 7386).
-        extra_sql = (
-            f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))" if extra_pairs else "NULL"
-        )
+        extra_json = f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))"
+        if extras:
+            extra_sql = extra_json
+        elif unparsed:
+            extra_sql = f"CASE WHEN {any_unparsed} THEN {extra_json} END"
+        else:
+            extra_sql = "NULL"
         meta = ", ".join(RAW_META)
         self.con.execute(
             f"INSERT INTO {raw_table(spec.name)} ({', '.join(map(_q, spec.columns))}, {meta}) "
@@ -369,9 +381,7 @@ class Ingestor:
             [batch_id, source, label],
         )
 
-    def _quarantine_all(
-        self, source: str, label: str, batch_id: str, reason: str, columns: list[str]
-    ) -> None:
+    def _quarantine_all(self, source: str, label: str, batch_id: str, reason: str, columns: list[str]) -> None:
         self.con.execute(
             f"INSERT INTO quarantine SELECT ?, ?, ?, _row, ?, {_row_json(columns)}, now()::TIMESTAMP FROM _batch",
             [batch_id, source, label, reason],
