@@ -1,0 +1,181 @@
+"""Access requests (completeness, nothing of others, 0600), restriction and objection (as enforcement
+sees them), and the register of requests with its due dates and audit log. Erasure itself is in
+test_privacy_erasure.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from test_privacy_world import LANDLINE, World, make_world
+from typer.testing import CliRunner
+
+from cdp.commands import privacy as privacy_cli
+from cdp.errors import CdpError
+from cdp.store import connect
+from consent import register
+from consent.access import access
+from consent.erasure import Subject
+from consent.restriction import active_restrictions, carry_restrictions, restrict, unrestrict
+
+ALICE = Subject.from_options("ALICE.SMITH@gmail.com", None, None)
+BOB_STRINGS = ("bob.other", "C-BOB-2", "L-BOB-12", "U-BOB-3", "ck-bob-1", "T-2", "K-2", "Carol", "C-CAROL-3")
+
+
+@pytest.fixture
+def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    return make_world(tmp_path, tmp_path_factory)
+
+
+# -- access ---------------------------------------------------------------------------------------------
+def test_access_document_holds_every_record_of_the_subject_with_provenance_and_nothing_of_others(
+    world: World, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "alice.json"
+    result = access(world.settings, ALICE, out)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    text = out.read_text()
+    doc = json.loads(text)
+    assert doc["request_id"] == result.request_id and doc["customer_ids"] == [world.alice]
+    keys = {
+        source: sorted(r["event_id"] if "event_id" in r else r.get("transaction_id") or r["crm_id"] for r in rows)
+        for source, rows in doc["records"].items()
+    }
+    assert keys == {"web": ["W-1", "W-2"], "app": ["A-1", "A-2"], "store": ["T-1"], "crm": ["C-ALICE-1"]}
+    crm = doc["records"]["crm"][0]
+    assert crm["file"] == "crm/contacts.csv" and crm["row_number"] == 1 and crm["batch_id"]
+    assert crm["email"] == "Alice.Smith+shop@gmail.com" and crm["date_of_birth"] == "1985-02-03"
+    assert [p["customer_id"] for p in doc["profiles"]] == [world.alice]
+    assert [c["consent_id"] for c in doc["consent_received"]] == ["K-1"]
+    assert [e["event_id"] for e in doc["consent_ledger"]] == ["consent:K-1"]
+    assert {s["purpose"] for s in doc["consent_state"]} == {"email_marketing", "sms_marketing"}
+    assert sorted(q["reason"] for q in doc["quarantined_rows"]) == [
+        "empty required value: event_time", "empty required value: transaction_time",
+    ]  # fmt: skip
+    assert [e["segment"] for e in doc["exports"]] == ["all_customers"]
+    assert len(doc["identity_links"]) == 6
+    # Nothing of Bob (who shares her landline) or Carol.
+    assert [s for s in BOB_STRINGS if s in text] == []
+    assert result.records == 6
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT kind, status, records_affected FROM privacy_requests").fetchall() == [
+        ("access", "completed", 6)
+    ]
+    assert con.execute("SELECT action, count FROM audit_log").fetchall() == [("access", 6)]
+    con.close()
+
+
+def test_access_command_writes_the_file_and_prints_counts_only(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    out = tmp_path / "bob.json"
+    result = CliRunner().invoke(
+        privacy_cli.app, ["access", "--customer-id", world.bob, "--out", str(out), "--db", str(world.settings.db_path)]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["customer_ids"] == [world.bob] and len(doc["records"]["crm"]) == 1
+    assert "bob.other" not in result.output and LANDLINE not in result.output
+
+
+# -- restriction and objection --------------------------------------------------------------------------
+def _approved(world: World, purpose: str = "email_marketing") -> set[str]:
+    from consent.enforce import approve
+
+    con = duckdb.connect(str(world.settings.db_path), read_only=True)
+    try:
+        return set(approve(con, purpose).rows["customer_id"])
+    finally:
+        con.close()
+
+
+def test_restriction_and_objection_keep_the_customer_out_of_exports_until_lifted(world: World) -> None:
+    assert world.alice in _approved(world)  # she granted email marketing
+    first = restrict(world.settings, ALICE, "restriction")
+    assert (first.customers, first.changed) == (1, 1)
+    assert world.alice not in _approved(world) and world.bob in _approved(world)
+    again = restrict(world.settings, ALICE, "restriction")
+    assert again.changed == 0  # already active: no second row
+    restrict(world.settings, ALICE, "objection")
+    con = connect(world.settings.db_path)
+    assert active_restrictions(con) == [
+        (world.alice, "objection", _request(con, "objection")),
+        (world.alice, "restriction", first.request_id),
+    ]
+    con.close()
+    lifted = unrestrict(world.settings, ALICE, "restriction")
+    assert lifted.changed == 1 and world.alice not in _approved(world)  # the objection still holds
+    unrestrict(world.settings, ALICE)
+    assert world.alice in _approved(world)
+    con = connect(world.settings.db_path)
+    rows = con.execute("SELECT kind, lifted_at IS NOT NULL FROM restrictions ORDER BY kind").fetchall()
+    kinds = [r[0] for r in con.execute("SELECT kind FROM privacy_requests ORDER BY received_at").fetchall()]
+    con.close()
+    assert rows == [("objection", True), ("restriction", True)]  # history kept
+    assert sorted(kinds) == ["lift_restriction"] * 2 + ["objection"] + ["restriction"] * 2
+
+
+def _request(con: duckdb.DuckDBPyConnection, kind: str) -> str:
+    return con.execute("SELECT request_id FROM privacy_requests WHERE kind = ?", [kind]).fetchall()[0][0]
+
+
+def test_a_restriction_by_a_shared_landline_is_refused_and_names_nobody(world: World) -> None:
+    with pytest.raises(CdpError, match="links 2 customers") as info:
+        restrict(world.settings, Subject.from_options(None, LANDLINE, None))
+    assert "+44" not in str(info.value) and "7946" not in str(info.value)
+    con = connect(world.settings.db_path)
+    assert active_restrictions(con) == []
+    con.close()
+
+
+def test_an_active_restriction_follows_the_customer_to_a_new_id(world: World) -> None:
+    restrict(world.settings, Subject("customer_id", world.alice))
+    con = connect(world.settings.db_path)
+    con.execute(
+        "INSERT INTO customer_id_history VALUES (?, 'cus_new', 'merged', 'r2', now()::TIMESTAMP)", [world.alice]
+    )
+    assert carry_restrictions(con) == 1
+    assert carry_restrictions(con) == 0  # idempotent
+    assert {c for c, _k, _r in active_restrictions(con)} == {world.alice, "cus_new"}
+    con.close()
+
+
+# -- the register ---------------------------------------------------------------------------------------
+def test_requests_are_due_a_calendar_month_later_and_flagged_when_overdue() -> None:
+    con = duckdb.connect()
+    jan31 = datetime(2026, 1, 31, 9, 0)
+    late = register.open_request(con, "erasure", "h1", now=jan31)
+    on_time = register.open_request(con, "access", "h2", now=jan31)
+    still_open = register.open_request(con, "restriction", None, now=jan31)
+    assert register.open_request(con, "erasure", "h1", now=datetime(2026, 2, 2)) == late  # same subject
+    register.complete_request(con, late, 5, now=datetime(2026, 3, 1))
+    register.complete_request(con, on_time, 2, now=datetime(2026, 2, 27))
+    rows = {r["request_id"]: r for r in register.list_requests(con, now=datetime(2026, 3, 2))}
+    assert rows[late]["due_at"] == datetime(2026, 2, 28, 9, 0)
+    assert (rows[late]["overdue"], rows[on_time]["overdue"], rows[still_open]["overdue"]) == (True, False, True)
+    before_due = register.list_requests(con, now=datetime(2026, 2, 10))
+    assert [r["overdue"] for r in before_due if r["request_id"] == still_open] == [False]
+    # No column for a raw identifier: at most the keyed hash of the subject.
+    columns = [r[0] for r in con.execute("DESCRIBE privacy_requests").fetchall()]
+    assert columns == [
+        "request_id", "kind", "received_at", "due_at", "completed_at", "status", "records_affected", "subject_hash",
+    ]  # fmt: skip
+
+
+def test_requests_command_lists_and_flags_overdue(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    con = connect(world.settings.db_path)
+    old = register.open_request(con, "access", None, now=datetime(2020, 1, 1))
+    register.audit(con, "export", None, "segment all_customers purpose email_marketing", 3, actor="ann")
+    con.close()
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    result = CliRunner().invoke(privacy_cli.app, ["requests", "--db", str(world.settings.db_path)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if old in line)
+    assert "OVERDUE" in line and "2020-02-01" in line
+    assert "1 requests, 1 overdue" in result.output
