@@ -4,7 +4,8 @@ ground truth behind it.
 ``generate_world(out, customers, seed)`` writes ``out/<source>/`` batch files in the inbox format of
 CONTRACT section 1 and, beside the inbox, ``<out>-truth/`` with ``records.csv`` (which person and which
 identity unit every well-formed web/app/store/crm record belongs to, and whether any evidence could connect
-it to another unit of the same person), ``consent.csv`` (each person's latest consent per purpose) and
+it to another unit of the same person), ``consent.csv`` (each person's latest consent per purpose, from
+the consent events and the app's push opt-in/out events, which the consent ledger also reads) and
 ``people.csv``. Values are written the way people and systems write them (mixed case, stray spaces, typos,
 nicknames, national and international phone numbers, Gmail dots and +tags, placeholders, households
 sharing a landline or an email, twins, common names, changed surnames, CRM duplicates) and a small share of
@@ -1213,7 +1214,7 @@ def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.n
             batch = batch.assign(till_id="T" + pd.Series(rows % 9 + 1, index=batch.index).astype(str))
         fmt = _file_format(source, i, count)
         path = folder / f"{name}.{fmt}"
-        if fmt == "csv" and source in ("crm", "store"):  # quoted only where needed, like most exports
+        if fmt == "csv" and source == "crm":  # quoted only where needed, like most CRM exports
             batch.to_csv(path, index=False, lineterminator="\n")
         elif fmt == "csv":  # every value quoted, like other exporters; much faster for the big sources
             _arrow_csv(batch, path)
@@ -1245,14 +1246,11 @@ def _arrow_csv(frame: pd.DataFrame, path: Path, quoting: str = "needed") -> None
 
 def _people_frame(w: _World, crm: _Part | None) -> pd.DataFrame:
     ids = _person_ids(w.n)
-    emails, phones = [], []
-    c = w.contacts
-    for i in range(w.n):
-        hh = w.household[i]
-        es = [c.emails[e] for e in (*w.emails[i], w.hh_family_email[hh]) if e >= 0]
-        ps = [("+44" + c.phones[p][1:]) for p in (w.mobile[i], w.hh_landline[hh]) if p >= 0]
-        emails.append(";".join(es))
-        phones.append(";".join(ps))
+    all_emails = np.array(w.contacts.emails, dtype=object)
+    all_phones = ("+44" + pd.Series(w.contacts.phones, dtype=object).str[1:]).values
+    family, landline = w.hh_family_email[w.household], w.hh_landline[w.household]
+    emails = _joined([_where(i >= 0, all_emails[i]) for i in (w.emails[:, 0], w.emails[:, 1], family)])
+    phones = _joined([_where(i >= 0, all_phones[i]) for i in (w.mobile, landline)])
     out = pd.DataFrame(
         {
             "person_id": ids,
@@ -1269,6 +1267,15 @@ def _people_frame(w: _World, crm: _Part | None) -> pd.DataFrame:
         per = pd.DataFrame({"p": crm.person, "e": crm.frame["email"].values, "t": crm.e164})
         out["emails"] = per.groupby("p")["e"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
         out["phones"] = per.groupby("p")["t"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
+    return out
+
+
+def _joined(columns: list[np.ndarray]) -> np.ndarray:
+    """Row-wise ';'-join of object columns, skipping missing values."""
+    out = np.full(len(columns[0]), "", dtype=object)
+    for column in columns:
+        has = pd.notna(column)
+        out = out + np.where((out != "") & has, ";", "") + np.where(has, column, "")
     return out
 
 
@@ -1385,14 +1392,22 @@ def generate_world(
         summary.rows["consent"] = len(full)
         summary.malformed["consent"] = len(bad)
         summary.consent_events = len(consent.frame)
-        # events are sorted by person, purpose, time: the last of each group is the current state
-        last = np.r_[(consent.person[1:] != consent.person[:-1]) | (purpose[1:] != purpose[:-1]), True]
+        # The app's push_opt_in / push_opt_out events are push_marketing consent too (the ledger reads them).
+        app = parts["app"]
+        push = app.frame["event_type"].isin(["push_opt_in", "push_opt_out"]).values
+        person = np.r_[consent.person, app.person[push]]
+        purposes = np.r_[purpose, np.full(int(push.sum()), PURPOSES.index("push_marketing"))]
+        seconds = np.r_[consent.seconds, app.seconds[push]]
+        status = np.r_[granted, app.frame["event_type"].values[push] == "push_opt_in"]
+        order = np.lexsort((seconds, purposes, person))
+        person, purposes, seconds, status = person[order], purposes[order], seconds[order], status[order]
+        last = np.r_[(person[1:] != person[:-1]) | (purposes[1:] != purposes[:-1]), True]
         consent_truth = pd.DataFrame(
             {
-                "person_id": person_ids[consent.person[last]],
-                "purpose": consent.frame["purpose"].values[last],
-                "status": consent.frame["status"].values[last],
-                "event_time": consent.frame["event_time"].values[last],
+                "person_id": person_ids[person[last]],
+                "purpose": np.asarray(PURPOSES, dtype=object)[purposes[last]],
+                "status": np.where(status[last], "granted", "withdrawn"),
+                "event_time": _iso(seconds[last]),
             }
         )
     consent_truth.to_csv(truth / "consent.csv", index=False, lineterminator="\n")

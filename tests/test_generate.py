@@ -182,6 +182,18 @@ def test_people_truth_describes_households(truth):
     assert emails[emails != ""].duplicated().any()  # a family email
 
 
+def _utc(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, format="ISO8601", utc=True)
+
+
+def _phone_owners(people: pd.DataFrame) -> dict[str, set[str]]:
+    owners: dict[str, set[str]] = {}
+    for pid, phones in zip(people["person_id"], people["phones"], strict=True):
+        for phone in filter(None, phones.split(";")):
+            owners.setdefault(phone, set()).add(pid)
+    return owners
+
+
 def test_consent_truth_is_the_latest_event_per_person_and_purpose(sources, truth):
     consent = truth["consent"]
     assert not consent.duplicated(["person_id", "purpose"]).any()
@@ -189,9 +201,25 @@ def test_consent_truth_is_the_latest_event_per_person_and_purpose(sources, truth
     assert set(consent["purpose"]) == set(PURPOSES)
     events = sources["consent"]
     events = events[well_formed("consent", events)]
-    # each truth row is an event in the files (same purpose, status and time)
-    keyed = set(zip(events["purpose"], events["status"], events["event_time"], strict=True))
-    assert all(k in keyed for k in zip(consent["purpose"], consent["status"], consent["event_time"], strict=True))
+    app = sources["app"]
+    push = app[app["event_type"].isin(["push_opt_in", "push_opt_out"]) & well_formed("app", app)]
+    # every truth row is an event in the files: a consent event or an app push opt-in/out
+    from_consent = set(zip(events["purpose"], events["status"], _utc(events["event_time"]), strict=True))
+    push_status = push["event_type"].map({"push_opt_in": "granted", "push_opt_out": "withdrawn"})
+    from_app = set(zip(["push_marketing"] * len(push), push_status, _utc(push["event_time"]), strict=True))
+    rows = list(zip(consent["purpose"], consent["status"], _utc(consent["event_time"]), strict=True))
+    assert all(r in from_consent or r in from_app for r in rows)
+    assert any(r in from_app and r not in from_consent for r in rows)
+    # and it is the latest: no event through a person's own mobile is later than their truth row
+    owners = _phone_owners(truth["people"])
+    latest = consent.assign(t=_utc(consent["event_time"])).set_index(["person_id", "purpose"])["t"]
+    checked = 0
+    for phone, purpose, when in zip(events["phone"], events["purpose"], _utc(events["event_time"]), strict=True):
+        people = owners.get(normalise_phone(phone, "GB") or "", set())
+        if len(people) == 1:
+            assert latest[(next(iter(people)), purpose)] >= when
+            checked += 1
+    assert checked >= 20
 
 
 def test_consent_events_use_every_source_and_identifier(sources):
@@ -210,11 +238,7 @@ def test_consent_events_use_every_source_and_identifier(sources):
 def test_some_people_withdraw_at_a_store_with_their_phone_after_a_crm_grant(sources, truth):
     events = sources["consent"]
     events = events[well_formed("consent", events)]
-    people = truth["people"]
-    by_phone = {}
-    for pid, phones in zip(people["person_id"], people["phones"], strict=True):
-        for p in filter(None, phones.split(";")):
-            by_phone.setdefault(p, set()).add(pid)
+    by_phone = _phone_owners(truth["people"])
     till = events[
         (events["source"] == "store_form")
         & (events["status"] == "withdrawn")
