@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from cdp.commands import identity, pipeline, privacy, profile, segments
+from cdp.commands import identity, pipeline, privacy, profile, segments, web
 
 app = typer.Typer(
     name="cdp",
@@ -23,6 +23,7 @@ app.add_typer(profile.app, name="profile")
 app.add_typer(identity.app, name="identity")
 app.add_typer(segments.app, name="segments")
 app.add_typer(privacy.app, name="privacy")
+web.register(app)  # serve, users
 
 if __name__ == "__main__":
     app()
