@@ -63,7 +63,7 @@ EXCLUSIONS: list[Exclusion] = [
 ]
 
 #: Reasons a customer is left out, in the order they are decided.
-CONSENT_REASONS = ("withdrawn", "no_consent", "no_contact_point")
+CONSENT_REASONS = ("withdrawn", "no_consent", "no_contact_point", "shared_contact_point")
 
 
 def register_exclusion(exclusion: Exclusion) -> None:
@@ -99,12 +99,30 @@ class Audience:
 _names = itertools.count()
 
 
+#: Per channel: how a profile's contact value is matched to the identifier other customers' records carry.
+#: Emails are compared by match key (Gmail dots, +tags), so every spelling of one mailbox is one contact point.
+_CONTACT_KEYS = {
+    "email": "SELECT DISTINCT email AS contact, email_key AS k FROM stg_records WHERE email IS NOT NULL",
+    "phone": "SELECT DISTINCT phone_e164 AS contact, phone_e164 AS k FROM stg_records WHERE phone_e164 IS NOT NULL",
+    "device_id": "SELECT DISTINCT device_id AS contact, device_id AS k FROM stg_records WHERE device_id IS NOT NULL",
+}
+_HOLDER_COLUMN = {"email": "email_key", "phone": "phone_e164", "device_id": "device_id"}
+
+
 def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str | None) -> str:
-    """SQL with one row per candidate: customer_id, contact, excluded_because (NULL when allowed)."""
+    """SQL with one row per candidate: customer_id, contact, excluded_because (NULL when allowed).
+
+    Every profile is decided first (``base``); a candidate that passes is still left out
+    (``shared_contact_point``) when another customer whose records carry the same mailbox, phone or device
+    may not be contacted for the purpose (withdrawn, no consent, or excluded): a household's shared
+    address must not reach the member who said no.
+    """
     if not table_exists(con, "customer_profiles"):
         raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
     contact = contact_column(purpose)
-    source = f"SELECT DISTINCT customer_id FROM {candidates}" if candidates else "SELECT customer_id FROM p0"
+    source = (
+        f"SELECT DISTINCT customer_id FROM {candidates}" if candidates else "SELECT customer_id FROM customer_profiles"
+    )
     state = (
         "SELECT customer_id, status FROM consent_state WHERE purpose = $purpose"
         if table_exists(con, "consent_state")
@@ -115,19 +133,32 @@ def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str 
         for e in EXCLUSIONS
         if all(table_exists(con, t) for t in e.requires)
     ]
+    blocking = ", ".join(f"'{r}'" for r in (*(e.reason for e in EXCLUSIONS), "withdrawn", "no_consent"))
+    shared = "false"
+    if contact in _CONTACT_KEYS and table_exists(con, "stg_records") and table_exists(con, "customer_source_records"):
+        shared = f"""EXISTS (
+            SELECT 1 FROM ({_CONTACT_KEYS[contact]}) k
+            JOIN (SELECT DISTINCT r.{_HOLDER_COLUMN[contact]} AS k, l.customer_id
+                  FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)) h USING (k)
+            JOIN base o ON o.customer_id = h.customer_id
+            WHERE k.contact = b.contact AND o.customer_id <> b.customer_id AND o.excluded_because IN ({blocking}))"""
     return f"""
-    WITH p0 AS (SELECT customer_id, {contact} AS contact FROM customer_profiles),
-         st AS ({state})
-    SELECT c.customer_id, p.contact,
-           CASE WHEN p.customer_id IS NULL THEN 'unknown_customer'
-                {" ".join(whens)}
-                WHEN s.status = 'withdrawn' THEN 'withdrawn'
-                WHEN s.status IS DISTINCT FROM 'granted' THEN 'no_consent'
-                WHEN p.contact IS NULL OR trim(p.contact::VARCHAR) = '' THEN 'no_contact_point'
+    WITH st AS ({state}),
+    base AS (
+        SELECT c.customer_id, c.{contact} AS contact,
+               CASE {" ".join(whens)}
+                    WHEN s.status = 'withdrawn' THEN 'withdrawn'
+                    WHEN s.status IS DISTINCT FROM 'granted' THEN 'no_consent'
+                    WHEN c.{contact} IS NULL OR trim(c.{contact}::VARCHAR) = '' THEN 'no_contact_point'
+               END AS excluded_because
+        FROM customer_profiles c LEFT JOIN st s ON s.customer_id = c.customer_id
+    )
+    SELECT q.customer_id, b.contact,
+           CASE WHEN b.customer_id IS NULL THEN 'unknown_customer'
+                WHEN b.excluded_because IS NOT NULL THEN b.excluded_because
+                WHEN {shared} THEN 'shared_contact_point'
            END AS excluded_because
-    FROM ({source}) c
-    LEFT JOIN p0 p ON p.customer_id = c.customer_id
-    LEFT JOIN st s ON s.customer_id = c.customer_id
+    FROM ({source}) q LEFT JOIN base b ON b.customer_id = q.customer_id
     """
 
 

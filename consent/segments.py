@@ -184,7 +184,7 @@ def compile_segment(segment: Segment) -> CompiledSegment:
     return CompiledSegment(segment, tree.sql(dialect="duckdb", comments=False), params)
 
 
-def _compile_node(seg: Segment, node: Any, counter: Any, params: dict[str, Any], leaves: Any) -> exp.Expression:
+def _compile_node(seg: Segment, node: Any, counter: Any, params: dict[str, Any], leaves: Any) -> exp.Expr:
     if isinstance(node, dict):
         if len(node) != 1 or next(iter(node)) not in ("all", "any"):
             raise SegmentError(f"{seg.file}: a condition group is `all: [...]` or `any: [...]`")
@@ -192,8 +192,7 @@ def _compile_node(seg: Segment, node: Any, counter: Any, params: dict[str, Any],
         if not isinstance(items, list) or not items:
             raise SegmentError(f"{seg.file}: `{kind}` needs a non-empty list of conditions")
         parts = [exp.Paren(this=_compile_node(seg, item, counter, params, leaves)) for item in items]
-        combine = exp.and_ if kind == "all" else exp.or_
-        return combine(*parts)
+        return exp.and_(*parts) if kind == "all" else exp.or_(*parts)
     if isinstance(node, bool):
         return exp.Boolean(this=node)
     if isinstance(node, str):
@@ -225,7 +224,7 @@ def _compile_condition(seg: Segment, n: int, text: str, counter: Any, params: di
     return tree.transform(parameterise, copy=True)
 
 
-def _check_node(where: str, node: exp.Expression) -> None:
+def _check_node(where: str, node: exp.Expr) -> None:
     if isinstance(node, exp.Query | exp.Subquery | exp.Exists):
         raise SegmentError(f"{where}: subqueries are not allowed")
     if isinstance(node, exp.Column):

@@ -23,11 +23,27 @@ def test_every_customer_left_out_has_a_reason(con):
     counts = enforce.exclusion_counts(con, "email_marketing")
     assert counts == {
         "candidates": 7, "allowed": 3, "restricted": 1, "withdrawn": 1, "no_consent": 1,
-        "no_contact_point": 1,
+        "no_contact_point": 1, "shared_contact_point": 0,
     }  # fmt: skip
     reasons = enforce.decide(con, "email_marketing").set_index("customer_id")["excluded_because"]
     assert reasons["cB"] == "withdrawn" and reasons["cD"] == "no_consent" and reasons["cE"] == "restricted"
     assert reasons["cF"] == "no_contact_point" and pd.isna(reasons["cA"])
+
+
+def test_a_shared_contact_point_is_left_out_while_any_holder_may_not_be_contacted(con, w):
+    # cC granted sms with their own email; the household phone is cC's profile phone and cB's too
+    w.add_consent(con, "k70", w.at(9), "sms_marketing", "granted", email="c@example.com")
+    w.rebuild(con, as_of=w.at(20))
+    reasons = enforce.decide(con, "sms_marketing").set_index("customer_id")["excluded_because"]
+    assert reasons["cC"] == "shared_contact_point" and reasons["cB"] == "no_consent"
+    w.add_consent(con, "k71", w.at(9), "sms_marketing", "granted", crm_id="crmB")
+    w.rebuild(con, as_of=w.at(20))
+    sms = enforce.approve(con, "sms_marketing").rows
+    assert sms.to_dict("records") == [
+        {"customer_id": "cA", "phone": "+447700900001"},
+        {"customer_id": "cB", "phone": w.HOUSEHOLD},
+        {"customer_id": "cC", "phone": w.HOUSEHOLD},
+    ]  # once every holder of the household phone has granted, it may be used
 
 
 def test_lifted_restriction_no_longer_excludes(con, w):

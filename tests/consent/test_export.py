@@ -50,6 +50,7 @@ def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path, w):
         "VALUES ('kc', ?, 'sms_marketing', 'granted', 'c@example.com', 'c@example.com')",
         [w.at(9)],
     )
+    w.add_consent(con, "kb", w.at(9), "sms_marketing", "granted", crm_id="crmB")  # the household's other holder
     w.rebuild(con, as_of=w.at(20))
     out = tmp_path / "big.parquet"
     export_segment(con, settings, "big_spenders", "sms_marketing", out)
