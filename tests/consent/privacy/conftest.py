@@ -1,6 +1,7 @@
-"""The privacy tests' world, built through the real pipeline functions, and checks that it is the world
-the other privacy tests assume (Alice is one customer across CRM, store, web and app; Bob, who shares
-her landline, is another). Does not test erasure or access themselves.
+"""The privacy tests' world, built through the real pipeline functions, as fixtures: ``world`` (a fresh
+copy of the store, its inbox and its export per test) and ``pw`` (the constants and helpers below; pytest
+runs with ``--import-mode=importlib``, so test modules cannot import each other or this file).
+test_privacy_world.py checks that the world is what the other privacy tests assume.
 
 Identity runs the real ``resolve_identities`` with the Splink step replaced by "no model pairs", so
 customers come from the deterministic identifier graph alone. The world: Alice (CRM contact, a store
@@ -16,6 +17,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
@@ -183,30 +185,18 @@ def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
     return make_world(tmp_path, tmp_path_factory)
 
 
+@pytest.fixture
+def pw() -> SimpleNamespace:
+    """The world's constants and helpers, for test modules."""
+    return SimpleNamespace(
+        ALICE_EMAIL=ALICE_EMAIL, ALICE_STRINGS=ALICE_STRINGS, LANDLINE=LANDLINE, LANDLINE_E164=LANDLINE_E164,
+        BOB_EMAIL=BOB_EMAIL, INBOX=INBOX, write_inbox=write_inbox, run_pipeline=run_pipeline,
+        customer_of=customer_of, file_bytes=file_bytes,
+    )  # fmt: skip
+
+
 def file_bytes(db_path: Path) -> bytes:
     """The database file and its write-ahead log (if any), as bytes."""
     data = db_path.read_bytes()
     wal = Path(f"{db_path}.wal")
     return data + (wal.read_bytes() if wal.exists() else b"")
-
-
-# -- the world is what the other privacy tests assume ---------------------------------------------------
-def test_alice_is_one_customer_across_four_sources_and_bob_is_another(world: World) -> None:
-    con = duckdb.connect(str(world.settings.db_path), read_only=True)
-    alice = con.execute(
-        "SELECT source, count(*) FROM customer_source_records WHERE customer_id = ? GROUP BY 1 ORDER BY 1",
-        [world.alice],
-    ).fetchall()
-    assert alice == [("app", 2), ("crm", 1), ("store", 1), ("web", 2)]
-    assert world.bob != world.alice and world.carol not in (world.alice, world.bob)
-    assert customer_of(con, "store", "T-2") == world.bob  # the landline-only receipt is Bob's
-    assert con.execute("SELECT count(*) FROM quarantine").fetchall()[0][0] == 2
-    members = {r[0] for r in con.execute("SELECT customer_id FROM export_members").fetchall()}
-    assert {world.alice, world.bob} <= members
-    con.close()
-
-
-def test_the_database_file_shows_alice_to_grep_before_any_erasure(world: World) -> None:
-    data = file_bytes(world.settings.db_path)
-    assert all(s in data for s in (b"Alice.Smith+shop@gmail.com", b"alicesmith@gmail.com", b"L-ALICE-77"))
-    assert b"alice.smith+shop@gmail.com" in world.export_path.read_bytes()

@@ -11,21 +11,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import duckdb
 import pytest
-from test_privacy_world import (
-    ALICE_STRINGS,
-    BOB_EMAIL,
-    INBOX,
-    LANDLINE,
-    LANDLINE_E164,
-    World,
-    file_bytes,
-    make_world,
-    run_pipeline,
-    write_inbox,
-)
 from typer.testing import CliRunner
 
 from cdp.commands import privacy as privacy_cli
@@ -35,16 +25,10 @@ from cdp.suppression import identifier_hash, load_secret
 from consent import erasure
 from consent.erasure import ERASURE_MAP, KEPT_TABLES, Subject, uncovered_tables
 
-
-@pytest.fixture
-def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path, tmp_path_factory)
-
-
 ALICE = Subject.from_options("  alice.smith@GoogleMail.com ", None, None)  # another spelling of her email
 
 
-def _open(world: World) -> duckdb.DuckDBPyConnection:
+def _open(world: Any) -> duckdb.DuckDBPyConnection:
     """A store connection that writes uncompressed, so that a grep of the file sees every string."""
     con = connect(world.settings.db_path)
     con.execute("PRAGMA force_compression = 'uncompressed'")
@@ -59,12 +43,12 @@ def _snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, set[tuple[object, ...
     return {t: {tuple(map(str, row)) for row in con.execute(f"SELECT * FROM {t}").fetchall()} for t in tables}
 
 
-def _mentions_alice(row: tuple[object, ...]) -> bool:
+def _mentions(row: tuple[object, ...], strings: tuple[bytes, ...]) -> bool:
     text = " ".join(map(str, row)).lower()
-    return any(s.decode().lower() in text for s in ALICE_STRINGS)
+    return any(s.decode().lower() in text for s in strings)
 
 
-def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: World) -> None:
+def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: Any) -> None:
     con = connect(world.settings.db_path)
     before = _snapshot(con)
     report = erasure.erase(world.settings, ALICE, dry_run=True, con=con)
@@ -93,11 +77,13 @@ def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: W
     assert changed == {"privacy_requests", "audit_log"}
 
 
-def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_a_record(world: World) -> None:
+def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_a_record(
+    world: Any, pw: SimpleNamespace
+) -> None:
     con = connect(world.settings.db_path)
     before = _snapshot(con)
     con.close()
-    assert ALICE_STRINGS[0] in file_bytes(world.settings.db_path)  # the grep below can see her
+    assert pw.ALICE_STRINGS[0] in pw.file_bytes(world.settings.db_path)  # the grep below can see her
 
     report = erasure.erase(world.settings, ALICE, dry_run=False, con=_open(world))
 
@@ -105,23 +91,23 @@ def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_
     con = connect(world.settings.db_path, read_only=False)
     after = _snapshot(con)
     for table, rows in after.items():
-        assert not [r for r in rows if _mentions_alice(r)], table
+        assert not [r for r in rows if _mentions(r, pw.ALICE_STRINGS)], table
     # Everybody else keeps every row (the register, audit log, suppressions and batch counts aside).
     bookkeeping = {"privacy_requests", "audit_log", "suppression_list", "ingest_batches"}
     for table, rows in before.items():
         if table not in bookkeeping:
-            others = {r for r in rows if not _mentions_alice(r) and world.alice not in r}
+            others = {r for r in rows if not _mentions(r, pw.ALICE_STRINGS) and world.alice not in r}
             assert others <= after[table], table
     # Bob, who shares her landline, keeps it on his CRM contact and his receipt.
     bob_phones = con.execute(
-        "SELECT source_record_id FROM stg_records WHERE phone_e164 = ? ORDER BY 1", [LANDLINE_E164]
+        "SELECT source_record_id FROM stg_records WHERE phone_e164 = ? ORDER BY 1", [pw.LANDLINE_E164]
     ).fetchall()
     assert bob_phones == [("C-BOB-2",), ("T-2",)]
     assert con.execute("SELECT count(*) FROM raw_consent WHERE consent_id = 'K-3'").fetchall()[0][0] == 1
     # Bytes: not in the rewritten file, no WAL; the control (Bob's email) shows the grep can see strings.
-    data = file_bytes(world.settings.db_path)
-    assert [s for s in ALICE_STRINGS if s in data] == []
-    assert BOB_EMAIL in data
+    data = pw.file_bytes(world.settings.db_path)
+    assert [s for s in pw.ALICE_STRINGS if s in data] == []
+    assert pw.BOB_EMAIL in data
     assert not Path(f"{world.settings.db_path}.wal").exists()
     assert not list(world.settings.db_path.parent.glob("*.rewrite*"))
     assert stat.S_IMODE(os.stat(world.settings.db_path).st_mode) == 0o600
@@ -135,7 +121,7 @@ def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_
         ("phone_e164", "+447700900461"),
     ):  # fmt: skip
         assert (id_type, identifier_hash(secret, id_type, value)) in hashes
-    assert ("phone_e164", identifier_hash(secret, "phone_e164", LANDLINE_E164)) not in hashes
+    assert ("phone_e164", identifier_hash(secret, "phone_e164", pw.LANDLINE_E164)) not in hashes
     # The register: completed, counted, and the batch ledger still adds up.
     status, affected = con.execute("SELECT status, records_affected FROM privacy_requests").fetchall()[0]
     assert status == "completed" and affected == sum(report.deleted.values()) > 0
@@ -151,14 +137,16 @@ def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_
     # The receipt names the export that held her; the platform's own copy no longer holds her.
     assert [e["export_id"] for e in report.plan.exports] and "removed" in report.plan.exports[0]["copy"]
     assert b"alice" not in world.export_path.read_bytes().lower()
-    assert BOB_EMAIL in world.export_path.read_bytes()
+    assert pw.BOB_EMAIL in world.export_path.read_bytes()
     # No file the platform wrote (database, exports, secrets; the inbox aside) holds her email.
     for path in world.settings.home.rglob("*"):
         if path.is_file():
             assert b"alice" not in path.read_bytes().lower(), path
 
 
-def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(world: World, tmp_path: Path) -> None:
+def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(
+    world: Any, pw: SimpleNamespace, tmp_path: Path
+) -> None:
     erasure.erase(world.settings, ALICE, dry_run=False)
     # The same files again (skipped: same content), and a re-export of every source under a new name with
     # one new row for Dave, so that each file is new content and goes through suppression.
@@ -169,14 +157,16 @@ def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(world: W
         "app/events.csv": "A-4,2025-05-06T08:00:00Z,dev-dave-1,,dave.new@fastmail.co.uk,,app_open,ios\n",
         "consent/events.csv": "K-5,2025-02-05T00:00:00Z,email_marketing,granted,crm,v1,dave.new@fastmail.co.uk,,,\n",
     }
-    write_inbox(world.inbox, {name.replace(".csv", "_again.csv"): text + dave[name] for name, text in INBOX.items()})
+    pw.write_inbox(
+        world.inbox, {name.replace(".csv", "_again.csv"): text + dave[name] for name, text in pw.INBOX.items()}
+    )
     con = connect(world.settings.db_path)
-    counts = run_pipeline(con, world.settings, world.inbox)
+    counts = pw.run_pipeline(con, world.settings, world.inbox)
     # Her rows: CRM, store receipt, 2 web + 2 app events, consent; the quarantined rows with her email too.
     assert counts["suppressed"] == 9
     for table in ("raw_crm", "raw_store", "raw_web", "raw_app", "raw_consent", "stg_records", "quarantine"):
         rows = con.execute(f"SELECT * FROM {table}").fetchall()
-        assert not [r for r in rows if _mentions_alice(tuple(r))], table
+        assert not [r for r in rows if _mentions(tuple(r), pw.ALICE_STRINGS)], table
     assert con.execute("SELECT count(*) FROM customer_source_records WHERE source_record_id = 'T-2'").fetchall()[0][0]
     # Dave, new in every source, came in everywhere.
     dave_rows = con.execute("SELECT count(*) FROM stg_records WHERE email = 'dave.new@fastmail.co.uk'").fetchall()
@@ -184,8 +174,8 @@ def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(world: W
     con.close()
 
 
-def test_an_identifier_shared_by_a_household_erases_nobody(world: World) -> None:
-    landline = Subject.from_options(None, LANDLINE, None)
+def test_an_identifier_shared_by_a_household_erases_nobody(world: Any, pw: SimpleNamespace) -> None:
+    landline = Subject.from_options(None, pw.LANDLINE, None)
     con = connect(world.settings.db_path)
     before = _snapshot(con)
     with pytest.raises(CdpError, match="links 2 customers"):
@@ -196,7 +186,7 @@ def test_an_identifier_shared_by_a_household_erases_nobody(world: World) -> None
     assert {t for t in after if after[t] != before.get(t)} == {"privacy_requests", "audit_log"}
 
 
-def test_every_table_of_the_store_and_of_the_code_is_covered_by_the_erasure_map(world: World) -> None:
+def test_every_table_of_the_store_and_of_the_code_is_covered_by_the_erasure_map(world: Any) -> None:
     from consent.restriction import ensure_restrictions
 
     con = connect(world.settings.db_path)
@@ -205,7 +195,7 @@ def test_every_table_of_the_store_and_of_the_code_is_covered_by_the_erasure_map(
     assert uncovered_tables(con) == []
     con.close()
     # Every persistent table any module creates, found in the source, is in the map or kept on purpose.
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     pattern = re.compile(
         r"CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?!IF\b)([A-Za-z_][\w.]*)", re.I
     )
@@ -221,7 +211,7 @@ def test_every_table_of_the_store_and_of_the_code_is_covered_by_the_erasure_map(
     assert sorted(created - set(ERASURE_MAP) - set(KEPT_TABLES)) == []
 
 
-def test_a_table_the_map_does_not_cover_stops_erasure_before_anything_happens(world: World) -> None:
+def test_a_table_the_map_does_not_cover_stops_erasure_before_anything_happens(world: Any) -> None:
     con = connect(world.settings.db_path)
     con.execute("CREATE TABLE marketing_copy AS SELECT * FROM customer_profiles")
     with pytest.raises(CdpError, match="marketing_copy"):
@@ -233,7 +223,7 @@ def test_a_table_the_map_does_not_cover_stops_erasure_before_anything_happens(wo
 
 
 def test_a_request_while_another_process_holds_the_store_fails_in_one_line_with_nothing_done(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
@@ -270,7 +260,7 @@ def test_a_request_while_another_process_holds_the_store_fails_in_one_line_with_
 
 
 def test_the_cli_dry_run_then_erase_prints_counts_and_a_receipt_without_identifiers(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CDP_HOME", str(world.settings.home))
     db = ["--db", str(world.settings.db_path)]
@@ -282,6 +272,6 @@ def test_the_cli_dry_run_then_erase_prints_counts_and_a_receipt_without_identifi
     assert done.exit_code == 0, done.output
     assert f"erasure receipt request {request_id}" in done.output  # the dry run's request, completed
     assert "database file rewritten" in done.output and "all_customers" in done.output
-    assert not [s for s in ALICE_STRINGS if s.decode().lower() in (dry.output + done.output).lower()]
+    assert not [s for s in pw.ALICE_STRINGS if s.decode().lower() in (dry.output + done.output).lower()]
     listing = CliRunner().invoke(privacy_cli.app, ["requests", *db])
     assert request_id in listing.output and "completed" in listing.output and "0 overdue" in listing.output
