@@ -5,7 +5,9 @@ A customer may be exported for purpose P only when, at the moment of asking:
 * nothing in :data:`EXCLUSIONS` applies (built in: an active restriction, i.e. a row in ``restrictions``
   with ``lifted_at IS NULL``; the privacy owner adds further rules with :func:`register_exclusion`);
 * their ``consent_state`` for P is ``granted`` (no row means no consent; ``withdrawn`` is withdrawn);
-* their profile has the contact point P's channel needs (:data:`cdp.config.PURPOSE_CHANNEL`).
+* their profile has the contact point P's channel needs (:data:`cdp.config.PURPOSE_CHANNEL`);
+* every other customer whose records carry that same mailbox (by email match key), phone or device has a
+  grant for P too and is not excluded (a household's shared address must not reach the member who said no).
 
 Erased subjects are removed from every table by erasure, so they have no profile and cannot be selected;
 an exclusion registered by the privacy owner can name them if a profile outlives its erasure.

@@ -17,6 +17,7 @@ _REASON_LABELS = {
     "withdrawn": "withdrawn",
     "no_consent": "no consent",
     "no_contact_point": "no contact point",
+    "shared_contact_point": "contact point shared with someone who said no",
 }
 
 
