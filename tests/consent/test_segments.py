@@ -5,6 +5,7 @@ Covers parsing, the allow-list and refusal of injection attempts; consent is cov
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -101,3 +102,27 @@ def test_committed_example_segments_are_valid():
     found = load_segments(folder)
     assert len(found) >= 4
     assert all(isinstance(s, Segment) for s in found.values()), [str(s) for s in found.values()]
+
+
+ALLOWED = [
+    "total_spend >= 200 AND last_purchase_at < current_date - interval 180 day",
+    "last_purchase_at < DATE '2026-01-01' OR last_purchase_at IS NULL",
+    "lower(first_name) IN ('ann', 'cat') AND NOT (orders = 0)",
+    "total_spend BETWEEN 10 AND 300 AND postcode ILIKE 's%'",
+    "date_diff('day', first_seen, current_date) > 1 AND length(coalesce(city, '')) >= 0",
+    "abs(total_spend - 250) < 1 OR list_contains(channels, 'app')",
+]
+
+
+@pytest.mark.parametrize("condition", ALLOWED)
+def test_documented_conditions_compile_and_run(con, condition):
+    picked = select_segment(con, seg(condition))
+    assert set(picked["customer_id"]) <= {"cA", "cB", "cC", "cD", "cE", "cF", "cG"}
+    # literals are parameters; only a validated whole number of an interval and a date unit stay inline
+    inline = re.sub(r"INTERVAL '\d+'|'DAY'", "", compile_segment(seg(condition)).sql)
+    assert "'" not in inline
+
+
+def test_documented_conditions_select_the_right_customers(con):
+    assert select_segment(con, seg("lower(first_name) IN ('ann', 'cat')"))["customer_id"].tolist() == ["cA", "cC"]
+    assert select_segment(con, seg("abs(total_spend - 250) < 1"))["customer_id"].tolist() == ["cC"]
