@@ -63,9 +63,10 @@ def _print_profile(detail: dict[str, object], limit: int) -> None:
     console.rule(f"customer {detail['customer_id']}")
     fields = Table("field", "value", "source", "as of", box=None, pad_edge=False)
     for name in _SHOWN:
-        fields.add_row(
-            name, _text(detail.get(name)), _text(detail.get(f"{name}_source")), _text(detail.get(f"{name}_at"))
-        )
+        value = _text(detail.get(name))
+        if name == "date_of_birth":
+            value = value[:10]  # a DATE, read back by pandas as a midnight timestamp
+        fields.add_row(name, value, _text(detail.get(f"{name}_source")), _text(detail.get(f"{name}_at")))
     console.print(fields)
     traits = Table("trait", "value", box=None, pad_edge=False)
     for name in _TRAITS:
