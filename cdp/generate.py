@@ -226,7 +226,8 @@ class GenerateSummary:
     def lines(self) -> list[str]:
         out = [
             f"Generated {self.mode} world (seed {self.seed}): {self.people:,} people in "
-            f"{self.households:,} households, {self.total_rows:,} rows in {sum(self.files.values())} files "
+            f"{self.households:,} households, {self.total_rows:,} rows in {sum(self.files.values())} files, "
+            f"{self.malformed_rows:,} malformed "
             f"({self.seconds:.1f}s)"
         ]
         for source in (*RECORD_SOURCES, "consent"):
@@ -267,6 +268,8 @@ def _hex_ids(rng: np.random.Generator, n: int, nbytes: int = 16, dashed: bool = 
 
 def _iso(seconds: np.ndarray, suffix: str = "Z", sep: str = "T") -> np.ndarray:
     """Seconds after the epoch as ISO 8601 strings."""
+    if len(seconds) == 0:
+        return np.empty(0, dtype=object)
     s = np.datetime_as_string(seconds.astype("datetime64[s]"), unit="s").astype(object)
     if sep != "T":
         s = np.char.replace(s.astype(str), "T", sep).astype(object)
@@ -276,6 +279,11 @@ def _iso(seconds: np.ndarray, suffix: str = "Z", sep: str = "T") -> np.ndarray:
 def _where(condition: Any, values: Any, other: Any = None) -> np.ndarray:
     """``np.where`` over object arrays; ``None`` (the default) stands for a missing value."""
     return np.where(condition, np.asarray(values, dtype=object), np.asarray(other, dtype=object))
+
+
+def _present(values: Any) -> np.ndarray:
+    """Boolean mask of the values that are not None (also for empty arrays)."""
+    return np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
 
 
 def _pick(rng: np.random.Generator, options: Any, n: int, p: Any = None) -> np.ndarray:
@@ -626,7 +634,7 @@ def _choose_email(rng, w: _World, person: np.ndarray, p_second, p_family: float 
     """
     n = len(person)
     primary, second = w.emails[person, 0], w.emails[person, 1]
-    changed = np.array([m is not None for m in w.maiden[person]], dtype=bool)
+    changed = _present(w.maiden[person])
     family = w.hh_family_email[w.household[person]]
     take_second = (second >= 0) & ((rng.random(n) < p_second) | changed)
     out = np.where(take_second, second, primary)
@@ -671,7 +679,7 @@ def _write_id(rng, values: np.ndarray, kind: int, person: np.ndarray, part: _Par
     """user_id / loyalty_id: as written (sometimes padded), occasionally a placeholder."""
     n = len(values)
     out = values.copy()
-    ok = np.array([v is not None for v in values], dtype=bool)
+    ok = _present(values)
     pad = ok & (rng.random(n) < 0.03)
     out[pad] = np.char.add(values[pad].astype(str), " ").astype(object)
     placeholder = rng.random(n) < p_placeholder
@@ -776,7 +784,7 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     part = _Part(pd.DataFrame(index=np.arange(n)), person, np.arange(n, dtype=np.int64), updated)
     rows = np.arange(n)
 
-    old = (rank == 0) & np.array([m is not None for m in w.maiden[person]])
+    old = (rank == 0) & _present(w.maiden[person])
     last = np.where(old, w.maiden[person], w.last[person])
     f = part.frame
     f["crm_id"] = crm_ids
@@ -849,7 +857,7 @@ def _store(rng, w: _World) -> _Part:
     f["transaction_time"] = _iso(seconds, "", " ")
     f["store_id"] = "S" + pd.Series(rng.integers(1, 61, n)).astype(str).str.zfill(3).values
 
-    has_loy = np.array([v is not None for v in w.loyalty[person]])
+    has_loy = _present(w.loyalty[person])
     has_email = w.emails[person, 0] >= 0
     has_mob = w.mobile[person] >= 0
     r = rng.random(n)
@@ -878,7 +886,7 @@ def _store(rng, w: _World) -> _Part:
     with_pc = idx[(mode[idx] == 3) | (rng.random(len(idx)) < 0.5)]
     pc[with_pc] = _postcode_text(rng, w.hh_postcode[w.household[person[with_pc]]])
     f["first_name"], f["last_name"], f["postcode"] = first, last, pc
-    fuzzy = rows[np.array([p is not None for p in pc]) & named]
+    fuzzy = rows[_present(pc) & named]
     part.keys(fuzzy, _FUZZY * _K + person[fuzzy])
 
     f["amount"] = np.round(np.exp(rng.normal(3.2, 0.9, n)), 2).clip(1, 2000).astype(str)
@@ -922,7 +930,7 @@ def _web(rng, w: _World) -> _Part:
     f["event_time"] = _iso(seconds)
     f["anonymous_id"] = _hex_ids(rng, c, 12, dashed=False)[cookie]
 
-    has_user = np.array([u is not None for u in w.user[cookie_person]])
+    has_user = _present(w.user[cookie_person])
     logs_in = has_user & (rng.random(c) < 0.6)
     login_pos = (rng.random(c) * counts).astype(np.int64)
     signs_up = logs_in & (cookie_rank == 0) & (rng.random(c) < 0.15)
@@ -989,7 +997,7 @@ def _app(rng, w: _World) -> _Part:
     ids = np.where(ios, _hex_ids(rng, d, upper=True), _hex_ids(rng, d, 8, dashed=False))
     f["device_id"] = ids[device]
 
-    has_user = np.array([u is not None for u in w.user[dev_person]])
+    has_user = _present(w.user[dev_person])
     logs_in = has_user & (rng.random(d) < 0.85)
     login_pos = np.minimum(rng.geometric(0.35, d) - 1, counts - 1)
     opt_in = rng.random(d) < 0.45
@@ -1074,8 +1082,9 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     crm = _first_per_person(n, parts["crm"].person, parts["crm"].frame["crm_id"].values)
     cookie = _first_per_person(n, parts["web"].person, parts["web"].frame["anonymous_id"].values)
     device = _first_per_person(n, parts["app"].person, parts["app"].frame["device_id"].values)
-    has = lambda a: np.array([v is not None for v in a], dtype=bool)  # noqa: E731 - local shorthand
-    avail = np.stack([email >= 0, has(cookie), mobile >= 0, has(crm), has(device), user_seen, loyalty_seen], axis=1)
+    avail = np.stack(
+        [email >= 0, _present(cookie), mobile >= 0, _present(crm), _present(device), user_seen, loyalty_seen], axis=1
+    )
 
     counts = np.where(avail.any(axis=1), rng.poisson(2.5, n), 0)
     person, _ = _segments(counts)
@@ -1138,7 +1147,7 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     f["crm_id"] = _where(subject == "crm_id", crm[person])
     f["loyalty_id"] = _where(subject == "loyalty_id", w.loyalty[person])
     f["device_id"] = _where(subject == "device_id", device[person])
-    with_cookie = (subject == "anonymous_id") | ((subject == "email") & (extra > 0.7) & has(cookie[person]))
+    with_cookie = (subject == "anonymous_id") | ((subject == "email") & (extra > 0.7) & _present(cookie[person]))
     f["anonymous_id"] = _where(with_cookie, cookie[person])
     return _Part(f, person, np.zeros(m, dtype=np.int64), seconds), purpose, granted
 
@@ -1199,6 +1208,7 @@ def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.n
     for old in folder.glob(f"{source}-*"):
         if old.suffix in (".csv", ".parquet", ".jsonl"):
             old.unlink()
+    count = max(1, min(count, len(frame)))  # never an empty batch (an empty JSON Lines file has no columns)
     order = np.argsort(seconds, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
     chunks = np.array_split(np.arange(len(frame)), count)
@@ -1212,7 +1222,7 @@ def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.n
             batch = batch.drop(columns=[extra])
         elif source == "store" and i == count - 1:
             batch = batch.assign(till_id="T" + pd.Series(rows % 9 + 1, index=batch.index).astype(str))
-        fmt = _file_format(source, i, count)
+        fmt = _file_format(source, i, count) if len(batch) else "csv"  # an empty JSON Lines file has no header
         path = folder / f"{name}.{fmt}"
         if fmt == "csv" and source == "crm":  # quoted only where needed, like most CRM exports
             batch.to_csv(path, index=False, lineterminator="\n")
@@ -1246,11 +1256,12 @@ def _arrow_csv(frame: pd.DataFrame, path: Path, quoting: str = "needed") -> None
 
 def _people_frame(w: _World, crm: _Part | None) -> pd.DataFrame:
     ids = _person_ids(w.n)
-    all_emails = np.array(w.contacts.emails, dtype=object)
-    all_phones = ("+44" + pd.Series(w.contacts.phones, dtype=object).str[1:]).values
+    # a trailing None, so that index -1 (no such email or phone) reads as missing
+    all_emails = np.array([*w.contacts.emails, None], dtype=object)
+    all_phones = np.array([*("+44" + p[1:] for p in w.contacts.phones), None], dtype=object)
     family, landline = w.hh_family_email[w.household], w.hh_landline[w.household]
-    emails = _joined([_where(i >= 0, all_emails[i]) for i in (w.emails[:, 0], w.emails[:, 1], family)])
-    phones = _joined([_where(i >= 0, all_phones[i]) for i in (w.mobile, landline)])
+    emails = _joined([all_emails[i] for i in (w.emails[:, 0], w.emails[:, 1], family)])
+    phones = _joined([all_phones[i] for i in (w.mobile, landline)])
     out = pd.DataFrame(
         {
             "person_id": ids,

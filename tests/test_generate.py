@@ -492,3 +492,17 @@ def test_nickname_list_covers_the_generator_and_has_its_header():
         for nickname in nicknames:
             assert (nickname.lower(), canonical.lower()) in pairs
     assert all(re.fullmatch(r"[a-z]+", r["name"]) and re.fullmatch(r"[a-z]+", r["canonical"]) for r in rows)
+
+
+@pytest.mark.parametrize("mode", ["omnichannel", "no_shared_ids"])
+def test_tiny_worlds_still_write_readable_batches(tmp_path, mode):
+    for customers in (1, 2, 3):
+        out = tmp_path / f"{customers}" / "inbox"
+        summary = generate_world(out, customers=customers, seed=customers, mode=mode, files_per_source=50)
+        for source, count in summary.files.items():
+            files = list((out / source).iterdir())
+            assert len(files) == count <= max(1, summary.rows[source])
+            for path in files:
+                assert set(REQUIRED[source]) <= set(read_file(path).columns), path.name
+        records = pd.read_csv(Path(str(out) + "-truth") / "records.csv", dtype=str)
+        assert len(records) == sum(summary.records.values())
