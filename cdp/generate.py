@@ -779,6 +779,7 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     )
     created = created.astype(np.int64) + int(WINDOW_START.astype(np.int64))
     created = np.minimum(created, int(WINDOW_START.astype(np.int64)) - _DAY)
+    created = created[np.lexsort((created, person))]  # a person's first contact (rank 0) is the oldest
     updated = created + rng.integers(0, 400 * _DAY, n)
     updated = np.minimum(updated, int(WINDOW_START.astype(np.int64)) + 70 * _DAY)
     part = _Part(pd.DataFrame(index=np.arange(n)), person, np.arange(n, dtype=np.int64), updated)
@@ -791,6 +792,8 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     # Duplicates drift: about two in three duplicate pairs still agree on the whole name exactly.
     f["first_name"] = _first_names(rng, w, person, np.where(dup, 0.2, 0.06), np.where(dup, 0.06, 0.02))
     f["last_name"] = _messy_text(rng, last, np.where(dup, 0.07, 0.02))
+    swapped = rng.random(n) < np.where(dup, 0.03, 0.005)  # forename keyed into the surname field
+    f.loc[swapped, ["first_name", "last_name"]] = f.loc[swapped, ["last_name", "first_name"]].values
     dob_missing = 0.03 if not shared_ids else 0.12
     f["date_of_birth"] = _dob_text(rng, w.dob[person], np.where(dup, 0.2, 0.02), dob_missing)
     hh = w.household[person]
@@ -803,6 +806,19 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     postcode = _postcode_text(rng, w.hh_postcode[hh])
     no_pc = (rng.random(n) < 0.04) & f["date_of_birth"].notna().values
     postcode[no_pc] = None
+    # People move: the oldest of several contacts may hold a former address in the same postcode district.
+    moved = np.flatnonzero((rank == 0) & (counts[person] > 1) & (rng.random(n) < 0.15))
+    letters = "ABDEFGHJLNPQRSTUWXYZ"
+    for i, (num, st, sx, r) in enumerate(
+        zip(rng.integers(1, 200, len(moved)), rng.integers(0, len(_STREETS), len(moved)),
+            rng.integers(0, len(_SUFFIXES), len(moved)), rng.integers(0, 4000, len(moved)), strict=True)
+    ):  # fmt: skip
+        row = moved[i]
+        if line1[row] is not None:
+            line1[row], line2[row] = f"{num} {_STREETS[st]} {_SUFFIXES[sx]}", None
+        if postcode[row] is not None:
+            outward = w.hh_postcode[hh[row]].split(" ")[0]
+            postcode[row] = f"{outward} {r % 10}{letters[r // 10 % 20]}{letters[r // 200]}"
     f["postcode"] = postcode
     f["country"] = _pick(rng, np.array(["GB", "GB", "GB", "gb", " GB", None], dtype=object), n)
 
@@ -815,7 +831,15 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
         r = rng.random(n)
         phone_idx = np.where(r < 0.6, mob, np.where(r < 0.8, land, -1))
         phone_idx = np.where((phone_idx < 0) & (r < 0.8), np.maximum(mob, land), phone_idx)
+        # a mobile mistyped in its network digit: a different number with the same last eight digits
+        misdialled = np.flatnonzero((phone_idx >= 0) & (phone_idx == mob) & (rng.random(n) < 0.015))
+        typed = phone_idx[misdialled]
+        phone_idx[misdialled] = -1
         f["phone"] = _write_phone(rng, w, phone_idx, part, rows, 0.01)
+        for row, idx in zip(misdialled, typed, strict=True):
+            national = w.contacts.phones[idx]
+            digit = "45789"[("45789".index(national[2]) + 1 + row % 4) % 5]
+            f.at[row, "phone"] = _phone_variants(national[:2] + digit + national[3:])[0]
         lo = _where(rng.random(n) < 0.7, w.loyalty[person])
         f["loyalty_id"] = _write_id(rng, lo, _LOYALTY, person, part, rows, 0.005)
         us = _where(rng.random(n) < 0.55, w.user[person])
@@ -1101,7 +1125,7 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     person, channel, purpose, seconds = person[~drop], channel[~drop], purpose[~drop], seconds[~drop]
     order = np.lexsort((seconds, purpose, person))
     person, channel, purpose, seconds = person[order], channel[order], purpose[order], seconds[order]
-    group_start = np.r_[True, (person[1:] != person[:-1]) | (purpose[1:] != purpose[:-1])]
+    group_start = np.r_[True, (person[1:] != person[:-1]) | (purpose[1:] != purpose[:-1])][: len(person)]
     first_of_group = group_start
     r = rng.random(len(person))
     granted = np.where(first_of_group, r < 0.9, r < 0.5)
@@ -1122,7 +1146,7 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     person, channel, purpose, seconds, granted = (
         person[order], channel[order], purpose[order], seconds[order], granted[order]
     )  # fmt: skip
-    group_start = np.r_[True, (person[1:] != person[:-1]) | (purpose[1:] != purpose[:-1])]
+    group_start = np.r_[True, (person[1:] != person[:-1]) | (purpose[1:] != purpose[:-1])][: len(person)]
     starts = np.flatnonzero(group_start)
     cc = np.arange(m) - np.repeat(starts, np.diff(np.r_[starts, m]))
     seconds = seconds + cc
@@ -1412,7 +1436,8 @@ def generate_world(
         status = np.r_[granted, app.frame["event_type"].values[push] == "push_opt_in"]
         order = np.lexsort((seconds, purposes, person))
         person, purposes, seconds, status = person[order], purposes[order], seconds[order], status[order]
-        last = np.r_[(person[1:] != person[:-1]) | (purposes[1:] != purposes[:-1]), True]
+        last = np.r_[(person[1:] != person[:-1]) | (purposes[1:] != purposes[:-1]), len(person) > 0]
+        last = last[: len(person)]
         consent_truth = pd.DataFrame(
             {
                 "person_id": person_ids[person[last]],

@@ -397,6 +397,30 @@ def test_crm_duplicates_drift_in_birth_date_address_and_surname(sources, truth, 
     assert crm["address_line1"].str.contains(",").any() and crm["address_line2"].str.startswith("Flat").any()
 
 
+def test_crm_has_swapped_names_former_addresses_and_misdialled_mobiles(tmp_path):
+    out = tmp_path / "inbox"
+    generate_world(out, customers=2000, seed=2, files_per_source=1)
+    crm = read_source(out, "crm")
+    crm = crm[crm["crm_id"] != ""].drop_duplicates("crm_id")
+    folder = Path(str(out) + "-truth")
+    records = pd.read_csv(folder / "records.csv", dtype=str).set_index("source_record_id")["person_id"]
+    people = pd.read_csv(folder / "people.csv", dtype=str, keep_default_na=False).set_index("person_id")
+    person = crm["crm_id"].map(records)
+    first, last = crm["first_name"].map(normalise_name), crm["last_name"].map(normalise_name)
+    true_first, true_last = person.map(people["first_name"]).map(normalise_name), person.map(people["last_name"])
+    assert ((first == true_last.map(normalise_name)) & (last == true_first)).sum() >= 2
+    pc = crm["postcode"].map(normalise_postcode)
+    home = person.map(people["postcode"])
+    outward = home.str.split(" ").str[0]
+    moved = pc.notna() & (pc != home.map(normalise_postcode)) & (pc.str[:-3] == outward)
+    assert moved.sum() >= 5
+    own = set(people["phones"].str.split(";").explode())
+    written = crm["phone"].map(lambda v: normalise_phone(v, "GB"))
+    stray = written[written.notna() & ~written.isin(own)]
+    mobiles = {p[-8:] for p in own if p.startswith("+447")}
+    assert stray.str[-8:].isin(mobiles).sum() >= 2  # same last eight digits, another network digit
+
+
 def test_households_twins_and_common_names(truth):
     people = truth["people"]
     twins = people[people.duplicated(["household_id", "last_name", "date_of_birth"], keep=False)]
