@@ -71,53 +71,76 @@ CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
 )
 """
 
+#: Dates of birth "near" each other: one keying error apart, day and month swapped, or the year one off
+#: with at most one keying error (or a swap) in month and day -- each of two copies may carry an error.
 NEAR_DOB_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
     a = b
     OR damerau_levenshtein(strftime(a, '%Y%m%d'), strftime(b, '%Y%m%d')) <= 1
-    OR (year(a) = year(b) AND month(a) = day(b) AND day(a) = month(b))
+    OR (abs(year(a) - year(b)) <= 1 AND (
+        damerau_levenshtein(strftime(a, '%m%d'), strftime(b, '%m%d')) <= 1
+        OR (month(a) = day(b) AND day(a) = month(b))))
 )
 """
-
 
 #: First names "agree" when they are one name: they share a candidate canonical form (nickname folding
-#: that tolerates one keying error: "katthy" -> kathy -> katherine), are one keying error apart, one is a
-#: prefix or an abbreviation (same first two letters, letters in order: "phl", "philip") of the other,
-#: or forename and surname are swapped. Anything else -- Patrick and Patricia, John and Mary -- is
+#: that tolerates one keying error: "katthy" -> kathy -> katherine, "phl" -> phil -> philip), are one
+#: keying error apart (two for names of five letters or more with the same initial), one is a prefix of
+#: the other, or forename and surname are swapped. Anything else -- Patrick and Patricia, John and Mary -- is
 #: "clearly different". ``ca``/``cb`` are the candidate lists :func:`build_units` computes.
-ABBREVIATES_MACRO = r"""
-CREATE OR REPLACE TEMP MACRO cdp_abbreviates(short, long) AS (
-    regexp_matches(long, '^' || array_to_string(string_split(regexp_replace(short, '[^a-z]', '', 'g'), ''), '.*'))
-)
-"""
 NAMES_DISAGREE_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) AS (
     coalesce(NOT (
         list_has_any(ca, cb)
         OR damerau_levenshtein(fn_a, fn_b) <= 1
+        OR (least(length(fn_a), length(fn_b)) >= 5 AND left(fn_a, 1) = left(fn_b, 1)
+            AND damerau_levenshtein(fn_a, fn_b) <= 2)
         OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
-        OR (least(length(fn_a), length(fn_b)) >= 3 AND left(fn_a, 2) = left(fn_b, 2)
-            AND (cdp_abbreviates(fn_a, fn_b) OR cdp_abbreviates(fn_b, fn_a)))
         OR (fn_a = ln_b AND ln_a = fn_b)
     ), false)
 )
 """
 
-#: Two person records that "disagree on who they are": clearly different first names or dates of birth
-#: more than a typo apart.
+#: Two units that "disagree on who they are": clearly different first names, dates of birth more than a
+#: typo apart, or -- unless their dates of birth agree (a duplicate account of one person) -- different
+#: values of a key a person normally has one of (the online account ``user_id``, the ``loyalty_id``).
+#: Arguments are two structs of :data:`WHO_COLUMNS`; missing values never disagree.
 DISAGREE_MACRO = """
-CREATE OR REPLACE TEMP MACRO cdp_disagree(fn_a, ca, ln_a, dob_a, fn_b, cb, ln_b, dob_b) AS (
-    cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b)
-    OR coalesce(NOT cdp_near_dob(dob_a, dob_b), false)
+CREATE OR REPLACE TEMP MACRO cdp_disagree(a, b) AS (
+    cdp_names_disagree(a.first_name, a.first_cands, a.last_name, b.first_name, b.first_cands, b.last_name)
+    OR coalesce(NOT cdp_near_dob(a.dob, b.dob), false)
+    OR coalesce((a.user_id <> b.user_id OR a.loyalty_id <> b.loyalty_id)
+                AND NOT coalesce(cdp_near_dob(a.dob, b.dob), false), false)
 )
 """
+WHO_COLUMNS = ("first_name", "first_cands", "last_name", "dob", "user_id", "loyalty_id")
+
+
+def who(alias: str) -> str:
+    """SQL struct of the identity-bearing columns of ``alias`` (a table alias of this package's SQL)."""
+    return "{" + ", ".join(f"'{c}': {alias}.{c}" for c in WHO_COLUMNS) + "}"
+
+
+#: Street-type abbreviations folded to one spelling before addresses are compared.
+STREET_WORDS = {
+    "rd": "road", "st": "street", "ln": "lane", "ave": "avenue", "av": "avenue", "cl": "close", "dr": "drive",
+    "gr": "grove", "gro": "grove", "cres": "crescent", "cresc": "crescent", "gdns": "gardens", "pl": "place",
+    "ct": "court", "sq": "square", "ter": "terrace", "terr": "terrace", "pk": "park", "hse": "house",
+}  # fmt: skip
+
+
+def _address_macro() -> str:
+    expr = "' ' || regexp_replace(lower(coalesce(a, '')), '[^a-z0-9]+', ' ', 'g') || ' '"
+    for short, full in STREET_WORDS.items():
+        expr = f"replace({expr}, ' {short} ', ' {full} ')"
+    return f"CREATE OR REPLACE TEMP MACRO cdp_address(a) AS (NULLIF(trim({expr}), ''))"
 
 
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     """The SQL helpers the graph and the model share (temporary, per connection)."""
     con.execute(PLACEHOLDER_MACRO)
     con.execute(NEAR_DOB_MACRO)
-    con.execute(ABBREVIATES_MACRO)
+    con.execute(_address_macro())
     con.execute(NAMES_DISAGREE_MACRO)
     con.execute(DISAGREE_MACRO)
 
@@ -139,10 +162,11 @@ def is_placeholder(key_type: str, value: str | None) -> bool:
 def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
     """Load ``identity/data/nicknames.csv`` (name, canonical) into temp table ``_nicknames``.
 
-    A name listed under several canonical forms keeps the alphabetically first; canonical names map to
-    themselves. Without the file every name is its own canonical form. Returns the number of names.
+    Every (name, canonical) pair is kept (``chris`` is short for christopher and for christine), and
+    canonical names map to themselves. Without the file every name is its own canonical form. Returns
+    the number of pairs.
     """
-    rows: dict[str, str] = {}
+    pairs: set[tuple[str, str]] = set()
     path = resources.files("identity").joinpath("data/nicknames.csv")
     if path.is_file():
         with path.open(encoding="utf-8") as handle:
@@ -150,10 +174,10 @@ def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
                 name = (row.get("name") or "").strip().lower()
                 canonical = (row.get("canonical") or "").strip().lower()
                 if name and canonical:
-                    rows[name] = min(rows.get(name, canonical), canonical)
-                    rows.setdefault(canonical, canonical)
-    frame = pd.DataFrame({"name": list(rows), "canonical": list(rows.values())}, dtype="string")
-    con.execute("CREATE OR REPLACE TEMP TABLE _nicknames (name VARCHAR PRIMARY KEY, canonical VARCHAR)")
+                    pairs.update({(name, canonical), (canonical, canonical)})
+    ordered = sorted(pairs)
+    frame = pd.DataFrame({"name": [p[0] for p in ordered], "canonical": [p[1] for p in ordered]}, dtype="string")
+    con.execute("CREATE OR REPLACE TEMP TABLE _nicknames (name VARCHAR, canonical VARCHAR)")
     if len(frame):
         con.register("_nicknames_frame", frame)
         con.execute("INSERT INTO _nicknames SELECT name, canonical FROM _nicknames_frame")
@@ -169,6 +193,7 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") ->
     Person attributes come from the unit's records (a CRM contact or a store transaction has one
     record; a cookie or device rarely carries any): the smallest non-null value, so reruns agree.
     """
+    install_macros(con)
     loaded = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_nicknames'"
     if not con.execute(loaded).fetchall()[0][0]:
         load_nicknames(con)
@@ -180,11 +205,14 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") ->
                    min(first_name) AS first_name, min(last_name) AS last_name,
                    min(date_of_birth) AS dob, min(email_key) AS email_key,
                    min(phone_e164) AS phone_e164, min(postcode) AS postcode,
-                   min(address_line1) AS address_line1, min(city) AS city
+                   cdp_address(min(address_line1)) AS address_line1, min(city) AS city,
+                   min(user_id) FILTER (WHERE NOT cdp_is_placeholder('user_id', user_id)) AS user_id,
+                   min(loyalty_id) FILTER (WHERE NOT cdp_is_placeholder('loyalty_id', loyalty_id)) AS loyalty_id
             FROM {records} GROUP BY unit_id
         )
         SELECT u.*, coalesce(n.canonical, split_part(u.first_name, ' ', 1)) AS first_canon
-        FROM u LEFT JOIN _nicknames n ON n.name = split_part(u.first_name, ' ', 1)
+        FROM u LEFT JOIN (SELECT name, min(canonical) AS canonical FROM _nicknames GROUP BY name) n
+          ON n.name = split_part(u.first_name, ' ', 1)
         """
     )
     # Candidate canonical forms of each distinct first name: its own first word and the canonical form of
@@ -245,14 +273,23 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         FROM k WHERE 2 * n > total
         """
     )
+    # A unit's one-per-person keys are the ones it links by (its majority value), not any value it saw.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _units AS
+        SELECT u.* REPLACE (ku.id_value AS user_id, kl.id_value AS loyalty_id) FROM _units u
+        LEFT JOIN (SELECT unit_id, id_value FROM _unit_keys WHERE id_type = 'user_id') ku USING (unit_id)
+        LEFT JOIN (SELECT unit_id, id_value FROM _unit_keys WHERE id_type = 'loyalty_id') kl USING (unit_id)
+        """
+    )
     con.register("_limits_frame", _limits_frame(limits))
     con.execute("CREATE OR REPLACE TEMP TABLE _limits AS SELECT * FROM _limits_frame")
     con.unregister("_limits_frame")
     # Keys held by two or more units, with their guard verdict.
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _key_members AS
-        SELECT k.id_type, k.id_value, k.unit_id, u.first_name, u.first_canon, u.first_cands, u.last_name, u.dob
+        SELECT k.id_type, k.id_value, k.unit_id, u.first_canon, u.dob, {who("u")} AS who
         FROM _unit_keys k JOIN _units u USING (unit_id)
         WHERE (k.id_type, k.id_value) IN (
             SELECT (id_type, id_value) FROM _unit_keys GROUP BY id_type, id_value HAVING count(*) > 1)
@@ -267,29 +304,18 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         small AS (
             SELECT s.* FROM sizes s JOIN _limits l USING (id_type) WHERE s.n_units <= l.max_units
         ),
-        names AS (
-            SELECT DISTINCT m.id_type, m.id_value, m.first_name, m.first_cands, m.last_name
-            FROM _key_members m SEMI JOIN small USING (id_type, id_value) WHERE m.first_name IS NOT NULL
+        who AS (
+            SELECT DISTINCT m.id_type, m.id_value, m.who
+            FROM _key_members m SEMI JOIN small USING (id_type, id_value)
         ),
-        name_conflicts AS (
-            SELECT DISTINCT a.id_type, a.id_value FROM names a JOIN names b
-              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.first_name < b.first_name
-            WHERE cdp_names_disagree(a.first_name, a.first_cands, a.last_name,
-                                     b.first_name, b.first_cands, b.last_name)
-        ),
-        dobs AS (
-            SELECT DISTINCT m.id_type, m.id_value, m.dob
-            FROM _key_members m SEMI JOIN small USING (id_type, id_value) WHERE m.dob IS NOT NULL
-        ),
-        dob_conflicts AS (
-            SELECT DISTINCT a.id_type, a.id_value FROM dobs a JOIN dobs b
-              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.dob < b.dob
-            WHERE NOT cdp_near_dob(a.dob, b.dob)
+        conflicts AS (
+            SELECT DISTINCT a.id_type, a.id_value FROM who a JOIN who b
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.who::VARCHAR < b.who::VARCHAR
+            WHERE cdp_disagree(a.who, b.who)
         )
         SELECT s.id_type, s.id_value, s.n_units,
                CASE WHEN s.n_units > l.max_units THEN 'over_limit'
-                    WHEN (s.id_type, s.id_value) IN (SELECT (id_type, id_value) FROM name_conflicts)
-                      OR (s.id_type, s.id_value) IN (SELECT (id_type, id_value) FROM dob_conflicts)
+                    WHEN (s.id_type, s.id_value) IN (SELECT (id_type, id_value) FROM conflicts)
                     THEN 'conflict' ELSE 'ok' END AS verdict
         FROM sizes s JOIN _limits l USING (id_type)
         """

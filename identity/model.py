@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from identity.graph import build_units, install_macros
+from identity.graph import build_units, install_macros, who
 
 MODEL_DIR = Path(__file__).parent / "models"
 MODEL_NAME = "person_v1"
@@ -36,7 +36,7 @@ META_PATH = MODEL_DIR / f"{MODEL_NAME}.meta.json"
 #: Columns of the Splink input table, one row per person-bearing unit.
 PERSON_COLUMNS = (
     "unit_id", "first_name", "first_canon", "first_cands", "last_name", "dob", "email_key", "email_local",
-    "phone_e164", "postcode", "address_line1",
+    "phone_e164", "postcode", "address_line1", "user_id", "loyalty_id",
 )  # fmt: skip
 
 
@@ -63,11 +63,18 @@ NAME = {
             null=True,
         ),
         _level("first_name_l = first_name_r AND last_name_l = last_name_r", "Exact forename and surname"),
-        _level("first_name_l = last_name_r AND last_name_l = first_name_r", "Forename and surname swapped"),
-        _level("last_name_l = last_name_r AND first_canon_l = first_canon_r", "Surname exact, nickname"),
+        {
+            # Set, not trained: swaps are too rare for EM or sampling to see (m and u stay as written).
+            **_level("first_name_l = last_name_r AND last_name_l = first_name_r", "Forename and surname swapped"),
+            "m_probability": 0.005,
+            "u_probability": 0.00001,
+            "fix_m_probability": True,
+            "fix_u_probability": True,
+        },
+        _level("last_name_l = last_name_r AND list_has_any(first_cands_l, first_cands_r)", "Surname exact, nickname"),
         _level(
             f"(last_name_l = last_name_r AND {JW}(first_name_l, first_name_r) >= 0.88) "
-            f"OR (first_canon_l = first_canon_r AND {JW}(last_name_l, last_name_r) >= 0.9)",
+            f"OR (list_has_any(first_cands_l, first_cands_r) AND {JW}(last_name_l, last_name_r) >= 0.9)",
             "One name exact, the other a typo",
         ),
         _level(
@@ -75,23 +82,24 @@ NAME = {
             "Both names close",
         ),
         _level("last_name_l = last_name_r", "Surname only"),
-        _level("first_canon_l = first_canon_r", "Forename only"),
+        _level("list_has_any(first_cands_l, first_cands_r)", "Forename only"),
         _else(),
     ],
 }
 
 DOB = {
     "output_column_name": "dob",
-    "comparison_description": "date of birth: exact, one typo or day/month swapped, same month",
+    "comparison_description": "date of birth: exact; one keying error, day/month swapped or year one off",
     "comparison_levels": [
         _level("dob_l IS NULL OR dob_r IS NULL", "Null", null=True),
         _level("dob_l = dob_r", "Exact"),
         _level(
             "damerau_levenshtein(strftime(dob_l, '%Y%m%d'), strftime(dob_r, '%Y%m%d')) <= 1 "
-            "OR (year(dob_l) = year(dob_r) AND month(dob_l) = day(dob_r) AND day(dob_l) = month(dob_r))",
-            "One typo or day/month swapped",
+            "OR (abs(year(dob_l) - year(dob_r)) <= 1 AND ("
+            "damerau_levenshtein(strftime(dob_l, '%m%d'), strftime(dob_r, '%m%d')) <= 1 "
+            "OR (month(dob_l) = day(dob_r) AND day(dob_l) = month(dob_r))))",
+            "One typo, day/month swapped or year one off",
         ),
-        _level("year(dob_l) = year(dob_r) AND month(dob_l) = month(dob_r)", "Same year and month"),
         _else(),
     ],
 }
@@ -109,11 +117,10 @@ EMAIL = {
 
 PHONE = {
     "output_column_name": "phone",
-    "comparison_description": "phone (E.164): exact, last eight digits",
+    "comparison_description": "phone (E.164): exact",
     "comparison_levels": [
         _level("phone_e164_l IS NULL OR phone_e164_r IS NULL", "Null", null=True),
         _level("phone_e164_l = phone_e164_r", "Exact"),
-        _level("right(phone_e164_l, 8) = right(phone_e164_r, 8)", "Same last eight digits"),
         _else(),
     ],
 }
@@ -121,19 +128,23 @@ PHONE = {
 LOCATION = {
     "output_column_name": "location",
     "comparison_description": "postcode and first address line together (household members share both, "
-    "so scoring them apart would count one fact twice)",
+    "so scoring them apart would count one fact twice); addresses are compared with street types folded",
     "comparison_levels": [
         _level(
             "(postcode_l IS NULL OR postcode_r IS NULL) AND (address_line1_l IS NULL OR address_line1_r IS NULL)",
             "Null",
             null=True,
-        ),  # fmt: skip
+        ),
         _level("postcode_l = postcode_r AND address_line1_l = address_line1_r", "Same postcode and address"),
         _level(
             f"postcode_l = postcode_r AND {JW}(address_line1_l, address_line1_r) >= 0.9",
             "Same postcode, address typo",
         ),
         _level("address_line1_l = address_line1_r", "Same address, postcode differs or missing"),
+        _level(
+            f"(postcode_l IS NULL OR postcode_r IS NULL) AND {JW}(address_line1_l, address_line1_r) >= 0.9",
+            "Address typo, postcode missing",
+        ),
         _level("postcode_l = postcode_r", "Same postcode only"),
         _level(
             "length(postcode_l) > 4 AND left(postcode_l, length(postcode_l) - 3) "
@@ -216,7 +227,8 @@ def build_person_units(con: duckdb.DuckDBPyConnection, records: str = "stg_recor
         f"""
         CREATE OR REPLACE TEMP TABLE _person_units AS
         SELECT unit_id, first_name, first_canon, first_cands, last_name, dob, email_key,
-               split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1
+               split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1,
+               user_id, loyalty_id
         FROM _units WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
         """
     )
@@ -315,8 +327,7 @@ def predict_pairs(
             CREATE TABLE scored_pairs AS
             SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
                    p.match_weight,
-                   cdp_disagree(a.first_name, a.first_cands, a.last_name, a.dob,
-                                b.first_name, b.first_cands, b.last_name, b.dob) AS vetoed
+                   cdp_disagree({who("a")}, {who("b")}) AS vetoed
             FROM {scored.physical_name} p
             JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
             """  # a Splink table name, not user text
@@ -324,14 +335,13 @@ def predict_pairs(
         # Ambiguity guard: a unit matched to two records that disagree with each other (a receipt from
         # "James Jackson" at a house where father and son are both James Jackson) is linked to neither.
         session.con.execute(
-            """
+            f"""
             CREATE TABLE ambiguous_units AS
             WITH kept AS (SELECT unit_id_l, unit_id_r FROM scored_pairs WHERE NOT vetoed),
             nb AS (SELECT unit_id_l AS u, unit_id_r AS v FROM kept UNION ALL SELECT unit_id_r, unit_id_l FROM kept)
             SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
             JOIN person_units a ON a.unit_id = x.v JOIN person_units b ON b.unit_id = y.v
-            WHERE cdp_disagree(a.first_name, a.first_cands, a.last_name, a.dob,
-                               b.first_name, b.first_cands, b.last_name, b.dob)
+            WHERE cdp_disagree({who("a")}, {who("b")})
             """
         )
         pairs = session.con.sql(
@@ -380,17 +390,23 @@ def parameter_table(model: dict[str, Any]) -> pd.DataFrame:
 
 
 def check_parameters(model: dict[str, Any]) -> list[str]:
-    """Signs of an EM collapse: strong agreement levels that EM decided are weak evidence."""
+    """Signs of an EM collapse: true matches that mostly disagree, or exact agreement that is weak evidence.
+
+    The collapse this guards against (LIBRARY-NOTES) learned m(dob exact) = 0.19: EM had found "same
+    shopper" or "same household" instead of "same person". A sane person model has matches that rarely
+    disagree outright on name, date of birth or location, and positive weight for exact agreement.
+    """
     problems = []
     table = parameter_table(model)
-    for comparison, level in (("name", "Exact forename and surname"), ("dob", "Exact")):
-        row = table[(table.comparison == comparison) & (table.level == level)]
-        if row.empty or row.m.isna().all():
-            problems.append(f"{comparison}/{level}: no trained m value")
-            continue
-        m = float(row.m.iloc[0])
-        if m < 0.5:
-            problems.append(f"{comparison}/{level}: m = {m:.2f} < 0.5 (EM collapse?)")
+    for comparison in ("name", "dob", "location"):
+        other = table[(table.comparison == comparison) & (table.level == "All other comparisons")]
+        if other.empty or other.m.isna().all():
+            problems.append(f"{comparison}: no trained m value")
+        elif float(other.m.iloc[0]) > 0.2:
+            problems.append(f"{comparison}: m(all other) = {float(other.m.iloc[0]):.2f} > 0.2 (EM collapse?)")
+    exact = table[(table.comparison == "dob") & (table.level == "Exact")]
+    if not exact.empty and not exact.m.isna().all() and float(exact.m.iloc[0]) < 0.5:
+        problems.append(f"dob/Exact: m = {float(exact.m.iloc[0]):.2f} < 0.5 (EM collapse?)")
     strong = table[table.level.str.startswith(("Exact", "Same mailbox", "Same postcode and address"))]
     for _, row in strong.dropna(subset=["match_weight"]).iterrows():
         if row.match_weight < 0:

@@ -62,20 +62,15 @@ def ensure_identity_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl)
 
 
-def _components(con: duckdb.DuckDBPyConnection) -> None:
-    """Temp table ``_clusters(unit_id, anchor)``: connected components of graph and model edges."""
+def _label(con: duckdb.DuckDBPyConnection, edges_sql: str) -> None:
+    """Temp table ``_clusters(unit_id, anchor)``: connected components of the edges ``edges_sql`` yields."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _unit_index AS "
-        "SELECT unit_id, (row_number() OVER (ORDER BY unit_id) - 1)::BIGINT AS ix FROM _units"
-    )
     n = int(con.execute("SELECT count(*) FROM _unit_index").fetchall()[0][0])
     pairs = con.execute(
-        """
-        WITH e AS (SELECT unit_id_l, unit_id_r FROM _graph_edges
-                   UNION SELECT unit_id_l, unit_id_r FROM _model_edges)
+        f"""
+        WITH e AS ({edges_sql})
         SELECT l.ix AS a, r.ix AS b FROM e
         JOIN _unit_index l ON l.unit_id = e.unit_id_l JOIN _unit_index r ON r.unit_id = e.unit_id_r
         """
@@ -98,6 +93,61 @@ def _components(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     con.unregister("_labels_frame")
+
+
+def _conflicting_clusters(con: duckdb.DuckDBPyConnection) -> int:
+    """Temp table ``_conflicts(anchor)``: clusters holding two person units that disagree on who they are."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _conflicts AS
+        WITH p AS (
+            SELECT DISTINCT c.anchor, {graph.who("u")} AS who
+            FROM _clusters c JOIN _units u USING (unit_id)
+            WHERE u.first_name IS NOT NULL OR u.dob IS NOT NULL OR u.user_id IS NOT NULL OR u.loyalty_id IS NOT NULL
+        ),
+        multi AS (SELECT anchor FROM p GROUP BY anchor HAVING count(*) > 1)
+        SELECT DISTINCT a.anchor FROM p a JOIN p b ON a.anchor = b.anchor AND a.who::VARCHAR < b.who::VARCHAR
+        WHERE a.anchor IN (SELECT anchor FROM multi) AND cdp_disagree(a.who, b.who)
+        """
+    )
+    return int(con.execute("SELECT count(*) FROM _conflicts").fetchall()[0][0])
+
+
+def _components(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Cluster units over graph and model edges, with one precision guard.
+
+    A customer must not hold two records that disagree on who they are. When model pairs chain two
+    people together (father and son of one name at one address, each linked to a nameless-dob receipt),
+    the model edges inside that cluster are dropped and the cluster is recomputed from the rest; the
+    identifier graph, whose keys were already guarded, stays. Writes ``_clusters`` and ``_kept_model_edges``.
+    """
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _unit_index AS "
+        "SELECT unit_id, (row_number() OVER (ORDER BY unit_id) - 1)::BIGINT AS ix FROM _units"
+    )
+    both = "SELECT unit_id_l, unit_id_r FROM _graph_edges UNION SELECT unit_id_l, unit_id_r FROM _model_edges"
+    _label(con, both)
+    conflicted = _conflicting_clusters(con)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _kept_model_edges AS
+        SELECT m.* FROM _model_edges m JOIN _clusters c ON c.unit_id = m.unit_id_l
+        WHERE c.anchor NOT IN (SELECT anchor FROM _conflicts)
+        """
+    )
+    dropped = int(con.execute("SELECT (SELECT count(*) FROM _model_edges) - (SELECT count(*) FROM _kept_model_edges)")
+                  .fetchall()[0][0])  # fmt: skip
+    if conflicted:
+        _label(
+            con,
+            "SELECT unit_id_l, unit_id_r FROM _graph_edges UNION SELECT unit_id_l, unit_id_r FROM _kept_model_edges",
+        )
+    remaining = _conflicting_clusters(con) if conflicted else 0
+    return {
+        "conflicting_clusters": conflicted,
+        "model_pairs_dropped_in_conflicts": dropped,
+        "conflicting_customers_after_guard": remaining,
+    }
 
 
 def _last_sequence(con: duckdb.DuckDBPyConnection) -> int:
@@ -232,7 +282,7 @@ def resolve_identities(
     )
 
     t = time.perf_counter()
-    _components(con)
+    stats.update(_components(con))
     timings["cluster_seconds"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -254,7 +304,8 @@ def resolve_identities(
             INSERT INTO identity_edges
             SELECT unit_id_l, unit_id_r, evidence, rule, NULL, ? FROM _graph_edges
             UNION ALL
-            SELECT unit_id_l, unit_id_r, 'splink', 'match_weight >= threshold', match_weight, ? FROM _model_edges
+            SELECT unit_id_l, unit_id_r, 'splink', 'match_weight >= threshold', match_weight, ?
+            FROM _kept_model_edges
             """,
             [run_id, run_id],
         )
