@@ -6,7 +6,8 @@ test_privacy_world.py checks that the world is what the other privacy tests assu
 Identity runs the real ``resolve_identities`` with the Splink step replaced by "no model pairs", so
 customers come from the deterministic identifier graph alone. The world: Alice (CRM contact, a store
 receipt under another spelling of her email, a web cookie with a login and an anonymous page view, an
-app device, a consent grant, two quarantined rows carrying her email), Bob (CRM contact and a store
+app device, a consent grant, three quarantined rows carrying her email -- two without a time, one
+malformed CSV line), Bob (CRM contact and a store
 receipt with the same landline as Alice, a consent grant), Carol (unrelated), and a withdrawal that
 names only the shared landline. Storage is uncompressed so that a grep of the database file sees every
 value (LIBRARY-NOTES: compression hides strings from grep).
@@ -66,6 +67,7 @@ INBOX = {
         "W-3,2025-04-02T09:00:00Z,ck-bob-1,U-BOB-3,,login,/account\n"
         "W-4,2025-04-03T09:00:00Z,ck-carol-1,,carol.jones@yahoo.co.uk,page_view,/home\n"
         "W-5,,ck-alice-1,,ALICE.SMITH@gmail.com,newsletter_signup,/news\n"  # no time: quarantined
+        "W-7,2025-04-01T09:09:00Z,ck-alice-1,,alice.smith@gmail.com,page_view,/a,b\n"  # malformed line
     ),
     "app/events.csv": (
         "event_id,event_time,device_id,user_id,email,phone,event_type,platform\n"

@@ -58,7 +58,7 @@ def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: A
     assert plan.table_counts["raw_web"] == 2 and plan.table_counts["raw_app"] == 2
     assert plan.table_counts["raw_crm"] == 1 and plan.table_counts["raw_store"] == 1
     assert plan.table_counts["raw_consent"] == 1  # K-1; K-3 names only the shared landline
-    assert plan.table_counts["quarantine"] == 2  # T-4 and W-5 carry her email in other spellings
+    assert plan.table_counts["quarantine"] == 3  # T-4, W-5 and a malformed line carry her email
     assert plan.table_counts["customer_profiles"] == 1 and plan.table_counts["export_members"] == 1
     # The identifier types that linked her, with the landline flagged as shared (kept, not suppressed).
     types = plan.scope.identifier_types
@@ -165,13 +165,33 @@ def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(
     # Her rows: CRM, store receipt, 2 web + 2 app events, consent; the quarantined rows with her email too.
     assert counts["suppressed"] == 9
     for table in ("raw_crm", "raw_store", "raw_web", "raw_app", "raw_consent", "stg_records", "quarantine"):
-        rows = con.execute(f"SELECT * FROM {table}").fetchall()
+        where = "WHERE reason NOT LIKE 'malformed CSV line%'" if table == "quarantine" else ""  # see below
+        rows = con.execute(f"SELECT * FROM {table} {where}").fetchall()
         assert not [r for r in rows if _mentions(tuple(r), pw.ALICE_STRINGS)], table
+    history = "SELECT count(*) FROM customer_id_history WHERE ? IN (old_customer_id, new_customer_id)"
+    assert con.execute(history, [world.alice]).fetchall()[0][0] == 0  # her id is not even retired
     assert con.execute("SELECT count(*) FROM customer_source_records WHERE source_record_id = 'T-2'").fetchall()[0][0]
     # Dave, new in every source, came in everywhere.
     dave_rows = con.execute("SELECT count(*) FROM stg_records WHERE email = 'dave.new@fastmail.co.uk'").fetchall()
     assert dave_rows[0][0] == 4
     con.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cdp.ingest quarantines malformed CSV lines before the suppression check, so a re-exported "
+    "malformed line carrying an erased email comes back into quarantine (ingestion owner's fix)",
+)
+def test_a_reingested_malformed_line_carrying_the_subject_is_suppressed_too(world: Any, pw: SimpleNamespace) -> None:
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    pw.write_inbox(
+        world.inbox, {"web/events_again.csv": pw.INBOX["web/events.csv"] + "W-9,2025-04-09T09:00:00Z,ck-z,,,,/\n"}
+    )
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    rows = con.execute("SELECT raw FROM quarantine").fetchall()
+    con.close()
+    assert not [r for r in rows if _mentions(tuple(r), pw.ALICE_STRINGS)]
 
 
 def test_an_identifier_shared_by_a_household_erases_nobody(world: Any, pw: SimpleNamespace) -> None:
