@@ -470,11 +470,13 @@ def score_units(
     unit_b: str,
     chart_path: Path | None = None,
     model_path: Path = MODEL_PATH,
+    population: int | None = None,
 ) -> dict[str, Any] | None:
     """Splink's verdict on two units: total match weight and the weight of every comparison.
 
     Returns ``None`` when either unit bears no person attributes (no name). With ``chart_path`` the
-    waterfall chart is saved there as a self-contained HTML file.
+    waterfall chart is saved there as a self-contained HTML file. The prior is scaled to ``population``
+    person units (default: those in ``stg_records``), as a run would.
     """
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _explain_records AS SELECT * FROM stg_records WHERE unit_id IN (?, ?)",
@@ -482,14 +484,20 @@ def score_units(
     )
     if build_person_units(con, "_explain_records") < 2:
         return None
-    total_units = int(con.execute("SELECT count(DISTINCT unit_id) FROM stg_records").fetchall()[0][0])
+    if population is None:
+        population = int(
+            con.execute(
+                "SELECT count(DISTINCT unit_id) FROM stg_records WHERE first_name IS NOT NULL OR last_name IS NOT NULL"
+            ).fetchall()[0][0]
+        )
     trained, meta = load_model(model_path)
     trained = dict(trained)
-    trained["probability_two_random_records_match"] = scaled_prior(trained, meta, total_units)
+    trained["probability_two_random_records_match"] = scaled_prior(trained, meta, population)
     session = open_session(con, trained)
     try:
-        rows = con.execute("SELECT * FROM _person_units ORDER BY unit_id").fetch_df()
-        records = [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
+        cursor = con.execute("SELECT * FROM _person_units ORDER BY unit_id")
+        names = [d[0] for d in cursor.description]
+        records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         scored = session.linker.inference.score_pair(records[0], records[1]).as_record_list()
         result = {
             "match_weight": float(scored[0]["match_weight"]),
