@@ -295,3 +295,59 @@ def test_the_cli_dry_run_then_erase_prints_counts_and_a_receipt_without_identifi
     assert not [s for s in pw.ALICE_STRINGS if s.decode().lower() in (dry.output + done.output).lower()]
     listing = CliRunner().invoke(privacy_cli.app, ["requests", *db])
     assert request_id in listing.output and "completed" in listing.output and "0 overdue" in listing.output
+
+
+def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
+    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_rewrite = erasure.rewrite_database
+
+    def crash(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+        con.close()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(erasure, "rewrite_database", crash)
+    with pytest.raises(OSError):
+        erasure.erase(world.settings, ALICE, dry_run=False, con=_open(world))
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT status FROM privacy_requests").fetchall() == [("rewrite_pending",)]
+    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 0
+    con.close()
+    assert pw.ALICE_STRINGS[0] in pw.file_bytes(world.settings.db_path)  # rows gone, bytes not yet
+
+    monkeypatch.setattr(erasure, "rewrite_database", real_rewrite)
+    erasure.erase(world.settings, Subject("customer_id", world.carol), dry_run=True)  # any next request
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
+    con = connect(world.settings.db_path)
+    statuses = con.execute("SELECT kind, status FROM privacy_requests ORDER BY received_at").fetchall()
+    con.close()
+    assert statuses == [("erasure", "completed"), ("erasure", "open")]
+
+
+def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_path: Path) -> None:
+    """On hand-made tables: the subject's device id is a placeholder, her phone is also a stranger's."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE stg_records (source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, email_key VARCHAR, "
+        "phone_e164 VARCHAR, user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, device_id VARCHAR, "
+        "anonymous_id VARCHAR)"
+    )
+    con.execute(
+        """INSERT INTO stg_records VALUES
+           ('crm', 'c1', 'crm:c1', 'sub@mail.test', '+441134960000', NULL, NULL, 'c1', NULL, NULL),
+           ('app', 'a1', 'app:-1', NULL, NULL, NULL, NULL, NULL, '-1', NULL),
+           ('crm', 'c2', 'crm:c2', 'other@mail.test', '+441134960000', NULL, NULL, 'c2', NULL, NULL)"""
+    )
+    con.execute("CREATE TABLE customer_source_records (source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, "
+                "unit_id VARCHAR)")  # fmt: skip
+    con.execute("INSERT INTO customer_source_records VALUES ('crm', 'c1', 'S', 'crm:c1'), ('app', 'a1', 'S', 'app:-1'),"
+                " ('crm', 'c2', 'O', 'crm:c2')")  # fmt: skip
+    scope = erasure.find_subject(con, Subject("email_key", "sub@mail.test"))
+    flags = con.execute(
+        "SELECT identifier_type, exclusive, placeholder, usable FROM _subject_ids ORDER BY 1"
+    ).fetchall()
+    assert flags == [
+        ("crm_id", True, False, True), ("device_id", True, True, False),
+        ("email_key", True, False, True), ("phone_e164", False, False, False),
+    ]  # fmt: skip
+    assert scope.customers == ["S"] and scope.identifier_types["phone_e164"]["shared"] == 1
