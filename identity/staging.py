@@ -29,9 +29,7 @@ def build_phone_map(con: duckdb.DuckDBPyConnection, region: str) -> int:
     """(Re)build ``phone_map(raw, e164)`` for every distinct phone spelling in the raw tables."""
     con.execute("CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR PRIMARY KEY, e164 VARCHAR)")
     union = " UNION ".join(f"SELECT phone FROM {t} WHERE phone IS NOT NULL" for t in _PHONE_SOURCES)
-    new = con.execute(
-        f"SELECT DISTINCT phone FROM ({union}) WHERE phone NOT IN (SELECT raw FROM phone_map)"
-    ).fetchall()
+    new = con.execute(f"SELECT DISTINCT phone FROM ({union}) WHERE phone NOT IN (SELECT raw FROM phone_map)").fetchall()
     if new:
         frame = {"raw": [p for (p,) in new], "e164": [normalise_phone(p, region) for (p,) in new]}
         import pandas as pd
