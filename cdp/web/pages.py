@@ -40,7 +40,7 @@ _env = Environment(
 )
 templates = Jinja2Templates(env=_env)
 
-router = APIRouter()
+router = APIRouter(include_in_schema=False)  # pages are for browsers; the API is described
 
 REASON_LABELS = {
     "restricted": "restricted", "withdrawn": "withdrawn", "no_consent": "no consent",
@@ -310,7 +310,7 @@ def confirm_erasure(
     service.audit(settings, who.user, "web_erase", "erasure confirmed and carried out", sum(report.deleted.values()),
                   report.request_id)  # fmt: skip
     return render(request, "receipt.html", who, plan=service.plan_summary(report),
-                  request=service.request_detail(settings, report.request_id))  # fmt: skip
+                  pr=service.request_detail(settings, report.request_id))  # fmt: skip
 
 
 @router.get("/privacy/requests", response_class=HTMLResponse)
@@ -325,7 +325,7 @@ def requests(request: Request, who: Principal = Depends(page_user(*PRIVACY))) ->
 @router.get("/privacy/requests/{request_id}", response_class=HTMLResponse)
 def request_receipt(request_id: str, request: Request, who: Principal = Depends(page_user(*PRIVACY))) -> HTMLResponse:
     detail = service.request_detail(settings_of(request), request_id)
-    return render(request, "receipt.html", who, plan=None, request=detail)
+    return render(request, "receipt.html", who, plan=None, pr=detail)
 
 
 @router.get("/privacy/audit", response_class=HTMLResponse)
