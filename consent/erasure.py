@@ -21,13 +21,21 @@ What is erased (:data:`ERASURE_MAP`)
     One entry per table: the SQL predicate that selects the subject's rows, over the scope tables built by
     :func:`find_subject`. :func:`uncovered_tables` lists every table of the store that is in neither
     :data:`ERASURE_MAP` nor :data:`KEPT_TABLES`; erasure refuses to run while there is one, so a new table
-    cannot silently escape it (``tests/consent/test_privacy_erasure.py`` checks the real schema).
+    cannot silently escape it (``tests/consent/privacy/test_privacy_erasure.py`` checks the schema of a
+    real store and every ``CREATE TABLE`` in the code). The erased rows' counts move from ``rows_loaded``
+    / ``rows_quarantined`` to ``rows_suppressed`` in ``ingest_batches``, so every batch still adds up.
 
 What is left behind
     Nothing of the subject's: after the deleting transaction commits, :func:`rewrite_database` copies the
     database into a new file (``COPY FROM DATABASE``), syncs it, replaces the old file atomically and
     removes any write-ahead log, because DuckDB keeps deleted values in free blocks and its WAL. Export
-    files that held the subject are listed in the receipt for the privacy officer to recall.
+    files that held the subject (``export_register`` joined to ``export_members``) are listed in the
+    receipt for the privacy officer to recall from their recipients; the platform's own copies under
+    ``settings.exports_dir`` lose the subject's rows. If the rewrite is interrupted, the request stays
+    ``rewrite_pending`` and the next privacy request finishes it first.
+
+Erasing by a shared identifier (a landline reaching two customers) erases nobody: the dry run lists the
+customers, and the officer erases the right one by ``--customer-id``.
 
 Nothing here logs, prints or raises with an identifier: only counts, table names and request ids.
 """
@@ -346,19 +354,30 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             [subject.kind, subject.value, subject.kind, subject.value],
         )
     # 4. Shared with another customer's record, or a placeholder: kept and never suppressed.
-    if has_stg:
+    if has_stg and has_csr:
         for t in ID_TYPES:
             con.execute(
                 f"""UPDATE _subject_ids SET exclusive = false
                     WHERE identifier_type = '{t}' AND value IN (
                         SELECT s.{t} FROM stg_records s
+                        JOIN customer_source_records l USING (source, source_record_id)
                         WHERE s.{t} IN (SELECT value FROM _subject_ids WHERE identifier_type = '{t}')
-                          AND (s.source, s.source_record_id) NOT IN {_RECORD_PAIRS})"""
+                          AND l.customer_id NOT IN (SELECT customer_id FROM _subject_customers))"""
             )
     con.execute(
         "UPDATE _subject_ids SET placeholder = cdp_is_placeholder(identifier_type, value), "
         "usable = exclusive AND NOT cdp_is_placeholder(identifier_type, value)"
     )
+    # 4b. Records staged since identities were last resolved belong to no customer yet: those carrying one
+    # of the subject's usable identifiers are the subject's too.
+    if has_stg and has_csr:
+        carries = " OR ".join(f"s.{t} IN {_ids(t)}" for t in ID_TYPES)
+        con.execute(
+            f"""INSERT INTO _subject_records
+                SELECT s.source, s.source_record_id, s.unit_id FROM stg_records s
+                ANTI JOIN customer_source_records l USING (source, source_record_id)
+                WHERE {carries}"""
+        )
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):

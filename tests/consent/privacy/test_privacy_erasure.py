@@ -325,7 +325,8 @@ def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
 
 
 def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_path: Path) -> None:
-    """On hand-made tables: the subject's device id is a placeholder, her phone is also a stranger's."""
+    """On hand-made tables: the subject's device id is a placeholder, her phone is also a stranger's, and a
+    web event staged after the last identity run (no customer yet) carries her email."""
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE stg_records (source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, email_key VARCHAR, "
@@ -336,7 +337,8 @@ def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_pat
         """INSERT INTO stg_records VALUES
            ('crm', 'c1', 'crm:c1', 'sub@mail.test', '+441134960000', NULL, NULL, 'c1', NULL, NULL),
            ('app', 'a1', 'app:-1', NULL, NULL, NULL, NULL, NULL, '-1', NULL),
-           ('crm', 'c2', 'crm:c2', 'other@mail.test', '+441134960000', NULL, NULL, 'c2', NULL, NULL)"""
+           ('crm', 'c2', 'crm:c2', 'other@mail.test', '+441134960000', NULL, NULL, 'c2', NULL, NULL),
+           ('web', 'w9', 'web:ck9', 'sub@mail.test', NULL, NULL, NULL, NULL, NULL, 'ck9')"""
     )
     con.execute("CREATE TABLE customer_source_records (source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, "
                 "unit_id VARCHAR)")  # fmt: skip
@@ -351,3 +353,4 @@ def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_pat
         ("email_key", True, False, True), ("phone_e164", False, False, False),
     ]  # fmt: skip
     assert scope.customers == ["S"] and scope.identifier_types["phone_e164"]["shared"] == 1
+    assert scope.records_by_source == {"app": 1, "crm": 1, "web": 1}  # the unresolved event is hers
