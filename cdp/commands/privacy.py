@@ -7,10 +7,15 @@ only request ids, internal customer ids, table names and counts: never the ident
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from cdp.commands.common import DbOption, console, one_line_errors, settings_for
+from cdp.config import Settings
+
+if TYPE_CHECKING:  # consent is imported inside the commands, so that `cdp --help` answers at once
+    from consent.erasure import ErasurePlan, Subject
 
 app = typer.Typer(help="Privacy requests: erasure, access, restriction, and their register.", no_args_is_help=True)
 
@@ -19,13 +24,13 @@ PhoneOption = typer.Option(None, "--phone", help="The subject's phone number (na
 CustomerOption = typer.Option(None, "--customer-id", help="The subject's customer id.")
 
 
-def _subject(settings, email, phone, customer_id):  # type: ignore[no-untyped-def]  # typer values
+def _subject(settings: Settings, email: str | None, phone: str | None, customer_id: str | None) -> Subject:
     from consent.erasure import Subject
 
     return Subject.from_options(email, phone, customer_id, settings.default_region)
 
 
-def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]  # consent.erasure.ErasurePlan
+def _print_plan(plan: ErasurePlan) -> None:
     scope = plan.scope
     console.print(f"request [bold]{plan.request_id}[/bold]")
     console.print(f"customers: {len(scope.customers)}  " + ", ".join(scope.customers))
@@ -56,13 +61,14 @@ def _print_plan(plan) -> None:  # type: ignore[no-untyped-def]  # consent.erasur
     _print_exports(plan.exports)
 
 
-def _print_exports(exports) -> None:  # type: ignore[no-untyped-def]
+def _print_exports(exports: list[dict[str, Any]]) -> None:
     if not exports:
         console.print("exports that contained the subject: none")
         return
     console.print(f"exports that contained the subject ({len(exports)}), to recall from their recipients:")
     for e in exports:
         exists = "present" if e.get("file") and Path(str(e["file"])).exists() else "not on this machine"
+        exists = str(e.get("copy", exists))  # after erasure: what happened to the platform's copy
         console.print(
             f"  {e.get('export_id')}  {e.get('exported_at')}  segment {e.get('segment')}  "
             f"purpose {e.get('purpose')}  file {e.get('file')} ({exists})"

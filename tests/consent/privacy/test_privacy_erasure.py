@@ -354,3 +354,18 @@ def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_pat
     ]  # fmt: skip
     assert scope.customers == ["S"] and scope.identifier_types["phone_e164"]["shared"] == 1
     assert scope.records_by_source == {"app": 1, "crm": 1, "web": 1}  # the unresolved event is hers
+
+
+def test_without_yes_the_cli_asks_and_a_no_erases_nothing(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    args = ["erase", "--customer-id", world.alice, "--db", str(world.settings.db_path)]
+    result = CliRunner().invoke(privacy_cli.app, args, input="n\n")
+    assert result.exit_code == 1 and "not erased; the request stays open" in result.output
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT status FROM privacy_requests").fetchall() == [("open",)]
+    assert con.execute("SELECT count(*) FROM customer_profiles WHERE customer_id = ?", [world.alice]).fetchall() == [
+        (1,)
+    ]
+    con.close()
+    result = CliRunner().invoke(privacy_cli.app, args, input="y\n")
+    assert result.exit_code == 0 and "erasure receipt" in result.output
