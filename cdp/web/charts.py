@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from html import escape
 
 WIDTH, HEIGHT = 560, 220
-PAD_L, PAD_R, PAD_T, PAD_B = 48, 12, 28, 46
+PAD_L, PAD_R, PAD_T, PAD_B = 48, 12, 44, 30
 COLOURS = {"granted": "#2e7d32", "withdrawn": "#c62828", "none": "#b0bec5", "bar": "#3f51b5"}
 
 
@@ -22,30 +22,30 @@ def _frame(title: str, body: list[str], peak: float, legend: Sequence[tuple[str,
     plot_h = HEIGHT - PAD_T - PAD_B
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(title)}">',
+        f'width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
         f'<text x="{PAD_L}" y="16" class="chart-title" font-size="13" font-weight="600">{escape(title)}</text>',
     ]
     for i in range(5):  # gridlines with their values
         value = peak * i / 4
         y = PAD_T + plot_h - plot_h * i / 4
-        label = f"{value:,.0f}" if peak >= 4 else f"{value:,.1f}"
+        label = f"{value:,.0f}"
         parts.append(f'<line x1="{PAD_L}" x2="{WIDTH - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e0e0e0"/>')
         parts.append(f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{escape(label)}</text>')
     parts.extend(body)
-    x = WIDTH - PAD_R
-    for name, colour in reversed(legend):
-        x -= 8 + 7 * len(name) + 18
-        parts.append(f'<rect x="{x}" y="7" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 14}" y="16" font-size="11">{escape(name)}</text>')
+    x = PAD_L
+    for name, colour in legend:  # a row under the title
+        parts.append(f'<rect x="{x}" y="23" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 14}" y="32" font-size="11">{escape(name)}</text>')
+        x += 14 + 7 * len(name) + 16
     parts.append("</svg>")
     return "".join(parts)
 
 
 def _empty(title: str, message: str) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} 60" width="{WIDTH}" '
-        f'height="60" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} 60" width="100%" '
+        f'role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>'
         f'<text x="{PAD_L}" y="16" font-size="13" font-weight="600">{escape(title)}</text>'
         f'<text x="{PAD_L}" y="42" font-size="12" fill="#666">{escape(message)}</text></svg>'
     )
@@ -55,7 +55,8 @@ def stacked(title: str, rows: Sequence[tuple[str, Sequence[tuple[str, float]]]],
     """Vertical bars, one per label, each a stack of (series, value) parts."""
     if not rows or not any(v for _, parts in rows for _, v in parts):
         return _empty(title, empty)
-    peak = max(sum(v for _, v in parts) for _, parts in rows) or 1
+    step = max(1, math.ceil(max(sum(v for _, v in parts) for _, parts in rows) / 4))
+    peak = step * 4  # four gridlines at whole numbers: these are counts
     plot_w, plot_h = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
     slot = plot_w / len(rows)
     bar = max(min(slot * 0.7, 60), 2)

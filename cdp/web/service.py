@@ -266,17 +266,28 @@ def erasure_dry_run(settings: Settings, subj: Any):  # type: ignore[no-untyped-d
 
 
 def erase(settings: Settings, subj: Any, request_id: str):  # type: ignore[no-untyped-def]  # -> ErasureReport
-    """Erase after a dry run: the subject must still resolve to the request the officer confirmed."""
-    from consent import erasure
+    """Erase after a dry run: ``request_id`` must be the open erasure request registered for this subject
+    (``consent.register`` keys requests by the subject's keyed hash), so a confirmation cannot be replayed
+    for another subject or after the request was completed."""
+    from cdp.suppression import load_secret
+    from consent import erasure, register
 
     with _LOCK:
-        planned = erasure.erase(settings, subj, dry_run=True)
-        if planned.request_id != request_id:
+        with store(settings, write=True) as con:
+            register.ensure_register_schema(con)
+            found = con.execute(
+                """SELECT count(*) FROM privacy_requests
+                   WHERE request_id = ? AND kind = 'erasure' AND status = ? AND subject_hash = ?""",
+                [request_id, register.OPEN, subj.hash(load_secret(settings.secret_path))],
+            ).fetchall()[0][0]
+        if not found:
             raise CdpError(
-                f"request {request_id} is not the open erasure request for this subject "
-                f"(that is {planned.request_id}); run the dry run again"
+                f"request {request_id} is not an open erasure request for this subject; run the dry run again"
             )
-        return erasure.erase(settings, subj, dry_run=False)
+        report = erasure.erase(settings, subj, dry_run=False)
+        if report.request_id != request_id:  # open_request reuses the oldest open request of the subject
+            raise CdpError(f"erasure ran as request {report.request_id}, not {request_id}")
+        return report
 
 
 def plan_summary(report: Any) -> dict[str, Any]:
