@@ -5,7 +5,8 @@ A customer may be exported for purpose P only when, at the moment of asking:
 * nothing in :data:`EXCLUSIONS` applies (built in: an active restriction, i.e. a row in ``restrictions``
   with ``lifted_at IS NULL``; the privacy owner adds further rules with :func:`register_exclusion`);
 * their ``consent_state`` for P is ``granted`` (no row means no consent; ``withdrawn`` is withdrawn);
-* their profile has the contact point P's channel needs (:data:`cdp.config.PURPOSE_CHANNEL`);
+* their profile has the contact point P's channel needs (:data:`cdp.config.PURPOSE_CHANNEL`; for ``phone``
+  that is the profile's best *mobile* number, since text messages cannot reach a landline);
 * every other customer whose records carry that same mailbox (by email match key), phone or device has a
   grant for P too and is not excluded (a household's shared address must not reach the member who said no).
 
@@ -109,6 +110,8 @@ _CONTACT_KEYS = {
     "device_id": "SELECT DISTINCT device_id AS contact, device_id AS k FROM stg_records WHERE device_id IS NOT NULL",
 }
 _HOLDER_COLUMN = {"email": "email_key", "phone": "phone_e164", "device_id": "device_id"}
+#: The profile column that holds a channel's contact point: text messages go to mobile numbers only.
+_PROFILE_COLUMN = {"phone": "mobile"}
 
 
 def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str | None) -> str:
@@ -122,6 +125,7 @@ def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str 
     if not table_exists(con, "customer_profiles"):
         raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
     contact = contact_column(purpose)
+    column = _PROFILE_COLUMN.get(contact, contact)
     source = (
         f"SELECT DISTINCT customer_id FROM {candidates}" if candidates else "SELECT customer_id FROM customer_profiles"
     )
@@ -147,11 +151,11 @@ def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str 
     return f"""
     WITH st AS ({state}),
     base AS (
-        SELECT c.customer_id, c.{contact} AS contact,
+        SELECT c.customer_id, c.{column} AS contact,
                CASE {" ".join(whens)}
                     WHEN s.status = 'withdrawn' THEN 'withdrawn'
                     WHEN s.status IS DISTINCT FROM 'granted' THEN 'no_consent'
-                    WHEN c.{contact} IS NULL OR trim(c.{contact}::VARCHAR) = '' THEN 'no_contact_point'
+                    WHEN c.{column} IS NULL OR trim(c.{column}::VARCHAR) = '' THEN 'no_contact_point'
                END AS excluded_because
         FROM customer_profiles c LEFT JOIN st s ON s.customer_id = c.customer_id
     )

@@ -37,19 +37,55 @@ STATE_DDL = """CREATE TABLE IF NOT EXISTS consent_state (
 
 _IDS = ", ".join(EVENT_IDENTIFIERS)
 
-#: (event_id, customer_id) pairs an event applies to, with the identifier kinds it came through.
-APPLICABLE_SQL = f"""
-WITH customer_ids AS (
+
+def _loose_email(col: str) -> str:
+    """A forgiving key for a mistyped email: the local part without punctuation or +tag, and the first label of
+    the domain (``ptaylor@@virginmedia.com``, ``p.taylor@virginmedia.con`` and ``ptaylor@virginmedia.co`` all
+    give ``ptaylor@virginmedia``)."""
+    e = f"lower(regexp_replace({col}, '\\s', '', 'g'))"
+    local = f"regexp_replace(split_part(split_part({e}, '@', 1), '+', 1), '[^a-z0-9]', '', 'g')"
+    domain = f"regexp_replace(split_part(regexp_extract({e}, '@+([^@]*)$', 1), '.', 1), '[^a-z0-9]', '', 'g')"
+    return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
+
+
+def applicable_sql(loose_withdrawals: bool) -> str:
+    """SQL of the (event_id, customer_id) pairs an event applies to, with the identifier kinds it came through.
+
+    With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal whose email did not reach anyone as
+    written (a typo the standardiser could not read, or a mistyped domain) also reaches customers through
+    :func:`_loose_email`. Only withdrawals: applying a withdrawal too widely costs a marketing message, a
+    grant applied too widely would be a breach. Nothing new is stored: the spelling is read from
+    ``raw_consent`` through the event's batch and row.
+    """
+    loose_customers = loose_events = ""
+    if loose_withdrawals:
+        loose_customers = f"""
+        UNION
+        SELECT DISTINCT l.customer_id, 'email_loose' AS kind, {_loose_email("r.email")} AS value
+        FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)
+        WHERE r.email IS NOT NULL"""
+        loose_events = f"""
+        UNION
+        SELECT ev.event_id, 'email_loose' AS kind, {_loose_email("rc.email")} AS value
+        FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
+        WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND ev.event_time <= $as_of
+          AND rc.email IS NOT NULL AND trim(rc.email) <> ''
+          AND (ev.email_key IS NULL
+               OR ev.email_key NOT IN (SELECT value FROM exact_ids WHERE kind = 'email_key'))"""
+    return f"""
+WITH exact_ids AS (
     SELECT DISTINCT customer_id, kind, value FROM (
         UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}
                  FROM stg_records r JOIN customer_source_records l USING (source, source_record_id))
         ON {_IDS} INTO NAME kind VALUE value)
 ),
+customer_ids AS (SELECT * FROM exact_ids {loose_customers}),
 fanout AS (SELECT kind, value, count(*) AS customers FROM customer_ids GROUP BY kind, value),
 event_ids AS (
     SELECT DISTINCT event_id, kind, value FROM (
         UNPIVOT (SELECT event_id, {_IDS} FROM consent_events WHERE event_time <= $as_of)
         ON {_IDS} INTO NAME kind VALUE value)
+    {loose_events}
 ),
 hits AS (
     SELECT e.event_id, c.customer_id, e.kind, f.customers
@@ -60,14 +96,16 @@ unique_targets AS (  -- customers reached through unambiguous identifiers, per e
 )
 SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
 FROM hits h JOIN consent_events ev USING (event_id) LEFT JOIN unique_targets u USING (event_id)
-WHERE ev.status = 'withdrawn' OR (h.customers = 1 AND u.n = 1)
+WHERE ev.status = 'withdrawn' OR (h.customers = 1 AND u.n = 1 AND h.kind <> 'email_loose')
 GROUP BY h.event_id, h.customer_id
 """
 
-_STATE_SQL = f"""
+
+def _state_sql(loose_withdrawals: bool) -> str:
+    return f"""
 SELECT a.customer_id, ev.purpose, ev.status, ev.event_time AS updated_at, ev.source, ev.event_id,
        ev.origin, ev.policy_version, a.via, $as_of::TIMESTAMP AS computed_at
-FROM ({APPLICABLE_SQL}) a JOIN consent_events ev USING (event_id)
+FROM ({applicable_sql(loose_withdrawals)}) a JOIN consent_events ev USING (event_id)
 QUALIFY row_number() OVER (
     PARTITION BY a.customer_id, ev.purpose
     ORDER BY ev.event_time DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
@@ -93,7 +131,7 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, as_of: datetime | None =
     try:
         con.execute("DELETE FROM consent_state")
         if table_exists(con, "stg_records") and table_exists(con, "customer_source_records"):
-            con.execute(f"INSERT INTO consent_state {_STATE_SQL}", params)
+            con.execute(f"INSERT INTO consent_state {_state_sql(table_exists(con, 'raw_consent'))}", params)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -113,7 +151,7 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, as_of: datetime | None =
 def _reached_events(con: duckdb.DuckDBPyConnection, params: dict[str, datetime]) -> dict[str, int]:
     if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
         return {"reached": 0, "ambiguous_grants": 0}
-    sql = APPLICABLE_SQL.split("SELECT h.event_id, h.customer_id")[0]  # the CTEs, reused as they are
+    sql = applicable_sql(table_exists(con, "raw_consent")).split("SELECT h.event_id, h.customer_id")[0]  # the CTEs
     reached, ambiguous = con.execute(
         sql
         + """SELECT count(DISTINCT h.event_id),

@@ -17,6 +17,7 @@ An order is a web/app ``purchase`` event or a store transaction; web and app pur
 Example::
 
     >>> import duckdb
+import pandas as pd
     >>> from cdp.config import Settings
     >>> con = duckdb.connect()
     >>> build_customer_profiles(con, Settings())  # doctest: +SKIP
@@ -26,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import duckdb
+import pandas as pd
 
 from cdp.config import Settings
 
@@ -35,6 +37,7 @@ SURVIVING_FIELDS: dict[str, str] = {
     "last_name": "last_name",
     "email": "email",
     "phone": "phone_e164",
+    "mobile": "mobile_e164",  # phone_e164 when it is a mobile number: the contact point of sms_marketing
     "date_of_birth": "date_of_birth",
     "address_line1": "address_line1",
     "city": "city",
@@ -52,6 +55,7 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "last_name": "VARCHAR",
     "email": "VARCHAR",
     "phone": "VARCHAR",
+    "mobile": "VARCHAR",
     "date_of_birth": "DATE",
     "city": "VARCHAR",
     "postcode": "VARCHAR",
@@ -98,9 +102,11 @@ def _profile_sql(fields: dict[str, str]) -> str:
     return f"""
     WITH linked AS (
         SELECT r.*, l.customer_id,
-               coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank
+               coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank,
+               CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
         FROM stg_records r
         JOIN customer_source_records l USING (source, source_record_id)
+        LEFT JOIN _phone_kinds k USING (phone_e164)
     ),
     chosen AS (
         SELECT customer_id, {chosen},
@@ -138,13 +144,46 @@ def _profile_sql(fields: dict[str, str]) -> str:
     """
 
 
+def phone_kinds(phones: list[str]) -> pd.DataFrame:
+    """``phone_e164, mobile``: whether each E.164 number is a mobile (or fixed-line-or-mobile) number.
+
+    Uses phonenumbers' metadata. Parsing is slow (about 0.25 ms), so numbers are classified by their first
+    eight characters (country code and the leading digits that decide the type in national numbering
+    plans), parsing one number per prefix.
+    """
+    import phonenumbers
+
+    mobile_types = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+    by_prefix: dict[str, bool] = {}
+    flags = []
+    for phone in phones:
+        prefix = phone[:8]
+        if prefix not in by_prefix:
+            try:
+                by_prefix[prefix] = phonenumbers.number_type(phonenumbers.parse(phone)) in mobile_types
+            except phonenumbers.NumberParseException:
+                by_prefix[prefix] = False
+        flags.append(by_prefix[prefix])
+    return pd.DataFrame({"phone_e164": pd.Series(phones, dtype="string"), "mobile": flags})
+
+
+def _register_phone_kinds(con: duckdb.DuckDBPyConnection) -> None:
+    rows = con.execute("SELECT DISTINCT phone_e164 FROM stg_records WHERE phone_e164 IS NOT NULL").fetchall()
+    phones = [r[0] for r in rows]
+    con.register("_phone_kinds", phone_kinds(phones))
+
+
 def build_customer_profiles(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, int]:
     """(Re)build ``customer_profiles`` from ``stg_records`` and ``customer_source_records``.
 
     Returns counts only (no personal data): profiles written and source records they draw on.
     """
     sql = _profile_sql(SURVIVING_FIELDS)
-    con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", [list(settings.survivorship)])
+    _register_phone_kinds(con)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", [list(settings.survivorship)])
+    finally:
+        con.unregister("_phone_kinds")
     profiles, records = con.execute(
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]

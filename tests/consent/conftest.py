@@ -46,7 +46,7 @@ LINKS = """CREATE TABLE customer_source_records (
 RESTRICTIONS = """CREATE TABLE restrictions (
     customer_id VARCHAR, request_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, lifted_at TIMESTAMP)"""
 
-HOUSEHOLD = "+447700900999"
+HOUSEHOLD = "+447911100999"
 T0 = datetime(2026, 1, 1, 9)
 
 
@@ -86,7 +86,7 @@ def make_world(con: duckdb.DuckDBPyConnection) -> None:
     for ddl in (STG_RECORDS, STG_CONSENT, LINKS, RESTRICTIONS):
         con.execute(ddl)
     add_record(con, "cA", "crm", "crmA", T0, crm_id="crmA", user_id="uA", email="a@example.com",
-               phone_e164="+447700900001", first_name="ann", last_name="archer")  # fmt: skip
+               phone_e164="+447911100001", first_name="ann", last_name="archer")  # fmt: skip
     add_record(con, "cA", "web", "wA", at(2), anonymous_id="anonA", user_id="uA", event_type="login")
     add_record(con, "cB", "crm", "crmB", T0, crm_id="crmB", email="b@example.com", loyalty_id="LB",
                first_name="bob", last_name="baker")  # fmt: skip
@@ -101,7 +101,7 @@ def make_world(con: duckdb.DuckDBPyConnection) -> None:
     add_record(con, "cG", "crm", "crmG", T0, crm_id="crmG", email="g@example.com")
 
     add_consent(con, "k1", at(1), "email_marketing", "granted", email="a@example.com")
-    add_consent(con, "k2", at(1), "sms_marketing", "granted", phone_e164="+447700900001")
+    add_consent(con, "k2", at(1), "sms_marketing", "granted", phone_e164="+447911100001")
     add_consent(con, "k3", at(1), "email_marketing", "granted", crm_id="crmB")
     add_consent(con, "k4", at(5), "email_marketing", "withdrawn", phone_e164=HOUSEHOLD)  # at a store
     add_consent(con, "k5", at(6), "email_marketing", "granted", email="c@example.com")

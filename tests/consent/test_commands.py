@@ -35,7 +35,7 @@ def test_profile_show_by_email_phone_and_id(db: Path):
     assert "customer cA" in by_email.output and "Ann" in by_email.output and "crmA" in by_email.output
     assert "email_marketing" in by_email.output and "granted" in by_email.output
     assert "no (no_consent)" in by_email.output  # e.g. push_marketing: no event, no consent
-    household = cdp("profile", "show", "--phone", "07700 900999", "--db", str(db))
+    household = cdp("profile", "show", "--phone", "07911 100999", "--db", str(db))
     assert household.exit_code == 0 and "2 customers carry this identifier" in household.output
     assert "customer cB" in household.output and "customer cC" in household.output
     restricted = cdp("profile", "show", "--customer-id", "cE", "--db", str(db))

@@ -40,7 +40,7 @@ def test_a_shared_contact_point_is_left_out_while_any_holder_may_not_be_contacte
     w.rebuild(con, as_of=w.at(20))
     sms = enforce.approve(con, "sms_marketing").rows
     assert sms.to_dict("records") == [
-        {"customer_id": "cA", "phone": "+447700900001"},
+        {"customer_id": "cA", "phone": "+447911100001"},
         {"customer_id": "cB", "phone": w.HOUSEHOLD},
         {"customer_id": "cC", "phone": w.HOUSEHOLD},
     ]  # once every holder of the household phone has granted, it may be used
@@ -62,7 +62,7 @@ def test_purpose_channels(con):
     push = enforce.approve(con, "push_marketing")
     assert push.rows.to_dict("records") == [{"customer_id": "cF", "device_id": "devF"}]
     sms = enforce.approve(con, "sms_marketing")
-    assert sms.rows.to_dict("records") == [{"customer_id": "cA", "phone": "+447700900001"}]
+    assert sms.rows.to_dict("records") == [{"customer_id": "cA", "phone": "+447911100001"}]
     analytics = enforce.approve(con, "analytics")
     assert list(analytics.rows.columns) == ["customer_id"] and analytics.rows.empty
 
@@ -112,3 +112,13 @@ def test_verify_sees_a_withdrawal_made_after_approval(con, w):
 def test_unknown_purpose_is_one_line(con):
     with pytest.raises(CdpError, match="unknown purpose 'spam'"):
         enforce.approve(con, "spam")
+
+
+def test_sms_needs_a_mobile_number(con, w):
+    w.add_record(con, "cD", "store", "tD", w.at(4), phone_e164="+442079460001", store_id="s1")  # a landline
+    w.add_consent(con, "k90", w.at(5), "sms_marketing", "granted", crm_id="crmD")
+    w.rebuild(con, as_of=w.at(20))
+    decided = enforce.decide(con, "sms_marketing").set_index("customer_id")
+    assert decided.loc["cD", "excluded_because"] == "no_contact_point"
+    phone = con.execute("SELECT phone FROM customer_profiles WHERE customer_id = 'cD'").fetchall()[0][0]
+    assert phone == "+442079460001"  # shown on the profile, never texted

@@ -57,7 +57,7 @@ def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path, w):
     rows = pd.read_parquet(out)
     assert list(rows.columns) == ["customer_id", "phone", "first_name", "total_spend"]
     assert rows.to_dict("records")[0]["customer_id"] == "cC" and len(rows) == 1
-    assert rows["phone"].tolist() == ["+447700900999"] and rows["first_name"].tolist() == ["Cat"]
+    assert rows["phone"].tolist() == ["+447911100999"] and rows["first_name"].tolist() == ["Cat"]
 
 
 def test_writing_unapproved_rows_directly_is_refused_and_writes_nothing(con, tmp_path: Path):

@@ -81,3 +81,34 @@ def test_state_counts_carry_no_personal_data(con, w):
     counts = build_consent_state(con, as_of=w.at(20))
     assert set(counts) == {"granted", "withdrawn", "events", "unmatched_events", "ambiguous_grants"}
     assert counts["ambiguous_grants"] == 1 and all(isinstance(v, int) for v in counts.values())
+
+
+def test_withdrawal_with_a_mistyped_email_still_reaches_the_customer_but_a_grant_does_not(con, w):
+    from cdp.store import raw_ddl
+
+    con.execute(raw_ddl("consent"))
+    typos = [
+        ("k80", "email_marketing", "withdrawn", "a@@example.com", 1),
+        ("k81", "analytics", "granted", "d@@example.com", 2),
+    ]
+    for cid, purpose, status, written, row in typos:
+        w.add_consent(con, cid, w.at(10), purpose, status, batch_id="b9", row_number=row)  # staging: email unreadable
+        con.execute(
+            "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
+            "VALUES (?, ?, ?, ?, ?, 'b9', ?)",
+            [cid, w.at(10), purpose, status, written, row],
+        )
+    w.add_consent(
+        con, "k82", w.at(10), "email_marketing", "withdrawn", email="c@example.con", batch_id="b9", row_number=3
+    )
+    con.execute(
+        "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
+        "VALUES ('k82', ?, 'email_marketing', 'withdrawn', 'C@Example.con', 'b9', 3)",
+        [w.at(10)],
+    )
+    w.rebuild(con, as_of=w.at(20))
+    email = w.states(con, "email_marketing")
+    assert email["cA"] == "withdrawn" and email["cC"] == "withdrawn"  # 'a@@example.com', 'c@example.con'
+    via = con.execute("SELECT via FROM consent_state WHERE customer_id = 'cA' AND purpose = 'email_marketing'")
+    assert via.fetchall()[0][0] == "email_loose"
+    assert "cD" not in w.states(con, "analytics")  # a mistyped grant grants nothing

@@ -50,7 +50,7 @@ def con():
         last_name="o connor",
         email="mj@example.com",
         email_key="mj@example.com",
-        phone_e164="+447700900001",
+        phone_e164="+447911100001",
         date_of_birth="1980-05-04",
         postcode="SW1A1AA",
     )
@@ -63,7 +63,7 @@ def con():
         first_name="mary",
         last_name="oconnor",
         email="mary.new@example.com",
-        phone_e164="+447700900099",
+        phone_e164="+447911100099",
         postcode="E11AA",
         amount=Decimal("20.00"),
         store_id="s1",
@@ -118,7 +118,7 @@ def test_trusted_source_wins_over_newer_untrusted_value(con):
     p = profiles(con)["c1"]
     assert (p["first_name"], p["last_name"]) == ("Mary-Jane", "O Connor")
     assert p["first_name_source"] == "crm" and p["first_name_at"] == datetime(2026, 1, 1, 10)
-    assert p["email"] == "mj@example.com" and p["phone"] == "+447700900001"
+    assert p["email"] == "mj@example.com" and p["phone"] == "+447911100001"
     assert str(p["date_of_birth"])[:10] == "1980-05-04" and p["postcode"] == "SW1A1AA"
 
 
@@ -151,3 +151,12 @@ def test_traits_count_orders_once_across_channels(con):
 
 def test_counts_are_returned_without_personal_data(con):
     assert build_customer_profiles(con, Settings()) == {"profiles": 2, "records": 8}
+
+
+def test_mobile_is_the_best_mobile_number_not_a_landline(con):
+    add_record(con, "c2", "store", "t9", "2026-02-02 10:00", phone_e164="+447911100123")
+    con.execute("UPDATE stg_records SET phone_e164 = '+442079460000' WHERE source_record_id = 'crm2'")
+    p = profiles(con)
+    assert p["c2"]["phone"] == "+442079460000" and p["c2"]["phone_source"] == "crm"  # the trusted source
+    assert p["c2"]["mobile"] == "+447911100123" and p["c2"]["mobile_source"] == "store"
+    assert p["c1"]["mobile"] == p["c1"]["phone"] == "+447911100001"
