@@ -1300,8 +1300,15 @@ def _people_frame(w: _World, crm: _Part | None) -> pd.DataFrame:
     )
     if crm is not None:  # no_shared_ids: the only emails and phones are the per-record ones
         per = pd.DataFrame({"p": crm.person, "e": crm.frame["email"].values, "t": crm.e164})
-        out["emails"] = per.groupby("p")["e"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
-        out["phones"] = per.groupby("p")["t"].agg(lambda s: ";".join(s.dropna())).reindex(range(w.n)).values
+        for column, values in (("emails", "e"), ("phones", "t")):
+            present = per.dropna(subset=[values])
+            nth = present.groupby("p").cumcount().values
+            parts = []
+            for k in range(int(nth.max()) + 1 if len(nth) else 0):
+                part = np.full(w.n, None, dtype=object)
+                part[present["p"].values[nth == k]] = present[values].values[nth == k]
+                parts.append(part)
+            out[column] = _joined(parts) if parts else ""
     return out
 
 
