@@ -450,9 +450,8 @@ class _World:
     user: np.ndarray  # user_id string or None
     loyalty: np.ndarray  # loyalty_id string or None
     # households
-    hh_line1: np.ndarray  # canonical "12 High Street"
-    hh_street: np.ndarray  # (number, street, suffix) pieces for messy variants
-    hh_flat: np.ndarray
+    hh_street: np.ndarray  # (number, street index, suffix index): the first address line, in pieces
+    hh_flat: np.ndarray  # "Flat 3" or None
     hh_city: np.ndarray
     hh_postcode: np.ndarray
     hh_landline: np.ndarray
@@ -489,9 +488,6 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     numbers = rng.integers(1, 200, h)
     streets = rng.choice(len(_STREETS), size=h, p=_zipf(len(_STREETS), 3))
     suffixes = rng.choice(len(_SUFFIXES), size=h)
-    hh_line1 = np.array(
-        [f"{a} {_STREETS[s]} {_SUFFIXES[x]}" for a, s, x in zip(numbers, streets, suffixes, strict=True)], dtype=object
-    )
     hh_street = np.stack([numbers, streets, suffixes], axis=1)
     flats = rng.random(h) < 0.18
     hh_flat = _where(flats, np.char.add("Flat ", rng.integers(1, 30, h).astype(str)).astype(object))
@@ -597,7 +593,7 @@ def _people(rng: np.random.Generator, n: int) -> _World:
     email_table, phone_table = contacts.tables()
     return _World(
         n=n, household=household, first=first, last=last, maiden=maiden, dob=dob, emails=emails,
-        mobile=mobile, user=user, loyalty=loyalty, hh_line1=hh_line1, hh_street=hh_street, hh_flat=hh_flat,
+        mobile=mobile, user=user, loyalty=loyalty, hh_street=hh_street, hh_flat=hh_flat,
         hh_city=hh_city, hh_postcode=hh_postcode, hh_landline=hh_landline, hh_family_email=hh_family_email,
         contacts=contacts,
         email_table=email_table,
