@@ -16,6 +16,7 @@ Splink runs on its own in-memory DuckDB connection: its scratch tables never lan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -294,6 +295,25 @@ def scaled_prior(model: dict[str, Any], meta: dict[str, Any], n_units: int) -> f
     return min(max(prior, 1e-12), 0.5)
 
 
+def measure_prior(session: SplinkSession) -> float:
+    """Re-measure the share of matching pairs on this run's data; m and u stay as trained.
+
+    The prior is a property of the data (how many duplicates each person has), not of the model: a
+    CRM-only export with two contacts a person needs a larger one than the world the model was trained
+    on. Deterministic rules (:data:`PRIOR_RULES`) count near-certain matches; their assumed recall scales
+    the count up. When the rules find nothing, the trained prior scaled to this size is kept.
+    """
+    settings = session.linker._settings_obj  # Splink keeps the prior on its settings object
+    before = settings._probability_two_random_records_match
+    # ValueError: more rule matches than the assumed recall allows (tiny inputs); keep the trained prior
+    with contextlib.suppress(ValueError):
+        session.linker.training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)
+    measured = float(settings._probability_two_random_records_match)
+    if not 0 < measured < 0.5:
+        settings._probability_two_random_records_match = before
+    return float(settings._probability_two_random_records_match)
+
+
 def predict_pairs(
     con: duckdb.DuckDBPyConnection,
     threshold_weight: float,
@@ -318,6 +338,7 @@ def predict_pairs(
     model["retain_matching_columns"] = False
     session = open_session(con, model, threads=threads, memory_limit=memory_limit)
     try:
+        prior = measure_prior(session)
         scored = session.linker.inference.predict(threshold_match_weight=threshold_weight)
         install_macros(session.con)
         # Precision guard: a pair that disagrees on who it is (clearly different first names, or dates of
@@ -362,6 +383,7 @@ def predict_pairs(
         "person_units": n_units,
         "model_pairs": pairs.num_rows,
         "model_pairs_vetoed": vetoed,
+        "model_prior": prior,
         "model_ambiguous_units": ambiguous,
         "model_seconds": round(time.perf_counter() - started, 2),
     }
