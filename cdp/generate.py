@@ -79,7 +79,7 @@ UNIT = {"web": "anonymous_id", "app": "device_id", "store": "transaction_id", "c
 RECORD_SOURCES = ("web", "app", "store", "crm")
 _DEFAULT_FILES = {"web": 6, "app": 4, "store": 4, "crm": 3, "consent": 3}
 # One column per source that only some batches carry: ingestion must keep it, not fail on it.
-_EXTRA_COLUMN = {"web": "user_agent", "store": "till_id", "crm": "source_system", "app": "", "consent": ""}
+_EXTRA_COLUMN = {"web": "user_agent", "store": "till_id", "crm": "source_system"}
 
 # ---------------------------------------------------------------------------------------------------------
 # Reference data. Names are written in their display form; nicknames mirror identity/data/nicknames.csv.
@@ -994,7 +994,6 @@ def _web(rng, w: _World) -> _Part:
     for j, col in enumerate(("utm_source", "utm_medium", "utm_campaign")):
         vals = np.array([u[j] or None for u in _UTM], dtype=object)[which]
         f[col] = _where(utm, vals)
-    f["user_agent"] = np.asarray(_USER_AGENTS, dtype=object)[rng.integers(0, len(_USER_AGENTS), c)][cookie]
     return part
 
 
@@ -1232,16 +1231,13 @@ def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.n
     order = np.argsort(seconds, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
     chunks = np.array_split(np.arange(len(frame)), count)
-    extra = _EXTRA_COLUMN[source]
     days = (WINDOW_END - WINDOW_START).astype("timedelta64[D]").astype(int)
     for i, rows in enumerate(chunks):
         day = WINDOW_START.astype("datetime64[D]") + int(round((i + 1) * days / count))
         name = f"{source}-{day}" if count <= days else f"{source}-{day}-{i:04d}"
         batch = frame.iloc[rows]
-        if extra and extra in batch.columns and i != 0 and not (source == "store" and i == count - 1):
-            batch = batch.drop(columns=[extra])
-        elif source == "store" and i == count - 1:
-            batch = batch.assign(till_id="T" + pd.Series(rows % 9 + 1, index=batch.index).astype(str))
+        if i == (count - 1 if source == "store" else 0) and source in _EXTRA_COLUMN:
+            batch = batch.assign(**{_EXTRA_COLUMN[source]: _extra_values(source, rows)})
         fmt = _file_format(source, i, count) if len(batch) else "csv"  # an empty JSON Lines file has no header
         path = folder / f"{name}.{fmt}"
         if fmt == "csv" and source == "crm":  # quoted only where needed, like most CRM exports
@@ -1258,6 +1254,15 @@ def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.n
             table = table.cast(pa.schema([pa.field(c, pa.string()) for c in batch.columns]))
             pq.write_table(table, path, compression="zstd")
     return len(chunks)
+
+
+def _extra_values(source: str, rows: np.ndarray) -> np.ndarray:
+    """Values of the one non-contract column a source's batch carries (a browser, a till, a system name)."""
+    if source == "web":
+        return np.asarray(_USER_AGENTS, dtype=object)[rows % len(_USER_AGENTS)]
+    if source == "store":
+        return ("T" + pd.Series(rows % 9 + 1).astype(str)).values
+    return np.full(len(rows), "crm-eu-1", dtype=object)
 
 
 def _arrow_csv(frame: pd.DataFrame, path: Path, quoting: str = "needed") -> None:
@@ -1389,8 +1394,7 @@ def generate_world(
         if source not in parts:
             continue
         p = parts[source]
-        frame = p.frame.reindex(columns=[*COLUMNS[source], *([_EXTRA_COLUMN[source]] if
-                                _EXTRA_COLUMN[source] in p.frame else [])])  # fmt: skip
+        frame = p.frame.reindex(columns=list(COLUMNS[source]))
         bad, bad_seconds = _malformed(rng, source, p)
         pieces, secs = [frame, bad], [p.seconds, bad_seconds]
         if source == "crm" and shared:
