@@ -95,9 +95,12 @@ def write_export(
     """Check ``rows`` against consent once more, then write them (0600) and record the export."""
     fmt = export_format(out)
     enforce.verify(con, purpose, rows)  # the last word, just before any byte is written
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CdpError(f"{out}: cannot write the export here ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             if fmt == "csv":

@@ -121,3 +121,11 @@ def test_csv_lists_are_flattened(con, settings, tmp_path: Path):
     export.export_segment(con, settings, "chan", "email_marketing", out)
     assert pd.read_csv(out, keep_default_na=False)["channels"].tolist() == ["web", "store", ""]
     assert export._flat(pd.DataFrame({"channels": [["app", "web"]]}))["channels"].tolist() == ["app;web"]
+
+
+def test_unwritable_destination_is_one_line(con, settings, tmp_path: Path):
+    blocked = tmp_path / "not_a_dir"
+    blocked.write_text("a file where a folder should be")
+    with pytest.raises(CdpError, match="cannot write the export here") as caught:
+        export_segment(con, settings, "all_customers", "email_marketing", blocked / "out.csv")
+    assert "\n" not in str(caught.value) and registered(con) == 0
