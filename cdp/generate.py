@@ -1224,9 +1224,6 @@ def _file_format(source: str, i: int, count: int) -> str:
 
 def _write_batches(folder: Path, source: str, frame: pd.DataFrame, seconds: np.ndarray, count: int) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"{source}-*"):
-        if old.suffix in (".csv", ".parquet", ".jsonl"):
-            old.unlink()
     count = max(1, min(count, len(frame)))  # never an empty batch (an empty JSON Lines file has no columns)
     order = np.argsort(seconds, kind="stable")
     frame = frame.iloc[order].reset_index(drop=True)
@@ -1357,6 +1354,10 @@ def generate_world(
     out = Path(out)
     truth = Path(str(out) + "-truth")
     rng = np.random.default_rng(seed)
+    for source in COLUMNS:  # batches of an earlier run (of any mode) would mix with this world
+        for old in (out / source).glob(f"{source}-*"):
+            if old.suffix in (".csv", ".parquet", ".jsonl"):
+                old.unlink()
 
     w = _people(rng, customers)
     shared = mode == "omnichannel"

@@ -504,6 +504,8 @@ def test_files_per_source_and_rerun_replaces_old_batches(tmp_path):
     summary = generate_world(out, customers=60, seed=1, files_per_source=2)
     assert all(len(list((out / s).iterdir())) == 2 for s in ("web", "app", "store", "crm", "consent"))
     assert summary.files == {s: 2 for s in ("crm", "web", "app", "store", "consent")}
+    generate_world(out, customers=60, seed=1, mode="no_shared_ids")
+    assert [s for s in ("web", "app", "store", "crm", "consent") if any((out / s).iterdir())] == ["crm"]
 
 
 def test_nickname_list_covers_the_generator_and_has_its_header():
