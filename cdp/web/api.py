@@ -243,17 +243,15 @@ def restriction(
     return ok({"request_id": result.request_id, "customers": result.customers, "changed": result.changed})
 
 
-@router.get("/customers", tags=["customers"])
+@router.post("/customers/lookup", tags=["customers"])
 def find_customers(
-    request: Request,
-    by: SubjectKind = Query(...),
-    value: str = Query(..., min_length=1, max_length=320),
-    who: Principal = Depends(api_user(*PRIVACY)),
+    body: SubjectRequest, request: Request, who: Principal = Depends(api_user(*PRIVACY))
 ) -> JSONResponse:
-    """Customer ids carrying the identifier (several for a shared household phone)."""
+    """Customer ids carrying the identifier (several for a shared household phone); the identifier travels
+    in the body, never in a URL."""
     settings = settings_of(request)
-    ids = service.find_customers(settings, by, value)
-    service.audit(settings, who.user, "web_customer_lookup", f"lookup by {by}", len(ids))
+    ids = service.find_customers(settings, body.by, body.value)
+    service.audit(settings, who.user, "web_customer_lookup", f"lookup by {body.by}", len(ids))
     return ok({"customer_ids": ids})
 
 

@@ -40,7 +40,7 @@ INBOX = {
         "transaction_id,transaction_time,store_id,loyalty_id,email,phone,first_name,last_name,postcode,"
         "amount,currency,items\n"
         "T-1,2025-03-01T12:00:00Z,S1,L-1,Alice.Smith@GMail.com,,Alice,Smith,N1 1AA,125.00,GBP,2\n"
-        "T-2,2025-03-02T12:00:00Z,S1,,dan.brown@gmail.com,07700 900123,Dan,Brown,E1 6AN,310.00,GBP,4\n"
+        "T-2,2025-03-02T12:00:00Z,S1,,dan.brown@gmail.com,07911 123456,Dan,Brown,E1 6AN,310.00,GBP,4\n"
         "T-3,2025-03-03T12:00:00Z,S2,L-3,carol.jones@yahoo.co.uk,,Carol,Jones,LS1 1AA,150.00,GBP,1\n"
         "T-4,2025-03-04T12:00:00Z,S2,L-2,,,Bob,Other,N1 1AA,220.00,GBP,1\n"
     ),
@@ -60,7 +60,7 @@ INBOX = {
         "K-2,2025-02-02T00:00:00Z,email_marketing,granted,crm,v1,bob.other@fastmail.co.uk,,,\n"
         "K-3,2025-02-10T00:00:00Z,email_marketing,withdrawn,preference_centre,v1,,,,C-2\n"
         "K-4,2025-03-02T12:00:00Z,email_marketing,granted,store_form,v1,dan.brown@gmail.com,,,\n"
-        "K-5,2025-03-02T12:00:00Z,sms_marketing,granted,store_form,v1,,07700 900123,,\n"
+        "K-5,2025-03-02T12:00:00Z,sms_marketing,granted,store_form,v1,,07911 123456,,\n"
         "K-6,2025-04-03T09:00:00Z,email_marketing,granted,web_banner,v1,erin.west@gmail.com,,,\n"
     ),
 }

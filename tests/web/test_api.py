@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from cdp.users import UserStore, hash_password, verify_password
 from consent import enforce
 
+LANDLINE = "020 7946 0123"  # Alice and Bob share it (conftest.INBOX)
 World = Any  # conftest.World; importlib mode keeps test modules from importing conftest
 
 MARKETER, PRIVACY, ANY = ("marketer",), ("privacy_officer",), ("marketer", "privacy_officer")
@@ -40,7 +41,7 @@ ROUTES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("POST", "/api/privacy/erasure"): PRIVACY,
     ("POST", "/api/privacy/access"): PRIVACY,
     ("POST", "/api/privacy/restriction"): PRIVACY,
-    ("GET", "/api/customers"): PRIVACY,
+    ("POST", "/api/customers/lookup"): PRIVACY,
     ("GET", "/api/customers/{customer_id}"): PRIVACY,
     ("POST", "/login"): None,  # exchanges a password for a session; refuses (401) anything else
     ("POST", "/logout"): ANY,
@@ -156,6 +157,10 @@ def test_marketer_never_sees_raw_profiles_nor_erases(client: TestClient, auth, w
     assert client.post("/api/privacy/erasure/dry-run", headers=auth("marketer"), json=body).status_code == 403
     assert client.post("/api/privacy/access", headers=auth("marketer"), json=body).status_code == 403
     assert client.get(f"/api/customers/{alice}", headers=auth("privacy_officer")).status_code == 200
+    found = client.post(
+        "/api/customers/lookup", headers=auth("privacy_officer"), json={"by": "phone", "value": LANDLINE}
+    )
+    assert found.json() == {"customer_ids": sorted([alice, world.customer_of("crm", "C-2")])}  # a shared landline
 
 
 def test_marketer_export_holds_only_consented_customers(client: TestClient, auth, world: World):
@@ -190,7 +195,7 @@ def test_parquet_export_and_preview_counts(client: TestClient, auth):
     )  # fmt: skip
     frame = pd.read_parquet(io.BytesIO(response.content))
     assert list(frame.columns) == ["customer_id", "phone", "first_name"] and frame["phone"].tolist() == [
-        "+447700900123"
+        "+447911123456"
     ]
 
 
@@ -244,7 +249,7 @@ def test_privacy_officer_dry_run_then_confirm_erases(client: TestClient, auth, w
 def test_access_and_restriction_for_privacy_officers(client: TestClient, auth, world: World):
     alice = world.customer_of("crm", "C-1")
     access = client.post("/api/privacy/access", headers=auth("privacy_officer"),
-                         json={"by": "phone", "value": "07700 900123"})  # fmt: skip
+                         json={"by": "phone", "value": "07911 123456"})  # fmt: skip
     assert access.status_code == 200 and access.json()["customer_ids"] == [world.customer_of("store", "T-2")]
     restricted = client.post("/api/privacy/restriction", headers=auth("privacy_officer"),
                              json={"by": "customer_id", "value": alice})  # fmt: skip
