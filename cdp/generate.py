@@ -1324,6 +1324,55 @@ def _person_ids(n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The (person, unit, key) evidence table, and per source whether each row's unit shares a key with
+    another unit of the same person (its cookie's or device's other events count: keys are per unit)."""
+    frames, units = [], {}
+    for number, source in enumerate(RECORD_SOURCES, start=1):
+        if source not in parts:
+            continue
+        p = parts[source]
+        units[source] = number * 10**10 + p.unit
+        if p.key_rows:
+            rows = np.concatenate(p.key_rows)
+            frames.append(
+                pd.DataFrame(
+                    {"person": p.person[rows], "unit": units[source][rows], "key": np.concatenate(p.key_codes)}
+                )
+            )
+    keys = pd.concat(frames, ignore_index=True).drop_duplicates()
+    shared = keys.groupby(["person", "key"])["unit"].transform("size") >= 2
+    connected = np.unique(keys.loc[shared, "unit"].values)
+    return keys, {source: np.isin(codes, connected) for source, codes in units.items()}
+
+
+def _consent_truth(
+    consent: _Part, purpose: np.ndarray, granted: np.ndarray, app: _Part, person_ids: np.ndarray
+) -> pd.DataFrame:
+    """Each person's latest consent per purpose, over the consent events and the app's push opt-in/out
+    events (push_marketing consent too: the consent ledger reads them)."""
+    push = app.frame["event_type"].isin(["push_opt_in", "push_opt_out"]).values
+    person = np.r_[consent.person, app.person[push]]
+    purposes = np.r_[purpose, np.full(int(push.sum()), PURPOSES.index("push_marketing"))]
+    seconds = np.r_[consent.seconds, app.seconds[push]]
+    status = np.r_[granted, app.frame["event_type"].values[push] == "push_opt_in"]
+    order = np.lexsort((seconds, purposes, person))
+    person, purposes, seconds, status = person[order], purposes[order], seconds[order], status[order]
+    last = np.r_[(person[1:] != person[:-1]) | (purposes[1:] != purposes[:-1]), True][: len(person)]
+    return pd.DataFrame(
+        {
+            "person_id": person_ids[person[last]],
+            "purpose": np.asarray(PURPOSES, dtype=object)[purposes[last]],
+            "status": np.where(status[last], "granted", "withdrawn"),
+            "event_time": _iso(seconds[last]),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The public function
 
 
@@ -1367,25 +1416,7 @@ def generate_world(
         parts["web"] = _web(rng, w)
         parts["app"] = _app(rng, w)
 
-    # Which units could be connected to another unit of the same person.
-    key_frames = []
-    unit_code: dict[str, np.ndarray] = {}
-    for s_i, source in enumerate(RECORD_SOURCES):
-        if source not in parts:
-            continue
-        p = parts[source]
-        unit_code[source] = (s_i + 1) * 10**10 + p.unit
-        if p.key_rows:
-            rows = np.concatenate(p.key_rows)
-            key_frames.append(
-                pd.DataFrame(
-                    {"person": p.person[rows], "unit": unit_code[source][rows], "key": np.concatenate(p.key_codes)}
-                )  # fmt: skip
-            )
-    keys = pd.concat(key_frames, ignore_index=True).drop_duplicates()
-    shared_keys = keys.groupby(["person", "key"])["unit"].transform("size") >= 2
-    connected = np.unique(keys.loc[shared_keys, "unit"].values)
-
+    keys, connectable = _connectable(parts)
     summary = GenerateSummary(out, truth, mode, seed, customers, int(w.household.max()) + 1)
     count = files_per_source
     truth.mkdir(parents=True, exist_ok=True)
@@ -1416,7 +1447,7 @@ def generate_world(
                     "source_record_id": frame[KEY[source]].values,
                     "unit_id": source + ":" + frame[UNIT[source]].astype(str).values,
                     "person_id": person_ids[p.person],
-                    "connectable": np.where(np.isin(unit_code[source], connected), "true", "false"),
+                    "connectable": np.where(connectable[source], "true", "false"),
                 }
             )
         )
@@ -1435,25 +1466,7 @@ def generate_world(
         summary.rows["consent"] = len(full)
         summary.malformed["consent"] = len(bad)
         summary.consent_events = len(consent.frame)
-        # The app's push_opt_in / push_opt_out events are push_marketing consent too (the ledger reads them).
-        app = parts["app"]
-        push = app.frame["event_type"].isin(["push_opt_in", "push_opt_out"]).values
-        person = np.r_[consent.person, app.person[push]]
-        purposes = np.r_[purpose, np.full(int(push.sum()), PURPOSES.index("push_marketing"))]
-        seconds = np.r_[consent.seconds, app.seconds[push]]
-        status = np.r_[granted, app.frame["event_type"].values[push] == "push_opt_in"]
-        order = np.lexsort((seconds, purposes, person))
-        person, purposes, seconds, status = person[order], purposes[order], seconds[order], status[order]
-        last = np.r_[(person[1:] != person[:-1]) | (purposes[1:] != purposes[:-1]), len(person) > 0]
-        last = last[: len(person)]
-        consent_truth = pd.DataFrame(
-            {
-                "person_id": person_ids[person[last]],
-                "purpose": np.asarray(PURPOSES, dtype=object)[purposes[last]],
-                "status": np.where(status[last], "granted", "withdrawn"),
-                "event_time": _iso(seconds[last]),
-            }
-        )
+        consent_truth = _consent_truth(consent, purpose, granted, parts["app"], person_ids)
     consent_truth.to_csv(truth / "consent.csv", index=False, lineterminator="\n")
     _people_frame(w, None if shared else parts["crm"]).to_csv(truth / "people.csv", index=False, lineterminator="\n")
     summary.seconds = time.perf_counter() - started
