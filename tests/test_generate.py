@@ -1,6 +1,7 @@
 """The synthetic world generator (cdp.generate): file layout, determinism, ground truth, messiness.
 
-Reads the generated files back with pandas only; ingestion and identity resolution are not touched.
+Reads the generated files back with pandas (and compares values with the pure standardisers of
+identity.standardise); ingestion, the store and identity resolution are not touched.
 """
 
 from __future__ import annotations
