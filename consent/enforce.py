@@ -231,6 +231,8 @@ def verify(con: duckdb.DuckDBPyConnection, purpose: str, rows: pd.DataFrame) -> 
         raise ConsentViolation(f"export rows for {purpose} must carry customer_id and {contact}")
     if rows.empty:
         return
+    if rows["customer_id"].isna().any():
+        raise ConsentViolation(f"export rows for {purpose} without a customer_id; nothing was written")
     decided = decide(con, purpose, rows[["customer_id"]]).set_index("customer_id")
     ids = rows["customer_id"].astype("string")
     now = decided.loc[ids].reset_index(drop=True)

@@ -92,6 +92,8 @@ def test_verify_refuses_a_redirected_contact_point(con):
     redirected = pd.DataFrame({"customer_id": ["cA"], "email": ["someone.else@example.com"]})
     with pytest.raises(enforce.ConsentViolation):
         enforce.verify(con, "email_marketing", redirected)
+    with pytest.raises(enforce.ConsentViolation, match="without a customer_id"):
+        enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": [None], "email": ["a@example.com"]}))
     with pytest.raises(enforce.ConsentViolation, match="must carry customer_id and email"):
         enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": ["cA"]}))
 
