@@ -180,22 +180,23 @@ KEPT_TABLES: dict[str, str] = {
 def uncovered_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Tables of the store that the erasure map does not cover (schema-qualified outside ``main``)."""
     rows = con.execute(
-        """SELECT table_schema, table_name FROM information_schema.tables
-           WHERE table_catalog = current_database() AND table_type = 'BASE TABLE'
-           ORDER BY 1, 2"""
+        """SELECT schema_name, table_name FROM duckdb_tables()
+           WHERE database_name = current_database() ORDER BY 1, 2"""
     ).fetchall()
     known = set(ERASURE_MAP) | set(KEPT_TABLES)
     return [name if schema == "main" else f"{schema}.{name}" for schema, name in rows
             if not (schema == "main" and name in known)]  # fmt: skip
 
 
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    rows = con.execute(
-        """SELECT column_name FROM information_schema.columns
-           WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ?""",
-        [table],
-    ).fetchall()
-    return {r[0] for r in rows}
+def _schema(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """Table -> columns of the store's ``main`` schema (one catalog query; information_schema is 3x slower)."""
+    schema: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        """SELECT table_name, column_name FROM duckdb_columns()
+           WHERE database_name = current_database() AND schema_name = 'main'"""
+    ).fetchall():
+        schema.setdefault(table, set()).add(column)
+    return schema
 
 
 def present_rules(con: duckdb.DuckDBPyConnection) -> dict[str, Rule]:
@@ -208,8 +209,9 @@ def present_rules(con: duckdb.DuckDBPyConnection) -> dict[str, Rule]:
             "(add them to consent/erasure.py ERASURE_MAP or KEPT_TABLES)"
         )
     rules = {}
+    schema = _schema(con)
     for table, rule in ERASURE_MAP.items():
-        cols = _columns(con, table)
+        cols = schema.get(table, set())
         if not cols:
             continue
         missing = [c for c in rule.columns if c not in cols]
@@ -267,10 +269,6 @@ class Scope:
     quarantined_rows: int
 
 
-def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(_columns(con, table))
-
-
 def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
     for table in SCOPE_TABLES:
         con.execute(f"DROP TABLE IF EXISTS temp.{table}")
@@ -291,8 +289,9 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
-    has_stg, has_csr = _exists(con, "stg_records"), _exists(con, "customer_source_records")
-    has_history = _exists(con, "customer_id_history")
+    schema = _schema(con)
+    has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
+    has_history = "customer_id_history" in schema
 
     # 1. The customers the named identifier reaches.
     if subject.kind == "customer_id":
@@ -381,7 +380,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):
-        cols = _columns(con, table)
+        cols = schema.get(table, set())
         if cols:
             id_cols = [t for t in ID_TYPES if t in cols]
             where = _any_identifier(id_cols) if id_cols else "false"
@@ -391,8 +390,8 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             )
 
     # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
-    quarantined = _scan_quarantine(con, region)
-    _collect_phone_spellings(con)
+    quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
+    _collect_phone_spellings(con, schema)
     return _scope_counts(con, len(seeds), quarantined)
 
 
@@ -423,8 +422,6 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
     """Mark quarantined rows whose raw content carries one of the subject's usable identifiers (normalised
     as ingestion does) or the key of one of the subject's records. Malformed CSV lines are kept as
     ``{"line": ...}``: their comma-separated fields are checked the same way."""
-    if not _exists(con, "quarantine"):
-        return 0
     from identity.standardise import email_match_key, normalise_phone
 
     usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
@@ -484,13 +481,13 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
     return len(hits)
 
 
-def _collect_phone_spellings(con: duckdb.DuckDBPyConnection) -> None:
+def _collect_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> None:
     """Phone spellings on raw rows that go, and on no raw row that stays."""
     going, staying = [], []
     for source in ("app", "store", "crm", "consent"):
         table = raw_table(source)
         rule = ERASURE_MAP[table]
-        if _exists(con, table):
+        if table in schema:
             going.append(f"SELECT phone FROM {table} WHERE phone IS NOT NULL AND ({rule.where})")
             staying.append(f"SELECT phone FROM {table} WHERE phone IS NOT NULL AND NOT coalesce({rule.where}, false)")
     if going:
@@ -558,7 +555,8 @@ class ErasureReport:
 
 
 def exports_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    reg, members = _columns(con, "export_register"), _columns(con, "export_members")
+    schema = _schema(con)
+    reg, members = schema.get("export_register", set()), schema.get("export_members", set())
     if not reg or not members or "export_id" not in reg:
         return []
     rows = con.execute(
