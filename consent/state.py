@@ -48,8 +48,9 @@ def _loose_email(col: str) -> str:
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
-def applicable_sql(loose_withdrawals: bool) -> str:
-    """SQL of the (event_id, customer_id) pairs an event applies to, with the identifier kinds it came through.
+def hits_sql(loose_withdrawals: bool) -> str:
+    """SQL of every (event, customer, identifier kind) an event reaches, with the kind's fan-out (customers
+    carrying that value) and ``n``, the number of customers the event reaches through unambiguous kinds.
 
     With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal whose email did not reach anyone as
     written (a typo the standardiser could not read, or a mistyped domain) also reaches customers through
@@ -92,20 +93,24 @@ hits AS (
     FROM event_ids e JOIN customer_ids c USING (kind, value) JOIN fanout f USING (kind, value)
 ),
 unique_targets AS (  -- customers reached through unambiguous identifiers, per event
-    SELECT event_id, count(DISTINCT customer_id) AS n FROM hits WHERE customers = 1 GROUP BY event_id
+    SELECT event_id, count(DISTINCT customer_id) AS n FROM hits WHERE customers = 1 AND kind <> 'email_loose'
+    GROUP BY event_id
 )
-SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
-FROM hits h JOIN consent_events ev USING (event_id) LEFT JOIN unique_targets u USING (event_id)
-WHERE ev.status = 'withdrawn' OR (h.customers = 1 AND u.n = 1 AND h.kind <> 'email_loose')
-GROUP BY h.event_id, h.customer_id
+SELECT h.*, coalesce(u.n, 0) AS n FROM hits h LEFT JOIN unique_targets u USING (event_id)
 """
 
 
-def _state_sql(loose_withdrawals: bool) -> str:
-    return f"""
+#: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above).
+_STATE_SQL = """
+WITH applicable AS (
+    SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
+    FROM _consent_hits h JOIN consent_events ev USING (event_id)
+    WHERE ev.status = 'withdrawn' OR (h.customers = 1 AND h.n = 1 AND h.kind <> 'email_loose')
+    GROUP BY h.event_id, h.customer_id
+)
 SELECT a.customer_id, ev.purpose, ev.status, ev.event_time AS updated_at, ev.source, ev.event_id,
        ev.origin, ev.policy_version, a.via, $as_of::TIMESTAMP AS computed_at
-FROM ({applicable_sql(loose_withdrawals)}) a JOIN consent_events ev USING (event_id)
+FROM applicable a JOIN consent_events ev USING (event_id)
 QUALIFY row_number() OVER (
     PARTITION BY a.customer_id, ev.purpose
     ORDER BY ev.event_time DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
@@ -127,37 +132,32 @@ def build_consent_state(con: duckdb.DuckDBPyConnection, as_of: datetime | None =
     ensure_state(con)
     as_of = as_of or datetime.now().replace(tzinfo=None)
     params = {"as_of": as_of}
+    linked = table_exists(con, "stg_records") and table_exists(con, "customer_source_records")
+    reached = ambiguous = 0
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM consent_state")
-        if table_exists(con, "stg_records") and table_exists(con, "customer_source_records"):
-            con.execute(f"INSERT INTO consent_state {_state_sql(table_exists(con, 'raw_consent'))}", params)
+        if linked:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(table_exists(con, 'raw_consent'))}", params
+            )
+            con.execute(f"INSERT INTO consent_state {_STATE_SQL}", params)
+            reached, ambiguous = con.execute(
+                """SELECT count(DISTINCT h.event_id),
+                          count(DISTINCT h.event_id) FILTER (WHERE ev.status = 'granted' AND h.n <> 1)
+                   FROM _consent_hits h JOIN consent_events ev USING (event_id)"""
+            ).fetchall()[0]
+            con.execute("DROP TABLE _consent_hits")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     counts = dict(con.execute("SELECT status, count(*) FROM consent_state GROUP BY status").fetchall())
     events = int(con.execute("SELECT count(*) FROM consent_events").fetchall()[0][0])
-    reached = _reached_events(con, params)
     return {
         "granted": int(counts.get("granted", 0)),
         "withdrawn": int(counts.get("withdrawn", 0)),
         "events": events,
-        "unmatched_events": events - reached["reached"],
-        "ambiguous_grants": reached["ambiguous_grants"],
+        "unmatched_events": events - int(reached),
+        "ambiguous_grants": int(ambiguous),
     }
-
-
-def _reached_events(con: duckdb.DuckDBPyConnection, params: dict[str, datetime]) -> dict[str, int]:
-    if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
-        return {"reached": 0, "ambiguous_grants": 0}
-    sql = applicable_sql(table_exists(con, "raw_consent")).split("SELECT h.event_id, h.customer_id")[0]  # the CTEs
-    reached, ambiguous = con.execute(
-        sql
-        + """SELECT count(DISTINCT h.event_id),
-                    count(DISTINCT h.event_id) FILTER (WHERE ev.status = 'granted' AND coalesce(u.n, 0) <> 1)
-             FROM hits h JOIN consent_events ev USING (event_id)
-             LEFT JOIN unique_targets u USING (event_id)""",
-        params,
-    ).fetchall()[0]
-    return {"reached": int(reached), "ambiguous_grants": int(ambiguous)}
