@@ -70,6 +70,7 @@ SCOPE_TABLES = (
     "_subject_consent",
     "_subject_quarantine",
     "_subject_phones",
+    "_subject_phone_spellings",
 )
 
 
@@ -93,6 +94,22 @@ def _any_identifier(columns: Iterable[str]) -> str:
     return " OR ".join(f"{c} IN {_ids(c)}" for c in columns)
 
 
+def _raw_carries(*columns: str) -> str:
+    """A raw row (values as written) carries one of the subject's usable identifiers in ``columns``.
+
+    Ids are compared trimmed (as staging does); phones by their spellings in ``phone_map``. Emails are
+    not matched here: a raw email is only normalised in staging, and every staged record carrying one of
+    the subject's emails is already among the subject's records (see :func:`find_subject`).
+    """
+    parts = []
+    for column in columns:
+        if column == "phone":
+            parts.append("phone IN (SELECT raw FROM _subject_phone_spellings)")
+        else:
+            parts.append(f"trim({column}) IN {_ids(column)}")
+    return " OR ".join(parts)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How the subject's rows of one table are found: a predicate over the table's own columns."""
@@ -103,20 +120,29 @@ class Rule:
 
 
 ERASURE_MAP: dict[str, Rule] = {
-    # Raw layer: by the source's own key (every version of it), plus events of the subject's own cookies
-    # and devices; raw_consent by the consent events that are the subject's.
+    # Raw layer: by the source's own key (every version of it), plus every row carrying one of the
+    # subject's exclusive identifiers (all events of their cookies and devices, older versions of their
+    # contacts); raw_consent by the consent events that are the subject's.
     "raw_web": Rule(
-        "web events of the subject's records and of their cookies",
-        f"event_id IN {_keys('web')} OR trim(anonymous_id) IN {_ids('anonymous_id')}",
-        ("event_id", "anonymous_id"),
+        "web events of the subject's records, cookies and account",
+        f"event_id IN {_keys('web')} OR {_raw_carries('anonymous_id', 'user_id')}",
+        ("event_id", "anonymous_id", "user_id"),
     ),
     "raw_app": Rule(
-        "app events of the subject's records and of their devices",
-        f"event_id IN {_keys('app')} OR trim(device_id) IN {_ids('device_id')}",
-        ("event_id", "device_id"),
+        "app events of the subject's records, devices, account and phones",
+        f"event_id IN {_keys('app')} OR {_raw_carries('device_id', 'user_id', 'phone')}",
+        ("event_id", "device_id", "user_id", "phone"),
     ),
-    "raw_store": Rule("store transactions of the subject", f"transaction_id IN {_keys('store')}", ("transaction_id",)),
-    "raw_crm": Rule("every version of the subject's CRM contacts", f"crm_id IN {_keys('crm')}", ("crm_id",)),
+    "raw_store": Rule(
+        "store transactions of the subject's records, loyalty cards and phones",
+        f"transaction_id IN {_keys('store')} OR {_raw_carries('loyalty_id', 'phone')}",
+        ("transaction_id", "loyalty_id", "phone"),
+    ),
+    "raw_crm": Rule(
+        "every version of the subject's CRM contacts, and contacts carrying their ids or phones",
+        f"crm_id IN {_keys('crm')} OR {_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone')}",
+        ("crm_id", "user_id", "loyalty_id", "phone"),
+    ),
     "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),
     "quarantine": Rule(
         "rejected rows whose raw content carries an identifier or record key of the subject",
@@ -289,6 +315,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR)")
     schema = _schema(con)
     has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
     has_history = "customer_id_history" in schema
@@ -390,6 +417,10 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             )
 
     # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
+    if "phone_map" in schema:
+        con.execute(
+            f"INSERT INTO _subject_phone_spellings SELECT raw FROM phone_map WHERE e164 IN {_ids('phone_e164')}"
+        )
     quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
     _collect_phone_spellings(con, schema)
     return _scope_counts(con, len(seeds), quarantined)

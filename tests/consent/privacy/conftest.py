@@ -4,13 +4,13 @@ runs with ``--import-mode=importlib``, so test modules cannot import each other 
 test_privacy_world.py checks that the world is what the other privacy tests assume.
 
 Identity runs the real ``resolve_identities`` with the Splink step replaced by "no model pairs", so
-customers come from the deterministic identifier graph alone. The world: Alice (CRM contact, a store
-receipt under another spelling of her email, a web cookie with a login and an anonymous page view, an
-app device, a consent grant, three quarantined rows carrying her email -- two without a time, one
-malformed CSV line), Bob (CRM contact and a store
-receipt with the same landline as Alice, a consent grant), Carol (unrelated), and a withdrawal that
-names only the shared landline. Storage is uncompressed so that a grep of the database file sees every
-value (LIBRARY-NOTES: compression hides strings from grep).
+customers come from the deterministic identifier graph alone. The world: Alice (CRM contact and an
+older version of it under her old email, a store receipt under another spelling of her email, a web
+cookie with a login and an anonymous page view, an app device, a consent grant, three quarantined rows
+carrying her email: two without a time, one malformed CSV line), Bob (CRM contact and a store receipt
+with the same landline as Alice, a consent grant), Carol (unrelated), and a withdrawal that names only
+the shared landline. Storage is uncompressed so that a grep of the database file sees every value
+(LIBRARY-NOTES: compression hides strings from grep).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ALICE_EMAIL = "Alice.Smith+shop@gmail.com"  # as written in CRM
 ALICE_STRINGS = (  # every spelling and identifier of Alice that reaches the store
     b"Alice.Smith+shop@gmail.com", b"alice.smith+shop@gmail.com", b"alicesmith@gmail.com",
     b"AliceSmith@GMAIL.com", b"ALICE.SMITH@gmail.com", b"U-ALICE-9", b"L-ALICE-77", b"C-ALICE-1",
-    b"ck-alice-1", b"dev-alice-1", b"+447700900461", b"07700 900461",
+    b"ck-alice-1", b"dev-alice-1", b"+447700900461", b"07700 900461", b"alice.old@yahoo.co.uk",
 )  # fmt: skip
 LANDLINE = "020 7946 0123"
 LANDLINE_E164 = "+442079460123"
@@ -48,6 +48,14 @@ INBOX = {
         "L-BOB-12,U-BOB-3,2025-01-02T10:00:00Z,2025-06-02T10:00:00Z\n"
         "C-CAROL-3,Carol,Jones,carol.jones@yahoo.co.uk,07700 900999,1990-07-07,9 Elm Road,Leeds,LS1 1AA,GB,"
         "L-CAROL-5,U-CAROL-4,2025-01-03T10:00:00Z,2025-06-03T10:00:00Z\n"
+    ),
+    # An older export of Alice's contact, under her old email: raw keeps both versions, staging the latest.
+    "crm/contacts_2024.csv": (
+        "crm_id,first_name,last_name,email,phone,date_of_birth,loyalty_id,user_id,created_at,updated_at\n"
+        "C-ALICE-1,Alice,Smith,alice.old@yahoo.co.uk,,1985-02-03,L-ALICE-77,,2024-01-01T10:00:00Z,"
+        "2024-01-01T10:00:00Z\n"
+        "C-CAROL-3,Carol,Jones,carol.jones@yahoo.co.uk,,1990-07-07,L-CAROL-5,,2024-01-03T10:00:00Z,"
+        "2024-01-03T10:00:00Z\n"
     ),
     "store/receipts.csv": (
         "transaction_id,transaction_time,store_id,loyalty_id,email,phone,first_name,last_name,postcode,"

@@ -56,7 +56,7 @@ def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: A
     assert plan.scope.customers == [world.alice]
     assert plan.scope.records_by_source == {"app": 2, "crm": 1, "store": 1, "web": 2}
     assert plan.table_counts["raw_web"] == 2 and plan.table_counts["raw_app"] == 2
-    assert plan.table_counts["raw_crm"] == 1 and plan.table_counts["raw_store"] == 1
+    assert plan.table_counts["raw_crm"] == 2 and plan.table_counts["raw_store"] == 1  # both CRM versions
     assert plan.table_counts["raw_consent"] == 1  # K-1; K-3 names only the shared landline
     assert plan.table_counts["quarantine"] == 3  # T-4, W-5 and a malformed line carry her email
     assert plan.table_counts["customer_profiles"] == 1 and plan.table_counts["export_members"] == 1
@@ -152,6 +152,7 @@ def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(
     # one new row for Dave, so that each file is new content and goes through suppression.
     dave = {
         "crm/contacts.csv": "C-DAVE-4,Dave,New,dave.new@fastmail.co.uk,,,,,,,,,,\n",
+        "crm/contacts_2024.csv": "C-DAVE-4,Dave,New,dave.new@fastmail.co.uk,,,,,2024-01-01T00:00:00Z,\n",
         "store/receipts.csv": "T-5,2025-03-05T12:00:00Z,S1,,dave.new@fastmail.co.uk,,Dave,New,,1.00,GBP,1\n",
         "web/events.csv": "W-6,2025-04-06T09:00:00Z,ck-dave-1,,dave.new@fastmail.co.uk,page_view,/\n",
         "app/events.csv": "A-4,2025-05-06T08:00:00Z,dev-dave-1,,dave.new@fastmail.co.uk,,app_open,ios\n",
@@ -162,8 +163,8 @@ def test_reingesting_the_upstream_files_brings_none_of_the_subject_back(
     )
     con = connect(world.settings.db_path)
     counts = pw.run_pipeline(con, world.settings, world.inbox)
-    # Her rows: CRM, store receipt, 2 web + 2 app events, consent; the quarantined rows with her email too.
-    assert counts["suppressed"] == 9
+    # Her rows: 2 CRM versions, store receipt, 2 web + 2 app events, consent; the rows without a time too.
+    assert counts["suppressed"] == 10
     for table in ("raw_crm", "raw_store", "raw_web", "raw_app", "raw_consent", "stg_records", "quarantine"):
         where = "WHERE reason NOT LIKE 'malformed CSV line%'" if table == "quarantine" else ""  # see below
         rows = con.execute(f"SELECT * FROM {table} {where}").fetchall()
@@ -238,7 +239,7 @@ def test_a_table_the_map_does_not_cover_stops_erasure_before_anything_happens(wo
         erasure.erase(world.settings, ALICE, dry_run=False, con=con)
     con = connect(world.settings.db_path)
     assert con.execute("SELECT count(*) FROM privacy_requests").fetchall()[0][0] == 0
-    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 1
+    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 2
     con.close()
 
 
@@ -275,7 +276,7 @@ def test_a_request_while_another_process_holds_the_store_fails_in_one_line_with_
         holder.wait(timeout=30)
     con = connect(world.settings.db_path)
     assert not table_exists(con, "privacy_requests")  # not even the register was touched
-    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 1
+    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 2
     con.close()
 
 
@@ -286,7 +287,7 @@ def test_the_cli_dry_run_then_erase_prints_counts_and_a_receipt_without_identifi
     db = ["--db", str(world.settings.db_path)]
     dry = CliRunner().invoke(privacy_cli.app, ["erase", "--email", "Alice.Smith+x@gmail.com", "--dry-run", *db])
     assert dry.exit_code == 0, dry.output
-    assert world.alice in dry.output and "raw_crm: 1" in dry.output and "nothing erased" in dry.output
+    assert world.alice in dry.output and "raw_crm: 2" in dry.output and "nothing erased" in dry.output
     request_id = re.search(r"request (PR-\S+)", dry.output).group(1)  # type: ignore[union-attr]
     done = CliRunner().invoke(privacy_cli.app, ["erase", "--email", "Alice.Smith+x@gmail.com", "--yes", *db])
     assert done.exit_code == 0, done.output

@@ -41,10 +41,13 @@ def test_access_document_holds_every_record_of_the_subject_with_provenance_and_n
         source: sorted(r["event_id"] if "event_id" in r else r.get("transaction_id") or r["crm_id"] for r in rows)
         for source, rows in doc["records"].items()
     }
-    assert keys == {"web": ["W-1", "W-2"], "app": ["A-1", "A-2"], "store": ["T-1"], "crm": ["C-ALICE-1"]}
-    crm = doc["records"]["crm"][0]
-    assert crm["file"] == "crm/contacts.csv" and crm["row_number"] == 1 and crm["batch_id"]
-    assert crm["email"] == "Alice.Smith+shop@gmail.com" and crm["date_of_birth"] == "1985-02-03"
+    crm_versions = ["C-ALICE-1", "C-ALICE-1"]  # every version held, not only the latest
+    assert keys == {"web": ["W-1", "W-2"], "app": ["A-1", "A-2"], "store": ["T-1"], "crm": crm_versions}
+    crm = {r["file"]: r for r in doc["records"]["crm"]}
+    assert crm["crm/contacts.csv"]["row_number"] == 1 and crm["crm/contacts.csv"]["batch_id"]
+    assert crm["crm/contacts.csv"]["email"] == "Alice.Smith+shop@gmail.com"
+    assert crm["crm/contacts_2024.csv"]["email"] == "alice.old@yahoo.co.uk"
+    assert crm["crm/contacts.csv"]["date_of_birth"] == "1985-02-03"
     assert [p["customer_id"] for p in doc["profiles"]] == [world.alice]
     assert [c["consent_id"] for c in doc["consent_received"]] == ["K-1"]
     assert [e["event_id"] for e in doc["consent_ledger"]] == ["consent:K-1"]
@@ -57,12 +60,12 @@ def test_access_document_holds_every_record_of_the_subject_with_provenance_and_n
     assert len(doc["identity_links"]) == 6
     # Nothing of Bob (who shares her landline) or Carol.
     assert [s for s in BOB_STRINGS if s in text] == []
-    assert result.records == 6
+    assert result.records == 7
     con = connect(world.settings.db_path)
     assert con.execute("SELECT kind, status, records_affected FROM privacy_requests").fetchall() == [
-        ("access", "completed", 6)
+        ("access", "completed", 7)
     ]
-    assert con.execute("SELECT action, count FROM audit_log").fetchall() == [("access", 6)]
+    assert con.execute("SELECT action, count FROM audit_log").fetchall() == [("access", 7)]
     con.close()
 
 
@@ -76,7 +79,7 @@ def test_access_command_writes_the_file_and_prints_counts_only(
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert doc["customer_ids"] == [world.bob] and len(doc["records"]["crm"]) == 1
+    assert doc["customer_ids"] == [world.bob] and len(doc["records"]["crm"]) == 1  # Bob has one version
     assert "bob.other" not in result.output and "7946" not in result.output
 
 
