@@ -56,6 +56,21 @@ def ensure_register(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(ddl)
 
 
+#: Profile columns that reach a person. An export carries only the one its purpose needs.
+CONTACT_FIELDS = ("email", "phone", "mobile", "device_id")
+
+
+def check_fields(segment: Segment, purpose: str) -> None:
+    """Refuse segment fields that are contact points the purpose does not need (data minimisation)."""
+    needed = enforce.contact_column(purpose)
+    extra = [f for f in segment.fields if f in CONTACT_FIELDS and f != needed]
+    if extra:
+        raise CdpError(
+            f"{segment.file}: fields {', '.join(extra)} are contact points {purpose} does not need; "
+            f"an export for it carries {needed} only"
+        )
+
+
 def export_format(out: Path) -> str:
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
@@ -75,6 +90,7 @@ def export_segment(
 
 def export_selected(con: duckdb.DuckDBPyConnection, segment: Segment, purpose: str, out: Path) -> ExportResult:
     """Export an already loaded segment (the scheduled activation asset uses this)."""
+    check_fields(segment, purpose)
     candidates = select_segment(con, segment)
     counts = enforce.exclusion_counts(con, purpose, candidates)
     audience = enforce.approve(con, purpose, candidates)

@@ -122,20 +122,30 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
 def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from datetime import UTC, datetime
 
+    from cdp.errors import CdpError
     from consent.export import export_selected
     from consent.segments import Segment, load_segments
 
     settings = store.settings
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    segments = [s for s in load_segments(settings.segments_dir).values() if isinstance(s, Segment) and s.activations]
+    found = load_segments(settings.segments_dir)
+    invalid = [name for name, s in found.items() if not isinstance(s, Segment)]
+    if invalid:  # segment names and file errors only: definitions, not people
+        context.log.warning(f"{len(invalid)} segment files are invalid and were skipped: {', '.join(invalid)}")
+    segments = [s for s in found.values() if isinstance(s, Segment) and s.activations]
     exported: dict[str, int] = {}
     export_ids: list[str] = []
+    failed: list[str] = []
     con = store.connect()
     try:
         for segment in segments:
             for purpose in segment.activations:
                 out = settings.exports_dir / segment.name / f"{purpose}-{stamp}.csv"
-                result = export_selected(con, segment, purpose, out)
+                try:
+                    result = export_selected(con, segment, purpose, out)
+                except CdpError as exc:  # one bad activation must not stop the others; the run still fails
+                    failed.append(f"{segment.name}.{purpose}: {exc}")
+                    continue
                 exported[f"{segment.name}.{purpose}"] = result.row_count
                 export_ids.append(result.export_id)
                 context.log.info(
@@ -143,13 +153,15 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
                 )
     finally:
         con.close()
-    return dg.MaterializeResult(
-        metadata={
-            "exports": len(export_ids),
-            "export_ids": ",".join(export_ids),
-            **{f"rows.{k}": v for k, v in exported.items()},
-        }
-    )
+    metadata = {
+        "exports": len(export_ids),
+        "export_ids": ",".join(export_ids),
+        "invalid_segments": len(invalid),
+        **{f"rows.{k}": v for k, v in exported.items()},
+    }
+    if failed:
+        raise dg.Failure(description=f"{len(failed)} activation(s) failed: " + "; ".join(failed), metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset_check(

@@ -77,3 +77,14 @@ def test_export_check_fails_when_an_exported_customer_may_no_longer_be_contacted
     report = verify_exports(con, [done.export_id])
     con.close()
     assert report["not_allowed"] == 1 and report["problems"] == 1 and report["rows"] == 3
+
+
+def test_a_failing_activation_fails_the_run_after_the_others(store: CdpStore, tmp_path: Path):
+    segments = tmp_path / "segments"
+    (segments / "greedy.yaml").write_text("name: greedy\nwhere: true\nfields: [email]\nactivations: [sms_marketing]\n")
+    result = dg.materialize(ALL[:4], resources={"store": store}, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "greedy.sms_marketing" in str(failure.event_specific_data.error.message)
+    files = sorted(p.name.split("-")[0] for p in (tmp_path / "home" / "exports" / "everyone").iterdir())
+    assert files == ["email_marketing", "sms_marketing"]  # the other segment's exports were still written

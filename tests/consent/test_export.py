@@ -129,3 +129,12 @@ def test_unwritable_destination_is_one_line(con, settings, tmp_path: Path):
     with pytest.raises(CdpError, match="cannot write the export here") as caught:
         export_segment(con, settings, "all_customers", "email_marketing", blocked / "out.csv")
     assert "\n" not in str(caught.value) and registered(con) == 0
+
+
+def test_an_export_carries_no_contact_point_its_purpose_does_not_need(con, settings, tmp_path: Path):
+    (settings.segments_dir / "greedy.yaml").write_text("name: greedy\nwhere: true\nfields: [email, first_name]\n")
+    with pytest.raises(CdpError, match="fields email are contact points sms_marketing does not need"):
+        export_segment(con, settings, "greedy", "sms_marketing", tmp_path / "g.csv")
+    assert not (tmp_path / "g.csv").exists() and registered(con) == 0
+    export_segment(con, settings, "greedy", "email_marketing", tmp_path / "g.csv")  # the email is what it needs
+    assert list(pd.read_csv(tmp_path / "g.csv").columns) == ["customer_id", "email", "first_name"]
