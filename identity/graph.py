@@ -32,6 +32,10 @@ import pandas as pd
 #: Key types that can join units, in the order edges are reported.
 KEY_TYPES = ("user_id", "loyalty_id", "email_key", "phone_e164", "crm_id", "device_id", "anonymous_id")
 
+#: Key types that name a unit themselves: on the unit's own records they cannot join it to another unit,
+#: so only their appearances on other units' records are read (none, in the contract's sources today).
+UNIT_PREFIX = {"crm_id": "crm:", "anonymous_id": "web:", "device_id": "app:"}
+
 #: Values of any key type that stand for "no value".
 PLACEHOLDER_VALUES = (
     "null", "none", "nil", "nan", "n/a", "na", "unknown", "undefined", "unset", "-1", "0", "test", "testing",
@@ -200,15 +204,25 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") ->
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _units AS
-        WITH u AS (
-            SELECT unit_id, min(source) AS source, count(*) AS n_records,
-                   min(first_name) AS first_name, min(last_name) AS last_name,
+        WITH a AS (SELECT unit_id, min(source) AS source, count(*) AS n_records FROM {records} GROUP BY unit_id),
+        p AS (
+            -- person attributes: only rows that carry one (most events carry none)
+            SELECT unit_id, min(first_name) AS first_name, min(last_name) AS last_name,
                    min(date_of_birth) AS dob, min(email_key) AS email_key,
                    min(phone_e164) AS phone_e164, min(postcode) AS postcode,
                    cdp_address(min(address_line1)) AS address_line1, min(city) AS city,
-                   min(user_id) FILTER (WHERE NOT cdp_is_placeholder('user_id', user_id)) AS user_id,
-                   min(loyalty_id) FILTER (WHERE NOT cdp_is_placeholder('loyalty_id', loyalty_id)) AS loyalty_id
-            FROM {records} GROUP BY unit_id
+                   min(user_id) AS user_id, min(loyalty_id) AS loyalty_id
+            FROM {records}
+            WHERE first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL
+               OR email_key IS NOT NULL OR phone_e164 IS NOT NULL OR postcode IS NOT NULL
+               OR address_line1 IS NOT NULL OR user_id IS NOT NULL OR loyalty_id IS NOT NULL
+            GROUP BY unit_id
+        ),
+        u AS (
+            SELECT a.*, p.* EXCLUDE (unit_id, user_id, loyalty_id),
+                   CASE WHEN NOT cdp_is_placeholder('user_id', p.user_id) THEN p.user_id END AS user_id,
+                   CASE WHEN NOT cdp_is_placeholder('loyalty_id', p.loyalty_id) THEN p.loyalty_id END AS loyalty_id
+            FROM a LEFT JOIN p USING (unit_id)
         )
         SELECT u.*, coalesce(n.canonical, split_part(u.first_name, ' ', 1)) AS first_canon
         FROM u LEFT JOIN (SELECT name, min(canonical) AS canonical FROM _nicknames GROUP BY name) n
@@ -251,13 +265,17 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
     install_macros(con)
     build_units(con)
     keys_sql = " UNION ALL ".join(
-        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL" for t in KEY_TYPES
+        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL"
+        + (f" AND unit_id <> '{UNIT_PREFIX[t]}' || {t}" if t in UNIT_PREFIX else "")
+        for t in KEY_TYPES
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _raw_keys AS
-        SELECT unit_id, id_type, id_value, count(*) AS n, cdp_is_placeholder(id_type, id_value) AS placeholder
-        FROM ({keys_sql}) GROUP BY ALL
+        WITH k AS (SELECT unit_id, id_type, id_value, count(*) AS n FROM ({keys_sql}) GROUP BY ALL),
+        v AS (SELECT id_type, id_value, cdp_is_placeholder(id_type, id_value) AS placeholder
+              FROM (SELECT DISTINCT id_type, id_value FROM k))
+        SELECT k.*, v.placeholder FROM k JOIN v USING (id_type, id_value)
         """
     )
     # Guard 2: a unit with several values of one type keeps only a strict-majority value.
@@ -310,7 +328,7 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         ),
         conflicts AS (
             SELECT DISTINCT a.id_type, a.id_value FROM who a JOIN who b
-              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.who::VARCHAR < b.who::VARCHAR
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND hash(a.who) < hash(b.who)
             WHERE cdp_disagree(a.who, b.who)
         )
         SELECT s.id_type, s.id_value, s.n_units,

@@ -106,7 +106,7 @@ def _conflicting_clusters(con: duckdb.DuckDBPyConnection) -> int:
             WHERE u.first_name IS NOT NULL OR u.dob IS NOT NULL OR u.user_id IS NOT NULL OR u.loyalty_id IS NOT NULL
         ),
         multi AS (SELECT anchor FROM p GROUP BY anchor HAVING count(*) > 1)
-        SELECT DISTINCT a.anchor FROM p a JOIN p b ON a.anchor = b.anchor AND a.who::VARCHAR < b.who::VARCHAR
+        SELECT DISTINCT a.anchor FROM p a JOIN p b ON a.anchor = b.anchor AND hash(a.who) < hash(b.who)
         WHERE a.anchor IN (SELECT anchor FROM multi) AND cdp_disagree(a.who, b.who)
         """
     )
@@ -277,7 +277,12 @@ def resolve_identities(
     threshold_weight = model.probability_to_weight(settings.match_threshold)
     stats.update(
         model.predict_pairs(
-            con, threshold_weight, model_path, threads=settings.threads, memory_limit=settings.memory_limit
+            con,
+            threshold_weight,
+            model_path,
+            threads=settings.threads,
+            memory_limit=settings.memory_limit,
+            reuse_units=True,
         )
     )
 
