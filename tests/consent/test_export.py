@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 from pathlib import Path
 
@@ -138,3 +139,15 @@ def test_an_export_carries_no_contact_point_its_purpose_does_not_need(con, setti
     assert not (tmp_path / "g.csv").exists() and registered(con) == 0
     export_segment(con, settings, "greedy", "email_marketing", tmp_path / "g.csv")  # the email is what it needs
     assert list(pd.read_csv(tmp_path / "g.csv").columns) == ["customer_id", "email", "first_name"]
+
+
+def test_only_consent_export_records_exports():
+    """One place writes export files and their register: every other path must call consent.export."""
+    root = Path(__file__).resolve().parents[2]
+    writers = {
+        str(path.relative_to(root))
+        for package in ("cdp", "consent", "identity", "pipelines")
+        for path in (root / package).rglob("*.py")
+        if re.search(r"INSERT\s+INTO\s+export_(register|members)", path.read_text(), re.IGNORECASE)
+    }
+    assert writers == {"consent/export.py"}
