@@ -380,20 +380,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             [subject.kind, subject.value, subject.kind, subject.value],
         )
     # 4. Shared with another customer's record, or a placeholder: kept and never suppressed.
-    if has_stg and has_csr:
-        for t in ID_TYPES:
-            con.execute(
-                f"""UPDATE _subject_ids SET exclusive = false
-                    WHERE identifier_type = '{t}' AND value IN (
-                        SELECT s.{t} FROM stg_records s
-                        JOIN customer_source_records l USING (source, source_record_id)
-                        WHERE s.{t} IN (SELECT value FROM _subject_ids WHERE identifier_type = '{t}')
-                          AND l.customer_id NOT IN (SELECT customer_id FROM _subject_customers))"""
-            )
-    con.execute(
-        "UPDATE _subject_ids SET placeholder = cdp_is_placeholder(identifier_type, value), "
-        "usable = exclusive AND NOT cdp_is_placeholder(identifier_type, value)"
-    )
+    _mark_shared(con, has_stg and has_csr)
     # 4b. Records staged since identities were last resolved belong to no customer yet: those carrying one
     # of the subject's usable identifiers are the subject's too.
     if has_stg and has_csr:
@@ -404,6 +391,9 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
                 ANTI JOIN customer_source_records l USING (source, source_record_id)
                 WHERE {carries}"""
         )
+    # 4c. Identifiers only older raw versions of the subject's records carry (a CRM contact's old email).
+    if _add_raw_identifiers(con, schema, region):
+        _mark_shared(con, has_stg and has_csr)
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):
@@ -424,6 +414,60 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
     _collect_phone_spellings(con, schema)
     return _scope_counts(con, len(seeds), quarantined)
+
+
+def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:
+    """Flag identifiers also carried by another customer's record (shared) and placeholders; the rest are
+    ``usable``: swept and suppressed."""
+    if resolved:
+        for t in ID_TYPES:
+            con.execute(
+                f"""UPDATE _subject_ids SET exclusive = false
+                    WHERE identifier_type = '{t}' AND value IN (
+                        SELECT s.{t} FROM stg_records s
+                        JOIN customer_source_records l USING (source, source_record_id)
+                        WHERE s.{t} IN (SELECT value FROM _subject_ids WHERE identifier_type = '{t}')
+                          AND l.customer_id NOT IN (SELECT customer_id FROM _subject_customers))"""
+            )
+    con.execute(
+        "UPDATE _subject_ids SET placeholder = cdp_is_placeholder(identifier_type, value), "
+        "usable = exclusive AND NOT cdp_is_placeholder(identifier_type, value)"
+    )
+
+
+def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> int:
+    """Add the normalised identifiers of the subject's raw rows that staging no longer shows (older
+    versions of a key); returns how many were new. Few rows, so normalised here with the standardisers."""
+    from identity.standardise import email_match_key, normalise_phone
+
+    found: set[tuple[str, str]] = set()
+    for source in RECORD_SOURCES:
+        table = raw_table(source)
+        if table not in schema:
+            continue
+        columns = [c for c in IDENTIFIER_COLUMNS.values() if c in schema[table]]
+        rows = con.execute(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE {ERASURE_MAP[table].where}"  # constants
+        ).fetchall()
+        for row in rows:
+            for column, value in zip(columns, row, strict=True):
+                if value is None:
+                    continue
+                if column == "email":
+                    key = email_match_key(value)
+                    if key:
+                        found.add(("email_key", key))
+                elif column == "phone":
+                    e164 = normalise_phone(value, region)
+                    if e164:
+                        found.add(("phone_e164", e164))
+                elif str(value).strip():
+                    found.add((column, str(value).strip()))
+    known = set(con.execute("SELECT identifier_type, value FROM _subject_ids").fetchall())
+    new = sorted(found - known)
+    if new:
+        con.executemany("INSERT INTO _subject_ids (identifier_type, value, records) VALUES (?, ?, 0)", new)
+    return len(new)
 
 
 def _current_ids(con: duckdb.DuckDBPyConnection, customer_id: str, has_csr: bool, has_history: bool) -> list[str]:

@@ -118,7 +118,7 @@ def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_
     for id_type, value in (
         ("email_key", "alicesmith@gmail.com"), ("user_id", "U-ALICE-9"), ("loyalty_id", "L-ALICE-77"),
         ("crm_id", "C-ALICE-1"), ("anonymous_id", "ck-alice-1"), ("device_id", "dev-alice-1"),
-        ("phone_e164", "+447700900461"),
+        ("phone_e164", "+447700900461"), ("email_key", "alice.old@yahoo.co.uk"),  # from the older version
     ):  # fmt: skip
         assert (id_type, identifier_hash(secret, id_type, value)) in hashes
     assert ("phone_e164", identifier_hash(secret, "phone_e164", pw.LANDLINE_E164)) not in hashes
