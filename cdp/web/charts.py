@@ -64,7 +64,7 @@ def stacked(title: str, rows: Sequence[tuple[str, Sequence[tuple[str, float]]]],
     series: dict[str, str] = {}
     for i, (label, parts) in enumerate(rows):
         x = PAD_L + slot * i + (slot - bar) / 2
-        y = PAD_T + plot_h
+        y: float = PAD_T + plot_h
         for name, value in parts:
             colour = COLOURS.get(name, COLOURS["bar"])
             series.setdefault(name, colour)

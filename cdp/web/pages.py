@@ -188,14 +188,15 @@ async def preview_segment(request: Request, who: Principal = Depends(form_user(*
     form = await _segment_form(request)
     fragment = request.query_params.get("fragment") == "1"
     settings = settings_of(request)
+    result: dict[str, Any] | None = None
+    yaml_text = error = ""
     try:
         draft = _draft(form)
         result = service.preview(settings, service.load_draft(draft))
         yaml_text = yaml.safe_dump(draft.document(), sort_keys=False)
-        error = ""
     except CdpError as exc:
-        result, yaml_text, error = None, "", str(exc)
-    else:
+        error = str(exc)
+    if result is not None:
         service.audit(settings, who.user, "web_segment_preview", f"draft segment {draft.name}", result["customers"])
     if fragment:
         return render(request, "_preview.html", who, result=result, error=error, yaml_text=yaml_text)

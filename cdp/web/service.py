@@ -197,8 +197,9 @@ def save_segment(settings: Settings, draft: Draft) -> Path:
         raise SegmentError(f"{ALL_CUSTOMERS} is built in and cannot be changed")
     path = settings.segments_dir / f"{segment.name}.yaml"
     existing = load_segments(settings.segments_dir).get(segment.name)
-    if existing is not None and getattr(existing, "file", str(path)) != str(path):
-        raise SegmentError(f"segment {segment.name} is already defined in {Path(existing.file).name}")
+    existing_file = getattr(existing, "file", None)  # None for a file that does not load (it is replaced)
+    if existing_file is not None and existing_file != str(path):
+        raise SegmentError(f"segment {segment.name} is already defined in {Path(existing_file).name}")
     settings.segments_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(draft.document(), sort_keys=False))

@@ -321,3 +321,44 @@ def test_password_hashes_are_salted_and_secrets_never_stored(world: World):
     db = sqlite3.connect(world.settings.home / "other-users.db")
     assert db.execute("SELECT count(*) FROM api_tokens WHERE secret_hash LIKE 'pbkdf2$%'").fetchone()[0] == 1
     db.close()
+
+
+def test_every_action_is_audited_with_its_user(client: TestClient, auth, world: World):
+    alice = world.customer_of("crm", "C-1")
+    client.get("/api/segments/big_spenders/preview", headers=auth("marketer"))
+    client.post("/api/segments/big_spenders/export", headers=auth("marketer"), json={"purpose": "analytics"})
+    client.put("/api/segments/spenders", headers=auth("marketer"), json={"name": "spenders", "where": "orders > 0"})
+    client.post("/api/customers/lookup", headers=auth("privacy_officer"), json={"by": "customer_id", "value": alice})
+    client.get(f"/api/customers/{alice}", headers=auth("privacy_officer"))
+    client.post("/api/privacy/access", headers=auth("privacy_officer"), json={"by": "customer_id", "value": alice})
+    client.post("/api/privacy/restriction", headers=auth("admin"),
+                json={"by": "customer_id", "value": alice, "kind": "objection"})  # fmt: skip
+    client.post("/api/privacy/erasure/dry-run", headers=auth("privacy_officer"), json={"by": "customer_id",
+                                                                                       "value": alice})  # fmt: skip
+    lines = audit_rows(world)
+    by_user = {(actor, action) for actor, action, *_ in lines}
+    assert {
+        ("web:mary", "web_segment_preview"), ("web:mary", "web_export"), ("web:mary", "web_segment_save"),
+        ("web:pete", "web_customer_lookup"), ("web:pete", "web_customer_view"), ("web:pete", "web_access"),
+        ("web:ada", "web_objection"), ("web:pete", "web_erase_dry_run"),
+    } <= by_user  # fmt: skip
+    text = " ".join(str(v) for line in lines for v in line).lower()
+    assert "alice" not in text and "smith" not in text and alice not in text  # counts and request ids only
+
+
+def test_register_flags_overdue_requests(client: TestClient, auth, world: World):
+    from datetime import timedelta
+
+    from consent import register
+
+    con = duckdb.connect(str(world.settings.db_path))
+    try:
+        late = register.open_request(con, "access", now=register.utcnow() - timedelta(days=40))
+    finally:
+        con.close()
+    rows = client.get("/api/privacy/requests", headers=auth("privacy_officer")).json()
+    assert [(r["request_id"], r["overdue"]) for r in rows] == [(late, True)]
+    csrf = login(client, world, "privacy_officer")
+    assert csrf
+    page = client.get("/privacy/requests").text
+    assert late in page and "OVERDUE" in page and '"overdue-count">1<' in page

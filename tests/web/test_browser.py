@@ -83,13 +83,24 @@ def shot(driver, name: str) -> None:  # noqa: ANN001  (a selenium WebDriver)
     assert driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
+def go(driver, by: str, value: str) -> None:  # noqa: ANN001
+    """Click a link or button that loads a page, and wait until the old page is gone."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, value).click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+
 def sign_in(driver, base: str, name: str, password: str) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
     driver.get(f"{base}/")
     driver.find_element(By.ID, "username").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "sign-in").click()
+    go(driver, By.ID, "sign-in")
     assert name in driver.find_element(By.ID, "whoami").text
 
 
@@ -110,20 +121,26 @@ def test_marketer_and_privacy_officer_journeys(server: str, browser, world):  # 
     # -- marketer: sign in, build a segment, preview it, save it, export it --------------------------------
     sign_in(browser, server, world.names["marketer"], world.password)
     shot(browser, "01-overview")
-    browser.find_element(By.LINK_TEXT, "Segments").click()
+    go(browser, By.LINK_TEXT, "Segments")
     assert "big_spenders" in browser.find_element(By.ID, "segments").text
     shot(browser, "02-segments")
-    browser.find_element(By.ID, "new-segment").click()
+    go(browser, By.ID, "new-segment")
     browser.find_element(By.ID, "name").send_keys("spent_100")
     browser.find_element(By.ID, "description").send_keys("Spent 100 or more in total")
     browser.find_element(By.ID, "conditions").send_keys("total_spend >= 100")
+
+    def live_count() -> str:  # the editor's script previews as one types, before any button is pressed
+        found = browser.find_elements(By.ID, "preview-customers")
+        return found[0].text if found else ""
+
+    assert wait_for(lambda: live_count() == "4")
     browser.find_element(By.CSS_SELECTOR, "input[name=fields][value=first_name]").click()
-    browser.find_element(By.ID, "preview-button").click()
+    go(browser, By.ID, "preview-button")
     assert browser.find_element(By.ID, "preview-customers").text == "4"  # Alice, Bob, Carol, Dan
     row = browser.find_element(By.CSS_SELECTOR, "tr[data-purpose=email_marketing]")
     assert row.find_element(By.CLASS_NAME, "allowed").text == "2" and "withdrawn 1" in row.text
     shot(browser, "03-segment-editor")
-    browser.find_element(By.ID, "save-button").click()
+    go(browser, By.ID, "save-button")
     assert browser.current_url.endswith("/segments/spent_100")
     Select(browser.find_element(By.ID, "purpose")).select_by_value("email_marketing")
     Select(browser.find_element(By.ID, "format")).select_by_value("csv")
@@ -139,39 +156,39 @@ def test_marketer_and_privacy_officer_journeys(server: str, browser, world):  # 
     allowed = set(decided.loc[decided["excluded_because"].isna(), "customer_id"])
     assert len(exported) == 2 and set(exported["customer_id"]) <= allowed  # Alice and Dan: granted, spent 100+
     assert world.customer_of("crm", "C-2") not in set(exported["customer_id"])  # Bob withdrew
-    browser.find_element(By.LINK_TEXT, "Exports").click()
+    go(browser, By.LINK_TEXT, "Exports")
     assert "spent_100" in browser.find_element(By.ID, "exports").text
     shot(browser, "05-export-register")
-    browser.find_element(By.ID, "logout").click()
+    go(browser, By.ID, "logout")
 
     # -- privacy officer: sign in, erasure dry run, confirm, receipt, register --------------------------
     sign_in(browser, server, world.names["privacy_officer"], world.password)
-    browser.find_element(By.LINK_TEXT, "Customers").click()
+    go(browser, By.LINK_TEXT, "Customers")
     Select(browser.find_element(By.ID, "by")).select_by_value("email")
     browser.find_element(By.ID, "value").send_keys("Alice.Smith@gmail.com")
-    browser.find_element(By.ID, "lookup-button").click()
+    go(browser, By.ID, "lookup-button")
     assert "Alice" in browser.find_element(By.ID, "profile").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#records tr")) == 5  # header + CRM, store, two web
     shot(browser, "06-customer")
-    browser.find_element(By.LINK_TEXT, "New request").click()
+    go(browser, By.LINK_TEXT, "New request")
     Select(browser.find_element(By.ID, "kind")).select_by_value("erasure")
     Select(browser.find_element(By.ID, "by")).select_by_value("email")
     browser.find_element(By.ID, "value").send_keys("dan.brown@gmail.com")
-    browser.find_element(By.ID, "intake-button").click()
+    go(browser, By.ID, "intake-button")
     request_id = browser.find_element(By.ID, "request-id").text
     assert request_id.startswith("PR-") and "store 1" in browser.find_element(By.ID, "plan").text
     shot(browser, "07-erasure-dry-run")
     browser.find_element(By.ID, "confirm").click()
-    browser.find_element(By.ID, "erase-button").click()
+    go(browser, By.ID, "erase-button")
     assert "Erasure receipt" in browser.find_element(By.TAG_NAME, "h1").text
     assert browser.find_element(By.ID, "request-status").text == "completed"
     assert "web:pete" in browser.find_element(By.ID, "audit").text
     shot(browser, "08-erasure-receipt")
-    browser.find_element(By.ID, "to-register").click()
+    go(browser, By.ID, "to-register")
     register = browser.find_element(By.ID, "requests").text
     assert request_id in register and "completed" in register
     shot(browser, "09-register")
-    browser.find_element(By.LINK_TEXT, "Overview").click()
+    go(browser, By.LINK_TEXT, "Overview")
     shot(browser, "10-overview-privacy")
     con = duckdb.connect(str(world.settings.db_path), read_only=True)
     try:
