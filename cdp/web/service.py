@@ -235,18 +235,6 @@ def export_register(settings: Settings, limit: int = 200) -> list[dict[str, Any]
         return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
 
-def export_file(settings: Settings, export_id: str) -> tuple[Path, dict[str, Any]]:
-    """A file the console wrote (only those under ``<home>/exports/web``) for download again."""
-    rows = [r for r in export_register(settings, limit=100_000) if r["export_id"] == export_id]
-    if not rows:
-        raise NotFound(f"no export {export_id!r}")
-    path = Path(str(rows[0]["file"]))
-    web_dir = (settings.exports_dir / "web").resolve()
-    if not path.resolve().is_relative_to(web_dir) or not path.exists():
-        raise NotFound(f"export {export_id}: the file is not on this server")
-    return path, rows[0]
-
-
 # -- privacy (privacy officer) -------------------------------------------------------------------------
 def subject(settings: Settings, by: str, value: str):  # type: ignore[no-untyped-def]  # -> Subject
     from consent.erasure import Subject
