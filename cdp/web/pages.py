@@ -20,6 +20,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 
 from cdp.config import PURPOSE_CHANNEL, PURPOSES, Settings
 from cdp.errors import CdpError
+from cdp.users import User
 from cdp.web import charts, service
 from cdp.web.auth import (
     ANY_ROLE,
@@ -84,8 +85,11 @@ def login(
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not secrets.compare_digest(cookie, csrf_token):
         return login_page(request, "The sign-in form expired; please try again.")
-    user = users_of(request).check_password(username.strip().lower(), password)
+    name = username.strip().lower()
+    user = users_of(request).check_password(name, password)
     if user is None:
+        known = users_of(request).get(name)  # a staff name, never a customer's; unknown names are not written
+        service.audit(settings_of(request), known or User("?", ""), "web_login_failed", "wrong user name or password")
         return login_page(request, "Wrong user name or password.")
     value, _session = users_of(request).new_session(user)
     service.audit(settings_of(request), user, "web_login", f"signed in as {user.role}")

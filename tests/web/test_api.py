@@ -280,6 +280,11 @@ def test_sign_in_form_needs_its_own_csrf_token(client: TestClient, world: World)
     response = client.post("/login", data={"username": "mary", "password": world.password, "csrf_token": "forged"})
     assert response.status_code == 401 and "cdp_session" not in response.cookies
     assert client.get("/segments").status_code == 401
+    page = client.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    wrong = client.post("/login", data={"username": "mary", "password": "not her password", "csrf_token": token})
+    assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+    assert ("web:mary", "web_login_failed") in {(a, b) for a, b, *_ in audit_rows(world)}
 
 
 def test_console_marketer_and_privacy_journeys(client: TestClient, world: World):
