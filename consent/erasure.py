@@ -293,6 +293,9 @@ class Scope:
     identifier_types: dict[str, dict[str, int]]
     consent_events: int
     quarantined_rows: int
+    #: why the subject's identity units are one customer: ``identity_edges`` inside the cluster by
+    #: evidence (a key type such as ``user_id``, or ``splink``) -- the first place to look for an over-merge
+    link_evidence: dict[str, int] = field(default_factory=dict)
 
 
 def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
@@ -413,7 +416,16 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
         )
     quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
     _collect_phone_spellings(con, schema)
-    return _scope_counts(con, len(seeds), quarantined)
+    scope = _scope_counts(con, len(seeds), quarantined)
+    if {"unit_id_l", "unit_id_r", "evidence"} <= schema.get("identity_edges", set()):
+        scope.link_evidence = {
+            str(evidence): int(n)
+            for evidence, n in con.execute(
+                f"""SELECT evidence, count(*) FROM identity_edges
+                    WHERE unit_id_l IN {_UNITS} AND unit_id_r IN {_UNITS} GROUP BY 1 ORDER BY 2 DESC, 1"""
+            ).fetchall()
+        }
+    return scope
 
 
 def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:

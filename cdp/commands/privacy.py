@@ -43,6 +43,8 @@ def _print_plan(plan: ErasurePlan) -> None:
         )
     by_source = ", ".join(f"{s} {n}" for s, n in scope.records_by_source.items()) or "none"
     console.print(f"records per source: {by_source}")
+    links = ", ".join(f"{evidence} {n}" for evidence, n in scope.link_evidence.items()) or "none"
+    console.print(f"identity links inside the cluster, by evidence: {links}")
     console.print("identifier types on those records (records carrying the type, distinct values):")
     for t, c in scope.identifier_types.items():
         notes = []

@@ -64,6 +64,11 @@ def test_dry_run_lists_the_subject_and_changes_nothing_but_the_register(world: A
     types = plan.scope.identifier_types
     assert {"email_key", "user_id", "loyalty_id", "crm_id", "anonymous_id", "device_id", "phone_e164"} == set(types)
     assert types["phone_e164"]["shared"] == 1 and types["email_key"]["shared"] == 0
+    # ... and what joined her units into one customer (the landline joined nothing: it is shared).
+    assert (
+        set(plan.scope.link_evidence) == {"user_id", "loyalty_id", "email_key"}
+        and "phone_e164" not in plan.scope.link_evidence
+    )
     assert "phone_e164" in plan.suppress  # her mobile; the landline is not among the hashes
     assert plan.suppress["phone_e164"] == 1
     assert [e["segment"] for e in plan.exports] == ["all_customers"]
