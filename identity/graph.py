@@ -189,10 +189,12 @@ def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
     return len(frame)
 
 
-def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") -> int:
+def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", with_keys: bool = True) -> int:
     """Temp table ``_units``: one row per identity unit with its person attributes.
 
-    ``records`` names the staged-records table (``stg_records``, or a subset this package made).
+    ``records`` names the staged-records table (``stg_records``, or a subset this package made). Without
+    ``with_keys`` the ``user_id``/``loyalty_id`` columns are left empty for :func:`build_graph` to fill
+    with each unit's majority key (cheaper: most events carry an account id and nothing else).
 
     Person attributes come from the unit's records (a CRM contact or a store transaction has one
     record; a cookie or device rarely carries any): the smallest non-null value, so reruns agree.
@@ -201,6 +203,10 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") ->
     loaded = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_nicknames'"
     if not con.execute(loaded).fetchall()[0][0]:
         load_nicknames(con)
+    keys_columns = "min(user_id) AS user_id, min(loyalty_id) AS loyalty_id" if with_keys else (
+        "NULL::VARCHAR AS user_id, NULL::VARCHAR AS loyalty_id"
+    )
+    keys_filter = "OR user_id IS NOT NULL OR loyalty_id IS NOT NULL" if with_keys else ""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _units AS
@@ -211,11 +217,11 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records") ->
                    min(date_of_birth) AS dob, min(email_key) AS email_key,
                    min(phone_e164) AS phone_e164, min(postcode) AS postcode,
                    cdp_address(min(address_line1)) AS address_line1, min(city) AS city,
-                   min(user_id) AS user_id, min(loyalty_id) AS loyalty_id
+                   {keys_columns}
             FROM {records}
             WHERE first_name IS NOT NULL OR last_name IS NOT NULL OR date_of_birth IS NOT NULL
                OR email_key IS NOT NULL OR phone_e164 IS NOT NULL OR postcode IS NOT NULL
-               OR address_line1 IS NOT NULL OR user_id IS NOT NULL OR loyalty_id IS NOT NULL
+               OR address_line1 IS NOT NULL {keys_filter}
             GROUP BY unit_id
         ),
         u AS (
@@ -263,7 +269,7 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
     is the key type. Returns counts (no values) for run metadata.
     """
     install_macros(con)
-    build_units(con)
+    build_units(con, with_keys=False)
     keys_sql = " UNION ALL ".join(
         f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL"
         + (f" AND unit_id <> '{UNIT_PREFIX[t]}' || {t}" if t in UNIT_PREFIX else "")

@@ -95,15 +95,19 @@ def _label(con: duckdb.DuckDBPyConnection, edges_sql: str) -> None:
     con.unregister("_labels_frame")
 
 
-def _conflicting_clusters(con: duckdb.DuckDBPyConnection) -> int:
-    """Temp table ``_conflicts(anchor)``: clusters holding two person units that disagree on who they are."""
+def _conflicting_clusters(con: duckdb.DuckDBPyConnection, among: str = "") -> int:
+    """Temp table ``_conflicts(anchor)``: clusters holding two person units that disagree on who they are.
+
+    ``among`` optionally restricts the check to units of a temp table of unit ids this module made.
+    """
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _conflicts AS
         WITH p AS (
             SELECT DISTINCT c.anchor, {graph.who("u")} AS who
             FROM _clusters c JOIN _units u USING (unit_id)
-            WHERE u.first_name IS NOT NULL OR u.dob IS NOT NULL OR u.user_id IS NOT NULL OR u.loyalty_id IS NOT NULL
+            WHERE (u.first_name IS NOT NULL OR u.dob IS NOT NULL OR u.user_id IS NOT NULL OR u.loyalty_id IS NOT NULL)
+              {f"AND u.unit_id IN (SELECT unit_id FROM {among})" if among else ""}
         ),
         multi AS (SELECT anchor FROM p GROUP BY anchor HAVING count(*) > 1)
         SELECT DISTINCT a.anchor FROM p a JOIN p b ON a.anchor = b.anchor AND hash(a.who) < hash(b.who)
@@ -137,12 +141,17 @@ def _components(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     )
     dropped = int(con.execute("SELECT (SELECT count(*) FROM _model_edges) - (SELECT count(*) FROM _kept_model_edges)")
                   .fetchall()[0][0])  # fmt: skip
+    remaining = 0
     if conflicted:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _conflict_units AS "
+            "SELECT unit_id FROM _clusters WHERE anchor IN (SELECT anchor FROM _conflicts)"
+        )
         _label(
             con,
             "SELECT unit_id_l, unit_id_r FROM _graph_edges UNION SELECT unit_id_l, unit_id_r FROM _kept_model_edges",
         )
-    remaining = _conflicting_clusters(con) if conflicted else 0
+        remaining = _conflicting_clusters(con, among="_conflict_units")
     return {
         "conflicting_clusters": conflicted,
         "model_pairs_dropped_in_conflicts": dropped,
@@ -165,12 +174,14 @@ def _last_sequence(con: duckdb.DuckDBPyConnection) -> int:
 
 def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> dict[str, int]:
     """Temp table ``_assignment(unit_id, customer_id)``; appends merges/splits/retirements to history."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _prev AS "
+        "SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records GROUP BY unit_id"
+    )
     votes = con.execute(
         """
-        WITH prev AS (SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records
-                      GROUP BY unit_id)
         SELECT c.anchor, p.customer_id, count(*) AS n
-        FROM _clusters c JOIN prev p USING (unit_id) GROUP BY ALL
+        FROM _clusters c JOIN _prev p USING (unit_id) GROUP BY ALL
         ORDER BY n DESC, p.customer_id, c.anchor
         """
     ).fetchall()
@@ -200,10 +211,8 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> d
     con.unregister("_ids_frame")
     moves = con.execute(
         """
-        WITH prev AS (SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records
-                      GROUP BY unit_id)
         SELECT DISTINCT p.customer_id AS old_id, a.customer_id AS new_id
-        FROM prev p JOIN _assignment a USING (unit_id) WHERE p.customer_id <> a.customer_id
+        FROM _prev p JOIN _assignment a USING (unit_id) WHERE p.customer_id <> a.customer_id
         ORDER BY 1, 2
         """
     ).fetchall()
@@ -211,7 +220,7 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> d
     history = [(old, new_id, "split" if old in still else "merged") for old, new_id in moves]
     retired = con.execute(
         """
-        SELECT DISTINCT customer_id FROM customer_source_records
+        SELECT DISTINCT customer_id FROM _prev
         WHERE customer_id NOT IN (SELECT customer_id FROM _assignment)
           AND unit_id NOT IN (SELECT unit_id FROM _assignment)
         ORDER BY 1
@@ -300,7 +309,6 @@ def resolve_identities(
             INSERT INTO customer_source_records
             SELECT s.source, s.source_record_id, a.customer_id, s.unit_id
             FROM stg_records s JOIN _assignment a USING (unit_id)
-            ORDER BY a.customer_id, s.unit_id, s.source, s.source_record_id
             """
         )
         con.execute("DELETE FROM identity_edges")
