@@ -42,6 +42,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 #: Token and session secrets are 256 random bits: a salted PBKDF2 with few rounds is ample and fast.
 TOKEN_ROUNDS = 10_000
 SESSION_HOURS = 8
+#: Sign-in attempts a name may fail within LOCKOUT_MINUTES before even the right password is refused.
+MAX_FAILURES, LOCKOUT_MINUTES = 5, 15
 MIN_PASSWORD = 10
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,39}$")
 
@@ -54,6 +56,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY, name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
         secret_hash TEXT NOT NULL, csrf_token TEXT NOT NULL, expires_at TEXT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS login_failures (name TEXT NOT NULL, at TEXT NOT NULL)",
 ]
 
 
@@ -207,10 +210,20 @@ class UserStore:
         return row[0] if row else None
 
     def check_password(self, name: str, password: str) -> User | None:
+        """The user when the password is right and the name is not locked out by recent failures."""
+        since = (_now() - timedelta(minutes=LOCKOUT_MINUTES)).isoformat()
         with self._db() as db:
             row = db.execute("SELECT name, role, password_hash FROM users WHERE name = ?", [name]).fetchone()
+            failures = db.execute("SELECT count(*) FROM login_failures WHERE name = ? AND at > ?", [name, since])
+            locked = failures.fetchone()[0] >= MAX_FAILURES
         stored = row[2] if row and row[2] else _DUMMY_HASH
-        ok = verify_password(password, stored)
+        ok = verify_password(password, stored) and not locked
+        with self._db() as db:
+            if ok:
+                db.execute("DELETE FROM login_failures WHERE name = ?", [name])
+            else:
+                db.execute("DELETE FROM login_failures WHERE at < ?", [since])
+                db.execute("INSERT INTO login_failures VALUES (?, ?)", [name[:40], _now().isoformat()])
         return User(row[0], row[1]) if ok and row and row[2] else None
 
     # API tokens

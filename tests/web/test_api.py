@@ -367,3 +367,11 @@ def test_register_flags_overdue_requests(client: TestClient, auth, world: World)
     assert csrf
     page = client.get("/privacy/requests").text
     assert late in page and "OVERDUE" in page and '"overdue-count">1<' in page
+
+
+def test_repeated_wrong_passwords_lock_the_name_out(world: World):
+    users = world.users
+    for _ in range(5):
+        assert users.check_password("mary", "guess guess guess") is None
+    assert users.check_password("mary", world.password) is None  # locked for 15 minutes, even when right
+    assert users.check_password("pete", world.password) is not None  # other users are not affected
