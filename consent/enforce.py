@@ -96,6 +96,7 @@ class Audience:
     purpose: str
     contact: str
     rows: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)  # as exclusion_counts, from the same decision
     decided_at: datetime = field(default_factory=datetime.now)
 
 
@@ -140,14 +141,17 @@ def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str 
         if all(table_exists(con, t) for t in e.requires)
     ]
     blocking = ", ".join(f"'{r}'" for r in (*(e.reason for e in EXCLUSIONS), "withdrawn", "no_consent"))
-    shared = "false"
+    shared_cte, shared = "", "false"
     if contact in _CONTACT_KEYS and table_exists(con, "stg_records") and table_exists(con, "customer_source_records"):
-        shared = f"""EXISTS (
-            SELECT 1 FROM ({_CONTACT_KEYS[contact]}) k
-            JOIN (SELECT DISTINCT r.{_HOLDER_COLUMN[contact]} AS k, l.customer_id
-                  FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)) h USING (k)
-            JOIN base o ON o.customer_id = h.customer_id
-            WHERE k.contact = b.contact AND o.customer_id <> b.customer_id AND o.excluded_because IN ({blocking}))"""
+        # contact values held by a customer who may not be contacted (an allowed customer never blocks itself)
+        shared_cte = f""",
+    blocked_contacts AS (
+        SELECT DISTINCT ck.contact FROM ({_CONTACT_KEYS[contact]}) ck
+        JOIN (SELECT DISTINCT r.{_HOLDER_COLUMN[contact]} AS k, l.customer_id
+              FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)) h USING (k)
+        JOIN base o ON o.customer_id = h.customer_id
+        WHERE o.excluded_because IN ({blocking}))"""
+        shared = "b.contact IN (SELECT contact FROM blocked_contacts)"
     return f"""
     WITH st AS ({state}),
     base AS (
@@ -158,7 +162,7 @@ def _decision_sql(con: duckdb.DuckDBPyConnection, purpose: str, candidates: str 
                     WHEN c.{column} IS NULL OR trim(c.{column}::VARCHAR) = '' THEN 'no_contact_point'
                END AS excluded_because
         FROM customer_profiles c LEFT JOIN st s ON s.customer_id = c.customer_id
-    )
+    ){shared_cte}
     SELECT q.customer_id, b.contact,
            CASE WHEN b.customer_id IS NULL THEN 'unknown_customer'
                 WHEN b.excluded_because IS NOT NULL THEN b.excluded_because
@@ -201,7 +205,10 @@ def exclusion_counts(
             {"purpose": purpose},
         ).df()
 
-    found = {str(r.k): int(r.n) for r in _run(con, purpose, candidates, count).itertuples()}
+    return _tally({str(r.k): int(r.n) for r in _run(con, purpose, candidates, count).itertuples()})
+
+
+def _tally(found: dict[str, int]) -> dict[str, int]:
     out = {"candidates": int(sum(found.values())), "allowed": int(found.pop("allowed", 0))}
     for reason in reasons():
         out[reason] = int(found.pop(reason, 0))
@@ -217,7 +224,8 @@ def approve(con: duckdb.DuckDBPyConnection, purpose: str, candidates: pd.DataFra
     rows = allowed[["customer_id"]].copy()
     if contact != "customer_id":
         rows[contact] = allowed["contact"].to_numpy()
-    return Audience(purpose=purpose, contact=contact, rows=rows.reset_index(drop=True))
+    counts = _tally({str(k): int(v) for k, v in decided["excluded_because"].fillna("allowed").value_counts().items()})
+    return Audience(purpose=purpose, contact=contact, rows=rows.reset_index(drop=True), counts=counts)
 
 
 def verify(con: duckdb.DuckDBPyConnection, purpose: str, rows: pd.DataFrame) -> None:

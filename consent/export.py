@@ -92,11 +92,10 @@ def export_selected(con: duckdb.DuckDBPyConnection, segment: Segment, purpose: s
     """Export an already loaded segment (the scheduled activation asset uses this)."""
     check_fields(segment, purpose)
     candidates = select_segment(con, segment)
-    counts = enforce.exclusion_counts(con, purpose, candidates)
     audience = enforce.approve(con, purpose, candidates)
     extra = [f for f in segment.fields if f not in audience.rows.columns]
     rows = audience.rows.merge(candidates[["customer_id", *extra]], on="customer_id", how="left")
-    return write_export(con, rows, segment=segment.name, purpose=purpose, out=out, counts=counts)
+    return write_export(con, rows, segment=segment.name, purpose=purpose, out=out, counts=audience.counts)
 
 
 def write_export(
@@ -136,14 +135,16 @@ def write_export(
     return ExportResult(export_id, segment, purpose, out, len(rows), file_hash, counts or {})
 
 
+def _is_list(value: object) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str | bytes)
+
+
 def _flat(rows: pd.DataFrame) -> pd.DataFrame:
     """Lists (e.g. ``channels``) as ``a;b`` text for CSV."""
     flat = rows.copy()
     for col in flat.columns:
-        if flat[col].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str | bytes)).any():
-            flat[col] = flat[col].map(
-                lambda v: ";".join(map(str, v)) if hasattr(v, "__len__") and not isinstance(v, str) else v
-            )
+        if flat[col].dtype == object and flat[col].map(_is_list).any():
+            flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if _is_list(v) else v)
     return flat
 
 

@@ -124,3 +124,8 @@ def test_sms_needs_a_mobile_number(con, w):
     assert decided.loc["cD", "excluded_because"] == "no_contact_point"
     phone = con.execute("SELECT phone FROM customer_profiles WHERE customer_id = 'cD'").fetchall()[0][0]
     assert phone == "+442079460001"  # shown on the profile, never texted
+
+
+def test_approve_counts_match_exclusion_counts(con):
+    for purpose in ("email_marketing", "sms_marketing", "push_marketing", "analytics"):
+        assert enforce.approve(con, purpose).counts == enforce.exclusion_counts(con, purpose)
