@@ -12,6 +12,7 @@ and only the per-file bookkeeping runs in Python.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import duckdb
 
 from cdp.errors import SchemaError
 from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table
-from cdp.suppression import SqlHasher
+from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 CONSENT_PURPOSES = (
@@ -192,6 +193,7 @@ class Ingestor:
         progress: Callable[[str], None] | None = None,
     ):
         self.con = con
+        self.secret = secret
         self.hasher = SqlHasher(secret)
         self.region = region
         self.progress = progress or (lambda _msg: None)
@@ -258,30 +260,41 @@ class Ingestor:
 
     # -- one file -----------------------------------------------------------------------------------------
     def _load(self, spec: SourceSpec, path: Path, label: str, batch_id: str) -> BatchResult:
-        columns, rejected = _read_as_text(self.con, path)
-        rows_in = self.con.execute("SELECT count(*) FROM _batch").fetchall()[0][0] + rejected
+        columns, malformed = _read_as_text(self.con, path)
+        rows_in = self.con.execute("SELECT count(*) FROM _batch").fetchall()[0][0] + malformed
         result = BatchResult(spec.name, label, batch_id, "loaded", rows_in=rows_in)
-        self._quarantine_rejects(spec.name, label, batch_id)
-
-        missing = [c for c in spec.required if c not in columns]
-        if missing:
-            result.status = "rejected"
-            result.error = f"{label}: missing required column '{missing[0]}'" + (
-                f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
-            )
-            reason = f"file rejected: missing required column {missing[0]}"
-            self._quarantine_all(spec.name, label, batch_id, reason, columns)
-            result.rows_quarantined = rows_in
-            return result
+        malformed_suppressed = self._quarantine_rejects(spec.name, label, batch_id)
 
         # Absent optional columns read as NULL; columns beyond the contract are kept in ``extra``.
         for col in spec.columns:
             if col not in columns:
                 self.con.execute(f"ALTER TABLE _batch ADD COLUMN {_q(col)} VARCHAR")
         extras = [c for c in columns if c not in spec.columns]
-        self._classify(spec, extras)
+        missing = [c for c in spec.required if c not in columns]
+        if missing:
+            # Rejected whole: every row is quarantined with the reason (or suppressed), none is loaded.
+            result.status = "rejected"
+            result.error = f"{label}: missing required column '{missing[0]}'" + (
+                f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
+            )
+            self._classify(spec, forced_reason=f"file rejected: missing required column {missing[0]}")
+        else:
+            self._classify(spec)
         counts = dict(self.con.execute("SELECT _fate, count(*) FROM _classified GROUP BY 1").fetchall())
 
+        if not missing:
+            self._insert_loaded(spec, batch_id, label, extras)
+        self.con.execute(
+            f"INSERT INTO quarantine SELECT ?, ?, ?, _row, _fate_reason, {_row_json(columns)}, "
+            "now()::TIMESTAMP FROM _classified WHERE _fate = 'quarantined'",
+            [batch_id, spec.name, label],
+        )
+        result.rows_loaded = counts.get("loaded", 0)
+        result.rows_quarantined = counts.get("quarantined", 0) + malformed - malformed_suppressed
+        result.rows_suppressed = counts.get("suppressed", 0) + malformed_suppressed
+        return result
+
+    def _insert_loaded(self, spec: SourceSpec, batch_id: str, label: str, extras: list[str]) -> None:
         typed = ", ".join(f"{_typed(c, k)} AS {_q(c)}" for c, k in spec.columns.items())
         # Values of typed optional columns that do not parse are kept in ``extra``, as are extra columns.
         typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
@@ -308,19 +321,14 @@ class Ingestor:
             f"SELECT {typed}, ?, ?, _row, {extra_sql} FROM _classified WHERE _fate = 'loaded'",
             [batch_id, label],
         )
-        self.con.execute(
-            f"INSERT INTO quarantine SELECT ?, ?, ?, _row, _fate_reason, {_row_json(columns)}, "
-            "now()::TIMESTAMP FROM _classified WHERE _fate = 'quarantined'",
-            [batch_id, spec.name, label],
-        )
-        result.rows_loaded = counts.get("loaded", 0)
-        result.rows_quarantined = counts.get("quarantined", 0) + rejected
-        result.rows_suppressed = counts.get("suppressed", 0)
-        return result
 
-    def _classify(self, spec: SourceSpec, extras: list[str]) -> None:
-        """Create ``_classified``: ``_batch`` plus ``_fate`` (loaded, quarantined, suppressed) and a reason."""
-        reasons: list[str] = []
+    def _classify(self, spec: SourceSpec, forced_reason: str | None = None) -> None:
+        """Create ``_classified``: ``_batch`` plus ``_fate`` (loaded, quarantined, suppressed) and a reason.
+
+        Suppression comes first: a row of an erased subject is kept nowhere, not even in quarantine.
+        ``forced_reason`` quarantines every row that is not suppressed (a file rejected whole).
+        """
+        reasons: list[str] = [f"WHEN true THEN {_json_key(forced_reason)}"] if forced_reason else []
         for col in spec.required:
             kind = spec.columns[col]
             reasons.append(f"WHEN NULLIF(trim({_q(col)}), '') IS NULL THEN 'empty required value: {col}'")
@@ -374,18 +382,39 @@ class Ingestor:
             params += [*hash_params, id_type]
         return "(" + " OR ".join(checks) + ")", params
 
-    def _quarantine_rejects(self, source: str, label: str, batch_id: str) -> None:
+    def _quarantine_rejects(self, source: str, label: str, batch_id: str) -> int:
+        """Quarantine malformed CSV lines, except those of erased subjects; returns how many were suppressed.
+
+        A malformed line has no reliable columns, so every field of it is tried as every identifier type.
+        """
+        suppressed = 0
+        if self._has_suppressions:
+            hashes = {h for (h,) in self.con.execute("SELECT identifier_hash FROM suppression_list").fetchall()}
+            lines = self.con.execute("SELECT row_number, line FROM _rejects").fetchall()
+            erased = [n for n, line in lines if hashes & self._line_hashes(line)]
+            if erased:
+                self.con.executemany("DELETE FROM _rejects WHERE row_number = ?", [(n,) for n in erased])
+                suppressed = len(erased)
         self.con.execute(
             "INSERT INTO quarantine SELECT ?, ?, ?, row_number, reason, to_json(struct_pack(line := line)), "
             "now()::TIMESTAMP FROM _rejects",
             [batch_id, source, label],
         )
+        return suppressed
 
-    def _quarantine_all(self, source: str, label: str, batch_id: str, reason: str, columns: list[str]) -> None:
-        self.con.execute(
-            f"INSERT INTO quarantine SELECT ?, ?, ?, _row, ?, {_row_json(columns)}, now()::TIMESTAMP FROM _batch",
-            [batch_id, source, label, reason],
-        )
+    def _line_hashes(self, line: str) -> set[str]:
+        from identity.standardise import email_match_key, normalise_phone
+
+        hashes = set()
+        for token in next(csv.reader([line]), []):
+            value = token.strip()
+            if not value:
+                continue
+            candidates = {t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")}
+            candidates["email_key"] = email_match_key(value)
+            candidates["phone_e164"] = normalise_phone(value, self.region)
+            hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates.items() if v}
+        return hashes
 
 
 _CONSENT_SUBJECT_COLUMNS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")

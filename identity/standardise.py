@@ -119,8 +119,9 @@ def sql_normalise_email(col: str) -> str:
 
 def sql_email_match_key(col: str) -> str:
     email = sql_normalise_email(col)
-    local = f"split_part(split_part({email}, '@', 1), '+', 1)"
-    domain = f"split_part({email}, '@', 2)"
+    # regexp_extract rather than split_part: DuckDB 2.0 fails to bind split_part on an all-NULL column.
+    local = f"regexp_extract({email}, '^([^@+]*)', 1)"
+    domain = f"regexp_extract({email}, '@(.*)$', 1)"
     return (
         f"CASE WHEN {email} IS NULL OR {local} = '' THEN NULL "
         f"WHEN {domain} IN ('gmail.com', 'googlemail.com') THEN replace({local}, '.', '') || '@gmail.com' "

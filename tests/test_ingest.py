@@ -190,3 +190,27 @@ def test_every_source_has_its_required_columns_declared():
     for spec in SOURCE_SPECS.values():
         assert spec.key in spec.required
         assert set(spec.required) <= set(spec.columns)
+
+
+def test_suppression_reaches_malformed_lines_and_rejected_files(tmp_path, con, ingestor):
+    con.execute(
+        "INSERT INTO suppression_list VALUES ('email_key', ?, 'R1', now())",
+        [identifier_hash(SECRET, "email_key", "annlee@gmail.com")],
+    )
+    write_csv(
+        tmp_path / "inbox/web/w.csv",
+        """
+event_id,event_time,anonymous_id,email
+e1,2026-01-01,c1,ann.lee@gmail.com,surplus
+e2,2026-01-01,c2,bob@example.com,surplus
+e3,2026-01-01,c3,
+""",
+    )
+    write_csv(tmp_path / "inbox/store/no-time.csv", "transaction_id,email\nt1,Ann.Lee@gmail.com\nt2,bob@example.com")
+    summary = ingestor.ingest_inbox(tmp_path / "inbox", sources=("web", "store"))
+    web, store = summary.batches
+    assert (web.rows_in, web.rows_loaded, web.rows_quarantined, web.rows_suppressed) == (3, 1, 1, 1)
+    assert (store.status, store.rows_quarantined, store.rows_suppressed) == ("rejected", 1, 1)
+    assert web.balanced and store.balanced
+    raw = " ".join(r for (r,) in con.execute("SELECT raw FROM quarantine").fetchall()).lower()
+    assert "ann" not in raw and raw.count("bob@example.com") == 2
