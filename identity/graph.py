@@ -90,8 +90,8 @@ CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
 #: First names "agree" when they are one name: they share a candidate canonical form (nickname folding
 #: that tolerates one keying error: "katthy" -> kathy -> katherine, "phl" -> phil -> philip), are one
 #: keying error apart (two for names of five letters or more with the same initial), one is a prefix of
-#: the other, or forename and surname are swapped. Anything else -- Patrick and Patricia, John and Mary -- is
-#: "clearly different". ``ca``/``cb`` are the candidate lists :func:`build_units` computes.
+#: the other, or forename and surname are swapped (each within a typo). Anything else -- Patrick and
+#: Patricia, John and Mary -- is "clearly different". ``ca``/``cb``: candidate lists from :func:`build_units`.
 NAMES_DISAGREE_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) AS (
     coalesce(NOT (
@@ -100,7 +100,7 @@ CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) 
         OR (least(length(fn_a), length(fn_b)) >= 5 AND left(fn_a, 1) = left(fn_b, 1)
             AND damerau_levenshtein(fn_a, fn_b) <= 2)
         OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
-        OR (fn_a = ln_b AND ln_a = fn_b)
+        OR (jaro_winkler_similarity(fn_a, ln_b) >= 0.88 AND jaro_winkler_similarity(ln_a, fn_b) >= 0.88)
     ), false)
 )
 """
@@ -203,8 +203,10 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
     loaded = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_nicknames'"
     if not con.execute(loaded).fetchall()[0][0]:
         load_nicknames(con)
-    keys_columns = "min(user_id) AS user_id, min(loyalty_id) AS loyalty_id" if with_keys else (
-        "NULL::VARCHAR AS user_id, NULL::VARCHAR AS loyalty_id"
+    keys_columns = (
+        "min(user_id) AS user_id, min(loyalty_id) AS loyalty_id"
+        if with_keys
+        else ("NULL::VARCHAR AS user_id, NULL::VARCHAR AS loyalty_id")
     )
     keys_filter = "OR user_id IS NOT NULL OR loyalty_id IS NOT NULL" if with_keys else ""
     con.execute(
@@ -297,13 +299,22 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         FROM k WHERE 2 * n > total
         """
     )
-    # A unit's one-per-person keys are the ones it links by (its majority value), not any value it saw.
+    # A unit's one-per-person keys, as evidence of who it is, are the ones it links by (its majority value)
+    # and only when another unit carries them too: an account or card in use (seen on events, receipts or
+    # another contact). An id that appears once, on one record, says little about a separate person.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _units AS
+        WITH used AS (
+            SELECT unit_id, id_type, id_value FROM _unit_keys
+            WHERE id_type IN ('user_id', 'loyalty_id')
+              AND (id_type, id_value) IN (SELECT (id_type, id_value) FROM _unit_keys
+                                          WHERE id_type IN ('user_id', 'loyalty_id')
+                                          GROUP BY ALL HAVING count(*) > 1)
+        )
         SELECT u.* REPLACE (ku.id_value AS user_id, kl.id_value AS loyalty_id) FROM _units u
-        LEFT JOIN (SELECT unit_id, id_value FROM _unit_keys WHERE id_type = 'user_id') ku USING (unit_id)
-        LEFT JOIN (SELECT unit_id, id_value FROM _unit_keys WHERE id_type = 'loyalty_id') kl USING (unit_id)
+        LEFT JOIN (SELECT unit_id, id_value FROM used WHERE id_type = 'user_id') ku USING (unit_id)
+        LEFT JOIN (SELECT unit_id, id_value FROM used WHERE id_type = 'loyalty_id') kl USING (unit_id)
         """
     )
     con.register("_limits_frame", _limits_frame(limits))

@@ -66,7 +66,10 @@ NAME = {
         _level("first_name_l = first_name_r AND last_name_l = last_name_r", "Exact forename and surname"),
         {
             # Set, not trained: swaps are too rare for EM or sampling to see (m and u stay as written).
-            **_level("first_name_l = last_name_r AND last_name_l = first_name_r", "Forename and surname swapped"),
+            **_level(
+                f"{JW}(first_name_l, last_name_r) >= 0.88 AND {JW}(last_name_l, first_name_r) >= 0.88",
+                "Forename and surname swapped",
+            ),
             "m_probability": 0.005,
             "u_probability": 0.00001,
             "fix_m_probability": True,
@@ -172,6 +175,8 @@ PREDICTION_BLOCKING = [
     "l.postcode = r.postcode AND substr(l.last_name, 1, 1) = substr(r.last_name, 1, 1)",
     "l.address_line1 = r.address_line1 AND substr(l.first_name, 1, 1) = substr(r.first_name, 1, 1)",
     "l.first_name = r.last_name AND l.last_name = r.first_name",
+    "l.dob = r.dob AND substr(l.first_name, 1, 1) = substr(r.last_name, 1, 1)",
+    "l.postcode = r.postcode AND substr(l.first_name, 1, 1) = substr(r.last_name, 1, 1)",
     # No email or phone rule: units sharing a clean email or phone are already joined by the identifier
     # graph, and units sharing a household one are found by the name rules above.
 ]
