@@ -148,6 +148,20 @@ def unrestrict(
         con.close()
 
 
+# Active restrictions whose customer id was replaced by one that does not carry them (yet).
+_NOT_CARRIED = """FROM restrictions r JOIN customer_id_history h ON h.old_customer_id = r.customer_id
+    WHERE r.lifted_at IS NULL AND h.new_customer_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM restrictions x WHERE x.customer_id = h.new_customer_id
+                      AND x.kind = r.kind AND x.lifted_at IS NULL)"""
+
+
+def restrictions_not_carried(con: duckdb.DuckDBPyConnection) -> int:
+    """How many active restrictions have not reached the ids that replaced their customer (0 when sound)."""
+    if not (table_exists(con, "restrictions") and table_exists(con, "customer_id_history")):
+        return 0
+    return int(con.execute(f"SELECT count(*) {_NOT_CARRIED}").fetchall()[0][0])
+
+
 def carry_restrictions(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:
     """Give every active restriction on a customer id that was replaced (``customer_id_history``) to the
     ids that replaced it, keeping its request id and kind. Returns the rows added; idempotent."""
@@ -156,12 +170,7 @@ def carry_restrictions(con: duckdb.DuckDBPyConnection, now: datetime | None = No
     total = 0
     while True:  # follow chains of replacements (a -> b -> c)
         added = con.execute(
-            """INSERT INTO restrictions
-               SELECT DISTINCT h.new_customer_id, r.request_id, r.kind, ?, NULL
-               FROM restrictions r JOIN customer_id_history h ON h.old_customer_id = r.customer_id
-               WHERE r.lifted_at IS NULL AND h.new_customer_id IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM restrictions x WHERE x.customer_id = h.new_customer_id
-                                 AND x.kind = r.kind AND x.lifted_at IS NULL)""",
+            f"INSERT INTO restrictions SELECT DISTINCT h.new_customer_id, r.request_id, r.kind, ?, NULL {_NOT_CARRIED}",
             [now or register.utcnow()],
         ).fetchall()[0][0]
         if not added:
