@@ -79,26 +79,28 @@ _TITLE = (
 
 
 def _profile_sql(fields: dict[str, str]) -> str:
+    # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
+    # with its source and time together; ordered first() aggregates did the same three times as slowly.
+    key = "(source_rank, coalesce(-epoch_us(record_time), 9223372036854775807), source, source_record_id)"
     picks = []
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
         nonempty = f"{col} IS NOT NULL" + ("" if col == "date_of_birth" else f" AND trim({col}) <> ''")
-        order = "ORDER BY source_rank, record_time DESC NULLS LAST, source, source_record_id"
         picks.append(
-            f"first({value} {order}) FILTER (WHERE {nonempty}) AS {out}_v, "
-            f"first(source {order}) FILTER (WHERE {nonempty}) AS {out}_source, "
-            f"first(record_time {order}) FILTER (WHERE {nonempty}) AS {out}_at"
+            f"arg_min(struct_pack(v := {value}, s := source, t := record_time), {key}) "
+            f"FILTER (WHERE {nonempty}) AS {out}_pick"
         )
     chosen = ", ".join(picks)
     shown = []
     for out in fields:
+        v = f"c.{out}_pick.v"
         if out in ("first_name", "last_name"):
-            shown.append(f"{_TITLE.format(col=f'c.{out}_v')} AS {out}")
+            shown.append(f"{_TITLE.format(col=v)} AS {out}")
         elif out == "date_of_birth":
-            shown.append(f"c.{out}_v::DATE AS {out}")
+            shown.append(f"{v}::DATE AS {out}")
         else:
-            shown.append(f"c.{out}_v AS {out}")
-        shown.append(f"c.{out}_source, c.{out}_at")
+            shown.append(f"{v} AS {out}")
+        shown.append(f"c.{out}_pick.s AS {out}_source, c.{out}_pick.t AS {out}_at")
     return f"""
     WITH linked AS (
         SELECT r.*, l.customer_id,
