@@ -87,6 +87,18 @@ def shortest_path(con: duckdb.DuckDBPyConnection, customer_id: str, start: str, 
     return list(reversed(path))
 
 
+def _last_prior(con: duckdb.DuckDBPyConnection) -> float | None:
+    """The prior the last resolution run measured, so that explain scores pairs as that run did."""
+    from cdp.store import table_exists
+
+    if not table_exists(con, "identity_runs"):
+        return None
+    rows = con.execute(
+        "SELECT json_extract(stats, '$.model_prior')::DOUBLE FROM identity_runs ORDER BY finished_at DESC LIMIT 1"
+    ).fetchall()
+    return float(rows[0][0]) if rows and rows[0][0] else None
+
+
 def explain_pair(
     con: duckdb.DuckDBPyConnection, a: tuple[str, str], b: tuple[str, str], chart_path: Path | None = None
 ) -> Explanation:
@@ -103,7 +115,7 @@ def explain_pair(
         result.path = []
     elif customer_a == customer_b:
         result.path = shortest_path(con, customer_a, unit_a, unit_b)
-    result.splink = score_units(con, unit_a, unit_b, chart_path) if unit_a != unit_b else None
+    result.splink = score_units(con, unit_a, unit_b, chart_path, prior=_last_prior(con)) if unit_a != unit_b else None
     if result.splink is None and unit_a != unit_b:
         result.notes.append("the model scores only units with a name (CRM contacts, named store receipts)")
     elif chart_path is not None:

@@ -508,12 +508,14 @@ def score_units(
     chart_path: Path | None = None,
     model_path: Path = MODEL_PATH,
     population: int | None = None,
+    prior: float | None = None,
 ) -> dict[str, Any] | None:
     """Splink's verdict on two units: total match weight and the weight of every comparison.
 
     Returns ``None`` when either unit bears no person attributes (no name). With ``chart_path`` the
-    waterfall chart is saved there as a self-contained HTML file. The prior is scaled to ``population``
-    person units (default: those in ``stg_records``), as a run would.
+    waterfall chart is saved there as a self-contained HTML file. The prior is ``prior`` when given (the
+    one the last run measured), else the trained one scaled to ``population`` person units (default:
+    those in ``stg_records``).
     """
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _explain_records AS SELECT * FROM stg_records WHERE unit_id IN (?, ?)",
@@ -529,13 +531,15 @@ def score_units(
         )
     trained, meta = load_model(model_path)
     trained = dict(trained)
-    trained["probability_two_random_records_match"] = scaled_prior(trained, meta, population)
+    trained["probability_two_random_records_match"] = prior or scaled_prior(trained, meta, population)
     session = open_session(con, trained)
     try:
-        cursor = con.execute("SELECT * FROM _person_units ORDER BY unit_id")
-        names = [d[0] for d in cursor.description]
-        records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        scored = session.linker.inference.score_pair(records[0], records[1]).as_record_list()
+        # Typed one-row tables, not dicts: a dict's missing value has no type for Splink's SQL (year(NULL)).
+        sides = []
+        for side, unit in (("explain_l", unit_a), ("explain_r", unit_b)):
+            session.con.execute(f"CREATE TABLE {side} AS SELECT * FROM person_units WHERE unit_id = ?", [unit])
+            sides.append(session.linker._db_api.register(side))  # Splink's registry of input tables
+        scored = session.linker.inference.score_pair(sides[0], sides[1]).as_record_list()
         result = {
             "match_weight": float(scored[0]["match_weight"]),
             "match_probability": float(scored[0]["match_probability"]),
