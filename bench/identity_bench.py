@@ -10,6 +10,7 @@ Run: ``.venv/bin/python bench/identity_bench.py`` (``--only accuracy,stability,s
   and rerun (share of previously resolved records that keep their id).
 - ``scale``: resolve_identities on worlds of about 100k, 300k and 1M records, each in a fresh process;
   wall seconds and peak resident memory of that process.
+- ``sweep``: the accuracy worlds again at match thresholds 0.99, 0.9, 0.5 and 0.2.
 - ``blocking``: pairs generated and true pairs found by each prediction blocking rule (and by all of them)
   on the no_shared_ids world: the measurements the rules were chosen by.
 """
@@ -108,6 +109,28 @@ def bench_accuracy(threshold: float | None) -> dict[str, Any]:
         print(f"  {key}: P {m['precision']:.4f} R {m['recall']:.4f} F1 {m['f1']:.4f} "
               f"R(connectable) {m['recall_connectable']:.4f}", flush=True)  # fmt: skip
     return out
+
+
+def bench_sweep(thresholds: tuple[float, ...] = (0.99, 0.9, 0.5, 0.2)) -> list[dict[str, Any]]:
+    """Accuracy of both 2,000-person worlds at several match thresholds (stores built by ``accuracy``)."""
+    rows = []
+    for threshold in thresholds:
+        row: dict[str, Any] = {"match_threshold": threshold}
+        for key, name, mode, seed in (
+            ("omnichannel", "acc_omni2k", "omnichannel", 2026),
+            ("no_shared_ids", "acc_nsid2k", "no_shared_ids", 2027),
+        ):
+            inbox, truth = world(name, 2000, seed, mode)
+            db = WORK / f"{name}.duckdb"
+            if not db.exists():
+                build_store(inbox, db)
+            m = resolve_and_evaluate(db, truth, threshold)
+            row[key] = {k: m[k] for k in ("precision", "recall", "recall_connectable", "f1", "over_merged_customers")}
+        rows.append(row)
+        o, n = row["omnichannel"], row["no_shared_ids"]
+        print(f"  threshold {threshold}: omnichannel P {o['precision']:.4f} R(connectable) "
+              f"{o['recall_connectable']:.4f}; no_shared_ids F1 {n['f1']:.4f}", flush=True)  # fmt: skip
+    return rows
 
 
 def _assignment(db: Path) -> dict[tuple[str, str], str]:
@@ -333,6 +356,20 @@ def write_results(results: dict[str, Any]) -> None:
             for r in scale
         ]
         lines += ["", f"Targets at 1M records: <= {TARGETS['seconds_1m']} s, <= {TARGETS['peak_gb_1m']} GB.", ""]
+    sweep = results.get("sweep")
+    if sweep:
+        lines += [
+            "## Match threshold sweep (same 2,000-person worlds)",
+            "",
+            "| match_threshold | omnichannel precision | omnichannel recall (connectable) | no_shared_ids F1 |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['match_threshold']} | {r['omnichannel']['precision']:.4f} | "
+            f"{r['omnichannel']['recall_connectable']:.4f} | {r['no_shared_ids']['f1']:.4f} |"
+            for r in sweep
+        ]
+        lines += [""]
     blocking = results.get("blocking")
     if blocking:
         lines += [
@@ -348,7 +385,7 @@ def write_results(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="accuracy,stability,scale,blocking")
+    parser.add_argument("--only", default="accuracy,stability,sweep,scale,blocking")
     parser.add_argument("--threshold", type=float, default=None, help="match_threshold (default: from config)")
     args = parser.parse_args()
     from cdp.config import load_settings
@@ -371,6 +408,9 @@ def main() -> None:
     if "stability" in sections:
         print("stability", flush=True)
         results["stability"] = bench_stability(args.threshold)
+    if "sweep" in sections:
+        print("threshold sweep", flush=True)
+        results["sweep"] = bench_sweep()
     if "blocking" in sections:
         print("blocking", flush=True)
         results["blocking"] = bench_blocking()
