@@ -267,12 +267,17 @@ class SplinkSession:
 
 
 def open_session(
-    con: duckdb.DuckDBPyConnection, settings: dict[str, Any] | Path, threads: int = 2, memory_limit: str = "4GB"
+    con: duckdb.DuckDBPyConnection,
+    settings: dict[str, Any] | Path,
+    threads: int = 2,
+    memory_limit: str = "4GB",
+    frame: Any = None,
 ) -> SplinkSession:
-    """Copy ``_person_units`` into a private DuckDB and put a Splink linker over it."""
+    """Copy ``_person_units`` (or the arrow table ``frame``) into a private DuckDB under a Splink linker."""
     from splink import DuckDBAPI, Linker
 
-    frame = _person_frame(con)
+    if frame is None:
+        frame = _person_frame(con)
     scratch = duckdb.connect()
     scratch.execute(f"SET threads = {int(threads)}")
     scratch.execute(f"SET memory_limit = '{memory_limit}'")  # a setting, not user text
@@ -451,6 +456,21 @@ def check_parameters(model: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _training_frame(stores: list[duckdb.DuckDBPyConnection]) -> Any:
+    """Person units of every store, unit ids prefixed by the store's position so they stay apart."""
+    import pyarrow as pa
+
+    frames = []
+    for i, store in enumerate(stores):
+        build_person_units(store, training=True)
+        frames.append(
+            store.execute(
+                "SELECT * REPLACE (? || unit_id AS unit_id) FROM _person_units ORDER BY unit_id", [f"s{i}/"]
+            ).to_arrow_table()
+        )
+    return pa.concat_tables(frames)
+
+
 def train_model(
     con: duckdb.DuckDBPyConnection,
     out_path: Path = MODEL_PATH,
@@ -458,18 +478,23 @@ def train_model(
     u_max_pairs: float = 5e6,
     threads: int = 2,
     strict: bool = True,
+    also: list[duckdb.DuckDBPyConnection] | None = None,
 ) -> dict[str, Any]:
     """Train on the store's person units: prior by deterministic rules, u by sampling, m by EM.
 
-    Writes the Splink JSON to ``out_path`` and its meta data beside it. Returns the meta data.
+    ``also`` adds the person units of more stores (say an omnichannel world and a CRM-only one, so that
+    m values are learnt from both kinds of duplicates). Writes the Splink JSON to ``out_path`` and its
+    meta data beside it. Returns the meta data.
     """
     from cdp.errors import CdpError
 
     started = time.perf_counter()
-    n_units = build_person_units(con, training=True)
+    stores = [con, *(also or [])]
+    frame = _training_frame(stores)
+    n_units = frame.num_rows
     if n_units < 1000:
         raise CdpError(f"only {n_units} person records in the store; train on at least 1,000")
-    session = open_session(con, base_settings(), threads=threads, memory_limit="8GB")
+    session = open_session(con, base_settings(), threads=threads, memory_limit="8GB", frame=frame)
     try:
         training = session.linker.training
         training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)
@@ -489,6 +514,7 @@ def train_model(
         "model": out_path.stem,
         "problems": problems,
         "n_units": n_units,
+        "stores": len(stores),
         "seed": seed,
         "u_max_pairs": u_max_pairs,
         "prior_rules": PRIOR_RULES,

@@ -21,6 +21,9 @@ def train(
     ),
     seed: int = typer.Option(42, "--seed", help="Seed of u sampling."),
     u_max_pairs: float = typer.Option(5e6, "--u-max-pairs", help="Random pairs sampled to estimate u."),
+    also: list[Path] = typer.Option(
+        [], "--also", help="Another store whose person records join the training data (repeatable)."
+    ),
 ) -> None:
     """Retrain the Splink person model on the store's staged records and rewrite its JSON."""
     from cdp.store import connect
@@ -29,11 +32,15 @@ def train(
     settings = settings_for(db)
     target = out or MODEL_PATH
     con = connect(settings.db_path, read_only=True)
+    others = [connect(path, read_only=True) for path in also]
     try:
-        console.print(f"Training on {settings.db_path} (prior, u by sampling, m by EM)...")
-        meta = train_model(con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads)
+        names = ", ".join(str(p) for p in [settings.db_path, *also])
+        console.print(f"Training on {names} (prior, u by sampling, m by EM)...")
+        meta = train_model(con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others)
     finally:
         con.close()
+        for other in others:
+            other.close()
     table = [p for p in meta["parameters"] if p["match_weight"] is not None]
     for p in table:
         console.print(
