@@ -35,8 +35,10 @@ from cdp.config import Settings
 from identity import graph, model
 
 ID_PREFIX = "cus_"
-#: A cluster with more CRM contacts or online accounts than this is reported as an outlier.
-OUTLIER_CRM_CONTACTS = 3
+#: A cluster with more CRM contacts or online accounts than this is reported as an outlier (CRM exports
+#: duplicate a contact up to four times in the worlds we measured; one person has one online account,
+#: two at most).
+OUTLIER_CRM_CONTACTS = 4
 OUTLIER_ACCOUNTS = 2
 #: ... and so is a cluster with more units than this (a person's cookies, devices and receipts).
 OUTLIER_UNITS = 500

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from identity.resolve import OUTLIER_ACCOUNTS, OUTLIER_CRM_CONTACTS, OUTLIER_UNITS
 from pipelines.resources import CdpStore
 
 #: Check names, as constants so the UI, tests and alerts can refer to them.
@@ -64,9 +65,9 @@ def _latest_run_stats(store: CdpStore) -> dict:
     asset="customer_source_records",
     name=NO_OUTLIER_CUSTOMERS,
     description=(
-        "Customers that look over-merged: more than 3 CRM contacts, more than 2 online accounts or more "
-        f"than 500 units. Fails when they exceed {OUTLIER_SHARE_LIMIT:.1%} of multi-unit customers. "
-        "Counts only."
+        f"Customers that look over-merged: more than {OUTLIER_CRM_CONTACTS} CRM contacts, more than "
+        f"{OUTLIER_ACCOUNTS} online accounts or more than {OUTLIER_UNITS} units. Fails when they exceed "
+        f"{OUTLIER_SHARE_LIMIT:.1%} of multi-unit customers. Counts only."
     ),
 )
 def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
