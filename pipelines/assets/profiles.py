@@ -153,7 +153,7 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
                 )
     finally:
         con.close()
-    metadata = {
+    metadata: dict[str, int | str] = {
         "exports": len(export_ids),
         "export_ids": ",".join(export_ids),
         "invalid_segments": len(invalid),
