@@ -111,7 +111,7 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
     name="segment_activations",
     group_name=ACTIVATION_GROUP,
     kinds={"duckdb", "csv"},
-    deps=[dg.AssetKey("customer_profiles"), dg.AssetKey("consent_state")],
+    deps=[dg.AssetKey("customer_profiles"), dg.AssetKey("consent_state"), dg.AssetKey("restrictions")],
     description=(
         "Scheduled exports: every segment whose YAML lists `activations` is exported for each of those "
         "purposes to <home>/exports/<segment>/<purpose>-<UTC time>.csv (0600), through consent/enforce, and "
