@@ -10,6 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines import assets as asset_package
+from pipelines.assets.profiles import activation_job, activation_schedule
 from pipelines.resources import default_resources
 
 #: Group of assets that send data out of the platform; they run on their own schedule, not in a rebuild.
@@ -29,7 +30,8 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
         asset_checks=all_checks,
-        jobs=[pipeline_job],
+        jobs=[pipeline_job, activation_job],
+        schedules=[activation_schedule],
         resources=resources or default_resources(),
         executor=dg.in_process_executor,
     )
