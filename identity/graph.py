@@ -91,16 +91,18 @@ CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
 #: that tolerates one keying error: "katthy" -> kathy -> katherine, "phl" -> phil -> philip), are one
 #: keying error apart (two for names of five letters or more with the same initial), one is a prefix of
 #: the other, or forename and surname are swapped (each within a typo). Anything else -- Patrick and
-#: Patricia, John and Mary -- is "clearly different". ``ca``/``cb``: candidate lists from :func:`build_units`.
+#: Patricia, John and Mary -- is "clearly different". ``ca``/``cb`` (forenames) and ``la``/``lb``
+#: (surnames): candidate canonical lists from :func:`build_units`, so a swap may hide a nickname too.
 NAMES_DISAGREE_MACRO = """
-CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) AS (
+CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, la, fn_b, cb, ln_b, lb) AS (
     coalesce(NOT (
         list_has_any(ca, cb)
         OR damerau_levenshtein(fn_a, fn_b) <= 1
         OR (least(length(fn_a), length(fn_b)) >= 5 AND left(fn_a, 1) = left(fn_b, 1)
             AND damerau_levenshtein(fn_a, fn_b) <= 2)
         OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
-        OR (jaro_winkler_similarity(fn_a, ln_b) >= 0.88 AND jaro_winkler_similarity(ln_a, fn_b) >= 0.88)
+        OR ((jaro_winkler_similarity(fn_a, ln_b) >= 0.88 OR list_has_any(ca, lb))
+            AND (jaro_winkler_similarity(ln_a, fn_b) >= 0.88 OR list_has_any(la, cb)))
     ), false)
 )
 """
@@ -111,13 +113,14 @@ CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, fn_b, cb, ln_b) 
 #: Arguments are two structs of :data:`WHO_COLUMNS`; missing values never disagree.
 DISAGREE_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_disagree(a, b) AS (
-    cdp_names_disagree(a.first_name, a.first_cands, a.last_name, b.first_name, b.first_cands, b.last_name)
+    cdp_names_disagree(a.first_name, a.first_cands, a.last_name, a.last_cands,
+                       b.first_name, b.first_cands, b.last_name, b.last_cands)
     OR coalesce(NOT cdp_near_dob(a.dob, b.dob), false)
     OR coalesce((a.user_id <> b.user_id OR a.loyalty_id <> b.loyalty_id)
                 AND NOT coalesce(cdp_near_dob(a.dob, b.dob), false), false)
 )
 """
-WHO_COLUMNS = ("first_name", "first_cands", "last_name", "dob", "user_id", "loyalty_id")
+WHO_COLUMNS = ("first_name", "first_cands", "last_name", "last_cands", "dob", "user_id", "loyalty_id")
 
 
 def who(alias: str) -> str:
@@ -242,19 +245,22 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _name_candidates AS
-        WITH names AS (SELECT DISTINCT first_name, split_part(first_name, ' ', 1) AS word FROM _units
-                       WHERE first_name IS NOT NULL),
-        hits AS (SELECT n.first_name, k.canonical FROM names n JOIN _nicknames k
+        WITH names AS (SELECT DISTINCT name, split_part(name, ' ', 1) AS word FROM (
+                           SELECT first_name AS name FROM _units UNION SELECT last_name FROM _units)
+                       WHERE name IS NOT NULL),
+        hits AS (SELECT n.name, k.canonical FROM names n JOIN _nicknames k
                  ON abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1)
-        SELECT first_name, list_distinct(list(canonical) || [any_value(word)]) AS first_cands
-        FROM (SELECT n.first_name, h.canonical, n.word FROM names n LEFT JOIN hits h USING (first_name))
-        GROUP BY first_name
+        SELECT name, list_distinct(list(canonical) || [any_value(word)]) AS cands
+        FROM (SELECT n.name, h.canonical, n.word FROM names n LEFT JOIN hits h USING (name))
+        GROUP BY name
         """
     )
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _units AS
-        SELECT u.*, c.first_cands FROM _units u LEFT JOIN _name_candidates c USING (first_name)
+        SELECT u.*, f.cands AS first_cands, l.cands AS last_cands FROM _units u
+        LEFT JOIN _name_candidates f ON f.name = u.first_name
+        LEFT JOIN _name_candidates l ON l.name = u.last_name
         """
     )
     return int(con.execute("SELECT count(*) FROM _units").fetchall()[0][0])

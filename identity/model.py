@@ -36,7 +36,7 @@ META_PATH = MODEL_DIR / f"{MODEL_NAME}.meta.json"
 
 #: Columns of the Splink input table, one row per person-bearing unit.
 PERSON_COLUMNS = (
-    "unit_id", "first_name", "first_canon", "first_cands", "last_name", "dob", "email_key", "email_local",
+    "unit_id", "first_name", "first_canon", "first_cands", "last_name", "last_cands", "dob", "email_key", "email_local",
     "phone_e164", "postcode", "address_line1", "user_id", "loyalty_id",
 )  # fmt: skip
 
@@ -67,7 +67,8 @@ NAME = {
         {
             # Set, not trained: swaps are too rare for EM or sampling to see (m and u stay as written).
             **_level(
-                f"{JW}(first_name_l, last_name_r) >= 0.88 AND {JW}(last_name_l, first_name_r) >= 0.88",
+                f"({JW}(first_name_l, last_name_r) >= 0.88 OR list_has_any(first_cands_l, last_cands_r)) "
+                f"AND ({JW}(last_name_l, first_name_r) >= 0.88 OR list_has_any(last_cands_l, first_cands_r))",
                 "Forename and surname swapped",
             ),
             "m_probability": 0.005,
@@ -241,7 +242,7 @@ def build_person_units(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _person_units AS
-        SELECT unit_id, first_name, first_canon, first_cands, last_name, dob, email_key,
+        SELECT unit_id, first_name, first_canon, first_cands, last_name, last_cands, dob, email_key,
                split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1,
                user_id, loyalty_id
         FROM _units WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
