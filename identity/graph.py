@@ -372,15 +372,16 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
             FROM _key_members m JOIN _key_groups g USING (id_type, id_value) WHERE g.verdict = 'ok'
         ),
         personas AS (
-            SELECT m.id_type, m.id_value, m.unit_id, m.first_canon, m.dob
+            SELECT m.id_type, m.id_value, m.unit_id, m.first_canon, m.who
             FROM _key_members m JOIN _key_groups g USING (id_type, id_value)
             WHERE g.verdict = 'conflict' AND m.first_canon IS NOT NULL
         ),
         persona_conflicts AS (
+            -- one first name, yet two people (dates of birth apart, or each with an account in use)
             SELECT DISTINCT a.id_type, a.id_value, a.first_canon FROM personas a JOIN personas b
               ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.first_canon = b.first_canon
-             AND a.dob < b.dob
-            WHERE NOT cdp_near_dob(a.dob, b.dob)
+             AND a.unit_id < b.unit_id
+            WHERE cdp_disagree(a.who, b.who)
         ),
         soft AS (
             SELECT p.id_type, p.id_value, p.unit_id,

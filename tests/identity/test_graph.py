@@ -112,3 +112,38 @@ def test_shared_tablet_keeps_only_a_majority_account(idcon, stg, rec_):
     assert ("app:tab", "crm:c2") not in linked
     assert not any("app:tab2" in pair for pair in linked)
     assert stats["shared_units.user_id"] == 2
+
+
+def test_accounts_in_use_tell_people_apart_unless_dates_of_birth_agree(idcon, stg, rec_):
+    stg(
+        [
+            # one family email, two people with their own online accounts (each seen on a cookie too)
+            rec_("crm", "c1", email_key="fam@x.com", user_id="u1", first_name="sam", last_name="lee"),
+            rec_("crm", "c2", email_key="fam@x.com", user_id="u2", first_name="sam", last_name="lee"),
+            rec_("web", "e1", anonymous_id="k1", user_id="u1"),
+            rec_("web", "e2", anonymous_id="k2", user_id="u2"),
+            # a duplicate account of one person: same date of birth, so the accounts do not disagree
+            rec_("crm", "c3", email_key="jo@x.com", user_id="u3", first_name="jo", date_of_birth="1990-01-01"),
+            rec_("crm", "c4", email_key="jo@x.com", user_id="u4", first_name="jo", date_of_birth="1990-01-01"),
+            rec_("web", "e3", anonymous_id="k3", user_id="u3"),
+            rec_("web", "e4", anonymous_id="k4", user_id="u4"),
+        ]
+    )
+    build_graph(idcon, LIMITS)
+    linked = {(a, b) for a, b, _, _ in edges(idcon)}
+    assert ("crm:c1", "crm:c2") not in linked
+    assert ("crm:c3", "crm:c4") in linked
+
+
+def test_swapped_names_with_a_nickname_are_one_person_not_a_conflict(idcon, stg, rec_):
+    stg(
+        [
+            rec_("crm", "c1", phone_e164="+447700900001", first_name="susan", last_name="hall",
+                 date_of_birth="1954-06-10"),
+            rec_("crm", "c2", phone_e164="+447700900001", first_name="hall", last_name="sue",
+                 date_of_birth="1954-06-10"),
+        ]
+    )  # fmt: skip
+    stats = build_graph(idcon, LIMITS)
+    assert ("crm:c1", "crm:c2", "phone_e164", "shared_key") in edges(idcon)
+    assert stats["hub_keys_conflict"] == 0

@@ -109,3 +109,25 @@ def test_explain_names_the_identifier_path(idcon, stg, world, idsettings, tmp_pa
     assert not other.same_customer and other.splink is not None
     assert other.splink["match_weight"] < 0
     assert (tmp_path / "w.html").read_text().count("<html") >= 1
+
+
+def test_model_links_a_receipt_to_its_contact_but_not_when_two_namesakes_live_there(idcon, stg, rec_, idsettings):
+    contact = dict(first_name="james", last_name="jackson", postcode="SW36WS", address_line1="4 elm road")
+    receipt = dict(first_name="james", last_name="jackson", postcode="SW36WS")
+    stg([rec_("crm", "c1", date_of_birth="1970-10-04", **contact), rec_("store", "t1", **receipt)])
+    resolve_identities(idcon, idsettings)
+    ids = assignment(idcon)
+    assert ids["crm", "c1"] == ids["store", "t1"]  # the model's link, no shared key
+    # Father and son of one name at one address: the receipt could be either's, so it joins neither, and
+    # the two contacts (dates of birth decades apart) stay two customers.
+    stg(
+        [
+            rec_("crm", "c1", date_of_birth="1970-10-04", **contact),
+            rec_("crm", "c2", date_of_birth="2000-09-18", **contact),
+            rec_("store", "t1", **receipt),
+        ]
+    )
+    stats = resolve_identities(idcon, idsettings)
+    ids = assignment(idcon)
+    assert len({ids["crm", "c1"], ids["crm", "c2"], ids["store", "t1"]}) == 3
+    assert stats["model_ambiguous_units"] >= 1 and stats["model_pairs_vetoed"] >= 1
