@@ -306,17 +306,18 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         """
     )
     # A unit's one-per-person keys, as evidence of who it is, are the ones it links by (its majority value)
-    # and only when another unit carries them too: an account or card in use (seen on events, receipts or
-    # another contact). An id that appears once, on one record, says little about a separate person.
+    # and only when in use: seen on an event or a receipt (the account logged in, the card was swiped) or
+    # on another unit. An id that a single CRM contact holds says little about a separate person.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _units AS
         WITH used AS (
-            SELECT unit_id, id_type, id_value FROM _unit_keys
-            WHERE id_type IN ('user_id', 'loyalty_id')
-              AND (id_type, id_value) IN (SELECT (id_type, id_value) FROM _unit_keys
-                                          WHERE id_type IN ('user_id', 'loyalty_id')
-                                          GROUP BY ALL HAVING count(*) > 1)
+            SELECT k.unit_id, k.id_type, k.id_value FROM _unit_keys k JOIN _units u USING (unit_id)
+            WHERE k.id_type IN ('user_id', 'loyalty_id')
+              AND (u.source <> 'crm'
+                   OR (k.id_type, k.id_value) IN (SELECT (id_type, id_value) FROM _unit_keys
+                                                  WHERE id_type IN ('user_id', 'loyalty_id')
+                                                  GROUP BY ALL HAVING count(*) > 1))
         )
         SELECT u.* REPLACE (ku.id_value AS user_id, kl.id_value AS loyalty_id) FROM _units u
         LEFT JOIN (SELECT unit_id, id_value FROM used WHERE id_type = 'user_id') ku USING (unit_id)
