@@ -11,9 +11,10 @@ Guards, in order:
 2. A cookie or device that saw several values of one key type (a shared tablet, two accounts) keeps
    only a value that most of its identified events carry; with no majority it keeps none.
 3. A key held by more units than ``settings.max_records_per_identifier[type]`` is a hub: no links.
-4. A key shared by units that disagree on who they are (clearly different first names, or dates of
-   birth more than a typo apart: a household landline, a family email) is not a hard link. It only
-   joins units that also agree on the (nickname-folded) first name and do not disagree on dob.
+4. A key shared by units that disagree on who they are (clearly different first names, dates of birth
+   more than a typo apart, or two accounts/cards in use: a household landline, a family email) is not
+   a hard link. It only joins units that also share the (nickname-folded) first name and do not
+   disagree otherwise (see ``DISAGREE_MACRO``, which the model's pairs and the clusters obey too).
 
 Every edge records its evidence: the key *type* and the rule, never the key's value, so that erasing a
 record's unit removes its edges. Edges are written as a star per key (every unit to the key's smallest

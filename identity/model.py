@@ -1,11 +1,16 @@
 """The probabilistic person model: Splink 5 over the person-bearing identity units.
 
 Person-bearing units are the ones with a name (CRM contacts, store transactions with names). Their
-attributes -- names (nickname-folded, transpositions), date of birth, email local part, phone, postcode
-and street address -- are scored pairwise by a Fellegi-Sunter model whose u values come from random
-sampling and whose m values come from EM. The trained model is a reviewed, versioned artefact:
-``identity/models/person_v1.json`` (Splink's own JSON) beside ``person_v1.meta.json`` (what it was
-trained on and how its parameters looked). Runs load it; only ``cdp identity train`` rewrites it.
+attributes -- names (nickname-folded, typos, forename and surname swapped), date of birth, email,
+phone, and postcode with street address as one location comparison -- are scored pairwise by a
+Fellegi-Sunter model whose u values come from random sampling and whose m values come from EM. The
+trained model is a reviewed, versioned artefact: ``identity/models/person_v1.json`` (Splink's own JSON)
+beside ``person_v1.meta.json`` (what it was trained on and how its parameters looked). Runs load it and
+only re-measure the prior on their own data; ``cdp identity train`` rewrites it.
+
+Two precision guards sit on top of the scores: a pair that disagrees on who it is (clearly different
+first names, dates of birth more than a typo apart, two accounts in use) is never linked, and a unit
+matched to two records that disagree with each other is linked to neither (it is ambiguous).
 
 Splink runs on its own in-memory DuckDB connection: its scratch tables never land in the store file.
 
