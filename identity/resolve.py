@@ -11,6 +11,11 @@
   to the new one), ``retired`` (none of the old customer's records remain).
 - ``identity_runs``: one row per run with its counts.
 
+Clustering: connected components of the identifier graph's edges and the model's pairs at or above
+``settings.match_threshold`` (a match probability, compared as the equivalent match weight; the prior in
+that weight is measured on each run's data). One more precision guard: a cluster holding two records
+that disagree on who they are loses its model pairs and is recomputed from the rest.
+
 Stable ids: every cluster of this run votes with its units for the customer ids those units had in the
 previous run; an old id goes to the cluster holding most of its units (ties: the cluster with the
 smaller anchor unit), and a cluster takes at most one old id (the one with most votes). Clusters left
