@@ -45,7 +45,7 @@ class Settings:
     #: Source trust order for golden-record survivorship, most trusted first.
     survivorship: tuple[str, ...] = ("crm", "store", "app", "web")
     #: Splink match probability above which two records are one customer.
-    match_threshold: float = 0.99
+    match_threshold: float = 0.9
     #: An identifier seen on more distinct people-like records than this is not a hard link.
     max_records_per_identifier: dict[str, int] = field(
         default_factory=lambda: {

@@ -21,7 +21,7 @@ class CdpStore(dg.ConfigurableResource):
     db_path: str
     home: str = ".cdp"
     default_region: str = "GB"
-    match_threshold: float = 0.99
+    match_threshold: float = 0.9
     threads: int = 2
     memory_limit: str = "8GB"
 
