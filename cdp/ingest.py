@@ -20,19 +20,13 @@ from pathlib import Path
 
 import duckdb
 
+from cdp.config import PURPOSES
 from cdp.errors import SchemaError
 from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table
 from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
-CONSENT_PURPOSES = (
-    "email_marketing",
-    "sms_marketing",
-    "push_marketing",
-    "personalised_ads",
-    "analytics",
-    "profiling",
-)
+CONSENT_PURPOSES = PURPOSES
 CONSENT_STATUSES = ("granted", "withdrawn")
 
 
