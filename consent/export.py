@@ -27,7 +27,7 @@ import pandas as pd
 
 from cdp.config import Settings
 from cdp.errors import CdpError
-from consent import enforce
+from consent import enforce, register
 from consent.segments import Segment, get_segment, select_segment
 
 FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -171,6 +171,7 @@ def _record(
         con.register("_export_members_new", members)
         con.execute("INSERT INTO export_members SELECT export_id, customer_id FROM _export_members_new")
         con.unregister("_export_members_new")
+        register.audit(con, "export", None, f"{segment} for {purpose}", len(rows))
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -151,3 +151,11 @@ def test_only_consent_export_records_exports():
         if re.search(r"INSERT\s+INTO\s+export_(register|members)", path.read_text(), re.IGNORECASE)
     }
     assert writers == {"consent/export.py"}
+
+
+def test_every_export_is_written_to_the_audit_log(con, settings, tmp_path):
+    """An export leaves one audit line with segment, purpose and row count, and no contact point."""
+    result = export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "out.csv")
+    lines = con.execute("SELECT action, detail, count FROM audit_log WHERE action = 'export'").fetchall()
+    assert lines == [("export", "all_customers for email_marketing", result.row_count)]
+    assert "@" not in lines[0][1]
