@@ -54,9 +54,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def generate(
-        out: Path = typer.Option(
-            ..., "--out", help="Inbox folder to write (ground truth goes to OUT-truth/)."
-        ),
+        out: Path = typer.Option(..., "--out", help="Inbox folder to write (ground truth goes to OUT-truth/)."),
         customers: int = typer.Option(2000, "--customers", min=1, help="Number of people in the world."),
         seed: int = typer.Option(7, "--seed", help="Random seed; the same seed writes the same files."),
         mode: str = typer.Option(
@@ -91,10 +89,49 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(7, "--seed"),
         db: Path | None = DbOption,
     ) -> None:
-        """Generate a sample inbox, run the whole pipeline on it, and print what was built and where."""
+        """Generate a sample inbox, run the whole pipeline, export a consented segment and erase one person.
+
+        Everything it shows is what the other commands do: `cdp generate`, `cdp run`, `cdp segments export`
+        and `cdp privacy erase`, called with the demo's paths.
+        """
+        from cdp.commands import privacy, segments
         from cdp.generate import generate_world
 
         with console.status("generating the sample inbox..."):
             summary = generate_world(out, customers=customers, seed=seed)
         console.print(str(summary))
         run_and_report(out, db)
+        settings = settings_for(db)
+
+        console.print("\n[bold]A consented export[/bold] (cdp segments export all_customers --purpose email_marketing)")
+        export_file = out.parent / "exports" / "all_customers-email_marketing.csv"
+        export_file.parent.mkdir(parents=True, exist_ok=True)
+        segments.export_cmd("all_customers", "email_marketing", export_file, None, db)
+
+        subject = _demo_subject(settings.db_path)
+        console.print(f"\n[bold]An erasure[/bold] (cdp privacy erase --customer-id {subject} --yes)")
+        privacy.erase(None, None, subject, False, True, db)
+        console.print(
+            "\nNext: `cdp profile show --customer-id ID`, `cdp segments preview lapsed_big_spenders`, "
+            f"`cdp identity evaluate --truth {summary.truth}/records.csv`, `cdp privacy requests`, "
+            "`make dev` for the Dagster UI."
+        )
+
+
+def _demo_subject(db_path: Path) -> str:
+    """A customer seen in CRM, store and web or app: the kind of person an erasure must reach everywhere."""
+    from cdp.store import connect
+
+    con = connect(db_path, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT customer_id FROM customer_source_records GROUP BY customer_id "
+            "HAVING count(DISTINCT source) >= 3 ORDER BY count(*) DESC, customer_id LIMIT 1"
+        ).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        from cdp.errors import CdpError
+
+        raise CdpError("the demo world has no customer seen in three sources; try a larger --customers")
+    return str(rows[0][0])
