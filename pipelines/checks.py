@@ -24,11 +24,8 @@ def expectations_check(table: str, *, blocking: bool) -> dg.AssetChecksDefinitio
     def _check(store: CdpStore) -> dg.AssetCheckResult:
         from cdp.quality import validate_table
 
-        con = store.connect()
-        try:
+        with store.session() as con:
             result = validate_table(con, table)
-        finally:
-            con.close()
         return dg.AssetCheckResult(
             passed=result.success,
             severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,

@@ -6,6 +6,8 @@ command line when ``cdp run`` materialises the graph; assets never read the envi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -49,6 +51,15 @@ class CdpStore(dg.ConfigurableResource):
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         return connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
+
+    @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one step, closed (and so checkpointed) when the block ends."""
+        con = self.connect()
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 class Inbox(dg.ConfigurableResource):

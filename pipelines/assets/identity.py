@@ -31,11 +31,8 @@ OUTLIER_SHARE_LIMIT = 0.001
 def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from identity.resolve import resolve_identities
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         stats = resolve_identities(con, store.settings)
-    finally:
-        con.close()
     context.log.info(
         f"{stats['records']} records in {stats['units']} units -> {stats['customers']} customers "
         f"({stats['new_customers']} new, {stats['merged']} merged, {stats['split']} split) "
@@ -53,11 +50,8 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
 def _latest_run_stats(store: CdpStore) -> dict:
     import json
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
-    finally:
-        con.close()
     return json.loads(rows[0][0]) if rows else {}
 
 

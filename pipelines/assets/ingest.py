@@ -35,15 +35,10 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
         from cdp.suppression import load_secret
 
         settings = store.settings
-        con = store.connect()
-        try:
-            ingestor = Ingestor(
-                con, load_secret(settings.secret_path), settings.default_region, context.log.info
-            )
+        with store.session() as con:
+            ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, context.log.info)
             batches = ingestor.ingest_source(inbox.folder, source)
             total = con.execute(f"SELECT count(*) FROM raw_{source}").fetchall()[0][0]
-        finally:
-            con.close()
         for batch in batches:
             if batch.error:
                 context.log.warning(batch.error)
@@ -83,11 +78,8 @@ def stg_records(store: CdpStore) -> dg.MaterializeResult:
     """
     from identity.staging import build_stg_records
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         counts = build_stg_records(con, store.default_region)
-    finally:
-        con.close()
     return dg.MaterializeResult(metadata={f"rows_{k}": v for k, v in counts.items()})
 
 
@@ -100,11 +92,8 @@ def stg_consent(store: CdpStore) -> dg.MaterializeResult:
     """
     from identity.staging import build_stg_consent
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         rows = build_stg_consent(con, store.default_region)
-    finally:
-        con.close()
     return dg.MaterializeResult(metadata={"rows": rows})
 
 

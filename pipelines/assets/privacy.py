@@ -23,13 +23,10 @@ RESTRICTIONS_FOLLOW_CUSTOMERS = "restrictions_follow_current_customers"
 def restrictions(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.restriction import active_restrictions, carry_restrictions, ensure_restrictions
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         ensure_restrictions(con)
         carried = carry_restrictions(con)
         active = len(active_restrictions(con))
-    finally:
-        con.close()
     context.log.info(f"{active} active restrictions, {carried} carried to new customer ids")
     return dg.MaterializeResult(metadata={"active": active, "carried_to_new_ids": carried})
 
@@ -43,9 +40,6 @@ def restrictions(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mater
 def restrictions_follow_current_customers(store: CdpStore) -> dg.AssetCheckResult:
     from consent.restriction import restrictions_not_carried
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         released = restrictions_not_carried(con)
-    finally:
-        con.close()
     return dg.AssetCheckResult(passed=released == 0, metadata={"restrictions_not_carried": released})

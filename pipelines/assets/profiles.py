@@ -21,11 +21,8 @@ EXPORT_ROWS_ALL_CONSENTED = "export_rows_all_consented"
 
 
 def _count(store: CdpStore, sql: str) -> int:
-    con = store.connect()
-    try:
+    with store.session() as con:
         return int(con.execute(sql).fetchall()[0][0])
-    finally:
-        con.close()
 
 
 @dg.asset(
@@ -44,11 +41,8 @@ def _count(store: CdpStore, sql: str) -> int:
 def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from identity.profiles import build_customer_profiles
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         counts = build_customer_profiles(con, store.settings)
-    finally:
-        con.close()
     context.log.info(f"{counts['profiles']} profiles from {counts['records']} source records")
     return dg.MaterializeResult(metadata=counts)
 
@@ -68,11 +62,8 @@ def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.
 def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.ledger import sync_ledger
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         counts = sync_ledger(con)
-    finally:
-        con.close()
     context.log.info(
         f"ledger: {counts['appended_consent']} consent and {counts['appended_app']} app events appended, "
         f"{counts['events']} in total; {counts['not_consent']} rows with an unknown purpose or status"
@@ -95,11 +86,8 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
 def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.state import build_consent_state
 
-    con = store.connect()
-    try:
+    with store.session() as con:
         counts = build_consent_state(con)
-    finally:
-        con.close()
     context.log.info(
         f"consent state: {counts['granted']} granted, {counts['withdrawn']} withdrawn; "
         f"{counts['unmatched_events']} events wait for an identifier; {counts['ambiguous_grants']} ambiguous grants"
@@ -136,8 +124,7 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
     exported: dict[str, int] = {}
     export_ids: list[str] = []
     failed: list[str] = []
-    con = store.connect()
-    try:
+    with store.session() as con:
         for segment in segments:
             for purpose in segment.activations:
                 out = settings.exports_dir / segment.name / f"{purpose}-{stamp}.csv"
@@ -151,8 +138,6 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
                 context.log.info(
                     f"{segment.name} for {purpose}: {result.row_count} of {result.counts.get('candidates', 0)} exported"
                 )
-    finally:
-        con.close()
     metadata: dict[str, int | str] = {
         "exports": len(export_ids),
         "export_ids": ",".join(export_ids),
@@ -171,8 +156,7 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
     description="Exactly one profile per customer in customer_source_records, and no profile without one.",
 )
 def profiles_one_row_per_customer(store: CdpStore) -> dg.AssetCheckResult:
-    con = store.connect()
-    try:
+    with store.session() as con:
         rows, distinct, missing, orphan = con.execute(
             """SELECT (SELECT count(*) FROM customer_profiles),
                       (SELECT count(DISTINCT customer_id) FROM customer_profiles),
@@ -181,8 +165,6 @@ def profiles_one_row_per_customer(store: CdpStore) -> dg.AssetCheckResult:
                       (SELECT count(*) FROM customer_profiles
                         WHERE customer_id NOT IN (SELECT customer_id FROM customer_source_records))"""
         ).fetchall()[0]
-    finally:
-        con.close()
     return dg.AssetCheckResult(
         passed=rows == distinct and missing == 0 and orphan == 0,
         metadata={"profiles": rows, "duplicate_rows": rows - distinct, "missing": missing, "orphans": orphan},
@@ -254,11 +236,8 @@ def export_rows_all_consented(context: dg.AssetCheckExecutionContext, store: Cdp
     meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
     ids_value = meta.get("export_ids")
     export_ids = [i for i in str(ids_value.value if ids_value else "").split(",") if i]
-    con = store.connect()
-    try:
+    with store.session() as con:
         report = verify_exports(con, export_ids)
-    finally:
-        con.close()
     return dg.AssetCheckResult(passed=report["problems"] == 0, metadata=report)
 
 
