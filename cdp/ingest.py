@@ -404,7 +404,9 @@ class Ingestor:
             value = token.strip()
             if not value:
                 continue
-            candidates = {t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")}
+            candidates: dict[str, str | None] = {
+                t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
+            }
             candidates["email_key"] = email_match_key(value)
             candidates["phone_e164"] = normalise_phone(value, self.region)
             hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates.items() if v}

@@ -85,9 +85,7 @@ SUITES: dict[str, list[Expect]] = {
     "raw_store": [
         _not_null("transaction_id"),
         _not_null("transaction_time"),
-        Expect(
-            "ExpectColumnValuesToBeBetween", {"column": "amount", "min_value": -100000, "max_value": 1000000}
-        ),
+        Expect("ExpectColumnValuesToBeBetween", {"column": "amount", "min_value": -100000, "max_value": 1000000}),
     ],
     "raw_crm": [_not_null("crm_id")],
     "raw_consent": [_not_null("consent_id"), _not_null("event_time")],
@@ -134,9 +132,7 @@ def _quiet_gx() -> None:
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 
-def validate_table(
-    con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None
-) -> SuiteResult:
+def validate_table(con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None) -> SuiteResult:
     """Validate ``table`` against its suite with Great Expectations; returns counts only."""
     _quiet_gx()
     import great_expectations as gx

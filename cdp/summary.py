@@ -57,15 +57,11 @@ def summarise(con: duckdb.DuckDBPyConnection) -> StoreSummary:
     granted: dict[str, int] = {}
     if table_exists(con, "consent_state"):
         granted = dict(
-            con.execute(
-                "SELECT purpose, count(*) FROM consent_state WHERE status = 'granted' GROUP BY 1"
-            ).fetchall()
+            con.execute("SELECT purpose, count(*) FROM consent_state WHERE status = 'granted' GROUP BY 1").fetchall()
         )
     customers = None
     if table_exists(con, "customer_source_records"):
-        customers = int(
-            con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0]
-        )
+        customers = int(con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0])
     return StoreSummary(
         files=row[0],
         files_rejected=row[1],

@@ -207,7 +207,7 @@ PRIOR_RECALL = 0.9
 
 
 def comparison_names() -> list[str]:
-    return [c["output_column_name"] for c in COMPARISONS]
+    return [str(c["output_column_name"]) for c in COMPARISONS]
 
 
 def base_settings() -> dict[str, Any]:

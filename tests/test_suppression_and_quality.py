@@ -49,9 +49,7 @@ def test_staged_suite_passes_on_clean_data(staged):
 
 
 def test_staged_suite_fails_on_bad_data_and_reports_counts_only(staged):
-    staged.execute(
-        "INSERT INTO stg_records VALUES ('crm', 'C1', 'crm:C1', 'Not An Email', '07700 900123', 'sw1a 1aa')"
-    )
+    staged.execute("INSERT INTO stg_records VALUES ('crm', 'C1', 'crm:C1', 'Not An Email', '07700 900123', 'sw1a 1aa')")
     result = validate_table(staged, "stg_records")
     assert not result.success
     failed = {f["expectation"]: f["unexpected_count"] for f in result.failures}

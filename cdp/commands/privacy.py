@@ -80,12 +80,12 @@ def _print_exports(exports: list[dict[str, Any]]) -> None:
 @app.command()
 @one_line_errors
 def erase(
-    email: str = EmailOption,
-    phone: str = PhoneOption,
-    customer_id: str = CustomerOption,
+    email: str | None = EmailOption,
+    phone: str | None = PhoneOption,
+    customer_id: str | None = CustomerOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased (registers the request)."),
     yes: bool = typer.Option(False, "--yes", help="Erase without asking for confirmation."),
-    db: Path = DbOption,
+    db: Path | None = DbOption,
 ) -> None:
     """Right to erasure: show what will go, then erase it everywhere and suppress re-ingestion."""
     from consent import erasure
@@ -120,10 +120,10 @@ def erase(
 @one_line_errors
 def access(
     out: Path = typer.Option(..., "--out", help="JSON file to write (readable by its owner only)."),
-    email: str = EmailOption,
-    phone: str = PhoneOption,
-    customer_id: str = CustomerOption,
-    db: Path = DbOption,
+    email: str | None = EmailOption,
+    phone: str | None = PhoneOption,
+    customer_id: str | None = CustomerOption,
+    db: Path | None = DbOption,
 ) -> None:
     """Right of access / portability: everything held on the subject, as JSON."""
     from consent.access import access as run_access
@@ -140,11 +140,11 @@ def access(
 @app.command()
 @one_line_errors
 def restrict(
-    email: str = EmailOption,
-    phone: str = PhoneOption,
-    customer_id: str = CustomerOption,
+    email: str | None = EmailOption,
+    phone: str | None = PhoneOption,
+    customer_id: str | None = CustomerOption,
     kind: str = typer.Option("restriction", "--kind", help="restriction (Art. 18) or objection (Art. 21)."),
-    db: Path = DbOption,
+    db: Path | None = DbOption,
 ) -> None:
     """Keep the subject's data but exclude them from every export and segment."""
     from consent.restriction import restrict as run_restrict
@@ -157,11 +157,11 @@ def restrict(
 @app.command()
 @one_line_errors
 def unrestrict(
-    email: str = EmailOption,
-    phone: str = PhoneOption,
-    customer_id: str = CustomerOption,
+    email: str | None = EmailOption,
+    phone: str | None = PhoneOption,
+    customer_id: str | None = CustomerOption,
     kind: str = typer.Option(None, "--kind", help="Lift only this kind (restriction or objection)."),
-    db: Path = DbOption,
+    db: Path | None = DbOption,
 ) -> None:
     """Lift the subject's restriction or objection."""
     from consent.restriction import unrestrict as run_unrestrict
