@@ -85,13 +85,40 @@ def shot(driver, name: str) -> None:  # noqa: ANN001  (a selenium WebDriver)
 
 def go(driver, by: str, value: str) -> None:  # noqa: ANN001
     """Click a link or button that loads a page, and wait until the old page is gone."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(by, value).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    for attempt in range(10):
+        # The editor's live preview may replace the element between finding and clicking it: find it again.
+        try:
+            WebDriverWait(driver, 10).until(expected_conditions.element_to_be_clickable((by, value))).click()
+            break
+        except StaleElementReferenceException:
+            pass
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc) or attempt == 9:
+                raise
+        time.sleep(0.2)
+    WebDriverWait(driver, 30).until(lambda _driver: _detached(old))
+
+
+def _detached(element) -> bool:  # noqa: ANN001  (a selenium WebElement)
+    """True once ``element``'s page is gone. Chromium reports a node of a replaced document either as stale
+    or as "does not belong to the document", depending on timing; both mean the new page is there."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def sign_in(driver, base: str, name: str, password: str) -> None:  # noqa: ANN001
