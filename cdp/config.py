@@ -59,6 +59,7 @@ class Settings:
         }
     )
     engine: str = "duckdb"
+    spark_master: str = "local[2]"
     threads: int = 2
     memory_limit: str = "8GB"
 
@@ -78,6 +79,9 @@ class Settings:
         return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
 
 
+#: Engines that can run the Splink model (see identity/spark.py for the Spark one).
+ENGINES = ("duckdb", "spark")
+
 _ENV = {
     "db_path": "CDP_DB",
     "inbox": "CDP_INBOX",
@@ -86,6 +90,7 @@ _ENV = {
     "segments_dir": "CDP_SEGMENTS_DIR",
     "match_threshold": "CDP_MATCH_THRESHOLD",
     "engine": "CDP_ENGINE",
+    "spark_master": "CDP_SPARK_MASTER",
     "threads": "CDP_THREADS",
     "memory_limit": "CDP_MEMORY_LIMIT",
 }
@@ -102,6 +107,10 @@ def _coerce(name: str, value: Any) -> Any:
         return float(value)
     if name == "threads":
         return int(value)
+    if name == "engine" and value not in ENGINES:
+        from cdp.errors import CdpError
+
+        raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
     return value
 
 

@@ -278,8 +278,14 @@ def open_session(
     threads: int = 2,
     memory_limit: str = "4GB",
     frame: Any = None,
+    spark: Any = None,
 ) -> SplinkSession:
-    """Copy ``_person_units`` (or the arrow table ``frame``) into a private DuckDB under a Splink linker."""
+    """Copy ``_person_units`` (or the arrow table ``frame``) into a private DuckDB under a Splink linker.
+
+    With a Spark session ``spark`` the linker runs on Splink's Spark backend instead (the settings are
+    translated to Spark SQL by :func:`identity.spark.spark_model`); the private DuckDB still holds the
+    units, for the precision guards.
+    """
     from splink import DuckDBAPI, Linker
 
     if frame is None:
@@ -291,11 +297,16 @@ def open_session(
     scratch.register("_frame", frame)
     scratch.execute("CREATE TABLE person_units AS SELECT * FROM _frame")
     scratch.unregister("_frame")
-    db_api = DuckDBAPI(connection=scratch)
-    sdf = db_api.register("person_units", dataset_display_name="person_units")
-    loaded = settings
-    if isinstance(settings, Path):
-        loaded = json.loads(settings.read_text())
+    loaded: dict[str, Any] = json.loads(settings.read_text()) if isinstance(settings, Path) else settings
+    if spark is None:
+        sdf = DuckDBAPI(connection=scratch).register("person_units", dataset_display_name="person_units")
+    else:
+        from splink import SparkAPI
+
+        from identity.spark import spark_model
+
+        loaded = spark_model(loaded)
+        sdf = SparkAPI(spark_session=spark).register(frame, dataset_display_name="person_units")
     linker = Linker(sdf, loaded, log_level=None)
     return SplinkSession(linker=linker, con=scratch, n_units=len(frame))
 
@@ -346,11 +357,13 @@ def predict_pairs(
     threads: int = 2,
     memory_limit: str = "4GB",
     reuse_units: bool = False,
+    spark: Any = None,
 ) -> dict[str, Any]:
     """Score candidate pairs of person units; write temp table ``_model_edges``.
 
     ``_model_edges(unit_id_l, unit_id_r, match_weight)`` holds the pairs at or above ``threshold_weight``.
-    Returns counts and timings.
+    With a Spark session ``spark`` Splink scores on Spark (the Spark engine); the guards below run in
+    DuckDB either way. Returns counts and timings.
     """
     started = time.perf_counter()
     n_units = build_person_units(con, reuse_units=reuse_units)
@@ -362,10 +375,17 @@ def predict_pairs(
     model["probability_two_random_records_match"] = scaled_prior(model, meta, n_units)
     model["retain_intermediate_calculation_columns"] = False
     model["retain_matching_columns"] = False
-    session = open_session(con, model, threads=threads, memory_limit=memory_limit)
+    session = open_session(con, model, threads=threads, memory_limit=memory_limit, spark=spark)
     try:
         prior = measure_prior(session)
         scored = session.linker.inference.predict(threshold_match_weight=threshold_weight)
+        scored_table = scored.physical_name  # a Splink table name, not user text
+        if spark is not None:
+            session.con.register(
+                "_spark_scored",
+                spark.sql(f"SELECT unit_id_l, unit_id_r, match_weight FROM {scored_table}").toArrow(),
+            )
+            scored_table = "_spark_scored"
         install_macros(session.con)
         # Precision guard: a pair that disagrees on who it is (clearly different first names, or dates of
         # birth more than a typo apart) is never linked, however much household detail it shares.
@@ -375,9 +395,9 @@ def predict_pairs(
             SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
                    p.match_weight,
                    cdp_disagree({who("a")}, {who("b")}) AS vetoed
-            FROM {scored.physical_name} p
+            FROM {scored_table} p
             JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
-            """  # a Splink table name, not user text
+            """
         )
         # Ambiguity guard: a unit matched to two records that disagree with each other (a receipt from
         # "James Jackson" at a house where father and son are both James Jackson) is linked to neither.
@@ -485,12 +505,13 @@ def train_model(
     threads: int = 2,
     strict: bool = True,
     also: list[duckdb.DuckDBPyConnection] | None = None,
+    spark: Any = None,
 ) -> dict[str, Any]:
     """Train on the store's person units: prior by deterministic rules, u by sampling, m by EM.
 
     ``also`` adds the person units of more stores (say an omnichannel world and a CRM-only one, so that
     m values are learnt from both kinds of duplicates). Writes the Splink JSON to ``out_path`` and its
-    meta data beside it. Returns the meta data.
+    meta data beside it. With a Spark session ``spark`` Splink trains on Spark. Returns the meta data.
     """
     from cdp.errors import CdpError
 
@@ -500,7 +521,7 @@ def train_model(
     n_units = frame.num_rows
     if n_units < 1000:
         raise CdpError(f"only {n_units} person records in the store; train on at least 1,000")
-    session = open_session(con, base_settings(), threads=threads, memory_limit="8GB", frame=frame)
+    session = open_session(con, base_settings(), threads=threads, memory_limit="8GB", frame=frame, spark=spark)
     try:
         training = session.linker.training
         training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)

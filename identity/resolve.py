@@ -274,12 +274,18 @@ def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def resolve_identities(
-    con: duckdb.DuckDBPyConnection, settings: Settings, model_path: Path = model.MODEL_PATH
+    con: duckdb.DuckDBPyConnection, settings: Settings, model_path: Path = model.MODEL_PATH, spark: Any = None
 ) -> dict[str, Any]:
     """Resolve ``stg_records`` into customers (see module docstring). Returns counts only.
 
     ``model_path`` is the trained Splink model (the versioned one in the repo unless a bench says else).
+    With ``settings.engine == "spark"`` Splink scores on Spark: on ``spark`` when given, else on a session
+    at ``settings.spark_master`` (see :mod:`identity.spark`).
     """
+    if settings.engine == "spark" and spark is None:
+        from identity.spark import spark_session
+
+        spark = spark_session(settings.spark_master)
     started = time.perf_counter()
     started_at = datetime.now(UTC).replace(tzinfo=None)
     run_id = started_at.strftime("idr_%Y%m%dT%H%M%S_") + uuid.uuid4().hex[:8]
@@ -299,6 +305,7 @@ def resolve_identities(
             threads=settings.threads,
             memory_limit=settings.memory_limit,
             reuse_units=True,
+            spark=spark if settings.engine == "spark" else None,
         )
     )
 

@@ -24,6 +24,8 @@ class CdpStore(dg.ConfigurableResource):
     home: str = ".cdp"
     default_region: str = "GB"
     match_threshold: float = 0.9
+    engine: str = "duckdb"
+    spark_master: str = "local[2]"
     threads: int = 2
     memory_limit: str = "8GB"
 
@@ -34,6 +36,8 @@ class CdpStore(dg.ConfigurableResource):
             home=str(settings.home),
             default_region=settings.default_region,
             match_threshold=settings.match_threshold,
+            engine=settings.engine,
+            spark_master=settings.spark_master,
             threads=settings.threads,
             memory_limit=settings.memory_limit,
         )
@@ -45,6 +49,8 @@ class CdpStore(dg.ConfigurableResource):
             home=self.home,
             default_region=self.default_region,
             match_threshold=self.match_threshold,
+            engine=self.engine,
+            spark_master=self.spark_master,
             threads=self.threads,
             memory_limit=self.memory_limit,
         )

@@ -22,6 +22,11 @@ DbOption = typer.Option(None, "--db", help="DuckDB file of the store (default fr
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EngineOption: Any = typer.Option(
+    None, "--engine", help="Engine that runs the Splink model: duckdb or spark (default: setting `engine`)."
+)
+
+
 def settings_for(db: Path | None = None, **overrides: Any) -> Settings:
     return load_settings(db_path=db, **overrides)
 

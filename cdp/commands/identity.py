@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cdp.commands.common import DbOption, console, one_line_errors, settings_for
+from cdp.commands.common import DbOption, EngineOption, console, one_line_errors, settings_for
 
 app = typer.Typer(help="Identity resolution: train the model, evaluate against labels, explain.", no_args_is_help=True)
 
@@ -24,19 +24,27 @@ def train(
     also: list[Path] = typer.Option(
         [], "--also", help="Another store whose person records join the training data (repeatable)."
     ),
+    engine: str | None = EngineOption,
 ) -> None:
     """Retrain the Splink person model on the store's staged records and rewrite its JSON."""
     from cdp.store import connect
     from identity.model import MODEL_PATH, train_model
 
-    settings = settings_for(db)
+    settings = settings_for(db, engine=engine)
     target = out or MODEL_PATH
+    spark = None
+    if settings.engine == "spark":
+        from identity.spark import spark_session
+
+        spark = spark_session(settings.spark_master)
     con = connect(settings.db_path, read_only=True)
     others = [connect(path, read_only=True) for path in also]
     try:
         names = ", ".join(str(p) for p in [settings.db_path, *also])
-        console.print(f"Training on {names} (prior, u by sampling, m by EM)...")
-        meta = train_model(con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others)
+        console.print(f"Training on {names} with {settings.engine} (prior, u by sampling, m by EM)...")
+        meta = train_model(
+            con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others, spark=spark
+        )
     finally:
         con.close()
         for other in others:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cdp.commands.common import DbOption, console, fail, one_line_errors, settings_for
+from cdp.commands.common import DbOption, EngineOption, console, fail, one_line_errors, settings_for
 
 
 def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def]  # pipelines.run.RunOutcome
@@ -35,12 +35,12 @@ def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def] 
     console.print(f"  store               {db_path}")
 
 
-def run_and_report(inbox: Path, db: Path | None, quiet: bool = False) -> None:
+def run_and_report(inbox: Path, db: Path | None, quiet: bool = False, engine: str | None = None) -> None:
     from cdp.errors import CdpError
 
     if not inbox.is_dir():
         raise CdpError(f"{inbox}: no such inbox folder")
-    settings = settings_for(db, inbox=inbox)
+    settings = settings_for(db, inbox=inbox, engine=engine)
     from pipelines.run import run_pipeline
 
     console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")
@@ -77,9 +77,10 @@ def register(app: typer.Typer) -> None:
     def run(
         inbox: Path = typer.Option(..., "--inbox", help="Inbox folder: one sub-folder per source."),
         db: Path | None = DbOption,
+        engine: str | None = EngineOption,
     ) -> None:
         """Materialise the Dagster asset graph: ingest, validate, resolve identities, profiles, consent."""
-        run_and_report(inbox, db)
+        run_and_report(inbox, db, engine=engine)
 
     @app.command()
     @one_line_errors
