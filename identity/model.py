@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,9 +268,14 @@ class SplinkSession:
     linker: Any
     con: duckdb.DuckDBPyConnection
     n_units: int
+    spark_view: str | None = None  # the units' temp view on a Spark session (the Spark engine)
 
     def close(self) -> None:
         self.con.close()
+        if self.spark_view is not None:
+            # A Spark session outlives the run: drop the units and Splink's intermediate tables.
+            self.linker.table_management.delete_tables_created_by_splink_from_db()
+            self.linker._db_api.spark.catalog.dropTempView(self.spark_view)
 
 
 def open_session(
@@ -298,6 +304,7 @@ def open_session(
     scratch.execute("CREATE TABLE person_units AS SELECT * FROM _frame")
     scratch.unregister("_frame")
     loaded: dict[str, Any] = json.loads(settings.read_text()) if isinstance(settings, Path) else settings
+    spark_view = None
     if spark is None:
         sdf = DuckDBAPI(connection=scratch).register("person_units", dataset_display_name="person_units")
     else:
@@ -306,9 +313,11 @@ def open_session(
         from identity.spark import spark_model
 
         loaded = spark_model(loaded)
-        sdf = SparkAPI(spark_session=spark).register(frame, dataset_display_name="person_units")
+        # A view name of its own: the session may be shared by several runs or threads.
+        spark_view = f"person_units_{uuid.uuid4().hex[:12]}"
+        sdf = SparkAPI(spark_session=spark).register(frame, table_name=spark_view, dataset_display_name="person_units")
     linker = Linker(sdf, loaded, log_level=None)
-    return SplinkSession(linker=linker, con=scratch, n_units=len(frame))
+    return SplinkSession(linker=linker, con=scratch, n_units=len(frame), spark_view=spark_view)
 
 
 def load_model(path: Path = MODEL_PATH) -> tuple[dict[str, Any], dict[str, Any]]:
