@@ -14,8 +14,10 @@ Point it at a cluster with ``spark_master`` (``CDP_SPARK_MASTER``), e.g. ``spark
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -82,5 +84,8 @@ def spark_session(master: str = "local[2]", driver_memory: str = "1g") -> Any:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     if spark.sparkContext.getCheckpointDir() is None:
-        spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="cdp-spark-"))
+        # Splink writes its intermediate tables here (parquet); removed when the process ends.
+        folder = tempfile.mkdtemp(prefix="cdp-spark-")
+        atexit.register(shutil.rmtree, folder, True)
+        spark.sparkContext.setCheckpointDir(folder)
     return spark
