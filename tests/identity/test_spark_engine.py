@@ -25,7 +25,6 @@ pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="the Spark 
 
 @pytest.fixture(scope="module")
 def spark():
-    pytest.importorskip("pyspark")
     from identity.spark import spark_session
 
     session = spark_session("local[2]", driver_memory="1g")
