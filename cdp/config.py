@@ -96,20 +96,24 @@ _ENV = {
 }
 
 
+_PATHS = {"db_path", "inbox", "home", "segments_dir"}
+_NUMBERS: dict[str, type] = {"match_threshold": float, "threads": int}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    default = {f.name: f for f in fields(Settings)}[name]
-    kind = default.type
-    if name in ("db_path", "inbox", "home", "segments_dir"):
+    """The setting's value in its type; a value that does not fit is one line naming the setting."""
+    from cdp.errors import CdpError
+
+    if name in _PATHS:
         return Path(value)
     if name == "survivorship":
         return tuple(value)
-    if kind == "float" or name == "match_threshold":
-        return float(value)
-    if name == "threads":
-        return int(value)
+    if name in _NUMBERS:
+        try:
+            return _NUMBERS[name](value)
+        except (TypeError, ValueError):
+            raise CdpError(f"{name}: {value!r} is not a {_NUMBERS[name].__name__}") from None
     if name == "engine" and value not in ENGINES:
-        from cdp.errors import CdpError
-
         raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
     return value
 

@@ -1,0 +1,32 @@
+"""Settings: precedence of cdp.yaml, CDP_* variables and overrides, and one-line errors for bad values."""
+
+from pathlib import Path
+
+import pytest
+
+from cdp.config import load_settings
+from cdp.errors import CdpError
+
+
+def test_precedence_file_then_environment_then_overrides(tmp_path, monkeypatch):
+    config = tmp_path / "cdp.yaml"
+    config.write_text("default_region: FR\nmatch_threshold: 0.8\ndb_path: from-file.duckdb\n")
+    monkeypatch.setenv("CDP_MATCH_THRESHOLD", "0.95")
+    settings = load_settings(config, db_path="override.duckdb")
+    assert settings.default_region == "FR"
+    assert settings.match_threshold == 0.95
+    assert settings.db_path == Path("override.duckdb")
+
+
+def test_unknown_setting_and_bad_values_are_one_line_errors(tmp_path, monkeypatch):
+    config = tmp_path / "cdp.yaml"
+    config.write_text("colour: blue\n")
+    with pytest.raises(CdpError, match="unknown setting"):
+        load_settings(config)
+    monkeypatch.setenv("CDP_MATCH_THRESHOLD", "high")
+    with pytest.raises(CdpError, match="match_threshold: 'high' is not a float"):
+        load_settings(tmp_path / "absent.yaml")
+    monkeypatch.delenv("CDP_MATCH_THRESHOLD")
+    monkeypatch.setenv("CDP_ENGINE", "flink")
+    with pytest.raises(CdpError, match="engine: 'flink' is not one of duckdb, spark"):
+        load_settings(tmp_path / "absent.yaml")
