@@ -756,6 +756,8 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
     """
     import pandas as pd
 
+    from consent.export import write_private_file
+
     root = settings.exports_dir.resolve()
     removed = 0
     ids = set(customer_ids)
@@ -777,20 +779,7 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
         if "customer_id" not in frame.columns:
             raise CdpError(f"{path}: platform export without a customer_id column; remove the subject by hand")
         keep = frame[~frame["customer_id"].astype(str).isin(ids)]
-        tmp = path.with_name(f".{path.name}.erasure.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if suffix == ".csv":
-                    keep.to_csv(fh, index=False)
-                else:
-                    keep.to_parquet(fh, index=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_private_file(keep, path, suffix.lstrip("."))
         export["copy"] = f"platform copy: {len(frame) - len(keep)} rows of the subject removed; recall the sent file"
         removed += len(frame) - len(keep)
     return removed

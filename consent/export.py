@@ -110,6 +110,19 @@ def write_export(
     """Check ``rows`` against consent once more, then write them (0600) and record the export."""
     fmt = export_format(out)
     enforce.verify(con, purpose, rows)  # the last word, just before any byte is written
+    write_private_file(rows, out, fmt)
+    file_hash = hashlib.sha256(out.read_bytes()).hexdigest()
+    export_id = f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
+    _record(con, export_id, segment, purpose, out, rows, file_hash)
+    return ExportResult(export_id, segment, purpose, out, len(rows), file_hash, counts or {})
+
+
+def write_private_file(rows: pd.DataFrame, out: Path, fmt: str) -> None:
+    """Write ``rows`` as CSV or Parquet, readable by its owner only, replacing ``out`` atomically.
+
+    A temporary file beside ``out`` is written and synced, then renamed over it: a reader never sees half
+    a file. Exports and erasure's scrubbing of earlier export files both write through here.
+    """
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,10 +142,6 @@ def write_export(
         tmp.unlink(missing_ok=True)
         raise
     os.chmod(out, 0o600)
-    file_hash = hashlib.sha256(out.read_bytes()).hexdigest()
-    export_id = f"exp_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
-    _record(con, export_id, segment, purpose, out, rows, file_hash)
-    return ExportResult(export_id, segment, purpose, out, len(rows), file_hash, counts or {})
 
 
 def _is_list(value: object) -> bool:
