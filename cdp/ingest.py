@@ -26,7 +26,6 @@ from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table
 from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
-CONSENT_PURPOSES = PURPOSES
 CONSENT_STATUSES = ("granted", "withdrawn")
 
 
@@ -329,7 +328,7 @@ class Ingestor:
             if kind != "VARCHAR":
                 reasons.append(f"WHEN {_typed(col, kind)} IS NULL THEN 'unparseable {col}'")
         if spec.name == "consent":
-            purposes = ", ".join(f"'{p}'" for p in CONSENT_PURPOSES)
+            purposes = ", ".join(f"'{p}'" for p in PURPOSES)
             statuses = ", ".join(f"'{s}'" for s in CONSENT_STATUSES)
             ids = " AND ".join(f"NULLIF(trim({_q(c)}), '') IS NULL" for c in _CONSENT_SUBJECT_COLUMNS)
             reasons += [

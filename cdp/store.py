@@ -214,9 +214,11 @@ def connect(
 
 
 @contextmanager
-def session(db_path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def session(
+    db_path: Path | str, read_only: bool = False, threads: int | None = None, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that is closed (and so checkpointed) when the block ends."""
-    con = connect(db_path, read_only=read_only)
+    con = connect(db_path, read_only=read_only, threads=threads, memory_limit=memory_limit)
     try:
         yield con
     finally:

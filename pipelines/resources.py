@@ -6,8 +6,7 @@ command line when ``cdp run`` materialises the graph; assets never read the envi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +14,7 @@ import duckdb
 
 from cdp.config import Settings, load_settings
 from cdp.store import connect
+from cdp.store import session as store_session
 
 
 class CdpStore(dg.ConfigurableResource):
@@ -58,14 +58,9 @@ class CdpStore(dg.ConfigurableResource):
     def connect(self) -> duckdb.DuckDBPyConnection:
         return connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
 
-    @contextmanager
-    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def session(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A connection for one step, closed (and so checkpointed) when the block ends."""
-        con = self.connect()
-        try:
-            yield con
-        finally:
-            con.close()
+        return store_session(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
 
 
 class Inbox(dg.ConfigurableResource):
