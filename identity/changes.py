@@ -1,0 +1,110 @@
+"""Which customers changed since a consumer last looked: how incremental runs pass work downstream.
+
+Every identity run appends to ``customer_changes(run_id, customer_id)`` the customer ids whose set of
+records changed in that run: customers that gained records, new customers, and the old ids of customers
+that were merged, split or retired. A full rebuild writes one row with ``customer_id = '*'`` (everything
+may have changed). A consumer (the profiles, the consent state) keeps in ``change_consumers`` the last
+identity run it has taken in, and asks :func:`pending_customers` for what changed since:
+
+    full = pending_customers(con, "customer_profiles")   # temp table _changed_customers(customer_id)
+    ... rebuild everything when full, else only the customers in _changed_customers ...
+    mark_consumed(con, "customer_profiles")
+
+Anything that changes records outside an identity run (an erasure) calls :func:`invalidate`, which makes
+the next identity run and every consumer rebuild in full.
+
+Only customer ids and run ids are stored here, no personal data.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+#: ``customer_id`` of the row a full rebuild writes: every customer may have changed.
+EVERYONE = "*"
+
+DDL = [
+    "CREATE TABLE IF NOT EXISTS customer_changes (run_id VARCHAR, customer_id VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS change_consumers (
+        consumer VARCHAR PRIMARY KEY, run_id VARCHAR, consumed_at TIMESTAMP)""",
+]
+
+
+def ensure_changes_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in DDL:
+        con.execute(ddl)
+
+
+def record_changes(con: duckdb.DuckDBPyConnection, run_id: str, customers_sql: str | None) -> int:
+    """Append the customers ``customers_sql`` yields (one column of ids) for ``run_id``; ``None``: everyone."""
+    ensure_changes_schema(con)
+    if customers_sql is None:
+        con.execute("INSERT INTO customer_changes VALUES (?, ?)", [run_id, EVERYONE])
+        return -1
+    con.execute(
+        f"INSERT INTO customer_changes SELECT DISTINCT ?, c FROM ({customers_sql}) t(c) WHERE c IS NOT NULL",
+        [run_id],
+    )
+    return int(con.execute("SELECT count(*) FROM customer_changes WHERE run_id = ?", [run_id]).fetchall()[0][0])
+
+
+def invalidate(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the next identity run and every consumer rebuild in full (records changed outside a run)."""
+    ensure_changes_schema(con)
+    con.execute("INSERT INTO customer_changes VALUES ('invalidated', ?)", [EVERYONE])
+    con.execute("DELETE FROM change_consumers")
+
+
+def invalidated(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether :func:`invalidate` was called after the last identity run (which then must be full)."""
+    ensure_changes_schema(con)
+    return bool(
+        con.execute("SELECT count(*) FROM customer_changes WHERE run_id = 'invalidated'").fetchall()[0][0]
+    )
+
+
+def clear_invalidation(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DELETE FROM customer_changes WHERE run_id = 'invalidated'")
+
+
+def pending_customers(con: duckdb.DuckDBPyConnection, consumer: str) -> bool:
+    """Temp table ``_changed_customers(customer_id)``: customers changed since ``consumer`` last looked.
+
+    Returns True when the consumer must rebuild in full instead: it never looked, an identity run since
+    was a full rebuild, or the changes were invalidated. The table is then empty.
+    """
+    ensure_changes_schema(con)
+    seen = con.execute("SELECT run_id FROM change_consumers WHERE consumer = ?", [consumer]).fetchall()
+    con.execute("CREATE OR REPLACE TEMP TABLE _changed_customers (customer_id VARCHAR)")
+    if not seen:
+        return True
+    runs = """
+        SELECT run_id FROM identity_runs
+        WHERE finished_at > (SELECT finished_at FROM identity_runs WHERE run_id = $seen)
+        UNION ALL SELECT 'invalidated'
+    """
+    params = {"seen": seen[0][0]}
+    if not con.execute("SELECT count(*) FROM identity_runs WHERE run_id = $seen", params).fetchall()[0][0]:
+        return True
+    full = con.execute(
+        f"SELECT count(*) FROM customer_changes WHERE customer_id = '{EVERYONE}' AND run_id IN ({runs})", params
+    ).fetchall()[0][0]
+    if full:
+        return True
+    con.execute(
+        f"INSERT INTO _changed_customers SELECT DISTINCT customer_id FROM customer_changes WHERE run_id IN ({runs})",
+        params,
+    )
+    return False
+
+
+def mark_consumed(con: duckdb.DuckDBPyConnection, consumer: str) -> None:
+    """Record that ``consumer`` is up to date with the latest identity run."""
+    ensure_changes_schema(con)
+    con.execute(
+        """
+        INSERT OR REPLACE INTO change_consumers
+        SELECT ?, run_id, now()::TIMESTAMP FROM identity_runs ORDER BY finished_at DESC LIMIT 1
+        """,
+        [consumer],
+    )
