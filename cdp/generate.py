@@ -23,6 +23,7 @@ files. Example::
 from __future__ import annotations
 
 import functools
+import shutil
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -1471,3 +1472,34 @@ def generate_world(
     _people_frame(w, None if shared else parts["crm"]).to_csv(truth / "people.csv", index=False, lineterminator="\n")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def split_inbox(inbox: Path, base: Path, batch: Path, fraction: float) -> dict[str, int]:
+    """Copy ``inbox`` to ``base`` without the newest ``fraction`` of every source's rows, which go to one
+    new file per source in ``batch``. Lines are moved whole from the end of each source's latest file
+    (CSV keeps its header in both). Returns the rows held back per source."""
+    held: dict[str, int] = {}
+    for source in ("web", "app", "store", "crm", "consent"):
+        files = sorted((inbox / source).iterdir())
+        (base / source).mkdir(parents=True, exist_ok=True)
+        (batch / source).mkdir(parents=True, exist_ok=True)
+        for f in files[:-1]:
+            shutil.copyfile(f, base / source / f.name)
+        last = files[-1]
+        if last.suffix not in (".csv", ".jsonl"):
+            raise ValueError(f"{last}: only CSV and JSON Lines files can be split")
+        total = sum(_rows(f) for f in files if f.suffix in (".csv", ".jsonl"))
+        lines = last.read_text(encoding="utf-8").splitlines(keepends=True)
+        header = lines[:1] if last.suffix == ".csv" else []
+        body = lines[len(header) :]
+        k = min(len(body) - 1, max(1, round(fraction * total)))
+        (base / source / last.name).write_text("".join(header + body[:-k]), encoding="utf-8")
+        (batch / source / f"{source}-new-batch{last.suffix}").write_text("".join(header + body[-k:]), encoding="utf-8")
+        held[source] = k
+    return held
+
+
+def _rows(path: Path) -> int:
+    with path.open("rb") as handle:
+        n = sum(1 for _ in handle)
+    return n - 1 if path.suffix == ".csv" else n

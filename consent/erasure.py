@@ -58,6 +58,7 @@ from cdp.ingest import IDENTIFIER_COLUMNS
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
+from identity import changes
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -177,6 +178,21 @@ ERASURE_MAP: dict[str, Rule] = {
         f"new_customer_id IN {_CUSTOMERS} OR old_customer_id IN {_CUSTOMERS}",
         ("old_customer_id", "new_customer_id"),
     ),
+    "identity_units": Rule(
+        "the stored attributes of the subject's identity units", f"unit_id IN {_UNITS}", ("unit_id",)
+    ),
+    "identity_unit_keys": Rule("the keys of the subject's identity units", f"unit_id IN {_UNITS}", ("unit_id",)),
+    "identity_model_pairs": Rule(
+        "model pairs touching one of the subject's identity units",
+        f"unit_id_l IN {_UNITS} OR unit_id_r IN {_UNITS}",
+        ("unit_id_l", "unit_id_r"),
+    ),
+    "stg_unit_changes": Rule(
+        "the subject's units waiting for identity resolution", f"unit_id IN {_UNITS}", ("unit_id",)
+    ),
+    "customer_changes": Rule(
+        "the subject's customers in the changed-customer log", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
+    ),
     "customer_profiles": Rule("the subject's profiles", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
     # Consent and activation.
     "consent_events": Rule(
@@ -199,6 +215,8 @@ KEPT_TABLES: dict[str, str] = {
     "privacy_requests": "the request register: ids, dates, counts, at most a keyed hash of the subject",
     "audit_log": "who did what when: actions, request ids and counts",
     "identity_runs": "one row per identity run: counts and settings",
+    "staged_batches": "batch ids already staged, per staged table",
+    "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
 }
 
@@ -838,6 +856,8 @@ def erase(
         con.execute("BEGIN TRANSACTION")
         try:
             report.deleted, report.suppressed = _erase_rows(con, plan, secret, now)
+            # Records left the store outside a pipeline run: the next run re-resolves everyone from scratch.
+            changes.invalidate(con)
             total = sum(report.deleted.values())
             register.set_status(con, request_id, register.REWRITE_PENDING, total)
             register.audit(

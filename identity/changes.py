@@ -58,9 +58,7 @@ def invalidate(con: duckdb.DuckDBPyConnection) -> None:
 def invalidated(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether :func:`invalidate` was called after the last identity run (which then must be full)."""
     ensure_changes_schema(con)
-    return bool(
-        con.execute("SELECT count(*) FROM customer_changes WHERE run_id = 'invalidated'").fetchall()[0][0]
-    )
+    return bool(con.execute("SELECT count(*) FROM customer_changes WHERE run_id = 'invalidated'").fetchall()[0][0])
 
 
 def clear_invalidation(con: duckdb.DuckDBPyConnection) -> None:

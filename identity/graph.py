@@ -272,15 +272,24 @@ def _limits_frame(limits: Mapping[str, int]) -> pd.DataFrame:
 
 
 def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> dict[str, int]:
-    """Build temp tables ``_unit_keys``, ``_key_groups`` and ``_graph_edges`` from ``stg_records``.
+    """Build temp tables ``_units``, ``_unit_keys``, ``_key_groups`` and ``_graph_edges`` from ``stg_records``.
 
     ``_graph_edges(unit_id_l, unit_id_r, evidence, rule)`` with ``unit_id_l < unit_id_r``; ``evidence``
     is the key type. Returns counts (no values) for run metadata.
     """
     install_macros(con)
     build_units(con, with_keys=False)
+    build_unit_keys(con)
+    apply_used_keys(con)
+    link_keys(con, limits)
+    return graph_stats(con)
+
+
+def build_unit_keys(con: duckdb.DuckDBPyConnection, records: str = "stg_records") -> None:
+    """Temp tables ``_raw_keys`` and ``_unit_keys(unit_id, id_type, id_value, shared_unit)`` of the units of
+    ``records`` (guards 1 and 2: no placeholders, a unit's strict-majority value per type)."""
     keys_sql = " UNION ALL ".join(
-        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM stg_records WHERE {t} IS NOT NULL"
+        f"SELECT unit_id, '{t}' AS id_type, {t} AS id_value FROM {records} WHERE {t} IS NOT NULL"
         + (f" AND unit_id <> '{UNIT_PREFIX[t]}' || {t}" if t in UNIT_PREFIX else "")
         for t in KEY_TYPES
     )
@@ -306,18 +315,28 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         FROM k WHERE 2 * n > total
         """
     )
-    # A unit's one-per-person keys, as evidence of who it is, are the ones it links by (its majority value)
-    # and only when in use: seen on an event or a receipt (the account logged in, the card was swiped) or
-    # on another unit. An id that a single CRM contact holds says little about a separate person.
+
+
+def apply_used_keys(con: duckdb.DuckDBPyConnection, all_keys: str = "_unit_keys") -> None:
+    """Fill ``_units.user_id``/``loyalty_id`` with the unit's majority account and card, when in use.
+
+    A unit's one-per-person keys, as evidence of who it is, are the ones it links by (its majority value)
+    and only when in use: seen on an event or a receipt (the account logged in, the card was swiped) or
+    on another unit. An id that a single CRM contact holds says little about a separate person.
+    ``all_keys`` is the table of every unit's keys the "another unit" test reads (``_unit_keys`` holds
+    them all on a full run; an incremental run passes the stored keys).
+    """
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _units AS
         WITH used AS (
             SELECT k.unit_id, k.id_type, k.id_value FROM _unit_keys k JOIN _units u USING (unit_id)
             WHERE k.id_type IN ('user_id', 'loyalty_id')
               AND (u.source <> 'crm'
-                   OR (k.id_type, k.id_value) IN (SELECT (id_type, id_value) FROM _unit_keys
+                   OR (k.id_type, k.id_value) IN (SELECT (id_type, id_value) FROM {all_keys}
                                                   WHERE id_type IN ('user_id', 'loyalty_id')
+                                                    AND (id_type, id_value) IN (
+                                                        SELECT (id_type, id_value) FROM _unit_keys)
                                                   GROUP BY ALL HAVING count(*) > 1))
         )
         SELECT u.* REPLACE (ku.id_value AS user_id, kl.id_value AS loyalty_id) FROM _units u
@@ -325,6 +344,11 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         LEFT JOIN (SELECT unit_id, id_value FROM used WHERE id_type = 'loyalty_id') kl USING (unit_id)
         """
     )
+
+
+def link_keys(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> None:
+    """Temp tables ``_key_members``, ``_key_groups`` and ``_graph_edges`` from ``_unit_keys`` and ``_units``
+    (guards 3 and 4). Every holder of a key must be in both tables for its verdict to be right."""
     con.register("_limits_frame", _limits_frame(limits))
     con.execute("CREATE OR REPLACE TEMP TABLE _limits AS SELECT * FROM _limits_frame")
     con.unregister("_limits_frame")
@@ -397,7 +421,6 @@ def build_graph(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> di
         FROM star WHERE anchor <> unit_id
         """
     )
-    return graph_stats(con)
 
 
 def graph_stats(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

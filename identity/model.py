@@ -359,6 +359,55 @@ def measure_prior(session: SplinkSession) -> float:
     return float(settings._probability_two_random_records_match)
 
 
+def _vetoed_pairs_sql(scored_table: str) -> str:
+    """Scored pairs oriented ``unit_id_l < unit_id_r`` with the precision guard's verdict: a pair that
+    disagrees on who it is (clearly different first names, or dates of birth more than a typo apart) is
+    never linked, however much household detail it shares."""
+    return f"""
+        SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
+               p.match_weight, cdp_disagree({who("a")}, {who("b")}) AS vetoed
+        FROM {scored_table} p
+        JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
+    """
+
+
+def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str:
+    """Units matched (in ``pairs``) to two records that disagree with each other (``units`` holds their
+    attributes): a receipt from "James Jackson" at a house where father and son are both James Jackson
+    is ambiguous and is linked to neither. ``among`` restricts the answer to the units of a table."""
+    only = f"WHERE u IN (SELECT unit_id FROM {among})" if among else ""
+    return f"""
+        WITH nb AS (SELECT * FROM (SELECT unit_id_l AS u, unit_id_r AS v FROM {pairs}
+                                   UNION ALL SELECT unit_id_r, unit_id_l FROM {pairs}) {only})
+        SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
+        JOIN {units} a ON a.unit_id = x.v JOIN {units} b ON b.unit_id = y.v
+        WHERE cdp_disagree({who("a")}, {who("b")})
+    """
+
+
+def _prepare(model_path: Path, n_units: int, prior: float | None) -> dict[str, Any]:
+    model, meta = load_model(model_path)
+    model = dict(model)
+    model["probability_two_random_records_match"] = prior if prior is not None else scaled_prior(model, meta, n_units)
+    model["retain_intermediate_calculation_columns"] = False
+    model["retain_matching_columns"] = False
+    return model
+
+
+def empty_pair_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The tables :func:`predict_pairs` writes, empty (what a run without model pairs clusters on)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _ambiguous_units (unit_id VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges AS SELECT * FROM _model_pairs")
+
+
+def _insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: Any) -> None:
+    """Append an arrow table from Splink's private connection to a temp table of ours."""
+    con.register("_arrow_rows", rows)
+    con.execute(f"INSERT INTO {table} SELECT * FROM _arrow_rows")  # table names of this module
+    con.unregister("_arrow_rows")
+
+
 def predict_pairs(
     con: duckdb.DuckDBPyConnection,
     threshold_weight: float,
@@ -367,26 +416,26 @@ def predict_pairs(
     memory_limit: str = "4GB",
     reuse_units: bool = False,
     spark: Any = None,
+    prior: float | None = None,
 ) -> dict[str, Any]:
-    """Score candidate pairs of person units; write temp table ``_model_edges``.
+    """Score candidate pairs of person units; write temp tables ``_model_pairs``, ``_ambiguous_units`` and
+    ``_model_edges``.
 
-    ``_model_edges(unit_id_l, unit_id_r, match_weight)`` holds the pairs at or above ``threshold_weight``.
-    With a Spark session ``spark`` Splink scores on Spark (the Spark engine); the guards below run in
-    DuckDB either way. Returns counts and timings.
+    ``_model_pairs(unit_id_l, unit_id_r, match_weight)`` holds the pairs at or above ``threshold_weight``
+    that the precision guard lets through, ``_ambiguous_units(unit_id)`` the units the ambiguity guard
+    holds back, and ``_model_edges`` the pairs between units that are not ambiguous. The prior is measured
+    on this run's data unless ``prior`` is given. With a Spark session ``spark`` Splink scores on Spark
+    (the Spark engine); the guards run in DuckDB either way. Returns counts and timings.
     """
     started = time.perf_counter()
     n_units = build_person_units(con, reuse_units=reuse_units)
-    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    empty_pair_tables(con)
     if n_units < 2:
         return {"person_units": n_units, "model_pairs": 0, "model_seconds": 0.0}
-    model, meta = load_model(model_path)
-    model = dict(model)
-    model["probability_two_random_records_match"] = scaled_prior(model, meta, n_units)
-    model["retain_intermediate_calculation_columns"] = False
-    model["retain_matching_columns"] = False
+    model = _prepare(model_path, n_units, prior)
     session = open_session(con, model, threads=threads, memory_limit=memory_limit, spark=spark)
     try:
-        prior = measure_prior(session)
+        used_prior = float(prior) if prior is not None else measure_prior(session)
         scored = session.linker.inference.predict(threshold_match_weight=threshold_weight)
         scored_table = scored.physical_name  # a Splink table name, not user text
         if spark is not None:
@@ -396,50 +445,94 @@ def predict_pairs(
             )
             scored_table = "_spark_scored"
         install_macros(session.con)
-        # Precision guard: a pair that disagrees on who it is (clearly different first names, or dates of
-        # birth more than a typo apart) is never linked, however much household detail it shares.
+        session.con.execute(f"CREATE TABLE scored_pairs AS {_vetoed_pairs_sql(scored_table)}")
         session.con.execute(
-            f"""
-            CREATE TABLE scored_pairs AS
-            SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
-                   p.match_weight,
-                   cdp_disagree({who("a")}, {who("b")}) AS vetoed
-            FROM {scored_table} p
-            JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
-            """
+            "CREATE TABLE kept_pairs AS SELECT unit_id_l, unit_id_r, match_weight FROM scored_pairs WHERE NOT vetoed"
         )
-        # Ambiguity guard: a unit matched to two records that disagree with each other (a receipt from
-        # "James Jackson" at a house where father and son are both James Jackson) is linked to neither.
-        session.con.execute(
-            f"""
-            CREATE TABLE ambiguous_units AS
-            WITH kept AS (SELECT unit_id_l, unit_id_r FROM scored_pairs WHERE NOT vetoed),
-            nb AS (SELECT unit_id_l AS u, unit_id_r AS v FROM kept UNION ALL SELECT unit_id_r, unit_id_l FROM kept)
-            SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
-            JOIN person_units a ON a.unit_id = x.v JOIN person_units b ON b.unit_id = y.v
-            WHERE cdp_disagree({who("a")}, {who("b")})
-            """
-        )
-        pairs = session.con.sql(
-            """
-            SELECT unit_id_l, unit_id_r, match_weight FROM scored_pairs
-            WHERE NOT vetoed AND unit_id_l NOT IN (SELECT unit_id FROM ambiguous_units)
-              AND unit_id_r NOT IN (SELECT unit_id FROM ambiguous_units)
-            """
-        ).to_arrow_table()
+        pairs = session.con.sql("SELECT * FROM kept_pairs").to_arrow_table()
+        ambiguous = session.con.sql(ambiguous_units_sql("kept_pairs", "person_units")).to_arrow_table()
         vetoed = int(session.con.execute("SELECT count(*) FROM scored_pairs WHERE vetoed").fetchall()[0][0])
-        ambiguous = int(session.con.execute("SELECT count(*) FROM ambiguous_units").fetchall()[0][0])
     finally:
         session.close()
-    con.register("_pairs_frame", pairs)
-    con.execute("INSERT INTO _model_edges SELECT * FROM _pairs_frame")
-    con.unregister("_pairs_frame")
+    _insert_arrow(con, "_model_pairs", pairs)
+    _insert_arrow(con, "_ambiguous_units", ambiguous)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _model_edges AS SELECT * FROM _model_pairs
+        WHERE unit_id_l NOT IN (SELECT unit_id FROM _ambiguous_units)
+          AND unit_id_r NOT IN (SELECT unit_id FROM _ambiguous_units)
+        """
+    )
+    edges = int(con.execute("SELECT count(*) FROM _model_edges").fetchall()[0][0])
     return {
         "person_units": n_units,
-        "model_pairs": pairs.num_rows,
+        "model_pairs": edges,
+        "model_pairs_vetoed": vetoed,
+        "model_prior": used_prior,
+        "model_ambiguous_units": ambiguous.num_rows,
+        "model_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def predict_changed_pairs(
+    con: duckdb.DuckDBPyConnection,
+    changed: str,
+    threshold_weight: float,
+    prior: float,
+    model_path: Path = MODEL_PATH,
+    threads: int = 2,
+    memory_limit: str = "4GB",
+) -> dict[str, Any]:
+    """Score only the pairs that involve a changed unit: temp table ``_new_model_pairs``.
+
+    ``_person_units`` holds every person unit (changed ones with their new attributes) and ``changed``
+    names a table of unit ids. Splink's ``predict_between`` scores changed units against the others and
+    ``predict_within`` the changed units among themselves, with the same blocking rules, model and
+    ``prior`` as a full run, so the pairs are those a full run would find for these units. The precision
+    guard applies as in :func:`predict_pairs`; the ambiguity guard is the caller's (it needs every pair).
+    """
+    started = time.perf_counter()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _new_model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)"
+    )
+    frame = con.sql(
+        f"SELECT *, unit_id IN (SELECT unit_id FROM {changed}) AS _changed FROM _person_units ORDER BY unit_id"
+    ).to_arrow_table()
+    n_changed = sum(frame.column("_changed").to_pylist())
+    if not n_changed:
+        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
+    model = _prepare(model_path, len(frame), prior)
+    session = open_session(con, model, threads=threads, memory_limit=memory_limit, frame=frame)
+    try:
+        db = session.linker._db_api
+        for table, where in (("changed_units", "_changed"), ("other_units", "NOT _changed")):
+            session.con.execute(f"CREATE TABLE {table} AS SELECT * EXCLUDE (_changed) FROM person_units WHERE {where}")
+        changed_sdf = db.register("changed_units", table_name="changed_units_in")
+        inference = session.linker.inference
+        within = inference.predict_within(changed_sdf, threshold_match_weight=threshold_weight)
+        scored = [f"SELECT * FROM {within.physical_name}"]
+        if session.con.execute("SELECT count(*) FROM other_units").fetchall()[0][0]:
+            other_sdf = db.register("other_units", table_name="other_units_in")
+            # A full run's self-join finds a pair when a blocking rule holds with the smaller unit id on the
+            # left (some rules are not symmetric): score both ways round and keep that orientation.
+            for left, right in ((changed_sdf, other_sdf), (other_sdf, changed_sdf)):
+                found = inference.predict_between(left, right, threshold_match_weight=threshold_weight)
+                scored.append(f"SELECT * FROM {found.physical_name} WHERE unit_id_l < unit_id_r")
+        install_macros(session.con)
+        union = " UNION ALL ".join(f"SELECT unit_id_l, unit_id_r, match_weight FROM ({sql})" for sql in scored)
+        session.con.execute(f"CREATE TABLE scored_pairs AS {_vetoed_pairs_sql(f'({union})')}")
+        pairs = session.con.sql(
+            "SELECT DISTINCT unit_id_l, unit_id_r, match_weight FROM scored_pairs WHERE NOT vetoed"
+        ).to_arrow_table()
+        vetoed = int(session.con.execute("SELECT count(*) FROM scored_pairs WHERE vetoed").fetchall()[0][0])
+    finally:
+        session.close()
+    _insert_arrow(con, "_new_model_pairs", pairs)
+    return {
+        "person_units_scored": n_changed,
+        "model_pairs_new": pairs.num_rows,
         "model_pairs_vetoed": vetoed,
         "model_prior": prior,
-        "model_ambiguous_units": ambiguous,
         "model_seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -25,6 +25,7 @@ the same ids and new batches leave untouched customers alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -37,7 +38,12 @@ import numpy as np
 import pandas as pd
 
 from cdp.config import Settings
-from identity import graph, model
+from cdp.store import table_exists
+from identity import changes, graph, model
+from identity.staging import ALL_UNITS, UNIT_CHANGES_DDL
+
+#: Tables an incremental run builds on (rewritten by every full run, updated by incremental ones).
+STATE_TABLES = ("identity_units", "identity_unit_keys", "identity_model_pairs")
 
 ID_PREFIX = "cus_"
 #: A cluster with more CRM contacts or online accounts than this is reported as an outlier (CRM exports
@@ -67,6 +73,7 @@ DDL = [
 def ensure_identity_schema(con: duckdb.DuckDBPyConnection) -> None:
     for ddl in DDL:
         con.execute(ddl)
+    con.execute(UNIT_CHANGES_DDL)
 
 
 def _label(con: duckdb.DuckDBPyConnection, edges_sql: str) -> None:
@@ -90,12 +97,14 @@ def _label(con: duckdb.DuckDBPyConnection, edges_sql: str) -> None:
     # smallest index carrying the label.
     first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
     np.minimum.at(first, labels, np.arange(n, dtype=np.int64))
-    frame = pd.DataFrame({"ix": np.arange(n, dtype=np.int64), "anchor_ix": first[labels]})
+    frame = pd.DataFrame(
+        {"ix": np.arange(n, dtype=np.int64), "anchor_ix": first[labels], "component": labels.astype(np.int64)}
+    )
     con.register("_labels_frame", frame)
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _clusters AS
-        SELECT u.unit_id, a.unit_id AS anchor
+        SELECT u.unit_id, a.unit_id AS anchor, f.component
         FROM _labels_frame f JOIN _unit_index u ON u.ix = f.ix JOIN _unit_index a ON a.ix = f.anchor_ix
         """
     )
@@ -130,7 +139,8 @@ def _components(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     A customer must not hold two records that disagree on who they are. When model pairs chain two
     people together (father and son of one name at one address, each linked to a nameless-dob receipt),
     the model edges inside that cluster are dropped and the cluster is recomputed from the rest; the
-    identifier graph, whose keys were already guarded, stays. Writes ``_clusters`` and ``_kept_model_edges``.
+    identifier graph, whose keys were already guarded, stays. Writes ``_clusters``, ``_pass1`` (the first
+    pass's component of every unit) and ``_kept_model_edges``.
     """
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _unit_index AS "
@@ -138,6 +148,8 @@ def _components(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     )
     both = "SELECT unit_id_l, unit_id_r FROM _graph_edges UNION SELECT unit_id_l, unit_id_r FROM _model_edges"
     _label(con, both)
+    # The first pass's components are what an incremental run re-resolves as a whole (see _resolve_changed).
+    con.execute("CREATE OR REPLACE TEMP TABLE _pass1 AS SELECT unit_id, component FROM _clusters")
     conflicted = _conflicting_clusters(con)
     con.execute(
         """
@@ -179,11 +191,16 @@ def _last_sequence(con: duckdb.DuckDBPyConnection) -> int:
     return int(seq)
 
 
-def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> dict[str, int]:
-    """Temp table ``_assignment(unit_id, customer_id)``; appends merges/splits/retirements to history."""
+def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime, scope: str | None = None) -> dict[str, int]:
+    """Temp table ``_assignment(unit_id, customer_id)``; appends merges/splits/retirements to history.
+
+    ``scope`` (a table of unit ids holding whole customers of the previous run) limits the vote to those
+    units' previous customers: an incremental run re-resolves only them.
+    """
+    where = f"WHERE unit_id IN (SELECT unit_id FROM {scope})" if scope else ""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _prev AS "
-        "SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records GROUP BY unit_id"
+        f"SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records {where} GROUP BY unit_id"
     )
     votes = con.execute(
         """
@@ -210,7 +227,7 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> d
             seq += 1
             new += 1
             ids[anchor] = f"{ID_PREFIX}{seq:09d}"
-    con.register("_ids_frame", pd.DataFrame({"anchor": list(ids), "customer_id": list(ids.values())}))
+    con.register("_ids_frame", pd.DataFrame({"anchor": list(ids), "customer_id": list(ids.values())}, dtype=object))
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _assignment AS "
         "SELECT c.unit_id, i.customer_id FROM _clusters c JOIN _ids_frame i USING (anchor)"
@@ -252,16 +269,17 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> d
 
 
 def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Cluster-size figures over every customer (read from the stored tables, so both modes agree)."""
     row = con.execute(
         f"""
-        WITH per AS (
-            SELECT a.customer_id, count(*) AS units,
-                   count(*) FILTER (WHERE u.source = 'crm') AS crm_contacts
-            FROM _assignment a JOIN _units u USING (unit_id) GROUP BY 1
+        WITH cu AS (SELECT DISTINCT customer_id, unit_id, source FROM customer_source_records),
+        per AS (
+            SELECT customer_id, count(*) AS units, count(*) FILTER (WHERE source = 'crm') AS crm_contacts
+            FROM cu GROUP BY 1
         ),
         accounts AS (
-            SELECT a.customer_id, count(DISTINCT k.id_value) AS accounts
-            FROM _assignment a JOIN _unit_keys k USING (unit_id) WHERE k.id_type = 'user_id' GROUP BY 1
+            SELECT c.customer_id, count(DISTINCT k.id_value) AS accounts
+            FROM cu c JOIN identity_unit_keys k USING (unit_id) WHERE k.id_type = 'user_id' GROUP BY 1
         )
         SELECT max(units), count(*) FILTER (WHERE units > 1),
                count(*) FILTER (WHERE units > {OUTLIER_UNITS} OR crm_contacts > {OUTLIER_CRM_CONTACTS}
@@ -273,23 +291,84 @@ def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             "outlier_customers": int(row[2] or 0)}  # fmt: skip
 
 
+class _NotLocal(Exception):
+    """An incremental run found an edge leaving the region it re-resolves: a full run is needed."""
+
+
+def _model_sha(model_path: Path) -> str:
+    return hashlib.sha256(model_path.read_bytes()).hexdigest()[:16] if model_path.exists() else ""
+
+
+def _previous_run(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
+    return json.loads(rows[0][0]) if rows else {}
+
+
+def _full_reason(con: duckdb.DuckDBPyConnection, settings: Settings, model_path: Path) -> str | None:
+    """Why this run must rebuild everything (None: it may resolve only what changed)."""
+    for table in (*STATE_TABLES, "customer_source_records", "stg_unit_changes"):
+        if not table_exists(con, table):
+            return f"no {table} yet"
+    previous = _previous_run(con)
+    if not previous:
+        return "first run"
+    if changes.invalidated(con):
+        return "records changed outside a run (erasure)"
+    if con.execute("SELECT count(*) FROM stg_unit_changes WHERE unit_id = ?", [ALL_UNITS]).fetchall()[0][0]:
+        return "staging was rebuilt"
+    pending = _count(con, "SELECT count(*) FROM stg_unit_changes")
+    if not pending and _count(con, "SELECT count(*) FROM stg_records") != _count(
+        con, "SELECT count(*) FROM customer_source_records"
+    ):
+        return "staged records changed outside staging"
+    if settings.engine != "duckdb":
+        return f"engine {settings.engine}"
+    if previous.get("model_sha") != _model_sha(model_path):
+        return "the model changed"
+    if previous.get("match_threshold") != settings.match_threshold:
+        return "the match threshold changed"
+    if previous.get("limits") != dict(settings.max_records_per_identifier):
+        return "the identifier limits changed"
+    if previous.get("model_prior") is None:
+        return "no measured prior"
+    return None
+
+
 def resolve_identities(
-    con: duckdb.DuckDBPyConnection, settings: Settings, model_path: Path = model.MODEL_PATH, spark: Any = None
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    model_path: Path = model.MODEL_PATH,
+    spark: Any = None,
+    full: bool | None = None,
+    prior: float | None = None,
 ) -> dict[str, Any]:
     """Resolve ``stg_records`` into customers (see module docstring). Returns counts only.
 
     ``model_path`` is the trained Splink model (the versioned one in the repo unless a bench says else).
     With ``settings.engine == "spark"`` Splink scores on Spark: on ``spark`` when given, else on a session
     at ``settings.spark_master`` (see :mod:`identity.spark`).
-    """
-    if settings.engine == "spark" and spark is None:
-        from identity.spark import spark_session
 
-        spark = spark_session(settings.spark_master)
+    ``full``: True rebuilds every customer; False or None re-resolves only the units staging changed
+    (``stg_unit_changes``) when the stored state allows it (same model, threshold and limits, no erasure
+    since), else rebuilds. ``stats["mode"]`` says which ran and ``stats["full_reason"]`` why. A full run
+    measures the model's prior on its data unless ``prior`` is given (to compare a rebuild with an
+    incremental run, which keeps the prior of the run before).
+    """
     started = time.perf_counter()
     started_at = datetime.now(UTC).replace(tzinfo=None)
     run_id = started_at.strftime("idr_%Y%m%dT%H%M%S_") + uuid.uuid4().hex[:8]
     ensure_identity_schema(con)
+    changes.ensure_changes_schema(con)
+    reason = "requested" if full else _full_reason(con, settings, model_path)
+    if reason is None:
+        try:
+            return _resolve_changed(con, settings, model_path, run_id, started_at, started)
+        except _NotLocal as exc:
+            reason = str(exc)
+    if settings.engine == "spark" and spark is None:
+        from identity.spark import spark_session
+
+        spark = spark_session(settings.spark_master)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -306,6 +385,7 @@ def resolve_identities(
             memory_limit=settings.memory_limit,
             reuse_units=True,
             spark=spark if settings.engine == "spark" else None,
+            prior=prior,
         )
     )
 
@@ -326,36 +406,363 @@ def resolve_identities(
             """
         )
         con.execute("DELETE FROM identity_edges")
-        con.execute(
-            """
-            INSERT INTO identity_edges
-            SELECT unit_id_l, unit_id_r, evidence, rule, NULL, ? FROM _graph_edges
-            UNION ALL
-            SELECT unit_id_l, unit_id_r, 'splink', 'match_weight >= threshold', match_weight, ?
-            FROM _kept_model_edges
-            """,
-            [run_id, run_id],
-        )
+        _insert_edges(con, run_id)
+        _store_state(con)
+        changes.record_changes(con, run_id, None)
         stats.update(ids)
-        stats.update(_outliers(con))
-        counts = con.execute("SELECT count(*), count(DISTINCT unit_id) FROM stg_records").fetchall()[0]
-        stats["records"], stats["units"] = int(counts[0]), int(counts[1])
-        stats["identity_edges"] = int(con.execute("SELECT count(*) FROM identity_edges").fetchall()[0][0])
-        timings["write_seconds"] = round(time.perf_counter() - t, 2)
-        stats.update(timings)
-        stats["seconds"] = round(time.perf_counter() - started, 2)
-        con.execute(
-            "INSERT INTO identity_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id, started_at, datetime.now(UTC).replace(tzinfo=None), model.MODEL_NAME,
-                settings.match_threshold, stats["records"], stats["units"], ids["customers"],
-                ids["new_customers"], ids["merged"], ids["split"], ids["retired"], ids["last_sequence"],
-                json.dumps(stats),
-            ],
-        )  # fmt: skip
+        _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "full", reason)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     stats["run_id"] = run_id
     return stats
+
+
+def _insert_edges(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    con.execute(
+        """
+        INSERT INTO identity_edges
+        SELECT unit_id_l, unit_id_r, evidence, rule, NULL, ? FROM _graph_edges
+        UNION ALL
+        SELECT unit_id_l, unit_id_r, 'splink', 'match_weight >= threshold', match_weight, ?
+        FROM _kept_model_edges
+        """,
+        [run_id, run_id],
+    )
+
+
+def _store_state(con: duckdb.DuckDBPyConnection) -> None:
+    """Keep what an incremental run builds on: every unit's attributes, first-pass component and ambiguity,
+    every unit's keys, and every model pair the precision guard let through."""
+    con.execute(
+        """
+        CREATE OR REPLACE TABLE identity_units AS
+        SELECT u.*, p.component, u.unit_id IN (SELECT unit_id FROM _ambiguous_units) AS ambiguous
+        FROM _units u JOIN _pass1 p USING (unit_id)
+        """
+    )
+    con.execute("CREATE OR REPLACE TABLE identity_unit_keys AS SELECT * FROM _unit_keys")
+    con.execute("CREATE OR REPLACE TABLE identity_model_pairs AS SELECT * FROM _model_pairs")
+
+
+def _finish(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    model_path: Path,
+    run_id: str,
+    started_at: datetime,
+    started: float,
+    stats: dict[str, Any],
+    timings: dict[str, float],
+    mode: str,
+    reason: str | None,
+) -> None:
+    """Counts, outliers and the ``identity_runs`` row; the changed units are consumed."""
+    t = time.perf_counter()
+    con.execute("DELETE FROM stg_unit_changes")
+    changes.clear_invalidation(con)
+    stats.update(_outliers(con))
+    counts = con.execute("SELECT count(*), count(DISTINCT unit_id) FROM stg_records").fetchall()[0]
+    stats["records"], stats["units"] = int(counts[0]), int(counts[1])
+    stats["customers"] = int(
+        con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0]
+    )
+    stats["identity_edges"] = int(con.execute("SELECT count(*) FROM identity_edges").fetchall()[0][0])
+    if mode == "incremental":  # every customer outside the region kept its id too
+        stats["kept_customers"] = stats["customers"] - stats["new_customers"]
+    stats.update(
+        mode=mode,
+        full_reason=reason,
+        model_sha=_model_sha(model_path),
+        match_threshold=settings.match_threshold,
+        limits=dict(settings.max_records_per_identifier),
+    )
+    timings["write_seconds"] = round(timings.get("write_seconds", 0.0) + time.perf_counter() - t, 2)
+    stats.update(timings)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    con.execute(
+        "INSERT INTO identity_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id, started_at, datetime.now(UTC).replace(tzinfo=None), model.MODEL_NAME,
+            settings.match_threshold, stats["records"], stats["units"], stats["customers"],
+            stats["new_customers"], stats["merged"], stats["split"], stats["retired"], stats["last_sequence"],
+            json.dumps(stats),
+        ],
+    )  # fmt: skip
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def _resolve_changed(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    model_path: Path,
+    run_id: str,
+    started_at: datetime,
+    started: float,
+) -> dict[str, Any]:
+    """Re-resolve only what the units in ``stg_unit_changes`` can have changed; the rest stays as it is.
+
+    1. The changed units' attributes and keys are rebuilt from their records; so are the accounts and
+       cards "in use" of every unit sharing an account or card with them. Units whose attributes or keys
+       really changed (new, gone, or different) are *W*.
+    2. Splink scores W against every person unit (``predict_between``) and among itself
+       (``predict_within``) with the previous run's prior; W's stored pairs are replaced. The ambiguity
+       guard is re-read for every unit with a pair to W; a unit whose verdict flips brings its partners.
+    3. The region: every first-pass component (see :func:`_components`) holding a unit of W, a holder of
+       a key W holds or held, or a unit of step 2. No edge can leave it (checked: an edge that does makes
+       the run full), so clustering it alone gives what a full run gives; the stable-id vote runs over the
+       region's previous customers only and every other customer keeps its id and records.
+    """
+    previous = _previous_run(con)
+    prior = float(previous["model_prior"])
+    limits = settings.max_records_per_identifier
+    graph.install_macros(con)
+    stats: dict[str, Any] = {"model_prior": prior}
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _c0 AS SELECT DISTINCT unit_id FROM stg_unit_changes")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _c0_records AS "
+            "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
+        )
+        stats["changed_units"] = _count(con, "SELECT count(*) FROM _c0")
+        graph.build_units(con, "_c0_records", with_keys=False)
+        graph.build_unit_keys(con, "_c0_records")
+        con.execute("CREATE OR REPLACE TEMP TABLE _c0_keys AS SELECT * FROM _unit_keys")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _old_keys AS "
+            "SELECT * FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _c0)"
+        )
+        con.execute("DELETE FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _c0)")
+        con.execute("INSERT INTO identity_unit_keys SELECT * FROM _c0_keys")
+        # Units sharing an account or card with a changed unit: whether theirs is "in use" may change.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _w1 AS
+            SELECT DISTINCT unit_id FROM identity_unit_keys
+            WHERE (id_type, id_value) IN (SELECT (id_type, id_value) FROM _old_keys UNION
+                                          SELECT (id_type, id_value) FROM _c0_keys)
+              AND id_type IN ('user_id', 'loyalty_id') AND unit_id NOT IN (SELECT unit_id FROM _c0)
+            """
+        )
+        con.execute(
+            "INSERT INTO _units BY NAME SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
+            "WHERE unit_id IN (SELECT unit_id FROM _w1)"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _unit_keys AS "
+            "SELECT * FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _units)"
+        )
+        graph.apply_used_keys(con, all_keys="identity_unit_keys")
+        # W: units whose identity (attributes or keys) changed, appeared or disappeared.
+        same = ", ".join(c for c in _unit_columns(con) if c != "n_records")
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _old_units AS
+            SELECT * FROM identity_units
+            WHERE unit_id IN (SELECT unit_id FROM _units UNION SELECT unit_id FROM _c0)
+            """
+        )
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _w AS
+            SELECT unit_id FROM (SELECT {same} FROM _units EXCEPT SELECT {same} FROM _old_units)
+            UNION SELECT unit_id FROM _old_units WHERE unit_id NOT IN (SELECT unit_id FROM _units)
+            UNION SELECT unit_id FROM (SELECT * FROM _old_keys EXCEPT SELECT * FROM _c0_keys)
+            UNION SELECT unit_id FROM (SELECT * FROM _c0_keys EXCEPT SELECT * FROM _old_keys)
+            """
+        )
+        stats["identity_changed_units"] = _count(con, "SELECT count(*) FROM _w")
+        con.execute("DELETE FROM identity_units WHERE unit_id IN (SELECT unit_id FROM _old_units)")
+        con.execute(
+            """
+            INSERT INTO identity_units BY NAME
+            SELECT u.*, o.component, coalesce(o.ambiguous, false) AS ambiguous
+            FROM _units u LEFT JOIN _old_units o USING (unit_id)
+            """
+        )
+        timings["graph_seconds"] = round(time.perf_counter() - t, 2)
+
+        # 2. Model pairs of W, and the ambiguity guard around them.
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _person_units AS
+            SELECT {", ".join(c for c in model.PERSON_COLUMNS if c != "email_local")},
+                   split_part(email_key, '@', 1) AS email_local
+            FROM identity_units WHERE first_name IS NOT NULL OR last_name IS NOT NULL
+            """
+        )
+        stats.update(
+            model.predict_changed_pairs(
+                con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
+                threads=settings.threads, memory_limit=settings.memory_limit,
+            )
+        )  # fmt: skip
+        t = time.perf_counter()
+        touching = "unit_id_l IN (SELECT unit_id FROM _w) OR unit_id_r IN (SELECT unit_id FROM _w)"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _old_pairs AS SELECT * FROM identity_model_pairs WHERE {touching}")
+        con.execute(f"DELETE FROM identity_model_pairs WHERE {touching}")
+        con.execute("INSERT INTO identity_model_pairs SELECT * FROM _new_model_pairs")
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _p AS
+            SELECT unit_id FROM _w
+            UNION SELECT unit_id_l FROM _old_pairs UNION SELECT unit_id_r FROM _old_pairs
+            UNION SELECT unit_id_l FROM _new_model_pairs UNION SELECT unit_id_r FROM _new_model_pairs
+            """
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _ambiguous_units AS "
+            + model.ambiguous_units_sql("identity_model_pairs", "identity_units", among="_p")
+        )
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _flipped AS
+            SELECT unit_id FROM identity_units
+            WHERE unit_id IN (SELECT unit_id FROM _p)
+              AND ambiguous <> (unit_id IN (SELECT unit_id FROM _ambiguous_units))
+            """
+        )
+        con.execute(
+            "UPDATE identity_units SET ambiguous = (unit_id IN (SELECT unit_id FROM _ambiguous_units)) "
+            "WHERE unit_id IN (SELECT unit_id FROM _p)"
+        )
+
+        # 3. The region: whole first-pass components around everything that changed.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _r0 AS
+            SELECT unit_id FROM _p
+            UNION SELECT unit_id FROM identity_unit_keys
+                  WHERE (id_type, id_value) IN (
+                      SELECT (id_type, id_value) FROM _old_keys WHERE unit_id IN (SELECT unit_id FROM _w)
+                      UNION SELECT (id_type, id_value) FROM identity_unit_keys
+                            WHERE unit_id IN (SELECT unit_id FROM _w))
+            UNION SELECT unit_id_r FROM identity_model_pairs WHERE unit_id_l IN (SELECT unit_id FROM _flipped)
+            UNION SELECT unit_id_l FROM identity_model_pairs WHERE unit_id_r IN (SELECT unit_id FROM _flipped)
+            """
+        )
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _scope AS
+            WITH comps AS (
+                SELECT component FROM identity_units WHERE unit_id IN (SELECT unit_id FROM _r0)
+                UNION SELECT component FROM _old_units WHERE unit_id IN (SELECT unit_id FROM _r0)
+            )
+            SELECT unit_id FROM identity_units WHERE component IN (SELECT component FROM comps)
+            UNION SELECT unit_id FROM _r0
+            UNION SELECT unit_id FROM _old_units WHERE component IN (SELECT component FROM comps)
+            """
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _region AS "
+            "SELECT unit_id FROM _scope WHERE unit_id IN (SELECT unit_id FROM identity_units)"
+        )
+        stats["region_units"] = _count(con, "SELECT count(*) FROM _region")
+
+        # Graph edges of the region: every key a region unit holds, judged over all its holders.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _unit_keys AS
+            SELECT * FROM identity_unit_keys WHERE (id_type, id_value) IN (
+                SELECT (id_type, id_value) FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _region))
+            """
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _units AS SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
+            "WHERE unit_id IN (SELECT unit_id FROM _unit_keys UNION SELECT unit_id FROM _region)"
+        )
+        graph.link_keys(con, limits)
+        inside = "unit_id_{} IN (SELECT unit_id FROM _region)"
+        leaving = _count(
+            con,
+            f"SELECT count(*) FROM _graph_edges WHERE ({inside.format('l')}) <> ({inside.format('r')})",
+        )
+        con.execute(f"DELETE FROM _graph_edges WHERE NOT ({inside.format('l')}) OR NOT ({inside.format('r')})")
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _model_pairs AS
+            SELECT * FROM identity_model_pairs WHERE {inside.format("l")} OR {inside.format("r")}
+            """
+        )
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _model_edges AS SELECT * FROM _model_pairs
+            WHERE unit_id_l NOT IN (SELECT unit_id FROM identity_units WHERE ambiguous)
+              AND unit_id_r NOT IN (SELECT unit_id FROM identity_units WHERE ambiguous)
+            """
+        )
+        leaving += _count(
+            con,
+            f"SELECT count(*) FROM _model_edges WHERE ({inside.format('l')}) <> ({inside.format('r')})",
+        )
+        if leaving:
+            raise _NotLocal(f"{leaving} edges leave the changed region")
+        stats.update(graph.graph_stats(con))
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _units AS SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
+            "WHERE unit_id IN (SELECT unit_id FROM _region)"
+        )
+        stats.update(_components(con))
+        offset = _count(con, "SELECT coalesce(max(component), -1) + 1 FROM identity_units")
+        con.execute(
+            "UPDATE identity_units SET component = p.component + ? FROM _pass1 p "
+            "WHERE identity_units.unit_id = p.unit_id",
+            [offset],
+        )
+        timings["cluster_seconds"] = round(time.perf_counter() - t, 2)
+
+        t = time.perf_counter()
+        ids = _assign_ids(con, run_id, started_at, scope="_scope")
+        # Changed units outside the region kept their identity: their new records join their customer.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE _assignment_all AS
+            SELECT unit_id, customer_id FROM _assignment
+            UNION ALL
+            SELECT unit_id, min(customer_id) FROM customer_source_records
+            WHERE unit_id IN (SELECT unit_id FROM _c0) AND unit_id NOT IN (SELECT unit_id FROM _scope)
+            GROUP BY unit_id
+            """
+        )
+        touched = "unit_id IN (SELECT unit_id FROM _scope UNION SELECT unit_id FROM _c0)"
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _changed_ids AS
+            SELECT customer_id FROM customer_source_records WHERE {touched}
+            UNION SELECT customer_id FROM _assignment_all
+            """
+        )
+        con.execute(f"DELETE FROM customer_source_records WHERE {touched}")
+        con.execute(
+            """
+            INSERT INTO customer_source_records
+            SELECT s.source, s.source_record_id, a.customer_id, s.unit_id
+            FROM stg_records s JOIN _assignment_all a USING (unit_id)
+            """
+        )
+        con.execute(
+            "DELETE FROM identity_edges WHERE unit_id_l IN (SELECT unit_id FROM _scope) "
+            "OR unit_id_r IN (SELECT unit_id FROM _scope)"
+        )
+        _insert_edges(con, run_id)
+        stats["changed_customers"] = changes.record_changes(con, run_id, "SELECT customer_id FROM _changed_ids")
+        stats.update(ids)
+        timings["write_seconds"] = round(time.perf_counter() - t, 2)
+        _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "incremental", None)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    stats["run_id"] = run_id
+    return stats
+
+
+def _unit_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE _units)").fetchall()]

@@ -11,8 +11,11 @@ spelling, everything else runs as SQL inside DuckDB.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 
+from cdp.store import table_exists
 from identity.standardise import (
     normalise_phone,
     sql_email_match_key,
@@ -25,19 +28,32 @@ from identity.standardise import (
 _PHONE_SOURCES = ("raw_app", "raw_store", "raw_crm", "raw_consent")
 
 
-def build_phone_map(con: duckdb.DuckDBPyConnection, region: str) -> int:
-    """(Re)build ``phone_map(raw, e164)`` for every distinct phone spelling in the raw tables."""
+def build_phone_map(
+    con: duckdb.DuckDBPyConnection, region: str, prune: bool = True, batches: list[str] | None = None
+) -> int:
+    """Add to ``phone_map(raw, e164)`` every new phone spelling of the raw tables (of ``batches`` only,
+    when given); with ``prune`` also drop spellings no longer present (erasure removes an erased
+    subject's spellings itself)."""
     con.execute("CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR PRIMARY KEY, e164 VARCHAR)")
     union = " UNION ".join(f"SELECT phone FROM {t} WHERE phone IS NOT NULL" for t in _PHONE_SOURCES)
-    new = con.execute(f"SELECT DISTINCT phone FROM ({union}) WHERE phone NOT IN (SELECT raw FROM phone_map)").fetchall()
+    scope = union
+    if batches is not None:
+        scope = " UNION ".join(
+            f"SELECT phone FROM {t} WHERE phone IS NOT NULL AND batch_id IN (SELECT unnest($batches))"
+            for t in _PHONE_SOURCES
+        )
+    new = con.execute(
+        f"SELECT DISTINCT phone FROM ({scope}) WHERE phone NOT IN (SELECT raw FROM phone_map)",
+        {"batches": batches} if batches is not None else {},
+    ).fetchall()
     if new:
         frame = {"raw": [p for (p,) in new], "e164": [normalise_phone(p, region) for (p,) in new]}
         import pandas as pd
 
         df = pd.DataFrame(frame)  # noqa: F841  (read by DuckDB's replacement scan below)
         con.execute("INSERT INTO phone_map SELECT raw, e164 FROM df")
-    # Spellings no longer present anywhere (erased) must not linger in the map.
-    con.execute(f"DELETE FROM phone_map WHERE raw NOT IN (SELECT phone FROM ({union}))")
+    if prune:  # spellings no longer present anywhere must not linger in the map
+        con.execute(f"DELETE FROM phone_map WHERE raw NOT IN (SELECT phone FROM ({union}))")
     return len(new)
 
 
@@ -63,77 +79,193 @@ _LATEST = (
     "(SELECT ingested_at FROM ingest_batches b WHERE b.batch_id = r.batch_id) DESC, row_number DESC) = 1"
 )
 
-STG_RECORDS_SQL = f"""
-CREATE OR REPLACE TABLE stg_records AS
-SELECT 'web' AS source, event_id AS source_record_id, 'web:' || trim(anonymous_id) AS unit_id,
-       event_time AS record_time, lower(trim(event_type)) AS event_type,
-       {sql_trim_id("user_id")} AS user_id, NULL::VARCHAR AS loyalty_id, NULL::VARCHAR AS crm_id,
-       {sql_trim_id("anonymous_id")} AS anonymous_id, NULL::VARCHAR AS device_id,
-       {sql_normalise_email("email")} AS email, {sql_email_match_key("email")} AS email_key,
-       NULL::VARCHAR AS phone_e164, {_NULL_PERSON},
-       {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,
-       NULL::VARCHAR AS store_id, {_META}
-FROM raw_web r {_LATEST.format(key="event_id", time="event_time")}
-UNION ALL BY NAME
-SELECT 'app' AS source, event_id AS source_record_id, 'app:' || trim(device_id) AS unit_id,
-       event_time AS record_time, lower(trim(event_type)) AS event_type,
-       {_ids("user_id")}, NULL AS loyalty_id, NULL AS crm_id, NULL AS anonymous_id, {_ids("device_id")},
-       {_person()}, {_NULL_PERSON},
-       {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,
-       NULL AS store_id, {_META}
-FROM raw_app r {_LATEST.format(key="event_id", time="event_time")}
-UNION ALL BY NAME
-SELECT 'store' AS source, transaction_id AS source_record_id, 'store:' || transaction_id AS unit_id,
-       transaction_time AS record_time, 'purchase' AS event_type,
-       NULL AS user_id, {_ids("loyalty_id")}, NULL AS crm_id, NULL AS anonymous_id, NULL AS device_id,
-       {_person()},
-       {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
-       NULL::DATE AS date_of_birth, NULL AS address_line1, NULL AS city,
-       {sql_normalise_postcode("postcode")} AS postcode, NULL AS country,
-       transaction_id AS order_id, amount, upper(trim(currency)) AS currency, {_ids("store_id")}, {_META}
-FROM raw_store r {_LATEST.format(key="transaction_id", time="transaction_time")}
-UNION ALL BY NAME
-SELECT 'crm' AS source, crm_id AS source_record_id, 'crm:' || trim(crm_id) AS unit_id,
-       coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
-       {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
-       {_person()},
-       {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
-       date_of_birth,
-       NULLIF(trim(regexp_replace(lower(strip_accents(address_line1)), '[^a-z0-9 ]+', ' ', 'g')), '')
-           AS address_line1,
-       NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,
-       NULLIF(upper(trim(country)), '') AS country,
-       NULL AS order_id, NULL::DECIMAL(18,2) AS amount, NULL AS currency, NULL AS store_id, {_META}
-FROM raw_crm r {_LATEST.format(key="crm_id", time="coalesce(updated_at, created_at)")}
-"""
 
-STG_CONSENT_SQL = f"""
-CREATE OR REPLACE TABLE stg_consent AS
-SELECT consent_id, event_time, lower(trim(purpose)) AS purpose, lower(trim(status)) AS status,
-       NULLIF(lower(trim(source)), '') AS source, NULLIF(trim(policy_version), '') AS policy_version,
-       {_person()}, {_ids("user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")}, {_META}
-FROM raw_consent r {_LATEST.format(key="consent_id", time="event_time")}
-"""
+@dataclass(frozen=True)
+class _Staged:
+    """How one raw table becomes rows of a staged table: its key, its time and its SELECT list."""
+
+    raw: str
+    key: str  # the raw key column: the staged row of a key is the latest version of it
+    time: str
+    columns: str
+    source: str | None = None  # stg_records.source; None for stg_consent
+
+    def select(self, where: str = "true") -> str:
+        return f"SELECT {self.columns} FROM {self.raw} r WHERE {where} " + _LATEST.format(key=self.key, time=self.time)
 
 
-def build_stg_records(con: duckdb.DuckDBPyConnection, region: str = "GB") -> dict[str, int]:
-    """Rebuild ``stg_records`` from the raw record tables; returns row counts per source."""
+RECORD_SOURCES: tuple[_Staged, ...] = (
+    _Staged("raw_web", "event_id", "event_time", f"""
+        'web' AS source, event_id AS source_record_id, 'web:' || trim(anonymous_id) AS unit_id,
+        event_time AS record_time, lower(trim(event_type)) AS event_type,
+        {sql_trim_id("user_id")} AS user_id, NULL::VARCHAR AS loyalty_id, NULL::VARCHAR AS crm_id,
+        {sql_trim_id("anonymous_id")} AS anonymous_id, NULL::VARCHAR AS device_id,
+        {sql_normalise_email("email")} AS email, {sql_email_match_key("email")} AS email_key,
+        NULL::VARCHAR AS phone_e164, {_NULL_PERSON},
+        {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,
+        NULL::VARCHAR AS store_id, {_META}""", "web"),
+    _Staged("raw_app", "event_id", "event_time", f"""
+        'app' AS source, event_id AS source_record_id, 'app:' || trim(device_id) AS unit_id,
+        event_time AS record_time, lower(trim(event_type)) AS event_type,
+        {_ids("user_id")}, NULL AS loyalty_id, NULL AS crm_id, NULL AS anonymous_id, {_ids("device_id")},
+        {_person()}, {_NULL_PERSON},
+        {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,
+        NULL AS store_id, {_META}""", "app"),
+    _Staged("raw_store", "transaction_id", "transaction_time", f"""
+        'store' AS source, transaction_id AS source_record_id, 'store:' || transaction_id AS unit_id,
+        transaction_time AS record_time, 'purchase' AS event_type,
+        NULL AS user_id, {_ids("loyalty_id")}, NULL AS crm_id, NULL AS anonymous_id, NULL AS device_id,
+        {_person()},
+        {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
+        NULL::DATE AS date_of_birth, NULL AS address_line1, NULL AS city,
+        {sql_normalise_postcode("postcode")} AS postcode, NULL AS country,
+        transaction_id AS order_id, amount, upper(trim(currency)) AS currency, {_ids("store_id")}, {_META}""",
+        "store"),
+    _Staged("raw_crm", "crm_id", "coalesce(updated_at, created_at)", f"""
+        'crm' AS source, crm_id AS source_record_id, 'crm:' || trim(crm_id) AS unit_id,
+        coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
+        {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
+        {_person()},
+        {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
+        date_of_birth,
+        NULLIF(trim(regexp_replace(lower(strip_accents(address_line1)), '[^a-z0-9 ]+', ' ', 'g')), '')
+            AS address_line1,
+        NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,
+        NULLIF(upper(trim(country)), '') AS country,
+        NULL AS order_id, NULL::DECIMAL(18,2) AS amount, NULL AS currency, NULL AS store_id, {_META}""", "crm"),
+)  # fmt: skip
+
+CONSENT_SOURCE = _Staged("raw_consent", "consent_id", "event_time", f"""
+    consent_id, event_time, lower(trim(purpose)) AS purpose, lower(trim(status)) AS status,
+    NULLIF(lower(trim(source)), '') AS source, NULLIF(trim(policy_version), '') AS policy_version,
+    {_person()}, {_ids("user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")}, {_META}""")  # fmt: skip
+
+STG_RECORDS_SQL = "CREATE OR REPLACE TABLE stg_records AS " + " UNION ALL BY NAME ".join(
+    s.select() for s in RECORD_SOURCES
+)
+STG_CONSENT_SQL = f"CREATE OR REPLACE TABLE stg_consent AS {CONSENT_SOURCE.select()}"
+
+#: Batches already staged, per staged table (batch ids only: no personal data).
+STAGED_BATCHES_DDL = "CREATE TABLE IF NOT EXISTS staged_batches (table_name VARCHAR, batch_id VARCHAR)"
+#: Identity units whose staged records changed since identity resolution last ran; ``'*'``: all of them.
+UNIT_CHANGES_DDL = "CREATE TABLE IF NOT EXISTS stg_unit_changes (unit_id VARCHAR)"
+ALL_UNITS = "*"
+
+
+def _new_batches(con: duckdb.DuckDBPyConnection, table: str, raws: tuple[str, ...]) -> list[str]:
+    """Batches in ``raws`` not yet staged into ``table``."""
+    union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {raw}" for raw in raws)
+    return [
+        row[0]
+        for row in con.execute(
+            f"SELECT batch_id FROM ({union}) WHERE batch_id NOT IN "
+            "(SELECT batch_id FROM staged_batches WHERE table_name = ?) ORDER BY 1",
+            [table],
+        ).fetchall()
+    ]
+
+
+def _mark_staged(con: duckdb.DuckDBPyConnection, table: str, raws: tuple[str, ...], full: bool) -> None:
+    if full:
+        con.execute("DELETE FROM staged_batches WHERE table_name = ?", [table])
+    union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {raw}" for raw in raws)
+    con.execute(
+        f"INSERT INTO staged_batches SELECT ?, batch_id FROM ({union}) WHERE batch_id NOT IN "
+        "(SELECT batch_id FROM staged_batches WHERE table_name = ?)",
+        [table, table],
+    )
+
+
+def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return table_exists(con, table) and bool(
+        con.execute("SELECT count(*) FROM staged_batches WHERE table_name = ?", [table]).fetchall()[0][0]
+    )
+
+
+def _restage_keys(
+    con: duckdb.DuckDBPyConnection, table: str, staged: _Staged, batches: list[str], key_column: str
+) -> int:
+    """Re-stage every key that a row of ``batches`` carries: its staged row is deleted and chosen anew
+    among all its versions. Returns the number of keys restaged."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _restage AS SELECT DISTINCT {staged.key} AS k FROM {staged.raw} "
+        "WHERE batch_id IN (SELECT unnest($batches))",
+        {"batches": batches},
+    )
+    keys = int(con.execute("SELECT count(*) FROM _restage").fetchall()[0][0])
+    if not keys:
+        return 0
+    where = f"{staged.key} IN (SELECT k FROM _restage)"
+    source = f"source = '{staged.source}' AND " if staged.source else ""
+    if table == "stg_records":  # the units the old and the new versions belong to both changed
+        con.execute(
+            f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records "
+            f"WHERE {source}{key_column} IN (SELECT k FROM _restage)"
+        )
+    con.execute(f"DELETE FROM {table} WHERE {source}{key_column} IN (SELECT k FROM _restage)")
+    con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
+    if table == "stg_records":
+        con.execute(
+            f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records "
+            f"WHERE {source}{key_column} IN (SELECT k FROM _restage)"
+        )
+    return keys
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    sources: tuple[_Staged, ...],
+    full_sql: str,
+    key_column: str,
+    region: str,
+    incremental: bool,
+) -> str:
+    """Build ``table`` in full, or only for the keys new batches carry; returns the mode used."""
     con.execute("SET TimeZone = 'UTC'")
-    build_phone_map(con, region)
-    con.execute(STG_RECORDS_SQL)
+    con.execute(STAGED_BATCHES_DDL)
+    con.execute(UNIT_CHANGES_DDL)
+    raws = tuple(s.raw for s in sources)
+    incremental = incremental and _can_stage_incrementally(con, table)
+    batches = _new_batches(con, table, raws) if incremental else []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
+        if not incremental:
+            con.execute(full_sql)
+            if table == "stg_records":
+                con.execute("DELETE FROM stg_unit_changes")
+                con.execute("INSERT INTO stg_unit_changes VALUES (?)", [ALL_UNITS])
+        elif batches:
+            for staged in sources:
+                _restage_keys(con, table, staged, batches, key_column)
+        _mark_staged(con, table, raws, full=not incremental)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return "incremental" if incremental else "full"
+
+
+def build_stg_records(con: duckdb.DuckDBPyConnection, region: str = "GB", incremental: bool = False) -> dict[str, int]:
+    """Build ``stg_records`` from the raw record tables; returns row counts per source.
+
+    With ``incremental`` (and a staged table to build on) only the keys that batches not yet staged
+    carry are restaged, and their identity units are listed in ``stg_unit_changes`` for identity
+    resolution; otherwise the table is rebuilt and ``stg_unit_changes`` says every unit changed.
+    """
+    _stage(con, "stg_records", RECORD_SOURCES, STG_RECORDS_SQL, "source_record_id", region, incremental)
     return dict(con.execute("SELECT source, count(*) FROM stg_records GROUP BY 1 ORDER BY 1").fetchall())
 
 
-def build_stg_consent(con: duckdb.DuckDBPyConnection, region: str = "GB") -> int:
-    """Rebuild ``stg_consent`` from ``raw_consent``; returns its row count."""
-    con.execute("SET TimeZone = 'UTC'")
-    build_phone_map(con, region)
-    con.execute(STG_CONSENT_SQL)
+def build_stg_consent(con: duckdb.DuckDBPyConnection, region: str = "GB", incremental: bool = False) -> int:
+    """Build ``stg_consent`` from ``raw_consent`` (in full, or for new batches' keys); returns its rows."""
+    _stage(con, "stg_consent", (CONSENT_SOURCE,), STG_CONSENT_SQL, "consent_id", region, incremental)
     return int(con.execute("SELECT count(*) FROM stg_consent").fetchall()[0][0])
 
 
-def build_staging(con: duckdb.DuckDBPyConnection, region: str = "GB") -> dict[str, int]:
-    """Rebuild both staged tables; returns row counts per source, consent included."""
-    counts = build_stg_records(con, region)
-    counts["consent"] = build_stg_consent(con, region)
+def build_staging(con: duckdb.DuckDBPyConnection, region: str = "GB", incremental: bool = False) -> dict[str, int]:
+    """Build both staged tables; returns row counts per source, consent included."""
+    counts = build_stg_records(con, region, incremental)
+    counts["consent"] = build_stg_consent(con, region, incremental)
     return counts

@@ -28,10 +28,13 @@ class CdpStore(dg.ConfigurableResource):
     spark_master: str = "local[2]"
     threads: int = 2
     memory_limit: str = "8GB"
+    #: Rebuild every derived table from the raw rows instead of only what new batches changed.
+    full_refresh: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CdpStore:
+    def from_settings(cls, settings: Settings, full_refresh: bool = False) -> CdpStore:
         return cls(
+            full_refresh=full_refresh,
             db_path=str(settings.db_path),
             home=str(settings.home),
             default_region=settings.default_region,

@@ -89,9 +89,16 @@ class _ProgressHandler(logging.Handler):
 
 
 def run_pipeline(
-    settings: Settings, inbox: Path, echo: Callable[[str], None] = print, selection: list[str] | None = None
+    settings: Settings,
+    inbox: Path,
+    echo: Callable[[str], None] = print,
+    selection: list[str] | None = None,
+    full_refresh: bool = False,
 ) -> RunOutcome:
-    """Materialise ``cdp_pipeline`` for ``inbox`` into ``settings.db_path``; returns what happened."""
+    """Materialise ``cdp_pipeline`` for ``inbox`` into ``settings.db_path``; returns what happened.
+
+    Incremental unless ``full_refresh`` (see :class:`pipelines.resources.CdpStore`).
+    """
     instance = prepare_instance(settings)
     outcome = RunOutcome(success=False, run_id="", seconds=0.0)
     handler = _ProgressHandler(outcome, echo)
@@ -103,7 +110,7 @@ def run_pipeline(
 
     progress = dg.LoggerDefinition(progress_logger, description="One line per step and check, for the terminal.")
 
-    resources = {"store": CdpStore.from_settings(settings), "inbox": Inbox(path=str(inbox))}
+    resources = {"store": CdpStore.from_settings(settings, full_refresh), "inbox": Inbox(path=str(inbox))}
     job = build_definitions(resources).resolve_job_def("cdp_pipeline").with_logger_defs({"console": progress})
     started = time.perf_counter()
     result = job.execute_in_process(

@@ -35,7 +35,9 @@ def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def] 
     console.print(f"  store               {db_path}")
 
 
-def run_and_report(inbox: Path, db: Path | None, quiet: bool = False, engine: str | None = None) -> None:
+def run_and_report(
+    inbox: Path, db: Path | None, quiet: bool = False, engine: str | None = None, full_refresh: bool = False
+) -> None:
     from cdp.errors import CdpError
 
     if not inbox.is_dir():
@@ -44,7 +46,9 @@ def run_and_report(inbox: Path, db: Path | None, quiet: bool = False, engine: st
     from pipelines.run import run_pipeline
 
     console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")
-    outcome = run_pipeline(settings, inbox, echo=(lambda _m: None) if quiet else console.print)
+    outcome = run_pipeline(
+        settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
+    )
     _print_run(outcome, settings.db_path)
     if not outcome.success:
         fail(outcome.failure or "the run failed", code=1)
@@ -78,9 +82,20 @@ def register(app: typer.Typer) -> None:
         inbox: Path = typer.Option(..., "--inbox", help="Inbox folder: one sub-folder per source."),
         db: Path | None = DbOption,
         engine: str | None = EngineOption,
+        full_refresh: bool = typer.Option(
+            False,
+            "--full-refresh",
+            help="Rebuild staging, identities, profiles and consent from every raw row instead of only what "
+            "new batches changed.",
+        ),
     ) -> None:
-        """Materialise the Dagster asset graph: ingest, validate, resolve identities, profiles, consent."""
-        run_and_report(inbox, db, engine=engine)
+        """Materialise the Dagster asset graph: ingest, validate, resolve identities, profiles, consent.
+
+        Runs are incremental: new inbox files are ingested, and only the records, customers and consent
+        they touch are re-resolved. A full rebuild happens on the first run, after an erasure or a change
+        of model, threshold or limits, and with --full-refresh.
+        """
+        run_and_report(inbox, db, engine=engine, full_refresh=full_refresh)
 
     @app.command()
     @one_line_errors

@@ -25,24 +25,33 @@ OUTLIER_SHARE_LIMIT = 0.001
         "graph (shared user_id, loyalty_id, email, phone, crm_id; hub keys held back) and the saved "
         "Splink person model, clustered with stable customer ids. Also writes `identity_edges` (unit "
         "pairs and their evidence type, no key values), `customer_id_history` (merges, splits) and "
-        "`identity_runs`. PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
+        "`identity_runs`. Incremental: only the first-pass components around the units staging changed are "
+        "re-resolved (state in `identity_units`, `identity_unit_keys`, `identity_model_pairs`); full on the "
+        "first run, after an erasure, or when the model, threshold or limits change. "
+        "PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
     ),
 )
 def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from identity.resolve import resolve_identities
 
     with store.session() as con:
-        stats = resolve_identities(con, store.settings)
+        stats = resolve_identities(con, store.settings, full=store.full_refresh or None)
+    scope = (
+        f"incremental: {stats['changed_units']} changed units, {stats['region_units']} re-resolved"
+        if stats["mode"] == "incremental"
+        else f"full: {stats['full_reason']}"
+    )
     context.log.info(
         f"{stats['records']} records in {stats['units']} units -> {stats['customers']} customers "
         f"({stats['new_customers']} new, {stats['merged']} merged, {stats['split']} split) "
-        f"in {stats['seconds']} s"
+        f"in {stats['seconds']} s ({scope})"
     )
     keep = (
         "records", "units", "customers", "new_customers", "kept_customers", "merged", "split", "retired",
         "person_units", "model_pairs", "edges", "hub_keys_conflict", "hub_keys_over_limit",
         "placeholder_values", "shared_units", "largest_customer_units", "outlier_customers", "seconds",
-        "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id",
+        "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id", "mode", "full_reason",
+        "changed_units", "identity_changed_units", "region_units", "changed_customers", "person_units_scored",
     )  # fmt: skip
     return dg.MaterializeResult(metadata={k: stats[k] for k in keep if k in stats})
 

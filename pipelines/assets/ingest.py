@@ -73,14 +73,16 @@ def stg_records(store: CdpStore) -> dg.MaterializeResult:
 
     Grain: one row per record (the latest version of a key). Identifiers in matching form: email match
     key (Gmail dots and +tags folded), E.164 phones, cleaned names and postcodes; `unit_id` names the
-    identity unit (CRM contact, store transaction, web cookie, app device).
+    identity unit (CRM contact, store transaction, web cookie, app device). Incremental: only the keys
+    new batches carry are restaged, and their units listed in `stg_unit_changes` for identity resolution.
     PII: email, phone_e164, names, date_of_birth, address, postcode, account, loyalty, cookie and device ids.
     """
     from identity.staging import build_stg_records
 
     with store.session() as con:
-        counts = build_stg_records(con, store.default_region)
-    return dg.MaterializeResult(metadata={f"rows_{k}": v for k, v in counts.items()})
+        counts = build_stg_records(con, store.default_region, incremental=not store.full_refresh)
+        changed = con.execute("SELECT count(*) FROM stg_unit_changes WHERE unit_id <> '*'").fetchall()[0][0]
+    return dg.MaterializeResult(metadata={**{f"rows_{k}": v for k, v in counts.items()}, "units_changed": changed})
 
 
 @dg.asset(group_name="staging", kinds={"duckdb"}, deps=["raw_consent"])
@@ -93,7 +95,7 @@ def stg_consent(store: CdpStore) -> dg.MaterializeResult:
     from identity.staging import build_stg_consent
 
     with store.session() as con:
-        rows = build_stg_consent(con, store.default_region)
+        rows = build_stg_consent(con, store.default_region, incremental=not store.full_refresh)
     return dg.MaterializeResult(metadata={"rows": rows})
 
 

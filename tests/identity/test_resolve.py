@@ -40,7 +40,9 @@ def test_clusters_one_row_per_record_and_counts_only(idcon, stg, world, idsettin
     assert ids["crm", "c2"] == ids["app", "a1"] != ids["crm", "c1"]
     assert ids["web", "e3"] not in {ids["crm", "c1"], ids["crm", "c2"]}
     assert stats["customers"] == 3 and stats["records"] == 7
-    assert all(isinstance(v, int | float) for k, v in stats.items() if k != "run_id")
+    described = {"run_id", "mode", "full_reason", "model_sha", "limits"}  # how the run ran, no data values
+    assert all(isinstance(v, int | float) for k, v in stats.items() if k not in described)
+    assert stats["mode"] == "full" and stats["full_reason"] == "no identity_units yet"
 
 
 def test_rerun_keeps_every_id_and_writes_no_history(idcon, stg, world, idsettings):

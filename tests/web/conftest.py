@@ -72,7 +72,9 @@ SEGMENT = (
 
 
 def _no_model_pairs(con: duckdb.DuckDBPyConnection, *_args: object, **_kwargs: object) -> dict[str, int]:
-    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    from identity.model import empty_pair_tables
+
+    empty_pair_tables(con)
     return {"model_pairs": 0}
 
 

@@ -104,7 +104,9 @@ def write_inbox(root: Path, files: dict[str, str] = INBOX) -> Path:
 def _no_model_pairs(con: duckdb.DuckDBPyConnection, *_args: object, **_kwargs: object) -> dict[str, int]:
     """Identity by the deterministic graph only: the Splink model is not what these tests are about,
     and a tiny world with shared addresses is exactly where a probabilistic match could wander."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    from identity.model import empty_pair_tables
+
+    empty_pair_tables(con)
     return {"model_pairs": 0}
 
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("CDP_E2E") != "1", reason="about 
 
 
 def _no_model_pairs(con, *_args, **_kwargs):  # type: ignore[no-untyped-def]  # stands in for predict_pairs
-    con.execute("CREATE OR REPLACE TEMP TABLE _model_edges (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)")
+    from identity.model import empty_pair_tables
+
+    empty_pair_tables(con)
     return {"model_pairs": 0}
 
 
