@@ -1,7 +1,10 @@
 """Consent state: the ledger resolved per customer and purpose through the identity graph.
 
-Recomputed from the whole ledger on every run, so that an event naming an identifier the platform had not
-seen when it arrived applies as soon as a record carrying that identifier is linked to a customer.
+Computed from the whole ledger, so that an event naming an identifier the platform had not seen when it
+arrived applies as soon as a record carrying that identifier is linked to a customer. After the first full
+computation it can be updated for the customers whose state may have changed only (the customers identity
+changed, the other carriers of their identifier values, and the customers that new or newly current events
+reach; see :func:`build_consent_state`), with the same result as a full rebuild.
 
 Rules, in the order they are applied:
 
@@ -23,6 +26,8 @@ Rules, in the order they are applied:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime
 
 import duckdb
@@ -48,9 +53,52 @@ def _loose_email(col: str) -> str:
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
-def hits_sql(loose_withdrawals: bool) -> str:
+def _exact_ids_sql(customers: str | None = None) -> str:
+    """``(customer_id, kind, value)`` of every identifier value the customers' records carry; ``customers``
+    (a temp table of this module with ``customer_id``) restricts the records read to those customers'."""
+    only = f"WHERE l.customer_id IN (SELECT customer_id FROM {customers})" if customers else ""
+    return f"""
+    SELECT DISTINCT customer_id, kind, value FROM (
+        UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}
+                 FROM stg_records r JOIN customer_source_records l USING (source, source_record_id) {only})
+        ON {_IDS} INTO NAME kind VALUE value)"""
+
+
+def _loose_ids_sql(customers: str | None = None) -> str:
+    """``(customer_id, 'email_loose', value)``: the forgiving email key of each customer's emails."""
+    only = f"AND l.customer_id IN (SELECT customer_id FROM {customers})" if customers else ""
+    return f"""
+    SELECT DISTINCT l.customer_id, 'email_loose' AS kind, {_loose_email("r.email")} AS value
+    FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)
+    WHERE r.email IS NOT NULL {only}"""
+
+
+def _event_ids_sql(events: str | None = None, until: str = "$as_of") -> str:
+    """``(event_id, kind, value)`` of the identifiers applicable events (``event_time <= until``) name."""
+    only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
+    return f"""
+    SELECT DISTINCT event_id, kind, value FROM (
+        UNPIVOT (SELECT event_id, {_IDS} FROM consent_events WHERE event_time <= {until} {only})
+        ON {_IDS} INTO NAME kind VALUE value)"""
+
+
+def _loose_candidates(until: str = "$as_of") -> str:
+    """``(event_id, email_key, value)``: withdrawals from the consent source whose email, as written in
+    ``raw_consent``, may reach customers loosely (before the check that their email key reaches nobody)."""
+    return f"""
+    SELECT ev.event_id, ev.email_key, {_loose_email("rc.email")} AS value
+    FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
+    WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND ev.event_time <= {until}
+      AND rc.email IS NOT NULL AND trim(rc.email) <> ''"""
+
+
+def hits_sql(loose_withdrawals: bool, ids: str = "_consent_ids", events: str | None = None) -> str:
     """SQL of every (event, customer, identifier kind) an event reaches, with the kind's fan-out (customers
     carrying that value) and ``n``, the number of customers the event reaches through unambiguous kinds.
+
+    ``ids`` is a table of ``(customer_id, kind, value)``: :func:`_exact_ids_sql` (plus :func:`_loose_ids_sql`)
+    over every customer, or, for an incremental update, over every customer carrying a value that the events
+    in ``events`` (a table of ``event_id``) name: fan-outs and ``n`` are then still global facts.
 
     With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal whose email did not reach anyone as
     written (a typo the standardiser could not read, or a mistyped domain) also reaches customers through
@@ -58,39 +106,19 @@ def hits_sql(loose_withdrawals: bool) -> str:
     grant applied too widely would be a breach. Nothing new is stored: the spelling is read from
     ``raw_consent`` through the event's batch and row.
     """
-    loose_customers = loose_events = ""
+    loose_events = ""
     if loose_withdrawals:
-        loose_customers = f"""
-        UNION
-        SELECT DISTINCT l.customer_id, 'email_loose' AS kind, {_loose_email("r.email")} AS value
-        FROM stg_records r JOIN customer_source_records l USING (source, source_record_id)
-        WHERE r.email IS NOT NULL"""
+        only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
         loose_events = f"""
         UNION
-        SELECT ev.event_id, 'email_loose' AS kind, {_loose_email("rc.email")} AS value
-        FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
-        WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND ev.event_time <= $as_of
-          AND rc.email IS NOT NULL AND trim(rc.email) <> ''
-          AND (ev.email_key IS NULL
-               OR ev.email_key NOT IN (SELECT value FROM exact_ids WHERE kind = 'email_key'))"""
+        SELECT event_id, 'email_loose' AS kind, value FROM ({_loose_candidates()}) c
+        WHERE (email_key IS NULL OR email_key NOT IN (SELECT value FROM {ids} WHERE kind = 'email_key')) {only}"""
     return f"""
-WITH exact_ids AS (
-    SELECT DISTINCT customer_id, kind, value FROM (
-        UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}
-                 FROM stg_records r JOIN customer_source_records l USING (source, source_record_id))
-        ON {_IDS} INTO NAME kind VALUE value)
-),
-customer_ids AS (SELECT * FROM exact_ids {loose_customers}),
-fanout AS (SELECT kind, value, count(*) AS customers FROM customer_ids GROUP BY kind, value),
-event_ids AS (
-    SELECT DISTINCT event_id, kind, value FROM (
-        UNPIVOT (SELECT event_id, {_IDS} FROM consent_events WHERE event_time <= $as_of)
-        ON {_IDS} INTO NAME kind VALUE value)
-    {loose_events}
-),
+WITH fanout AS (SELECT kind, value, count(*) AS customers FROM {ids} GROUP BY kind, value),
+event_ids AS ({_event_ids_sql(events)} {loose_events}),
 hits AS (
     SELECT e.event_id, c.customer_id, e.kind, f.customers
-    FROM event_ids e JOIN customer_ids c USING (kind, value) JOIN fanout f USING (kind, value)
+    FROM event_ids e JOIN {ids} c USING (kind, value) JOIN fanout f USING (kind, value)
 ),
 unique_targets AS (  -- customers reached through unambiguous identifiers, per event
     SELECT event_id, count(DISTINCT customer_id) AS n FROM hits WHERE customers = 1 AND kind <> 'email_loose'
@@ -100,12 +128,13 @@ SELECT h.*, coalesce(u.n, 0) AS n FROM hits h LEFT JOIN unique_targets u USING (
 """
 
 
-#: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above).
+#: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above), for the
+#: customers of ``{customers}``.
 _STATE_SQL = """
 WITH applicable AS (
     SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
     FROM _consent_hits h JOIN consent_events ev USING (event_id)
-    WHERE ev.status = 'withdrawn' OR (h.customers = 1 AND h.n = 1 AND h.kind <> 'email_loose')
+    WHERE (ev.status = 'withdrawn' OR (h.customers = 1 AND h.n = 1 AND h.kind <> 'email_loose')) {only}
     GROUP BY h.event_id, h.customer_id
 )
 SELECT a.customer_id, ev.purpose, ev.status, ev.event_time AS updated_at, ev.source, ev.event_id,
@@ -116,48 +145,215 @@ QUALIFY row_number() OVER (
     ORDER BY ev.event_time DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
 """
 
+# What an incremental update needs to know about the last computation (no personal data in any of them):
+#   consent_state_basis  one row: the as_of it used, whether loose withdrawals applied, and BASIS_VERSION;
+#   consent_state_seen   the ids of the ledger events it had seen (applied, or dated after its as_of);
+#   consent_state_keys   (customer_id, bucket): a 24-bit hash bucket of each identifier value a customer
+#                        carried. Old values of a changed customer are found through it (a CRM contact's new
+#                        phone leaves the old number's other carriers with a new fan-out). A bucket stands
+#                        for many values, never for one person; a shared bucket only recomputes a few
+#                        customers more than needed: exactness comes from the values themselves.
+BASIS_DDL = [
+    "CREATE TABLE IF NOT EXISTS consent_state_basis (as_of TIMESTAMP, loose BOOLEAN, version VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS consent_state_seen (event_id VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS consent_state_keys (customer_id VARCHAR, bucket INTEGER)",
+]
+_BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
+#: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one.
+BASIS_VERSION = f"consent_state v1; duckdb {duckdb.__version__}"
+
+#: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 
 def ensure_state(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(STATE_DDL)
 
 
-def build_consent_state(con: duckdb.DuckDBPyConnection, as_of: datetime | None = None) -> dict[str, int]:
-    """Rebuild ``consent_state`` from the whole ledger. Returns counts only, no personal data.
+def state_current(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``consent_state`` can be updated for some customers only: it was computed by this code, with
+    the same DuckDB and the same reach for loose withdrawals, and records what it saw."""
+    if not all(table_exists(con, t) for t in ("consent_state", "consent_state_basis", "stg_records")):
+        return False
+    if not table_exists(con, "customer_source_records"):
+        return False
+    rows = con.execute("SELECT loose, version FROM consent_state_basis").fetchall()
+    return rows == [(table_exists(con, "raw_consent"), BASIS_VERSION)]
 
-    ``granted`` / ``withdrawn``: state rows by status; ``events``: ledger size; ``unmatched_events``: events
-    that reach no known customer yet (kept, applied once their identifiers appear); ``ambiguous_grants``:
-    grants that reach customers only ambiguously and so grant nothing.
+
+def build_consent_state(
+    con: duckdb.DuckDBPyConnection,
+    as_of: datetime | None = None,
+    customers: str | None = None,
+    *,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> dict[str, int]:
+    """Rebuild ``consent_state`` from the whole ledger, or update it for the customers it may have changed for.
+
+    ``customers``: the name of a table with a ``customer_id`` column, the customers whose records changed
+    since the last computation (``_changed_customers``); the state must be :func:`state_current`. Recomputed
+    are those customers, the other carriers of any identifier value they hold or held, every customer an
+    event naming such a value reaches, and every customer reached by a ledger event appended since or dated
+    between the last ``as_of`` and this one. The result equals a full rebuild's (``computed_at`` aside:
+    untouched rows keep theirs). ``before_commit`` runs inside the transaction, just before it commits.
+
+    Returns counts only, no personal data. ``granted`` / ``withdrawn``: state rows by status; ``events``:
+    ledger size. A full rebuild adds ``unmatched_events`` (events that reach no known customer yet, kept and
+    applied once their identifiers appear) and ``ambiguous_grants`` (grants that reach customers only
+    ambiguously and so grant nothing); an update adds ``customers_recomputed`` instead.
     """
     ensure_ledger(con)
     ensure_state(con)
+    if customers is not None:
+        if not _TABLE_NAME.fullmatch(customers):
+            raise ValueError(f"not a table name: {customers!r}")
+        if not state_current(con):
+            raise ValueError("consent_state has no basis for an update; rebuild it in full")
     as_of = as_of or datetime.now().replace(tzinfo=None)
     params = {"as_of": as_of}
-    linked = table_exists(con, "stg_records") and table_exists(con, "customer_source_records")
-    reached = ambiguous = 0
+    loose = table_exists(con, "raw_consent")
+    counts: dict[str, int] = {}
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM consent_state")
-        if linked:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(table_exists(con, 'raw_consent'))}", params
-            )
-            con.execute(f"INSERT INTO consent_state {_STATE_SQL}", params)
-            reached, ambiguous = con.execute(
-                """SELECT count(DISTINCT h.event_id),
-                          count(DISTINCT h.event_id) FILTER (WHERE ev.status = 'granted' AND h.n <> 1)
-                   FROM _consent_hits h JOIN consent_events ev USING (event_id)"""
-            ).fetchall()[0]
-            con.execute("DROP TABLE _consent_hits")
+        for ddl in BASIS_DDL:
+            con.execute(ddl)
+        counts = _rebuild(con, params, loose) if customers is None else _update(con, params, loose, customers)
+        con.execute("DELETE FROM consent_state_basis")
+        con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
+                    {**params, "loose": loose, "version": BASIS_VERSION})  # fmt: skip
+        if before_commit is not None:
+            before_commit(con)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    counts = dict(con.execute("SELECT status, count(*) FROM consent_state GROUP BY status").fetchall())
+    finally:
+        for temp in _TEMPS:
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
+    by_status = dict(con.execute("SELECT status, count(*) FROM consent_state GROUP BY status").fetchall())
     events = int(con.execute("SELECT count(*) FROM consent_events").fetchall()[0][0])
-    return {
-        "granted": int(counts.get("granted", 0)),
-        "withdrawn": int(counts.get("withdrawn", 0)),
-        "events": events,
-        "unmatched_events": events - int(reached),
-        "ambiguous_grants": int(ambiguous),
-    }
+    result = {"granted": int(by_status.get("granted", 0)), "withdrawn": int(by_status.get("withdrawn", 0))}
+    result["events"] = events
+    if "reached" in counts:
+        result["unmatched_events"] = events - counts["reached"]
+        result["ambiguous_grants"] = counts["ambiguous"]
+    else:
+        result["customers_recomputed"] = counts["customers"]
+    return result
+
+
+#: Temp tables of this module, dropped after every computation.
+_TEMPS = (
+    "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",
+    "_cs_seeds", "_cs_affected", "_cs_affected_ids", "_cs_events", "_cs_values",
+)  # fmt: skip
+
+
+def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool) -> dict[str, int]:
+    """Every customer's state from the whole ledger; the basis tables anew. In the caller's transaction."""
+    con.execute("DELETE FROM consent_state")
+    con.execute("DELETE FROM consent_state_keys")
+    con.execute("DELETE FROM consent_state_seen")
+    con.execute("INSERT INTO consent_state_seen SELECT event_id FROM consent_events")
+    if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
+        return {"reached": 0, "ambiguous": 0}
+    ids = _exact_ids_sql() + (f" UNION ALL {_loose_ids_sql()}" if loose else "")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {ids}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose)}", params)
+    con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='')}", params)
+    con.execute(
+        f"""INSERT INTO consent_state_keys
+            SELECT DISTINCT customer_id, {_BUCKET} FROM _consent_ids WHERE value IS NOT NULL"""
+    )
+    reached, ambiguous = con.execute(
+        """SELECT count(DISTINCT h.event_id),
+                  count(DISTINCT h.event_id) FILTER (WHERE ev.status = 'granted' AND h.n <> 1)
+           FROM _consent_hits h JOIN consent_events ev USING (event_id)"""
+    ).fetchall()[0]
+    return {"reached": int(reached), "ambiguous": int(ambiguous)}
+
+
+def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool, customers: str) -> dict[str, int]:
+    """The state of the customers it may have changed for (see :func:`build_consent_state`). In the caller's
+    transaction. First who is affected, through buckets (a superset), then their state, through values."""
+    window = {**params, "prev": con.execute("SELECT as_of FROM consent_state_basis").fetchall()[0][0]}
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_changed AS
+            SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
+    )
+    changed_ids = _exact_ids_sql("_cs_changed") + (f" UNION ALL {_loose_ids_sql('_cs_changed')}" if loose else "")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_changed_ids AS {changed_ids}")
+    # The buckets of every value a changed customer holds now or held at the last computation.
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_buckets AS
+            SELECT {_BUCKET} AS bucket FROM _cs_changed_ids WHERE value IS NOT NULL
+            UNION SELECT bucket FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_new AS
+           SELECT event_id FROM consent_events
+           WHERE event_id NOT IN (SELECT event_id FROM consent_state_seen)"""
+    )
+    # Events whose reach may differ from last time: naming a changed value, new, or come into (or out of)
+    # force between the two as_of; the buckets of every value they name, loose emails included.
+    until = "greatest($prev, $as_of)"
+    loose_buckets = (
+        f"UNION ALL SELECT event_id, 'email_loose' AS kind, value FROM ({_loose_candidates(until)}) c" if loose else ""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_seeds AS
+            WITH named AS (
+                SELECT event_id, {_BUCKET} AS bucket, kind FROM ({_event_ids_sql(until=until)} {loose_buckets})
+                WHERE value IS NOT NULL
+            ),
+            seed AS (
+                SELECT event_id FROM named
+                WHERE kind <> 'email_loose' AND bucket IN (SELECT bucket FROM _cs_buckets)
+                UNION SELECT event_id FROM _cs_new
+                UNION SELECT event_id FROM consent_events
+                      WHERE event_time > least($prev, $as_of) AND event_time <= greatest($prev, $as_of)
+            )
+            SELECT DISTINCT bucket FROM named WHERE event_id IN (SELECT event_id FROM seed)""",
+        window,
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_affected AS
+           SELECT customer_id FROM _cs_changed
+           UNION SELECT customer_id FROM consent_state_keys
+                 WHERE bucket IN (SELECT bucket FROM _cs_buckets UNION ALL SELECT bucket FROM _cs_seeds)"""
+    )
+    # Their state, exactly: the events reaching them, and every carrier of the values those events name.
+    affected_ids = _exact_ids_sql("_cs_affected") + (f" UNION ALL {_loose_ids_sql('_cs_affected')}" if loose else "")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_affected_ids AS {affected_ids}")
+    loose_reach = (
+        f"""UNION SELECT event_id FROM ({_loose_candidates()}) c
+            WHERE value IN (SELECT value FROM _cs_affected_ids WHERE kind = 'email_loose')"""
+        if loose
+        else ""
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_events AS
+            SELECT DISTINCT event_id FROM ({_event_ids_sql()}) e SEMI JOIN _cs_affected_ids a USING (kind, value)
+            {loose_reach}""",
+        params,
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_values AS
+            SELECT DISTINCT kind, value FROM ({_event_ids_sql("_cs_events")})""",
+        params,
+    )
+    carriers = f"SELECT * FROM ({_exact_ids_sql()}) c SEMI JOIN _cs_values v USING (kind, value)"
+    if loose:
+        carriers += " UNION ALL SELECT * FROM _cs_affected_ids WHERE kind = 'email_loose'"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {carriers}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose, events='_cs_events')}", params)
+    con.execute("DELETE FROM consent_state WHERE customer_id IN (SELECT customer_id FROM _cs_affected)")
+    only = "AND h.customer_id IN (SELECT customer_id FROM _cs_affected)"
+    con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only=only)}", params)
+    con.execute("DELETE FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)")
+    con.execute(
+        f"""INSERT INTO consent_state_keys
+            SELECT DISTINCT customer_id, {_BUCKET} FROM _cs_changed_ids WHERE value IS NOT NULL"""
+    )
+    con.execute("INSERT INTO consent_state_seen SELECT event_id FROM _cs_new")
+    return {"customers": int(con.execute("SELECT count(*) FROM _cs_affected").fetchall()[0][0])}

@@ -11,13 +11,18 @@ Reads ``stg_records`` (one row per web/app event, store transaction and CRM cont
 * **Traits**: first and last seen, channels used (web, app, store), orders and total spend across web, app
   and store, first and last purchase, stores visited, the latest app device (push contact point).
 
+**Incremental updates**: given the customers whose records changed (a table of ``customer_id``, such as the
+``_changed_customers`` that :func:`identity.changes.pending_customers` fills), only those customers' rows are
+deleted and recomputed, from their own records; the result equals a full rebuild's rows. The table's comment
+records the survivorship order it was built with, so a changed order is seen and answered with a full rebuild
+(:func:`profiles_current`).
+
 An order is a web/app ``purchase`` event or a store transaction; web and app purchase events repeating an
 ``order_id`` count once (at their largest amount). Amounts are summed as recorded, whatever the currency.
 
 Example::
 
     >>> import duckdb
-import pandas as pd
     >>> from cdp.config import Settings
     >>> con = duckdb.connect()
     >>> build_customer_profiles(con, Settings())  # doctest: +SKIP
@@ -25,6 +30,9 @@ import pandas as pd
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
 
 import duckdb
 import pandas as pd
@@ -78,7 +86,8 @@ _TITLE = (
 )
 
 
-def _profile_sql(fields: dict[str, str]) -> str:
+def _profile_sql(fields: dict[str, str], links: str = "customer_source_records") -> str:
+    """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows)."""
     # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
     # with its source and time together; ordered first() aggregates did the same three times as slowly.
     key = "(source_rank, coalesce(-epoch_us(record_time), 9223372036854775807), source, source_record_id)"
@@ -107,7 +116,7 @@ def _profile_sql(fields: dict[str, str]) -> str:
                coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank,
                CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
         FROM stg_records r
-        JOIN customer_source_records l USING (source, source_record_id)
+        JOIN {links} l USING (source, source_record_id)
         LEFT JOIN _phone_kinds k USING (phone_e164)
     ),
     chosen AS (
@@ -169,27 +178,108 @@ def phone_kinds(phones: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"phone_e164": pd.Series(phones, dtype="string"), "mobile": flags})
 
 
-def _register_phone_kinds(con: duckdb.DuckDBPyConnection) -> None:
-    rows = con.execute("SELECT DISTINCT phone_e164 FROM stg_records WHERE phone_e164 IS NOT NULL").fetchall()
-    phones = [r[0] for r in rows]
-    con.register("_phone_kinds", phone_kinds(phones))
+def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
+    """``_phone_kinds`` for the phones of the records in ``links`` only (not every phone in ``stg_records``)."""
+    rows = con.execute(
+        f"""SELECT DISTINCT r.phone_e164 FROM stg_records r JOIN {links} l USING (source, source_record_id)
+            WHERE r.phone_e164 IS NOT NULL"""
+    ).fetchall()
+    con.register("_phone_kinds", phone_kinds([r[0] for r in rows]))
 
 
-def build_customer_profiles(con: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, int]:
+#: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Version of the table's shape; bump it when the columns change, so stored tables are rebuilt in full.
+_PROFILES_VERSION = "1"
+
+
+def _fingerprint(settings: Settings) -> str:
+    """What a stored ``customer_profiles`` must have been built with for an incremental update to be exact."""
+    return f"customer_profiles v{_PROFILES_VERSION}; survivorship={','.join(settings.survivorship)}"
+
+
+def profiles_current(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
+    """Whether ``customer_profiles`` exists and was built by this code with ``settings``' survivorship order,
+    so that updating only some customers gives what a full rebuild would."""
+    rows = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = 'customer_profiles' AND NOT temporary"
+    ).fetchall()
+    return bool(rows) and rows[0][0] == _fingerprint(settings)
+
+
+def build_customer_profiles(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    customers: str | None = None,
+    *,
+    before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> dict[str, int]:
     """(Re)build ``customer_profiles`` from ``stg_records`` and ``customer_source_records``.
 
-    Returns counts only (no personal data): profiles written and source records they draw on.
+    ``customers``: the name of a table with a ``customer_id`` column (``_changed_customers``). Given, only
+    those customers' profiles are deleted and recomputed (those left without records stay deleted), from
+    their own records; the table must be :func:`profiles_current`. ``None``: every profile is rebuilt.
+    ``before_commit`` runs inside the same transaction, just before it commits (to mark a change consumer).
+
+    Returns counts only (no personal data): profiles in the table and the source records they draw on, and
+    with ``customers`` also ``customers_recomputed`` (the size of that set).
     """
-    sql = _profile_sql(SURVIVING_FIELDS)
-    _register_phone_kinds(con)
+    if customers is not None:
+        if not _TABLE_NAME.fullmatch(customers):
+            raise ValueError(f"not a table name: {customers!r}")
+        if not profiles_current(con, settings):
+            raise ValueError("customer_profiles is missing or was built otherwise; rebuild it in full")
+    links = "customer_source_records" if customers is None else "_profile_links"
+    params = [list(settings.survivorship)]
+    registered = False
     try:
-        con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", [list(settings.survivorship)])
+        if customers is not None:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE _profile_customers AS
+                    SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
+            )
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE _profile_links AS
+                   SELECT source, source_record_id, customer_id FROM customer_source_records
+                   WHERE customer_id IN (SELECT customer_id FROM _profile_customers)"""
+            )
+        _register_phone_kinds(con, links)
+        registered = True
+        sql = _profile_sql(SURVIVING_FIELDS, links)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if customers is None:
+                con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", params)
+                # The fingerprint lives with the table, so it goes when the table is rebuilt or dropped. COMMENT
+                # takes no parameter: the order's quotes are doubled.
+                note = _fingerprint(settings).replace("'", "''")
+                con.execute(f"COMMENT ON TABLE customer_profiles IS '{note}'")
+            else:
+                con.execute(
+                    "DELETE FROM customer_profiles WHERE customer_id IN (SELECT customer_id FROM _profile_customers)"
+                )
+                con.execute(f"INSERT INTO customer_profiles {sql}", params)
+            if before_commit is not None:
+                before_commit(con)
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        recomputed = (
+            None if customers is None else int(con.execute("SELECT count(*) FROM _profile_customers").fetchall()[0][0])
+        )
     finally:
-        con.unregister("_phone_kinds")
+        if registered:
+            con.unregister("_phone_kinds")
+        con.execute("DROP TABLE IF EXISTS _profile_links")
+        con.execute("DROP TABLE IF EXISTS _profile_customers")
     profiles, records = con.execute(
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]
-    return {"profiles": int(profiles), "records": int(records)}
+    counts = {"profiles": int(profiles), "records": int(records)}
+    if recomputed is not None:
+        counts["customers_recomputed"] = recomputed
+    return counts
 
 
 def find_customers(

@@ -6,6 +6,7 @@ Thin wrappers over :mod:`identity.profiles`, :mod:`consent.ledger`, :mod:`consen
 # No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
 
 import dagster as dg
+import duckdb
 
 from pipelines.resources import CdpStore
 
@@ -34,17 +35,31 @@ def _count(store: CdpStore, sql: str) -> int:
         "Golden record per customer. Grain: one row per customer_id. Survivorship per field: most recent "
         "non-empty value from the most trusted source (settings.survivorship, default crm > store > app > "
         "web), with `<field>_source` and `<field>_at`. Traits: first/last seen, channels, orders, total "
-        "spend, average order value, first/last purchase, stores visited, latest app device. "
+        "spend, average order value, first/last purchase, stores visited, latest app device. After an "
+        "incremental identity run only the changed customers are recomputed (metadata `mode`, "
+        "`customers_recomputed`). "
         "PII: first_name, last_name, email, phone, date_of_birth, address_line1, city, postcode, device_id."
     ),
 )
 def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
-    from identity.profiles import build_customer_profiles
+    from identity.changes import pending_customers
+    from identity.profiles import build_customer_profiles, profiles_current
 
     with store.session() as con:
-        counts = build_customer_profiles(con, store.settings)
-    context.log.info(f"{counts['profiles']} profiles from {counts['records']} source records")
-    return dg.MaterializeResult(metadata=counts)
+        full = pending_customers(con, "customer_profiles") or not profiles_current(con, store.settings)
+        counts = build_customer_profiles(
+            con,
+            store.settings,
+            None if full else "_changed_customers",
+            before_commit=lambda c: _mark_consumed(c, "customer_profiles"),
+        )
+    mode = "full" if full else "incremental"
+    recomputed = counts.pop("customers_recomputed", counts["profiles"])
+    context.log.info(
+        f"{counts['profiles']} profiles from {counts['records']} source records ({mode}: {recomputed} "
+        "customers recomputed)"
+    )
+    return dg.MaterializeResult(metadata={**counts, "mode": mode, "customers_recomputed": recomputed})
 
 
 @dg.asset(
@@ -77,22 +92,56 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
     kinds={"duckdb"},
     deps=[dg.AssetKey("consent_events"), dg.AssetKey("customer_source_records"), dg.AssetKey("stg_records")],
     description=(
-        "Current consent per customer and purpose, recomputed from the whole ledger through the identity "
-        "graph: latest applicable event wins; withdrawals reach every customer an identifier maps to, "
-        "grants only customers reached through identifiers unique to them. No row means no consent. "
+        "Current consent per customer and purpose, from the whole ledger through the identity graph; after "
+        "an incremental identity run only the customers it may change for are recomputed (metadata `mode`, "
+        "`customers_recomputed`). Latest applicable event wins; withdrawals reach every customer an "
+        "identifier maps to, grants only customers reached through identifiers unique to them. No row means "
+        "no consent. "
         "Grain: one row per (customer_id, purpose). PII: none (customer ids and event ids only)."
     ),
 )
 def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
-    from consent.state import build_consent_state
+    from consent.state import build_consent_state, state_current
+    from identity.changes import pending_customers
 
     with store.session() as con:
-        counts = build_consent_state(con)
-    context.log.info(
-        f"consent state: {counts['granted']} granted, {counts['withdrawn']} withdrawn; "
-        f"{counts['unmatched_events']} events wait for an identifier; {counts['ambiguous_grants']} ambiguous grants"
+        full = pending_customers(con, "consent_state") or not state_current(con)
+        counts = build_consent_state(
+            con,
+            customers=None if full else "_changed_customers",
+            before_commit=lambda c: _mark_consumed(c, "consent_state"),
+        )
+        if full:  # a full rebuild recomputes every customer with records
+            counts["customers_recomputed"] = _customers(con)
+    mode = "full" if full else "incremental"
+    line = (
+        f"consent state ({mode}, {counts['customers_recomputed']} customers recomputed): "
+        f"{counts['granted']} granted, {counts['withdrawn']} withdrawn"
     )
-    return dg.MaterializeResult(metadata=counts)
+    if full:  # global counts, taken by full rebuilds only
+        line += (
+            f"; {counts['unmatched_events']} events wait for an identifier; "
+            f"{counts['ambiguous_grants']} ambiguous grants"
+        )
+    context.log.info(line)
+    return dg.MaterializeResult(metadata={**counts, "mode": mode})
+
+
+def _mark_consumed(con: duckdb.DuckDBPyConnection, consumer: str) -> None:
+    """Mark ``consumer`` up to date with the latest identity run, if identity has run at all."""
+    from cdp.store import table_exists
+    from identity.changes import mark_consumed
+
+    if table_exists(con, "identity_runs"):
+        mark_consumed(con, consumer)
+
+
+def _customers(con: duckdb.DuckDBPyConnection) -> int:
+    from cdp.store import table_exists
+
+    if not table_exists(con, "customer_source_records"):
+        return 0
+    return int(con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0])
 
 
 @dg.asset(

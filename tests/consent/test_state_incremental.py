@@ -1,0 +1,209 @@
+"""Incremental consent state: an update for some customers equals a full rebuild; not the ledger or enforcement.
+
+Each test changes the conftest world (seven customers, state computed in full at day 20), updates the state
+for the customers identity would report, compares with a full rebuild, and checks who was recomputed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from cdp.store import connect, raw_ddl
+from consent.ledger import sync_ledger
+from consent.state import build_consent_state, state_current
+from identity.changes import record_changes
+from identity.resolve import ensure_identity_schema
+from pipelines.assets import profiles as assets
+from pipelines.resources import CdpStore
+
+LATER = datetime(2026, 1, 20, 10)  # an hour after the fixture's full computation
+
+
+def state(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """consent_state without computed_at (rows an update leaves alone keep theirs), in a stable order."""
+    frame = con.execute("SELECT * EXCLUDE (computed_at) FROM consent_state ORDER BY customer_id, purpose").df()
+    return frame.reset_index(drop=True)
+
+
+def update(con: duckdb.DuckDBPyConnection, changed: list[str], as_of: datetime = LATER) -> dict[str, int]:
+    sync_ledger(con)
+    con.execute("CREATE OR REPLACE TEMP TABLE _changed AS SELECT unnest(?::VARCHAR[]) AS customer_id", [changed])
+    return build_consent_state(con, as_of=as_of, customers="_changed")
+
+
+def recomputed_rows(con: duckdb.DuckDBPyConnection, as_of: datetime = LATER) -> set[str]:
+    rows = con.execute("SELECT DISTINCT customer_id FROM consent_state WHERE computed_at = ?", [as_of]).fetchall()
+    return {r[0] for r in rows}
+
+
+def assert_equals_full_rebuild(con: duckdb.DuckDBPyConnection, as_of: datetime = LATER) -> pd.DataFrame:
+    incremental = state(con)
+    build_consent_state(con, as_of=as_of)
+    pd.testing.assert_frame_equal(incremental, state(con))
+    return incremental
+
+
+def relink(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
+    con.execute("UPDATE customer_source_records SET customer_id = ? WHERE customer_id = ?", [new, old])
+
+
+def test_records_added_to_a_customer_recompute_that_customer_only(con, w):
+    w.add_record(con, "cD", "store", "tD", w.at(12), loyalty_id="LD", phone_e164="+447911100444", store_id="s3")
+    w.add_consent(con, "k70", w.at(11), "sms_marketing", "granted", loyalty_id="LD")
+    counts = update(con, ["cD"])
+    assert counts["customers_recomputed"] == 1 and recomputed_rows(con) == {"cD"}
+    assert assert_equals_full_rebuild(con).query("customer_id == 'cD'")["status"].tolist() == ["granted"]
+
+
+def test_new_customer_on_a_household_phone_recomputes_every_carrier_of_the_phone(con, w):
+    w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
+    counts = update(con, ["cH"])
+    # cB and cC carry the phone whose fan-out went from 2 to 3; the household withdrawal now reaches cH.
+    assert counts["customers_recomputed"] == 3 and recomputed_rows(con) == {"cB", "cC", "cH"}
+    assert w.states(con, "email_marketing")["cH"] == "withdrawn"
+    assert_equals_full_rebuild(con)
+
+
+def test_merge_makes_the_household_phone_unique_and_its_grant_applies(con, w):
+    assert "cB" not in w.states(con, "sms_marketing")
+    relink(con, "cC", "cB")  # identity merged cC into cB: both ids are reported
+    counts = update(con, ["cB", "cC"])
+    assert w.states(con, "sms_marketing")["cB"] == "granted"  # the household grant now points to one customer
+    assert "cC" not in set(state(con)["customer_id"])  # the retired id keeps no state
+    assert counts["customers_recomputed"] == 2
+    assert_equals_full_rebuild(con)
+
+
+def test_changed_phone_on_a_record_frees_the_old_number_for_its_other_carrier(con, w):
+    # cB's store record is re-exported with another phone: the household number is left to cC alone, whose
+    # records did not change; only the stored buckets of cB's old values lead the update to cC.
+    con.execute("UPDATE stg_records SET phone_e164 = '+447911100555' WHERE source_record_id = 'tB'")
+    counts = update(con, ["cB"])
+    assert w.states(con, "sms_marketing")["cC"] == "granted"
+    assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cB", "cC"}
+    assert_equals_full_rebuild(con)
+
+
+def test_new_withdrawal_through_a_shared_phone_recomputes_the_customers_it_reaches(con, w):
+    w.add_consent(con, "k71", w.at(15), "email_marketing", "withdrawn", phone_e164=w.HOUSEHOLD)
+    counts = update(con, [])
+    assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cB", "cC"}
+    assert w.states(con, "email_marketing")["cC"] == "withdrawn"
+    assert_equals_full_rebuild(con)
+
+
+def test_fan_out_counts_carriers_that_are_not_recomputed(con, w):
+    # cA and cD share a phone; a grant naming only that phone grants nobody. When a new event has cA alone
+    # recomputed, the phone's fan-out must still count cD.
+    shared = "+447911100666"
+    w.add_record(con, "cA", "app", "pA", w.at(3), device_id="devA", phone_e164=shared)
+    w.add_record(con, "cD", "store", "tQ", w.at(3), phone_e164=shared, store_id="s2")
+    w.add_consent(con, "k75", w.at(3), "sms_marketing", "granted", phone_e164=shared)
+    w.rebuild(con, as_of=w.at(20))
+    w.add_consent(con, "k76", w.at(15), "analytics", "withdrawn", email="a@example.com")
+    counts = update(con, [])
+    assert counts["customers_recomputed"] == 1 and recomputed_rows(con) == {"cA"}
+    row = con.execute("SELECT event_id FROM consent_state WHERE customer_id = 'cA' AND purpose = 'sms_marketing'")
+    assert row.fetchall() == [("consent:k2",)]  # not the ambiguous k75
+    assert_equals_full_rebuild(con)
+
+
+def test_a_second_customer_on_a_grants_other_identifier_undoes_the_grant(con, w):
+    # A grant naming cA's email and a phone nobody carries grants cA; once a new customer carries that phone,
+    # the grant points to two customers and grants nobody, though cA's records and values did not change.
+    w.add_consent(con, "k72", w.at(10), "analytics", "granted", email="a@example.com", phone_e164="+447911100777")
+    update(con, [])
+    assert w.states(con, "analytics") == {"cA": "granted"}
+    w.add_record(con, "cJ", "app", "pJ", w.at(12), device_id="devJ", phone_e164="+447911100777")
+    later = datetime(2026, 1, 20, 11)
+    counts = update(con, ["cJ"], as_of=later)
+    assert w.states(con, "analytics") == {} and counts["customers_recomputed"] == 2
+    assert_equals_full_rebuild(con, as_of=later)
+
+
+def test_future_dated_event_applies_once_its_time_comes(con, w):
+    w.add_consent(con, "k73", w.at(25), "email_marketing", "withdrawn", email="a@example.com")
+    update(con, [])
+    assert w.states(con, "email_marketing")["cA"] == "granted"
+    assert_equals_full_rebuild(con)  # the full rebuild is the new basis: as_of LATER
+    day26 = w.at(26)
+    counts = update(con, [], as_of=day26)  # nothing new in the ledger or identity: only the time moved
+    assert counts["customers_recomputed"] == 1 and recomputed_rows(con, day26) == {"cA"}
+    assert w.states(con, "email_marketing")["cA"] == "withdrawn"
+    assert_equals_full_rebuild(con, as_of=day26)
+
+
+def test_loose_withdrawal_stops_once_its_email_key_belongs_to_someone(con, w):
+    con.execute(raw_ddl("consent"))
+    assert not state_current(con)  # loose withdrawals now apply: the basis is stale, a full rebuild is due
+    w.add_consent(con, "k74", w.at(10), "analytics", "withdrawn", email="dd@example.com", batch_id="b9", row_number=1)
+    con.execute(
+        "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
+        "VALUES ('k74', ?, 'analytics', 'withdrawn', 'd+x@example.con', 'b9', 1)",
+        [w.at(10)],
+    )
+    w.rebuild(con, as_of=w.at(20))
+    assert state_current(con) and w.states(con, "analytics") == {"cD": "withdrawn"}  # through the loose key
+    w.add_record(con, "cK", "web", "wK", w.at(12), anonymous_id="anonK", email="dd@example.com")
+    counts = update(con, ["cK"])
+    assert w.states(con, "analytics") == {"cK": "withdrawn"}  # written email now reaches cK, not cD loosely
+    assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cK"}
+    assert_equals_full_rebuild(con)
+
+
+def test_update_needs_a_basis_and_a_table_name(con):
+    con.execute("DROP TABLE consent_state_basis")
+    assert not state_current(con)
+    with pytest.raises(ValueError, match="rebuild it in full"):
+        build_consent_state(con, as_of=LATER, customers="_changed")
+    build_consent_state(con, as_of=LATER)
+    with pytest.raises(ValueError, match="not a table name"):
+        build_consent_state(con, as_of=LATER, customers="x; DROP TABLE consent_state")
+
+
+def _identity_run(con: duckdb.DuckDBPyConnection, run_id: str, finished: datetime, changed: list[str] | None) -> None:
+    """What an identity run leaves for its consumers: its identity_runs row and its changed customers."""
+    ensure_identity_schema(con)
+    con.execute(
+        "INSERT INTO identity_runs (run_id, started_at, finished_at) VALUES (?, ?, ?)", [run_id, finished, finished]
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _run_changed AS SELECT unnest(?::VARCHAR[]) AS c", [changed or []])
+    record_changes(con, run_id, None if changed is None else "SELECT c FROM _run_changed")
+
+
+def test_assets_rebuild_in_full_first_then_only_what_identity_changed(tmp_path, w):
+    db = tmp_path / "cdp.duckdb"
+    con = connect(db)
+    w.make_world(con)
+    _identity_run(con, "r1", datetime(2026, 1, 1), None)
+    con.close()
+    store = CdpStore(db_path=str(db), home=str(tmp_path / "home"))
+    nodes = [assets.customer_profiles, assets.consent_events, assets.consent_state]
+
+    def run() -> dict[str, dict[str, object]]:
+        result = dg.materialize(nodes, resources={"store": store})
+        assert result.success
+        return {
+            node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+            for node in ("customer_profiles", "consent_state")
+        }
+
+    first = run()
+    assert first["customer_profiles"]["mode"] == "full" and first["consent_state"]["mode"] == "full"
+    assert first["customer_profiles"]["customers_recomputed"] == 7
+    con = connect(db)
+    w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
+    _identity_run(con, "r2", datetime(2026, 1, 2), ["cH"])
+    con.close()
+    second = run()
+    assert second["customer_profiles"] == {**second["customer_profiles"], "mode": "incremental",
+                                           "customers_recomputed": 1, "profiles": 8}  # fmt: skip
+    assert second["consent_state"]["mode"] == "incremental"
+    assert second["consent_state"]["customers_recomputed"] == 3  # cH and the two other household carriers
+    third = run()  # nothing changed since
+    assert third["customer_profiles"]["customers_recomputed"] == 0
