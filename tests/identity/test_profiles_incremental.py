@@ -1,0 +1,143 @@
+"""Incremental customer_profiles: updating the changed customers equals a full rebuild; not survivorship rules.
+
+A hand-made staging layer of four customers; each test changes records or links as an identity run would,
+updates the profiles of the customers identity would report, and compares with a full rebuild.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import duckdb
+import pandas as pd
+import pytest
+
+import identity.profiles as profiles
+from cdp.config import Settings
+from identity.profiles import build_customer_profiles, profiles_current
+
+STG_RECORDS = """CREATE TABLE stg_records (
+    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
+    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
+    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
+    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
+    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
+    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
+LINKS = """CREATE TABLE customer_source_records (
+    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
+
+
+def add(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, day: int, **values) -> None:
+    row = {"source": source, "source_record_id": rid, "unit_id": f"{source}:{rid}",
+           "record_time": datetime(2026, 1, day, 9), **values}  # fmt: skip
+    if "email" in row:
+        row["email_key"] = row["email"]
+    con.execute(f"INSERT INTO stg_records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    con.execute("INSERT INTO customer_source_records VALUES (?, ?, ?, ?)", [source, rid, customer_id, row["unit_id"]])
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute(STG_RECORDS)
+    con.execute(LINKS)
+    add(con, "c1", "crm", "crm1", 1, crm_id="crm1", first_name="ann", last_name="lee", email="ann@example.com",
+        phone_e164="+447911100001", postcode="SW1A1AA")  # fmt: skip
+    add(con, "c1", "web", "w1", 2, event_type="purchase", order_id="o1", amount=Decimal("30.00"), anonymous_id="a1")
+    add(con, "c1", "app", "p1", 2, event_type="purchase", order_id="o1", amount=Decimal("30.00"), device_id="d1")
+    add(con, "c2", "store", "t2", 3, first_name="bo", phone_e164="+442071234567", amount=Decimal("12.50"),
+        store_id="s1")  # fmt: skip
+    add(con, "c2", "web", "w2", 4, event_type="page_view", anonymous_id="a2", email="bo@example.com")
+    add(con, "c3", "crm", "crm3", 1, crm_id="crm3", first_name="cy", email="cy@example.com")
+    add(con, "c4", "app", "p4", 5, event_type="app_open", device_id="d4", phone_e164="+447911100004")
+    build_customer_profiles(con, Settings())
+    return con
+
+
+def profiles_frame(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return con.execute("SELECT * FROM customer_profiles ORDER BY customer_id").df().reset_index(drop=True)
+
+
+def update(con: duckdb.DuckDBPyConnection, changed: list[str], settings: Settings | None = None) -> dict[str, int]:
+    con.execute("CREATE OR REPLACE TEMP TABLE _changed AS SELECT unnest(?::VARCHAR[]) AS customer_id", [changed])
+    return build_customer_profiles(con, settings or Settings(), "_changed")
+
+
+def assert_equals_full_rebuild(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    incremental = profiles_frame(con)
+    build_customer_profiles(con, Settings())
+    pd.testing.assert_frame_equal(incremental, profiles_frame(con))
+    return incremental
+
+
+def mark_untouched(con: duckdb.DuckDBPyConnection, customer_id: str) -> None:
+    """Scribble on a profile an update must leave alone; a full rebuild puts it right."""
+    con.execute("UPDATE customer_profiles SET city = 'untouched' WHERE customer_id = ?", [customer_id])
+
+
+def untouched(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute("SELECT customer_id FROM customer_profiles WHERE city = 'untouched'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_records_added_to_a_customer_recompute_that_customer(con):
+    for c in ("c1", "c2", "c3", "c4"):
+        mark_untouched(con, c)
+    add(con, "c2", "crm", "crm2", 6, crm_id="crm2", first_name="bob", last_name="stone", city="leeds")
+    add(con, "c2", "store", "t2b", 7, amount=Decimal("7.50"), store_id="s2", phone_e164="+447911100002")
+    counts = update(con, ["c2"])
+    assert counts == {"profiles": 4, "records": 9, "customers_recomputed": 1}
+    assert untouched(con) == {"c1", "c3", "c4"}
+    con.execute("UPDATE customer_profiles SET city = NULL WHERE city = 'untouched'")
+    frame = assert_equals_full_rebuild(con).set_index("customer_id")
+    assert frame.loc["c2", "first_name"] == "Bob" and frame.loc["c2", "orders"] == 2
+    assert frame.loc["c2", "mobile"] == "+447911100002"
+
+
+def test_new_customer_gets_a_profile(con):
+    add(con, "c5", "web", "w5", 8, event_type="sign_up", anonymous_id="a5", email="eve@example.com")
+    counts = update(con, ["c5"])
+    assert counts["profiles"] == 5 and counts["customers_recomputed"] == 1
+    assert_equals_full_rebuild(con)
+
+
+def test_merge_removes_the_retired_profile_and_combines_the_records(con):
+    con.execute("UPDATE customer_source_records SET customer_id = 'c1' WHERE customer_id = 'c2'")
+    counts = update(con, ["c1", "c2"])
+    frame = assert_equals_full_rebuild(con).set_index("customer_id")
+    assert "c2" not in frame.index and counts["profiles"] == 3
+    assert frame.loc["c1", "orders"] == 2 and frame.loc["c1", "channels"].tolist() == ["app", "store", "web"]
+
+
+def test_split_moves_records_to_a_new_customer(con):
+    con.execute("UPDATE customer_source_records SET customer_id = 'c6' WHERE source_record_id = 'w2'")
+    update(con, ["c2", "c6"])
+    frame = assert_equals_full_rebuild(con).set_index("customer_id")
+    assert frame.loc["c6", "email"] == "bo@example.com" and frame.loc["c2", "email"] is None
+
+
+def test_only_the_affected_customers_phones_are_classified(con, monkeypatch):
+    seen: list[str] = []
+
+    def spy(phones: list[str]) -> pd.DataFrame:
+        seen.extend(phones)
+        return real(phones)
+
+    real = profiles.phone_kinds
+    monkeypatch.setattr(profiles, "phone_kinds", spy)
+    add(con, "c4", "store", "t4", 9, phone_e164="+447911100044", store_id="s1", amount=Decimal("3.00"))
+    update(con, ["c4"])
+    assert sorted(seen) == ["+447911100004", "+447911100044"]
+    assert_equals_full_rebuild(con)
+
+
+def test_changed_survivorship_order_needs_a_full_rebuild(con):
+    other = Settings(survivorship=("store", "crm", "app", "web"))
+    assert profiles_current(con, Settings()) and not profiles_current(con, other)
+    with pytest.raises(ValueError, match="rebuild it in full"):
+        update(con, ["c1"], settings=other)
+    with pytest.raises(ValueError, match="not a table name"):
+        build_customer_profiles(con, Settings(), "_changed; DROP TABLE customer_profiles")
+    build_customer_profiles(con, other)
+    assert profiles_current(con, other)
