@@ -11,9 +11,161 @@ that the incremental run gave the same customers. Results go to ``bench/results/
 
 from __future__ import annotations
 
+import argparse
+import json
+import resource
+import shutil
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 WORK = ROOT / "work"
 SOURCES = ("web", "app", "store", "crm", "consent")
+
+
+def _stages(outcome) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    return {step: round(took, 2) for step, _status, took in outcome.steps}
+
+
+def run_step(work: Path, step: str) -> dict:
+    """One step of the benchmark, in this process: ``base``, ``batch`` or ``rebuild``."""
+    from cdp.config import load_settings
+    from cdp.store import connect
+    from pipelines.run import run_pipeline
+
+    inbox = work / "inbox"
+    settings = load_settings(db_path=work / "cdp.duckdb", home=work / "home", inbox=inbox)
+    if step == "batch":
+        for source in SOURCES:
+            for f in (work / "batch" / source).iterdir():
+                shutil.copyfile(f, inbox / source / f.name)
+    before = None
+    if step == "rebuild":
+        con = connect(settings.db_path, read_only=True)
+        before = con.execute("SELECT source, source_record_id, customer_id FROM customer_source_records").df()
+        con.close()
+    outcome = run_pipeline(settings, inbox, echo=lambda _m: None, full_refresh=step == "rebuild")
+    con = connect(settings.db_path, read_only=True)
+    try:
+        identity = json.loads(
+            con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()[0][0]
+        )
+        records = int(con.execute("SELECT count(*) FROM stg_records").fetchall()[0][0])
+        result: dict = {
+            "step": step,
+            "success": outcome.success,
+            "failure": outcome.failure,
+            "seconds": round(outcome.seconds, 2),
+            "steps_s": _stages(outcome),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "records": records,
+            "identity": {
+                k: identity.get(k)
+                for k in (
+                    "mode",
+                    "full_reason",
+                    "changed_units",
+                    "identity_changed_units",
+                    "region_units",
+                    "changed_customers",
+                    "customers",
+                    "new_customers",
+                    "merged",
+                    "split",
+                    "seconds",
+                )
+            },  # fmt: skip
+        }
+        if before is not None:
+            after = con.execute("SELECT source, source_record_id, customer_id FROM customer_source_records").df()
+            joined = before.merge(after, on=["source", "source_record_id"], how="outer", suffixes=("_inc", "_full"))
+            result["records_with_another_customer_after_rebuild"] = int(
+                (joined["customer_id_inc"] != joined["customer_id_full"]).sum()
+            )
+    finally:
+        con.close()
+    return result
+
+
+def main() -> None:
+    import subprocess
+    import sys
+
+    from bench.run import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step, print JSON
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        print(json.dumps(run_step(args.work, args.step)))
+        return
+
+    from bench.run import ROWS_PER_PERSON
+    from cdp.generate import generate_world, split_inbox
+
+    work = WORK / f"incremental-{args.records}"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.perf_counter()
+    generate_world(work / "world", customers=max(100, round(args.records / ROWS_PER_PERSON)), seed=args.seed)
+    held = split_inbox(work / "world", work / "inbox", work / "batch", args.fraction)
+    print(f"bench: world generated in {time.perf_counter() - started:.0f} s; batch rows held back: {held}", flush=True)
+    steps = []
+    for step in ("base", "batch", "rebuild"):
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.incremental", "--step", step, "--work", str(work)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            sys.exit(f"bench: step {step} failed: {out.stderr.strip().splitlines()[-1]}")
+        steps.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {json.dumps(steps[-1])}", flush=True)
+    report = {"machine": machine(), "fraction": args.fraction, "batch_rows": held, "steps": steps}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "incremental.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "incremental.md").write_text(to_markdown(report))
+    print((RESULTS / "incremental.md").read_text())
+
+
+def to_markdown(report: dict) -> str:
+    base, batch, rebuild = report["steps"]
+    host = report["machine"]
+    rows = sum(report["batch_rows"].values())
+    lines = [
+        f"Machine: {host['cpus']} cores, {host['memory_gb']} GB, Python {host['python']}.",
+        "",
+        f"Base: {base['records']:,} staged records. New batch: {rows:,} source rows "
+        f"({report['fraction']:.0%} of every source, its newest rows).",
+        "",
+        "| run | mode | seconds | share of the base's full run | identity s | units re-resolved | peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in (("base, first run", base), ("new batch", batch), ("full refresh after it", rebuild)):
+        ident = r["identity"]
+        region = ident.get("region_units")
+        lines.append(
+            f"| {label} | {ident['mode']} | {r['seconds']} | {r['seconds'] / base['seconds']:.1%} "
+            f"| {ident['seconds']} | {'all' if region is None else f'{region:,}'} | {r['peak_rss_mb']:,} |"
+        )
+    lines += [
+        "",
+        f"Records whose customer differs between the incremental run and the full refresh after it: "
+        f"{rebuild.get('records_with_another_customer_after_rebuild')}.",
+        "",
+        "Steps of the incremental run (seconds):",
+        "",
+        "| step | s |",
+        "|---|---:|",
+    ]
+    lines += [f"| {step} | {took} |" for step, took in batch["steps_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

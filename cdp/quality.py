@@ -132,8 +132,11 @@ def _quiet_gx() -> None:
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 
-def validate_table(con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None) -> SuiteResult:
-    """Validate ``table`` against its suite with Great Expectations; returns counts only."""
+def validate_table(
+    con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None, batches: list[str] | None = None
+) -> SuiteResult:
+    """Validate ``table`` (only its rows of ``batches`` when given) against its suite with Great
+    Expectations; returns counts only."""
     _quiet_gx()
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -142,7 +145,9 @@ def validate_table(con: duckdb.DuckDBPyConnection, table: str, suite: list[Expec
     expectations = suite if suite is not None else SUITES[table]
     columns = sorted({c for e in expectations for c in e.columns})
     quoted = ", ".join(f'"{c}"' for c in columns)
-    df = con.execute(f"SELECT {quoted} FROM {table}").df()  # table and columns come from SUITES
+    where = "WHERE batch_id IN (SELECT unnest($batches))" if batches is not None else ""
+    params = {"batches": batches} if batches is not None else {}
+    df = con.execute(f"SELECT {quoted} FROM {table} {where}", params).df()  # table and columns: SUITES
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (
@@ -163,6 +168,29 @@ def validate_table(con: duckdb.DuckDBPyConnection, table: str, suite: list[Expec
         if not r.success
     ]
     return SuiteResult(table, len(df), bool(outcome.success), failures, evaluated=len(outcome.results))
+
+
+#: Batches whose rows passed a table's suite (batch ids only): an incremental run validates the rest.
+VALIDATED_DDL = "CREATE TABLE IF NOT EXISTS validated_batches (table_name VARCHAR, batch_id VARCHAR)"
+
+
+def unvalidated_batches(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """Batches with rows in ``table`` whose rows have not passed its suite yet."""
+    con.execute(VALIDATED_DDL)
+    return [
+        row[0]
+        for row in con.execute(
+            f"SELECT DISTINCT batch_id FROM {table} WHERE batch_id NOT IN "  # table names come from SUITES
+            "(SELECT batch_id FROM validated_batches WHERE table_name = ?) ORDER BY 1",
+            [table],
+        ).fetchall()
+    ]
+
+
+def mark_validated(con: duckdb.DuckDBPyConnection, table: str, batches: list[str]) -> None:
+    con.execute(VALIDATED_DDL)
+    if batches:
+        con.executemany("INSERT INTO validated_batches VALUES (?, ?)", [(table, b) for b in batches])
 
 
 def _label(config: Any) -> str:

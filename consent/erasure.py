@@ -216,6 +216,7 @@ KEPT_TABLES: dict[str, str] = {
     "audit_log": "who did what when: actions, request ids and counts",
     "identity_runs": "one row per identity run: counts and settings",
     "staged_batches": "batch ids already staged, per staged table",
+    "validated_batches": "batch ids whose rows passed a table's expectations, per table",
     "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
 }
