@@ -3,8 +3,9 @@ ground truth behind it.
 
 ``generate_world(out, customers, seed)`` writes ``out/<source>/`` batch files in the inbox format of
 CONTRACT section 1 and, beside the inbox, ``<out>-truth/`` with ``records.csv`` (which person and which
-identity unit every well-formed web/app/store/crm record belongs to, and whether any evidence could connect
-it to another unit of the same person), ``consent.csv`` (each person's latest consent per purpose, from
+identity unit every well-formed web/app/store/crm record belongs to, its unit's ``evidence_group`` -- the
+units of that person that evidence in the data joins to it, directly or through other units -- and
+whether that group holds another unit: ``connectable``), ``consent.csv`` (each person's latest consent per purpose, from
 the consent events and the app's push opt-in/out events, which the consent ledger also reads) and
 ``people.csv``. Values are written the way people and systems write them (mixed case, stray spaces, typos,
 nicknames, national and international phone numbers, Gmail dots and +tags, placeholders, households
@@ -1328,9 +1329,17 @@ def _person_ids(n: int) -> np.ndarray:
 # Ground truth
 
 
-def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """The (person, unit, key) evidence table, and per source whether each row's unit shares a key with
-    another unit of the same person (its cookie's or device's other events count: keys are per unit)."""
+def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The (person, unit, key) evidence table, and per source each row's unit's evidence group.
+
+    A unit's evidence group is the connected component of its person's units under the evidence keys,
+    transitively: a cookie and a CRM contact that share an email, and that contact and a receipt that
+    share a loyalty card, are one group. Two units of one person in different groups share no evidence,
+    directly or through other units, so nothing in the data can link them. Keys are per unit (a
+    cookie's or device's keys are those of all its events). Per source: a frame with a row per record,
+    ``group`` (numbered 1, 2, ... within the person by the group's smallest unit code, so one seed writes
+    the same labels) and ``size`` (units in the group; a unit is connectable when it is 2 or more).
+    """
     frames, units = [], {}
     for number, source in enumerate(RECORD_SOURCES, start=1):
         if source not in parts:
@@ -1345,9 +1354,48 @@ def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, np.nd
                 )
             )
     keys = pd.concat(frames, ignore_index=True).drop_duplicates()
-    shared = keys.groupby(["person", "key"])["unit"].transform("size") >= 2
-    connected = np.unique(keys.loc[shared, "unit"].values)
-    return keys, {source: np.isin(codes, connected) for source, codes in units.items()}
+    every_unit = pd.concat(
+        [pd.DataFrame({"person": parts[source].person, "unit": codes}) for source, codes in units.items()],
+        ignore_index=True,
+    ).drop_duplicates("unit")
+    groups = _evidence_groups(every_unit, _evidence_keys(keys))
+    return keys, {source: groups.loc[codes].reset_index(drop=True) for source, codes in units.items()}
+
+
+def _evidence_keys(keys: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the (person, unit, key) table that are evidence the platform can see.
+
+    Placeholders and mistyped addresses never became keys. A key value that units of several people
+    carry (a household landline or a family email that two members wrote) is left out too: on its own it
+    cannot tell whose unit it is. The units that carry one also carry a name, which is a (fuzzy) key of
+    its own when it comes with a date of birth or a postcode.
+    """
+    people_per_key = keys.groupby("key")["person"].transform("nunique").to_numpy()
+    return keys[people_per_key == 1]
+
+
+def _evidence_groups(every_unit: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
+    """``group`` (number within the person) and ``size`` of each unit's evidence group, indexed by unit code.
+
+    Components of the bipartite graph of units and key values (every evidence key belongs to one person,
+    so a component never spans two people).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_units = len(every_unit)
+    position = pd.Series(np.arange(n_units), index=every_unit["unit"].to_numpy())
+    values, value_node = np.unique(evidence["key"].to_numpy(), return_inverse=True)
+    left = position.loc[evidence["unit"].to_numpy()].to_numpy()
+    right = n_units + value_node
+    n = n_units + len(values)
+    _, labels = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n)), directed=False)
+    frame = every_unit.assign(component=labels[:n_units])
+    by_component = frame.groupby("component")["unit"]
+    frame["first"] = by_component.transform("min")
+    frame["size"] = by_component.transform("size")
+    frame["group"] = frame.groupby("person")["first"].rank(method="dense").astype(np.int64)
+    return frame.set_index("unit")[["group", "size"]]
 
 
 def _consent_truth(
@@ -1417,7 +1465,7 @@ def generate_world(
         parts["web"] = _web(rng, w)
         parts["app"] = _app(rng, w)
 
-    keys, connectable = _connectable(parts)
+    keys, groups = _connectable(parts)
     summary = GenerateSummary(out, truth, mode, seed, customers, int(w.household.max()) + 1)
     count = files_per_source
     truth.mkdir(parents=True, exist_ok=True)
@@ -1448,7 +1496,8 @@ def generate_world(
                     "source_record_id": frame[KEY[source]].values,
                     "unit_id": source + ":" + frame[UNIT[source]].astype(str).values,
                     "person_id": person_ids[p.person],
-                    "connectable": np.where(connectable[source], "true", "false"),
+                    "connectable": np.where(groups[source]["size"].to_numpy() >= 2, "true", "false"),
+                    "evidence_group": person_ids[p.person] + "/" + groups[source]["group"].astype(str).to_numpy(),
                 }
             )
         )

@@ -5,16 +5,24 @@ unit's true person is the one most of its records belong to (a shared tablet bel
 most); its predicted customer is the one most of its records got. A pair of units is a true match when
 both belong to one person and a predicted match when both got one customer.
 
-Recall is also reported over *connectable* units only: a cookie that never logged in and shares nothing
-with anyone cannot be linked by any method, and the generator labels which units can.
+Recall is also reported over the pairs that some evidence in the data connects (``recall_connectable``):
+a cookie that never logged in and shares nothing with anyone cannot be linked by any method, and neither
+can two groups of one person's units that share nothing with each other (units A and B share an email,
+C and D a loyalty card, nothing joins the two). The truth's ``evidence_group`` labels each unit with its
+group (the generator's connected component of that person's units under the keys in the data); a pair
+is connectable when both units are in one group. The older, looser figure -- every pair of two
+connectable units of one person, whether or not any evidence joins them -- is ``recall_connectable_units``.
+A truth file without ``evidence_group`` puts all of a person's connectable units in one group (both
+figures are then the same).
 
 >>> import duckdb
 >>> con = duckdb.connect()
->>> _ = con.execute("CREATE TABLE u AS SELECT * FROM (VALUES ('a','c1','p1',true), ('b','c1','p1',true),"
-...                 " ('c','c2','p1',true)) t(unit_id, customer_id, person_id, connectable)")
+>>> _ = con.execute("CREATE TABLE u AS SELECT * FROM (VALUES ('a','c1','p1',true,'p1/1'), ('b','c1','p1',true,"
+...                 "'p1/1'), ('c','c2','p1',true,'p1/2'), ('d','c3','p1',true,'p1/2')) "
+...                 "t(unit_id, customer_id, person_id, connectable, evidence_group)")
 >>> m = evaluate_units(con, "u")
->>> m["precision"], round(m["recall"], 3)
-(1.0, 0.333)
+>>> m["precision"], round(m["recall"], 3), m["recall_connectable"]
+(1.0, 0.167, 0.5)
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import duckdb
 
 from cdp.errors import CdpError
 
-TRUTH_COLUMNS = ("source", "source_record_id", "unit_id", "person_id", "connectable")
+TRUTH_COLUMNS = ("source", "source_record_id", "unit_id", "person_id", "connectable", "evidence_group")
 
 
 def _ratio(num: int, den: int) -> float:
@@ -38,28 +46,25 @@ def _f1(p: float, r: float) -> float:
 
 
 def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]:
-    """Metrics over ``table(unit_id, customer_id, person_id, connectable)``, one row per unit.
+    """Metrics over ``table(unit_id, customer_id, person_id, connectable[, evidence_group])``, one row per unit.
 
-    ``table`` is the name of a table this module created (not user text).
+    ``table`` is the name of a table this module created (not user text). Without an ``evidence_group``
+    column a person's connectable units form one group (the looser measure).
     """
+    columns = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+    group = "evidence_group" if "evidence_group" in columns else "CASE WHEN connectable THEN person_id END"
     pair = "sum(n * (n - 1) / 2)::HUGEINT"
 
-    def pairs(where: str) -> tuple[int, int, int]:
+    def pairs(by: str, where: str = "") -> int:
         row = con.execute(
-            f"""
-            SELECT
-              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
-                                                GROUP BY customer_id, person_id)),
-              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
-                                                GROUP BY customer_id)),
-              (SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where}
-                                                GROUP BY person_id))
-            """
+            f"SELECT coalesce({pair}, 0) FROM (SELECT count(*) AS n FROM {table} {where} GROUP BY {by})"
         ).fetchall()[0]
-        return int(row[0]), int(row[1]), int(row[2])
+        return int(row[0])
 
-    tp, predicted, true = pairs("")
-    tp_c, _, true_c = pairs("WHERE connectable")
+    tp, predicted, true = pairs("customer_id, person_id"), pairs("customer_id"), pairs("person_id")
+    tp_u, true_u = pairs("customer_id, person_id", "WHERE connectable"), pairs("person_id", "WHERE connectable")
+    in_group = f"WHERE {group} IS NOT NULL"
+    tp_g, true_g = pairs(f"customer_id, {group}", in_group), pairs(group, in_group)
     counts = con.execute(
         f"""
         SELECT count(*), count(*) FILTER (WHERE connectable),
@@ -70,13 +75,17 @@ def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]
           (SELECT count(*) FROM (SELECT person_id FROM {table} GROUP BY 1
                                  HAVING count(DISTINCT customer_id) > 1)),
           (SELECT count(*) FROM (SELECT person_id FROM {table} WHERE connectable GROUP BY 1
+                                 HAVING count(DISTINCT customer_id) > 1)),
+          (SELECT count(*) FROM (SELECT {group} AS g FROM {table} {in_group} GROUP BY 1 HAVING count(*) > 1)),
+          (SELECT count(*) FROM (SELECT {group} AS g FROM {table} {in_group} GROUP BY 1
                                  HAVING count(DISTINCT customer_id) > 1))
         FROM {table}
         """
     ).fetchall()[0]
     precision = _ratio(tp, predicted)
     recall = _ratio(tp, true)
-    recall_c = _ratio(tp_c, true_c)
+    recall_g = _ratio(tp_g, true_g)
+    recall_u = _ratio(tp_u, true_u)
     return {
         "units": int(counts[0]),
         "connectable_units": int(counts[1]),
@@ -88,16 +97,26 @@ def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]
         "precision": precision,
         "recall": recall,
         "f1": _f1(precision, recall),
-        "recall_connectable": recall_c,
-        "f1_connectable": _f1(precision, recall_c),
+        # the issue's measure: pairs of one person's units that one evidence group joins
+        "connectable_pairs": true_g,
+        "connectable_pairs_linked": tp_g,
+        "recall_connectable": recall_g,
+        "f1_connectable": _f1(precision, recall_g),
+        # the looser one: every pair of two connectable units of one person
+        "connectable_unit_pairs": true_u,
+        "recall_connectable_units": recall_u,
         "over_merged_customers": int(counts[4]),
         "split_persons": int(counts[5]),
         "split_connectable_persons": int(counts[6]),
+        "evidence_groups": int(counts[7]),
+        "split_evidence_groups": int(counts[8]),
     }
 
 
 def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
-    """Read a truth CSV (``source, source_record_id, unit_id, person_id, connectable``) into ``_truth``."""
+    """Read a truth CSV (``source, source_record_id, unit_id, person_id`` and optionally ``connectable`` and
+    ``evidence_group``) into ``_truth``. Without ``connectable`` every record is connectable; without
+    ``evidence_group`` a person's connectable records form one group."""
     if not path.is_file():
         raise CdpError(f"{path}: truth file not found")
     try:
@@ -107,12 +126,14 @@ def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     missing = [c for c in ("source", "source_record_id", "person_id") if c not in rel.columns]
     if missing:
         raise CdpError(f"{path}: truth file lacks column {missing[0]}")
-    connectable = "TRY_CAST(connectable AS BOOLEAN)" if "connectable" in rel.columns else "true"
+    connectable = "coalesce(TRY_CAST(connectable AS BOOLEAN), true)" if "connectable" in rel.columns else "true"
+    group = "evidence_group" if "evidence_group" in rel.columns else f"CASE WHEN {connectable} THEN person_id END"
     con.register("_truth_rel", rel)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _truth AS
-        SELECT source, source_record_id, person_id, coalesce({connectable}, true) AS connectable
+        SELECT source, source_record_id, person_id, {connectable} AS connectable,
+               CASE WHEN {connectable} THEN {group} END AS evidence_group
         FROM _truth_rel
         """
     )
@@ -130,7 +151,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _eval_records AS
-        SELECT c.unit_id, c.customer_id, t.person_id, t.connectable
+        SELECT c.unit_id, c.customer_id, t.person_id, t.connectable, t.evidence_group
         FROM customer_source_records c JOIN _truth t USING (source, source_record_id)
         """
     )
@@ -138,13 +159,15 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]
         """
         CREATE OR REPLACE TEMP TABLE _eval_units AS
         WITH persons AS (
-            SELECT unit_id, person_id, count(*) AS n, bool_or(connectable) AS connectable
-            FROM _eval_records GROUP BY ALL
+            SELECT unit_id, person_id, count(*) AS n, bool_or(connectable) AS connectable,
+                   min(evidence_group) AS evidence_group
+            FROM _eval_records GROUP BY unit_id, person_id
         ),
         customers AS (SELECT unit_id, customer_id, count(*) AS n FROM _eval_records GROUP BY ALL)
-        SELECT p.unit_id, c.customer_id, p.person_id, p.connectable
+        SELECT p.unit_id, c.customer_id, p.person_id, p.connectable, p.evidence_group
         FROM (SELECT unit_id, arg_max(person_id, (n, person_id)) AS person_id,
-                     arg_max(connectable, (n, person_id)) AS connectable FROM persons GROUP BY 1) p
+                     arg_max(connectable, (n, person_id)) AS connectable,
+                     arg_max_null(evidence_group, (n, person_id)) AS evidence_group FROM persons GROUP BY 1) p
         JOIN (SELECT unit_id, arg_max(customer_id, (n, customer_id)) AS customer_id
               FROM customers GROUP BY 1) c
           USING (unit_id)
