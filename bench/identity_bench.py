@@ -100,8 +100,9 @@ def resolve_and_evaluate(db: Path, truth: Path, threshold: float | None) -> dict
 def evidence_ceiling(db: Path, truth: Path) -> dict[str, Any]:
     """Precision/recall of an oracle that links the units of one person that share evidence in the store.
 
-    Evidence, read from the staged records (not from the generator): any non-placeholder key value, or a
-    name with a date of birth or postcode. The oracle knows who is who, so it never over-merges. It checks
+    Evidence, read from the staged records (not from the generator): any non-placeholder key value, or two
+    named units agreeing on two of surname, date of birth, postcode and address (the generator's fuzzy
+    evidence, see ``cdp.generate._fuzzy_keys``). The oracle knows who is who, so it never over-merges. It checks
     the truth's evidence groups from the other side: its recall over connectable pairs is 1.0 when every
     group the generator recorded is joined by evidence the platform can read, and
     ``pairs_outside_evidence_groups`` counts the pairs it joins that the truth says nothing connects
@@ -131,16 +132,29 @@ def evidence_ceiling(db: Path, truth: Path) -> dict[str, Any]:
         con.execute("CREATE TEMP TABLE _ix AS SELECT unit_id, row_number() OVER (ORDER BY unit_id) - 1 AS ix FROM _tu")
         edges = con.execute(
             """
-            WITH ev AS (
-                SELECT unit_id, id_type, id_value FROM _raw_keys WHERE NOT placeholder
-                UNION ALL
-                SELECT unit_id, 'fuzzy', '' FROM _units
-                WHERE first_name IS NOT NULL AND last_name IS NOT NULL AND (dob IS NOT NULL OR postcode IS NOT NULL)
-            ),
+            WITH ev AS (SELECT unit_id, id_type, id_value FROM _raw_keys WHERE NOT placeholder),
             k AS (SELECT ev.*, t.person_id FROM ev JOIN _tu t USING (unit_id)),
-            a AS (SELECT person_id, id_type, id_value, min(unit_id) AS anchor FROM k GROUP BY ALL)
+            a AS (SELECT person_id, id_type, id_value, min(unit_id) AS anchor FROM k GROUP BY ALL),
+            named AS (SELECT u.*, t.person_id FROM _units u JOIN _tu t USING (unit_id)
+                      WHERE u.first_name IS NOT NULL AND u.last_name IS NOT NULL),
+            fuzzy AS (
+                -- two named units of one person agreeing on two of: surname (within a typo, or swapped
+                -- with the forename), date of birth (both known: one person's, typos and all), postcode,
+                -- first address line (within a typo, or with a flat number in front)
+                SELECT l.unit_id AS unit_l, r.unit_id AS unit_r FROM named l JOIN named r
+                  ON l.person_id = r.person_id AND l.unit_id < r.unit_id
+                WHERE (jaro_winkler_similarity(l.last_name, r.last_name) >= 0.85
+                       OR jaro_winkler_similarity(l.last_name, r.first_name) >= 0.85)::INT
+                    + (l.dob IS NOT NULL AND r.dob IS NOT NULL)::INT
+                    + coalesce(l.postcode = r.postcode, false)::INT
+                    + coalesce(jaro_winkler_similarity(l.address_line1, r.address_line1) >= 0.9
+                               OR ends_with(l.address_line1, ' ' || r.address_line1)
+                               OR ends_with(r.address_line1, ' ' || l.address_line1), false)::INT >= 2
+            )
             SELECT x.ix AS a, y.ix AS b FROM k JOIN a USING (person_id, id_type, id_value)
             JOIN _ix x ON x.unit_id = k.unit_id JOIN _ix y ON y.unit_id = a.anchor
+            UNION ALL
+            SELECT x.ix, y.ix FROM fuzzy JOIN _ix x ON x.unit_id = fuzzy.unit_l JOIN _ix y ON y.unit_id = fuzzy.unit_r
             """
         ).fetchnumpy()
         n = int(con.execute("SELECT count(*) FROM _ix").fetchall()[0][0])
@@ -401,13 +415,16 @@ def write_results(results: dict[str, Any]) -> None:
             "Recall over connectable pairs counts the pairs of one person's units that some evidence in the data "
             "joins: the generator records each unit's evidence group (the connected component of that person's "
             "units under the keys it wrote: an email, phone, account or loyalty id that no other person's "
-            "units carry, or a name with a date of birth or postcode), and a pair counts when both units are in "
-            "one group. The older figure counted every pair of two connectable units of a person, including "
-            "pairs in two groups that nothing joins; an oracle that links exactly the evidence reached only "
-            f"{o['evidence_ceiling']['recall_connectable_units']:.4f} of it.",
+            "units carry, or two named records that agree on two of full name, date of birth, postcode and "
+            "address -- a first name at one postcode under two surnames, or a name alone, is not evidence), and "
+            "a pair counts when both units are in one group. The older figure counted every pair of two "
+            "connectable units of a person, including pairs in two groups that nothing joins; an oracle that "
+            f"links exactly the evidence reached only {o['evidence_ceiling']['recall_connectable_units']:.4f} "
+            "of it.",
             "",
             "Evidence ceiling (an oracle that knows who is who and links the units of one person that share a "
-            "non-placeholder key, or a name with a date of birth or postcode, as read from the staged records): "
+            "non-placeholder key, or named units agreeing on two of surname, date of birth, postcode and "
+            "address, as read from the staged records): "
             f"recall over connectable pairs {o['evidence_ceiling']['recall_connectable']:.4f} with "
             f"{o['evidence_ceiling']['pairs_outside_evidence_groups']} pairs outside the truth's groups on the "
             f"omnichannel world; recall {n['evidence_ceiling']['recall']:.4f} on the no shared ids world.",

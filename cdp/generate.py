@@ -24,6 +24,7 @@ files. Example::
 from __future__ import annotations
 
 import functools
+import itertools
 import shutil
 import time
 import unicodedata
@@ -799,6 +800,7 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     no_addr = rng.random(n) < (0.02 if not shared_ids else 0.08)
     line1[no_addr], line2[no_addr] = None, None
     f["address_line1"], f["address_line2"] = line1, line2
+    home_line1 = line1.copy()
     f["city"] = _messy_text(rng, w.hh_city[hh], 0.02)
     f.loc[rng.random(n) < 0.05, "city"] = None
     postcode = _postcode_text(rng, w.hh_postcode[hh])
@@ -859,11 +861,37 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     f["created_at"] = _iso(created, "", " ")
     f["updated_at"] = _iso(updated, "", " ")
 
-    # Fuzzy evidence: a name with a date of birth or a postcode.
     named = f["first_name"].notna().values & f["last_name"].notna().values
-    fuzzy = named & (f["date_of_birth"].notna().values | f["postcode"].notna().values)
-    part.keys(rows[fuzzy], _FUZZY * _K + person[fuzzy])
+    former_postcode = np.zeros(n, dtype=bool)
+    former_postcode[moved] = True
+    # A moved contact's former first address line is drawn into ``line1`` after the column was written
+    # (the file carries the current line): compare what was written with the home address.
+    written = f["address_line1"].to_numpy()
+    former_address = np.array([x is not None and x != h for x, h in zip(written, home_line1, strict=True)])
+    _fuzzy_keys(
+        part, rows[named], surname=old[named].astype(np.int64),
+        dob=np.where(f["date_of_birth"].notna().values, 0, -1)[named],
+        postcode=np.where(f["postcode"].notna().values, former_postcode, -1)[named],
+        address=np.where(f["address_line1"].notna().values, former_address, -1)[named],
+    )  # fmt: skip
     return part
+
+
+def _fuzzy_keys(part: _Part, rows: np.ndarray, surname, dob, postcode, address) -> None:
+    """Fuzzy evidence keys of named rows: two records of one person are evidence of each other when they
+    agree on two of the full name, the date of birth, the postcode and the first address line.
+
+    Per row, each attribute is absent (-1) or which of the person's values it carries: ``surname`` 0 for
+    the current one, 1 for a former one (the name is then another name); ``dob`` 0 (typos and swaps
+    still agree); ``postcode`` and ``address`` 0 for the current home, 1 for a former one. A first name
+    with one more attribute (a Rebecca at one postcode under two surnames) or a name alone is not evidence.
+    """
+    person = part.person[rows]
+    attrs = (surname, dob, postcode, address)
+    for kind, (one, other) in enumerate(itertools.combinations(attrs, 2)):
+        both = (one >= 0) & (other >= 0)
+        value = person[both] * 64 + kind * 4 + one[both] * 2 + other[both]
+        part.keys(rows[both], _FUZZY * _K + value)
 
 
 def _store(rng, w: _World) -> _Part:
@@ -908,8 +936,9 @@ def _store(rng, w: _World) -> _Part:
     with_pc = idx[(mode[idx] == 3) | (rng.random(len(idx)) < 0.5)]
     pc[with_pc] = _postcode_text(rng, w.hh_postcode[w.household[person[with_pc]]])
     f["first_name"], f["last_name"], f["postcode"] = first, last, pc
-    fuzzy = rows[_present(pc) & named]
-    part.keys(fuzzy, _FUZZY * _K + person[fuzzy])
+    home = rows[named]  # receipts carry the current surname and home postcode
+    none = np.full(len(home), -1, dtype=np.int64)
+    _fuzzy_keys(part, home, np.zeros(len(home), dtype=np.int64), none, np.where(_present(pc[home]), 0, -1), none)
 
     f["amount"] = np.round(np.exp(rng.normal(3.2, 0.9, n)), 2).clip(1, 2000).astype(str)
     f["currency"] = _pick(rng, np.array(["GBP", "GBP", "GBP", "gbp"], dtype=object), n)

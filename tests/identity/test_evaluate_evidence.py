@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cdp.generate import _EMAIL, _K, _LOYALTY, _PHONE, _connectable, _Part, generate_world
+from cdp.generate import _EMAIL, _K, _LOYALTY, _PHONE, _connectable, _fuzzy_keys, _Part, generate_world
 from identity.evaluate import evaluate, evaluate_units
 
 
@@ -53,6 +53,23 @@ def test_a_value_two_people_carry_connects_nothing():
     crm = _part([0, 0, 1], [0, 1, 2])
     crm.keys(np.array([0, 1, 2]), _PHONE * _K + np.array([3, 3, 3]))
     assert _groups({"crm": crm})["crm"] == [(1, 1), (2, 1), (1, 1)]
+
+
+def test_fuzzy_evidence_needs_two_attributes_beyond_the_first_name():
+    # person 0: 0 a contact under a former surname with a date of birth at the current home; 1 a contact
+    # under the current surname with a date of birth, no address; 2 a receipt with the current surname and
+    # postcode; 3 a contact under the former surname at a former postcode, no date of birth; 4 a receipt
+    # with a name and no postcode
+    crm = _part([0] * 5, [0, 1, 2, 3, 4])
+    a = np.array
+    _fuzzy_keys(crm, a([0, 1, 2, 3, 4]), surname=a([1, 0, 0, 1, 0]), dob=a([0, 0, -1, -1, -1]),
+                postcode=a([0, -1, 0, 1, -1]), address=a([0, -1, -1, -1, -1]))  # fmt: skip
+    # 0-1: dob only (surnames differ); 0-2: postcode only; 1-2: surname only; 0-3: surname only (3 moved)
+    assert [g for g, _ in _groups({"crm": crm})["crm"]] == [1, 2, 3, 4, 5]
+    # contact 1 gains the home postcode: it agrees with 2 on surname and postcode, with 0 on date of birth
+    # and postcode; 3 and 4 stay alone
+    _fuzzy_keys(crm, a([1]), surname=a([0]), dob=a([0]), postcode=a([0]), address=a([-1]))
+    assert _groups({"crm": crm})["crm"] == [(1, 3), (1, 3), (1, 3), (2, 1), (3, 1)]
 
 
 @pytest.fixture(scope="module")
