@@ -619,6 +619,8 @@ class _Part:
     key_rows: list[np.ndarray] = field(default_factory=list)
     key_codes: list[np.ndarray] = field(default_factory=list)
     e164: np.ndarray | None = None  # no_shared_ids CRM: each record's own phone, canonical
+    #: fuzzy keys (row, what the key says: "pair|value|value", the person's first name), see _fuzzy_keys
+    fuzzy: list[pd.DataFrame] = field(default_factory=list)
 
     def keys(self, rows: np.ndarray, codes: np.ndarray) -> None:
         self.key_rows.append(np.asarray(rows, dtype=np.int64))
@@ -862,36 +864,43 @@ def _crm(rng, w: _World, shared_ids: bool) -> _Part:
     f["updated_at"] = _iso(updated, "", " ")
 
     named = f["first_name"].notna().values & f["last_name"].notna().values
-    former_postcode = np.zeros(n, dtype=bool)
-    former_postcode[moved] = True
+    # The true value behind what each row carries (typos, swaps and formats aside), None when absent.
     # A moved contact's former first address line is drawn into ``line1`` after the column was written
-    # (the file carries the current line): compare what was written with the home address.
+    # (the file carries the home line): compare what was written with the home address.
     written = f["address_line1"].to_numpy()
-    former_address = np.array([x is not None and x != h for x, h in zip(written, home_line1, strict=True)])
+    home = "home " + pd.Series(hh).astype(str).to_numpy()
+    address = np.where([x is None or x == h for x, h in zip(written, home_line1, strict=True)], home, written)
+    true_postcode = w.hh_postcode[hh].copy()
+    true_postcode[moved] = postcode[moved]
     _fuzzy_keys(
-        part, rows[named], surname=old[named].astype(np.int64),
-        dob=np.where(f["date_of_birth"].notna().values, 0, -1)[named],
-        postcode=np.where(f["postcode"].notna().values, former_postcode, -1)[named],
-        address=np.where(f["address_line1"].notna().values, former_address, -1)[named],
+        part, rows[named], first=w.first[person[named]], surname=last[named],
+        dob=_where(f["date_of_birth"].notna().values, np.datetime_as_string(w.dob[person], unit="D"))[named],
+        postcode=_where(f["postcode"].notna().values, true_postcode)[named],
+        address=_where(f["address_line1"].notna().values, address)[named],
     )  # fmt: skip
     return part
 
 
-def _fuzzy_keys(part: _Part, rows: np.ndarray, surname, dob, postcode, address) -> None:
+_FUZZY_PAIRS = tuple(itertools.combinations(range(4), 2))  # of (surname, dob, postcode, address)
+
+
+def _fuzzy_keys(part: _Part, rows: np.ndarray, first, surname, dob, postcode, address) -> None:
     """Fuzzy evidence keys of named rows: two records of one person are evidence of each other when they
     agree on two of the full name, the date of birth, the postcode and the first address line.
 
-    Per row, each attribute is absent (-1) or which of the person's values it carries: ``surname`` 0 for
-    the current one, 1 for a former one (the name is then another name); ``dob`` 0 (typos and swaps
-    still agree); ``postcode`` and ``address`` 0 for the current home, 1 for a former one. A first name
-    with one more attribute (a Rebecca at one postcode under two surnames) or a name alone is not evidence.
+    Arguments hold, per row, the person's first name and the true value behind the written one (typos,
+    swaps, nicknames and formats aside) or None: the surname carried (a former one is another name), the
+    date of birth, the postcode and the address (the home one, or a former one). A first name with one
+    more attribute (a Rebecca at one postcode under two surnames) or a name alone is not evidence.
+    Appends to ``part.fuzzy`` what each row's keys say; :func:`_connectable` makes them keys of the row's
+    person.
     """
-    person = part.person[rows]
-    attrs = (surname, dob, postcode, address)
-    for kind, (one, other) in enumerate(itertools.combinations(attrs, 2)):
-        both = (one >= 0) & (other >= 0)
-        value = person[both] * 64 + kind * 4 + one[both] * 2 + other[both]
-        part.keys(rows[both], _FUZZY * _K + value)
+    first = np.asarray(first, dtype=object)
+    attrs = tuple(np.asarray(a, dtype=object) for a in (surname, dob, postcode, address))
+    for kind, (i, j) in enumerate(_FUZZY_PAIRS):
+        both = _present(attrs[i]) & _present(attrs[j])
+        says = f"{kind}|" + pd.Series(attrs[i][both]).astype(str) + "|" + pd.Series(attrs[j][both]).astype(str)
+        part.fuzzy.append(pd.DataFrame({"row": rows[both], "says": says.to_numpy(), "first": first[both]}))
 
 
 def _store(rng, w: _World) -> _Part:
@@ -936,9 +945,10 @@ def _store(rng, w: _World) -> _Part:
     with_pc = idx[(mode[idx] == 3) | (rng.random(len(idx)) < 0.5)]
     pc[with_pc] = _postcode_text(rng, w.hh_postcode[w.household[person[with_pc]]])
     f["first_name"], f["last_name"], f["postcode"] = first, last, pc
-    home = rows[named]  # receipts carry the current surname and home postcode
-    none = np.full(len(home), -1, dtype=np.int64)
-    _fuzzy_keys(part, home, np.zeros(len(home), dtype=np.int64), none, np.where(_present(pc[home]), 0, -1), none)
+    named_rows = rows[named]  # receipts carry the current surname and the home postcode
+    none = np.full(len(named_rows), None, dtype=object)
+    home_postcode = _where(_present(pc[named_rows]), w.hh_postcode[w.household[person[named_rows]]])
+    _fuzzy_keys(part, named_rows, w.first[person[named_rows]], w.last[person[named_rows]], none, home_postcode, none)
 
     f["amount"] = np.round(np.exp(rng.normal(3.2, 0.9, n)), 2).clip(1, 2000).astype(str)
     f["currency"] = _pick(rng, np.array(["GBP", "GBP", "GBP", "gbp"], dtype=object), n)
@@ -1382,6 +1392,15 @@ def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, pd.Da
                     {"person": p.person[rows], "unit": units[source][rows], "key": np.concatenate(p.key_codes)}
                 )
             )
+    fuzzy = [
+        f.assign(person=parts[source].person[f["row"]], unit=units[source][f["row"]])
+        for source in units
+        for f in parts[source].fuzzy
+    ]
+    if fuzzy:
+        said = pd.concat(fuzzy, ignore_index=True)
+        said["key"] = _FUZZY * _K + pd.MultiIndex.from_frame(said[["person", "says"]]).factorize()[0]
+        frames.append(said[~_ambiguous(said)][["person", "unit", "key"]])
     keys = pd.concat(frames, ignore_index=True).drop_duplicates()
     every_unit = pd.concat(
         [pd.DataFrame({"person": parts[source].person, "unit": codes}) for source, codes in units.items()],
@@ -1391,13 +1410,32 @@ def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, pd.Da
     return keys, {source: groups.loc[codes].reset_index(drop=True) for source, codes in units.items()}
 
 
+def _ambiguous(said: pd.DataFrame) -> np.ndarray:
+    """Per fuzzy key row: whether another person whose first name could be written the same way (the same
+    name, or one nickname for both: Chris for Christopher and Christine) has a key that says the same
+    (two Robert Chapmans at one postcode): then it cannot tell whose record it is."""
+    people = said.drop_duplicates(["says", "person"])
+    shared = people[people.groupby("says")["person"].transform("size").to_numpy() > 1]
+    unclear = set()
+    for says, group in shared.groupby("says"):
+        names = [{first, *NICKNAMES.get(first, ())} for first in group["first"]]
+        persons = group["person"].tolist()
+        for (p, a), (q, b) in itertools.combinations(zip(persons, names, strict=True), 2):
+            if a & b:
+                unclear.update({(p, says), (q, says)})
+    if not unclear:
+        return np.zeros(len(said), dtype=bool)
+    return pd.MultiIndex.from_frame(said[["person", "says"]]).isin(list(unclear))
+
+
 def _evidence_keys(keys: pd.DataFrame) -> pd.DataFrame:
     """The rows of the (person, unit, key) table that are evidence the platform can see.
 
     Placeholders and mistyped addresses never became keys. A key value that units of several people
     carry (a household landline or a family email that two members wrote) is left out too: on its own it
-    cannot tell whose unit it is. The units that carry one also carry a name, which is a (fuzzy) key of
-    its own when it comes with a date of birth or a postcode.
+    cannot tell whose unit it is. The units that carry one also carry a name, which is fuzzy evidence of
+    its own with a second attribute (fuzzy keys are per person: :func:`_ambiguous` drops the ones that
+    cannot tell two people apart).
     """
     people_per_key = keys.groupby("key")["person"].transform("nunique").to_numpy()
     return keys[people_per_key == 1]

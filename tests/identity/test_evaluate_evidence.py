@@ -56,20 +56,37 @@ def test_a_value_two_people_carry_connects_nothing():
 
 
 def test_fuzzy_evidence_needs_two_attributes_beyond_the_first_name():
-    # person 0: 0 a contact under a former surname with a date of birth at the current home; 1 a contact
-    # under the current surname with a date of birth, no address; 2 a receipt with the current surname and
-    # postcode; 3 a contact under the former surname at a former postcode, no date of birth; 4 a receipt
-    # with a name and no postcode
+    # Emma (person 0): 0 a contact under her former surname with her date of birth at home; 1 a contact
+    # under her surname with her date of birth, no address; 2 a receipt with her surname and postcode; 3 a
+    # contact under the former surname at a former postcode; 4 a receipt with a name and no postcode
     crm = _part([0] * 5, [0, 1, 2, 3, 4])
-    a = np.array
-    _fuzzy_keys(crm, a([0, 1, 2, 3, 4]), surname=a([1, 0, 0, 1, 0]), dob=a([0, 0, -1, -1, -1]),
-                postcode=a([0, -1, 0, 1, -1]), address=a([0, -1, -1, -1, -1]))  # fmt: skip
-    # 0-1: dob only (surnames differ); 0-2: postcode only; 1-2: surname only; 0-3: surname only (3 moved)
+    dob, home, former = "1980-01-02", "AB1 2CD", "AB1 9ZZ"
+    _fuzzy_keys(crm, np.arange(5), first=["Emma"] * 5, surname=["Hale", "Bell", "Bell", "Hale", "Bell"],
+                dob=[dob, dob, None, None, None], postcode=[home, None, home, former, None],
+                address=["home 7", None, None, None, None])  # fmt: skip
+    # 0-1: date of birth only (surnames differ); 0-2: postcode only; 1-2: surname only; 0-3: surname only
     assert [g for g, _ in _groups({"crm": crm})["crm"]] == [1, 2, 3, 4, 5]
-    # contact 1 gains the home postcode: it agrees with 2 on surname and postcode, with 0 on date of birth
-    # and postcode; 3 and 4 stay alone
-    _fuzzy_keys(crm, a([1]), surname=a([0]), dob=a([0]), postcode=a([0]), address=a([-1]))
+    # contact 1 with the home postcode: agrees with 2 on surname and postcode, with 0 on birth and postcode
+    _fuzzy_keys(crm, np.array([1]), first=["Emma"], surname=["Bell"], dob=[dob], postcode=[home], address=[None])
     assert _groups({"crm": crm})["crm"] == [(1, 3), (1, 3), (1, 3), (2, 1), (3, 1)]
+
+
+def test_a_name_and_postcode_two_household_members_share_connects_nothing():
+    # Christopher (0) and Christine (1) Taylor at one postcode: "Chris Taylor" fits both, so receipts
+    # with a name and postcode connect to neither; Christine's contacts still agree on more
+    store = _part([0, 1, 1], [0, 1, 2])
+    _fuzzy_keys(store, np.arange(3), first=["Christopher", "Christine", "Christine"], surname=["Taylor"] * 3,
+                dob=[None] * 3, postcode=["G1 7GJ"] * 3, address=[None] * 3)  # fmt: skip
+    crm = _part([0, 1], [0, 1])
+    _fuzzy_keys(crm, np.arange(2), first=["Christopher", "Christine"], surname=["Taylor"] * 2,
+                dob=["1975-01-18", "1948-03-12"], postcode=["G1 7GJ"] * 2, address=["home 1"] * 2)  # fmt: skip
+    groups = _groups({"crm": crm, "store": store})
+    assert all(size == 1 for _, size in groups["store"])
+    # Oliver and Hannah, twins: one surname, birthday and postcode, names nobody writes the same way
+    twins = _part([0, 0, 1, 1], [0, 1, 2, 3])
+    _fuzzy_keys(twins, np.arange(4), first=["Oliver", "Oliver", "Hannah", "Hannah"], surname=["Hall"] * 4,
+                dob=["1990-05-05"] * 4, postcode=["E1 1AA"] * 4, address=[None] * 4)  # fmt: skip
+    assert _groups({"crm": twins})["crm"] == [(1, 2)] * 4
 
 
 @pytest.fixture(scope="module")
