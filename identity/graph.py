@@ -76,12 +76,15 @@ CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
 )
 """
 
-#: Dates of birth "near" each other: one keying error apart, day and month swapped, or the year one off
-#: with at most one keying error (or a swap) in month and day -- each of two copies may carry an error.
+#: Dates of birth "near" each other: one keying error apart, a day apart (19 -> 20 is two digits), day
+#: and month swapped (with at most one keying error more), or the year one off with at most one keying
+#: error (or a swap) in month and day -- each of two copies may carry an error.
 NEAR_DOB_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
     a = b
     OR damerau_levenshtein(strftime(a, '%Y%m%d'), strftime(b, '%Y%m%d')) <= 1
+    OR abs(date_diff('day', a, b)) <= 1
+    OR damerau_levenshtein(strftime(a, '%Y%d%m'), strftime(b, '%Y%m%d')) <= 1
     OR (abs(year(a) - year(b)) <= 1 AND (
         damerau_levenshtein(strftime(a, '%m%d'), strftime(b, '%m%d')) <= 1
         OR (month(a) = day(b) AND day(a) = month(b))))
@@ -91,9 +94,10 @@ CREATE OR REPLACE TEMP MACRO cdp_near_dob(a, b) AS (
 #: First names "agree" when they are one name: they share a candidate canonical form (nickname folding
 #: that tolerates one keying error: "katthy" -> kathy -> katherine, "phl" -> phil -> philip), are one
 #: keying error apart (two for names of five letters or more with the same initial), one is a prefix of
-#: the other, or forename and surname are swapped (each within a typo). Anything else -- Patrick and
-#: Patricia, John and Mary -- is "clearly different". ``ca``/``cb`` (forenames) and ``la``/``lb``
-#: (surnames): candidate canonical lists from :func:`build_units`, so a swap may hide a nickname too.
+#: the other, or forename and surname are swapped (each within a typo or one keying error). Anything
+#: else -- Patrick and Patricia, John and Mary -- is "clearly different". ``ca``/``cb`` (forenames) and
+#: ``la``/``lb`` (surnames): candidate canonical lists from :func:`build_units`, so a swap may hide a
+#: nickname too.
 NAMES_DISAGREE_MACRO = """
 CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, la, fn_b, cb, ln_b, lb) AS (
     coalesce(NOT (
@@ -102,8 +106,10 @@ CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, la, fn_b, cb, ln
         OR (least(length(fn_a), length(fn_b)) >= 5 AND left(fn_a, 1) = left(fn_b, 1)
             AND damerau_levenshtein(fn_a, fn_b) <= 2)
         OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
-        OR ((jaro_winkler_similarity(fn_a, ln_b) >= 0.88 OR list_has_any(ca, lb))
-            AND (jaro_winkler_similarity(ln_a, fn_b) >= 0.88 OR list_has_any(la, cb)))
+        OR ((jaro_winkler_similarity(fn_a, ln_b) >= 0.88 OR damerau_levenshtein(fn_a, ln_b) <= 1
+             OR list_has_any(ca, lb))
+            AND (jaro_winkler_similarity(ln_a, fn_b) >= 0.88 OR damerau_levenshtein(ln_a, fn_b) <= 1
+                 OR list_has_any(la, cb)))
     ), false)
 )
 """
@@ -242,7 +248,10 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
         """
     )
     # Candidate canonical forms of each distinct first name: its own first word and the canonical form of
-    # every nickname-list name within one keying error of it.
+    # every nickname-list name that is that word or one keying error from it past the first letter, for
+    # list names of three letters or more ("katthy" -> kathy -> katherine, "jak" -> jack -> john; but
+    # "mandy" is not "andy" and "ali" is not "al" mistyped). Decided per name, so every run gives a name
+    # the same forms.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _name_candidates AS
@@ -250,7 +259,9 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
                            SELECT first_name AS name FROM _units UNION SELECT last_name FROM _units)
                        WHERE name IS NOT NULL),
         hits AS (SELECT n.name, k.canonical FROM names n JOIN _nicknames k
-                 ON abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1)
+                 ON k.name = n.word
+                    OR (length(k.name) >= 3 AND left(k.name, 1) = left(n.word, 1)
+                        AND abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1))
         SELECT name, list_distinct(list(canonical) || [any_value(word)]) AS cands
         FROM (SELECT n.name, h.canonical, n.word FROM names n LEFT JOIN hits h USING (name))
         GROUP BY name
