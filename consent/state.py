@@ -152,8 +152,8 @@ SELECT h.*, coalesce(u.n, 0) AS n FROM hits h LEFT JOIN unique_targets u USING (
 """
 
 
-#: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above), for the
-#: customers of ``{customers}``.
+#: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above); ``{only}``
+#: may restrict the customers written.
 _STATE_SQL = """
 WITH applicable AS (
     SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
@@ -243,8 +243,9 @@ def build_consent_state(
             con.execute(ddl)
         counts = _rebuild(con, params, loose) if customers is None else _update(con, params, loose, customers)
         con.execute("DELETE FROM consent_state_basis")
-        con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
-                    {**params, "loose": loose, "version": BASIS_VERSION})  # fmt: skip
+        if counts.get("linked", 1):  # with no customers yet, no basis either: the next computation is full
+            con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
+                        {**params, "loose": loose, "version": BASIS_VERSION})  # fmt: skip
         if before_commit is not None:
             before_commit(con)
         con.execute("COMMIT")
@@ -280,7 +281,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose:
     con.execute("CREATE OR REPLACE TABLE consent_state_seen AS SELECT event_id FROM consent_events")
     if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
         con.execute("DELETE FROM consent_state_keys")
-        return {"reached": 0, "ambiguous": 0}
+        return {"reached": 0, "ambiguous": 0, "linked": 0}
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {_ids_sql(loose)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose)}", params)
     con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='')}", params)

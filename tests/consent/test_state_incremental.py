@@ -207,3 +207,10 @@ def test_assets_rebuild_in_full_first_then_only_what_identity_changed(tmp_path, 
     assert second["consent_state"]["customers_recomputed"] == 3  # cH and the two other household carriers
     third = run()  # nothing changed since
     assert third["customer_profiles"]["customers_recomputed"] == 0
+
+
+def test_no_basis_before_there_are_customers():
+    con = duckdb.connect(":memory:")
+    build_consent_state(con, as_of=LATER)  # a ledger but no staged records or links yet
+    assert con.execute("SELECT count(*) FROM consent_state_basis").fetchall() == [(0,)]
+    assert not state_current(con)
