@@ -1407,25 +1407,26 @@ def _connectable(parts: dict[str, _Part]) -> tuple[pd.DataFrame, dict[str, pd.Da
         ignore_index=True,
     ).drop_duplicates("unit")
     groups = _evidence_groups(every_unit, _evidence_keys(keys))
-    return keys, {source: groups.loc[codes].reset_index(drop=True) for source, codes in units.items()}
+    return keys, {
+        source: groups.iloc[groups.index.get_indexer(codes)].reset_index(drop=True) for source, codes in units.items()
+    }
 
 
 def _ambiguous(said: pd.DataFrame) -> np.ndarray:
     """Per fuzzy key row: whether another person whose first name could be written the same way (the same
     name, or one nickname for both: Chris for Christopher and Christine) has a key that says the same
     (two Robert Chapmans at one postcode): then it cannot tell whose record it is."""
-    people = said.drop_duplicates(["says", "person"])
-    shared = people[people.groupby("says")["person"].transform("size").to_numpy() > 1]
-    unclear = set()
-    for says, group in shared.groupby("says"):
-        names = [{first, *NICKNAMES.get(first, ())} for first in group["first"]]
-        persons = group["person"].tolist()
-        for (p, a), (q, b) in itertools.combinations(zip(persons, names, strict=True), 2):
-            if a & b:
-                unclear.update({(p, says), (q, says)})
-    if not unclear:
-        return np.zeros(len(said), dtype=bool)
-    return pd.MultiIndex.from_frame(said[["person", "says"]]).isin(list(unclear))
+    people = said[["says", "person", "first"]].drop_duplicates(["says", "person"])
+    people = people[people.groupby("says")["person"].transform("size").to_numpy() > 1]
+    pairs = people.merge(people, on="says", suffixes=("", "_other"))
+    pairs = pairs[pairs["person"] != pairs["person_other"]]
+    names = pd.unique(pairs["first"])
+    forms = {name: {name, *NICKNAMES.get(name, ())} for name in names}
+    alike = pd.DataFrame(
+        [(a, b) for a in names for b in names if forms[a] & forms[b]], columns=["first", "first_other"]
+    )
+    unclear = pairs.merge(alike, on=["first", "first_other"])[["person", "says"]].drop_duplicates()
+    return said.merge(unclear.assign(unclear=True), on=["person", "says"], how="left")["unclear"].eq(True).to_numpy()
 
 
 def _evidence_keys(keys: pd.DataFrame) -> pd.DataFrame:
@@ -1451,9 +1452,8 @@ def _evidence_groups(every_unit: pd.DataFrame, evidence: pd.DataFrame) -> pd.Dat
     from scipy.sparse.csgraph import connected_components
 
     n_units = len(every_unit)
-    position = pd.Series(np.arange(n_units), index=every_unit["unit"].to_numpy())
     values, value_node = np.unique(evidence["key"].to_numpy(), return_inverse=True)
-    left = position.loc[evidence["unit"].to_numpy()].to_numpy()
+    left = pd.Index(every_unit["unit"].to_numpy()).get_indexer(evidence["unit"].to_numpy())
     right = n_units + value_node
     n = n_units + len(values)
     _, labels = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n)), directed=False)
