@@ -5,8 +5,9 @@ ground truth behind it.
 CONTRACT section 1 and, beside the inbox, ``<out>-truth/`` with ``records.csv`` (which person and which
 identity unit every well-formed web/app/store/crm record belongs to, its unit's ``evidence_group`` -- the
 units of that person that evidence in the data joins to it, directly or through other units -- and
-whether that group holds another unit: ``connectable``), ``consent.csv`` (each person's latest consent per purpose, from
-the consent events and the app's push opt-in/out events, which the consent ledger also reads) and
+whether that group holds another unit: ``connectable``), ``consent.csv`` (each person's latest consent
+per purpose, from the consent events and the app's push opt-in/out events, which the consent ledger also
+reads) and
 ``people.csv``. Values are written the way people and systems write them (mixed case, stray spaces, typos,
 nicknames, national and international phone numbers, Gmail dots and +tags, placeholders, households
 sharing a landline or an email, twins, common names, changed surnames, CRM duplicates) and a small share of
@@ -1434,9 +1435,9 @@ def _evidence_keys(keys: pd.DataFrame) -> pd.DataFrame:
 
     Placeholders and mistyped addresses never became keys. A key value that units of several people
     carry (a household landline or a family email that two members wrote) is left out too: on its own it
-    cannot tell whose unit it is. The units that carry one also carry a name, which is fuzzy evidence of
-    its own with a second attribute (fuzzy keys are per person: :func:`_ambiguous` drops the ones that
-    cannot tell two people apart).
+    cannot tell whose unit it is (a unit that carries a name beside it may still be joined by fuzzy
+    evidence). Fuzzy keys are per person: :func:`_ambiguous` has dropped the ones that cannot tell two
+    people apart.
     """
     people_per_key = keys.groupby("key")["person"].transform("nunique").to_numpy()
     return keys[people_per_key == 1]
