@@ -7,12 +7,11 @@ identity unit every well-formed web/app/store/crm record belongs to, its unit's 
 units of that person that evidence in the data joins to it, directly or through other units -- and
 whether that group holds another unit: ``connectable``), ``consent.csv`` (each person's latest consent
 per purpose, from the consent events and the app's push opt-in/out events, which the consent ledger also
-reads) and
-``people.csv``. Values are written the way people and systems write them (mixed case, stray spaces, typos,
-nicknames, national and international phone numbers, Gmail dots and +tags, placeholders, households
-sharing a landline or an email, twins, common names, changed surnames, CRM duplicates) and a small share of
-rows is malformed (an empty required value or an unparseable timestamp); those rows are left out of the
-truth and counted in the summary.
+reads) and ``people.csv``. Values are written the way people and systems write them (mixed case, stray
+spaces, typos, nicknames, national and international phone numbers, Gmail dots and +tags, placeholders,
+households sharing a landline or an email, twins, common names, changed surnames, CRM duplicates) and a
+small share of rows is malformed (an empty required value or an unparseable timestamp); those rows are
+left out of the truth and counted in the summary.
 
 The world is drawn with numpy arrays, so a million rows take seconds; the same seed gives byte-identical
 files. Example::
