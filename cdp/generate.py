@@ -7,10 +7,11 @@ identity unit every well-formed web/app/store/crm record belongs to, its unit's 
 units of that person that evidence in the data joins to it, directly or through other units -- and
 whether that group holds another unit: ``connectable``), ``consent.csv`` (each person's latest consent
 per purpose, from the consent events and the app's push opt-in/out events, which the consent ledger also
-reads) and ``people.csv``. Values are written the way people and systems write them (mixed case, stray
-spaces, typos, nicknames, national and international phone numbers, Gmail dots and +tags, placeholders,
-households sharing a landline or an email, twins, common names, changed surnames, CRM duplicates) and a
-small share of rows is malformed (an empty required value or an unparseable timestamp); those rows are
+reads), ``consent_events.csv`` (whose every well-formed consent event is) and ``people.csv``. Values
+are written the way people and systems write them (mixed case, stray spaces, typos, nicknames, national
+and international phone numbers, Gmail dots and +tags, placeholders, households sharing a landline or an
+email, twins, common names, changed surnames, CRM duplicates) and a small share of rows is malformed (an
+empty required value or an unparseable timestamp); those rows are
 left out of the truth and counted in the summary.
 
 The world is drawn with numpy arrays, so a million rows take seconds; the same seed gives byte-identical
@@ -1572,6 +1573,7 @@ def generate_world(
     _arrow_csv(pd.concat(records, ignore_index=True), truth / "records.csv", quoting="none")
 
     consent_truth = pd.DataFrame(columns=["person_id", "purpose", "status", "event_time"])
+    consent_events = pd.DataFrame(columns=["consent_id", "person_id"])
     if shared:
         consent, purpose, granted = _consent(rng, w, parts, keys)
         bad, bad_seconds = _malformed(rng, "consent", consent)
@@ -1584,7 +1586,11 @@ def generate_world(
         summary.malformed["consent"] = len(bad)
         summary.consent_events = len(consent.frame)
         consent_truth = _consent_truth(consent, purpose, granted, parts["app"], person_ids)
+        consent_events = pd.DataFrame(
+            {"consent_id": consent.frame["consent_id"].values, "person_id": person_ids[consent.person]}
+        )
     consent_truth.to_csv(truth / "consent.csv", index=False, lineterminator="\n")
+    consent_events.to_csv(truth / "consent_events.csv", index=False, lineterminator="\n")
     _people_frame(w, None if shared else parts["crm"]).to_csv(truth / "people.csv", index=False, lineterminator="\n")
     summary.seconds = time.perf_counter() - started
     return summary

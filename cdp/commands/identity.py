@@ -61,7 +61,9 @@ def train(
 @one_line_errors
 def evaluate(
     truth: Path = typer.Option(
-        ..., "--truth", help="Truth CSV: source, source_record_id, unit_id, person_id, connectable."
+        ...,
+        "--truth",
+        help="Truth CSV: source, source_record_id, unit_id, person_id, connectable, evidence_group.",
     ),
     db: Path | None = DbOption,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
@@ -82,7 +84,10 @@ def evaluate(
     console.print(f"Units {m['units']:,} ({m['connectable_units']:,} connectable), persons {m['persons']:,}, "
                   f"customers {m['customers']:,}")  # fmt: skip
     console.print(f"Precision {m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}")
-    console.print(f"Recall over connectable units {m['recall_connectable']:.4f}  F1 {m['f1_connectable']:.4f}")
+    console.print(
+        f"Recall over connectable pairs {m['recall_connectable']:.4f} ({m['connectable_pairs_linked']:,} of "
+        f"{m['connectable_pairs']:,} pairs some evidence joins)  F1 {m['f1_connectable']:.4f}"
+    )
     console.print(f"Over-merged customers {m['over_merged_customers']:,}  split persons {m['split_persons']:,} "
                   f"({m['split_connectable_persons']:,} connectable)")  # fmt: skip
     if m["truth_records_unmatched"]:
