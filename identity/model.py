@@ -474,6 +474,34 @@ def predict_pairs(
     }
 
 
+def candidate_filter(rules: list[str] = PREDICTION_BLOCKING) -> str:
+    """SQL predicate over ``_person_units p`` true for every unit that one of ``rules`` can pair with a unit
+    of ``_changed_person``, in either role: each of a rule's ``l.a = r.b`` conjuncts must hold, so a
+    partner's ``b`` is among the changed units' ``a`` (or, the other way round, its ``a`` among their
+    ``b``). A rule without such a conjunct makes every unit a candidate."""
+    import sqlglot
+    from sqlglot import exp
+
+    found: dict[str, None] = {}
+    for rule in rules:
+        tree = sqlglot.parse_one(rule, read="duckdb")
+        conjuncts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
+        equal = [
+            (c.left, c.right) if c.left.table == "l" else (c.right, c.left)
+            for c in conjuncts
+            if isinstance(c, exp.EQ)
+            and isinstance(c.left, exp.Column)
+            and isinstance(c.right, exp.Column)
+            and {c.left.table, c.right.table} == {"l", "r"}
+        ]
+        if not equal:
+            return "true"
+        for mine, theirs in ((1, 0), (0, 1)):  # the partner on the right of the rule, then on the left
+            found[" AND ".join(f"p.{pair[mine].name} IN (SELECT {pair[theirs].name} FROM _changed_person)"
+                               for pair in equal)] = None  # fmt: skip
+    return "(" + " OR ".join(f"({f})" for f in found) + ")"
+
+
 def predict_changed_pairs(
     con: duckdb.DuckDBPyConnection,
     changed: str,
@@ -495,8 +523,17 @@ def predict_changed_pairs(
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _new_model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)"
     )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM _person_units "
+        f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
+    )
+    # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
     frame = con.sql(
-        f"SELECT *, unit_id IN (SELECT unit_id FROM {changed}) AS _changed FROM _person_units ORDER BY unit_id"
+        f"""
+        SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM _person_units p
+        WHERE unit_id IN (SELECT unit_id FROM _changed_person) OR {candidate_filter()}
+        ORDER BY unit_id
+        """
     ).to_arrow_table()
     n_changed = sum(frame.column("_changed").to_pylist())
     if not n_changed:
