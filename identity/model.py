@@ -476,30 +476,42 @@ def predict_pairs(
 
 def candidate_filter(rules: list[str] = PREDICTION_BLOCKING) -> str:
     """SQL predicate over ``_person_units p`` true for every unit that one of ``rules`` can pair with a unit
-    of ``_changed_person``, in either role: each of a rule's ``l.a = r.b`` conjuncts must hold, so a
-    partner's ``b`` is among the changed units' ``a`` (or, the other way round, its ``a`` among their
-    ``b``). A rule without such a conjunct makes every unit a candidate."""
+    of ``_changed_person``, in either role. A rule's equality conjuncts that compare an expression of the
+    left record with one of the right (``l.dob = r.dob``, ``substr(l.last_name, 1, 1) =
+    substr(r.last_name, 1, 1)``) must all hold for one changed unit, so the partner's side of them is in
+    the changed units' side of them (a tuple ``IN``). A rule without such a conjunct makes every unit a
+    candidate."""
     import sqlglot
     from sqlglot import exp
+
+    def side(node: exp.Expression) -> str | None:
+        tables = {c.table for c in node.find_all(exp.Column)}
+        return tables.pop() if len(tables) == 1 and tables <= {"l", "r"} else None
+
+    def alias(node: exp.Expression, table: str) -> str:
+        node = node.copy()
+        for column in node.find_all(exp.Column):
+            column.set("table", exp.to_identifier(table))
+        return node.sql(dialect="duckdb")
 
     found: dict[str, None] = {}
     for rule in rules:
         tree = sqlglot.parse_one(rule, read="duckdb")
         conjuncts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
         equal = [
-            (c.left, c.right) if c.left.table == "l" else (c.right, c.left)
+            (c.left, c.right) if side(c.left) == "l" else (c.right, c.left)
             for c in conjuncts
-            if isinstance(c, exp.EQ)
-            and isinstance(c.left, exp.Column)
-            and isinstance(c.right, exp.Column)
-            and {c.left.table, c.right.table} == {"l", "r"}
+            if isinstance(c, exp.EQ) and {side(c.left), side(c.right)} == {"l", "r"}
         ]
         if not equal:
             return "true"
         for mine, theirs in ((1, 0), (0, 1)):  # the partner on the right of the rule, then on the left
-            found[" AND ".join(f"p.{pair[mine].name} IN (SELECT {pair[theirs].name} FROM _changed_person)"
-                               for pair in equal)] = None  # fmt: skip
-    return "(" + " OR ".join(f"({f})" for f in found) + ")"
+            partner = [alias(pair[mine], "p") for pair in equal]
+            changed = ", ".join(alias(pair[theirs], "c") for pair in equal)
+            # NULL never satisfies a blocking rule, but inside a struct DuckDB compares NULLs as equal
+            present = " AND ".join(f"{e} IS NOT NULL" for e in partner)
+            found[f"({present} AND ({', '.join(partner)}) IN (SELECT ({changed}) FROM _changed_person c))"] = None
+    return "(" + " OR ".join(found) + ")"
 
 
 def predict_changed_pairs(
