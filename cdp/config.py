@@ -60,6 +60,9 @@ class Settings:
     )
     engine: str = "duckdb"
     spark_master: str = "local[2]"
+    #: Folder every Spark executor can read (a shared mount) where the Spark engine writes the person units
+    #: as Parquet for Spark to read; empty: they go to Spark from the driver's memory.
+    spark_staging: str = ""
     threads: int = 2
     memory_limit: str = "8GB"
 
@@ -91,6 +94,7 @@ _ENV = {
     "match_threshold": "CDP_MATCH_THRESHOLD",
     "engine": "CDP_ENGINE",
     "spark_master": "CDP_SPARK_MASTER",
+    "spark_staging": "CDP_SPARK_STAGING",
     "threads": "CDP_THREADS",
     "memory_limit": "CDP_MEMORY_LIMIT",
 }

@@ -26,6 +26,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,7 @@ class SplinkSession:
     con: duckdb.DuckDBPyConnection
     n_units: int
     spark_view: str | None = None  # the units' temp view on a Spark session (the Spark engine)
+    cleanup: Callable[[], None] | None = None  # removes the units' Parquet copy for Spark, if any
 
     def close(self) -> None:
         self.con.close()
@@ -276,6 +278,8 @@ class SplinkSession:
             # A Spark session outlives the run: drop the units and Splink's intermediate tables.
             self.linker.table_management.delete_tables_created_by_splink_from_db()
             self.linker._db_api.spark.catalog.dropTempView(self.spark_view)
+        if self.cleanup is not None:
+            self.cleanup()
 
 
 def open_session(
@@ -305,19 +309,21 @@ def open_session(
     scratch.unregister("_frame")
     loaded: dict[str, Any] = json.loads(settings.read_text()) if isinstance(settings, Path) else settings
     spark_view = None
+    cleanup = None
     if spark is None:
         sdf = DuckDBAPI(connection=scratch).register("person_units", dataset_display_name="person_units")
     else:
         from splink import SparkAPI
 
-        from identity.spark import spark_model
+        from identity.spark import spark_input, spark_model
 
         loaded = spark_model(loaded)
         # A view name of its own: the session may be shared by several runs or threads.
         spark_view = f"person_units_{uuid.uuid4().hex[:12]}"
-        sdf = SparkAPI(spark_session=spark).register(frame, table_name=spark_view, dataset_display_name="person_units")
+        units, cleanup = spark_input(spark, frame)  # the arrow table, or Spark reading its Parquet copy
+        sdf = SparkAPI(spark_session=spark).register(units, table_name=spark_view, dataset_display_name="person_units")
     linker = Linker(sdf, loaded, log_level=None)
-    return SplinkSession(linker=linker, con=scratch, n_units=len(frame), spark_view=spark_view)
+    return SplinkSession(linker=linker, con=scratch, n_units=len(frame), spark_view=spark_view, cleanup=cleanup)
 
 
 def load_model(path: Path = MODEL_PATH) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -368,7 +368,7 @@ def resolve_identities(
     if settings.engine == "spark" and spark is None:
         from identity.spark import spark_session
 
-        spark = spark_session(settings.spark_master)
+        spark = spark_session(settings.spark_master, staging=settings.spark_staging)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()

@@ -6,7 +6,9 @@ functions whose Spark equivalents are Splink's own Scala UDFs (registered by ``S
 another name in Spark SQL. Only the scoring runs on Spark: the person units are read from the DuckDB
 store, and the scored pairs come back to DuckDB for the precision guards and the clustering.
 
-Point it at a cluster with ``spark_master`` (``CDP_SPARK_MASTER``), e.g. ``spark://host:7077``.
+Point it at a cluster with ``spark_master`` (``CDP_SPARK_MASTER``), e.g. ``spark://host:7077``. With
+``spark_staging`` (``CDP_SPARK_STAGING``), a folder the executors can read, the person units are written
+there as Parquet and Spark reads them from it instead of receiving them from the driver's memory.
 
 >>> to_spark_sql("jaro_winkler_similarity(a_l, a_r) >= 0.9 AND list_has_any(c_l, c_r)")
 'jaro_winkler(a_l, a_r) >= 0.9 AND arrays_overlap(c_l, c_r)'
@@ -19,6 +21,9 @@ import copy
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlglot
@@ -64,8 +69,31 @@ def spark_model(settings: dict[str, Any]) -> dict[str, Any]:
     return model
 
 
-def spark_session(master: str = "local[2]", driver_memory: str = "1g") -> Any:
-    """A Spark session (or the running one) with Splink's similarity UDF jar and a checkpoint folder."""
+#: Spark configuration key holding the Parquet staging folder of the session (``Settings.spark_staging``).
+STAGING_CONF = "spark.cdp.staging"
+
+
+def spark_input(spark: Any, frame: Any) -> tuple[Any, Callable[[], None]]:
+    """What Splink's ``SparkAPI`` registers for the arrow table ``frame``, and how to clean up after it.
+
+    With a staging folder on the session (:data:`STAGING_CONF`) the rows are written there as one Parquet
+    file and Spark reads that file (executors read it directly, the driver does not ship the rows);
+    otherwise the arrow table itself, which Spark takes from the driver.
+    """
+    folder = spark.conf.get(STAGING_CONF, "")
+    if not folder:
+        return frame, lambda: None
+    import pyarrow.parquet as pq
+
+    path = Path(folder) / f"person_units-{uuid.uuid4().hex[:12]}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(frame, path)
+    return spark.read.parquet(str(path)), lambda: path.unlink(missing_ok=True)
+
+
+def spark_session(master: str = "local[2]", driver_memory: str = "1g", staging: str = "") -> Any:
+    """A Spark session (or the running one) with Splink's similarity UDF jar and a checkpoint folder;
+    ``staging``: the Parquet folder for :func:`spark_input`."""
     from pyspark.sql import SparkSession
     from splink.backends.spark import similarity_jar_location
 
@@ -83,6 +111,8 @@ def spark_session(master: str = "local[2]", driver_memory: str = "1g") -> Any:
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if staging:
+        spark.conf.set(STAGING_CONF, staging)
     if spark.sparkContext.getCheckpointDir() is None:
         # Splink writes its intermediate tables here (parquet); removed when the process ends.
         folder = tempfile.mkdtemp(prefix="cdp-spark-")

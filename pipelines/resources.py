@@ -26,6 +26,7 @@ class CdpStore(dg.ConfigurableResource):
     match_threshold: float = 0.9
     engine: str = "duckdb"
     spark_master: str = "local[2]"
+    spark_staging: str = ""
     threads: int = 2
     memory_limit: str = "8GB"
     #: Rebuild every derived table from the raw rows instead of only what new batches changed.
@@ -41,6 +42,7 @@ class CdpStore(dg.ConfigurableResource):
             match_threshold=settings.match_threshold,
             engine=settings.engine,
             spark_master=settings.spark_master,
+            spark_staging=settings.spark_staging,
             threads=settings.threads,
             memory_limit=settings.memory_limit,
         )
@@ -54,6 +56,7 @@ class CdpStore(dg.ConfigurableResource):
             match_threshold=self.match_threshold,
             engine=self.engine,
             spark_master=self.spark_master,
+            spark_staging=self.spark_staging,
             threads=self.threads,
             memory_limit=self.memory_limit,
         )

@@ -36,7 +36,7 @@ def train(
     if settings.engine == "spark":
         from identity.spark import spark_session
 
-        spark = spark_session(settings.spark_master)
+        spark = spark_session(settings.spark_master, staging=settings.spark_staging)
     con = connect(settings.db_path, read_only=True)
     others = [connect(path, read_only=True) for path in also]
     try:

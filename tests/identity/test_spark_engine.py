@@ -72,6 +72,27 @@ def test_spark_engine_gives_the_same_customers_as_duckdb(inbox, spark, tmp_path)
     assert sparked == duck
 
 
+def test_spark_reads_the_person_units_from_parquet_in_the_staging_folder(inbox, spark, tmp_path):
+    from identity.spark import STAGING_CONF
+
+    settings = load_settings(db_path=tmp_path / "unused.duckdb", home=tmp_path)
+    staging = tmp_path / "staging"
+    partitions = []
+    for engine in ("duckdb", "spark"):
+        con = _staged(inbox)
+        try:
+            if engine == "spark":
+                spark.conf.set(STAGING_CONF, str(staging))
+            resolve_identities(con, settings.with_overrides(engine=engine), spark=spark)
+            partitions.append(_partition(con))
+        finally:
+            spark.conf.unset(STAGING_CONF)
+            con.close()
+    assert partitions[0] == partitions[1]
+    # The units went through the folder as Parquet, and the copy is gone once scored.
+    assert staging.is_dir() and not list(staging.iterdir())
+
+
 def test_unknown_engine_is_a_one_line_error(tmp_path):
     with pytest.raises(CdpError, match="engine: 'flink' is not one of duckdb, spark"):
         load_settings(db_path=tmp_path / "x.duckdb", engine="flink")
