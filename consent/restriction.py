@@ -13,6 +13,7 @@ after resolving identities).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -66,6 +67,38 @@ def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Setti
     return scope.customers
 
 
+def _recorded(
+    settings: Settings,
+    subject: Subject,
+    request_kind: str,
+    change: Callable[[duckdb.DuckDBPyConnection, list[str], str, datetime], tuple[int, str]],
+    con: duckdb.DuckDBPyConnection | None,
+    now: datetime | None,
+    actor: str | None,
+) -> RestrictionResult:
+    """Open a ``request_kind`` request for the subject's customers, apply ``change`` to them and close the
+    request with its audit line, in one transaction. ``change`` returns the rows changed and the audit text."""
+    now = now or register.utcnow()
+    con = con or connect(settings.db_path)
+    try:
+        ensure_restrictions(con)
+        register.ensure_register_schema(con)
+        customers = _customers(con, subject, settings)
+        request_id = register.open_request(con, request_kind, subject.hash(load_secret(settings.secret_path)), now=now)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            changed, text = change(con, customers, request_id, now)
+            register.complete_request(con, request_id, records_affected=changed, now=now)
+            register.audit(con, request_kind, request_id, text, changed, actor, now)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return RestrictionResult(request_id, len(customers), int(changed))
+    finally:
+        con.close()
+
+
 def restrict(
     settings: Settings,
     subject: Subject,
@@ -77,33 +110,18 @@ def restrict(
     """Restrict processing of (or record an objection by) the subject's customers."""
     if kind not in KINDS:
         raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
-    now = now or register.utcnow()
-    con = con or connect(settings.db_path)
-    try:
-        ensure_restrictions(con)
-        register.ensure_register_schema(con)
-        customers = _customers(con, subject, settings)
-        request_id = register.open_request(con, kind, subject.hash(load_secret(settings.secret_path)), now=now)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            changed = 0
-            for customer_id in customers:
-                changed += con.execute(
-                    """INSERT INTO restrictions SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS (
-                           SELECT 1 FROM restrictions WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL)""",
-                    [customer_id, request_id, kind, now, customer_id, kind],
-                ).fetchall()[0][0]
-            register.complete_request(con, request_id, records_affected=changed, now=now)
-            register.audit(
-                con, kind, request_id, f"{kind} recorded for {len(customers)} customers", changed, actor, now
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        return RestrictionResult(request_id, len(customers), int(changed))
-    finally:
-        con.close()
+
+    def add(con: duckdb.DuckDBPyConnection, customers: list[str], request_id: str, now: datetime) -> tuple[int, str]:
+        changed = 0
+        for customer_id in customers:
+            changed += con.execute(
+                """INSERT INTO restrictions SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS (
+                       SELECT 1 FROM restrictions WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL)""",
+                [customer_id, request_id, kind, now, customer_id, kind],
+            ).fetchall()[0][0]
+        return changed, f"{kind} recorded for {len(customers)} customers"
+
+    return _recorded(settings, subject, kind, add, con, now, actor)
 
 
 def unrestrict(
@@ -117,35 +135,19 @@ def unrestrict(
     """Lift the subject's active restrictions (of ``kind``, or of both kinds)."""
     if kind is not None and kind not in KINDS:
         raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
-    now = now or register.utcnow()
-    con = con or connect(settings.db_path)
-    try:
-        ensure_restrictions(con)
-        register.ensure_register_schema(con)
-        customers = _customers(con, subject, settings)
-        request_id = register.open_request(
-            con, "lift_restriction", subject.hash(load_secret(settings.secret_path)), now=now
-        )
-        kinds = [kind] if kind else list(KINDS)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            changed = 0
-            for customer_id in customers:
-                for k in kinds:
-                    changed += con.execute(
-                        "UPDATE restrictions SET lifted_at = ? "
-                        "WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL",
-                        [now, customer_id, k],
-                    ).fetchall()[0][0]
-            register.complete_request(con, request_id, records_affected=changed, now=now)
-            register.audit(con, "lift_restriction", request_id, f"{changed} restrictions lifted", changed, actor, now)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        return RestrictionResult(request_id, len(customers), int(changed))
-    finally:
-        con.close()
+    kinds = [kind] if kind else list(KINDS)
+
+    def lift(con: duckdb.DuckDBPyConnection, customers: list[str], _request: str, now: datetime) -> tuple[int, str]:
+        changed = 0
+        for customer_id in customers:
+            for k in kinds:
+                changed += con.execute(
+                    "UPDATE restrictions SET lifted_at = ? WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL",
+                    [now, customer_id, k],
+                ).fetchall()[0][0]
+        return changed, f"{changed} restrictions lifted"
+
+    return _recorded(settings, subject, "lift_restriction", lift, con, now, actor)
 
 
 # Active restrictions whose customer id was replaced by one that does not carry them (yet).
