@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -15,6 +16,12 @@ import duckdb
 from cdp.config import Settings, load_settings
 from cdp.store import connect
 from cdp.store import session as store_session
+
+#: The settings a run's resource carries (the rest come from cdp.yaml and CDP_* as load_settings reads them).
+_SETTINGS = (
+    "db_path", "home", "default_region", "match_threshold", "engine", "spark_master", "spark_staging", "threads",
+    "memory_limit",
+)  # fmt: skip
 
 
 class CdpStore(dg.ConfigurableResource):
@@ -34,32 +41,15 @@ class CdpStore(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, full_refresh: bool = False) -> CdpStore:
-        return cls(
-            full_refresh=full_refresh,
-            db_path=str(settings.db_path),
-            home=str(settings.home),
-            default_region=settings.default_region,
-            match_threshold=settings.match_threshold,
-            engine=settings.engine,
-            spark_master=settings.spark_master,
-            spark_staging=settings.spark_staging,
-            threads=settings.threads,
-            memory_limit=settings.memory_limit,
-        )
+        values: dict[str, Any] = {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in ((name, getattr(settings, name)) for name in _SETTINGS)
+        }
+        return cls(full_refresh=full_refresh, **values)
 
     @property
     def settings(self) -> Settings:
-        return load_settings(
-            db_path=self.db_path,
-            home=self.home,
-            default_region=self.default_region,
-            match_threshold=self.match_threshold,
-            engine=self.engine,
-            spark_master=self.spark_master,
-            spark_staging=self.spark_staging,
-            threads=self.threads,
-            memory_limit=self.memory_limit,
-        )
+        return load_settings(**{name: getattr(self, name) for name in _SETTINGS})
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         return connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
