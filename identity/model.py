@@ -490,11 +490,11 @@ def candidate_filter(rules: list[str] = PREDICTION_BLOCKING) -> str:
     import sqlglot
     from sqlglot import exp
 
-    def side(node: exp.Expression) -> str | None:
+    def side(node: Any) -> str | None:
         tables = {c.table for c in node.find_all(exp.Column)}
         return tables.pop() if len(tables) == 1 and tables <= {"l", "r"} else None
 
-    def alias(node: exp.Expression, table: str) -> str:
+    def alias(node: Any, table: str) -> str:
         node = node.copy()
         for column in node.find_all(exp.Column):
             column.set("table", exp.to_identifier(table))
