@@ -548,6 +548,8 @@ def predict_changed_pairs(
     # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
     frame = con.sql(
         f"""
+    if not con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0]:
+        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
         SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM _person_units p
         WHERE unit_id IN (SELECT unit_id FROM _changed_person) OR {candidate_filter()}
         ORDER BY unit_id

@@ -709,7 +709,12 @@ def _resolve_changed(
             "CREATE OR REPLACE TEMP TABLE _units AS SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
             "WHERE unit_id IN (SELECT unit_id FROM _region)"
         )
-        stats.update(_components(con))
+        if stats["region_units"]:
+            stats.update(_components(con))
+        else:  # nothing to re-resolve (no new data, or records that changed nothing about who is who)
+            con.execute("CREATE OR REPLACE TEMP TABLE _clusters (unit_id VARCHAR, anchor VARCHAR, component BIGINT)")
+            con.execute("CREATE OR REPLACE TEMP TABLE _pass1 (unit_id VARCHAR, component BIGINT)")
+            con.execute("CREATE OR REPLACE TEMP TABLE _kept_model_edges AS SELECT * FROM _model_edges")
         offset = _count(con, "SELECT coalesce(max(component), -1) + 1 FROM identity_units")
         con.execute(
             "UPDATE identity_units SET component = p.component + ? FROM _pass1 p "
