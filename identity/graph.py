@@ -250,18 +250,23 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
     # Candidate canonical forms of each distinct first name: its own first word and the canonical form of
     # every nickname-list name that is that word or one keying error from it past the first letter, for
     # list names of three letters or more ("katthy" -> kathy -> katherine, "jak" -> jack -> john; but
-    # "mandy" is not "andy" and "ali" is not "al" mistyped). Decided per name, so every run gives a name
-    # the same forms.
+    # "mandy" is not "andy" and "ali" is not "al" mistyped). A word that is itself on the list is a name in
+    # its own right: it folds by a keying error only onto a full (canonical) name ("jon" -> john), never
+    # onto another short form ("john" is not a mistyped "jon" -> jonathan, "nick" not "nicky" -> nicola:
+    # a household's John and Jonathan, Nicola and Nick, were joined by that). Decided per name, so every
+    # run gives a name the same forms.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _name_candidates AS
         WITH names AS (SELECT DISTINCT name, split_part(name, ' ', 1) AS word FROM (
                            SELECT first_name AS name FROM _units UNION SELECT last_name FROM _units)
                        WHERE name IS NOT NULL),
+        listed AS (SELECT DISTINCT name FROM _nicknames),
         hits AS (SELECT n.name, k.canonical FROM names n JOIN _nicknames k
                  ON k.name = n.word
                     OR (length(k.name) >= 3 AND left(k.name, 1) = left(n.word, 1)
-                        AND abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1))
+                        AND abs(length(k.name) - length(n.word)) <= 1 AND damerau_levenshtein(k.name, n.word) <= 1
+                        AND (k.name = k.canonical OR n.word NOT IN (SELECT name FROM listed))))
         SELECT name, list_distinct(list(canonical) || [any_value(word)]) AS cands
         FROM (SELECT n.name, h.canonical, n.word FROM names n LEFT JOIN hits h USING (name))
         GROUP BY name

@@ -44,6 +44,17 @@ def test_nickname_candidates_tolerate_a_typo_past_the_first_letter(idcon, stg, r
     assert "katherine" in _cands(idcon, "katthy")
 
 
+def test_a_name_on_the_nickname_list_is_not_read_as_a_typo_of_another_short_form(idcon, stg, rec_):
+    # John is not a mistyped Jon (Jonathan), Nick not a mistyped Nicky (Nicola); a short form one key from
+    # a full name still folds to it (Jon -> John), and names off the list fold as before (Jak -> John).
+    names = ["john", "nick", "jon", "jak", "nicola"]
+    stg([rec_("crm", f"c{i}", first_name=n, last_name="x") for i, n in enumerate(names)])
+    build_units(idcon)
+    assert "jonathan" not in _cands(idcon, "john") and "nicola" not in _cands(idcon, "nick")
+    assert not _cands(idcon, "nick") & _cands(idcon, "nicola")
+    assert "john" in _cands(idcon, "jon") and "john" in _cands(idcon, "jak")
+
+
 def test_one_person_typed_four_ways_shares_keys_without_conflict(idcon, stg, rec_):
     # dates of birth a day apart; forename and surname swapped with a nickname; and a swap with a typo
     stg(
