@@ -129,6 +129,20 @@ CREATE OR REPLACE TEMP MACRO cdp_disagree(a, b) AS (
 """
 WHO_COLUMNS = ("first_name", "first_cands", "last_name", "last_cands", "dob", "user_id", "loyalty_id")
 
+#: Two person records whose contact details contradict: each has its own mailbox and its own phone (neither
+#: shared, neither a placeholder) and no pair of dates of birth ties them. One name at one address with two
+#: sets of contact details is as likely two people of that name (mother and daughter, father and son) as
+#: one person who changed both, so name and address alone do not join them. Only the model's guards use it
+#: (:mod:`identity.model`): a shared key is evidence of its own and is judged by ``cdp_disagree``.
+CONTACTS_DISAGREE_MACRO = """
+CREATE OR REPLACE TEMP MACRO cdp_contacts_disagree(email_a, phone_a, dob_a, email_b, phone_b, dob_b) AS (
+    coalesce(email_a <> email_b AND phone_a <> phone_b
+             AND NOT cdp_is_placeholder('email_key', email_a) AND NOT cdp_is_placeholder('email_key', email_b)
+             AND NOT cdp_is_placeholder('phone_e164', phone_a) AND NOT cdp_is_placeholder('phone_e164', phone_b)
+             AND NOT coalesce(cdp_near_dob(dob_a, dob_b), false), false)
+)
+"""
+
 
 def who(alias: str) -> str:
     """SQL struct of the identity-bearing columns of ``alias`` (a table alias of this package's SQL)."""
@@ -157,6 +171,7 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_address_macro())
     con.execute(NAMES_DISAGREE_MACRO)
     con.execute(DISAGREE_MACRO)
+    con.execute(CONTACTS_DISAGREE_MACRO)
 
 
 def is_placeholder(key_type: str, value: str | None) -> bool:

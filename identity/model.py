@@ -9,8 +9,10 @@ beside ``person_v1.meta.json`` (what it was trained on and how its parameters lo
 only re-measure the prior on their own data; ``cdp identity train`` rewrites it.
 
 Two precision guards sit on top of the scores: a pair that disagrees on who it is (clearly different
-first names, dates of birth more than a typo apart, two accounts in use) is never linked, and a unit
-matched to two records that disagree with each other is linked to neither (it is ambiguous).
+first names, dates of birth more than a typo apart, two accounts in use) or whose contact details
+contradict (each its own mailbox and phone, no date of birth tying them: ``cdp_contacts_disagree``) is
+never linked, and a unit matched to two records that disagree with each other in either way is linked
+to neither (it is ambiguous).
 
 Splink runs on its own in-memory DuckDB connection: its scratch tables never land in the store file.
 
@@ -367,20 +369,24 @@ def measure_prior(session: SplinkSession) -> float:
 
 def _vetoed_pairs_sql(scored_table: str) -> str:
     """Scored pairs oriented ``unit_id_l < unit_id_r`` with the precision guard's verdict: a pair that
-    disagrees on who it is (clearly different first names, or dates of birth more than a typo apart) is
+    disagrees on who it is (clearly different first names, or dates of birth more than a typo apart), or
+    whose contact details contradict (each its own mailbox and phone, no date of birth tying them), is
     never linked, however much household detail it shares."""
     return f"""
         SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
-               p.match_weight, cdp_disagree({who("a")}, {who("b")}) AS vetoed
+               p.match_weight,
+               cdp_disagree({who("a")}, {who("b")})
+               OR cdp_contacts_disagree(a.email_key, a.phone_e164, a.dob, b.email_key, b.phone_e164, b.dob) AS vetoed
         FROM {scored_table} p
         JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
     """
 
 
 def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str:
-    """Units matched (in ``pairs``) to two records that disagree with each other (``units`` holds their
-    attributes): a receipt from "James Jackson" at a house where father and son are both James Jackson
-    is ambiguous and is linked to neither. ``among`` restricts the answer to the units of a table."""
+    """Units matched (in ``pairs``) to two records that disagree with each other or whose contact details
+    contradict (``units`` holds their attributes): a receipt from "James Jackson" at a house where father
+    and son are both James Jackson is ambiguous and is linked to neither. ``among`` restricts the answer
+    to the units of a table."""
     only = f"WHERE u IN (SELECT unit_id FROM {among})" if among else ""
     return f"""
         WITH nb AS (SELECT * FROM (SELECT unit_id_l AS u, unit_id_r AS v FROM {pairs}
@@ -388,6 +394,7 @@ def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str
         SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
         JOIN {units} a ON a.unit_id = x.v JOIN {units} b ON b.unit_id = y.v
         WHERE cdp_disagree({who("a")}, {who("b")})
+           OR cdp_contacts_disagree(a.email_key, a.phone_e164, a.dob, b.email_key, b.phone_e164, b.dob)
     """
 
 
@@ -545,11 +552,11 @@ def predict_changed_pairs(
         f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM _person_units "
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
+    if not con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0]:
+        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
     # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
     frame = con.sql(
         f"""
-    if not con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0]:
-        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
         SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM _person_units p
         WHERE unit_id IN (SELECT unit_id FROM _changed_person) OR {candidate_filter()}
         ORDER BY unit_id
