@@ -35,8 +35,11 @@ typecheck: install
 
 check: lint typecheck test
 
+# Whole pipeline at 100k/300k/1M records, a 1% batch on the 1M base, consent leaks on a 20k-person world.
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.incremental
+	$(BIN)/python -m bench.consent_bench
 
 clean:
 	rm -rf $(VENV) .cdp data/demo *.egg-info .pytest_cache .mypy_cache .ruff_cache
