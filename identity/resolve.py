@@ -296,7 +296,15 @@ class _NotLocal(Exception):
 
 
 def _model_sha(model_path: Path) -> str:
-    return hashlib.sha256(model_path.read_bytes()).hexdigest()[:16] if model_path.exists() else ""
+    """Fingerprint of what decides links: the trained model and the code of the graph and the model's guards.
+
+    A run whose fingerprint differs from the last run's rebuilds everything, so that a changed rule reaches
+    the customers an incremental run would not touch.
+    """
+    digest = hashlib.sha256(model_path.read_bytes() if model_path.exists() else b"")
+    for module in (graph, model):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _previous_run(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -324,7 +332,7 @@ def _full_reason(con: duckdb.DuckDBPyConnection, settings: Settings, model_path:
     if settings.engine != "duckdb":
         return f"engine {settings.engine}"
     if previous.get("model_sha") != _model_sha(model_path):
-        return "the model changed"
+        return "the model or the linking rules changed"
     if previous.get("match_threshold") != settings.match_threshold:
         return "the match threshold changed"
     if previous.get("limits") != dict(settings.max_records_per_identifier):

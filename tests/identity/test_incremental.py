@@ -129,3 +129,15 @@ def test_after_an_erasure_the_next_run_is_full(runs: dict) -> None:
     stats = resolve_identities(con, settings)
     assert stats["mode"] == "full" and "erasure" in stats["full_reason"]
     assert resolve_identities(con, settings)["mode"] == "incremental"
+
+
+def test_a_changed_model_or_rule_makes_the_next_run_full(runs: dict, tmp_path: Path) -> None:
+    from identity.model import MODEL_PATH
+
+    con, settings = runs["con"], runs["settings"]
+    assert resolve_identities(con, settings)["mode"] == "incremental"
+    edited = tmp_path / MODEL_PATH.name
+    edited.write_text(MODEL_PATH.read_text() + "\n")  # same parameters, another file: a reviewer's edit
+    shutil.copyfile(MODEL_PATH.with_name(MODEL_PATH.stem + ".meta.json"), tmp_path / f"{MODEL_PATH.stem}.meta.json")
+    stats = resolve_identities(con, settings, model_path=edited)
+    assert stats["mode"] == "full" and stats["full_reason"] == "the model or the linking rules changed"
