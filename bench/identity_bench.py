@@ -541,7 +541,8 @@ def write_results(results: dict[str, Any]) -> None:
     scale = results.get("scale")
     if scale:
         lines += [
-            f"## Time and peak memory (resolve_identities in a fresh process: first run on the store, then a rerun; "
+            f"## Time and peak memory (resolve_identities in a fresh process: first run on the store, then a rerun, "
+            f"which is incremental and finds nothing changed; "
             f"measured {_when(results, 'scale')})",
             "",
             "| records | units | person units | model pairs | seconds | peak GB | graph s | model s | cluster s "

@@ -113,7 +113,7 @@ def to_markdown(results: list[dict], host: dict) -> str:
         f"Machine: {host['cpus']} cores, {host['memory_gb']} GB, Python {host['python']}.",
         "",
         "| records | pipeline s | ingest s | standardise s | link+cluster s | profiles s | consent s | checks s "
-        "| ingest rows/s | peak MB | precision | recall (connectable) |",
+        "| ingest rows/s | peak MB | precision | recall (connectable pairs) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
