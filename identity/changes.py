@@ -106,3 +106,11 @@ def mark_consumed(con: duckdb.DuckDBPyConnection, consumer: str) -> None:
         """,
         [consumer],
     )
+    # Changes every consumer has taken in are no longer needed (a consumer that never looked rebuilds).
+    con.execute(
+        """
+        DELETE FROM customer_changes WHERE run_id IN (
+            SELECT run_id FROM identity_runs WHERE finished_at <= (
+                SELECT min(r.finished_at) FROM change_consumers c JOIN identity_runs r USING (run_id)))
+        """
+    )
