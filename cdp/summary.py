@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -23,6 +24,7 @@ class StoreSummary:
     profiles: int | None
     consent_rows: int | None
     granted_by_purpose: dict[str, int]
+    identity_run: str | None = None  # how the last identity run ran: full (why) or incremental (how much)
 
     def lines(self) -> list[str]:
         out = [
@@ -34,6 +36,8 @@ class StoreSummary:
         ]
         if self.customers is not None:
             out.append(f"unified customers   {self.customers:,}")
+        if self.identity_run:
+            out.append(f"identity run        {self.identity_run}")
         if self.profiles is not None:
             out.append(f"profiles            {self.profiles:,}")
         if self.granted_by_purpose:
@@ -46,6 +50,21 @@ def _count(con: duckdb.DuckDBPyConnection, table: str, where: str = "") -> int |
     if not table_exists(con, table):
         return None
     return int(con.execute(f"SELECT count(*) FROM {table} {where}").fetchall()[0][0])
+
+
+def _identity_run(con: duckdb.DuckDBPyConnection) -> str | None:
+    if not table_exists(con, "identity_runs"):
+        return None
+    rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
+    if not rows:
+        return None
+    stats = json.loads(rows[0][0])
+    if stats.get("mode") == "incremental":
+        return (
+            f"incremental: {stats.get('changed_units', 0):,} changed units, {stats.get('region_units', 0):,} "
+            f"re-resolved, {stats.get('changed_customers', 0):,} customers updated"
+        )
+    return f"full ({stats['full_reason']})" if stats.get("full_reason") else "full"
 
 
 def summarise(con: duckdb.DuckDBPyConnection) -> StoreSummary:
@@ -63,6 +82,7 @@ def summarise(con: duckdb.DuckDBPyConnection) -> StoreSummary:
     if table_exists(con, "customer_source_records"):
         customers = int(con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0])
     return StoreSummary(
+        identity_run=_identity_run(con),
         files=row[0],
         files_rejected=row[1],
         rows_in=row[2],
