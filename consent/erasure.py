@@ -202,6 +202,12 @@ ERASURE_MAP: dict[str, Rule] = {
         ("consent_id", "event_id", *ID_TYPES),
     ),
     "consent_state": Rule("the subject's consent state", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
+    "consent_state_seen": Rule(
+        "the subject's ledger events among those the consent state has taken in",
+        "event_id IN (SELECT 'consent:' || consent_id FROM _subject_consent) OR event_id IN "
+        "(SELECT 'app:' || record_id FROM _subject_records WHERE source = 'app')",
+        ("event_id",),
+    ),
     "consent_state_keys": Rule(
         "hash buckets of the subject's identifier values", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
     ),
@@ -221,7 +227,6 @@ KEPT_TABLES: dict[str, str] = {
     "staged_batches": "batch ids already staged, per staged table",
     "validated_batches": "batch ids whose rows passed a table's expectations, per table",
     "consent_state_basis": "one row: as_of, loose-withdrawal flag and version of the last consent state run",
-    "consent_state_seen": "ids of the ledger events consent_state has taken in: source keys, no identifiers",
     "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
 }

@@ -99,10 +99,15 @@ def test_erasure_leaves_no_row_and_no_byte_of_the_subject_and_costs_nobody_else_
         assert not [r for r in rows if _mentions(r, pw.ALICE_STRINGS)], table
     # Everybody else keeps every row (the register, audit log, suppressions and batch counts aside).
     bookkeeping = {"privacy_requests", "audit_log", "suppression_list", "ingest_batches"}
+    # Her ledger events, known in consent_state_seen by event id alone.
+    her_events = {r[0] for r in before.get("consent_events", set()) if _mentions(r, pw.ALICE_STRINGS)}
     for table, rows in before.items():
         if table not in bookkeeping:
             others = {r for r in rows if not _mentions(r, pw.ALICE_STRINGS) and world.alice not in r}
+            if table == "consent_state_seen":
+                others = {r for r in others if r[0] not in her_events}
             assert others <= after[table], table
+    assert her_events and not her_events & {r[0] for r in after.get("consent_state_seen", set())}
     # Bob, who shares her landline, keeps it on his CRM contact and his receipt.
     bob_phones = con.execute(
         "SELECT source_record_id FROM stg_records WHERE phone_e164 = ? ORDER BY 1", [pw.LANDLINE_E164]
