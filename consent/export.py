@@ -27,6 +27,7 @@ import pandas as pd
 
 from cdp.config import Settings
 from cdp.errors import CdpError
+from cdp.store import transaction
 from consent import enforce, register
 from consent.segments import Segment, get_segment, select_segment
 
@@ -168,8 +169,7 @@ def _record(
 ) -> None:
     ensure_register(con)
     members = pd.DataFrame({"export_id": export_id, "customer_id": rows["customer_id"].astype("string")})
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(
             "INSERT INTO export_register VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -181,10 +181,6 @@ def _record(
         con.execute("INSERT INTO export_members SELECT export_id, customer_id FROM _export_members_new")
         con.unregister("_export_members_new")
         register.audit(con, "export", None, f"{segment} for {purpose}", len(rows))
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def verify_exports(con: duckdb.DuckDBPyConnection, export_ids: list[str]) -> dict[str, int]:

@@ -21,7 +21,7 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError
-from cdp.store import connect, table_exists
+from cdp.store import connect, table_exists, transaction
 from cdp.suppression import load_secret
 from consent import register
 from consent.erasure import Subject, drop_scope, find_subject
@@ -85,15 +85,10 @@ def _recorded(
         register.ensure_register_schema(con)
         customers = _customers(con, subject, settings)
         request_id = register.open_request(con, request_kind, subject.hash(load_secret(settings.secret_path)), now=now)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             changed, text = change(con, customers, request_id, now)
             register.complete_request(con, request_id, records_affected=changed, now=now)
             register.audit(con, request_kind, request_id, text, changed, actor, now)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return RestrictionResult(request_id, len(customers), int(changed))
     finally:
         con.close()

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import table_exists
+from cdp.store import table_exists, transaction
 from identity import changes, graph, model
 from identity.staging import ALL_UNITS, UNIT_CHANGES_DDL
 
@@ -402,8 +402,7 @@ def resolve_identities(
     timings["cluster_seconds"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         ids = _assign_ids(con, run_id, started_at)
         con.execute("DELETE FROM customer_source_records")
         con.execute(
@@ -419,10 +418,6 @@ def resolve_identities(
         changes.record_changes(con, run_id, None)
         stats.update(ids)
         _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "full", reason)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     stats["run_id"] = run_id
     return stats
 
@@ -532,8 +527,7 @@ def _resolve_changed(
     stats: dict[str, Any] = {"model_prior": prior}
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("CREATE OR REPLACE TEMP TABLE _c0 AS SELECT DISTINCT unit_id FROM stg_unit_changes")
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _c0_records AS "
@@ -769,10 +763,6 @@ def _resolve_changed(
         stats.update(ids)
         timings["write_seconds"] = round(time.perf_counter() - t, 2)
         _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "incremental", None)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     stats["run_id"] = run_id
     return stats
 

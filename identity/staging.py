@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdp.store import table_exists
+from cdp.store import table_exists, transaction
 from identity.standardise import (
     normalise_phone,
     sql_email_match_key,
@@ -228,8 +228,7 @@ def _stage(
     raws = tuple(s.raw for s in sources)
     incremental = incremental and _can_stage_incrementally(con, table)
     batches = _new_batches(con, table, raws) if incremental else []
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
         if not incremental:
             con.execute(full_sql)
@@ -240,10 +239,6 @@ def _stage(
             for staged in sources:
                 _restage_keys(con, table, staged, batches, key_column)
         _mark_staged(con, table, raws, full=not incremental)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return "incremental" if incremental else "full"
 
 
