@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from cdp.config import PURPOSES
+from cdp.store import batches_not_in, record_batches
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}$"
@@ -170,27 +171,13 @@ def validate_table(
     return SuiteResult(table, len(df), bool(outcome.success), failures, evaluated=len(outcome.results))
 
 
-#: Batches whose rows passed a table's suite (batch ids only): an incremental run validates the rest.
-VALIDATED_DDL = "CREATE TABLE IF NOT EXISTS validated_batches (table_name VARCHAR, batch_id VARCHAR)"
-
-
 def unvalidated_batches(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     """Batches with rows in ``table`` whose rows have not passed its suite yet."""
-    con.execute(VALIDATED_DDL)
-    return [
-        row[0]
-        for row in con.execute(
-            f"SELECT DISTINCT batch_id FROM {table} WHERE batch_id NOT IN "  # table names come from SUITES
-            "(SELECT batch_id FROM validated_batches WHERE table_name = ?) ORDER BY 1",
-            [table],
-        ).fetchall()
-    ]
+    return batches_not_in(con, "validated_batches", table, (table,))
 
 
 def mark_validated(con: duckdb.DuckDBPyConnection, table: str, batches: list[str]) -> None:
-    con.execute(VALIDATED_DDL)
-    if batches:
-        con.executemany("INSERT INTO validated_batches VALUES (?, ?)", [(table, b) for b in batches])
+    record_batches(con, "validated_batches", table, batches)
 
 
 def _label(config: Any) -> str:

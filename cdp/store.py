@@ -237,6 +237,33 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+#: Ledgers of the batches a step has taken in, per target table (batch ids only, no personal data):
+#: ``staged_batches`` (staging), ``validated_batches`` (expectation suites that passed).
+BATCH_LEDGERS = ("staged_batches", "validated_batches")
+
+
+def batches_not_in(con: duckdb.DuckDBPyConnection, ledger: str, name: str, sources: tuple[str, ...]) -> list[str]:
+    """Batches with rows in the ``sources`` tables that ``ledger`` does not list for ``name`` (all of them
+    when it lists none), in order. ``ledger`` is one of :data:`BATCH_LEDGERS`; tables are the code's own."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+    union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {source}" for source in sources)
+    return [
+        row[0]
+        for row in con.execute(
+            f"SELECT batch_id FROM ({union}) WHERE batch_id NOT IN "
+            f"(SELECT batch_id FROM {ledger} WHERE table_name = ?) ORDER BY 1",
+            [name],
+        ).fetchall()
+    ]
+
+
+def record_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str, batches: list[str]) -> None:
+    """Add ``batches`` to ``ledger`` for ``name``."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+    if batches:
+        con.executemany(f"INSERT INTO {ledger} VALUES (?, ?)", [(name, b) for b in batches])
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdp.store import table_exists, transaction
+from cdp.store import batches_not_in, record_batches, table_exists, transaction
 from identity.standardise import (
     normalise_phone,
     sql_email_match_key,
@@ -145,35 +145,9 @@ STG_RECORDS_SQL = "CREATE OR REPLACE TABLE stg_records AS " + " UNION ALL BY NAM
 )
 STG_CONSENT_SQL = f"CREATE OR REPLACE TABLE stg_consent AS {CONSENT_SOURCE.select()}"
 
-#: Batches already staged, per staged table (batch ids only: no personal data).
-STAGED_BATCHES_DDL = "CREATE TABLE IF NOT EXISTS staged_batches (table_name VARCHAR, batch_id VARCHAR)"
 #: Identity units whose staged records changed since identity resolution last ran; ``'*'``: all of them.
 UNIT_CHANGES_DDL = "CREATE TABLE IF NOT EXISTS stg_unit_changes (unit_id VARCHAR)"
 ALL_UNITS = "*"
-
-
-def _new_batches(con: duckdb.DuckDBPyConnection, table: str, raws: tuple[str, ...]) -> list[str]:
-    """Batches in ``raws`` not yet staged into ``table``."""
-    union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {raw}" for raw in raws)
-    return [
-        row[0]
-        for row in con.execute(
-            f"SELECT batch_id FROM ({union}) WHERE batch_id NOT IN "
-            "(SELECT batch_id FROM staged_batches WHERE table_name = ?) ORDER BY 1",
-            [table],
-        ).fetchall()
-    ]
-
-
-def _mark_staged(con: duckdb.DuckDBPyConnection, table: str, raws: tuple[str, ...], full: bool) -> None:
-    if full:
-        con.execute("DELETE FROM staged_batches WHERE table_name = ?", [table])
-    union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {raw}" for raw in raws)
-    con.execute(
-        f"INSERT INTO staged_batches SELECT ?, batch_id FROM ({union}) WHERE batch_id NOT IN "
-        "(SELECT batch_id FROM staged_batches WHERE table_name = ?)",
-        [table, table],
-    )
 
 
 def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -223,22 +197,23 @@ def _stage(
 ) -> str:
     """Build ``table`` in full, or only for the keys new batches carry; returns the mode used."""
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(STAGED_BATCHES_DDL)
     con.execute(UNIT_CHANGES_DDL)
     raws = tuple(s.raw for s in sources)
+    batches = batches_not_in(con, "staged_batches", table, raws)
     incremental = incremental and _can_stage_incrementally(con, table)
-    batches = _new_batches(con, table, raws) if incremental else []
     with transaction(con):
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
         if not incremental:
             con.execute(full_sql)
+            con.execute("DELETE FROM staged_batches WHERE table_name = ?", [table])
+            batches = batches_not_in(con, "staged_batches", table, raws)  # every batch, staged anew
             if table == "stg_records":
                 con.execute("DELETE FROM stg_unit_changes")
                 con.execute("INSERT INTO stg_unit_changes VALUES (?)", [ALL_UNITS])
         elif batches:
             for staged in sources:
                 _restage_keys(con, table, staged, batches, key_column)
-        _mark_staged(con, table, raws, full=not incremental)
+        record_batches(con, "staged_batches", table, batches)
     return "incremental" if incremental else "full"
 
 
