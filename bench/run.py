@@ -120,12 +120,8 @@ def comparisons_scored(con) -> int:  # type: ignore[no-untyped-def]
     counted by Splink's blocking analysis on the units the run stored."""
     from identity import model
 
-    columns = ", ".join(c for c in model.PERSON_COLUMNS if c != "email_local")
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _person_units AS SELECT {columns}, split_part(email_key, '@', 1) AS email_local "
-        "FROM identity_units WHERE first_name IS NOT NULL OR last_name IS NOT NULL"
-    )
-    loaded, meta = model.load_model()
+    model.build_person_units(con, reuse_units=True, units="identity_units")
+    loaded, _meta = model.load_model()
     session = model.open_session(con, model.base_settings() | {"comparisons": loaded["comparisons"]})
     try:
         counts = session.linker.blocking_analysis.count_comparisons_from_blocking_rules(record_sample_proportion=1.0)

@@ -238,15 +238,21 @@ def probability_to_weight(probability: float) -> float:
 
 
 def build_person_units(
-    con: duckdb.DuckDBPyConnection, records: str = "stg_records", training: bool = False, reuse_units: bool = False
+    con: duckdb.DuckDBPyConnection,
+    records: str = "stg_records",
+    training: bool = False,
+    reuse_units: bool = False,
+    units: str = "_units",
 ) -> int:
     """Temp table ``_person_units`` (see :data:`PERSON_COLUMNS`) from ``stg_records`` (or ``records``).
 
     With ``training`` only the units passing :data:`TRAINING_FILTER` are kept. With ``reuse_units`` the
-    ``_units`` table the identifier graph just built is used as it is.
+    ``units`` table is used as it is: ``_units``, which the identifier graph just built, or the stored
+    ``identity_units`` an incremental run reads.
     """
     if not reuse_units:
         build_units(con, records)
+        units = "_units"
     extra = f"AND {TRAINING_FILTER}" if training else ""
     con.execute(
         f"""
@@ -254,7 +260,7 @@ def build_person_units(
         SELECT unit_id, first_name, first_canon, first_cands, last_name, last_cands, dob, email_key,
                split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1,
                user_id, loyalty_id
-        FROM _units WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
+        FROM {units} WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
         """
     )
     return int(con.execute("SELECT count(*) FROM _person_units").fetchall()[0][0])

@@ -312,12 +312,14 @@ def _previous_run(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     return json.loads(rows[0][0]) if rows else {}
 
 
-def _full_reason(con: duckdb.DuckDBPyConnection, settings: Settings, model_path: Path) -> str | None:
-    """Why this run must rebuild everything (None: it may resolve only what changed)."""
-    for table in (*STATE_TABLES, "customer_source_records", "stg_unit_changes"):
+def _full_reason(
+    con: duckdb.DuckDBPyConnection, settings: Settings, previous: dict[str, Any], fingerprint: str
+) -> str | None:
+    """Why this run must rebuild everything (None: it may resolve only what changed). ``previous``: the last
+    run's stats; ``fingerprint``: :func:`_model_sha` of this run's model."""
+    for table in STATE_TABLES:  # the identity schema itself exists: ensure_identity_schema ran
         if not table_exists(con, table):
             return f"no {table} yet"
-    previous = _previous_run(con)
     if not previous:
         return "first run"
     if changes.invalidated(con):
@@ -331,7 +333,7 @@ def _full_reason(con: duckdb.DuckDBPyConnection, settings: Settings, model_path:
         return "staged records changed outside staging"
     if settings.engine != "duckdb":
         return f"engine {settings.engine}"
-    if previous.get("model_sha") != _model_sha(model_path):
+    if previous.get("model_sha") != fingerprint:
         return "the model or the linking rules changed"
     if previous.get("match_threshold") != settings.match_threshold:
         return "the match threshold changed"
@@ -367,10 +369,14 @@ def resolve_identities(
     run_id = started_at.strftime("idr_%Y%m%dT%H%M%S_") + uuid.uuid4().hex[:8]
     ensure_identity_schema(con)
     changes.ensure_changes_schema(con)
-    reason = "requested" if full else _full_reason(con, settings, model_path)
+    previous = _previous_run(con)
+    fingerprint = _model_sha(model_path)
+    reason = "requested" if full else _full_reason(con, settings, previous, fingerprint)
     if reason is None:
         try:
-            return _resolve_changed(con, settings, model_path, run_id, started_at, started)
+            return _resolve_changed(
+                con, settings, model_path, fingerprint, float(previous["model_prior"]), run_id, started_at, started
+            )
         except _NotLocal as exc:
             reason = str(exc)
     if settings.engine == "spark" and spark is None:
@@ -417,7 +423,7 @@ def resolve_identities(
         _store_state(con)
         changes.record_changes(con, run_id, None)
         stats.update(ids)
-        _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "full", reason)
+        _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "full", reason)
     stats["run_id"] = run_id
     return stats
 
@@ -452,7 +458,7 @@ def _store_state(con: duckdb.DuckDBPyConnection) -> None:
 def _finish(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
-    model_path: Path,
+    fingerprint: str,
     run_id: str,
     started_at: datetime,
     started: float,
@@ -477,7 +483,7 @@ def _finish(
     stats.update(
         mode=mode,
         full_reason=reason,
-        model_sha=_model_sha(model_path),
+        model_sha=fingerprint,
         match_threshold=settings.match_threshold,
         limits=dict(settings.max_records_per_identifier),
     )
@@ -503,6 +509,8 @@ def _resolve_changed(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     model_path: Path,
+    fingerprint: str,
+    prior: float,
     run_id: str,
     started_at: datetime,
     started: float,
@@ -520,8 +528,6 @@ def _resolve_changed(
        the run full), so clustering it alone gives what a full run gives; the stable-id vote runs over the
        region's previous customers only and every other customer keeps its id and records.
     """
-    previous = _previous_run(con)
-    prior = float(previous["model_prior"])
     limits = settings.max_records_per_identifier
     graph.install_macros(con)
     stats: dict[str, Any] = {"model_prior": prior}
@@ -592,14 +598,7 @@ def _resolve_changed(
         timings["graph_seconds"] = round(time.perf_counter() - t, 2)
 
         # 2. Model pairs of W, and the ambiguity guard around them.
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE _person_units AS
-            SELECT {", ".join(c for c in model.PERSON_COLUMNS if c != "email_local")},
-                   split_part(email_key, '@', 1) AS email_local
-            FROM identity_units WHERE first_name IS NOT NULL OR last_name IS NOT NULL
-            """
-        )
+        model.build_person_units(con, reuse_units=True, units="identity_units")
         stats.update(
             model.predict_changed_pairs(
                 con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
@@ -762,7 +761,7 @@ def _resolve_changed(
         stats["changed_customers"] = changes.record_changes(con, run_id, "SELECT customer_id FROM _changed_ids")
         stats.update(ids)
         timings["write_seconds"] = round(time.perf_counter() - t, 2)
-        _finish(con, settings, model_path, run_id, started_at, started, stats, timings, "incremental", None)
+        _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "incremental", None)
     stats["run_id"] = run_id
     return stats
 
