@@ -32,7 +32,7 @@ from datetime import datetime
 
 import duckdb
 
-from cdp.store import table_exists
+from cdp.store import table_exists, transaction
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS consent_state (
@@ -237,21 +237,17 @@ def build_consent_state(
     params = {"as_of": as_of}
     loose = table_exists(con, "raw_consent")
     counts: dict[str, int] = {}
-    con.execute("BEGIN TRANSACTION")
     try:
-        for ddl in BASIS_DDL:
-            con.execute(ddl)
-        counts = _rebuild(con, params, loose) if customers is None else _update(con, params, loose, customers)
-        con.execute("DELETE FROM consent_state_basis")
-        if counts.get("linked", 1):  # with no customers yet, no basis either: the next computation is full
-            con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
-                        {**params, "loose": loose, "version": BASIS_VERSION})  # fmt: skip
-        if before_commit is not None:
-            before_commit(con)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            for ddl in BASIS_DDL:
+                con.execute(ddl)
+            counts = _rebuild(con, params, loose) if customers is None else _update(con, params, loose, customers)
+            con.execute("DELETE FROM consent_state_basis")
+            if counts.get("linked", 1):  # with no customers yet, no basis either: the next computation is full
+                con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
+                            {**params, "loose": loose, "version": BASIS_VERSION})  # fmt: skip
+            if before_commit is not None:
+                before_commit(con)
     finally:
         for temp in _TEMPS:
             con.execute(f"DROP TABLE IF EXISTS {temp}")

@@ -38,6 +38,7 @@ import duckdb
 import pandas as pd
 
 from cdp.config import Settings
+from cdp.store import transaction
 
 #: Fields chosen by survivorship: profile column -> stg_records column.
 SURVIVING_FIELDS: dict[str, str] = {
@@ -246,8 +247,7 @@ def build_customer_profiles(
         _register_phone_kinds(con, links)
         registered = True
         sql = _profile_sql(SURVIVING_FIELDS, links)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             if customers is None:
                 con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", params)
                 # The fingerprint lives with the table, so it goes when the table is rebuilt or dropped. COMMENT
@@ -261,10 +261,6 @@ def build_customer_profiles(
                 con.execute(f"INSERT INTO customer_profiles {sql}", params)
             if before_commit is not None:
                 before_commit(con)
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         recomputed = (
             None if customers is None else int(con.execute("SELECT count(*) FROM _profile_customers").fetchall()[0][0])
         )
