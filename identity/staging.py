@@ -171,18 +171,14 @@ def _restage_keys(
         return 0
     where = f"{staged.key} IN (SELECT k FROM _restage)"
     source = f"source = '{staged.source}' AND " if staged.source else ""
-    if table == "stg_records":  # the units the old and the new versions belong to both changed
-        con.execute(
-            f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records "
-            f"WHERE {source}{key_column} IN (SELECT k FROM _restage)"
-        )
-    con.execute(f"DELETE FROM {table} WHERE {source}{key_column} IN (SELECT k FROM _restage)")
+    restaged = f"{source}{key_column} IN (SELECT k FROM _restage)"
+    note_units = f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records WHERE {restaged}"
+    if table == "stg_records":  # the units the old versions belonged to changed ...
+        con.execute(note_units)
+    con.execute(f"DELETE FROM {table} WHERE {restaged}")
     con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
-    if table == "stg_records":
-        con.execute(
-            f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records "
-            f"WHERE {source}{key_column} IN (SELECT k FROM _restage)"
-        )
+    if table == "stg_records":  # ... and so did those the new versions belong to
+        con.execute(note_units)
     return keys
 
 
