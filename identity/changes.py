@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import duckdb
 
+from cdp.store import table_exists
+
 #: ``customer_id`` of the row a full rebuild writes: every customer may have changed.
 EVERYONE = "*"
 
@@ -97,7 +99,9 @@ def pending_customers(con: duckdb.DuckDBPyConnection, consumer: str) -> bool:
 
 
 def mark_consumed(con: duckdb.DuckDBPyConnection, consumer: str) -> None:
-    """Record that ``consumer`` is up to date with the latest identity run."""
+    """Record that ``consumer`` is up to date with the latest identity run (nothing to record before one)."""
+    if not table_exists(con, "identity_runs"):
+        return
     ensure_changes_schema(con)
     con.execute(
         """

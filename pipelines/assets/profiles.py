@@ -42,7 +42,7 @@ def _count(store: CdpStore, sql: str) -> int:
     ),
 )
 def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
-    from identity.changes import pending_customers
+    from identity.changes import mark_consumed, pending_customers
     from identity.profiles import build_customer_profiles, profiles_current
 
     with store.session() as con:
@@ -51,7 +51,7 @@ def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.
             con,
             store.settings,
             None if full else "_changed_customers",
-            before_commit=lambda c: _mark_consumed(c, "customer_profiles"),
+            before_commit=lambda c: mark_consumed(c, "customer_profiles"),
         )
     mode = "full" if full else "incremental"
     recomputed = counts.pop("customers_recomputed", counts["profiles"])
@@ -102,14 +102,14 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
 )
 def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.state import build_consent_state, state_current
-    from identity.changes import pending_customers
+    from identity.changes import mark_consumed, pending_customers
 
     with store.session() as con:
         full = pending_customers(con, "consent_state") or not state_current(con)
         counts = build_consent_state(
             con,
             customers=None if full else "_changed_customers",
-            before_commit=lambda c: _mark_consumed(c, "consent_state"),
+            before_commit=lambda c: mark_consumed(c, "consent_state"),
         )
         if full:  # a full rebuild recomputes every customer with records
             counts["customers_recomputed"] = _customers(con)
@@ -125,15 +125,6 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
         )
     context.log.info(line)
     return dg.MaterializeResult(metadata={**counts, "mode": mode})
-
-
-def _mark_consumed(con: duckdb.DuckDBPyConnection, consumer: str) -> None:
-    """Mark ``consumer`` up to date with the latest identity run, if identity has run at all."""
-    from cdp.store import table_exists
-    from identity.changes import mark_consumed
-
-    if table_exists(con, "identity_runs"):
-        mark_consumed(con, consumer)
 
 
 def _customers(con: duckdb.DuckDBPyConnection) -> int:
