@@ -558,7 +558,8 @@ def predict_changed_pairs(
         f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM _person_units "
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
-    if not con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0]:
+    n_changed = int(con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0])
+    if not n_changed:
         return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
     # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
     frame = con.sql(
@@ -568,9 +569,6 @@ def predict_changed_pairs(
         ORDER BY unit_id
         """
     ).to_arrow_table()
-    n_changed = sum(frame.column("_changed").to_pylist())
-    if not n_changed:
-        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
     model = _prepare(model_path, len(frame), prior)
     session = open_session(con, model, threads=threads, memory_limit=memory_limit, frame=frame)
     try:
