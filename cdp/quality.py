@@ -4,7 +4,9 @@ Each suite is declared as data (:data:`SUITES`) and validated on the columns it 
 into pandas. Results are reduced to counts per expectation: Great Expectations' own result objects carry
 samples of the failing values, which are personal data and must not reach Dagster's event log.
 
-``great_expectations`` takes seconds to import, so it is imported where validation runs.
+``great_expectations`` takes about 3 s to import. This module imports it when it loads, which the
+pipeline's code location does once (as it imports Dagster and Splink), so that a run's first check does
+not pay it; the ``cdp`` commands that do not validate never import this module.
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import great_expectations as gx
+import great_expectations.expectations as gxe
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from cdp.config import PURPOSES
 from cdp.store import batches_not_in, record_batches
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # read when a context is made, not on import
+logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}$"
@@ -128,21 +136,11 @@ class SuiteResult:
         }
 
 
-def _quiet_gx() -> None:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-
-
 def validate_table(
     con: duckdb.DuckDBPyConnection, table: str, suite: list[Expect] | None = None, batches: list[str] | None = None
 ) -> SuiteResult:
     """Validate ``table`` (only its rows of ``batches`` when given) against its suite with Great
     Expectations; returns counts only."""
-    _quiet_gx()
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     expectations = suite if suite is not None else SUITES[table]
     columns = sorted({c for e in expectations for c in e.columns})
     quoted = ", ".join(f'"{c}"' for c in columns)

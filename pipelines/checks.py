@@ -5,6 +5,7 @@ Check names are constants so that the UI, tests and alerts can refer to them.
 
 import dagster as dg
 
+from cdp.quality import mark_validated, unvalidated_batches, validate_table
 from pipelines.resources import CdpStore
 
 RAW_EXPECTATIONS = "raw_expectations_pass"
@@ -25,8 +26,6 @@ def expectations_check(table: str, *, blocking: bool) -> dg.AssetChecksDefinitio
         ),
     )
     def _check(store: CdpStore) -> dg.AssetCheckResult:
-        from cdp.quality import mark_validated, unvalidated_batches, validate_table
-
         severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
         with store.session() as con:
             batches = unvalidated_batches(con, table)
