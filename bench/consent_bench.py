@@ -89,22 +89,41 @@ def _leaks(con, purpose: str, rows: int) -> dict:  # type: ignore[no-untyped-def
     ids = ", ".join(IDENTIFIERS)
     con.execute(
         """
+        CREATE OR REPLACE TEMP TABLE _deciding AS  -- each person's latest event for the purpose
+        SELECT e.person_id, arg_max(s.consent_id, s.event_time) AS consent_id
+        FROM stg_consent s JOIN _t_consent_events e USING (consent_id)
+        WHERE s.purpose = $purpose GROUP BY 1
+        """,
+        {"purpose": purpose},
+    )
+    con.execute(
+        """
         CREATE OR REPLACE TEMP TABLE _leaks AS
         WITH latest AS (
             SELECT person_id, status FROM _t_consent WHERE purpose = $purpose
-        ),
-        deciding AS (  -- the person's latest event for the purpose, with its identifiers
-            SELECT e.person_id, arg_max(s.consent_id, s.event_time) AS consent_id
-            FROM stg_consent s JOIN _t_consent_events e USING (consent_id)
-            WHERE s.purpose = $purpose GROUP BY 1
         )
         SELECT x.customer_id, p.person_id, coalesce(l.status, 'none') AS status, d.consent_id
         FROM _exported x JOIN _customer_person p USING (customer_id)
-        LEFT JOIN latest l USING (person_id) LEFT JOIN deciding d USING (person_id)
+        LEFT JOIN latest l USING (person_id) LEFT JOIN _deciding d USING (person_id)
         WHERE coalesce(l.status, 'none') <> 'granted'
         """,
         {"purpose": purpose},
     )
+    # The issue's own case: withdrew at a store with the phone, while the email came from the CRM.
+    till_people, till_exported = con.execute(
+        """
+        WITH till AS (
+            SELECT d.person_id FROM _deciding d JOIN stg_consent s USING (consent_id)
+            WHERE s.source = 'store_form' AND s.status = 'withdrawn' AND s.phone_e164 IS NOT NULL
+              AND d.person_id IN (
+                  SELECT t.person_id FROM stg_records r JOIN _t_records t USING (source, source_record_id)
+                  WHERE r.source = 'crm' AND r.email_key IS NOT NULL)
+        )
+        SELECT count(*), count(*) FILTER (WHERE person_id IN (
+            SELECT p.person_id FROM _exported JOIN _customer_person p USING (customer_id)))
+        FROM till
+        """
+    ).fetchall()[0]
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _leak_ids AS
@@ -144,20 +163,22 @@ def _leaks(con, purpose: str, rows: int) -> dict:  # type: ignore[no-untyped-def
         """
     ).fetchall()[0]
     names = ("leaks", "reached", "connectable", "unconnectable")
-    return {"rows": rows, **dict(zip(names, map(int, kinds), strict=True))}
+    till = {"till_withdrawals": int(till_people), "till_withdrawals_exported": int(till_exported)}
+    return {"rows": rows, **dict(zip(names, map(int, kinds), strict=True)), **till}
 
 
 def to_markdown(report: dict) -> str:
     lines = [
         f"World: {report['customers']:,} people (seed {report['seed']}); pipeline {report['pipeline_s']} s.",
         "",
-        "| export | rows | leaks | consent not applied | identity missed a connectable link | no evidence joins it |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| export | rows | leaks | consent not applied | identity missed a connectable link | no evidence joins it "
+        "| withdrew at a store by phone, email from the CRM: people | of them exported |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for purpose, r in report["exports"].items():
         lines.append(
             f"| all_customers / {purpose} | {r['rows']:,} | {r['leaks']} | {r['reached']} | {r['connectable']} "
-            f"| {r['unconnectable']} |"
+            f"| {r['unconnectable']} | {r['till_withdrawals']:,} | {r['till_withdrawals_exported']} |"
         )
     return "\n".join(lines) + "\n"
 
