@@ -200,14 +200,20 @@ class Ingestor:
         return summary
 
     def ingest_source(self, inbox: Path, source: str) -> list[BatchResult]:
+        """Ingest the files of ``inbox/<source>/`` not ingested yet; one progress line per new file and one for
+        all the files skipped (a daily export's folder holds a year of them)."""
         results = []
         for path in inbox_files(inbox, source):
             result = self.ingest_file(source, path)
-            self.progress(
-                f"{source}/{path.name}: {result.status}, {result.rows_loaded} loaded, "
-                f"{result.rows_quarantined} quarantined, {result.rows_suppressed} suppressed"
-            )
+            if result.status != "skipped":
+                self.progress(
+                    f"{source}/{path.name}: {result.status}, {result.rows_loaded} loaded, "
+                    f"{result.rows_quarantined} quarantined, {result.rows_suppressed} suppressed"
+                )
             results.append(result)
+        skipped = sum(r.status == "skipped" for r in results)
+        if skipped:
+            self.progress(f"{source}: {skipped} file{'s' if skipped > 1 else ''} already ingested, skipped")
         return results
 
     def ingest_file(self, source: str, path: Path) -> BatchResult:

@@ -151,6 +151,21 @@ def test_same_content_is_never_ingested_twice(tmp_path, con, ingestor):
     assert len(ledger(con)) == 1
 
 
+def test_progress_names_each_new_file_and_counts_the_skipped_ones(tmp_path, con):
+    lines: list[str] = []
+    ingestor = Ingestor(con, SECRET, region="GB", progress=lines.append)
+    write_csv(tmp_path / "inbox/crm/a.csv", "crm_id,first_name\nC1,Ann")
+    write_csv(tmp_path / "inbox/crm/b.csv", "crm_id,first_name\nC2,Bob")
+    ingestor.ingest_source(tmp_path / "inbox", "crm")
+    write_csv(tmp_path / "inbox/crm/c.csv", "crm_id,first_name\nC3,Cy")
+    lines.clear()
+    ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert lines == [
+        "crm/c.csv: loaded, 1 loaded, 0 quarantined, 0 suppressed",
+        "crm: 2 files already ingested, skipped",
+    ]
+
+
 def test_unreadable_file_fails_with_one_line_and_others_continue(tmp_path, con, ingestor):
     (tmp_path / "inbox/web").mkdir(parents=True)
     (tmp_path / "inbox/web/broken.parquet").write_bytes(b"this is not parquet")
