@@ -17,6 +17,7 @@ Customers (ids are the identity owner's ``customer_id``):
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,25 +27,9 @@ import pytest
 
 from cdp.config import Settings
 from consent.ledger import sync_ledger
+from consent.restriction import ensure_restrictions
 from consent.state import build_consent_state
 from identity.profiles import build_customer_profiles
-
-STG_RECORDS = """CREATE TABLE stg_records (
-    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
-    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
-    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
-    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
-    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
-    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
-STG_CONSENT = """CREATE TABLE stg_consent (
-    consent_id VARCHAR, event_time TIMESTAMP, purpose VARCHAR, status VARCHAR, source VARCHAR,
-    policy_version VARCHAR, email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, user_id VARCHAR,
-    crm_id VARCHAR, loyalty_id VARCHAR, device_id VARCHAR, anonymous_id VARCHAR,
-    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
-LINKS = """CREATE TABLE customer_source_records (
-    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
-RESTRICTIONS = """CREATE TABLE restrictions (
-    customer_id VARCHAR, request_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, lifted_at TIMESTAMP)"""
 
 HOUSEHOLD = "+447911100999"
 T0 = datetime(2026, 1, 1, 9)
@@ -82,9 +67,11 @@ def rebuild(con: duckdb.DuckDBPyConnection, as_of: datetime | None = None) -> di
     return build_consent_state(con, as_of=as_of)
 
 
-def make_world(con: duckdb.DuckDBPyConnection) -> None:
-    for ddl in (STG_RECORDS, STG_CONSENT, LINKS, RESTRICTIONS):
-        con.execute(ddl)
+def make_world(con: duckdb.DuckDBPyConnection, ddl: dict[str, str]) -> None:
+    """The seven customers above, on empty tables made from ``ddl`` (the root conftest's ``staging_ddl``)."""
+    for table in ("stg_records", "stg_consent", "customer_source_records"):
+        con.execute(ddl[table])
+    ensure_restrictions(con)
     add_record(con, "cA", "crm", "crmA", T0, crm_id="crmA", user_id="uA", email="a@example.com",
                phone_e164="+447911100001", first_name="ann", last_name="archer")  # fmt: skip
     add_record(con, "cA", "web", "wA", at(2), anonymous_id="anonA", user_id="uA", event_type="login")
@@ -117,9 +104,9 @@ def states(con: duckdb.DuckDBPyConnection, purpose: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def con() -> duckdb.DuckDBPyConnection:
+def con(staging_ddl: dict[str, str]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
-    make_world(con)
+    make_world(con, staging_ddl)
     rebuild(con, as_of=at(20))
     return con
 
@@ -136,9 +123,10 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def w() -> SimpleNamespace:
+def w(staging_ddl: dict[str, str]) -> SimpleNamespace:
     """The world's helpers: at, rebuild, add_record, add_consent, make_world, states, HOUSEHOLD."""
     return SimpleNamespace(
-        at=at, rebuild=rebuild, add_record=add_record, add_consent=add_consent, make_world=make_world,
+        at=at, rebuild=rebuild, add_record=add_record, add_consent=add_consent,
+        make_world=functools.partial(make_world, ddl=staging_ddl),
         states=states, HOUSEHOLD=HOUSEHOLD,
     )  # fmt: skip

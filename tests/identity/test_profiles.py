@@ -12,16 +12,6 @@ import pytest
 from cdp.config import Settings
 from identity.profiles import build_customer_profiles
 
-STG_RECORDS = """CREATE TABLE stg_records (
-    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
-    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
-    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
-    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
-    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
-    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
-LINKS = """CREATE TABLE customer_source_records (
-    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
-
 
 def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, when: str, **values):
     row = {"source": source, "source_record_id": rid, "record_time": datetime.fromisoformat(when), **values}
@@ -34,10 +24,10 @@ def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, ri
 
 
 @pytest.fixture
-def con():
+def con(staging_ddl):
     con = duckdb.connect(":memory:")
-    con.execute(STG_RECORDS)
-    con.execute(LINKS)
+    con.execute(staging_ddl["stg_records"])
+    con.execute(staging_ddl["customer_source_records"])
     # c1: CRM contact (older) and a newer store till entry with a different, typed name.
     add_record(
         con,

@@ -17,16 +17,6 @@ import identity.profiles as profiles
 from cdp.config import Settings
 from identity.profiles import build_customer_profiles, profiles_current
 
-STG_RECORDS = """CREATE TABLE stg_records (
-    source VARCHAR, source_record_id VARCHAR, unit_id VARCHAR, record_time TIMESTAMP, event_type VARCHAR,
-    user_id VARCHAR, loyalty_id VARCHAR, crm_id VARCHAR, anonymous_id VARCHAR, device_id VARCHAR,
-    email VARCHAR, email_key VARCHAR, phone_e164 VARCHAR, first_name VARCHAR, last_name VARCHAR,
-    date_of_birth DATE, address_line1 VARCHAR, city VARCHAR, postcode VARCHAR, country VARCHAR,
-    order_id VARCHAR, amount DECIMAL(18,2), currency VARCHAR, store_id VARCHAR,
-    batch_id VARCHAR, file VARCHAR, row_number BIGINT)"""
-LINKS = """CREATE TABLE customer_source_records (
-    source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)"""
-
 
 def add(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, day: int, **values) -> None:
     row = {"source": source, "source_record_id": rid, "unit_id": f"{source}:{rid}",
@@ -38,10 +28,10 @@ def add(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str,
 
 
 @pytest.fixture
-def con() -> duckdb.DuckDBPyConnection:
+def con(staging_ddl: dict[str, str]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
-    con.execute(STG_RECORDS)
-    con.execute(LINKS)
+    con.execute(staging_ddl["stg_records"])
+    con.execute(staging_ddl["customer_source_records"])
     add(con, "c1", "crm", "crm1", 1, crm_id="crm1", first_name="ann", last_name="lee", email="ann@example.com",
         phone_e164="+447911100001", postcode="SW1A1AA")  # fmt: skip
     add(con, "c1", "web", "w1", 2, event_type="purchase", order_id="o1", amount=Decimal("30.00"), anonymous_id="a1")

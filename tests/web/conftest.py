@@ -11,6 +11,7 @@ model pairs", as in the privacy tests: the model is not what these tests are abo
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cdp.config import Settings
+from cdp.store import connect
 from cdp.users import UserStore
+
+#: The root conftest's ``plain_pipeline``: ingest, stage, resolve (graph only), profiles, ledger, state.
+PlainPipeline = Callable[[duckdb.DuckDBPyConnection, Settings, Path], dict[str, int]]
 
 ALICE_EMAIL = "alice.smith@gmail.com"
 LANDLINE = "020 7946 0123"
@@ -71,24 +76,8 @@ SEGMENT = (
 )
 
 
-def _no_model_pairs(con: duckdb.DuckDBPyConnection, *_args: object, **_kwargs: object) -> dict[str, int]:
-    from identity.model import empty_pair_tables
-
-    empty_pair_tables(con)
-    return {"model_pairs": 0}
-
-
-def build_store(settings: Settings, inbox: dict[str, str] = INBOX) -> None:
-    """Ingest, stage, resolve, profile, ledger, state: the pipeline's plain functions, in order."""
-    from cdp.ingest import Ingestor
-    from cdp.store import connect
-    from cdp.suppression import load_secret
-    from consent.ledger import sync_ledger
-    from consent.state import build_consent_state
-    from identity.profiles import build_customer_profiles
-    from identity.resolve import resolve_identities
-    from identity.staging import build_staging
-
+def build_store(settings: Settings, run: PlainPipeline, inbox: dict[str, str] = INBOX) -> None:
+    """Write the inbox and run the pipeline's plain functions on it (the root conftest's ``plain_pipeline``)."""
     root = settings.home / "inbox"
     for name, text in inbox.items():
         path = root / name
@@ -96,14 +85,7 @@ def build_store(settings: Settings, inbox: dict[str, str] = INBOX) -> None:
         path.write_text(text)
     con = connect(settings.db_path)
     try:
-        Ingestor(con, load_secret(settings.secret_path), settings.default_region).ingest_inbox(root)
-        build_staging(con, settings.default_region)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("identity.model.predict_pairs", _no_model_pairs)
-            resolve_identities(con, settings)
-        build_customer_profiles(con, settings)
-        sync_ledger(con)
-        build_consent_state(con)
+        run(con, settings, root)
     finally:
         con.close()
     shutil.rmtree(root)
@@ -138,13 +120,13 @@ _TEMPLATE: dict[str, Path] = {}
 USERS = {"marketer": "mary", "privacy_officer": "pete", "admin": "ada"}
 
 
-def _template(factory: pytest.TempPathFactory) -> Path:
+def _template(factory: pytest.TempPathFactory, run: PlainPipeline) -> Path:
     if "root" not in _TEMPLATE:
         root = factory.mktemp("web_world")
         settings = settings_in(root)
         (root / "segments").mkdir()
         (root / "segments" / "big_spenders.yaml").write_text(SEGMENT)
-        build_store(settings)
+        build_store(settings, run)
         users = UserStore.for_home(settings.home)
         for role, name in USERS.items():
             users.add(name, role, PASSWORD)
@@ -153,9 +135,9 @@ def _template(factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, plain_pipeline: PlainPipeline) -> World:
     root = tmp_path / "world"
-    shutil.copytree(_template(tmp_path_factory), root)
+    shutil.copytree(_template(tmp_path_factory, plain_pipeline), root)
     settings = settings_in(root)
     users = UserStore.for_home(settings.home)
     tokens = {role: users.new_token(name) for role, name in USERS.items()}

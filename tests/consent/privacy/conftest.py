@@ -16,6 +16,7 @@ the shared landline. Storage is uncompressed so that a grep of the database file
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,9 +25,10 @@ import duckdb
 import pytest
 
 from cdp.config import Settings
-from cdp.ingest import Ingestor
 from cdp.store import connect
-from cdp.suppression import load_secret
+
+#: The root conftest's ``plain_pipeline``: ingest, stage, resolve (graph only), profiles, ledger, state.
+PlainPipeline = Callable[[duckdb.DuckDBPyConnection, Settings, Path], dict[str, int]]
 
 ALICE_EMAIL = "Alice.Smith+shop@gmail.com"  # as written in CRM
 ALICE_STRINGS = (  # every spelling and identifier of Alice that reaches the store
@@ -101,38 +103,6 @@ def write_inbox(root: Path, files: dict[str, str] = INBOX) -> Path:
     return root
 
 
-def _no_model_pairs(con: duckdb.DuckDBPyConnection, *_args: object, **_kwargs: object) -> dict[str, int]:
-    """Identity by the deterministic graph only: the Splink model is not what these tests are about,
-    and a tiny world with shared addresses is exactly where a probabilistic match could wander."""
-    from identity.model import empty_pair_tables
-
-    empty_pair_tables(con)
-    return {"model_pairs": 0}
-
-
-def run_pipeline(con: duckdb.DuckDBPyConnection, settings: Settings, inbox: Path) -> dict[str, int]:
-    """Ingest, stage, resolve, profile, ledger, state: the pipeline's plain functions, in order."""
-    from consent.ledger import sync_ledger
-    from consent.state import build_consent_state
-    from identity.profiles import build_customer_profiles
-    from identity.resolve import resolve_identities
-    from identity.staging import build_staging
-
-    summary = Ingestor(con, load_secret(settings.secret_path), settings.default_region).ingest_inbox(inbox)
-    build_staging(con, settings.default_region)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("identity.model.predict_pairs", _no_model_pairs)
-        resolve_identities(con, settings)
-    build_customer_profiles(con, settings)
-    sync_ledger(con)
-    build_consent_state(con)
-    return {
-        "suppressed": summary.count("rows_suppressed"),
-        "loaded": summary.count("rows_loaded"),
-        "quarantined": summary.count("rows_quarantined"),
-    }
-
-
 def customer_of(con: duckdb.DuckDBPyConnection, source: str, record_id: str) -> str:
     return con.execute(
         "SELECT customer_id FROM customer_source_records WHERE source = ? AND source_record_id = ?",
@@ -162,7 +132,7 @@ class World:
 _TEMPLATE: dict[str, Path] = {}
 
 
-def _build_template(root: Path) -> Path:
+def _build_template(root: Path, run_pipeline: PlainPipeline) -> Path:
     settings = Settings(db_path=root / "db" / "cdp.duckdb", home=root / "home", segments_dir=root / "segments")
     (root / "segments").mkdir(parents=True)
     inbox = write_inbox(root / "inbox")
@@ -174,10 +144,10 @@ def _build_template(root: Path) -> Path:
     return root
 
 
-def make_world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+def make_world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, run_pipeline: PlainPipeline) -> World:
     """A fresh copy of the world (built once per session, copied per test: a copy takes milliseconds)."""
     if "root" not in _TEMPLATE:
-        _TEMPLATE["root"] = _build_template(tmp_path_factory.mktemp("privacy_world"))
+        _TEMPLATE["root"] = _build_template(tmp_path_factory.mktemp("privacy_world"), run_pipeline)
     root = tmp_path / "world"
     shutil.copytree(_TEMPLATE["root"], root)
     settings = Settings(db_path=root / "db" / "cdp.duckdb", home=root / "home", segments_dir=root / "segments")
@@ -193,16 +163,16 @@ def make_world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Worl
 
 
 @pytest.fixture
-def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path, tmp_path_factory)
+def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, plain_pipeline: PlainPipeline) -> World:
+    return make_world(tmp_path, tmp_path_factory, plain_pipeline)
 
 
 @pytest.fixture
-def pw() -> SimpleNamespace:
+def pw(plain_pipeline: PlainPipeline) -> SimpleNamespace:
     """The world's constants and helpers, for test modules."""
     return SimpleNamespace(
         ALICE_EMAIL=ALICE_EMAIL, ALICE_STRINGS=ALICE_STRINGS, LANDLINE=LANDLINE, LANDLINE_E164=LANDLINE_E164,
-        BOB_EMAIL=BOB_EMAIL, INBOX=INBOX, write_inbox=write_inbox, run_pipeline=run_pipeline,
+        BOB_EMAIL=BOB_EMAIL, INBOX=INBOX, write_inbox=write_inbox, run_pipeline=plain_pipeline,
         customer_of=customer_of, file_bytes=file_bytes,
     )  # fmt: skip
 

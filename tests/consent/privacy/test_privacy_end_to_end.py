@@ -9,6 +9,7 @@ Identity uses the deterministic graph only when no trained Splink model is in th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,8 @@ import pytest
 pytestmark = pytest.mark.skipif(os.environ.get("CDP_E2E") != "1", reason="about a minute: set CDP_E2E=1")
 
 
-def _no_model_pairs(con, *_args, **_kwargs):  # type: ignore[no-untyped-def]  # stands in for predict_pairs
-    from identity.model import empty_pair_tables
-
-    empty_pair_tables(con)
-    return {"model_pairs": 0}
-
-
 def test_after_erasure_no_file_the_platform_wrote_holds_the_email_and_a_rerun_brings_nothing_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_pairs: Callable[..., dict[str, int]]
 ) -> None:
     import identity.model
     from cdp.config import load_settings
@@ -36,7 +30,7 @@ def test_after_erasure_no_file_the_platform_wrote_holds_the_email_and_a_rerun_br
     from pipelines.run import run_pipeline
 
     if not identity.model.MODEL_PATH.exists():
-        monkeypatch.setattr(identity.model, "predict_pairs", _no_model_pairs)
+        monkeypatch.setattr(identity.model, "predict_pairs", no_model_pairs)
     inbox = tmp_path / "inbox"
     generate_world(inbox, customers=60, seed=5)
     settings = load_settings(db_path=tmp_path / "db" / "cdp.duckdb", home=tmp_path / "home", inbox=inbox)
