@@ -85,6 +85,15 @@ class Segment:
     activations: tuple[str, ...] = ()
     file: str = "(built-in)"
 
+    def document(self) -> dict[str, Any]:
+        """The segment as its YAML file holds it (:func:`parse_segment` reads it back)."""
+        doc: dict[str, Any] = {"name": self.name, "description": self.description, "where": self.where}
+        if self.fields:
+            doc["fields"] = list(self.fields)
+        if self.activations:
+            doc["activations"] = list(self.activations)
+        return doc
+
 
 @dataclass(frozen=True)
 class CompiledSegment:
@@ -109,40 +118,48 @@ def load_segment(path: Path) -> Segment:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise SegmentError(f"{path}: cannot read segment: {str(exc).splitlines()[0]}") from None
+    return parse_segment(doc, str(path), default_name=path.stem, file=str(path))
+
+
+def parse_segment(doc: Any, origin: str, default_name: str | None = None, file: str = "(draft)") -> Segment:
+    """Validate and compile a segment document (what a segment file holds); errors start with ``origin``."""
     if not isinstance(doc, dict):
-        raise SegmentError(f"{path}: a segment is a mapping with name, description, where")
+        raise SegmentError(f"{origin}: a segment is a mapping with name, description, where")
     unknown = sorted(set(doc) - {"name", "description", "where", "fields", "activations"})
     if unknown:
-        raise SegmentError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    name = doc.get("name", path.stem)
+        raise SegmentError(f"{origin}: unknown key(s) {', '.join(unknown)}")
+    name = doc.get("name", default_name)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise SegmentError(f"{path}: name must be lower-case letters, digits and _, got {name!r}")
+        raise SegmentError(f"{origin}: name must be lower-case letters, digits and _, got {name!r}")
     if "where" not in doc:
-        raise SegmentError(f"{path}: missing 'where' (use `where: true` for everyone)")
-    fields = tuple(_str_list(path, doc, "fields"))
+        raise SegmentError(f"{origin}: missing 'where' (use `where: true` for everyone)")
+    fields = tuple(_str_list(origin, doc, "fields"))
     for f in fields:
         if f not in SEGMENT_COLUMNS:
-            raise SegmentError(f"{path}: field {f!r} is not a profile column; allowed: {_allowed()}")
-    activations = tuple(_str_list(path, doc, "activations"))
+            raise SegmentError(f"{origin}: field {f!r} is not a profile column; allowed: {_allowed()}")
+    activations = tuple(_str_list(origin, doc, "activations"))
     for p in activations:
         if p not in PURPOSES:
-            raise SegmentError(f"{path}: activation purpose {p!r} unknown; expected one of {', '.join(PURPOSES)}")
+            raise SegmentError(f"{origin}: activation purpose {p!r} unknown; expected one of {', '.join(PURPOSES)}")
     segment = Segment(
         name=name,
         description=str(doc.get("description") or ""),
         where=doc["where"],
         fields=fields,
         activations=activations,
-        file=str(path),
+        file=file,
     )
-    compile_segment(segment)
+    try:
+        compile_segment(segment)
+    except RecursionError:
+        raise SegmentError(f"{origin}: segment conditions are nested too deeply") from None
     return segment
 
 
-def _str_list(path: Path, doc: dict[str, Any], key: str) -> list[str]:
+def _str_list(origin: str, doc: dict[str, Any], key: str) -> list[str]:
     value = doc.get(key) or []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SegmentError(f"{path}: {key} must be a list of names")
+        raise SegmentError(f"{origin}: {key} must be a list of names")
     return list(dict.fromkeys(value))
 
 

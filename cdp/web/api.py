@@ -63,8 +63,8 @@ class SegmentDraft(BaseModel):
     fields: list[Column] = Field(default_factory=list, max_length=20)
     activations: list[Purpose] = Field(default_factory=list, max_length=6)
 
-    def draft(self) -> service.Draft:
-        return service.Draft(self.name, self.description, self.where, tuple(self.fields), tuple(self.activations))
+    def draft(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 class ExportRequest(BaseModel):

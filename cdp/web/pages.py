@@ -159,7 +159,8 @@ def edit_segment(name: str, request: Request, who: Principal = Depends(page_user
     return _editor(request, who, _form_from_segment(service.get_segment(settings_of(request), name)))
 
 
-def _draft(form: dict[str, Any]) -> service.Draft:
+def _draft(form: dict[str, Any]) -> dict[str, Any]:
+    """The segment document the editor's form describes."""
     text = form["conditions"].strip()
     if form["combine"] == "yaml":
         try:
@@ -169,8 +170,8 @@ def _draft(form: dict[str, Any]) -> service.Draft:
     else:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         where = True if not lines else lines[0] if len(lines) == 1 else {form["combine"]: lines}
-    return service.Draft(form["name"].strip(), form["description"].strip(), where,
-                         tuple(form["fields"]), tuple(form["activations"]))  # fmt: skip
+    return {"name": form["name"].strip(), "description": form["description"].strip(), "where": where,
+            "fields": list(form["fields"]), "activations": list(form["activations"])}  # fmt: skip
 
 
 async def _segment_form(request: Request) -> dict[str, Any]:
@@ -195,8 +196,8 @@ async def preview_segment(request: Request, who: Principal = Depends(form_user(*
     result: dict[str, Any] | None = None
     yaml_text = error = ""
     try:
-        draft = _draft(form)
-        result = service.preview(settings, service.load_draft(draft))
+        draft = service.load_draft(_draft(form))
+        result = service.preview(settings, draft)
         yaml_text = yaml.safe_dump(draft.document(), sort_keys=False)
     except CdpError as exc:
         error = str(exc)
@@ -212,12 +213,11 @@ async def save_segment(request: Request, who: Principal = Depends(form_user(*MAR
     form = await _segment_form(request)
     settings = settings_of(request)
     try:
-        draft = _draft(form)
-        service.save_segment(settings, draft)
+        name = service.save_segment(settings, _draft(form)).stem
     except CdpError as exc:
         return _editor(request, who, form, None, str(exc), 400)
-    service.audit(settings, who.user, "web_segment_save", f"segment {draft.name} saved")
-    return RedirectResponse(f"/segments/{draft.name}", status_code=303)
+    service.audit(settings, who.user, "web_segment_save", f"segment {name} saved")
+    return RedirectResponse(f"/segments/{name}", status_code=303)
 
 
 @router.get("/segments/{name}", response_class=HTMLResponse)

@@ -14,7 +14,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -123,39 +122,13 @@ def list_segments(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
-@dataclass(frozen=True)
-class Draft:
-    """A segment as typed in the editor, before it is a file."""
+def load_draft(doc: dict[str, Any]):  # type: ignore[no-untyped-def]  # -> consent.segments.Segment
+    """Validate a segment typed in the editor exactly as a segment file is validated."""
+    from consent.segments import parse_segment
 
-    name: str
-    description: str
-    where: Any
-    fields: tuple[str, ...] = ()
-    activations: tuple[str, ...] = ()
-
-    def document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"name": self.name, "description": self.description, "where": self.where}
-        if self.fields:
-            doc["fields"] = list(self.fields)
-        if self.activations:
-            doc["activations"] = list(self.activations)
-        return doc
-
-
-def load_draft(draft: Draft):  # type: ignore[no-untyped-def]  # -> consent.segments.Segment
-    """Validate a draft exactly as a segment file is validated (``consent.segments.load_segment``)."""
-    from consent.segments import SegmentError, load_segment
-
-    with tempfile.TemporaryDirectory(prefix="cdp-segment-") as tmp:
-        safe = draft.name if draft.name.replace("_", "").isalnum() else "draft"
-        path = Path(tmp) / f"{safe}.yaml"
-        path.write_text(yaml.safe_dump(draft.document(), sort_keys=False))
-        try:
-            return load_segment(path)
-        except SegmentError as exc:  # name the segment, not the temporary file
-            raise SegmentError(str(exc).replace(str(path), f"segment {safe}")) from None
-        except RecursionError:
-            raise SegmentError("segment conditions are nested too deeply") from None
+    name = doc.get("name")
+    safe = name if isinstance(name, str) and name.replace("_", "").isalnum() else "draft"
+    return parse_segment(doc, f"segment {safe}")
 
 
 def preview(settings: Settings, segment: Any, purposes: tuple[str, ...] = PURPOSES) -> dict[str, Any]:
@@ -188,7 +161,7 @@ def get_segment(settings: Settings, name: str):  # type: ignore[no-untyped-def] 
         raise
 
 
-def save_segment(settings: Settings, draft: Draft) -> Path:
+def save_segment(settings: Settings, draft: dict[str, Any]) -> Path:
     """Write a validated draft to ``<segments_dir>/<name>.yaml`` (a new segment, or the same file edited)."""
     from consent.segments import ALL_CUSTOMERS, SegmentError, load_segments
 
@@ -202,7 +175,7 @@ def save_segment(settings: Settings, draft: Draft) -> Path:
         raise SegmentError(f"segment {segment.name} is already defined in {Path(existing_file).name}")
     settings.segments_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(draft.document(), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(segment.document(), sort_keys=False))
     tmp.replace(path)
     return path
 
