@@ -83,36 +83,30 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_CSV_DIALECT = "header = true, delim = ',', quote = '\"', escape = '\"', encoding = 'utf-8'"
+_CSV_REJECTS = "store_rejects = true, rejects_table = '_csv_errors', rejects_scan = '_csv_scans'"
+
+
 def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], int]:
     """Load ``path`` into the temp table ``_batch`` (all VARCHAR, with ``_row``); returns columns, rejects.
 
-    Malformed CSV lines (too many or too few fields) are not lost: they land in ``_rejects`` with their
-    line number, and become quarantine rows.
+    Malformed lines are not lost: a CSV line with too many or too few fields, an unterminated quote or bad
+    encoding, and a JSON Lines line that is not a JSON object, land in ``_rejects`` with their row number
+    and become quarantine rows while the rest of the file loads. Only a file that cannot be read at all (no
+    header, not Parquet, a ``.json`` document that does not parse) raises :class:`SchemaError`.
     """
     kind = READERS[path.suffix.lower()]
     con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
     con.execute("CREATE TEMP TABLE _rejects (row_number BIGINT, reason VARCHAR, line VARCHAR)")
     try:
         if kind == "csv":
-            con.execute(
-                "CREATE TEMP TABLE _read AS SELECT * FROM read_csv(?, all_varchar = true, header = true, "
-                "delim = ',', quote = '\"', escape = '\"', store_rejects = true, "
-                "rejects_table = '_csv_errors', rejects_scan = '_csv_scans', encoding = 'utf-8')",
-                [str(path)],
-            )
-            con.execute(
-                "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
-                "min(csv_line) FROM _csv_errors GROUP BY line"
-            )
-            con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+            _read_csv(con, path)
         elif kind == "parquet":
             con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_parquet(?)", [str(path)])
+        elif path.suffix.lower() == ".json":  # one JSON document (an array of objects) or JSON Lines
+            con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'auto')", [str(path)])
         else:
-            con.execute(
-                "CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'newline_delimited', "
-                "union_by_name = true)",
-                [str(path)],
-            )
+            _read_json_lines(con, path)
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise SchemaError(f"{path}: cannot be read as {kind}: {first}") from None
@@ -132,6 +126,111 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str]
         )
     con.execute("DROP TABLE _read")
     return columns, int(rejected)
+
+
+def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Temp table ``_read`` from a CSV file, malformed lines into ``_rejects``.
+
+    DuckDB's sniffer gives up on a file whose lines it cannot agree on (an unterminated quote, say); the
+    file is then read again with the columns its header names and nothing detected, so that only the bad
+    lines are rejected.
+    """
+    try:
+        con.execute(
+            f"CREATE TEMP TABLE _read AS SELECT * FROM read_csv(?, all_varchar = true, {_CSV_DIALECT}, {_CSV_REJECTS})",
+            [str(path)],
+        )
+    except duckdb.InvalidInputException:
+        con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+        header = _csv_header(path)
+        if not header:
+            raise
+        columns = "{" + ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header) + "}"
+        con.execute(
+            f"CREATE TEMP TABLE _read AS SELECT * FROM read_csv(?, auto_detect = false, columns = {columns}, "
+            f"{_CSV_DIALECT}, {_CSV_REJECTS})",
+            [str(path)],
+        )
+    con.execute(
+        "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
+        "min(csv_line) FROM _csv_errors GROUP BY line"
+    )
+    con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's first line, made unique (``a``, ``a_1``); empty if it has none."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader(fh), [])
+    except (UnicodeDecodeError, csv.Error):
+        return []
+    names: list[str] = []
+    for raw in first:
+        name = raw.strip() or f"column{len(names)}"
+        while name in names:
+            name = f"{name}_1"
+        names.append(name)
+    return names
+
+
+def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Temp table ``_read`` from a JSON Lines file, lines that are not JSON objects into ``_rejects``.
+
+    Read whole by DuckDB when every line parses; otherwise line by line, numbering the non-blank lines as
+    ``read_json`` numbers records, with one column per key any line holds (values as text).
+    """
+    try:
+        con.execute(
+            "CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'newline_delimited', union_by_name = true)",
+            [str(path)],
+        )
+        return
+    except duckdb.InvalidInputException:
+        pass
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _lines AS
+        SELECT row_number() OVER (ORDER BY n) AS row_number, line FROM (
+            SELECT rtrim(unnest(lines), chr(13)) AS line, generate_subscripts(lines, 1) AS n
+            FROM (SELECT string_split(content, chr(10)) AS lines FROM read_text(?))
+        ) WHERE trim(line) <> ''
+        """,
+        [str(path)],
+    )
+    con.execute(
+        """
+        INSERT INTO _rejects
+        SELECT row_number,
+               'malformed JSON line: ' || CASE WHEN json_valid(line) THEN 'not an object' ELSE 'invalid JSON' END, line
+        FROM _lines WHERE NOT json_valid(line) OR json_type(line) <> 'OBJECT'
+        """
+    )
+    keys = [
+        k
+        for (k,) in con.execute(
+            """
+            SELECT key FROM (
+                SELECT unnest(json_keys(line)) AS key, row_number AS first_row FROM _lines
+                WHERE json_valid(line) AND json_type(line) = 'OBJECT')
+            GROUP BY key ORDER BY min(first_row), key
+            """
+        ).fetchall()
+    ]
+    pointer = [("/" + k.replace("~", "~0").replace("/", "~1")) for k in keys]
+    values = (
+        ", ".join(f"json_extract_string(line, ${i + 1}) AS {_q(k)}" for i, k in enumerate(keys)) or "NULL AS column0"
+    )
+    con.execute(
+        f"""
+        CREATE TEMP TABLE _read AS SELECT {values} FROM _lines
+        WHERE row_number NOT IN (SELECT row_number FROM _rejects) ORDER BY row_number
+        """,
+        pointer,
+    )
+    con.execute("DROP TABLE _lines")
 
 
 def _typed(column: str, kind: str) -> str:
@@ -226,9 +325,14 @@ class Ingestor:
         ).fetchall()[0][0]
         if seen:
             return BatchResult(source, label, batch_id, "skipped")
+        try:  # read before the transaction: a reader that fails and tries again must not abort it
+            columns, malformed = _read_as_text(self.con, path)
+        except SchemaError as exc:
+            # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
+            return BatchResult(source, label, batch_id, "failed", error=f"{exc} (not ingested; tried again next run)")
         self.con.execute("BEGIN TRANSACTION")
         try:
-            result = self._load(spec, path, label, batch_id)
+            result = self._load(spec, label, batch_id, columns, malformed)
             self.con.execute(
                 "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [
@@ -245,10 +349,6 @@ class Ingestor:
                 ],
             )
             self.con.execute("COMMIT")
-        except SchemaError as exc:
-            self.con.execute("ROLLBACK")
-            # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
-            return BatchResult(source, label, batch_id, "failed", error=str(exc))
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
@@ -258,8 +358,8 @@ class Ingestor:
         return result
 
     # -- one file -----------------------------------------------------------------------------------------
-    def _load(self, spec: SourceSpec, path: Path, label: str, batch_id: str) -> BatchResult:
-        columns, malformed = _read_as_text(self.con, path)
+    def _load(self, spec: SourceSpec, label: str, batch_id: str, columns: list[str], malformed: int) -> BatchResult:
+        """Rows of ``_batch`` (read by :func:`_read_as_text`) into the raw table, quarantine and ledger."""
         rows_in = self.con.execute("SELECT count(*) FROM _batch").fetchall()[0][0] + malformed
         result = BatchResult(spec.name, label, batch_id, "loaded", rows_in=rows_in)
         malformed_suppressed = self._quarantine_rejects(spec.name, label, batch_id)

@@ -94,6 +94,47 @@ def test_malformed_csv_lines_are_quarantined_not_lost(tmp_path, con, ingestor):
     assert loaded == [("C1", 1), ("C4", 4)]
 
 
+def test_an_unterminated_quote_quarantines_its_line_not_the_file(tmp_path, con, ingestor):
+    # DuckDB's dialect sniffer gives up on such a file; it is read again with the header's columns.
+    write_csv(tmp_path / "inbox/crm/crm.csv", 'crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,"Bob,bob@x.com\n')
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 2, 1, 1)
+    assert con.execute("SELECT row_number, reason FROM quarantine").fetchall() == [
+        (2, "malformed CSV line: unquoted value")
+    ]
+    assert con.execute("SELECT crm_id, email, row_number FROM raw_crm").fetchall() == [("C1", "ann@x.com", 1)]
+
+
+def test_json_lines_that_do_not_parse_are_quarantined_and_the_rest_loads(tmp_path, con, ingestor):
+    folder = tmp_path / "inbox/consent"
+    folder.mkdir(parents=True)
+    good = '{{"consent_id": "{}", "event_time": "2026-01-01T00:00:00Z", "purpose": "email_marketing", '
+    good += '"status": "granted", "email": "a@b.com", "extra/key": 1}}'
+    (folder / "consent-1.jsonl").write_text(
+        "\n".join([good.format("k1"), "not json", "", "[1, 2]", good.format("k2")]) + "\n"
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "consent")
+    assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 4, 2, 2)
+    assert result.balanced
+    assert con.execute("SELECT row_number, reason FROM quarantine ORDER BY 1").fetchall() == [
+        (2, "malformed JSON line: invalid JSON"),
+        (3, "malformed JSON line: not an object"),  # the blank line is not a record
+    ]
+    rows = con.execute("SELECT consent_id, row_number, extra FROM raw_consent ORDER BY 1").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("k1", 1), ("k2", 4)]
+    assert json.loads(rows[0][2]) == {"extra/key": "1"}  # a key beyond the contract is kept
+
+
+def test_a_file_that_cannot_be_read_at_all_is_retried_not_recorded(tmp_path, con, ingestor):
+    (tmp_path / "inbox/store").mkdir(parents=True)
+    (tmp_path / "inbox/store/store-1.parquet").write_text("not parquet")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert result.status == "failed"
+    assert result.error.startswith(f"{tmp_path}/inbox/store/store-1.parquet: cannot be read as parquet: ")
+    assert result.error.endswith("(not ingested; tried again next run)") and "\n" not in result.error
+    assert ledger(con) == []
+
+
 def test_parquet_and_json_lines(tmp_path, con, ingestor):
     (tmp_path / "inbox/app").mkdir(parents=True)
     pd.DataFrame(

@@ -32,6 +32,10 @@ def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def] 
             console.print(f"    [yellow]{severity.lower()}[/yellow]: {name}")
     for (error,) in rejected:
         console.print(f"  [yellow]rejected file[/yellow] {error}")
+    listed = {error for (error,) in rejected}
+    for warning in outcome.warnings:  # e.g. a file that cannot be read at all: not in the ledger, retried next run
+        if warning not in listed:
+            console.print(f"  [yellow]warning[/yellow] {warning}")
     console.print(f"  store               {db_path}")
 
 

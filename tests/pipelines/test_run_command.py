@@ -1,0 +1,22 @@
+"""`cdp run` on an inbox with bad files: the run goes on, and its summary names every file it could not take."""
+
+from typer.testing import CliRunner
+
+from cdp.cli import app
+
+
+def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    (inbox / "store").mkdir()
+    (inbox / "crm" / "crm-1.csv").write_text('crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,"Bob,bob@x.com\n')
+    (inbox / "store" / "store-1.csv").write_text("transaction_id,amount\nT1,10\n")
+    (inbox / "store" / "store-2.parquet").write_text("not parquet")
+    result = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())  # rich wraps long lines
+    assert "rows in 3 = 1 loaded + 2 quarantined + 0 suppressed" in out
+    assert "rejected file store/store-1.csv: missing required column 'transaction_time'" in out
+    assert "warning " in out and "store-2.parquet: cannot be read as parquet" in out
+    assert "(not ingested; tried again next run)" in out
