@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,8 +87,12 @@ _CSV_DIALECT = "header = true, delim = ',', quote = '\"', escape = '\"', encodin
 _CSV_REJECTS = "store_rejects = true, rejects_table = '_csv_errors', rejects_scan = '_csv_scans'"
 
 
-def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str], int]:
+def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[str] = ()) -> tuple[list[str], int]:
     """Load ``path`` into the temp table ``_batch`` (all VARCHAR, with ``_row``); returns columns, rejects.
+
+    A column whose name, trimmed and lower-cased, is one of ``known`` (the source's contract columns) takes
+    that name: ``CRM_ID`` and `` Email `` are ``crm_id`` and ``email`` (DuckDB's names ignore case, so they
+    could not sit next to a ``crm_id`` added for a missing column anyway).
 
     Malformed lines are not lost: a CSV line with too many or too few fields, an unterminated quote or bad
     encoding, and a JSON Lines line that is not a JSON object, land in ``_rejects`` with their row number
@@ -110,8 +114,13 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str]
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise SchemaError(f"{path}: cannot be read as {kind}: {first}") from None
-    columns = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _read)").fetchall()]
-    casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" for c in columns)
+    read = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _read)").fetchall()]
+    canonical = {name.lower(): name for name in known}
+    columns: list[str] = []
+    for name in read:
+        alias = canonical.get(name.strip().lower(), name)
+        columns.append(alias if alias.lower() not in {c.lower() for c in columns} else name)
+    casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(a)}" for c, a in zip(read, columns, strict=True))
     rejected = con.execute("SELECT count(*) FROM _rejects").fetchall()[0][0]
     if not rejected:
         con.execute(f"CREATE TEMP TABLE _batch AS SELECT {casts}, row_number() OVER () AS _row FROM _read")
@@ -131,9 +140,9 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[list[str]
 def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Temp table ``_read`` from a CSV file, malformed lines into ``_rejects``.
 
-    DuckDB's sniffer gives up on a file whose lines it cannot agree on (an unterminated quote, say); the
-    file is then read again with the columns its header names and nothing detected, so that only the bad
-    lines are rejected.
+    DuckDB's sniffer gives up on a file whose lines it cannot agree on (an unterminated quote, line endings
+    of two kinds); the file is then read again with the columns its header names, nothing detected and the
+    parser's strict mode off, so that only the bad lines are rejected.
     """
     try:
         con.execute(
@@ -148,7 +157,7 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         columns = "{" + ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header) + "}"
         con.execute(
             f"CREATE TEMP TABLE _read AS SELECT * FROM read_csv(?, auto_detect = false, columns = {columns}, "
-            f"{_CSV_DIALECT}, {_CSV_REJECTS})",
+            f"strict_mode = false, {_CSV_DIALECT}, {_CSV_REJECTS})",
             [str(path)],
         )
     con.execute(
@@ -326,7 +335,7 @@ class Ingestor:
         if seen:
             return BatchResult(source, label, batch_id, "skipped")
         try:  # read before the transaction: a reader that fails and tries again must not abort it
-            columns, malformed = _read_as_text(self.con, path)
+            columns, malformed = _read_as_text(self.con, path, spec.columns)
         except SchemaError as exc:
             # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
             return BatchResult(source, label, batch_id, "failed", error=f"{exc} (not ingested; tried again next run)")
@@ -376,6 +385,8 @@ class Ingestor:
             result.error = f"{label}: missing required column '{missing[0]}'" + (
                 f" (and {', '.join(missing[1:])})" if len(missing) > 1 else ""
             )
+            if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
+                result.error += "; its header is one column: columns must be separated by commas"
             self._classify(spec, forced_reason=f"file rejected: missing required column {missing[0]}")
         else:
             self._classify(spec)

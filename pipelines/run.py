@@ -32,6 +32,9 @@ class RunOutcome:
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, severity)
     warnings: list[str] = field(default_factory=list)
+    #: The ``errors`` the ingest assets reported: rejected files (also in ``ingest_batches``) and files that
+    #: could not be read at all (not recorded: they are tried again on the next run).
+    file_errors: list[str] = field(default_factory=list)
     failure: str | None = None
 
 
@@ -72,6 +75,9 @@ class _ProgressHandler(logging.Handler):
         step = event.step_key or ""
         if kind == "STEP_START":
             self.started[step] = time.perf_counter()
+        elif kind == "ASSET_MATERIALIZATION":
+            errors = event.event_specific_data.materialization.metadata.get("errors")
+            self.outcome.file_errors.extend(errors.value if errors is not None else [])
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             name = f"{data.asset_key.to_user_string()}.{data.check_name}"

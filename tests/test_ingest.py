@@ -100,9 +100,27 @@ def test_an_unterminated_quote_quarantines_its_line_not_the_file(tmp_path, con, 
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
     assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 2, 1, 1)
     assert con.execute("SELECT row_number, reason FROM quarantine").fetchall() == [
-        (2, "malformed CSV line: unquoted value")
+        (2, "malformed CSV line: missing columns")  # the open quote runs to the end of the file
     ]
     assert con.execute("SELECT crm_id, email, row_number FROM raw_crm").fetchall() == [("C1", "ann@x.com", 1)]
+
+
+def test_header_names_are_matched_whatever_their_case_and_spaces(tmp_path, con, ingestor):
+    write_csv(tmp_path / "inbox/crm/crm.csv", "\ufeffCRM_ID, First_Name ,Email,Note\r\nC1,Ann,ann@x.com,vip\r\n")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert (result.status, result.rows_loaded) == ("loaded", 1)
+    rows = con.execute("SELECT crm_id, first_name, email, extra FROM raw_crm").fetchall()
+    assert rows[0][:3] == ("C1", "Ann", "ann@x.com")
+    assert json.loads(rows[0][3]) == {"Note": "vip"}  # a column beyond the contract keeps its own name
+
+
+def test_a_semicolon_separated_file_is_rejected_with_a_hint(tmp_path, con, ingestor):
+    write_csv(tmp_path / "inbox/crm/crm.csv", "crm_id;first_name\nC1;Ann")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert result.status == "rejected"
+    assert result.error == (
+        "crm/crm.csv: missing required column 'crm_id'; its header is one column: columns must be separated by commas"
+    )
 
 
 def test_json_lines_that_do_not_parse_are_quarantined_and_the_rest_loads(tmp_path, con, ingestor):

@@ -33,9 +33,9 @@ def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def] 
     for (error,) in rejected:
         console.print(f"  [yellow]rejected file[/yellow] {error}")
     listed = {error for (error,) in rejected}
-    for warning in outcome.warnings:  # e.g. a file that cannot be read at all: not in the ledger, retried next run
-        if warning not in listed:
-            console.print(f"  [yellow]warning[/yellow] {warning}")
+    for error in outcome.file_errors:  # a file that cannot be read at all: not in the ledger, retried next run
+        if error not in listed:
+            console.print(f"  [yellow]unreadable file[/yellow] {error}")
     console.print(f"  store               {db_path}")
 
 

@@ -18,5 +18,5 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     out = " ".join(result.output.split())  # rich wraps long lines
     assert "rows in 3 = 1 loaded + 2 quarantined + 0 suppressed" in out
     assert "rejected file store/store-1.csv: missing required column 'transaction_time'" in out
-    assert "warning " in out and "store-2.parquet: cannot be read as parquet" in out
+    assert "unreadable file " in out and "store-2.parquet: cannot be read as parquet" in out
     assert "(not ingested; tried again next run)" in out
