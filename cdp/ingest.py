@@ -100,7 +100,7 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     header, not Parquet, a ``.json`` document that does not parse) raises :class:`SchemaError`.
     """
     kind = READERS[path.suffix.lower()]
-    con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
+    con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects; DROP TABLE IF EXISTS _read")
     con.execute("CREATE TEMP TABLE _rejects (row_number BIGINT, reason VARCHAR, line VARCHAR)")
     try:
         if kind == "csv":
@@ -169,8 +169,6 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 def _csv_header(path: Path) -> list[str]:
     """The column names of a CSV file's first line, made unique (``a``, ``a_1``); empty if it has none."""
-    import csv
-
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             first = next(csv.reader(fh), [])
