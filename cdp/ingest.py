@@ -114,13 +114,16 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise SchemaError(f"{path}: cannot be read as {kind}: {first}") from None
-    read = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _read)").fetchall()]
+    described = con.execute("SELECT column_name, column_type FROM (DESCRIBE _read)").fetchall()
     canonical = {name.lower(): name for name in known}
     columns: list[str] = []
-    for name in read:
+    for name, _type in described:
         alias = canonical.get(name.strip().lower(), name)
-        columns.append(alias if alias.lower() not in {c.lower() for c in columns} else name)
-    casts = ", ".join(f"CAST({_q(c)} AS VARCHAR) AS {_q(a)}" for c, a in zip(read, columns, strict=True))
+        alias = alias if alias.lower() not in {c.lower() for c in columns} else name
+        columns.append(f"{alias}_in_file" if alias.lower() in _INTERNAL_COLUMNS else alias)
+    casts = ", ".join(
+        f"{_as_text(_q(name), kind)} AS {_q(alias)}" for (name, kind), alias in zip(described, columns, strict=True)
+    )
     rejected = con.execute("SELECT count(*) FROM _rejects").fetchall()[0][0]
     if not rejected:
         con.execute(f"CREATE TEMP TABLE _batch AS SELECT {casts}, row_number() OVER () AS _row FROM _read")
@@ -135,6 +138,16 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
         )
     con.execute("DROP TABLE _read")
     return columns, int(rejected)
+
+
+#: Columns ingestion adds to a batch; a file's own column of one of these names is read as ``<name>_in_file``.
+_INTERNAL_COLUMNS = {"_row", "_ord", "_fate", "_fate_reason"}
+
+
+def _as_text(column: str, kind: str) -> str:
+    """``column`` as text: nested values (JSON objects and arrays, Parquet structs and lists) as JSON."""
+    nested = kind.startswith(("STRUCT", "MAP", "UNION")) or kind.endswith("]") or kind == "JSON"
+    return f"CAST(to_json({column}) AS VARCHAR)" if nested else f"CAST({column} AS VARCHAR)"
 
 
 def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:

@@ -114,6 +114,29 @@ def test_header_names_are_matched_whatever_their_case_and_spaces(tmp_path, con, 
     assert json.loads(rows[0][3]) == {"Note": "vip"}  # a column beyond the contract keeps its own name
 
 
+def test_a_files_own_column_named_like_an_internal_one_does_not_replace_it(tmp_path, con, ingestor):
+    write_csv(tmp_path / "inbox/crm/crm.csv", "crm_id,_row,_fate\nC1,9,gone")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert (result.status, result.rows_loaded) == ("loaded", 1)
+    row_number, extra = con.execute("SELECT row_number, extra FROM raw_crm").fetchall()[0]
+    assert row_number == 1
+    assert json.loads(extra) == {"_row_in_file": "9", "_fate_in_file": "gone"}
+
+
+def test_nested_json_values_are_kept_as_json(tmp_path, con, ingestor):
+    folder = tmp_path / "inbox/web"
+    folder.mkdir(parents=True)
+    (folder / "web-1.jsonl").write_text(
+        '{"event_id": "e1", "event_time": "2026-01-01T00:00:00Z", "anonymous_id": "c1", '
+        '"items": [{"sku": "A1", "qty": 2}], "context": {"page": "/x"}}\n'
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert result.rows_loaded == 1
+    extra = json.loads(con.execute("SELECT extra FROM raw_web").fetchall()[0][0])
+    assert json.loads(extra["items"]) == [{"sku": "A1", "qty": 2}]
+    assert json.loads(extra["context"]) == {"page": "/x"}
+
+
 def test_a_semicolon_separated_file_is_rejected_with_a_hint(tmp_path, con, ingestor):
     write_csv(tmp_path / "inbox/crm/crm.csv", "crm_id;first_name\nC1;Ann")
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
