@@ -100,12 +100,14 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
     selection: list[str] | None = None,
     full_refresh: bool = False,
+    instance: dg.DagsterInstance | None = None,
 ) -> RunOutcome:
     """Materialise ``cdp_pipeline`` for ``inbox`` into ``settings.db_path``; returns what happened.
 
-    Incremental unless ``full_refresh`` (see :class:`pipelines.resources.CdpStore`).
+    Incremental unless ``full_refresh`` (see :class:`pipelines.resources.CdpStore`). ``instance`` defaults
+    to the project's (:func:`prepare_instance`), whose run history the Dagster UI shows.
     """
-    instance = prepare_instance(settings)
+    instance = instance or prepare_instance(settings)
     outcome = RunOutcome(success=False, run_id="", seconds=0.0)
     handler = _ProgressHandler(outcome, echo)
 
