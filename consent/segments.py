@@ -109,6 +109,16 @@ class CompiledSegment:
 BUILT_IN = Segment(ALL_CUSTOMERS, "Every unified customer", where="true")
 
 
+def where_text(where: object) -> str:
+    """A segment's ``where`` tree as one line: ``(a AND (b OR c))``."""
+    if isinstance(where, dict) and len(where) == 1:
+        ((kind, items),) = where.items()
+        if isinstance(items, list):
+            joiner = " AND " if kind == "all" else " OR "
+            return "(" + joiner.join(where_text(i) for i in items) + ")"
+    return str(where).lower() if isinstance(where, bool) else str(where)
+
+
 # -- loading -----------------------------------------------------------------------------------------
 
 

@@ -21,36 +21,49 @@ _REASON_LABELS = {
 }
 
 
-def _where_text(where: object) -> str:
-    if isinstance(where, dict):
-        (kind, items), *_ = where.items()
-        joiner = " AND " if kind == "all" else " OR "
-        return "(" + joiner.join(_where_text(i) for i in items) + ")"
-    return str(where).lower() if isinstance(where, bool) else str(where)
-
-
 @app.command("list")
 @one_line_errors
 def list_segments(
     segments_dir: Path | None = typer.Option(None, "--segments-dir", help="Folder of segment YAML files."),
+    db: Path | None = DbOption,
 ) -> None:
-    """Segment definitions: the built-in `all_customers` and every YAML file in the segments folder."""
-    from consent.segments import SegmentError, load_segments
+    """Segment definitions (the built-in `all_customers` and every YAML file in the segments folder) with
+    their customers before consent and, per purpose, how many may be contacted."""
+    from cdp.config import PURPOSES
+    from cdp.store import connect
+    from consent import enforce
+    from consent.segments import SegmentError, load_segments, select_segment, where_text
 
-    settings = settings_for(None, segments_dir=segments_dir)
+    settings = settings_for(db, segments_dir=segments_dir)
     found = load_segments(settings.segments_dir)
-    table = Table("name", "description", "where", "fields", "activations", box=None, pad_edge=False)
+    con = connect(settings.db_path, read_only=True) if settings.db_path.exists() else None
+    table = Table(
+        "name", "description", "where", "fields", "activations", "customers", "may be contacted",
+        box=None, pad_edge=False,
+    )  # fmt: skip
     invalid = 0
-    for name, seg in found.items():
-        if isinstance(seg, SegmentError):
-            invalid += 1
-            table.add_row(f"[red]{name}[/red]", f"[red]invalid: {seg}[/red]", "", "", "")
-            continue
-        fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
-        table.add_row(name, seg.description, _where_text(seg.where), fields, activations)
+    try:
+        for name, seg in found.items():
+            if isinstance(seg, SegmentError):
+                invalid += 1
+                table.add_row(f"[red]{name}[/red]", f"[red]invalid: {seg}[/red]", "", "", "", "", "")
+                continue
+            customers = contactable = "-"
+            if con is not None:
+                candidates = select_segment(con, seg)
+                customers = f"{len(candidates):,}"
+                allowed = {p: enforce.exclusion_counts(con, p, candidates)["allowed"] for p in PURPOSES}
+                contactable = "\n".join(f"{p} {n:,}" for p, n in allowed.items())
+            fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
+            table.add_row(name, seg.description, where_text(seg.where), fields, activations, customers, contactable)
+    finally:
+        if con is not None:
+            con.close()
     console.print(table)
     console.print(f"{len(found)} segments in {settings.segments_dir} (including built-in all_customers)", end="")
     console.print(f", {invalid} invalid" if invalid else "")
+    if con is None:
+        console.print(f"No store at {settings.db_path} yet: `cdp run --inbox DIR` first for the counts.")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from cdp.config import PURPOSE_CHANNEL, PURPOSES, Settings
 from cdp.errors import CdpError
 from cdp.store import connect, table_exists
 from cdp.users import User
+from consent.segments import where_text
 
 #: Request kinds the intake takes, and the identifier kinds a subject is named by.
 INTAKE_KINDS = ("erasure", "access", "restriction", "objection")
@@ -80,16 +81,6 @@ def audit_lines(settings: Settings, request_id: str | None = None, limit: int = 
 
 
 # -- segments (marketer) -------------------------------------------------------------------------------
-def where_text(where: object) -> str:
-    """A segment's ``where`` tree as one line (``cdp segments list`` prints the same)."""
-    if isinstance(where, dict) and len(where) == 1:
-        ((kind, items),) = where.items()
-        if isinstance(items, list):
-            joiner = " AND " if kind == "all" else " OR "
-            return "(" + joiner.join(where_text(i) for i in items) + ")"
-    return str(where).lower() if isinstance(where, bool) else str(where)
-
-
 def _counts(con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, purposes: tuple[str, ...]) -> dict[str, Any]:
     from consent import enforce
 

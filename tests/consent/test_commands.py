@@ -57,9 +57,15 @@ def test_segments_list_preview_export(db: Path, tmp_path: Path):
     spenders = "name: spenders\ndescription: big\nwhere: total_spend >= 5\nfields: [first_name]\n"
     (segs / "spenders.yaml").write_text(spenders)
     (segs / "evil.yaml").write_text("name: evil\nwhere: read_csv('/etc/passwd') IS NULL\n")
-    listed = cdp("segments", "list", "--segments-dir", str(segs))
+    listed = runner.invoke(app, ["segments", "list", "--segments-dir", str(segs), "--db", str(db)],
+                           env={"COLUMNS": "240"})  # fmt: skip
     assert listed.exit_code == 0 and "all_customers" in listed.output and "spenders" in listed.output
     assert "1 invalid" in listed.output
+    rows = {line.split()[0]: line.split() for line in listed.output.splitlines() if line.strip()}
+    assert rows["all_customers"][-3:] == ["7", "email_marketing", "3"]  # customers, then allowed per purpose
+    assert rows["spenders"][-3:] == ["2", "email_marketing", "1"]
+    no_store = cdp("segments", "list", "--segments-dir", str(segs), "--db", str(tmp_path / "none.duckdb"))
+    assert no_store.exit_code == 0 and "`cdp run --inbox DIR` first for the counts" in " ".join(no_store.output.split())
     shown = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db),
                 "--segments-dir", str(segs))  # fmt: skip
     assert shown.exit_code == 0, shown.output
