@@ -22,7 +22,7 @@ import duckdb
 
 from cdp.config import PURPOSES
 from cdp.errors import SchemaError
-from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table
+from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table, transaction
 from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
@@ -350,28 +350,16 @@ class Ingestor:
         except SchemaError as exc:
             # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
             return BatchResult(source, label, batch_id, "failed", error=f"{exc} (not ingested; tried again next run)")
-        self.con.execute("BEGIN TRANSACTION")
         try:
-            result = self._load(spec, label, batch_id, columns, malformed)
-            self.con.execute(
-                "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                [
-                    batch_id,
-                    source,
-                    label,
-                    digest,
-                    result.rows_in,
-                    result.rows_loaded,
-                    result.rows_quarantined,
-                    result.rows_suppressed,
-                    result.status,
-                    result.error,
-                ],
-            )
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+            with transaction(self.con):
+                result = self._load(spec, label, batch_id, columns, malformed)
+                self.con.execute(
+                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                    [
+                        batch_id, source, label, digest, result.rows_in, result.rows_loaded,
+                        result.rows_quarantined, result.rows_suppressed, result.status, result.error,
+                    ],
+                )  # fmt: skip
         finally:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
             self.con.execute("DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified")
