@@ -55,7 +55,7 @@ import duckdb
 from cdp.config import Settings
 from cdp.errors import CdpError
 from cdp.ingest import IDENTIFIER_COLUMNS
-from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table
+from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from identity import changes
@@ -864,8 +864,7 @@ def erase(
                 f"request {request_id}: the identifier given links {plan.scope.seed_customers} customers "
                 "(shared by a household?); check the dry run and erase each one by --customer-id"
             )
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             report.deleted, report.suppressed = _erase_rows(con, plan, secret, now)
             # Records left the store outside a pipeline run: the next run re-resolves everyone from scratch.
             changes.invalidate(con)
@@ -878,10 +877,6 @@ def erase(
                 f"{len(plan.exports)} earlier exports listed for recall",
                 total, actor, now,
             )  # fmt: skip
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         drop_scope(con)
         rewrite_database(con, settings.db_path)
         con = connect(settings.db_path)
