@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import duckdb
@@ -53,12 +52,11 @@ def _count(con: duckdb.DuckDBPyConnection, table: str, where: str = "") -> int |
 
 
 def _identity_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    if not table_exists(con, "identity_runs"):
+    from identity.resolve import last_run_stats
+
+    stats = last_run_stats(con)
+    if not stats:
         return None
-    rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
-    if not rows:
-        return None
-    stats = json.loads(rows[0][0])
     if stats.get("mode") == "incremental":
         return (
             f"incremental: {stats.get('changed_units', 0):,} changed units, {stats.get('region_units', 0):,} "

@@ -307,7 +307,10 @@ def _model_sha(model_path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _previous_run(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def last_run_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The stats of the latest identity run (``identity_runs.stats``); empty before the first one."""
+    if not table_exists(con, "identity_runs"):
+        return {}
     rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
     return json.loads(rows[0][0]) if rows else {}
 
@@ -369,7 +372,7 @@ def resolve_identities(
     run_id = started_at.strftime("idr_%Y%m%dT%H%M%S_") + uuid.uuid4().hex[:8]
     ensure_identity_schema(con)
     changes.ensure_changes_schema(con)
-    previous = _previous_run(con)
+    previous = last_run_stats(con)
     fingerprint = _model_sha(model_path)
     reason = "requested" if full else _full_reason(con, settings, previous, fingerprint)
     if reason is None:

@@ -57,11 +57,10 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
 
 
 def _latest_run_stats(store: CdpStore) -> dict:
-    import json
+    from identity.resolve import last_run_stats
 
     with store.session() as con:
-        rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
-    return json.loads(rows[0][0]) if rows else {}
+        return last_run_stats(con)
 
 
 @dg.asset_check(
