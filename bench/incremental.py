@@ -67,11 +67,11 @@ def run_step(work: Path, step: str, in_memory: bool = False) -> dict:
 
         instance = dg.DagsterInstance.ephemeral()
     outcome = run_pipeline(settings, inbox, echo=lambda _m: None, full_refresh=step == "rebuild", instance=instance)
+    from identity.resolve import last_run_stats
+
     con = connect(settings.db_path, read_only=True)
     try:
-        identity = json.loads(
-            con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()[0][0]
-        )
+        identity = last_run_stats(con)
         records = int(con.execute("SELECT count(*) FROM stg_records").fetchall()[0][0])
         result: dict = {
             "step": step,
@@ -119,10 +119,7 @@ def run_step(work: Path, step: str, in_memory: bool = False) -> dict:
 
 
 def main() -> None:
-    import subprocess
-    import sys
-
-    from bench.run import machine
+    from bench.run import ROWS_PER_PERSON, in_fresh_process, machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -136,7 +133,6 @@ def main() -> None:
         print(json.dumps(run_step(args.work, args.step, args.dagster_in_memory)))
         return
 
-    from bench.run import ROWS_PER_PERSON
     from cdp.generate import generate_world, split_inbox
 
     work = WORK / f"incremental-{args.records}"
@@ -147,17 +143,8 @@ def main() -> None:
     print(f"bench: world generated in {time.perf_counter() - started:.0f} s; batch rows held back: {held}", flush=True)
     steps = []
     for step in ("base", "batch", "rebuild"):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.incremental", "--step", step, "--work", str(work)]
-            + (["--dagster-in-memory"] if args.dagster_in_memory else []),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            sys.exit(f"bench: step {step} failed: {out.stderr.strip().splitlines()[-1]}")
-        steps.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"  {json.dumps(steps[-1])}", flush=True)
+        step_args = ["bench.incremental", "--step", step, "--work", str(work)]
+        steps.append(in_fresh_process(step_args + (["--dagster-in-memory"] if args.dagster_in_memory else []), step))
     report = {
         "machine": machine(), "fraction": args.fraction, "batch_rows": held, "steps": steps,
         "dagster_instance": "in-memory" if args.dagster_in_memory else "project (sqlite run storage)",

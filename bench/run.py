@@ -60,11 +60,11 @@ def run_one(records: int, seed: int) -> dict:
     stages = {name: round(sum(step_s.get(s, 0.0) for s in steps), 2) for name, steps in STAGES.items()}
     stages["checks"] = round(sum(t for s, t in step_s.items() if s not in sum(STAGES.values(), ())), 2)
     stages["export"] = _export_seconds(settings, work)
+    from identity.resolve import last_run_stats
+
     con = connect(settings.db_path, read_only=True)
     try:
-        identity_stats = json.loads(
-            con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()[0][0]
-        )
+        identity_stats = last_run_stats(con)
         # Within the link-and-cluster step: linking (graph and Splink) and clustering (components, ids, writes)
         stages["link"] = round(identity_stats["graph_seconds"] + identity_stats["model_seconds"], 2)
         stages["cluster"] = round(identity_stats["cluster_seconds"] + identity_stats["write_seconds"], 2)
@@ -135,6 +135,17 @@ def comparisons_scored(con) -> int:  # type: ignore[no-untyped-def]
         session.close()
 
 
+def in_fresh_process(module_args: list[str], label: str) -> dict:
+    """Run ``python -m <module_args>`` in a process of its own (its peak memory is its own) and return the
+    JSON its last line prints; exit with the last error line when it fails."""
+    out = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"bench: {label} failed: {out.stderr.strip().splitlines()[-1]}")
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {json.dumps(result)}", flush=True)
+    return result
+
+
 def machine() -> dict:
     mem_kb = next(
         (
@@ -192,17 +203,9 @@ def main() -> None:
     results = []
     for records in args.records:
         print(f"bench: {records:,} records ...", flush=True)
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.run", "--one", str(records), "--seed", str(args.seed)],
-            capture_output=True,
-            text=True,
-            check=False,
+        results.append(
+            in_fresh_process(["bench.run", "--one", str(records), "--seed", str(args.seed)], f"{records:,} records")
         )
-        if out.returncode != 0:
-            sys.exit(f"bench: {records:,} records failed: {out.stderr.strip().splitlines()[-1]}")
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {json.dumps(result)}", flush=True)
-        results.append(result)
     host = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "pipeline.json").write_text(json.dumps({"machine": host, "results": results}, indent=2) + "\n")
