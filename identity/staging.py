@@ -158,17 +158,16 @@ def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str) -> bool
 
 def _restage_keys(
     con: duckdb.DuckDBPyConnection, table: str, staged: _Staged, batches: list[str], key_column: str
-) -> int:
+) -> None:
     """Re-stage every key that a row of ``batches`` carries: its staged row is deleted and chosen anew
-    among all its versions. Returns the number of keys restaged."""
+    among all its versions."""
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _restage AS SELECT DISTINCT {staged.key} AS k FROM {staged.raw} "
         "WHERE batch_id IN (SELECT unnest($batches))",
         {"batches": batches},
     )
-    keys = int(con.execute("SELECT count(*) FROM _restage").fetchall()[0][0])
-    if not keys:
-        return 0
+    if not con.execute("SELECT count(*) FROM _restage").fetchall()[0][0]:
+        return
     where = f"{staged.key} IN (SELECT k FROM _restage)"
     source = f"source = '{staged.source}' AND " if staged.source else ""
     restaged = f"{source}{key_column} IN (SELECT k FROM _restage)"
@@ -179,7 +178,6 @@ def _restage_keys(
     con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
     if table == "stg_records":  # ... and so did those the new versions belong to
         con.execute(note_units)
-    return keys
 
 
 def _stage(
@@ -190,8 +188,8 @@ def _stage(
     key_column: str,
     region: str,
     incremental: bool,
-) -> str:
-    """Build ``table`` in full, or only for the keys new batches carry; returns the mode used."""
+) -> None:
+    """Build ``table`` in full, or only for the keys new batches carry."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(UNIT_CHANGES_DDL)
     raws = tuple(s.raw for s in sources)
@@ -210,7 +208,6 @@ def _stage(
             for staged in sources:
                 _restage_keys(con, table, staged, batches, key_column)
         record_batches(con, "staged_batches", table, batches)
-    return "incremental" if incremental else "full"
 
 
 def build_stg_records(con: duckdb.DuckDBPyConnection, region: str = "GB", incremental: bool = False) -> dict[str, int]:
