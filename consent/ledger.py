@@ -54,10 +54,11 @@ SELECT 'consent:' || consent_id, 'consent', consent_id, event_time,
        email, email_key, phone_e164, user_id, crm_id, loyalty_id, device_id, anonymous_id,
        batch_id, file, row_number, now()::TIMESTAMP
 FROM (SELECT *, row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
-      FROM stg_consent) c
+      FROM stg_consent  -- consent ids not in the ledger yet, before the window: the new batches' only
+      WHERE consent_id NOT IN (SELECT consent_id FROM consent_events
+                               WHERE origin = 'consent' AND consent_id IS NOT NULL))
 WHERE copy = 1 AND consent_id IS NOT NULL AND event_time IS NOT NULL
   AND lower(trim(purpose)) IN {PURPOSES} AND lower(trim(status)) IN {STATUSES}
-  AND NOT EXISTS (SELECT 1 FROM consent_events e WHERE e.event_id = 'consent:' || c.consent_id)
 """
 
 _FROM_APP = """
