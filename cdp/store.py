@@ -267,7 +267,8 @@ def record_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str, batch
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main'",
+            "SELECT count(*) FROM duckdb_tables() "
+            "WHERE table_name = ? AND schema_name = 'main' AND database_name = current_database()",
             [name],
         ).fetchall()[0][0]
     )
