@@ -194,6 +194,9 @@ ERASURE_MAP: dict[str, Rule] = {
         "the subject's customers in the changed-customer log", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
     ),
     "customer_profiles": Rule("the subject's profiles", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
+    "identity_customer_sizes": Rule(
+        "the unit and account counts of the subject's customers", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
+    ),
     # Consent and activation.
     "consent_events": Rule(
         "ledger events from the subject's consent rows or app records, or naming an exclusive identifier",

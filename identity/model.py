@@ -253,17 +253,19 @@ def build_person_units(
     if not reuse_units:
         build_units(con, records)
         units = "_units"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _person_units AS {person_units_sql(units, training)}")
+    return int(con.execute("SELECT count(*) FROM _person_units").fetchall()[0][0])
+
+
+def person_units_sql(units: str, training: bool = False) -> str:
+    """The person-bearing units of the table ``units`` (``_units`` or ``identity_units``) as Splink reads them."""
     extra = f"AND {TRAINING_FILTER}" if training else ""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _person_units AS
+    return f"""
         SELECT unit_id, first_name, first_canon, first_cands, last_name, last_cands, dob, email_key,
                split_part(email_key, '@', 1) AS email_local, phone_e164, postcode, address_line1,
                user_id, loyalty_id
         FROM {units} WHERE (first_name IS NOT NULL OR last_name IS NOT NULL) {extra}
         """
-    )
-    return int(con.execute("SELECT count(*) FROM _person_units").fetchall()[0][0])
 
 
 def _person_frame(con: duckdb.DuckDBPyConnection) -> Any:
@@ -541,21 +543,23 @@ def predict_changed_pairs(
     model_path: Path = MODEL_PATH,
     threads: int = 2,
     memory_limit: str = "4GB",
+    person_units: str = "_person_units",
 ) -> dict[str, Any]:
     """Score only the pairs that involve a changed unit: temp table ``_new_model_pairs``.
 
-    ``_person_units`` holds every person unit (changed ones with their new attributes) and ``changed``
-    names a table of unit ids. Splink's ``predict_between`` scores changed units against the others and
-    ``predict_within`` the changed units among themselves, with the same blocking rules, model and
-    ``prior`` as a full run, so the pairs are those a full run would find for these units. The precision
-    guard applies as in :func:`predict_pairs`; the ambiguity guard is the caller's (it needs every pair).
+    ``person_units`` (a table or view, :func:`person_units_sql`) holds every person unit, changed ones with
+    their new attributes, and ``changed`` names a table of unit ids. Splink's ``predict_between`` scores
+    changed units against the others and ``predict_within`` the changed units among themselves, with the
+    same blocking rules, model and ``prior`` as a full run, so the pairs are those a full run would find for
+    these units. The precision guard applies as in :func:`predict_pairs`; the ambiguity guard is the
+    caller's (it needs every pair).
     """
     started = time.perf_counter()
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _new_model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)"
     )
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM _person_units "
+        f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM {person_units} "
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
     n_changed = int(con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0])
@@ -564,7 +568,7 @@ def predict_changed_pairs(
     # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
     frame = con.sql(
         f"""
-        SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM _person_units p
+        SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM {person_units} p
         WHERE unit_id IN (SELECT unit_id FROM _changed_person) OR {candidate_filter()}
         ORDER BY unit_id
         """

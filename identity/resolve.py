@@ -43,7 +43,7 @@ from identity import changes, graph, model
 from identity.staging import ALL_UNITS, UNIT_CHANGES_DDL
 
 #: Tables an incremental run builds on (rewritten by every full run, updated by incremental ones).
-STATE_TABLES = ("identity_units", "identity_unit_keys", "identity_model_pairs")
+STATE_TABLES = ("identity_units", "identity_unit_keys", "identity_model_pairs", "identity_customer_sizes")
 
 ID_PREFIX = "cus_"
 #: A cluster with more CRM contacts or online accounts than this is reported as an outlier (CRM exports
@@ -178,8 +178,13 @@ def _components(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     }
 
 
-def _last_sequence(con: duckdb.DuckDBPyConnection) -> int:
+def _last_sequence(con: duckdb.DuckDBPyConnection, incremental: bool) -> int:
+    """The highest customer id sequence issued so far. Every run records the highest it issued; a full run also
+    reads the ids in the tables (an id issued outside a run is never issued again). An incremental run builds
+    on the previous run's row, which already took them into account."""
     seq = con.execute("SELECT coalesce(max(last_sequence), 0) FROM identity_runs").fetchall()[0][0]
+    if incremental:
+        return int(seq)
     pattern = f"^{ID_PREFIX}(\\d+)$"
     for sql in (
         "SELECT max(TRY_CAST(regexp_extract(customer_id, ?, 1) AS BIGINT)) FROM customer_source_records",
@@ -217,7 +222,7 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime, scop
         kept[anchor] = customer_id
         taken.add(customer_id)
     anchors = [row[0] for row in con.execute("SELECT DISTINCT anchor FROM _clusters ORDER BY anchor").fetchall()]
-    seq = _last_sequence(con)
+    seq = _last_sequence(con, incremental=scope is not None)
     ids: dict[str, str] = {}
     new = 0
     for anchor in anchors:
@@ -268,11 +273,11 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime, scop
     }
 
 
-def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Cluster-size figures over every customer (read from the stored tables, so both modes agree)."""
-    row = con.execute(
-        f"""
-        WITH cu AS (SELECT DISTINCT customer_id, unit_id, source FROM customer_source_records),
+def _customer_sizes_sql(customers: str | None = None) -> str:
+    """Per customer (of the temp table ``customers``, or all): units, CRM contacts and online accounts."""
+    only = f"WHERE customer_id IN (SELECT customer_id FROM {customers})" if customers else ""
+    return f"""
+        WITH cu AS (SELECT DISTINCT customer_id, unit_id, source FROM customer_source_records {only}),
         per AS (
             SELECT customer_id, count(*) AS units, count(*) FILTER (WHERE source = 'crm') AS crm_contacts
             FROM cu GROUP BY 1
@@ -281,14 +286,33 @@ def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             SELECT c.customer_id, count(DISTINCT k.id_value) AS accounts
             FROM cu c JOIN identity_unit_keys k USING (unit_id) WHERE k.id_type = 'user_id' GROUP BY 1
         )
-        SELECT max(units), count(*) FILTER (WHERE units > 1),
-               count(*) FILTER (WHERE units > {OUTLIER_UNITS} OR crm_contacts > {OUTLIER_CRM_CONTACTS}
-                                   OR coalesce(accounts, 0) > {OUTLIER_ACCOUNTS})
+        SELECT customer_id, units, crm_contacts, coalesce(accounts, 0) AS accounts
         FROM per LEFT JOIN accounts USING (customer_id)
         """
+
+
+def _store_customer_sizes(con: duckdb.DuckDBPyConnection, changed: str | None) -> None:
+    """``identity_customer_sizes``: every customer's size, rebuilt by a full run and, by an incremental one,
+    rewritten for the customers of the temp table ``changed`` only (the ids they had and have now)."""
+    if changed is None:
+        con.execute(f"CREATE OR REPLACE TABLE identity_customer_sizes AS {_customer_sizes_sql()}")
+        return
+    con.execute(f"DELETE FROM identity_customer_sizes WHERE customer_id IN (SELECT customer_id FROM {changed})")
+    con.execute(f"INSERT INTO identity_customer_sizes {_customer_sizes_sql(changed)}")
+
+
+def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Cluster-size figures over every customer, from ``identity_customer_sizes``."""
+    row = con.execute(
+        f"""
+        SELECT count(*), max(units), count(*) FILTER (WHERE units > 1),
+               count(*) FILTER (WHERE units > {OUTLIER_UNITS} OR crm_contacts > {OUTLIER_CRM_CONTACTS}
+                                   OR accounts > {OUTLIER_ACCOUNTS})
+        FROM identity_customer_sizes
+        """
     ).fetchall()[0]
-    return {"largest_customer_units": int(row[0] or 0), "multi_unit_customers": int(row[1] or 0),
-            "outlier_customers": int(row[2] or 0)}  # fmt: skip
+    return {"customers": int(row[0]), "largest_customer_units": int(row[1] or 0),
+            "multi_unit_customers": int(row[2] or 0), "outlier_customers": int(row[3] or 0)}  # fmt: skip
 
 
 class _NotLocal(Exception):
@@ -424,6 +448,7 @@ def resolve_identities(
         con.execute("DELETE FROM identity_edges")
         _insert_edges(con, run_id)
         _store_state(con)
+        _store_customer_sizes(con, None)
         changes.record_changes(con, run_id, None)
         stats.update(ids)
         _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "full", reason)
@@ -475,11 +500,9 @@ def _finish(
     con.execute("DELETE FROM stg_unit_changes")
     changes.clear_invalidation(con)
     stats.update(_outliers(con))
-    counts = con.execute("SELECT count(*), count(DISTINCT unit_id) FROM stg_records").fetchall()[0]
-    stats["records"], stats["units"] = int(counts[0]), int(counts[1])
-    stats["customers"] = int(
-        con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0]
-    )
+    # identity_units holds one row per unit of stg_records (rebuilt by a full run, kept so by an incremental one)
+    counts = con.execute("SELECT (SELECT count(*) FROM stg_records), (SELECT count(*) FROM identity_units)").fetchall()
+    stats["records"], stats["units"] = int(counts[0][0]), int(counts[0][1])
     stats["identity_edges"] = int(con.execute("SELECT count(*) FROM identity_edges").fetchall()[0][0])
     if mode == "incremental":  # every customer outside the region kept its id too
         stats["kept_customers"] = stats["customers"] - stats["new_customers"]
@@ -601,11 +624,12 @@ def _resolve_changed(
         timings["graph_seconds"] = round(time.perf_counter() - t, 2)
 
         # 2. Model pairs of W, and the ambiguity guard around them.
-        model.build_person_units(con, reuse_units=True, units="identity_units")
+        # A view: Splink reads the changed units and their candidates, not all 300k person units.
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_now AS {model.person_units_sql('identity_units')}")
         stats.update(
             model.predict_changed_pairs(
                 con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
-                threads=settings.threads, memory_limit=settings.memory_limit,
+                threads=settings.threads, memory_limit=settings.memory_limit, person_units="_person_units_now",
             )
         )  # fmt: skip
         t = time.perf_counter()
@@ -761,6 +785,7 @@ def _resolve_changed(
             "OR unit_id_r IN (SELECT unit_id FROM _scope)"
         )
         _insert_edges(con, run_id)
+        _store_customer_sizes(con, "_changed_ids")
         stats["changed_customers"] = changes.record_changes(con, run_id, "SELECT customer_id FROM _changed_ids")
         stats.update(ids)
         timings["write_seconds"] = round(time.perf_counter() - t, 2)

@@ -26,7 +26,8 @@ OUTLIER_SHARE_LIMIT = 0.001
         "Splink person model, clustered with stable customer ids. Also writes `identity_edges` (unit "
         "pairs and their evidence type, no key values), `customer_id_history` (merges, splits) and "
         "`identity_runs`. Incremental: only the first-pass components around the units staging changed are "
-        "re-resolved (state in `identity_units`, `identity_unit_keys`, `identity_model_pairs`); full on the "
+        "re-resolved (state in `identity_units`, `identity_unit_keys`, `identity_model_pairs`, and each "
+        "customer's size in `identity_customer_sizes`); full on the "
         "first run, after an erasure, or when the model, threshold or limits change. "
         "PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
     ),

@@ -106,12 +106,21 @@ def test_existing_customers_keep_their_records_and_ids_outside_the_region(runs: 
     assert moved <= changed and changes.EVERYONE not in changed
 
 
+SIZES = "SELECT * FROM identity_customer_sizes ORDER BY customer_id"
+#: Figures an incremental run keeps up to date rather than recounting.
+FIGURES = ("customers", "units", "records", "largest_customer_units", "multi_unit_customers", "outlier_customers")
+
+
 def test_a_full_rebuild_of_the_same_store_changes_nothing(runs: dict) -> None:
     con, settings = runs["con"], runs["settings"]
+    sizes = con.execute(SIZES).df()
     stats = resolve_identities(con, settings, full=True, prior=runs["incremental"]["model_prior"])
     assert stats["mode"] == "full"
     assert stats["new_customers"] == stats["merged"] == stats["split"] == stats["retired"] == 0
     pd.testing.assert_frame_equal(con.execute(RECORDS).df(), runs["records"])
+    # The per-customer sizes and the figures the incremental run derived from them are a full count's.
+    pd.testing.assert_frame_equal(con.execute(SIZES).df(), sizes)
+    assert {k: stats[k] for k in FIGURES} == {k: runs["incremental"][k] for k in FIGURES}
 
 
 def test_a_store_built_from_scratch_on_the_same_files_has_the_same_customers(runs: dict, world: Path) -> None:
