@@ -198,12 +198,11 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
 def profiles_one_row_per_customer(store: CdpStore) -> dg.AssetCheckResult:
     with store.session() as con:
         rows, distinct, missing, orphan = con.execute(
-            """SELECT (SELECT count(*) FROM customer_profiles),
+            """WITH customers AS MATERIALIZED (SELECT DISTINCT customer_id FROM customer_source_records)
+               SELECT (SELECT count(*) FROM customer_profiles),
                       (SELECT count(DISTINCT customer_id) FROM customer_profiles),
-                      (SELECT count(DISTINCT customer_id) FROM customer_source_records
-                        WHERE customer_id NOT IN (SELECT customer_id FROM customer_profiles)),
-                      (SELECT count(*) FROM customer_profiles
-                        WHERE customer_id NOT IN (SELECT customer_id FROM customer_source_records))"""
+                      (SELECT count(*) FROM customers ANTI JOIN customer_profiles USING (customer_id)),
+                      (SELECT count(*) FROM customer_profiles ANTI JOIN customers USING (customer_id))"""
         ).fetchall()[0]
     return dg.AssetCheckResult(
         passed=rows == distinct and missing == 0 and orphan == 0,
