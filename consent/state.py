@@ -303,6 +303,17 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
         f"""CREATE OR REPLACE TEMP TABLE _cs_changed AS
             SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
     )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_new AS
+           SELECT event_id FROM consent_events
+           WHERE event_id NOT IN (SELECT event_id FROM consent_state_seen)"""
+    )
+    # No changed customer, no new event, none come into (or out of) force since the last as_of: nothing to do.
+    quiet = """SELECT NOT EXISTS (FROM _cs_changed) AND NOT EXISTS (FROM _cs_new) AND NOT EXISTS (
+                   FROM consent_events
+                   WHERE event_time > least($prev, $as_of) AND event_time <= greatest($prev, $as_of))"""
+    if con.execute(quiet, window).fetchall()[0][0]:
+        return {"customers": 0}
     _links_of(con, "_cs_changed", "_cs_changed_links")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_changed_ids AS {_ids_sql(loose, '_cs_changed_links')}")
     # The buckets of every value a changed customer holds now or held at the last computation.
@@ -310,11 +321,6 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
         f"""CREATE OR REPLACE TEMP TABLE _cs_buckets AS
             SELECT {_BUCKET} AS bucket FROM _cs_changed_ids WHERE value IS NOT NULL
             UNION SELECT bucket FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)"""
-    )
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _cs_new AS
-           SELECT event_id FROM consent_events
-           WHERE event_id NOT IN (SELECT event_id FROM consent_state_seen)"""
     )
     # Events whose reach may differ from last time: naming a changed value, new, or come into (or out of)
     # force between the two as_of; then the buckets of every value they name, loose emails included.

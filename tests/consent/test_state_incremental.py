@@ -138,6 +138,14 @@ def test_future_dated_event_applies_once_its_time_comes(con, w):
     assert_equals_full_rebuild(con, as_of=day26)
 
 
+def test_an_update_with_nothing_new_recomputes_no_one(con, w):
+    before = state(con)
+    counts = update(con, [])  # no changed customer, no new event, none dated between the two computations
+    assert counts["customers_recomputed"] == 0 and recomputed_rows(con) == set()
+    pd.testing.assert_frame_equal(state(con), before)
+    assert_equals_full_rebuild(con)
+
+
 def test_loose_withdrawal_stops_once_its_email_key_belongs_to_someone(con, w):
     con.execute(raw_ddl("consent"))
     assert not state_current(con)  # loose withdrawals now apply: the basis is stale, a full rebuild is due
