@@ -6,8 +6,9 @@
 
 A world is generated, and the newest rows of every source (``--fraction`` of the source's rows, taken
 from its latest file) are held back as the new batch. The base is run through the pipeline; the batch is
-then added and run incrementally; the same store is finally rebuilt in full (``--full-refresh``) to check
-that the incremental run gave the same customers. Results go to ``bench/results/incremental.{json,md}``.
+then added and run incrementally; the same inbox is run once more, with nothing new in it (what every run
+costs whatever the batch); the same store is finally rebuilt in full (``--full-refresh``) to check that the
+incremental runs gave the same customers. Results go to ``bench/results/incremental.{json,md}``.
 
 ``--dagster-in-memory`` runs every step on an in-memory Dagster instance (no run history for the UI) to
 show what Dagster's sqlite event log costs; its results go to ``incremental-dagster-in-memory.{json,md}``.
@@ -40,7 +41,7 @@ def _stages(outcome) -> dict[str, float]:  # type: ignore[no-untyped-def]
 
 
 def run_step(work: Path, step: str, in_memory: bool = False) -> dict:
-    """One step of the benchmark, in this process: ``base``, ``batch`` or ``rebuild``."""
+    """One step of the benchmark, in this process: ``base``, ``batch``, ``again`` (nothing new) or ``rebuild``."""
     loading = time.perf_counter()
     from cdp.config import load_settings
     from cdp.store import connect
@@ -142,7 +143,7 @@ def main() -> None:
     held = split_inbox(work / "world", work / "inbox", work / "batch", args.fraction)
     print(f"bench: world generated in {time.perf_counter() - started:.0f} s; batch rows held back: {held}", flush=True)
     steps = []
-    for step in ("base", "batch", "rebuild"):
+    for step in ("base", "batch", "again", "rebuild"):
         step_args = ["bench.incremental", "--step", step, "--work", str(work)]
         steps.append(in_fresh_process(step_args + (["--dagster-in-memory"] if args.dagster_in_memory else []), step))
     report = {
@@ -157,7 +158,7 @@ def main() -> None:
 
 
 def to_markdown(report: dict) -> str:
-    base, batch, rebuild = report["steps"]
+    base, batch, again, rebuild = report["steps"]
     host = report["machine"]
     rows = sum(report["batch_rows"].values())
     lines = [
@@ -171,7 +172,13 @@ def to_markdown(report: dict) -> str:
         "| identity s | units re-resolved | peak MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, r in (("base, first run", base), ("new batch", batch), ("full refresh after it", rebuild)):
+    runs = (
+        ("base, first run", base),
+        ("new batch", batch),
+        ("same inbox again, nothing new", again),
+        ("full refresh after them", rebuild),
+    )
+    for label, r in runs:
         ident = r["identity"]
         region = ident.get("region_units")
         loaded, base_loaded = r["seconds"] + r["load_s"], base["seconds"] + base["load_s"]
@@ -185,7 +192,7 @@ def to_markdown(report: dict) -> str:
         "Seconds are those of the Dagster run; *with code loading* adds the import of the pipeline's code "
         "location (Dagster, Great Expectations, the assets) that a fresh process such as `cdp run` pays first.",
         "",
-        f"Rows that differ between the incremental run and the full refresh after it: "
+        f"Rows that differ between the incremental runs and the full refresh after them: "
         f"customer_source_records {rebuild.get('records_with_another_customer_after_rebuild')}, "
         f"customer_profiles {rebuild.get('customer_profiles_rows_differing_after_rebuild')}, "
         f"consent_state {rebuild.get('consent_state_rows_differing_after_rebuild')}.",
