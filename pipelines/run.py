@@ -31,7 +31,6 @@ class RunOutcome:
     seconds: float
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, severity)
-    warnings: list[str] = field(default_factory=list)
     #: The ``errors`` the ingest assets reported: rejected files (also in ``ingest_batches``) and files that
     #: could not be read at all (not recorded: they are tried again on the next run).
     file_errors: list[str] = field(default_factory=list)
@@ -67,8 +66,6 @@ class _ProgressHandler(logging.Handler):
         if event is None:
             if record.levelno >= logging.INFO and meta.get("step_key"):
                 message = meta.get("orig_message") or record.getMessage()
-                if record.levelno >= logging.WARNING:
-                    self.outcome.warnings.append(str(message))
                 self.echo(f"    {meta.get('step_key')}: {message}")
             return
         kind = event.event_type_value
