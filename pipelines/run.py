@@ -30,6 +30,8 @@ class RunOutcome:
     run_id: str
     seconds: float
     steps: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
+    #: (step, started, ended) on the ``time.perf_counter`` clock, for tools that time other things against steps.
+    step_spans: list[tuple[str, float, float]] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, severity)
     #: The ``errors`` the ingest assets reported: rejected files (also in ``ingest_batches``) and files that
     #: could not be read at all (not recorded: they are tried again on the next run).
@@ -84,9 +86,12 @@ class _ProgressHandler(logging.Handler):
             mark = "✓" if data.passed else ("✗" if severity == "ERROR" else "!")
             self.echo(f"  {mark} check {name} {'passed' if data.passed else 'FAILED'}")
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
-            took = time.perf_counter() - self.started.get(step, time.perf_counter())
+            ended = time.perf_counter()
+            started = self.started.get(step, ended)
             status = {"STEP_SUCCESS": "ok", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped"}[kind]
+            took = ended - started
             self.outcome.steps.append((step, status, took))
+            self.outcome.step_spans.append((step, started, ended))
             if status != "ok" or step not in self.checked:
                 self.echo(f"  {'✓' if status == 'ok' else '✗'} {step} {status} ({took:.1f} s)")
 
