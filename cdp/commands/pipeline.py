@@ -131,8 +131,9 @@ def register(app: typer.Typer) -> None:
         subject = _demo_subject(settings.db_path)
         console.print(f"\n[bold]An erasure[/bold] (cdp privacy erase --customer-id {subject} --yes)")
         privacy.erase(None, None, subject, False, True, db)
+        shown = _demo_subject(settings.db_path)  # the erased customer is gone: the next one seen in three sources
         console.print(
-            "\nNext: `cdp profile show --customer-id ID`, `cdp segments preview lapsed_big_spenders`, "
+            f"\nNext: `cdp profile show --customer-id {shown}`, `cdp segments preview lapsed_big_spenders`, "
             f"`cdp identity evaluate --truth {summary.truth}/records.csv`, `cdp privacy requests`, "
             "`make dev` for the Dagster UI."
         )

@@ -20,6 +20,12 @@ def test_demo_builds_customers_exports_with_consent_and_erases(tmp_path, monkeyp
     assert "unified customers" in result.output
     assert "recorded in export_register" in result.output
     assert "erasure receipt request PR-" in result.output and "0 free blocks" in result.output
+    # The profile it suggests next is a customer that exists, not the erased one.
+    erased = result.output.split("cdp privacy erase --customer-id ")[1].split()[0]
+    suggested = result.output.split("cdp profile show --customer-id ")[1].split("`")[0]
+    assert suggested.startswith("cus_") and suggested != erased
+    shown = CliRunner().invoke(app, ["profile", "show", "--customer-id", suggested, "--db", str(db)])
+    assert shown.exit_code == 0 and suggested in shown.output
     export = tmp_path / "demo" / "exports" / "all_customers-email_marketing.csv"
     rows = list(csv.DictReader(export.open()))
     assert rows and all(row["email"] for row in rows)
