@@ -566,6 +566,14 @@ def _resolve_changed(
             "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
         )
         stats["changed_units"] = _count(con, "SELECT count(*) FROM _c0")
+        if not stats["changed_units"]:  # staging changed no unit: every customer stays as it is
+            stats.update(
+                identity_changed_units=0, region_units=0, changed_customers=0, new_customers=0, merged=0, split=0,
+                retired=0, last_sequence=_last_sequence(con, incremental=True),
+            )  # fmt: skip
+            _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "incremental", None)
+            stats["run_id"] = run_id
+            return stats
         graph.build_units(con, "_c0_records", with_keys=False)
         graph.build_unit_keys(con, "_c0_records")
         con.execute("CREATE OR REPLACE TEMP TABLE _c0_keys AS SELECT * FROM _unit_keys")

@@ -137,7 +137,13 @@ def test_after_an_erasure_the_next_run_is_full(runs: dict) -> None:
     changes.invalidate(con)
     stats = resolve_identities(con, settings)
     assert stats["mode"] == "full" and "erasure" in stats["full_reason"]
-    assert resolve_identities(con, settings)["mode"] == "incremental"
+    again = resolve_identities(con, settings)  # nothing staged since: no unit to re-resolve
+    assert again["mode"] == "incremental" and again["changed_units"] == again["region_units"] == 0
+    assert again["new_customers"] == again["merged"] == again["split"] == again["retired"] == 0
+    assert {k: again[k] for k in FIGURES} == {k: stats[k] for k in FIGURES}
+    assert again["last_sequence"] == stats["last_sequence"]
+    logged = con.execute("SELECT count(*) FROM customer_changes WHERE run_id = ?", [again["run_id"]]).fetchall()
+    assert logged == [(0,)]
 
 
 def test_a_changed_model_or_rule_makes_the_next_run_full(runs: dict, tmp_path: Path) -> None:
