@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -308,3 +309,14 @@ def select_segment(con: duckdb.DuckDBPyConnection, segment: Segment) -> pd.DataF
         raise SegmentError(f"{segment.file}: segment cannot run: {str(exc).splitlines()[0][:120]}") from None
     finally:
         box.close()
+
+
+def segment_counts(
+    con: duckdb.DuckDBPyConnection, segment: Segment, purposes: Iterable[str] = PURPOSES
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """The segment's customers before consent and, per purpose, how many may be contacted and why the others
+    may not (:func:`consent.enforce.exclusion_counts`, the decision exports take). Counts only."""
+    from consent import enforce
+
+    candidates = select_segment(con, segment)
+    return len(candidates), {p: enforce.exclusion_counts(con, p, candidates) for p in purposes}

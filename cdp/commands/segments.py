@@ -29,10 +29,8 @@ def list_segments(
 ) -> None:
     """Segment definitions (the built-in `all_customers` and every YAML file in the segments folder) with
     their customers before consent and, per purpose, how many may be contacted."""
-    from cdp.config import PURPOSES
     from cdp.store import connect
-    from consent import enforce
-    from consent.segments import SegmentError, load_segments, select_segment, where_text
+    from consent.segments import SegmentError, load_segments, segment_counts, where_text
 
     settings = settings_for(db, segments_dir=segments_dir)
     found = load_segments(settings.segments_dir)
@@ -50,10 +48,9 @@ def list_segments(
                 continue
             customers = contactable = "-"
             if con is not None:
-                candidates = select_segment(con, seg)
-                customers = f"{len(candidates):,}"
-                allowed = {p: enforce.exclusion_counts(con, p, candidates)["allowed"] for p in PURPOSES}
-                contactable = "\n".join(f"{p} {n:,}" for p, n in allowed.items())
+                size, counts = segment_counts(con, seg)
+                customers = f"{size:,}"
+                contactable = "\n".join(f"{p} {c['allowed']:,}" for p, c in counts.items())
             fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
             table.add_row(name, seg.description, where_text(seg.where), fields, activations, customers, contactable)
     finally:
@@ -78,7 +75,7 @@ def preview(
     from cdp.config import PURPOSE_CHANNEL, PURPOSES
     from cdp.store import connect
     from consent import enforce
-    from consent.segments import get_segment, select_segment
+    from consent.segments import get_segment, segment_counts
 
     settings = settings_for(db, segments_dir=segments_dir)
     purposes = [purpose] if purpose else list(PURPOSES)
@@ -87,10 +84,9 @@ def preview(
     segment = get_segment(settings.segments_dir, name)
     con = connect(settings.db_path, read_only=True)
     try:
-        candidates = select_segment(con, segment)
+        customers, by_purpose = segment_counts(con, segment, purposes)
         lines = []
-        for p in purposes:
-            counts = enforce.exclusion_counts(con, p, candidates)
+        for p, counts in by_purpose.items():
             left_out = ", ".join(f"{_REASON_LABELS.get(r, r)} {counts[r]:,}" for r in enforce.reasons() if counts[r])
             lines.append(
                 f"  {p:<17} ({PURPOSE_CHANNEL[p]}): {counts['allowed']:,} of {counts['candidates']:,} may be contacted"
@@ -98,7 +94,7 @@ def preview(
             )
     finally:
         con.close()
-    console.print(f"Segment {segment.name}: {len(candidates):,} customers before consent", soft_wrap=True)
+    console.print(f"Segment {segment.name}: {customers:,} customers before consent", soft_wrap=True)
     for line in lines:
         console.print(line, soft_wrap=True)
 

@@ -81,15 +81,9 @@ def audit_lines(settings: Settings, request_id: str | None = None, limit: int = 
 
 
 # -- segments (marketer) -------------------------------------------------------------------------------
-def _counts(con: duckdb.DuckDBPyConnection, candidates: pd.DataFrame, purposes: tuple[str, ...]) -> dict[str, Any]:
-    from consent import enforce
-
-    return {p: enforce.exclusion_counts(con, p, candidates) for p in purposes}
-
-
 def list_segments(settings: Settings) -> list[dict[str, Any]]:
     """Every segment with its size before consent and, per purpose, how many may be contacted."""
-    from consent.segments import SegmentError, load_segments, select_segment
+    from consent.segments import SegmentError, load_segments, segment_counts
 
     found = load_segments(settings.segments_dir)
     out: list[dict[str, Any]] = []
@@ -103,9 +97,7 @@ def list_segments(settings: Settings) -> list[dict[str, Any]]:
                 "fields": list(seg.fields), "activations": list(seg.activations), "error": None,
             }  # fmt: skip
             try:
-                candidates = select_segment(con, seg)
-                counts = _counts(con, candidates, PURPOSES)
-                row["customers"] = len(candidates)
+                row["customers"], counts = segment_counts(con, seg)
                 row["allowed"] = {p: c["allowed"] for p, c in counts.items()}
             except SegmentError as exc:
                 row["error"] = str(exc)
@@ -125,17 +117,16 @@ def load_draft(doc: dict[str, Any]):  # type: ignore[no-untyped-def]  # -> conse
 def preview(settings: Settings, segment: Any, purposes: tuple[str, ...] = PURPOSES) -> dict[str, Any]:
     """Customers before consent and, per purpose, allowed and left out by reason (counts only)."""
     from consent import enforce
-    from consent.segments import select_segment
+    from consent.segments import segment_counts
 
     for p in purposes:
         enforce.check_purpose(p)
     with store(settings) as con:
-        candidates = select_segment(con, segment)
-        counts = _counts(con, candidates, purposes)
+        customers, counts = segment_counts(con, segment, purposes)
     return {
         "segment": segment.name,
         "where": where_text(segment.where),
-        "customers": len(candidates),
+        "customers": customers,
         "purposes": {p: {"channel": PURPOSE_CHANNEL[p], **c} for p, c in counts.items()},
         "reasons": list(enforce.reasons()),
     }
