@@ -561,10 +561,6 @@ def _resolve_changed(
     t = time.perf_counter()
     with transaction(con):
         con.execute("CREATE OR REPLACE TEMP TABLE _c0 AS SELECT DISTINCT unit_id FROM stg_unit_changes")
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _c0_records AS "
-            "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
-        )
         stats["changed_units"] = _count(con, "SELECT count(*) FROM _c0")
         if not stats["changed_units"]:  # staging changed no unit: every customer stays as it is
             stats.update(
@@ -574,6 +570,10 @@ def _resolve_changed(
             _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "incremental", None)
             stats["run_id"] = run_id
             return stats
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _c0_records AS "
+            "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
+        )
         graph.build_units(con, "_c0_records", with_keys=False)
         graph.build_unit_keys(con, "_c0_records")
         con.execute("CREATE OR REPLACE TEMP TABLE _c0_keys AS SELECT * FROM _unit_keys")
