@@ -37,7 +37,7 @@ _COMPARED = {
 
 
 def _stages(outcome) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    return {step: round(took, 2) for step, _status, took in outcome.steps}
+    return {run.step: round(run.seconds, 2) for run in outcome.steps}
 
 
 def run_step(work: Path, step: str, in_memory: bool = False) -> dict:

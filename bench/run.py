@@ -92,12 +92,12 @@ def run_one(records: int, seed: int) -> dict:
     settings = load_settings(db_path=work / "cdp.duckdb", home=work / "home", inbox=inbox)
     with RssSampler() as sampler:
         outcome = run_pipeline(settings, inbox, echo=lambda _m: None)
-    step_s = {step: took for step, _status, took in outcome.steps}
+    step_s = {run.step: run.seconds for run in outcome.steps}
     staged_steps = sum(STAGES.values(), ())
     stages = {name: round(sum(step_s.get(s, 0.0) for s in steps), 2) for name, steps in STAGES.items()}
     stages["checks"] = round(sum(t for s, t in step_s.items() if s not in staged_steps), 2)
-    spans = {name: [(a, b) for s, a, b in outcome.step_spans if s in steps] for name, steps in STAGES.items()}
-    spans["checks"] = [(a, b) for s, a, b in outcome.step_spans if s not in staged_steps]
+    spans = {name: [(r.started, r.ended) for r in outcome.steps if r.step in steps] for name, steps in STAGES.items()}
+    spans["checks"] = [(r.started, r.ended) for r in outcome.steps if r.step not in staged_steps]
     peak_mb = {name: sampler.peak_mb(spans[name]) for name in spans}
     with RssSampler() as export_sampler:
         started = time.perf_counter()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 
@@ -24,14 +24,26 @@ from pipelines.resources import CdpStore, Inbox
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
+class StepRun(NamedTuple):
+    """One step of a run; ``started`` and ``ended`` on the ``time.perf_counter`` clock, so that tools can time
+    other things against steps (the benchmark samples memory)."""
+
+    step: str
+    status: str  # ok, FAILED or skipped
+    started: float
+    ended: float
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
 @dataclass
 class RunOutcome:
     success: bool
     run_id: str
     seconds: float
-    steps: list[tuple[str, str, float]] = field(default_factory=list)  # (step, status, seconds)
-    #: (step, started, ended) on the ``time.perf_counter`` clock, for tools that time other things against steps.
-    step_spans: list[tuple[str, float, float]] = field(default_factory=list)
+    steps: list[StepRun] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (check, passed, severity)
     #: The ``errors`` the ingest assets reported: rejected files (also in ``ingest_batches``) and files that
     #: could not be read at all (not recorded: they are tried again on the next run).
@@ -89,11 +101,10 @@ class _ProgressHandler(logging.Handler):
             ended = time.perf_counter()
             started = self.started.get(step, ended)
             status = {"STEP_SUCCESS": "ok", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped"}[kind]
-            took = ended - started
-            self.outcome.steps.append((step, status, took))
-            self.outcome.step_spans.append((step, started, ended))
+            run = StepRun(step, status, started, ended)
+            self.outcome.steps.append(run)
             if status != "ok" or step not in self.checked:
-                self.echo(f"  {'✓' if status == 'ok' else '✗'} {step} {status} ({took:.1f} s)")
+                self.echo(f"  {'✓' if status == 'ok' else '✗'} {step} {status} ({run.seconds:.1f} s)")
 
 
 def run_pipeline(

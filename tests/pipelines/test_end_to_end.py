@@ -40,10 +40,10 @@ def test_whole_graph_materialises_and_checks_pass(first_run):
     assert outcome.success, outcome.failure
     failed = [name for name, passed, severity in outcome.checks if not passed and severity == "ERROR"]
     assert failed == []
-    step_names = {step for step, _, _ in outcome.steps}
+    step_names = {run.step for run in outcome.steps}
     assert {"raw_web", "raw_crm", "stg_records", "customer_source_records"} <= step_names
     # Each step's span on the perf_counter clock (the benchmark reads memory samples against them).
-    spans = {step: (start, end) for step, start, end in outcome.step_spans}
+    spans = {run.step: (run.started, run.ended) for run in outcome.steps}
     assert set(spans) == step_names and all(start <= end for start, end in spans.values())
     raw_end, staged_start = spans["raw_web"][1], spans["stg_records"][0]
     assert raw_end <= staged_start  # stg_records depends on raw_web
