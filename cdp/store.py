@@ -242,10 +242,16 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 BATCH_LEDGERS = ("staged_batches", "validated_batches")
 
 
+def _ensure_batch_ledger(con: duckdb.DuckDBPyConnection, ledger: str) -> None:
+    if ledger not in BATCH_LEDGERS:
+        raise ValueError(f"not a batch ledger: {ledger!r}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+
+
 def batches_not_in(con: duckdb.DuckDBPyConnection, ledger: str, name: str, sources: tuple[str, ...]) -> list[str]:
     """Batches with rows in the ``sources`` tables that ``ledger`` does not list for ``name`` (all of them
     when it lists none), in order. ``ledger`` is one of :data:`BATCH_LEDGERS`; tables are the code's own."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+    _ensure_batch_ledger(con, ledger)
     union = " UNION ".join(f"SELECT DISTINCT batch_id FROM {source}" for source in sources)
     return [
         row[0]
@@ -259,9 +265,15 @@ def batches_not_in(con: duckdb.DuckDBPyConnection, ledger: str, name: str, sourc
 
 def record_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str, batches: list[str]) -> None:
     """Add ``batches`` to ``ledger`` for ``name``."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+    _ensure_batch_ledger(con, ledger)
     if batches:
         con.executemany(f"INSERT INTO {ledger} VALUES (?, ?)", [(name, b) for b in batches])
+
+
+def forget_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str) -> None:
+    """Remove every batch ``ledger`` lists for ``name`` (a table rebuilt from all of them)."""
+    _ensure_batch_ledger(con, ledger)
+    con.execute(f"DELETE FROM {ledger} WHERE table_name = ?", [name])
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdp.store import batches_not_in, record_batches, table_exists, transaction
+from cdp.store import batches_not_in, forget_batches, record_batches, table_exists, transaction
 from identity.standardise import (
     normalise_phone,
     sql_email_match_key,
@@ -193,13 +193,13 @@ def _stage(
     con.execute("SET TimeZone = 'UTC'")
     con.execute(UNIT_CHANGES_DDL)
     raws = tuple(s.raw for s in sources)
-    batches = batches_not_in(con, "staged_batches", table, raws)
     incremental = incremental and _can_stage_incrementally(con, table)
+    batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
     with transaction(con):
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
         if not incremental:
             con.execute(full_sql)
-            con.execute("DELETE FROM staged_batches WHERE table_name = ?", [table])
+            forget_batches(con, "staged_batches", table)
             batches = batches_not_in(con, "staged_batches", table, raws)  # every batch, staged anew
             if table == "stg_records":
                 con.execute("DELETE FROM stg_unit_changes")
