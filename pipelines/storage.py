@@ -1,0 +1,129 @@
+"""Dagster's sqlite event log with its connections kept open (``event_log_storage`` in dagster.yaml).
+
+Dagster's :class:`SqliteEventLogStorage` creates a SQLAlchemy engine, opens a sqlite connection, and
+disposes of both, for every event it writes and every read. A run of the pipeline writes about 150 events
+(a step's start, output and success, each asset materialisation and check evaluation, planned and done)
+and reads asset records for data versions: creating, connecting and closing came to about 0.8 s of a
+6.6 s incremental run on the 1M-record bench, more than half of what the event log cost.
+
+This subclass keeps one engine per database file (the index shard, and the few run shards being written
+or read), whose pool keeps a connection open between uses. Everything else is Dagster's: the same files
+under ``$DAGSTER_HOME/history/runs``, the same schema and migrations, the same lock around each use, so
+the run history written before stays readable and the UI (``make dev``) reads it through this class too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import Connection
+
+#: Engines kept at once: the index shard, the run being written, and a few runs the UI is reading.
+MAX_ENGINES = 8
+
+
+#: Storages of this process, for :func:`_after_fork`.
+_LIVE: weakref.WeakSet[PooledSqliteEventLogStorage] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for storage in list(_LIVE):
+        storage._forget_engines()  # a forked child opens connections of its own
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def default_base_dir() -> str:
+    """Where Dagster's default storage keeps event logs: ``$DAGSTER_HOME/history/runs``."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise dg.DagsterInvariantViolationError("PooledSqliteEventLogStorage needs DAGSTER_HOME or a base_dir")
+    return os.path.join(home, "history", "runs")
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """:class:`SqliteEventLogStorage` reusing an engine, and its pooled connection, per shard.
+
+    Configured in dagster.yaml; ``base_dir`` defaults to :func:`default_base_dir`::
+
+        event_log_storage:
+          module: pipelines.storage
+          class: PooledSqliteEventLogStorage
+    """
+
+    def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._engines_lock = threading.Lock()
+        super().__init__(base_dir or default_base_dir(), inst_data=inst_data)
+        _LIVE.add(self)
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {"base_dir": dg.Field(dg.StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PooledSqliteEventLogStorage:
+        return cls(base_dir=config_value.get("base_dir"), inst_data=inst_data)
+
+    def _engine(self, shard: str) -> Engine:
+        with self._engines_lock:
+            engine = self._engines.get(shard)
+            if engine is not None:
+                self._engines.move_to_end(shard)
+                return engine
+            engine = create_engine(
+                self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+            )
+            self._engines[shard] = engine
+            while len(self._engines) > MAX_ENGINES:
+                _, oldest = self._engines.popitem(last=False)
+                oldest.dispose()
+            return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:  # type: ignore[override]
+        # As Dagster's own, but with a kept engine, not one created and disposed of per use.
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _dispose_engines(self) -> None:
+        with self._engines_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+    def _forget_engines(self) -> None:
+        # In a forked child the parent's connections are not ours to close (SQLAlchemy's advice for forks).
+        for engine in self._engines.values():
+            engine.dispose(close=False)
+        self._engines = OrderedDict()
+        self._engines_lock = threading.Lock()
+
+    def wipe(self) -> None:
+        self._dispose_engines()  # the run shards' files are deleted
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()

@@ -1,0 +1,91 @@
+"""The project's Dagster event log (pipelines/storage.py): Dagster's sqlite files, connections kept open."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipelines import storage
+from pipelines.run import PROJECT_DAGSTER_YAML
+from pipelines.storage import PooledSqliteEventLogStorage
+
+
+@dg.asset
+def numbers() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"rows": 3})
+
+
+@dg.asset_check(asset=numbers)
+def numbers_positive() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+def _instance(home: Path, monkeypatch: pytest.MonkeyPatch, yaml: Path | None) -> dg.DagsterInstance:
+    home.mkdir(exist_ok=True)
+    if yaml is not None:
+        shutil.copyfile(yaml, home / "dagster.yaml")
+    else:
+        (home / "dagster.yaml").unlink(missing_ok=True)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return dg.DagsterInstance.get()
+
+
+def _run(instance: dg.DagsterInstance) -> str:
+    result = dg.materialize([numbers, numbers_positive], instance=instance)
+    assert result.success
+    return result.run_id
+
+
+def test_project_instance_uses_it_in_dagsters_own_place(tmp_path, monkeypatch):
+    instance = _instance(tmp_path / "home", monkeypatch, PROJECT_DAGSTER_YAML)
+    try:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        _run(instance)
+        run_id = _run(instance)
+        assert (tmp_path / "home" / "history" / "runs" / f"{run_id}.db").exists()
+        event = instance.get_latest_materialization_event(dg.AssetKey("numbers"))
+        assert event is not None and event.asset_materialization.metadata["rows"].value == 3
+        kinds = {e.dagster_event_type for e in instance.all_logs(run_id) if e.dagster_event_type}
+        assert {dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.ASSET_CHECK_EVALUATION} <= kinds
+        # One engine per database file, kept between uses: the index and the two runs' shards.
+        assert len(instance.event_log_storage._engines) == 3
+    finally:
+        instance.dispose()
+    assert instance.event_log_storage._engines == {}
+
+
+def test_history_written_by_dagsters_default_storage_stays_readable(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    before = _instance(home, monkeypatch, None)  # Dagster's default sqlite storage
+    old_run = _run(before)
+    before.dispose()
+    after = _instance(home, monkeypatch, PROJECT_DAGSTER_YAML)
+    try:
+        assert isinstance(after.event_log_storage, PooledSqliteEventLogStorage)
+        assert after.get_run_by_id(old_run) is not None
+        assert any(e.dagster_event_type == dg.DagsterEventType.RUN_SUCCESS for e in after.all_logs(old_run))
+        new_run = _run(after)
+        records = after.fetch_materializations(dg.AssetKey("numbers"), limit=10).records
+        assert {r.run_id for r in records} >= {old_run, new_run}
+    finally:
+        after.dispose()
+
+
+def test_engines_are_bounded_and_wipe_lets_go_of_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "MAX_ENGINES", 2)
+    events = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    for shard in ("index", "run-a", "run-b", "run-c"):
+        with events._connect(shard) as conn:
+            conn.exec_driver_sql("SELECT 1")
+    assert list(events._engines) == ["run-b", "run-c"]
+    assert (tmp_path / "runs" / "run-a.db").exists()
+    events.wipe()  # deletes the run shards' files, then empties the index through a new engine
+    assert list(events._engines) == ["index"] and not (tmp_path / "runs" / "run-c.db").exists()
+    events.dispose()
+
+
+def test_without_dagster_home_or_base_dir_it_says_so(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with pytest.raises(dg.DagsterInvariantViolationError, match="DAGSTER_HOME"):
+        PooledSqliteEventLogStorage()
