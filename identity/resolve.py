@@ -336,7 +336,7 @@ def last_run_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     if not table_exists(con, "identity_runs"):
         return {}
     rows = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
-    return json.loads(rows[0][0]) if rows else {}
+    return json.loads(rows[0][0]) if rows and rows[0][0] else {}
 
 
 def _full_reason(

@@ -6,6 +6,7 @@ Thin wrappers over :mod:`identity.profiles`, :mod:`consent.ledger`, :mod:`consen
 # No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
 
 import dagster as dg
+import duckdb
 
 from pipelines.resources import CdpStore
 
@@ -102,7 +103,6 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
 def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.state import build_consent_state, state_current
     from identity.changes import mark_consumed, pending_customers
-    from identity.resolve import last_run_stats
 
     with store.session() as con:
         full = pending_customers(con, "consent_state") or not state_current(con)
@@ -111,8 +111,8 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
             customers=None if full else "_changed_customers",
             before_commit=lambda c: mark_consumed(c, "consent_state"),
         )
-        if full:  # a full rebuild recomputes every customer: as many as the identity run just counted
-            counts["customers_recomputed"] = int(last_run_stats(con).get("customers", 0))
+        if full:  # a full rebuild recomputes every customer with records
+            counts["customers_recomputed"] = _customers(con)
     mode = "full" if full else "incremental"
     line = (
         f"consent state ({mode}, {counts['customers_recomputed']} customers recomputed): "
@@ -125,6 +125,14 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
         )
     context.log.info(line)
     return dg.MaterializeResult(metadata={**counts, "mode": mode})
+
+
+def _customers(con: duckdb.DuckDBPyConnection) -> int:
+    from cdp.store import table_exists
+
+    if not table_exists(con, "customer_source_records"):
+        return 0
+    return int(con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0])
 
 
 @dg.asset(

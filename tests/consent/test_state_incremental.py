@@ -204,6 +204,7 @@ def test_assets_rebuild_in_full_first_then_only_what_identity_changed(tmp_path, 
     first = run()
     assert first["customer_profiles"]["mode"] == "full" and first["consent_state"]["mode"] == "full"
     assert first["customer_profiles"]["customers_recomputed"] == 7
+    assert first["consent_state"]["customers_recomputed"] == 7  # every customer with records
     con = connect(db)
     w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
     _identity_run(con, "r2", datetime(2026, 1, 2), ["cH"])
