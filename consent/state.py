@@ -87,13 +87,29 @@ def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None
     )
 
 
-def _event_ids_sql(events: str | None = None, until: str = "$as_of") -> str:
-    """``(event_id, kind, value)`` of the identifiers applicable events (``event_time <= until``) name."""
+def _event_ids_sql(events: str | None = None, until: str = "$as_of", ledger: str = "consent_events") -> str:
+    """``(event_id, kind, value)`` of the identifiers applicable events (``event_time <= until``) name.
+    ``ledger`` may be a temp table holding some rows of ``consent_events``."""
     only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
     return f"""
     SELECT DISTINCT event_id, kind, value FROM (
-        UNPIVOT (SELECT event_id, {_IDS} FROM consent_events WHERE event_time <= {until} {only})
+        UNPIVOT (SELECT event_id, {_IDS} FROM {ledger} WHERE event_time <= {until} {only})
         ON {_IDS} INTO NAME kind VALUE value)"""
+
+
+def _naming_bucket(buckets: str) -> str:
+    """Predicate over ``consent_events``: the event names a value whose :data:`_BUCKET` is in table ``buckets``."""
+    bucket = _BUCKET.replace("kind", "'{c}'").replace("value", "{c}")
+    return " OR ".join(
+        f"({c} IS NOT NULL AND {bucket.format(c=c)} IN (SELECT bucket FROM {buckets}))" for c in EVENT_IDENTIFIERS
+    )
+
+
+def _events_naming_sql(values: str, until: str = "$as_of") -> str:
+    """Ids of the applicable events that name one of the ``(kind, value)`` of table ``values``: one probe per
+    identifier column, not an unpivot of the whole ledger."""
+    naming = " OR ".join(f"{c} IN (SELECT value FROM {values} WHERE kind = '{c}')" for c in EVENT_IDENTIFIERS)
+    return f"SELECT event_id FROM consent_events WHERE event_time <= {until} AND ({naming})"
 
 
 def _loose_candidates(until: str = "$as_of") -> str:
@@ -118,7 +134,13 @@ def _carriers_sql(values: str) -> str:
     JOIN customer_source_records l USING (source, source_record_id)"""
 
 
-def hits_sql(loose_withdrawals: bool, ids: str = "_consent_ids", events: str | None = None) -> str:
+def hits_sql(
+    loose_withdrawals: bool,
+    ids: str = "_consent_ids",
+    events: str | None = None,
+    ledger: str = "consent_events",
+    loose: str | None = None,
+) -> str:
     """SQL of every (event, customer, identifier kind) an event reaches, with the kind's fan-out (customers
     carrying that value) and ``n``, the number of customers the event reaches through unambiguous kinds.
 
@@ -131,17 +153,22 @@ def hits_sql(loose_withdrawals: bool, ids: str = "_consent_ids", events: str | N
     :func:`_loose_email`. Only withdrawals: applying a withdrawal too widely costs a marketing message, a
     grant applied too widely would be a breach. Nothing new is stored: the spelling is read from
     ``raw_consent`` through the event's batch and row.
+
+    An update passes ``ledger``, the rows of ``consent_events`` for ``events``, and ``loose``, the loose
+    candidates already read (:func:`_loose_candidates`, of events up to ``$as_of`` or later), so that neither
+    the ledger nor ``raw_consent`` is read again.
     """
     loose_events = ""
     if loose_withdrawals:
         only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
+        candidates = f"SELECT * FROM {loose} WHERE event_time <= $as_of" if loose else _loose_candidates()
         loose_events = f"""
         UNION
-        SELECT event_id, 'email_loose' AS kind, value FROM ({_loose_candidates()}) c
+        SELECT event_id, 'email_loose' AS kind, value FROM ({candidates}) c
         WHERE (email_key IS NULL OR email_key NOT IN (SELECT value FROM {ids} WHERE kind = 'email_key')) {only}"""
     return f"""
 WITH fanout AS (SELECT kind, value, count(*) AS customers FROM {ids} GROUP BY kind, value),
-event_ids AS ({_event_ids_sql(events)} {loose_events}),
+event_ids AS ({_event_ids_sql(events, ledger=ledger)} {loose_events}),
 hits AS (
     SELECT e.event_id, c.customer_id, e.kind, f.customers
     FROM event_ids e JOIN {ids} c USING (kind, value) JOIN fanout f USING (kind, value)
@@ -155,17 +182,18 @@ SELECT h.*, coalesce(u.n, 0) AS n FROM hits h LEFT JOIN unique_targets u USING (
 
 
 #: From ``_consent_hits``: the latest applicable event per customer and purpose (rules 2 and 3 above); ``{only}``
-#: may restrict the customers written.
+#: may restrict the customers written, and ``{ledger}`` is ``consent_events`` or a temp table holding the rows
+#: of every event in the hits.
 _STATE_SQL = """
 WITH applicable AS (
     SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
-    FROM _consent_hits h JOIN consent_events ev USING (event_id)
+    FROM _consent_hits h JOIN {ledger} ev USING (event_id)
     WHERE (ev.status = 'withdrawn' OR (h.customers = 1 AND h.n = 1 AND h.kind <> 'email_loose')) {only}
     GROUP BY h.event_id, h.customer_id
 )
 SELECT a.customer_id, ev.purpose, ev.status, ev.event_time AS updated_at, ev.source, ev.event_id,
        ev.origin, ev.policy_version, a.via, $as_of::TIMESTAMP AS computed_at
-FROM applicable a JOIN consent_events ev USING (event_id)
+FROM applicable a JOIN {ledger} ev USING (event_id)
 QUALIFY row_number() OVER (
     PARTITION BY a.customer_id, ev.purpose
     ORDER BY ev.event_time DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
@@ -269,7 +297,7 @@ def build_consent_state(
 _TEMPS = (
     "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",
     "_cs_seeds", "_cs_affected", "_cs_others", "_cs_affected_ids", "_cs_changed_links", "_cs_others_links",
-    "_cs_events", "_cs_values", "_cs_reach", "_cs_loose", "_cs_state",
+    "_cs_events", "_cs_ledger", "_cs_values", "_cs_reach", "_cs_loose", "_cs_state",
 )  # fmt: skip
 
 
@@ -282,7 +310,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose:
         return {"reached": 0, "ambiguous": 0, "linked": 0}
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {_ids_sql(loose)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose)}", params)
-    con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='')}", params)
+    con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='', ledger='consent_events')}", params)
     con.execute(
         f"""CREATE OR REPLACE TABLE consent_state_keys AS
             SELECT DISTINCT customer_id, {_BUCKET} AS bucket FROM _consent_ids WHERE value IS NOT NULL"""
@@ -327,8 +355,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     until = "greatest($prev, $as_of)"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_seeds AS
-            SELECT event_id FROM ({_event_ids_sql(until=until)})
-            WHERE {_BUCKET} IN (SELECT bucket FROM _cs_buckets)
+            SELECT event_id FROM consent_events WHERE event_time <= {until} AND ({_naming_bucket("_cs_buckets")})
             UNION SELECT event_id FROM _cs_new
             UNION SELECT event_id FROM consent_events
                   WHERE event_time > least($prev, $as_of) AND event_time <= greatest($prev, $as_of)""",
@@ -337,10 +364,12 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     # (Loose candidates are read once into a temp table: inside a larger query DuckDB computed the loose key of
     # every withdrawal before keeping the few it needed, eight times slower.)
     if loose:
-        sql = f"SELECT event_id, event_time, value FROM ({_loose_candidates(until)})"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_loose AS {sql}", window)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_loose AS {_loose_candidates(until)}", window)
     else:
-        con.execute("CREATE OR REPLACE TEMP TABLE _cs_loose (event_id VARCHAR, event_time TIMESTAMP, value VARCHAR)")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _cs_loose "
+            "(event_id VARCHAR, event_time TIMESTAMP, email_key VARCHAR, value VARCHAR)"
+        )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_reach AS
             SELECT bucket FROM _cs_buckets
@@ -368,24 +397,31 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_events AS
-            SELECT DISTINCT event_id FROM ({_event_ids_sql()}) e SEMI JOIN _cs_affected_ids a USING (kind, value)
+            {_events_naming_sql("_cs_affected_ids")}
             UNION SELECT event_id FROM _cs_loose
                   WHERE event_time <= $as_of
                     AND value IN (SELECT value FROM _cs_affected_ids WHERE kind = 'email_loose')""",
         params,
     )
+    # Their ledger rows, read once: the values they name, their hits and the state come from these.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_ledger AS
+           SELECT * FROM consent_events WHERE event_id IN (SELECT event_id FROM _cs_events)"""
+    )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_values AS
-            SELECT DISTINCT kind, value FROM ({_event_ids_sql("_cs_events")})""",
+            SELECT DISTINCT kind, value FROM ({_event_ids_sql(ledger="_cs_ledger")})""",
         params,
     )
     carriers = _carriers_sql("_cs_values")
     if loose:
         carriers += " UNION ALL SELECT * FROM _cs_affected_ids WHERE kind = 'email_loose'"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {carriers}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose, events='_cs_events')}", params)
+    hits = hits_sql(loose, events="_cs_events", ledger="_cs_ledger", loose="_cs_loose")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits}", params)
     only = "AND h.customer_id IN (SELECT customer_id FROM _cs_affected)"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_state AS {_STATE_SQL.format(only=only)}", params)
+    state = _STATE_SQL.format(only=only, ledger="_cs_ledger")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_state AS {state}", params)
     # Only rows whose state changed or ended are deleted and written again: the rest keep their place in the
     # primary key's index (rewriting twenty thousand index entries took longer than computing them) and
     # only take the new computed_at.
