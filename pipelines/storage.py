@@ -14,7 +14,10 @@ the run history written before stays readable and the UI (``make dev``) reads it
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -48,11 +51,17 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def default_base_dir() -> str:
-    """Where Dagster's default storage keeps event logs: ``$DAGSTER_HOME/history/runs``."""
+    """Where Dagster's default storage keeps event logs: ``$DAGSTER_HOME/history/runs``.
+
+    Without DAGSTER_HOME (a ``dagster`` command run from the repository, which reads ./dagster.yaml into a
+    temporary instance), a temporary directory removed when the process exits, as Dagster's own is.
+    """
     home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        raise dg.DagsterInvariantViolationError("PooledSqliteEventLogStorage needs DAGSTER_HOME or a base_dir")
-    return os.path.join(home, "history", "runs")
+    if home:
+        return os.path.join(home, "history", "runs")
+    temporary = tempfile.mkdtemp(prefix="dagster-event-log-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    return temporary
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
