@@ -12,6 +12,7 @@ import dagster as dg
 from pipelines import assets as asset_package
 from pipelines.assets.profiles import activation_job, activation_schedule
 from pipelines.resources import default_resources
+from pipelines.sensors import PIPELINE_JOB, inbox_sensor
 
 #: Group of assets that send data out of the platform; they run on their own schedule, not in a rebuild.
 ACTIVATION_GROUP = "activation"
@@ -20,7 +21,7 @@ all_assets = dg.load_assets_from_package_module(asset_package)
 all_checks = dg.load_asset_checks_from_package_module(asset_package)
 
 pipeline_job = dg.define_asset_job(
-    name="cdp_pipeline",
+    name=PIPELINE_JOB,
     selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ACTIVATION_GROUP),
     description="Ingest the inbox, validate, resolve identities, build profiles and consent state.",
 )
@@ -32,6 +33,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         asset_checks=all_checks,
         jobs=[pipeline_job, activation_job],
         schedules=[activation_schedule],
+        sensors=[inbox_sensor],
         resources=resources or default_resources(),
         executor=dg.in_process_executor,
     )
