@@ -10,6 +10,11 @@ This subclass keeps one engine per database file (the index shard, and the few r
 or read), whose pool keeps a connection open between uses. Everything else is Dagster's: the same files
 under ``$DAGSTER_HOME/history/runs``, the same schema and migrations, the same lock around each use, so
 the run history written before stays readable and the UI (``make dev``) reads it through this class too.
+
+It overrides a private method of Dagster's (``_connect``) and uses its ``_initdb`` and lock: Dagster is
+pinned in requirements.lock, and tests/pipelines/test_event_log_storage.py runs jobs through the class, so
+an upgrade that changes them fails there first. Removing the ``event_log_storage`` block from dagster.yaml
+returns to Dagster's own class over the same files.
 """
 
 from __future__ import annotations
