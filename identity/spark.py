@@ -109,6 +109,10 @@ def spark_session(master: str = "local[2]", driver_memory: str = "1g", staging: 
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+        # Splink keeps no tables in a warehouse; without this, Spark leaves spark-warehouse/ in the cwd.
+        warehouse = tempfile.mkdtemp(prefix="cdp-spark-warehouse-")
+        atexit.register(shutil.rmtree, warehouse, True)
+        builder = builder.config("spark.sql.warehouse.dir", warehouse)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     if staging:

@@ -24,12 +24,16 @@ pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="the Spark 
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(tmp_path_factory):
     from identity.spark import spark_session
 
-    session = spark_session("local[2]", driver_memory="1g")
-    yield session
-    session.stop()
+    cwd = tmp_path_factory.mktemp("spark-cwd")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)  # for the module's tests: a local session must leave nothing in the working folder
+        session = spark_session("local[2]", driver_memory="1g")
+        yield session
+        session.stop()
+    assert not (cwd / "spark-warehouse").exists()
 
 
 @pytest.fixture(scope="module")
