@@ -3,12 +3,15 @@
 A generated world is split into a base and a batch of its newest rows (``bench.incremental.split_inbox``).
 The base is ingested, staged and resolved; the batch is added and handled incrementally; the result is
 compared with a full rebuild of the same store (same ids: the stable-id vote keeps them all) and with a
-store built from scratch on the same files (same partition of records into customers).
+store built from scratch on the same files (same partition of records into customers). Consent state, built
+in full after the base and updated for the customers identity changed after the batch, is compared with a
+full rebuild too: the generated ledger has household phones, shared devices and mistyped withdrawals.
 """
 
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -19,11 +22,16 @@ from cdp.generate import generate_world, split_inbox
 from cdp.ingest import Ingestor
 from cdp.store import SOURCES, connect
 from cdp.suppression import load_secret
+from consent.ledger import sync_ledger
+from consent.state import build_consent_state
 from identity import changes
 from identity.resolve import resolve_identities
 from identity.staging import build_staging
 
 RECORDS = "SELECT source, source_record_id, customer_id, unit_id FROM customer_source_records ORDER BY 1, 2"
+CONSENT = "SELECT * EXCLUDE (computed_at) FROM consent_state ORDER BY customer_id, purpose"
+#: After every generated event (they fall in 2026), so that the ledger applies in full.
+AS_OF = datetime(2027, 1, 1)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +64,9 @@ def runs(world: Path) -> dict:
     build_staging(con, incremental=True)
     base = resolve_identities(con, settings)
     base_records = con.execute(RECORDS).df()
+    sync_ledger(con)
+    changes.pending_customers(con, "consent_state")
+    build_consent_state(con, as_of=AS_OF, before_commit=lambda c: changes.mark_consumed(c, "consent_state"))
     for source in SOURCES:
         for f in (world / "batch" / source).iterdir():
             shutil.copyfile(f, inbox / source / f.name)
@@ -64,6 +75,10 @@ def runs(world: Path) -> dict:
     pending = con.execute("SELECT count(DISTINCT unit_id) FROM stg_unit_changes").fetchall()[0][0]
     staged = con.execute("SELECT * EXCLUDE (file) FROM stg_records ORDER BY source, source_record_id").df()
     incremental = resolve_identities(con, settings)
+    sync_ledger(con)
+    full = changes.pending_customers(con, "consent_state")
+    # (Not marked consumed: the incremental run's customer_changes stay for the tests below.)
+    consent = build_consent_state(con, as_of=AS_OF, customers=None if full else "_changed_customers")
     return {
         "con": con,
         "settings": settings,
@@ -73,6 +88,9 @@ def runs(world: Path) -> dict:
         "staged": staged,
         "incremental": incremental,
         "records": con.execute(RECORDS).df(),
+        "consent_full": full,
+        "consent": consent,
+        "consent_state": con.execute(CONSENT).df(),
     }
 
 
@@ -109,6 +127,14 @@ def test_existing_customers_keep_their_records_and_ids_outside_the_region(runs: 
 SIZES = "SELECT * FROM identity_customer_sizes ORDER BY customer_id"
 #: Figures an incremental run keeps up to date rather than recounting.
 FIGURES = ("customers", "units", "records", "largest_customer_units", "multi_unit_customers", "outlier_customers")
+
+
+def test_consent_state_updated_for_the_changed_customers_equals_a_full_rebuild(runs: dict) -> None:
+    con = runs["con"]
+    assert not runs["consent_full"] and runs["consent"]["customers_recomputed"] > 0
+    assert len(runs["consent_state"]) > 100
+    build_consent_state(con, as_of=AS_OF)
+    pd.testing.assert_frame_equal(con.execute(CONSENT).df(), runs["consent_state"])
 
 
 def test_a_full_rebuild_of_the_same_store_changes_nothing(runs: dict) -> None:
