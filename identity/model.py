@@ -24,8 +24,10 @@ Splink runs on its own in-memory DuckDB connection: its scratch tables never lan
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -497,7 +499,8 @@ def predict_pairs(
     }
 
 
-def candidate_filter(rules: list[str] = PREDICTION_BLOCKING) -> str:
+@functools.cache
+def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str:
     """SQL predicate over ``_person_units p`` true for every unit that one of ``rules`` can pair with a unit
     of ``_changed_person``, in either role. A rule's equality conjuncts that compare an expression of the
     left record with one of the right (``l.dob = r.dob``, ``substr(l.last_name, 1, 1) =
@@ -535,6 +538,24 @@ def candidate_filter(rules: list[str] = PREDICTION_BLOCKING) -> str:
             present = " AND ".join(f"{e} IS NOT NULL" for e in partner)
             found[f"({present} AND ({', '.join(partner)}) IN (SELECT ({changed}) FROM _changed_person c))"] = None
     return "(" + " OR ".join(found) + ")"
+
+
+def prepare_in_background() -> threading.Thread:
+    """Import Splink and derive :func:`candidate_filter` on a thread of its own, so that the import (a quarter
+    of a second of Python) runs on the second core while the caller's DuckDB statements, which release the
+    GIL, run on the first. An incremental run calls it before rebuilding the changed units; the later
+    ``import splink`` waits for this one (imports are locked per module) and then costs nothing. A failure
+    here surfaces again, with its traceback, where Splink is used."""
+
+    def work() -> None:
+        with contextlib.suppress(Exception):
+            import splink  # noqa: F401  (the import is the work)
+
+            candidate_filter()
+
+    thread = threading.Thread(target=work, name="splink-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def predict_changed_pairs(

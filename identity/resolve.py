@@ -413,6 +413,7 @@ def resolve_identities(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
+    model.prepare_in_background()  # Splink's import overlaps the graph's statements
     stats: dict[str, Any] = dict(graph.build_graph(con, settings.max_records_per_identifier))
     timings["graph_seconds"] = round(time.perf_counter() - t, 2)
 
@@ -570,6 +571,7 @@ def _resolve_changed(
             _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "incremental", None)
             stats["run_id"] = run_id
             return stats
+        model.prepare_in_background()  # Splink's import overlaps the graph statements below
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _c0_records AS "
             "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
