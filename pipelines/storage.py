@@ -23,7 +23,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -80,8 +79,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
-        self._engines: OrderedDict[str, Engine] = OrderedDict()
-        self._engines_lock = threading.Lock()
+        self._engines: OrderedDict[str, Engine] = OrderedDict()  # guarded by Dagster's own _db_lock
         super().__init__(base_dir or default_base_dir(), inst_data=inst_data)
         _LIVE.add(self)
 
@@ -96,19 +94,17 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         return cls(base_dir=config_value.get("base_dir"), inst_data=inst_data)
 
     def _engine(self, shard: str) -> Engine:
-        with self._engines_lock:
-            engine = self._engines.get(shard)
-            if engine is not None:
-                self._engines.move_to_end(shard)
-                return engine
-            engine = create_engine(
-                self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
-            )
-            self._engines[shard] = engine
-            while len(self._engines) > MAX_ENGINES:
-                _, oldest = self._engines.popitem(last=False)
-                oldest.dispose()
+        """The kept engine of ``shard`` (the caller holds ``_db_lock``)."""
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
             return engine
+        engine = create_engine(self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        self._engines[shard] = engine
+        while len(self._engines) > MAX_ENGINES:
+            _, oldest = self._engines.popitem(last=False)
+            oldest.dispose()
+        return engine
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:  # type: ignore[override]
@@ -122,7 +118,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def _dispose_engines(self) -> None:
-        with self._engines_lock:
+        with self._db_lock:
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()
@@ -132,7 +128,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         for engine in self._engines.values():
             engine.dispose(close=False)
         self._engines = OrderedDict()
-        self._engines_lock = threading.Lock()
 
     def wipe(self) -> None:
         self._dispose_engines()  # the run shards' files are deleted
