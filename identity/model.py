@@ -540,12 +540,14 @@ def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str
     return "(" + " OR ".join(found) + ")"
 
 
+@functools.cache
 def prepare_in_background() -> threading.Thread:
     """Import Splink and derive :func:`candidate_filter` on a thread of its own, so that the import (a quarter
     of a second of Python) runs on the second core while the caller's DuckDB statements, which release the
-    GIL, run on the first. An incremental run calls it before rebuilding the changed units; the later
-    ``import splink`` waits for this one (imports are locked per module) and then costs nothing. A failure
-    here surfaces again, with its traceback, where Splink is used."""
+    GIL, run on the first. An identity run calls it before its graph statements; the later ``import splink``
+    waits for this one (imports are locked per module) and then costs nothing. Once per process: an
+    incremental run that falls back to a full one does not start a second thread. A failure here surfaces
+    again, with its traceback, where Splink is used."""
 
     def work() -> None:
         with contextlib.suppress(Exception):
