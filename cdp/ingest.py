@@ -337,7 +337,7 @@ class Ingestor:
 
     def ingest_file(self, source: str, path: Path) -> BatchResult:
         spec = SOURCE_SPECS[source]
-        digest = content_hash(path)
+        digest = self._content_hash(path)
         batch_id = digest[:20]
         label = f"{source}/{path.name}"
         seen = self.con.execute(
@@ -364,6 +364,24 @@ class Ingestor:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
             self.con.execute("DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified")
         return result
+
+    def _content_hash(self, path: Path) -> str:
+        """:func:`content_hash` of ``path``, read again only when the file's size, inode or change times differ
+        from when it was last hashed, as git's index does: a year of daily exports is not reread every run.
+        The file is looked at before it is read, so one that changes while it is read is read again next time."""
+        st = path.stat()
+        key = str(path.resolve())
+        version = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+        known = self.con.execute(
+            "SELECT content_hash FROM inbox_file_hashes "
+            "WHERE path = ? AND size = ? AND inode = ? AND mtime_ns = ? AND ctime_ns = ?",
+            [key, *version],
+        ).fetchall()
+        if known:
+            return str(known[0][0])
+        digest = content_hash(path)
+        self.con.execute("INSERT OR REPLACE INTO inbox_file_hashes VALUES (?, ?, ?, ?, ?, ?)", [key, *version, digest])
+        return digest
 
     # -- one file -----------------------------------------------------------------------------------------
     def _load(self, spec: SourceSpec, label: str, batch_id: str, columns: list[str], malformed: int) -> BatchResult:

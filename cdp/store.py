@@ -152,6 +152,11 @@ CORE_DDL = [
         batch_id VARCHAR PRIMARY KEY, source VARCHAR, file VARCHAR, content_hash VARCHAR,
         rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, rows_suppressed BIGINT,
         status VARCHAR, error VARCHAR, ingested_at TIMESTAMP)""",
+    # The content hash of each inbox file as last read, with what identifies that version of the file (size,
+    # inode, change times): a file that still matches is not read again to be recognised as ingested.
+    """CREATE TABLE IF NOT EXISTS inbox_file_hashes (
+        path VARCHAR PRIMARY KEY, size BIGINT, inode BIGINT, mtime_ns BIGINT, ctime_ns BIGINT,
+        content_hash VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS quarantine (
         batch_id VARCHAR, source VARCHAR, file VARCHAR, row_number BIGINT, reason VARCHAR, raw JSON,
         quarantined_at TIMESTAMP)""",

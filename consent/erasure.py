@@ -223,6 +223,7 @@ ERASURE_MAP: dict[str, Rule] = {
 #: Tables that hold no personal data, and why; erasure leaves them as they are (except the counts below).
 KEPT_TABLES: dict[str, str] = {
     "ingest_batches": "one row per inbox file: names, hashes and counts (erased rows move to rows_suppressed)",
+    "inbox_file_hashes": "one row per inbox file read: its path, size, inode, times and content hash",
     "suppression_list": "keyed hashes of erased identifiers: what keeps the subject from coming back",
     "privacy_requests": "the request register: ids, dates, counts, at most a keyed hash of the subject",
     "audit_log": "who did what when: actions, request ids and counts",

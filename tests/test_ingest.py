@@ -311,3 +311,23 @@ e3,2026-01-01,c3,
     assert web.balanced and store.balanced
     raw = " ".join(r for (r,) in con.execute("SELECT raw FROM quarantine").fetchall()).lower()
     assert "ann" not in raw and raw.count("bob@example.com") == 2
+
+
+def test_a_file_already_hashed_is_not_read_again_unless_it_changed(tmp_path, con, ingestor, monkeypatch):
+    import cdp.ingest
+
+    read: list[str] = []
+    hash_file = cdp.ingest.content_hash
+    monkeypatch.setattr(cdp.ingest, "content_hash", lambda path: read.append(path.name) or hash_file(path))
+    path = write_csv(tmp_path / "inbox/crm/a.csv", "crm_id,first_name\nC1,Ann")
+    write_csv(tmp_path / "inbox/crm/b.csv", "crm_id,first_name\nC2,Bob")
+    ingestor.ingest_inbox(tmp_path / "inbox")
+    assert read == ["a.csv", "b.csv"]
+    read.clear()
+    assert [b.status for b in ingestor.ingest_inbox(tmp_path / "inbox").batches] == ["skipped", "skipped"]
+    assert read == []
+    # Rewritten in place (same size, even): read again, and its new content is a new batch.
+    write_csv(path, "crm_id,first_name\nC3,Cyd")
+    assert [b.status for b in ingestor.ingest_inbox(tmp_path / "inbox").batches] == ["loaded", "skipped"]
+    assert read == ["a.csv"]
+    assert con.execute("SELECT count(*) FROM raw_crm").fetchall()[0][0] == 3
