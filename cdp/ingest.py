@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
+import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,30 @@ def content_hash(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_PUNCTUATION = re.compile(r"[,;{}\[\]:\"]")
+
+
+def line_values(line: str) -> set[str]:
+    """Every value a malformed line may hold, for matching erased identifiers against it: its CSV fields (the
+    line may hold quoted line breaks or CR/LF endings), the strings of a JSON line, complete or cut short,
+    and the pieces between punctuation. Too many values is harmless (only identifiers of erased subjects
+    are looked for among them); a value missed would let an erased identifier through."""
+    values: set[str] = set()
+    try:
+        for row in csv.reader(io.StringIO(line)):
+            values.update(row)
+    except csv.Error:  # a quote left open: the pieces below still find its fields
+        pass
+    for quoted in _QUOTED.findall(line):
+        try:
+            values.add(json.loads(f'"{quoted}"'))
+        except ValueError:
+            values.add(quoted)
+    values.update(_PUNCTUATION.split(line))
+    return {v.strip() for v in values} - {""}
 
 
 def _q(name: str) -> str:
@@ -204,11 +231,12 @@ def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """
     try:
         con.execute(
-            "CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'newline_delimited', union_by_name = true)",
+            "CREATE TEMP TABLE _read AS "
+            "SELECT * FROM read_json(?, format = 'newline_delimited', records = true, union_by_name = true)",
             [str(path)],
         )
         return
-    except duckdb.InvalidInputException:
+    except (duckdb.InvalidInputException, duckdb.BinderException):  # a line that is not JSON, or not an object
         pass
     con.execute(
         """
@@ -533,10 +561,7 @@ class Ingestor:
         from identity.standardise import email_match_key, normalise_phone
 
         hashes = set()
-        for token in next(csv.reader([line]), []):
-            value = token.strip()
-            if not value:
-                continue
+        for value in line_values(line):
             candidates: dict[str, str | None] = {
                 t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
             }

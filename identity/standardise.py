@@ -111,8 +111,23 @@ def normalise_postcode(value: object) -> str | None:
 
 # SQL forms of the same rules, for staging millions of rows inside DuckDB. The phone rule has no SQL
 # form: it runs through phonenumbers once per distinct value (see identity.staging).
+
+#: The characters Python's ``str.strip()`` strips (those ``str.isspace()`` holds for). SQL's ``trim(x)`` strips
+#: spaces only: an email ending in a tab would be a valid address to the Python rules (suppression, erasure)
+#: and none to staging and ingestion's suppression check, which would then let it through.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def sql_strip(col: str) -> str:
+    """``col`` without leading and trailing whitespace, as ``str.strip()`` has it."""
+    return f"trim({col}, '{WHITESPACE}')"
+
+
 def sql_normalise_email(col: str) -> str:
-    cleaned = f"regexp_replace(replace(lower(trim({col})), ' ', ''), '^mailto:', '')"
+    cleaned = f"regexp_replace(replace(lower({sql_strip(col)}), ' ', ''), '^mailto:', '')"
     pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
     return f"CASE WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
 
@@ -142,4 +157,4 @@ def sql_normalise_postcode(col: str) -> str:
 
 
 def sql_trim_id(col: str) -> str:
-    return f"NULLIF(trim({col}), '')"
+    return f"NULLIF({sql_strip(col)}, '')"

@@ -35,6 +35,14 @@ def ingestor(con):
     return Ingestor(con, SECRET, region="GB")
 
 
+def suppress(con, identifier_type: str, value: str) -> None:
+    """Put ``value`` on the suppression list, as an erasure does."""
+    con.execute(
+        "INSERT INTO suppression_list VALUES (?, ?, 'R1', now())",
+        [identifier_type, identifier_hash(SECRET, identifier_type, value)],
+    )
+
+
 def ledger(con):
     return con.execute(
         "SELECT file, status, rows_in, rows_loaded, rows_quarantined, rows_suppressed, error FROM ingest_batches "
@@ -290,10 +298,7 @@ def test_every_source_has_its_required_columns_declared():
 
 
 def test_suppression_reaches_malformed_lines_and_rejected_files(tmp_path, con, ingestor):
-    con.execute(
-        "INSERT INTO suppression_list VALUES ('email_key', ?, 'R1', now())",
-        [identifier_hash(SECRET, "email_key", "annlee@gmail.com")],
-    )
+    suppress(con, "email_key", "annlee@gmail.com")
     write_csv(
         tmp_path / "inbox/web/w.csv",
         """
@@ -331,3 +336,48 @@ def test_a_file_already_hashed_is_not_read_again_unless_it_changed(tmp_path, con
     assert [b.status for b in ingestor.ingest_inbox(tmp_path / "inbox").batches] == ["loaded", "skipped"]
     assert read == ["a.csv"]
     assert con.execute("SELECT count(*) FROM raw_crm").fetchall()[0][0] == 3
+
+
+def test_a_json_line_that_is_not_an_object_costs_that_line_only(tmp_path, con, ingestor):
+    folder = tmp_path / "inbox/app"
+    folder.mkdir(parents=True)
+    good = '{{"event_id": "{}", "event_time": "2026-01-01T00:00:00Z", "device_id": "d1"}}'
+    (folder / "a.jsonl").write_text("\n".join([good.format("a1"), "[1, 2]", '"text"', good.format("a2")]) + "\n")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "app")
+    assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 4, 2, 2)
+    assert con.execute("SELECT DISTINCT reason FROM quarantine").fetchall() == [("malformed JSON line: not an object",)]
+
+
+def test_suppression_reaches_malformed_lines_with_crlf_endings_and_cut_json(tmp_path, con, ingestor):
+    suppress(con, "email_key", "annlee@gmail.com")
+    web = tmp_path / "inbox/web/w.csv"
+    web.parent.mkdir(parents=True)
+    web.write_bytes(
+        b"event_id,event_time,anonymous_id,email\r\n"
+        b"e1,2026-01-01,c1,bob@example.com\r\n"
+        b"e2,2026-01-01,c2,Ann.Lee@gmail.com,surplus\r\n"
+        b"e3,2026-01-01,c3,bob@example.com,surplus\r\n"
+    )
+    app = tmp_path / "inbox/app/a.jsonl"
+    app.parent.mkdir(parents=True)
+    app.write_text(
+        '{"event_id": "p1", "event_time": "2026-01-01T00:00:00Z", "device_id": "d1"}\n'
+        '{"event_id": "p2", "event_time": "2026-01-01T00:00:00Z", "device_id": "d2", "email": "ann.lee@gmail.com",\n'
+        '{"event_id": "p3", "event_time": "2026-01-01T00:00:00Z", "device_id": "d3", "email": "bob@example.com",\n'
+    )
+    web_result, app_result = ingestor.ingest_inbox(tmp_path / "inbox", sources=("web", "app")).batches
+    assert (web_result.rows_loaded, web_result.rows_quarantined, web_result.rows_suppressed) == (1, 1, 1)
+    assert (app_result.rows_loaded, app_result.rows_quarantined, app_result.rows_suppressed) == (1, 1, 1)
+    assert web_result.balanced and app_result.balanced
+    raw = " ".join(r for (r,) in con.execute("SELECT raw FROM quarantine").fetchall()).lower()
+    assert "ann" not in raw and raw.count("bob@example.com") == 2
+
+
+def test_an_erased_email_with_a_trailing_tab_is_suppressed(tmp_path, con, ingestor):
+    suppress(con, "email_key", "ann.lee@fastmail.co.uk")
+    path = tmp_path / "inbox/crm/c.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text('crm_id,first_name,email\nC10,Ann,"ann.lee@fastmail.co.uk\t"\nC11,Bob,"\u00a0bob@fastmail.co.uk"\n')
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert (result.rows_loaded, result.rows_suppressed) == (1, 1)
+    assert con.execute("SELECT crm_id FROM raw_crm").fetchall() == [("C11",)]

@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from identity.standardise import (
+    WHITESPACE,
     email_match_key,
     normalise_email,
     normalise_name,
@@ -16,6 +17,7 @@ from identity.standardise import (
     sql_normalise_email,
     sql_normalise_name,
     sql_normalise_postcode,
+    sql_trim_id,
 )
 
 PHONES = [
@@ -54,6 +56,8 @@ EMAILS = [
     ("alice+shop@googlemail.com", "alice+shop@googlemail.com", "alice@gmail.com"),
     ("mailto:bob@example.org", "bob@example.org", "bob@example.org"),
     ("o'neil@example.ie", "o'neil@example.ie", "o'neil@example.ie"),
+    ("Ann.Lee@fastmail.co.uk\t", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ("\u00a0ann@fastmail.co.uk\u3000\r\n", "ann@fastmail.co.uk", "ann@fastmail.co.uk"),
     ("not an email", None, None),
     ("bob@", None, None),
     ("@example.com", None, None),
@@ -114,3 +118,11 @@ def test_sql_forms_agree_with_python_forms():
         assert key == email_match_key(x), x
         assert name == normalise_name(x), x
         assert postcode == normalise_postcode(x), x
+
+
+def test_sql_strip_strips_what_python_strips():
+    assert set(WHITESPACE) == {c for c in map(chr, range(0x110000)) if c.isspace()}
+    values = ["\tU-1 ", "\u00a0U-2\u2003", " \n", "a\u00a0b"]
+    con = duckdb.connect()
+    stripped = [con.execute(f"SELECT {sql_trim_id('?')}", [v]).fetchall()[0][0] for v in values]
+    assert stripped == [v.strip() or None for v in values]
