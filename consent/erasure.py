@@ -54,11 +54,12 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError
-from cdp.ingest import IDENTIFIER_COLUMNS
+from cdp.ingest import IDENTIFIER_COLUMNS, line_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from identity import changes
+from identity.standardise import sql_email_match_key, sql_trim_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -98,16 +99,18 @@ def _any_identifier(columns: Iterable[str]) -> str:
 def _raw_carries(*columns: str) -> str:
     """A raw row (values as written) carries one of the subject's usable identifiers in ``columns``.
 
-    Ids are compared trimmed (as staging does); phones by their spellings in ``phone_map``. Emails are
-    not matched here: a raw email is only normalised in staging, and every staged record carrying one of
-    the subject's emails is already among the subject's records (see :func:`find_subject`).
+    Ids are compared trimmed and emails by their match key, as staging reads them; phones by their
+    spellings in ``phone_map``. Emails matter for rows not staged yet (a run that failed after ingestion):
+    no staged record leads to them.
     """
     parts = []
     for column in columns:
         if column == "phone":
             parts.append("phone IN (SELECT raw FROM _subject_phone_spellings)")
+        elif column == "email":
+            parts.append(f"{sql_email_match_key('email')} IN {_ids('email_key')}")
         else:
-            parts.append(f"trim({column}) IN {_ids(column)}")
+            parts.append(f"{sql_trim_id(column)} IN {_ids(column)}")
     return " OR ".join(parts)
 
 
@@ -125,24 +128,24 @@ ERASURE_MAP: dict[str, Rule] = {
     # subject's exclusive identifiers (all events of their cookies and devices, older versions of their
     # contacts); raw_consent by the consent events that are the subject's.
     "raw_web": Rule(
-        "web events of the subject's records, cookies and account",
-        f"event_id IN {_keys('web')} OR {_raw_carries('anonymous_id', 'user_id')}",
-        ("event_id", "anonymous_id", "user_id"),
+        "web events of the subject's records, cookies, account and emails",
+        f"event_id IN {_keys('web')} OR {_raw_carries('anonymous_id', 'user_id', 'email')}",
+        ("event_id", "anonymous_id", "user_id", "email"),
     ),
     "raw_app": Rule(
-        "app events of the subject's records, devices, account and phones",
-        f"event_id IN {_keys('app')} OR {_raw_carries('device_id', 'user_id', 'phone')}",
-        ("event_id", "device_id", "user_id", "phone"),
+        "app events of the subject's records, devices, account, phones and emails",
+        f"event_id IN {_keys('app')} OR {_raw_carries('device_id', 'user_id', 'phone', 'email')}",
+        ("event_id", "device_id", "user_id", "phone", "email"),
     ),
     "raw_store": Rule(
-        "store transactions of the subject's records, loyalty cards and phones",
-        f"transaction_id IN {_keys('store')} OR {_raw_carries('loyalty_id', 'phone')}",
-        ("transaction_id", "loyalty_id", "phone"),
+        "store transactions of the subject's records, loyalty cards, phones and emails",
+        f"transaction_id IN {_keys('store')} OR {_raw_carries('loyalty_id', 'phone', 'email')}",
+        ("transaction_id", "loyalty_id", "phone", "email"),
     ),
     "raw_crm": Rule(
-        "every version of the subject's CRM contacts, and contacts carrying their ids or phones",
-        f"crm_id IN {_keys('crm')} OR {_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone')}",
-        ("crm_id", "user_id", "loyalty_id", "phone"),
+        "every version of the subject's CRM contacts, and contacts carrying their ids, phones or emails",
+        f"crm_id IN {_keys('crm')} OR {_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email')}",
+        ("crm_id", "user_id", "loyalty_id", "phone", "email"),
     ),
     "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),
     "quarantine": Rule(
@@ -540,8 +543,8 @@ _FIELD_TYPES = {
 
 def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
     """Mark quarantined rows whose raw content carries one of the subject's usable identifiers (normalised
-    as ingestion does) or the key of one of the subject's records. Malformed CSV lines are kept as
-    ``{"line": ...}``: their comma-separated fields are checked the same way."""
+    as ingestion does) or the key of one of the subject's records. Malformed lines are kept as
+    ``{"line": ...}``: every value :func:`cdp.ingest.line_values` finds in one is checked the same way."""
     from identity.standardise import email_match_key, normalise_phone
 
     usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
@@ -591,7 +594,7 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
             for name, value in data.items():
                 key = str(name).strip().lower()
                 if key == "line" and isinstance(value, str) and len(data) == 1:
-                    fields += [(None, part.strip().strip('"')) for part in value.split(",")]
+                    fields += [(None, part) for part in line_values(value)]
                 else:
                     fields.append((key, value))
             if any(carries(name, value, str(source)) for name, value in fields):

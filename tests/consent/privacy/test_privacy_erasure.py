@@ -378,3 +378,35 @@ def test_without_yes_the_cli_asks_and_a_no_erases_nothing(world: Any, monkeypatc
     con.close()
     result = CliRunner().invoke(privacy_cli.app, args, input="y\n")
     assert result.exit_code == 0 and "erasure receipt" in result.output
+
+
+def test_rows_ingested_but_not_staged_yet_are_erased_and_do_not_come_back(world: Any, pw: SimpleNamespace) -> None:
+    """A run that failed after ingestion leaves raw rows no staged record leads to: erasure by email still
+    finds them (a CRM contact, and an app line cut short in quarantine), with the ids they carry."""
+    from cdp.ingest import Ingestor
+
+    dana = (b"dana.new@fastmail.co.uk", b"C-DANA-8", b"07700 900555", b"dev-dana-1")
+    pw.write_inbox(
+        world.inbox,
+        {
+            "crm/late.csv": "crm_id,first_name,last_name,email,phone\n"
+            "C-DANA-8,Dana,New,Dana.New@fastmail.co.uk,07700 900555\n",
+            "app/late.jsonl": '{"event_id": "A-8", "event_time": "2025-05-03T08:00:00Z", "device_id": "dev-dana-1", '
+            '"email": "dana.new@fastmail.co.uk",\n',
+        },
+    )
+    con = _open(world)
+    Ingestor(con, load_secret(world.settings.secret_path), "GB").ingest_inbox(world.inbox)  # not staged
+    con.close()
+    assert dana[0] in pw.file_bytes(world.settings.db_path)
+
+    report = erasure.erase(world.settings, Subject.from_options("dana.new@fastmail.co.uk", None, None), dry_run=False)
+
+    assert report.deleted.get("raw_crm") == 1 and report.deleted.get("quarantine") == 1
+    data = pw.file_bytes(world.settings.db_path).lower()
+    assert not [s for s in dana if s.lower() in data]
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)  # the same files again, and staging
+    rows = _snapshot(con)
+    con.close()
+    assert not [t for t, r in rows.items() for row in r if _mentions(row, dana)]
