@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.errors import StoreBusyError
+from cdp.errors import CdpError, StoreBusyError
 
 SOURCES = ("web", "app", "store", "crm", "consent")
 RECORD_SOURCES = ("web", "app", "store", "crm")
@@ -184,31 +184,51 @@ def ensure_core_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(raw_ddl(source))
 
 
-def _open(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+def require_store(db_path: Path) -> None:
+    """Refuse a store file that does not exist: a mistyped ``--db`` must not become a new, empty store."""
+    if not db_path.exists():
+        raise CdpError(f"{db_path}: no database yet; run `cdp run --inbox DIR` first")
+
+
+def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBPyConnection:
+    if create:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
     old = os.umask(0o077)  # the database and its WAL are readable by their owner only
     try:
         return duckdb.connect(str(db_path), read_only=read_only)
     except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "lock" in reason.lower():
             raise StoreBusyError(
                 f"{db_path}: the database is in use by another process (a pipeline run?); try again when it ends"
             ) from None
-        raise
+        # DuckDB's own text repeats the absolute path; one line naming the path as given says it better.
+        if db_path.is_dir():
+            raise CdpError(f"{db_path}: is a directory, not a DuckDB database file") from None
+        if "not a valid DuckDB database file" in reason:
+            raise CdpError(f"{db_path}: not a DuckDB database file (or a damaged one)") from None
+        raise CdpError(f"{db_path}: cannot open the database ({reason.removeprefix('IO Error: ')})") from None
     finally:
         os.umask(old)
 
 
 def connect(
-    db_path: Path | str, read_only: bool = False, threads: int | None = None, memory_limit: str | None = None
+    db_path: Path | str,
+    read_only: bool = False,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    create: bool = True,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the store, creating the core schema when writable."""
-    db_path = Path(db_path)
-    if read_only and not db_path.exists():
-        from cdp.errors import CdpError
+    """Open the store, creating the core schema when writable.
 
-        raise CdpError(f"{db_path}: no database yet; run `cdp run --inbox DIR` first")
-    con = _open(db_path, read_only)
+    A read-only store, and a writable one with ``create=False`` (every command that reads or changes an
+    existing store), must exist already: see :func:`require_store`. Only a pipeline run (and what builds
+    a store on purpose, such as tests) creates the file.
+    """
+    db_path = Path(db_path)
+    if read_only or not create:
+        require_store(db_path)
+    con = _open(db_path, read_only, create=create)
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:

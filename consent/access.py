@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -24,10 +23,12 @@ from typing import Any
 import duckdb
 
 from cdp.config import Settings
-from cdp.store import RECORD_SOURCES, connect, raw_table
+from cdp.errors import check_output_file
+from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import load_secret
 from consent import register
 from consent.erasure import Subject, drop_scope, exports_of_subject, find_subject, present_rules
+from consent.export import private_file
 
 FORMAT_VERSION = 1
 
@@ -124,22 +125,9 @@ def collect(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings
 
 
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically, readable by its owner only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, ensure_ascii=False, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    """Write ``doc`` to ``path`` atomically, readable by its owner only (:func:`consent.export.private_file`)."""
+    with private_file(Path(path), "access document") as fh:
+        fh.write(json.dumps(doc, indent=2, ensure_ascii=False).encode() + b"\n")
 
 
 def access(
@@ -149,24 +137,37 @@ def access(
     con: duckdb.DuckDBPyConnection | None = None,
     actor: str | None = None,
 ) -> AccessResult:
-    """Answer an access request: write the subject's document to ``out`` and register the request."""
-    con = con or connect(settings.db_path)
+    """Answer an access request: write the subject's document to ``out`` and register the request.
+
+    ``out`` is checked before anything is registered, and the store must exist (a mistyped ``--db`` is
+    refused, not created). Registering the request, collecting the document and writing it are one
+    transaction: when the document cannot be written, the register is left as it was. A privacy officer
+    reads the register as "what was asked and what was answered": a request opened only by this failed
+    attempt was answered with nothing, so it is not recorded (running the command again answers it), while
+    a request received earlier (say through the web console) stays open, as it is still owed. Marking it
+    failed would tell the officer it was dealt with; leaving a new one open would count an attempt as a
+    request.
+    """
+    con = con or connect(settings.db_path, create=False)
     try:
+        check_output_file(Path(out), "access document")
         register.ensure_register_schema(con)
         secret = load_secret(settings.secret_path)
         present_rules(con)
-        request_id = register.open_request(con, "access", subject.hash(secret))
-        doc = collect(con, subject, settings, request_id)
-        write_private_json(out, doc)
-        counts = {source: len(rows) for source, rows in doc["records"].items()}
-        for section in SECTIONS:
-            counts[section] = len(doc[section])
-        counts["exports"] = len(doc["exports"])
-        records = sum(len(rows) for rows in doc["records"].values())
-        register.complete_request(con, request_id, records_affected=records)
-        register.audit(
-            con, "access", request_id, f"access document written: {len(doc['customer_ids'])} customers", records, actor
-        )
+        with transaction(con):
+            request_id = register.open_request(con, "access", subject.hash(secret))
+            doc = collect(con, subject, settings, request_id)
+            write_private_json(out, doc)
+            counts = {source: len(rows) for source, rows in doc["records"].items()}
+            for section in SECTIONS:
+                counts[section] = len(doc[section])
+            counts["exports"] = len(doc["exports"])
+            records = sum(len(rows) for rows in doc["records"].values())
+            register.complete_request(con, request_id, records_affected=records)
+            register.audit(
+                con, "access", request_id, f"access document written: {len(doc['customer_ids'])} customers",
+                records, actor,
+            )  # fmt: skip
         return AccessResult(request_id, Path(out), len(doc["customer_ids"]), records, counts)
     finally:
         drop_scope(con)

@@ -854,7 +854,7 @@ def erase(
     ``actor`` names who asked in the audit log (default: the operating-system user).
     """
     now = now or register.utcnow()
-    con = con or connect(settings.db_path)
+    con = con or connect(settings.db_path, create=False)  # a mistyped store is refused, not created empty
     try:
         con = _finish_rewrites(settings, con)
         register.ensure_register_schema(con)

@@ -15,12 +15,15 @@ place, then recorded:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import pandas as pd
@@ -118,31 +121,41 @@ def write_export(
     return ExportResult(export_id, segment, purpose, out, len(rows), file_hash, counts or {})
 
 
-def write_private_file(rows: pd.DataFrame, out: Path, fmt: str) -> None:
-    """Write ``rows`` as CSV or Parquet, readable by its owner only, replacing ``out`` atomically.
+@contextlib.contextmanager
+def private_file(path: Path, what: str) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces ``path`` atomically when the block ends, readable by its owner only.
 
-    A temporary file beside ``out`` is written and synced, then renamed over it: a reader never sees half
-    a file. Exports and erasure's scrubbing of earlier export files both write through here.
+    A temporary file beside ``path`` (a fresh name, never an existing file followed) is written, synced
+    and renamed over it: a reader never sees half a file, and whatever fails, the temporary file (the whole
+    content) does not stay behind. A path that cannot be written is a :class:`CdpError` naming it and
+    ``what`` it was to hold. Exports, erasure's scrubbing of earlier export files and access documents
+    are written through here.
     """
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        raise CdpError(f"{out}: cannot write the export here ({exc.strerror})") from None
+        raise CdpError(f"{path}: cannot write the {what} here ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            if fmt == "csv":
-                _flat(rows).to_csv(fh, index=False)
-            else:
-                rows.to_parquet(fh, index=False)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.chmod(out, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CdpError(f"{path}: cannot write the {what} ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # renamed away when all went well: then there is nothing to remove
+
+
+def write_private_file(rows: pd.DataFrame, out: Path, fmt: str) -> None:
+    """Write ``rows`` as CSV or Parquet through :func:`private_file`."""
+    with private_file(out, "export") as fh:
+        if fmt == "csv":
+            _flat(rows).to_csv(fh, index=False)
+        else:
+            rows.to_parquet(fh, index=False)
 
 
 def _is_list(value: object) -> bool:

@@ -79,7 +79,7 @@ def _recorded(
     """Open a ``request_kind`` request for the subject's customers, apply ``change`` to them and close the
     request with its audit line, in one transaction. ``change`` returns the rows changed and the audit text."""
     now = now or register.utcnow()
-    con = con or connect(settings.db_path)
+    con = con or connect(settings.db_path, create=False)  # a mistyped store is refused, not created empty
     try:
         ensure_restrictions(con)
         register.ensure_register_schema(con)

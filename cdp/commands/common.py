@@ -36,8 +36,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an operating-system error (``SRC -> DST: reason`` for a rename)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{where}: {reason}"
+
+
 def one_line_errors(func: F) -> F:
-    """Report :class:`CdpError` as one line and a non-zero exit, never as a stack trace."""
+    """Report :class:`CdpError`, and an :class:`OSError` the machine raised (a path that cannot be read or
+    written: permission denied, not a directory, read-only file system...), as one line and a non-zero
+    exit, never as a stack trace. Any other exception is a bug and keeps its trace."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,6 +56,8 @@ def one_line_errors(func: F) -> F:
             return func(*args, **kwargs)
         except CdpError as exc:
             fail(str(exc))
+        except OSError as exc:  # the same exit code as bad input: a person fixes the path, not the code
+            fail(os_error_line(exc))
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)

@@ -47,6 +47,11 @@ def run_and_report(
     if not inbox.is_dir():
         raise CdpError(f"{inbox}: no such inbox folder")
     settings = settings_for(db, inbox=inbox, engine=engine)
+    from cdp.store import connect
+
+    # A run creates the store when there is none; a --db that is not a DuckDB file (or is a directory) is
+    # refused here in one line, before Dagster starts, rather than as a failed asset.
+    connect(settings.db_path).close()
     from pipelines.run import run_pipeline
 
     console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")

@@ -179,7 +179,7 @@ def requests(db: Path = DbOption) -> None:
     from consent import register
 
     settings = settings_for(db)
-    con = connect(settings.db_path)
+    con = connect(settings.db_path, create=False)  # writable: the register's tables are created on first use
     try:
         rows = register.list_requests(con)
     finally:

@@ -109,12 +109,14 @@ def export_cmd(
     db: Path | None = DbOption,
 ) -> None:
     """Write the segment's customers who may be contacted for PURPOSE now, and record the export."""
+    from cdp.errors import check_output_file
     from cdp.store import connect
     from consent.export import export_format, export_segment
 
     settings = settings_for(db, segments_dir=segments_dir)
     export_format(out)
-    con = connect(settings.db_path)
+    check_output_file(out, "export")  # before any work: a directory would only fail at the final rename
+    con = connect(settings.db_path, create=False)  # a mistyped --db is refused, not created empty
     try:
         result = export_segment(con, settings, name, purpose, out)
     finally:

@@ -99,10 +99,14 @@ def serve(
     """Run the web console and HTTP API (FastAPI on uvicorn); sign in with a user from `cdp users add`."""
     import uvicorn
 
+    from cdp.store import require_store
     from cdp.users import UserStore
     from cdp.web import create_app
 
     settings = settings_for(db)
+    # The console reads and changes an existing store: a mistyped --db is refused here rather than created
+    # empty by the first privacy request. Only the existence is checked: a pipeline run may hold the file.
+    require_store(settings.db_path)
     users = UserStore.for_home(settings.home)
     if not users.list():
         console.print("[yellow]No users yet:[/yellow] create one with `cdp users add NAME --role admin`.")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cdp.cli import app
-from cdp.store import connect
+from cdp.store import connect, table_exists
 
 runner = CliRunner()
 
@@ -96,3 +96,20 @@ def test_segment_injection_is_refused_on_the_command_line(db: Path, tmp_path: Pa
     unknown = cdp("segments", "export", "all_customers", "--purpose", "spam", "--out", str(tmp_path / "s.csv"),
                   "--db", str(db))  # fmt: skip
     assert unknown.exit_code != 0 and "unknown purpose 'spam'" in unknown.output
+
+
+def test_segments_export_to_a_directory_is_one_line_and_leaves_nothing(db: Path, tmp_path: Path):
+    target = tmp_path / "out.csv"
+    target.mkdir()
+    result = cdp("segments", "export", "all_customers", "--purpose", "email_marketing", "--out", str(target),
+                 "--db", str(db))  # fmt: skip
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.output.strip() == f"error: {target}: is a directory; name the export file to write"
+    assert list(target.iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
+    con = connect(db, read_only=True)
+    try:  # nothing recorded as exported
+        assert not table_exists(con, "export_register") or con.execute(
+            "SELECT count(*) FROM export_register"
+        ).fetchall() == [(0,)]
+    finally:
+        con.close()
