@@ -200,11 +200,62 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"strict_mode = false, {_CSV_DIALECT}, {_CSV_REJECTS})",
             [str(path)],
         )
+        spanning = " OR ".join(f"contains({_q(name)}, chr(10))" for name in header)
+        if con.execute(f"SELECT count(*) FROM _read WHERE {spanning}").fetchall()[0][0]:
+            con.execute("DROP TABLE _read; DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+            _read_csv_by_line(con, path, header)
+            return
     con.execute(
         "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
         "min(csv_line) FROM _csv_errors GROUP BY line"
     )
     con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+
+
+def _read_csv_by_line(con: duckdb.DuckDBPyConnection, path: Path, header: list[str]) -> None:
+    """Temp table ``_read`` from a CSV file one line per record, malformed lines into ``_rejects``.
+
+    For a file the sniffer gave up on whose lenient read still holds a value spanning lines: a quote left
+    open makes one value of every line up to the next quote, and the records on those lines would be
+    neither loaded nor counted. In such a file a line break is a record's end; a line whose quotes do not
+    close, or whose fields do not match the header, is quarantined, and the lines after it load.
+    """
+    import pandas as pd
+
+    rows: list[list[str | None]] = []
+    rejects: list[tuple[int, str, str]] = []
+    number = 0
+    for raw in path.read_bytes().splitlines()[1:]:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            reason = "invalid unicode"
+        else:
+            reason = ""
+        if not line.strip():
+            continue
+        number += 1
+        if not reason:
+            try:
+                fields = next(csv.reader([line], strict=True))
+            except csv.Error:
+                reason = "unterminated quote" if line.count('"') % 2 else "quote in an unquoted field"
+            else:
+                if len(fields) != len(header):
+                    reason = "missing columns" if len(fields) < len(header) else "too many columns"
+        if reason:
+            rejects.append((number, f"malformed CSV line: {reason}", line))
+        else:
+            rows.append([field if field != "" else None for field in fields])
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    con.register("_by_line", frame)
+    try:
+        con.execute("CREATE TEMP TABLE _read AS SELECT * FROM _by_line")
+    finally:
+        con.unregister("_by_line")
+    if rejects:
+        con.executemany("INSERT INTO _rejects VALUES (?, ?, ?)", rejects)
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -381,3 +381,24 @@ def test_an_erased_email_with_a_trailing_tab_is_suppressed(tmp_path, con, ingest
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
     assert (result.rows_loaded, result.rows_suppressed) == (1, 1)
     assert con.execute("SELECT crm_id FROM raw_crm").fetchall() == [("C11",)]
+
+
+def test_a_quote_left_open_mid_file_costs_its_line_not_the_lines_after_it(tmp_path, con, ingestor):
+    write_csv(
+        tmp_path / "inbox/web/q.csv",
+        """
+event_id,event_time,anonymous_id,page_url
+q1,2024-02-01T10:00:00Z,c1,"unterminated
+q2,2024-02-01T10:00:00Z,c2,/ok
+
+q3,2024-02-01T10:00:00Z,c3,"/a,b"
+q4,2024-02-01T10:00:00Z,c4,"x"
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (4, 3, 1) and result.balanced
+    assert con.execute("SELECT row_number, reason FROM quarantine").fetchall() == [
+        (1, "malformed CSV line: unterminated quote")
+    ]
+    loaded = con.execute("SELECT event_id, page_url, row_number FROM raw_web ORDER BY 1").fetchall()
+    assert loaded == [("q2", "/ok", 2), ("q3", "/a,b", 3), ("q4", "x", 4)]
