@@ -518,6 +518,21 @@ def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[s
     return len(new)
 
 
+def _refuse_unknown_customer_id(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
+    """A customer id that no current or former customer has is a mistyped id, not a subject of whom nothing
+    is held: refused before a request is registered, so that no receipt reads "erased" for nobody. (An
+    email or phone that reaches no record is still erased: its suppression keeps later files out.)"""
+    if subject.kind != "customer_id":
+        return
+    schema = _schema(con)
+    has_csr = "customer_source_records" in schema
+    if not _current_ids(con, subject.value, has_csr, "customer_id_history" in schema):
+        raise CdpError(
+            f"{subject.value}: no current or former customer has this id; nothing to erase "
+            "(check the id, or erase by --email or --phone)"
+        )
+
+
 def _current_ids(con: duckdb.DuckDBPyConnection, customer_id: str, has_csr: bool, has_history: bool) -> list[str]:
     """A current customer id stands for itself; a former one for the ids it became."""
     if not has_csr:
@@ -860,6 +875,7 @@ def erase(
         register.ensure_register_schema(con)
         secret = load_secret(settings.secret_path)
         present_rules(con)  # refuse before registering anything if a table is not covered
+        _refuse_unknown_customer_id(con, subject)
         request_id = register.open_request(con, "erasure", subject.hash(secret), now=now)
         plan = plan_erasure(con, subject, settings, request_id)
         report = ErasureReport(plan, dry_run)

@@ -410,3 +410,15 @@ def test_rows_ingested_but_not_staged_yet_are_erased_and_do_not_come_back(world:
     rows = _snapshot(con)
     con.close()
     assert not [t for t, r in rows.items() for row in r if _mentions(row, dana)]
+
+
+def test_a_customer_id_nobody_has_is_refused_before_any_request_is_registered(world: Any) -> None:
+    con = connect(world.settings.db_path)
+    before = con.execute("SELECT count(*) FROM privacy_requests").fetchall()[0][0]
+    con.close()
+    for dry_run in (True, False):
+        with pytest.raises(CdpError, match=r"^cus_999999999: no current or former customer has this id"):
+            erasure.erase(world.settings, Subject.from_options(None, None, "cus_999999999"), dry_run=dry_run)
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT count(*) FROM privacy_requests").fetchall()[0][0] == before
+    con.close()
