@@ -74,6 +74,23 @@ def inbox_files(inbox: Path, source: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS)
 
 
+def unreadable_files(inbox: Path, source: str) -> list[Path]:
+    """Files of ``inbox/<source>/`` that are no export batch (not CSV, Parquet or JSON Lines by their name),
+    hidden files aside: named in every run's summary, so that a file dropped as ``.txt`` is not ignored
+    unseen."""
+    folder = inbox / source
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in READERS
+    )
+
+
+def foreign_folders(inbox: Path) -> list[Path]:
+    """Sub-folders of ``inbox`` that are no source's (hidden ones aside): their files are never read."""
+    return sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SOURCES)
+
+
 def content_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -409,6 +426,10 @@ class Ingestor:
                     f"{result.rows_quarantined} quarantined, {result.rows_suppressed} suppressed"
                 )
             results.append(result)
+        kinds = ", ".join(sorted(READERS))
+        for path in unreadable_files(inbox, source):
+            error = f"{path}: not an export batch by its name ({kinds}); not ingested"
+            results.append(BatchResult(source, f"{source}/{path.name}", "", "failed", error=error))
         skipped = sum(r.status == "skipped" for r in results)
         if skipped:
             self.progress(f"{source}: {skipped} file{'s' if skipped > 1 else ''} already ingested, skipped")

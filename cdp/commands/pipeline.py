@@ -59,6 +59,11 @@ def run_and_report(
         settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
     )
     _print_run(outcome, settings.db_path)
+    from cdp.ingest import foreign_folders
+    from cdp.store import SOURCES
+
+    for folder in foreign_folders(inbox):
+        console.print(f"  [yellow]not a source folder[/yellow] {folder} (sources: {', '.join(SOURCES)}); not read")
     if not outcome.success:
         fail(outcome.failure or "the run failed", code=1)
 

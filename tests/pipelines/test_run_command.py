@@ -13,6 +13,9 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     (inbox / "crm" / "crm-1.csv").write_text('crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,"Bob,bob@x.com\n')
     (inbox / "store" / "store-1.csv").write_text("transaction_id,amount\nT1,10\n")
     (inbox / "store" / "store-2.parquet").write_text("not parquet")
+    (inbox / "store" / "store-3.txt").write_text("transaction_id,transaction_time\nT3,2026-01-01\n")
+    (inbox / "store" / ".DS_Store").write_text("")
+    (inbox / "misc").mkdir()
     result = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())  # rich wraps long lines
@@ -20,3 +23,7 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     assert "rejected file store/store-1.csv: missing required column 'transaction_time'" in out
     assert "unreadable file " in out and "store-2.parquet: cannot be read as parquet" in out
     assert "(not ingested; tried again next run)" in out
+    # Files and folders that are no export batch are named too, every run, not ignored unseen.
+    assert "store-3.txt: not an export batch by its name (.csv, .json, .jsonl, .ndjson, .parquet)" in out
+    assert ".DS_Store" not in out
+    assert f"not a source folder {inbox / 'misc'} (sources: web, app, store, crm, consent); not read" in out
