@@ -73,6 +73,7 @@ SCOPE_TABLES = (
     "_subject_quarantine",
     "_subject_phones",
     "_subject_phone_spellings",
+    "_subject_email_spellings",
 )
 
 
@@ -99,16 +100,16 @@ def _any_identifier(columns: Iterable[str]) -> str:
 def _raw_carries(*columns: str) -> str:
     """A raw row (values as written) carries one of the subject's usable identifiers in ``columns``.
 
-    Ids are compared trimmed and emails by their match key, as staging reads them; phones by their
-    spellings in ``phone_map``. Emails matter for rows not staged yet (a run that failed after ingestion):
-    no staged record leads to them.
+    Ids are compared trimmed, as staging reads them; phones by their spellings in ``phone_map``, emails by
+    the spellings whose match key is the subject's (:func:`_collect_email_spellings`). Emails matter for
+    rows not staged yet (a run that failed after ingestion): no staged record leads to them.
     """
     parts = []
     for column in columns:
         if column == "phone":
             parts.append("phone IN (SELECT raw FROM _subject_phone_spellings)")
         elif column == "email":
-            parts.append(f"{sql_email_match_key('email')} IN {_ids('email_key')}")
+            parts.append("email IN (SELECT raw FROM _subject_email_spellings)")
         else:
             parts.append(f"{sql_trim_id(column)} IN {_ids(column)}")
     return " OR ".join(parts)
@@ -355,6 +356,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_email_spellings (raw VARCHAR)")
     schema = _schema(con)
     has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
     has_history = "customer_id_history" in schema
@@ -430,9 +432,12 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
                 ANTI JOIN customer_source_records l USING (source, source_record_id)
                 WHERE {carries}"""
         )
-    # 4c. Identifiers only older raw versions of the subject's records carry (a CRM contact's old email).
+    # 4c. Identifiers only older raw versions of the subject's records carry (a CRM contact's old email), and
+    # raw rows not staged yet carrying the subject's emails.
+    _collect_email_spellings(con, schema)
     if _add_raw_identifiers(con, schema, region):
         _mark_shared(con, has_stg and has_csr)
+        _collect_email_spellings(con, schema)
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):
@@ -480,6 +485,31 @@ def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:
     con.execute(
         "UPDATE _subject_ids SET placeholder = cdp_is_placeholder(identifier_type, value), "
         "usable = exclusive AND NOT cdp_is_placeholder(identifier_type, value)"
+    )
+
+
+def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> None:
+    """``_subject_email_spellings``: the emails, as written on raw rows, whose match key (as staging computes
+    it) is one of the subject's usable email keys. The key is computed once per distinct spelling, not per
+    row and rule: over a million raw rows, per row, it made a dry run four times slower."""
+    con.execute("DELETE FROM _subject_email_spellings")
+    keys = [k for (k,) in con.execute(f"SELECT value FROM {_ids('email_key')}").fetchall()]
+    written = [
+        f"SELECT email FROM {raw_table(source)} WHERE email IS NOT NULL"
+        for source in RECORD_SOURCES
+        if "email" in schema.get(raw_table(source), set())
+    ]
+    if not keys or not written:
+        return
+    # A spelling holds its key's local part once dots and spaces are gone (Gmail's dots, "ann lee@"): a
+    # cheap test that leaves the costly key to a few spellings.
+    squashed = "replace(replace(lower(raw), '.', ''), ' ', '')"
+    maybe = " OR ".join(f"contains({squashed}, ?)" for _ in keys)
+    con.execute(
+        f"""INSERT INTO _subject_email_spellings
+            SELECT raw FROM (SELECT DISTINCT email AS raw FROM ({" UNION ALL ".join(written)}))
+            WHERE ({maybe}) AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
+        [key.split("@")[0].replace(".", "") for key in keys],
     )
 
 

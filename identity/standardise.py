@@ -121,9 +121,13 @@ WHITESPACE = (
 )
 
 
+#: :data:`WHITESPACE` as a regular-expression class (``trim(x, chars)`` with these is ten times slower).
+_WHITESPACE_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
+
+
 def sql_strip(col: str) -> str:
     """``col`` without leading and trailing whitespace, as ``str.strip()`` has it."""
-    return f"trim({col}, '{WHITESPACE}')"
+    return f"regexp_replace({col}, '^{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+$', '', 'g')"
 
 
 def sql_normalise_email(col: str) -> str:
