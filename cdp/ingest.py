@@ -67,23 +67,20 @@ class IngestSummary:
         return [b.error for b in self.batches if b.error]
 
 
-def inbox_files(inbox: Path, source: str) -> list[Path]:
+def _files(inbox: Path, source: str) -> list[Path]:
     folder = inbox / source
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS)
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+def inbox_files(inbox: Path, source: str) -> list[Path]:
+    """The export batches of ``inbox/<source>/``: CSV, Parquet and JSON Lines files, by their names."""
+    return [p for p in _files(inbox, source) if p.suffix.lower() in READERS]
 
 
 def unreadable_files(inbox: Path, source: str) -> list[Path]:
-    """Files of ``inbox/<source>/`` that are no export batch (not CSV, Parquet or JSON Lines by their name),
-    hidden files aside: named in every run's summary, so that a file dropped as ``.txt`` is not ignored
-    unseen."""
-    folder = inbox / source
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in READERS
-    )
+    """Files of ``inbox/<source>/`` that are no export batch by their names, hidden files aside: named in
+    every run's summary, so that a file dropped as ``.txt`` is not ignored unseen."""
+    return [p for p in _files(inbox, source) if p.suffix.lower() not in READERS and not p.name.startswith(".")]
 
 
 def foreign_folders(inbox: Path) -> list[Path]:
