@@ -11,7 +11,9 @@ spelling, everything else runs as SQL inside DuckDB.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
@@ -150,9 +152,44 @@ UNIT_CHANGES_DDL = "CREATE TABLE IF NOT EXISTS stg_unit_changes (unit_id VARCHAR
 ALL_UNITS = "*"
 
 
-def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return table_exists(con, table) and bool(
-        con.execute("SELECT count(*) FROM staged_batches WHERE table_name = ?", [table]).fetchall()[0][0]
+#: The rules each staged table (and ``phone_map``) was built under: :func:`staging_fingerprint`.
+BASIS_DDL = "CREATE TABLE IF NOT EXISTS staging_basis (table_name VARCHAR PRIMARY KEY, fingerprint VARCHAR)"
+
+
+def staging_fingerprint(region: str) -> str:
+    """The rules staging applies, as a hash: its SQL (which holds :mod:`identity.standardise`'s SQL forms),
+    the module of the phone rule, the region national numbers default to and phonenumbers' metadata.
+
+    Rows staged under other rules would stay as they were in an incremental run while a full one restages
+    them: a table (or phone map) whose basis differs is built anew in full, and so is everything after it.
+    """
+    import phonenumbers
+
+    from identity import standardise
+
+    digest = hashlib.sha256()
+    for part in (
+        STG_RECORDS_SQL,
+        STG_CONSENT_SQL,
+        Path(standardise.__file__).read_text(),
+        region,
+        phonenumbers.__version__,
+    ):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _basis(con: duckdb.DuckDBPyConnection, name: str) -> str | None:
+    rows = con.execute("SELECT fingerprint FROM staging_basis WHERE table_name = ?", [name]).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str, fingerprint: str) -> bool:
+    """The table was staged before, by batches, under the rules of ``fingerprint`` (phone map included)."""
+    return (
+        table_exists(con, table)
+        and bool(con.execute("SELECT count(*) FROM staged_batches WHERE table_name = ?", [table]).fetchall()[0][0])
+        and _basis(con, table) == _basis(con, "phone_map") == fingerprint
     )
 
 
@@ -192,11 +229,18 @@ def _stage(
     """Build ``table`` in full, or only for the keys new batches carry."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(UNIT_CHANGES_DDL)
+    con.execute(BASIS_DDL)
+    fingerprint = staging_fingerprint(region)
     raws = tuple(s.raw for s in sources)
-    incremental = incremental and _can_stage_incrementally(con, table)
+    incremental = incremental and _can_stage_incrementally(con, table, fingerprint)
     batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
     with transaction(con):
+        if _basis(con, "phone_map") != fingerprint:  # spellings read under other rules, or another region
+            con.execute("DROP TABLE IF EXISTS phone_map")
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
+        con.execute(
+            "INSERT OR REPLACE INTO staging_basis VALUES (?, ?), ('phone_map', ?)", [table, fingerprint, fingerprint]
+        )
         if not incremental:
             con.execute(full_sql)
             forget_batches(con, "staged_batches", table)
