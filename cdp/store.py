@@ -233,6 +233,8 @@ def connect(
         con.execute(f"SET threads = {int(threads)}")
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")  # a setting, not user text
+    # Times in the store are UTC: now(), current_date and casts to TIMESTAMP must not follow the machine's zone.
+    con.execute("SET TimeZone = 'UTC'")
     if not read_only:
         ensure_core_schema(con)
     return con

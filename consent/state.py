@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
 
@@ -263,7 +263,7 @@ def build_consent_state(
             raise ValueError(f"not a table name: {customers!r}")
         if not state_current(con):
             raise ValueError("consent_state has no basis for an update; rebuild it in full")
-    as_of = as_of or datetime.now().replace(tzinfo=None)
+    as_of = as_of or datetime.now(UTC).replace(tzinfo=None)  # the store's times are UTC, whatever the machine's zone
     params = {"as_of": as_of}
     loose = table_exists(con, "raw_consent")
     counts: dict[str, int] = {}

@@ -112,3 +112,20 @@ def test_withdrawal_with_a_mistyped_email_still_reaches_the_customer_but_a_grant
     via = con.execute("SELECT via FROM consent_state WHERE customer_id = 'cA' AND purpose = 'email_marketing'")
     assert via.fetchall()[0][0] == "email_loose"
     assert "cD" not in w.states(con, "analytics")  # a mistyped grant grants nothing
+
+
+def test_events_up_to_now_apply_whatever_the_machines_time_zone(con, w, monkeypatch):
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    w.rebuild(con, as_of=w.at(20))
+    monkeypatch.setenv("TZ", "America/New_York")  # behind UTC: a local "now" would leave the withdrawal out
+    time.tzset()
+    try:
+        an_hour_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+        w.add_consent(con, "k70", an_hour_ago, "email_marketing", "withdrawn", email="a@example.com")
+        w.rebuild(con)  # as of now
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert w.states(con, "email_marketing")["cA"] == "withdrawn"
