@@ -58,6 +58,7 @@ from cdp.ingest import IDENTIFIER_COLUMNS, line_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
+from consent.ledger import base_event_id
 from identity import changes
 from identity.standardise import sql_email_match_key, sql_trim_id
 
@@ -91,6 +92,18 @@ _CUSTOMERS = "(SELECT customer_id FROM _subject_customers)"
 _UNITS = "(SELECT DISTINCT unit_id FROM _subject_records)"
 _RECORD_PAIRS = "(SELECT source, record_id FROM _subject_records)"
 _CONSENT = "(SELECT consent_id FROM _subject_consent)"
+
+
+#: Ledger ids of the subject's consent rows and app records (first versions).
+_EVENT_IDS = (
+    "(SELECT 'consent:' || consent_id FROM _subject_consent "
+    "UNION ALL SELECT 'app:' || record_id FROM _subject_records WHERE source = 'app')"
+)
+
+
+def _ledger_events(column: str) -> str:
+    """``column`` is the ledger id of one of the subject's events, or of a later version of one."""
+    return f"({column} IN {_EVENT_IDS} OR {base_event_id(column)} IN {_EVENT_IDS})"
 
 
 def _any_identifier(columns: Iterable[str]) -> str:
@@ -203,16 +216,15 @@ ERASURE_MAP: dict[str, Rule] = {
     ),
     # Consent and activation.
     "consent_events": Rule(
-        "ledger events from the subject's consent rows or app records, or naming an exclusive identifier",
-        f"consent_id IN {_CONSENT} OR event_id IN (SELECT 'app:' || record_id FROM _subject_records "
-        f"WHERE source = 'app') OR {_any_identifier(ID_TYPES)}",
+        "ledger events (every version) from the subject's consent rows or app records, or naming an exclusive "
+        "identifier",
+        f"consent_id IN {_CONSENT} OR {_ledger_events('event_id')} OR {_any_identifier(ID_TYPES)}",
         ("consent_id", "event_id", *ID_TYPES),
     ),
     "consent_state": Rule("the subject's consent state", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
     "consent_state_seen": Rule(
         "the subject's ledger events among those the consent state has taken in",
-        "event_id IN (SELECT 'consent:' || consent_id FROM _subject_consent) OR event_id IN "
-        "(SELECT 'app:' || record_id FROM _subject_records WHERE source = 'app')",
+        _ledger_events("event_id"),
         ("event_id",),
     ),
     "consent_state_keys": Rule(

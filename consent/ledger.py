@@ -11,6 +11,12 @@ Each event keeps the identifiers it named (normalised as in staging). Whether th
 a known customer is decided later, each run, by :mod:`consent.state`; an event whose identifiers are not
 known yet stays here and applies once they appear. Events with an unknown purpose or status are not
 consent and are counted, not appended. Only erasure (the privacy owner) deletes rows from the ledger.
+
+An event re-sent with other content (the same consent id, or app event id, now a withdrawal; a corrected
+time or identifier) is a new version, appended beside the first (:data:`VERSION_SUFFIX`): nothing received
+is dropped, and the proof of an earlier grant stays. Consent state treats each version as an event, so the
+latest in time wins and, at the same instant, a withdrawal beats a grant: a correction may withdraw, not
+grant, at the first version's time.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ EVENT_IDENTIFIERS = (
 STATUSES = ("granted", "withdrawn")
 
 LEDGER_DDL = """CREATE TABLE IF NOT EXISTS consent_events (
-    event_id VARCHAR PRIMARY KEY,  -- 'consent:'||consent_id or 'app:'||event_id
+    event_id VARCHAR PRIMARY KEY,  -- 'consent:'||consent_id or 'app:'||event_id, '@'||hash for later versions
     origin VARCHAR NOT NULL,       -- 'consent' | 'app'
     consent_id VARCHAR,
     event_time TIMESTAMP NOT NULL,
@@ -47,30 +53,70 @@ LEDGER_DDL = """CREATE TABLE IF NOT EXISTS consent_events (
     recorded_at TIMESTAMP NOT NULL
 )"""
 
+#: A later version of an event (a consent id or app event re-sent with other content) is appended under
+#: the event's id plus ``@`` and 12 hex digits of its content's hash; :func:`base_event_id` strips them.
+VERSION_SUFFIX = "@[0-9a-f]{12}$"
+
+
+def base_event_id(column: str) -> str:
+    """SQL: the id of the event the ledger row in ``column`` is a version of (itself, for a first version)."""
+    return f"regexp_replace({column}, '{VERSION_SUFFIX}', '')"
+
+
+def _versioned_id(base: str, content: list[str]) -> str:
+    """SQL: ``base`` for an event the ledger does not hold yet (``known`` false), else ``base@<hash>``."""
+    digest = f"left(md5(to_json(struct_pack({', '.join(f'{c} := {c}' for c in content)}))), 12)"
+    return f"CASE WHEN known THEN {base} || '@' || {digest} ELSE {base} END"
+
+
+_CONSENT_CONTENT = ["event_time", "purpose", "status", "source", "policy_version", "email", *EVENT_IDENTIFIERS]
+
 _FROM_CONSENT = f"""
 INSERT INTO consent_events
-SELECT 'consent:' || consent_id, 'consent', consent_id, event_time,
-       lower(trim(purpose)), lower(trim(status)), source, policy_version,
+SELECT {_versioned_id("'consent:' || consent_id", _CONSENT_CONTENT)}, 'consent', consent_id, event_time,
+       purpose, status, source, policy_version,
        email, email_key, phone_e164, user_id, crm_id, loyalty_id, device_id, anonymous_id,
        batch_id, file, row_number, now()::TIMESTAMP
-FROM (SELECT *, row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
-      FROM stg_consent  -- consent ids not in the ledger yet, before the window: the new batches' only
-      WHERE consent_id NOT IN (SELECT consent_id FROM consent_events
-                               WHERE origin = 'consent' AND consent_id IS NOT NULL))
-WHERE copy = 1 AND consent_id IS NOT NULL AND event_time IS NOT NULL
-  AND lower(trim(purpose)) IN {PURPOSES} AND lower(trim(status)) IN {STATUSES}
+FROM (
+    SELECT s.*, s.consent_id IN (SELECT consent_id FROM consent_events WHERE origin = 'consent') AS known
+    FROM (SELECT * REPLACE (lower(trim(purpose)) AS purpose, lower(trim(status)) AS status),
+                 row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
+          FROM stg_consent r
+          WHERE consent_id IS NOT NULL AND event_time IS NOT NULL
+            AND NOT EXISTS (  -- staged rows the ledger took in already: all but the new batches'
+                SELECT 1 FROM consent_events e
+                WHERE e.origin = 'consent' AND e.batch_id = r.batch_id AND e.row_number = r.row_number)) s
+    WHERE copy = 1 AND purpose IN {PURPOSES} AND status IN {STATUSES}
+      AND NOT EXISTS (  -- this very content is in the ledger already
+          SELECT 1 FROM consent_events e
+          WHERE e.origin = 'consent' AND e.consent_id = s.consent_id
+            AND {" AND ".join(f"e.{c} IS NOT DISTINCT FROM s.{c}" for c in _CONSENT_CONTENT)})
+)
 """
 
-_FROM_APP = """
+_APP_CONTENT = ["event_time", "status", "device_id"]
+
+_FROM_APP = f"""
 INSERT INTO consent_events
-SELECT 'app:' || source_record_id, 'app', NULL, record_time, 'push_marketing',
-       CASE event_type WHEN 'push_opt_in' THEN 'granted' ELSE 'withdrawn' END, 'app_prompt', NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, device_id, NULL,
+SELECT {_versioned_id("'app:' || record_id", _APP_CONTENT)}, 'app', NULL, event_time, 'push_marketing',
+       status, 'app_prompt', NULL, NULL, NULL, NULL, NULL, NULL, NULL, device_id, NULL,
        batch_id, file, row_number, now()::TIMESTAMP
-FROM stg_records r
-WHERE source = 'app' AND event_type IN ('push_opt_in', 'push_opt_out')
-  AND device_id IS NOT NULL AND record_time IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM consent_events e WHERE e.event_id = 'app:' || r.source_record_id)
+FROM (
+    SELECT r.*, 'app:' || record_id IN (
+               SELECT {base_event_id("event_id")} FROM consent_events WHERE origin = 'app') AS known
+    FROM (SELECT source_record_id AS record_id, record_time AS event_time, device_id, batch_id, file, row_number,
+                 CASE event_type WHEN 'push_opt_in' THEN 'granted' ELSE 'withdrawn' END AS status
+          FROM stg_records s
+          WHERE source = 'app' AND event_type IN ('push_opt_in', 'push_opt_out')
+            AND device_id IS NOT NULL AND record_time IS NOT NULL
+            AND NOT EXISTS (
+                SELECT 1 FROM consent_events e
+                WHERE e.origin = 'app' AND e.batch_id = s.batch_id AND e.row_number = s.row_number)) r
+    WHERE NOT EXISTS (  -- this very content is in the ledger already
+        SELECT 1 FROM consent_events e
+        WHERE e.origin = 'app' AND {base_event_id("e.event_id")} = 'app:' || r.record_id
+          AND {" AND ".join(f"e.{c} IS NOT DISTINCT FROM r.{c}" for c in _APP_CONTENT)})
+)
 """
 
 _NOT_CONSENT = f"""
@@ -88,7 +134,8 @@ def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
 def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Append events not yet in the ledger from ``stg_consent`` and the app's push opt-ins/outs.
 
-    Idempotent: an event already in the ledger (same consent id or app event id) is never appended twice.
+    Idempotent: an event already in the ledger with the same content is never appended twice; one re-sent
+    with other content is appended as a new version of it.
     Returns counts: ``appended_consent``, ``appended_app``, ``not_consent`` (rows with an unknown purpose or
     status, left out), ``events`` (ledger size).
     """

@@ -223,3 +223,26 @@ def test_no_basis_before_there_are_customers():
     build_consent_state(con, as_of=LATER)  # a ledger but no staged records or links yet
     assert con.execute("SELECT count(*) FROM consent_state_basis").fetchall() == [(0,)]
     assert not state_current(con)
+
+
+def test_a_consent_event_re_sent_as_a_withdrawal_withdraws_and_the_grant_stays_in_the_ledger(con, w):
+    assert w.states(con, "email_marketing")["cA"] == "granted"  # k1, day 1
+    con.execute("DELETE FROM stg_consent WHERE consent_id = 'k1'")  # staging keeps the newest copy of k1
+    w.add_consent(con, "k1", w.at(15), "email_marketing", "withdrawn", email="a@example.com")
+    counts = update(con, [])
+    assert counts["customers_recomputed"] >= 1 and w.states(con, "email_marketing")["cA"] == "withdrawn"
+    assert_equals_full_rebuild(con)
+    versions = con.execute("SELECT event_id, status FROM consent_events WHERE consent_id = 'k1' ORDER BY 1").fetchall()
+    assert [s for _, s in versions] == ["granted", "withdrawn"] and versions[1][0].startswith("consent:k1@")
+    sync_ledger(con)  # the same content again appends nothing
+    assert con.execute("SELECT count(*) FROM consent_events WHERE consent_id = 'k1'").fetchall()[0][0] == 2
+
+
+def test_an_app_event_re_sent_as_a_push_opt_out_withdraws(con, w):
+    assert w.states(con, "push_marketing") == {"cF": "granted"}  # pF2, push_opt_in
+    con.execute("DELETE FROM stg_records WHERE source_record_id = 'pF2'")
+    con.execute("DELETE FROM customer_source_records WHERE source_record_id = 'pF2'")
+    w.add_record(con, "cF", "app", "pF2", w.at(14), device_id="devF", event_type="push_opt_out")
+    update(con, ["cF"])
+    assert w.states(con, "push_marketing") == {"cF": "withdrawn"}
+    assert_equals_full_rebuild(con)

@@ -422,3 +422,36 @@ def test_a_customer_id_nobody_has_is_refused_before_any_request_is_registered(wo
     con = connect(world.settings.db_path)
     assert con.execute("SELECT count(*) FROM privacy_requests").fetchall()[0][0] == before
     con.close()
+
+
+def test_every_version_of_the_subjects_ledger_events_is_erased(world: Any, pw: SimpleNamespace) -> None:
+    """A consent row and an app push event re-sent with other content are later versions in the ledger
+    (``consent:K-1@...``, ``app:A-9@...``); erasure reaches them like the first ones."""
+    header = "event_id,event_time,device_id,user_id,email,phone,event_type,platform\n"
+    pw.write_inbox(
+        world.inbox,
+        {
+            "consent/resent.csv": "consent_id,event_time,purpose,status,source,policy_version,email\n"
+            f"K-1,2025-03-01T00:00:00Z,email_marketing,withdrawn,crm,v1,{pw.ALICE_EMAIL}\n",
+            "app/push.csv": header + "A-9,2025-05-03T08:00:00Z,dev-alice-1,,,,push_opt_in,ios\n",
+        },
+    )
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    pw.write_inbox(
+        world.inbox, {"app/push-2.csv": header + "A-9,2025-05-04T08:00:00Z,dev-alice-1,,,,push_opt_out,ios\n"}
+    )
+    pw.run_pipeline(con, world.settings, world.inbox)
+    versions = "SELECT event_id FROM consent_events WHERE event_id LIKE 'consent:K-1@%' OR event_id LIKE 'app:A-9@%'"
+    assert len(con.execute(versions).fetchall()) == 2
+    con.close()
+
+    erasure.erase(world.settings, ALICE, dry_run=False)
+
+    con = connect(world.settings.db_path)
+    for table in ("consent_events", "consent_state_seen"):
+        left = con.execute(
+            f"SELECT event_id FROM {table} WHERE event_id LIKE 'consent:K-1%' OR event_id LIKE 'app:A-%'"
+        ).fetchall()
+        assert left == [], table
+    con.close()
