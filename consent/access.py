@@ -5,7 +5,10 @@ is read with the erasure map's own predicate, so what an access request returns 
 remove: the raw rows of every source with the file, batch and row they came from, the profile, the
 consent history (events as received, the ledger, the current state), rejected rows that carry the
 subject, restrictions, identity links and id changes, and the exports the subject appeared in. Nothing
-of other customers: a household member sharing the subject's landline is not the subject.
+of other customers: a household member sharing the subject's landline is not the subject, and a request
+by an identifier that reaches several customers (a shared landline or mailbox) is refused before it is
+registered, as restriction refuses it (:func:`consent.restriction.refuse_several_customers`); the officer
+names the customer by ``--customer-id``.
 
 The file is written readable by its owner only (0600), atomically.
 """
@@ -27,8 +30,9 @@ from cdp.errors import check_output_file
 from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import load_secret
 from consent import register
-from consent.erasure import Subject, drop_scope, exports_of_subject, find_subject, present_rules
+from consent.erasure import Scope, Subject, drop_scope, exports_of_subject, find_subject, present_rules
 from consent.export import private_file
+from consent.restriction import refuse_several_customers
 
 FORMAT_VERSION = 1
 
@@ -89,10 +93,18 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return out
 
 
-def collect(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, request_id: str) -> dict[str, Any]:
-    """The access document for ``subject`` (a dict ready for JSON)."""
+def collect(
+    con: duckdb.DuckDBPyConnection,
+    subject: Subject,
+    settings: Settings,
+    request_id: str,
+    scope: Scope | None = None,
+) -> dict[str, Any]:
+    """The access document for ``subject`` (a dict ready for JSON). ``scope``: what :func:`find_subject`
+    already found for ``subject`` on ``con`` (its scope tables are read as they are); found here if not given."""
     rules = present_rules(con)
-    scope = find_subject(con, subject, settings.default_region)
+    if scope is None:
+        scope = find_subject(con, subject, settings.default_region)
     doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "request_id": request_id,
@@ -139,13 +151,14 @@ def access(
 ) -> AccessResult:
     """Answer an access request: write the subject's document to ``out`` and register the request.
 
-    ``out`` is checked before anything is registered, and the store must exist (a mistyped ``--db`` is
-    refused, not created). Registering the request, collecting the document and writing it are one
-    transaction: when the document cannot be written, the register is left as it was. A privacy officer
-    reads the register as "what was asked and what was answered": a request opened only by this failed
-    attempt was answered with nothing, so it is not recorded (running the command again answers it), while
-    a request received earlier (say through the web console) stays open, as it is still owed. Marking it
-    failed would tell the officer it was dealt with; leaving a new one open would count an attempt as a
+    ``out`` is checked before anything is registered, and the store must exist (a mistyped ``--db`` is refused,
+    not created). An identifier that reaches several customers is refused, also before anything is registered or
+    written: the document would hand one person the others' data. Registering the request, collecting the
+    document and writing it are one transaction: when the document cannot be written, the register is left as it
+    was. A privacy officer reads the register as "what was asked and what was answered": a request opened only
+    by this failed attempt was answered with nothing, so it is not recorded (running the command again answers
+    it), while a request received earlier (say through the web console) stays open, as it is still owed. Marking
+    it failed would tell the officer it was dealt with; leaving a new one open would count an attempt as a
     request.
     """
     con = con or connect(settings.db_path, create=False)
@@ -154,9 +167,11 @@ def access(
         register.ensure_register_schema(con)
         secret = load_secret(settings.secret_path)
         present_rules(con)
+        scope = find_subject(con, subject, settings.default_region)
+        refuse_several_customers(scope)
         with transaction(con):
             request_id = register.open_request(con, "access", subject.hash(secret))
-            doc = collect(con, subject, settings, request_id)
+            doc = collect(con, subject, settings, request_id, scope)
             write_private_json(out, doc)
             counts = {source: len(rows) for source, rows in doc["records"].items()}
             for section in SECTIONS:

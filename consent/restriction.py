@@ -24,7 +24,7 @@ from cdp.errors import CdpError
 from cdp.store import connect, table_exists, transaction
 from cdp.suppression import load_secret
 from consent import register
-from consent.erasure import Subject, drop_scope, find_subject
+from consent.erasure import Scope, Subject, drop_scope, find_subject
 
 KINDS = ("restriction", "objection")
 
@@ -54,14 +54,21 @@ def active_restrictions(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, 
     ]
 
 
-def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings) -> list[str]:
-    scope = find_subject(con, subject, settings.default_region)
-    drop_scope(con)
+def refuse_several_customers(scope: Scope) -> None:
+    """Refuse a request whose identifier reaches several customers (a household landline, a family mailbox):
+    answering it would act on, or hand over, people who did not ask (GDPR Art. 15(4)). The officer names the
+    customer by ``--customer-id``. Called before the request is registered; names nobody, only the count."""
     if scope.seed_customers > 1:
         raise CdpError(
             f"the identifier given links {scope.seed_customers} customers (shared by a household?); "
             "name the customer with --customer-id"
         )
+
+
+def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings) -> list[str]:
+    scope = find_subject(con, subject, settings.default_region)
+    drop_scope(con)
+    refuse_several_customers(scope)
     if not scope.customers:
         raise CdpError("no customer found for the identifier given")
     return scope.customers

@@ -116,9 +116,16 @@ def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]
 def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     """Read a truth CSV (``source, source_record_id, unit_id, person_id`` and optionally ``connectable`` and
     ``evidence_group``) into ``_truth``. Without ``connectable`` every record is connectable; without
-    ``evidence_group`` a person's connectable records form one group."""
+    ``evidence_group`` a person's connectable records form one group. Returns the number of records; a file
+    without any is refused (it would score a perfect 1.0 on nothing)."""
+    if path.is_dir():
+        inside = path / "records.csv"
+        hint = f" (did you mean {inside}?)" if inside.is_file() else ""
+        raise CdpError(f"{path}: is a directory, not a truth file{hint}")
     if not path.is_file():
         raise CdpError(f"{path}: truth file not found")
+    if path.stat().st_size == 0:
+        raise CdpError(f"{path}: empty file, no records")
     try:
         rel = con.read_csv(str(path), header=True, all_varchar=True)
     except duckdb.Error as exc:
@@ -138,11 +145,18 @@ def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         """
     )
     con.unregister("_truth_rel")
-    return int(con.execute("SELECT count(*) FROM _truth").fetchall()[0][0])
+    n_truth = int(con.execute("SELECT count(*) FROM _truth").fetchall()[0][0])
+    if not n_truth:
+        raise CdpError(f"{path}: no records")
+    return n_truth
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]:
-    """Compare ``customer_source_records`` with a truth file; see :func:`evaluate_units`."""
+    """Compare ``customer_source_records`` with a truth file; see :func:`evaluate_units`.
+
+    Truth records missing from the store are counted (``truth_records_unmatched``); a truth file none of
+    whose records is in the store (the truth of another inbox) is refused rather than scored 1.0 on nothing.
+    """
     from cdp.store import table_exists
 
     if not table_exists(con, "customer_source_records"):
@@ -155,6 +169,11 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]
         FROM customer_source_records c JOIN _truth t USING (source, source_record_id)
         """
     )
+    matched = int(con.execute("SELECT count(*) FROM _eval_records").fetchall()[0][0])
+    if not matched:
+        raise CdpError(
+            f"{truth_path}: none of its {n_truth:,} records is in the store; is it the truth of another inbox?"
+        )
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _eval_units AS
@@ -174,7 +193,6 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]
         """
     )
     metrics = evaluate_units(con, "_eval_units")
-    matched = int(con.execute("SELECT count(*) FROM _eval_records").fetchall()[0][0])
     metrics["truth_records"] = n_truth
     metrics["truth_records_unmatched"] = n_truth - matched
     return metrics

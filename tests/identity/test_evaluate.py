@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from cdp.errors import CdpError
 from identity.evaluate import evaluate, evaluate_units
 
 
@@ -51,3 +52,61 @@ def test_evaluate_reads_truth_and_takes_majority_person_per_unit(tmp_path):
     assert (m["precision"], m["recall"]) == (1.0, pytest.approx(1.0))
     assert m["over_merged_customers"] == 0
     assert m["truth_records_unmatched"] == 0
+
+
+# -- truth files that cannot be scored --------------------------------------------------------------------
+HEADER = "source,source_record_id,unit_id,person_id,connectable,evidence_group\n"
+
+
+def _store(path=None):
+    con = duckdb.connect(str(path) if path else ":memory:")
+    con.execute("CREATE TABLE customer_source_records (source VARCHAR, source_record_id VARCHAR, "
+                "customer_id VARCHAR, unit_id VARCHAR)")  # fmt: skip
+    con.execute("INSERT INTO customer_source_records VALUES ('crm', 'c1', 'X', 'crm:c1'), ('crm', 'c2', 'Y', 'crm:c2')")
+    return con
+
+
+def test_a_truth_file_none_of_whose_records_is_in_the_store_is_refused_not_scored_perfect(tmp_path):
+    truth = tmp_path / "records.csv"
+    truth.write_text(HEADER + "crm,z1,crm:z1,p1,true,p1/1\ncrm,z2,crm:z2,p1,true,p1/1\n")  # another inbox's
+    with pytest.raises(CdpError, match="none of its 2 records is in the store; is it the truth of another inbox"):
+        evaluate(_store(), truth)
+
+
+def test_a_truth_file_with_some_records_missing_is_still_scored_and_counts_them(tmp_path):
+    truth = tmp_path / "records.csv"
+    truth.write_text(HEADER + "crm,c1,crm:c1,p1,true,p1/1\ncrm,c2,crm:c2,p2,true,p2/1\ncrm,z9,crm:z9,p3,true,p3/1\n")
+    m = evaluate(_store(), truth)
+    assert (m["truth_records"], m["truth_records_unmatched"], m["units"]) == (3, 1, 2)
+
+
+@pytest.mark.parametrize("text", [HEADER, HEADER + "\n", ""], ids=["header_only", "header_and_blank", "empty"])
+def test_a_truth_file_without_records_is_refused(tmp_path, text):
+    truth = tmp_path / "records.csv"
+    truth.write_text(text)
+    with pytest.raises(CdpError, match=r"records\.csv: .*no records$"):
+        evaluate(_store(), truth)
+
+
+def test_a_directory_given_as_the_truth_file_is_named_a_directory(tmp_path):
+    (tmp_path / "records.csv").write_text(HEADER + "crm,c1,crm:c1,p1,true,p1/1\n")
+    with pytest.raises(CdpError, match="is a directory, not a truth file") as info:
+        evaluate(_store(), tmp_path)
+    assert "not found" not in str(info.value) and str(tmp_path / "records.csv") in str(info.value)
+
+
+def test_evaluate_command_refuses_a_foreign_truth_file_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cdp.commands.identity import app
+
+    db = tmp_path / "cdp.duckdb"
+    _store(db).close()
+    truth = tmp_path / "records.csv"
+    truth.write_text(HEADER + "crm,z1,crm:z1,p1,true,p1/1\n")
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["evaluate", "--truth", str(truth), "--db", str(db)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(truth) in lines[0] and "none of its 1 records" in lines[0]
+    assert "Precision" not in result.output

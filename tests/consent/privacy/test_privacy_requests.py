@@ -9,6 +9,7 @@ import os
 import stat
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 
 from cdp.commands import privacy as privacy_cli
 from cdp.errors import CdpError
-from cdp.store import connect
+from cdp.store import connect, table_exists
 from consent import register
 from consent.access import access
 from consent.erasure import Subject
@@ -81,6 +82,72 @@ def test_access_command_writes_the_file_and_prints_counts_only(
     doc = json.loads(out.read_text())
     assert doc["customer_ids"] == [world.bob] and len(doc["records"]["crm"]) == 1  # Bob has one version
     assert "bob.other" not in result.output and "7946" not in result.output
+
+
+def _register(world: Any) -> list[list[tuple[Any, ...]]]:
+    """The rows of the register of requests and of the audit log (empty when not created yet)."""
+    con = connect(world.settings.db_path)
+    try:
+        return [
+            con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() if table_exists(con, t) else []
+            for t in ("privacy_requests", "audit_log")
+        ]
+    finally:
+        con.close()
+
+
+def test_an_access_request_by_a_shared_landline_is_refused_before_anything_is_written_or_registered(
+    world: Any, pw: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "household.json"
+    before = _register(world)
+    result = CliRunner().invoke(
+        privacy_cli.app, ["access", "--phone", pw.LANDLINE, "--out", str(out), "--db", str(world.settings.db_path)]
+    )  # Alice's and Bob's landline: the document would hand one of them the other's data
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "error: the identifier given links 2 customers (shared by a household?); name the customer with --customer-id"
+    ]
+    assert list(out.parent.iterdir()) == []  # not even a temporary file left
+    assert _register(world) == before
+
+
+def test_an_access_request_by_a_shared_mailbox_is_refused(world: Any, pw: SimpleNamespace, tmp_path: Path) -> None:
+    pw.write_inbox(
+        world.inbox,
+        {
+            "crm/family.csv": "crm_id,first_name,last_name,email,date_of_birth\n"
+            "C-DAN-7,Dan,Nash,family.nash@yahoo.com,1970-01-01\nC-EVE-8,Eve,Nash,family.nash@yahoo.com,1972-02-02\n"
+        },
+    )
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    dan, eve = pw.customer_of(con, "crm", "C-DAN-7"), pw.customer_of(con, "crm", "C-EVE-8")
+    con.close()
+    assert dan != eve  # the world this test needs: one mailbox, two customers
+    out = tmp_path / "nash.json"
+    before = _register(world)
+    with pytest.raises(CdpError, match="links 2 customers") as info:
+        access(world.settings, Subject.from_options("Family.Nash@yahoo.com", None, None), out)
+    assert "nash" not in str(info.value).lower()
+    assert not out.exists() and _register(world) == before
+
+
+def test_access_by_the_customer_id_of_a_household_member_holds_only_that_customer(world: Any, tmp_path: Path) -> None:
+    out = tmp_path / "bob.json"
+    result = access(world.settings, Subject.from_options(None, None, world.bob), out)
+    text = out.read_text()
+    doc = json.loads(text)
+    assert result.customers == 1 and doc["customer_ids"] == [world.bob]
+    assert [p["first_name"] for p in doc["profiles"]] == ["Bob"]
+    assert sorted(r["crm_id"] for r in doc["records"]["crm"]) == ["C-BOB-2"]
+    assert sorted(r["transaction_id"] for r in doc["records"]["store"]) == ["T-2"]  # his receipt, by the landline
+    # Nothing of Alice, who shares his landline.
+    assert [s for s in ("Alice", "C-ALICE-1", "U-ALICE-9", "L-ALICE-77", "1985-02-03") if s in text] == []
+    requests = [(r[0], r[1], r[5]) for r in _register(world)[0]]
+    assert requests == [(result.request_id, "access", "completed")]
 
 
 # -- restriction and objection --------------------------------------------------------------------------
