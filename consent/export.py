@@ -93,8 +93,12 @@ def export_segment(
 
 
 def export_selected(con: duckdb.DuckDBPyConnection, segment: Segment, purpose: str, out: Path) -> ExportResult:
-    """Export an already loaded segment (the scheduled activation asset uses this)."""
+    """Export an already loaded segment (the scheduled activation asset uses this). Consent is decided as of
+    now: events that came into force since the last run apply first (:func:`consent.state.bring_to_now`)."""
+    from consent.state import bring_to_now
+
     check_fields(segment, purpose)
+    bring_to_now(con)
     candidates = select_segment(con, segment)
     audience = enforce.approve(con, purpose, candidates)
     extra = [f for f in segment.fields if f not in audience.rows.columns]

@@ -293,6 +293,30 @@ def build_consent_state(
     return result
 
 
+def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
+    """Update ``consent_state`` for the ledger events that came into force since it was computed (a withdrawal
+    dated a minute after the last run, or appended by a run that stopped before its consent step), so that
+    an export decides on consent as of the moment it asks. Customers whose records identity changed are left
+    to the pipeline's ``consent_state`` step (their changes stay pending for it). Returns the customers
+    recomputed; 0, and nothing written, when no event came into force."""
+    if not state_current(con):
+        return 0
+    now = datetime.now(UTC).replace(tzinfo=None)
+    due = con.execute(
+        """SELECT count(*) FROM consent_events
+           WHERE event_time <= $now AND (event_time > (SELECT as_of FROM consent_state_basis)
+                                         OR event_id NOT IN (SELECT event_id FROM consent_state_seen))""",
+        {"now": now},
+    ).fetchall()[0][0]
+    if not due:
+        return 0
+    con.execute("CREATE OR REPLACE TEMP TABLE _cs_nobody (customer_id VARCHAR)")
+    try:
+        return build_consent_state(con, as_of=now, customers="_cs_nobody")["customers_recomputed"]
+    finally:
+        con.execute("DROP TABLE IF EXISTS _cs_nobody")
+
+
 #: Temp tables of this module, dropped after every computation.
 _TEMPS = (
     "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",

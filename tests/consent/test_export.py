@@ -159,3 +159,19 @@ def test_every_export_is_written_to_the_audit_log(con, settings, tmp_path):
     lines = con.execute("SELECT action, detail, count FROM audit_log WHERE action = 'export'").fetchall()
     assert lines == [("export", "all_customers for email_marketing", result.row_count)]
     assert "@" not in lines[0][1]
+
+
+def test_a_withdrawal_that_came_into_force_since_the_last_run_applies_to_the_export(con, settings, tmp_path, w):
+    from datetime import UTC, datetime, timedelta
+
+    from consent.ledger import sync_ledger
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    # Consent state was computed on day 20; since then a withdrawal came into force (a run took it into the
+    # ledger before its consent step, or it was dated ahead), and another is still ahead of us.
+    w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="a@example.com")
+    w.add_consent(con, "k81", now + timedelta(days=1), "email_marketing", "withdrawn", email="g@example.com")
+    sync_ledger(con)
+    result = export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "email.csv")
+    assert pd.read_csv(tmp_path / "email.csv")["customer_id"].tolist() == ["cC", "cG"]
+    assert result.counts["withdrawn"] == 2
