@@ -210,20 +210,24 @@ class UserStore:
         return row[0] if row else None
 
     def check_password(self, name: str, password: str) -> User | None:
-        """The user when the password is right and the name is not locked out by recent failures."""
+        """The user when the password is right and the name is not locked out by recent failures.
+
+        The attempt is recorded as a failure before the (slow) password check and cleared when it succeeds:
+        attempts sent together each count those started before them, so a burst of guesses in parallel
+        locks the name as surely as one after the other."""
         since = (_now() - timedelta(minutes=LOCKOUT_MINUTES)).isoformat()
-        with self._db() as db:
+        key = name[:40]
+        with self._db() as db:  # one transaction: the insert holds the write lock until the count is read
+            db.execute("DELETE FROM login_failures WHERE at < ?", [since])
+            db.execute("INSERT INTO login_failures VALUES (?, ?)", [key, _now().isoformat()])
+            tried = db.execute("SELECT count(*) FROM login_failures WHERE name = ? AND at > ?", [key, since])
+            locked = tried.fetchone()[0] - 1 >= MAX_FAILURES  # the failures before this attempt
             row = db.execute("SELECT name, role, password_hash FROM users WHERE name = ?", [name]).fetchone()
-            failures = db.execute("SELECT count(*) FROM login_failures WHERE name = ? AND at > ?", [name, since])
-            locked = failures.fetchone()[0] >= MAX_FAILURES
         stored = row[2] if row and row[2] else _DUMMY_HASH
         ok = verify_password(password, stored) and not locked
-        with self._db() as db:
-            if ok:
-                db.execute("DELETE FROM login_failures WHERE name = ?", [name])
-            else:
-                db.execute("DELETE FROM login_failures WHERE at < ?", [since])
-                db.execute("INSERT INTO login_failures VALUES (?, ?)", [name[:40], _now().isoformat()])
+        if ok:
+            with self._db() as db:
+                db.execute("DELETE FROM login_failures WHERE name = ?", [key])
         return User(row[0], row[1]) if ok and row and row[2] else None
 
     # API tokens

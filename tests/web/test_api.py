@@ -375,3 +375,42 @@ def test_repeated_wrong_passwords_lock_the_name_out(world: World):
         assert users.check_password("mary", "guess guess guess") is None
     assert users.check_password("mary", world.password) is None  # locked for 15 minutes, even when right
     assert users.check_password("pete", world.password) is not None  # other users are not affected
+
+
+def test_wrong_passwords_sent_together_lock_the_name_out_too(world: World, monkeypatch: pytest.MonkeyPatch):
+    """Guesses in parallel: each counts the attempts started before it, not only those already judged."""
+    import threading
+
+    import cdp.users
+
+    users, release = world.users, threading.Event()
+    judge = cdp.users.verify_password
+
+    def slow_verify(password: str, stored: str) -> bool:
+        if password != world.password:
+            release.wait(10)  # the guesses are still being checked when the right password arrives
+        return judge(password, stored)
+
+    monkeypatch.setattr(cdp.users, "verify_password", slow_verify)
+    guesses = [threading.Thread(target=users.check_password, args=("mary", f"guess {i:02d} guess")) for i in range(6)]
+    for thread in guesses:
+        thread.start()
+    try:
+        for _ in range(500):  # up to 5 s for the six guesses to start
+            if users_failures(users) >= 6:
+                break
+            release.wait(0.01)
+        assert users_failures(users) == 6  # every guess is on record before it is judged
+        assert users.check_password("mary", world.password) is None  # six attempts before it: locked
+    finally:
+        release.set()
+        for thread in guesses:
+            thread.join()
+
+
+def users_failures(users: Any) -> int:
+    db = sqlite3.connect(users.path)
+    try:
+        return int(db.execute("SELECT count(*) FROM login_failures WHERE name = 'mary'").fetchone()[0])
+    finally:
+        db.close()
