@@ -33,6 +33,7 @@ from cdp.web.auth import (
     page_user,
     users_of,
 )  # fmt: skip
+from consent.segments import dump_yaml, load_yaml
 
 HERE = Path(__file__).parent
 _env = Environment(
@@ -143,7 +144,7 @@ def _form_from_segment(seg: Any) -> dict[str, Any]:
     elif isinstance(where, dict) and len(where) == 1 and all(isinstance(i, str) for i in next(iter(where.values()))):
         combine, text = next(iter(where)), "\n".join(next(iter(where.values())))
     else:
-        combine, text = "yaml", yaml.safe_dump(where, sort_keys=False)
+        combine, text = "yaml", dump_yaml(where)
     return {"name": seg.name, "description": seg.description, "combine": combine, "conditions": text,
             "fields": list(seg.fields), "activations": list(seg.activations)}  # fmt: skip
 
@@ -164,7 +165,7 @@ def _draft(form: dict[str, Any]) -> dict[str, Any]:
     text = form["conditions"].strip()
     if form["combine"] == "yaml":
         try:
-            where = yaml.safe_load(text) if text else True
+            where = load_yaml(text) if text else True
         except yaml.YAMLError as exc:
             raise CdpError(f"conditions: not valid YAML ({str(exc).splitlines()[0]})") from None
     else:
@@ -198,7 +199,7 @@ async def preview_segment(request: Request, who: Principal = Depends(form_user(*
     try:
         draft = service.load_draft(_draft(form))
         result = service.preview(settings, draft)
-        yaml_text = yaml.safe_dump(draft.document(), sort_keys=False)
+        yaml_text = dump_yaml(draft.document())
     except CdpError as exc:
         error = str(exc)
     if result is not None:

@@ -20,13 +20,12 @@ from typing import Any
 
 import duckdb
 import pandas as pd
-import yaml
 
 from cdp.config import PURPOSE_CHANNEL, PURPOSES, Settings
 from cdp.errors import CdpError
 from cdp.store import connect, table_exists
 from cdp.users import User
-from consent.segments import where_text
+from consent.segments import dump_yaml, where_text
 
 #: Request kinds the intake takes, and the identifier kinds a subject is named by.
 INTAKE_KINDS = ("erasure", "access", "restriction", "objection")
@@ -157,7 +156,7 @@ def save_segment(settings: Settings, draft: dict[str, Any]) -> Path:
         raise SegmentError(f"segment {segment.name} is already defined in {Path(existing_file).name}")
     settings.segments_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(segment.document(), sort_keys=False))
+    tmp.write_text(dump_yaml(segment.document()))
     tmp.replace(path)
     return path
 

@@ -126,3 +126,18 @@ def test_documented_conditions_compile_and_run(con, condition):
 def test_documented_conditions_select_the_right_customers(con):
     assert select_segment(con, seg("lower(first_name) IN ('ann', 'cat')"))["customer_id"].tolist() == ["cA", "cC"]
     assert select_segment(con, seg("abs(total_spend - 250) < 1"))["customer_id"].tolist() == ["cC"]
+
+
+def test_a_condition_that_fails_on_the_data_does_not_quote_the_data(con):
+    one = "customer_id = 'cA' and cast(email as date) is null"  # a failed cast names the value it read
+    with pytest.raises(SegmentError) as failed:
+        select_segment(con, seg(one))
+    assert str(failed.value) == "t.yaml: segment cannot run on the data (conversion error)"
+    assert "@" not in str(failed.value)
+
+
+def test_yaml_aliases_are_refused_in_segment_files(tmp_path: Path):
+    levels = ["a0: &a0 [orders > 1, orders > 2]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\nname: bomb\nwhere: {all: *a8}\n")
+    with pytest.raises(SegmentError, match=r"bomb.yaml: cannot read segment: aliases \(\*name\) are not allowed"):
+        get_segment(tmp_path, "bomb")
