@@ -104,8 +104,9 @@ def me(who: Principal = Depends(api_user(*ANY_ROLE))) -> dict[str, str]:
 
 @router.get("/charts", tags=["meta"])
 def charts(request: Request, who: Principal = Depends(api_user(*ANY_ROLE))) -> JSONResponse:
-    """Counts behind the charts: cluster sizes, match weights, consent coverage, requests per day."""
-    return ok(service.chart_data(settings_of(request)))
+    """Counts behind the charts: cluster sizes, match weights, consent coverage, and for privacy officers
+    privacy requests per day (a marketer's list is empty)."""
+    return ok(service.chart_data(settings_of(request), requests=who.user.may(*PRIVACY)))
 
 
 # -- marketer ------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None, users: UserStore | None = None)
         response: Response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.url.path.startswith("/api/"):  # profiles, access documents, exports: never kept by a cache
+            response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     def is_api(request: Request) -> bool:

@@ -113,7 +113,7 @@ def logout(request: Request, who: Principal = Depends(form_user(*ANY_ROLE))) -> 
 
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, who: Principal = Depends(page_user(*ANY_ROLE))) -> HTMLResponse:
-    data = service.chart_data(settings_of(request))
+    data = service.chart_data(settings_of(request), requests=who.user.may(*PRIVACY))
     pictures = charts.console_charts(data)
     if not who.user.may(*PRIVACY):
         pictures.pop("requests")

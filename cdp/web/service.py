@@ -377,8 +377,9 @@ def customer_view(settings: Settings, customer_id: str) -> dict[str, Any]:
 
 
 # -- pictures ------------------------------------------------------------------------------------------
-def chart_data(settings: Settings) -> dict[str, Any]:
-    """Counts behind the console's charts: cluster sizes, match weights, consent coverage, requests by day."""
+def chart_data(settings: Settings, requests: bool = True) -> dict[str, Any]:
+    """Counts behind the console's charts: cluster sizes, match weights, consent coverage, and (``requests``:
+    for the privacy roles only) privacy requests by day."""
     from consent import register
 
     out: dict[str, Any] = {"clusters": [], "weights": [], "consent": [], "requests": [], "customers": 0}
@@ -413,6 +414,8 @@ def chart_data(settings: Settings) -> dict[str, Any]:
             for p in PURPOSES:
                 granted, withdrawn = got.get((p, "granted"), 0), got.get((p, "withdrawn"), 0)
                 out["consent"].append((p, granted, withdrawn, max(out["customers"] - granted - withdrawn, 0)))
+        if not requests:
+            return out
         register.ensure_register_schema(con)
         out["requests"] = con.execute(
             "SELECT received_at::DATE AS day, kind, count(*) FROM privacy_requests GROUP BY 1, 2 ORDER BY 1, 2"

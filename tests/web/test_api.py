@@ -414,3 +414,9 @@ def users_failures(users: Any) -> int:
         return int(db.execute("SELECT count(*) FROM login_failures WHERE name = 'mary'").fetchone()[0])
     finally:
         db.close()
+
+
+def test_marketers_see_no_privacy_requests_in_the_charts_and_api_answers_are_not_cached(client, auth):
+    assert client.get("/api/charts", headers=auth("marketer")).json()["requests"] == []
+    officer = client.get("/api/charts", headers=auth("privacy_officer"))
+    assert "requests" in officer.json() and officer.headers["Cache-Control"] == "no-store"
