@@ -435,7 +435,8 @@ class Ingestor:
     def ingest_file(self, source: str, path: Path) -> BatchResult:
         spec = SOURCE_SPECS[source]
         digest = self._content_hash(path)
-        batch_id = digest[:20]
+        # Of the source and the content: the same bytes in two sources (two empty files) are two batches.
+        batch_id = hashlib.sha256(f"{source}:{digest}".encode()).hexdigest()[:20]
         label = f"{source}/{path.name}"
         seen = self.con.execute(
             "SELECT count(*) FROM ingest_batches WHERE source = ? AND content_hash = ?", [source, digest]

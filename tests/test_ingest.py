@@ -402,3 +402,11 @@ q4,2024-02-01T10:00:00Z,c4,"x"
     ]
     loaded = con.execute("SELECT event_id, page_url, row_number FROM raw_web ORDER BY 1").fetchall()
     assert loaded == [("q2", "/ok", 2), ("q3", "/a,b", 3), ("q4", "x", 4)]
+
+
+def test_the_same_bytes_in_two_sources_are_two_batches(tmp_path, con, ingestor):
+    for name in ("app/empty.csv", "consent/empty.jsonl", "crm/empty.csv"):
+        (tmp_path / "inbox" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "inbox" / name).write_bytes(b"")
+    summary = ingestor.ingest_inbox(tmp_path / "inbox")
+    assert len({b.batch_id for b in summary.batches}) == 3  # no primary-key clash between sources
