@@ -109,9 +109,19 @@ def _coerce(name: str, value: Any) -> Any:
     from cdp.errors import CdpError
 
     if name in _PATHS:
+        if value is None or str(value).strip() == "":
+            raise CdpError(f"{name}: a path is needed")
         return Path(value)
     if name == "survivorship":
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise CdpError(f"survivorship: {value!r} is not a list of sources (e.g. [crm, store, app, web])")
         return tuple(value)
+    if name == "default_region":
+        import phonenumbers
+
+        value = str(value).strip().upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise CdpError(f"default_region: {value!r} is not a region phone numbers know (ISO 3166 alpha-2, e.g. GB)")
     if name in _NUMBERS:
         try:
             return _NUMBERS[name](value)
@@ -127,12 +137,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     values: dict[str, Any] = {}
     path = config_file or Path(os.environ.get("CDP_CONFIG", "cdp.yaml"))
     if path.exists():
-        loaded = yaml.safe_load(path.read_text()) or {}
+        from cdp.errors import CdpError
+
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise CdpError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise CdpError(f"{path}: expected settings as 'name: value' lines")
         known = {f.name for f in fields(Settings)}
         unknown = sorted(set(loaded) - known)
         if unknown:
-            from cdp.errors import CdpError
-
             raise CdpError(f"{path}: unknown setting(s) {', '.join(unknown)}")
         values.update({k: _coerce(k, v) for k, v in loaded.items()})
     for name, var in _ENV.items():

@@ -1,5 +1,6 @@
 """Settings: precedence of cdp.yaml, CDP_* variables and overrides, and one-line errors for bad values."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,23 @@ def test_unknown_setting_and_bad_values_are_one_line_errors(tmp_path, monkeypatc
     monkeypatch.setenv("CDP_ENGINE", "flink")
     with pytest.raises(CdpError, match="engine: 'flink' is not one of duckdb, spark"):
         load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("db_path: [unclosed", "cdp.yaml: not valid YAML"),
+        ("db_path:", "db_path: a path is needed"),
+        ("default_region: XX", "default_region: 'XX' is not a region"),
+        ("just a string", "cdp.yaml: expected settings as 'name: value' lines"),
+        ("survivorship: crm", "survivorship: 'crm' is not a list of sources"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(tmp_path, text, message):
+    (tmp_path / "cdp.yaml").write_text(text + "\n")
+    with pytest.raises(CdpError, match=re.escape(message)):
+        load_settings(config_file=tmp_path / "cdp.yaml")
+
+
+def test_a_region_is_read_whatever_its_case():
+    assert load_settings(config_file=Path("/nonexistent.yaml"), default_region="gb").default_region == "GB"

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cdp.config import Settings, load_settings
 from cdp.errors import CdpError
@@ -32,7 +33,8 @@ def settings_for(db: Path | None = None, **overrides: Any) -> Settings:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    # The message is text, not markup: a file or value holding "[...]" must come out as written.
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
