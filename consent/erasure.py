@@ -846,6 +846,8 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
     Only files under ``settings.exports_dir`` are the platform's to change; any other file named by the
     register went to a recipient and is listed in the receipt for recall. Each entry of ``exports`` gets
     ``copy``: what happened to its file. The register row is left as it was: a record of what was sent.
+    Files of the export folder that the register does not name (an export killed between writing its file
+    and recording it) lose the subject's rows too, and the temporary files of killed exports are removed.
     Returns the number of rows removed.
     """
     import pandas as pd
@@ -853,16 +855,9 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
     from consent.export import write_private_file
 
     root = settings.exports_dir.resolve()
-    removed = 0
     ids = set(customer_ids)
-    for export in exports:
-        path = Path(str(export.get("file") or ""))
-        if not export.get("file") or not path.exists():
-            export["copy"] = "not on this machine: recall from its recipient"
-            continue
-        if not path.resolve().is_relative_to(root):
-            export["copy"] = "outside the platform's export folder: recall it and this copy"
-            continue
+
+    def scrub(path: Path) -> int:
         suffix = path.suffix.lower()
         if suffix == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -873,23 +868,48 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
         if "customer_id" not in frame.columns:
             raise CdpError(f"{path}: platform export without a customer_id column; remove the subject by hand")
         keep = frame[~frame["customer_id"].astype(str).isin(ids)]
-        write_private_file(keep, path, suffix.lstrip("."))
-        export["copy"] = f"platform copy: {len(frame) - len(keep)} rows of the subject removed; recall the sent file"
-        removed += len(frame) - len(keep)
+        if len(keep) < len(frame):
+            write_private_file(keep, path, suffix.lstrip("."))
+        return len(frame) - len(keep)
+
+    removed = 0
+    registered: set[Path] = set()
+    for export in exports:
+        path = Path(str(export.get("file") or ""))
+        if not export.get("file") or not path.exists():
+            export["copy"] = "not on this machine: recall from its recipient"
+            continue
+        if not path.resolve().is_relative_to(root):
+            export["copy"] = "outside the platform's export folder: recall it and this copy"
+            continue
+        registered.add(path.resolve())
+        n = scrub(path)
+        export["copy"] = f"platform copy: {n} rows of the subject removed; recall the sent file"
+        removed += n
+    # What an export killed mid-way left: a file written but not yet registered, or its temporary file.
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.resolve() in registered:
+                continue
+            if path.name.startswith(".") and path.suffix == ".tmp":
+                path.unlink(missing_ok=True)
+            elif path.suffix.lower() in (".csv", ".parquet"):
+                removed += scrub(path)
     return removed
 
 
-def _finish_rewrites(settings: Settings, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """An erasure whose rows went but whose file rewrite was interrupted is finished first."""
+def _finish_rewrites(settings: Settings, con: duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An erasure whose rows went but whose file rewrite was interrupted is finished first; returns the
+    connection to the (rewritten) store and the requests finished."""
     pending = register.pending_rewrites(con)
     if not pending:
-        return con
+        return con, pending
     rewrite_database(con, settings.db_path)
     con = connect(settings.db_path)
     for request_id in pending:
         register.complete_request(con, request_id)
         register.audit(con, "erase_rewrite", request_id, "database file rewritten (resumed)")
-    return con
+    return con, pending
 
 
 def erase(
@@ -914,11 +934,16 @@ def erase(
     now = now or register.utcnow()
     con = con or connect(settings.db_path, create=False)  # a mistyped store is refused, not created empty
     try:
-        con = _finish_rewrites(settings, con)
+        con, finished = _finish_rewrites(settings, con)
         register.ensure_register_schema(con)
         secret = load_secret(settings.secret_path)
         present_rules(con)  # refuse before registering anything if a table is not covered
-        _refuse_unknown_customer_id(con, subject)
+        try:
+            _refuse_unknown_customer_id(con, subject)
+        except CdpError as exc:
+            if finished:  # most likely this very erasure, asked again after it was interrupted
+                raise CdpError(f"{exc}; the interrupted erasure {', '.join(finished)} was finished first") from None
+            raise
         request_id = register.open_request(con, "erasure", subject.hash(secret), now=now)
         plan = plan_erasure(con, subject, settings, request_id)
         report = ErasureReport(plan, dry_run)
@@ -930,6 +955,9 @@ def erase(
                 f"request {request_id}: the identifier given links {plan.scope.seed_customers} customers "
                 "(shared by a household?); check the dry run and erase each one by --customer-id"
             )
+        # The platform's export copies first: scrubbing them again is harmless, while once the rows below are
+        # gone nothing would say which customers an interrupted erasure had to take out of them.
+        scrubbed = scrub_platform_exports(settings, plan.exports, plan.scope.customers + plan.scope.former_customers)
         with transaction(con):
             report.deleted, report.suppressed = _erase_rows(con, plan, secret, now)
             # Records left the store outside a pipeline run: the next run re-resolves everyone from scratch.
@@ -948,7 +976,6 @@ def erase(
         con = connect(settings.db_path)
         # Measured before anything else is written: blocks freed later hold only the register's own rows.
         report.free_blocks = int(con.execute("SELECT free_blocks FROM pragma_database_size()").fetchall()[0][0])
-        scrubbed = scrub_platform_exports(settings, plan.exports, plan.scope.customers + plan.scope.former_customers)
         register.complete_request(con, request_id, now=register.utcnow())
         register.audit(
             con, "erase_rewrite", request_id, "database file rewritten; old file and WAL removed", None, actor

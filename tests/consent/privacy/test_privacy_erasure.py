@@ -323,6 +323,7 @@ def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
     assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 0
     con.close()
     assert pw.ALICE_STRINGS[0] in pw.file_bytes(world.settings.db_path)  # rows gone, bytes not yet
+    assert world.alice not in world.export_path.read_text()  # the platform's export copy went first
 
     monkeypatch.setattr(erasure, "rewrite_database", real_rewrite)
     erasure.erase(world.settings, Subject("customer_id", world.carol), dry_run=True)  # any next request
@@ -455,3 +456,19 @@ def test_every_version_of_the_subjects_ledger_events_is_erased(world: Any, pw: S
         ).fetchall()
         assert left == [], table
     con.close()
+
+
+def test_what_a_killed_export_left_in_the_export_folder_loses_the_subject_too(world: Any) -> None:
+    """An export killed after writing its file but before recording it, or while writing its temporary file:
+    neither is in the register, and erasure still reaches them."""
+    unregistered = world.settings.exports_dir / "web" / "all_customers-email_marketing-killed.csv"
+    unregistered.parent.mkdir(parents=True, exist_ok=True)
+    unregistered.write_text(world.export_path.read_text())
+    temporary = world.settings.exports_dir / f".{world.export_path.name}.0123456789abcdef.tmp"
+    temporary.write_text(world.export_path.read_text())
+    assert world.alice in unregistered.read_text()
+
+    erasure.erase(world.settings, ALICE, dry_run=False)
+
+    assert world.alice not in unregistered.read_text() and world.bob in unregistered.read_text()
+    assert not temporary.exists()
