@@ -193,7 +193,10 @@ def require_store(db_path: Path) -> None:
 def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBPyConnection:
     if create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-    old = os.umask(0o077)  # the database and its WAL are readable by their owner only
+    # The database and its WAL are readable by their owner only. DuckDB creates the WAL at the first write,
+    # long after the file is opened, and a killed process leaves it behind: the process keeps group and
+    # others out of what it creates from now on (exports and access documents are owner-only anyway).
+    old = os.umask(0o077)
     try:
         return duckdb.connect(str(db_path), read_only=read_only)
     except duckdb.IOException as exc:
@@ -209,7 +212,7 @@ def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBP
             raise CdpError(f"{db_path}: not a DuckDB database file (or a damaged one)") from None
         raise CdpError(f"{db_path}: cannot open the database ({reason.removeprefix('IO Error: ')})") from None
     finally:
-        os.umask(old)
+        os.umask(old | 0o077)
 
 
 def connect(
