@@ -7,6 +7,7 @@ everyone else.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,6 +191,27 @@ def require_store(db_path: Path) -> None:
         raise CdpError(f"{db_path}: no database yet; run `cdp run --inbox DIR` first")
 
 
+@contextmanager
+def file_swap_guard(db_path: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on ``<db>.lock`` around opening the store (shared) and around putting a rewritten file
+    in its place (exclusive, :func:`consent.erasure.rewrite_database`). DuckDB's own lock is gone once the
+    old file is closed, and a process opening it before the new one is moved in would write where nobody
+    reads again: an opener waits for the swap instead (a fraction of a second)."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        if exclusive:
+            raise
+        yield  # a folder this user may only read: nobody here rewrites the store either
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBPyConnection:
     if create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +220,10 @@ def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBP
     # others out of what it creates from now on (exports and access documents are owner-only anyway).
     old = os.umask(0o077)
     try:
-        return duckdb.connect(str(db_path), read_only=read_only)
+        if not db_path.parent.is_dir():  # no folder for the lock file either: DuckDB says what is wrong
+            return duckdb.connect(str(db_path), read_only=read_only)
+        with file_swap_guard(db_path, exclusive=False):
+            return duckdb.connect(str(db_path), read_only=read_only)
     except duckdb.IOException as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "lock" in reason.lower():

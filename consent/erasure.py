@@ -53,9 +53,9 @@ from typing import Any
 import duckdb
 
 from cdp.config import Settings
-from cdp.errors import CdpError
+from cdp.errors import CdpError, StoreBusyError
 from cdp.ingest import IDENTIFIER_COLUMNS, line_values
-from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, raw_table, transaction
+from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from consent.ledger import base_event_id
@@ -830,14 +830,15 @@ def rewrite_database(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
             con.execute("DETACH cdp_rewrite")
     finally:
         os.umask(old_umask)
-    con.close()
-    if Path(f"{tmp}.wal").exists():
-        raise CdpError(f"{tmp}: the rewritten database kept a write-ahead log; erasure not finished")
-    os.chmod(tmp, 0o600)
-    _fsync(tmp)
-    Path(f"{db_path}.wal").unlink(missing_ok=True)  # checkpointed on close; never pair the new file with it
-    os.replace(tmp, db_path)
-    _fsync(db_path.parent)
+    with file_swap_guard(db_path, exclusive=True):  # no process opens the old file between close and swap
+        con.close()
+        if Path(f"{tmp}.wal").exists():
+            raise CdpError(f"{tmp}: the rewritten database kept a write-ahead log; erasure not finished")
+        os.chmod(tmp, 0o600)
+        _fsync(tmp)
+        Path(f"{db_path}.wal").unlink(missing_ok=True)  # checkpointed on close; never pair the new file with it
+        os.replace(tmp, db_path)
+        _fsync(db_path.parent)
 
 
 def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], customer_ids: list[str]) -> int:
@@ -973,7 +974,13 @@ def erase(
             )  # fmt: skip
         drop_scope(con)
         rewrite_database(con, settings.db_path)
-        con = connect(settings.db_path)
+        try:
+            con = connect(settings.db_path)
+        except StoreBusyError:  # "nothing done" would be wrong: say what was
+            raise CdpError(
+                f"request {request_id}: the subject is erased and the database file rewritten, but another "
+                "process opened the store before the request was closed; the next privacy request closes it"
+            ) from None
         # Measured before anything else is written: blocks freed later hold only the register's own rows.
         report.free_blocks = int(con.execute("SELECT free_blocks FROM pragma_database_size()").fetchall()[0][0])
         register.complete_request(con, request_id, now=register.utcnow())

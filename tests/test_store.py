@@ -20,3 +20,23 @@ def test_the_write_ahead_log_is_owner_only_whatever_the_umask(tmp_path) -> None:
         con.close()
     finally:
         os.umask(before)
+
+
+def test_opening_the_store_waits_while_a_rewritten_file_is_swapped_in(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from cdp.store import file_swap_guard
+
+    connect(tmp_path / "cdp.duckdb").close()
+    opened = threading.Event()
+
+    def open_store() -> None:
+        connect(tmp_path / "cdp.duckdb").close()
+        opened.set()
+
+    with file_swap_guard(tmp_path / "cdp.duckdb", exclusive=True):
+        opener = threading.Thread(target=open_store)
+        opener.start()
+        assert not opened.wait(0.3)  # held back while the swap is under way
+    assert opened.wait(10)
+    opener.join()
