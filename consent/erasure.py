@@ -899,9 +899,13 @@ def scrub_platform_exports(settings: Settings, exports: list[dict[str, Any]], cu
     return removed
 
 
-def _finish_rewrites(settings: Settings, con: duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An erasure whose rows went but whose file rewrite was interrupted is finished first; returns the
-    connection to the (rewritten) store and the requests finished."""
+def finish_interrupted(
+    settings: Settings, con: duckdb.DuckDBPyConnection
+) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """Finish the file rewrite of erasures interrupted after their rows went (``rewrite_pending``). Every
+    erasure, and ``cdp run`` and ``cdp privacy requests``, do it before anything else, so that the subject's
+    bytes do not wait for the next erasure. Takes ``con`` over; returns the connection to the (rewritten)
+    store and the requests finished."""
     pending = register.pending_rewrites(con)
     if not pending:
         return con, pending
@@ -935,7 +939,7 @@ def erase(
     now = now or register.utcnow()
     con = con or connect(settings.db_path, create=False)  # a mistyped store is refused, not created empty
     try:
-        con, finished = _finish_rewrites(settings, con)
+        con, finished = finish_interrupted(settings, con)
         register.ensure_register_schema(con)
         secret = load_secret(settings.secret_path)
         present_rules(con)  # refuse before registering anything if a table is not covered

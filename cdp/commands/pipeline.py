@@ -48,10 +48,15 @@ def run_and_report(
         raise CdpError(f"{inbox}: no such inbox folder")
     settings = settings_for(db, inbox=inbox, engine=engine)
     from cdp.store import connect
+    from consent.erasure import finish_interrupted
 
     # A run creates the store when there is none; a --db that is not a DuckDB file (or is a directory) is
-    # refused here in one line, before Dagster starts, rather than as a failed asset.
-    connect(settings.db_path).close()
+    # refused here in one line, before Dagster starts, rather than as a failed asset. An erasure interrupted
+    # before its file rewrite is finished first.
+    con, finished = finish_interrupted(settings, connect(settings.db_path))
+    con.close()
+    for request_id in finished:
+        console.print(f"Finished the interrupted erasure {request_id} (database file rewritten)")
     from pipelines.run import run_pipeline
 
     console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")

@@ -177,10 +177,12 @@ def requests(db: Path = DbOption) -> None:
     """The register of privacy requests and their outcome; overdue ones are flagged."""
     from cdp.store import connect
     from consent import register
+    from consent.erasure import finish_interrupted
 
     settings = settings_for(db)
     con = connect(settings.db_path, create=False)  # writable: the register's tables are created on first use
     try:
+        con, _ = finish_interrupted(settings, con)  # an interrupted erasure's rewrite, before it is listed
         rows = register.list_requests(con)
     finally:
         con.close()

@@ -306,18 +306,25 @@ def test_the_cli_dry_run_then_erase_prints_counts_and_a_receipt_without_identifi
     assert request_id in listing.output and "completed" in listing.output and "0 overdue" in listing.output
 
 
-def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
-    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _erase_alice_until_the_file_rewrite(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Erase Alice, the process dying as the database file is to be rewritten (her rows gone, bytes not)."""
     real_rewrite = erasure.rewrite_database
 
     def crash(con: duckdb.DuckDBPyConnection, db_path: Path) -> None:
         con.close()
-        raise OSError("disk full")
+        raise OSError("killed")
 
-    monkeypatch.setattr(erasure, "rewrite_database", crash)
-    with pytest.raises(OSError):
-        erasure.erase(world.settings, ALICE, dry_run=False, con=_open(world))
+    with monkeypatch.context() as patch:
+        patch.setattr(erasure, "rewrite_database", crash)
+        with pytest.raises(OSError):
+            erasure.erase(world.settings, ALICE, dry_run=False, con=_open(world))
+    assert erasure.rewrite_database is real_rewrite
+
+
+def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
+    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _erase_alice_until_the_file_rewrite(world, monkeypatch)
     con = connect(world.settings.db_path)
     assert con.execute("SELECT status FROM privacy_requests").fetchall() == [("rewrite_pending",)]
     assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-1'").fetchall()[0][0] == 0
@@ -325,7 +332,6 @@ def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
     assert pw.ALICE_STRINGS[0] in pw.file_bytes(world.settings.db_path)  # rows gone, bytes not yet
     assert world.alice not in world.export_path.read_text()  # the platform's export copy went first
 
-    monkeypatch.setattr(erasure, "rewrite_database", real_rewrite)
     erasure.erase(world.settings, Subject("customer_id", world.carol), dry_run=True)  # any next request
     assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
     con = connect(world.settings.db_path)
@@ -472,3 +478,14 @@ def test_what_a_killed_export_left_in_the_export_folder_loses_the_subject_too(wo
 
     assert world.alice not in unregistered.read_text() and world.bob in unregistered.read_text()
     assert not temporary.exists()
+
+
+def test_listing_the_requests_finishes_an_interrupted_erasure_first(
+    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _erase_alice_until_the_file_rewrite(world, monkeypatch)
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    listed = CliRunner().invoke(privacy_cli.app, ["requests", "--db", str(world.settings.db_path)])
+    assert listed.exit_code == 0, listed.output
+    assert "completed" in listed.output and "rewrite_pending" not in listed.output
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
