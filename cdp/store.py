@@ -203,7 +203,7 @@ def file_swap_guard(db_path: Path, exclusive: bool) -> Iterator[None]:
     except OSError:
         if exclusive:
             raise
-        yield  # a folder this user may only read: nobody here rewrites the store either
+        yield  # no folder, or one this user may only read: DuckDB says what is wrong, nobody rewrites here
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -220,8 +220,6 @@ def _open(db_path: Path, read_only: bool, create: bool = True) -> duckdb.DuckDBP
     # others out of what it creates from now on (exports and access documents are owner-only anyway).
     old = os.umask(0o077)
     try:
-        if not db_path.parent.is_dir():  # no folder for the lock file either: DuckDB says what is wrong
-            return duckdb.connect(str(db_path), read_only=read_only)
         with file_swap_guard(db_path, exclusive=False):
             return duckdb.connect(str(db_path), read_only=read_only)
     except duckdb.IOException as exc:
