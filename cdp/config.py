@@ -58,6 +58,10 @@ class Settings:
             "anonymous_id": 50_000,
         }
     )
+    #: A blocking rule's block (units sharing its key: a name, a date of birth and initial...) holding more
+    #: than this many units pairs none of them: one shopper's thousands of receipts under one name, or a
+    #: till's default customer, would be scored pair by pair. At 1M records the largest block holds 883.
+    max_units_per_block: int = 2000
     engine: str = "duckdb"
     spark_master: str = "local[2]"
     #: Folder every Spark executor can read (a shared mount) where the Spark engine writes the person units
@@ -101,7 +105,7 @@ _ENV = {
 
 
 _PATHS = {"db_path", "inbox", "home", "segments_dir"}
-_NUMBERS: dict[str, type] = {"match_threshold": float, "threads": int}
+_NUMBERS: dict[str, type] = {"match_threshold": float, "threads": int, "max_units_per_block": int}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -124,9 +128,12 @@ def _coerce(name: str, value: Any) -> Any:
             raise CdpError(f"default_region: {value!r} is not a region phone numbers know (ISO 3166 alpha-2, e.g. GB)")
     if name in _NUMBERS:
         try:
-            return _NUMBERS[name](value)
+            number = _NUMBERS[name](value)
         except (TypeError, ValueError):
             raise CdpError(f"{name}: {value!r} is not a {_NUMBERS[name].__name__}") from None
+        if name == "max_units_per_block" and number < 2:
+            raise CdpError(f"max_units_per_block: {value!r} would pair no units at all (at least 2)")
+        return number
     if name == "engine" and value not in ENGINES:
         raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
     return value

@@ -12,7 +12,8 @@ Two precision guards sit on top of the scores: a pair that disagrees on who it i
 first names, dates of birth more than a typo apart, two accounts in use) or whose contact details
 contradict (each its own mailbox and phone, no date of birth tying them: ``cdp_contacts_disagree``) is
 never linked, and a unit matched to two records that disagree with each other in either way is linked
-to neither (it is ambiguous).
+to neither (it is ambiguous). A blocking rule pairs no units of a block more crowded than
+``max_units_per_block`` (:func:`mark_crowds`).
 
 Splink runs on its own in-memory DuckDB connection: its scratch tables never land in the store file.
 
@@ -315,6 +316,10 @@ def open_session(
     scratch = duckdb.connect()
     scratch.execute(f"SET threads = {int(threads)}")
     scratch.execute(f"SET memory_limit = '{memory_limit}'")  # a setting, not user text
+    # What Splink spills goes beside the store's own spill (``<db>.tmp``), not into the working directory.
+    spill = str(con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0])
+    if spill and spill != ".tmp":
+        scratch.execute("SET temp_directory = ?", [str(Path(spill) / "splink")])
     scratch.execute("SET preserve_insertion_order = false")
     scratch.register("_frame", frame)
     scratch.execute("CREATE TABLE person_units AS SELECT * FROM _frame")
@@ -358,22 +363,35 @@ def scaled_prior(model: dict[str, Any], meta: dict[str, Any], n_units: int) -> f
     return min(max(prior, 1e-12), 0.5)
 
 
-def measure_prior(session: SplinkSession) -> float:
+def measure_prior(session: SplinkSession, model: dict[str, Any]) -> float:
     """Re-measure the share of matching pairs on this run's data; m and u stay as trained.
 
     The prior is a property of the data (how many duplicates each person has), not of the model: a
     CRM-only export with two contacts a person needs a larger one than the world the model was trained
     on. Deterministic rules (:data:`PRIOR_RULES`) count near-certain matches; their assumed recall scales
     the count up. When the rules find nothing, the trained prior scaled to this size is kept.
+
+    Counted over the units in no crowded block (:func:`mark_crowds`), the ones the rules pair: one shopper's
+    100,000 receipts would otherwise swamp the count as matches, or, held back, dilute it as units and
+    weaken every other link. Counted in the session's DuckDB (``model``: the DuckDB settings), whatever
+    engine then scores the pairs.
     """
+    from splink import DuckDBAPI, Linker
+
     settings = session.linker._settings_obj  # Splink keeps the prior on its settings object
-    before = settings._probability_two_random_records_match
-    # ValueError: more rule matches than the assumed recall allows (tiny inputs); keep the trained prior
-    with contextlib.suppress(ValueError):
-        session.linker.training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)
-    measured = float(settings._probability_two_random_records_match)
-    if not 0 < measured < 0.5:
-        settings._probability_two_random_records_match = before
+    session.con.execute(
+        "CREATE OR REPLACE TABLE prior_units AS SELECT * FROM person_units WHERE left_crowds = 0 AND right_crowds = 0"
+    )
+    if int(session.con.execute("SELECT count(*) FROM prior_units").fetchall()[0][0]) >= 2:
+        units = DuckDBAPI(connection=session.con).register("prior_units", dataset_display_name="prior_units")
+        counter = Linker(units, model, log_level=None)
+        # ValueError: more rule matches than the assumed recall allows (tiny inputs); keep the trained prior
+        rules: list[Any] = list(PRIOR_RULES)
+        with contextlib.suppress(ValueError):
+            counter.training.estimate_probability_two_random_records_match(rules, recall=PRIOR_RECALL)
+        measured = float(counter._settings_obj._probability_two_random_records_match)
+        if 0 < measured < 0.5:
+            settings._probability_two_random_records_match = measured
     return float(settings._probability_two_random_records_match)
 
 
@@ -411,8 +429,13 @@ def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str
 
 
 def _prepare(model_path: Path, n_units: int, prior: float | None) -> dict[str, Any]:
+    """The trained model for a prediction: its prior, and blocking rules that skip crowded blocks (the units
+    carry ``left_crowds`` and ``right_crowds``, see :func:`mark_crowds`)."""
     model, meta = load_model(model_path)
     model = dict(model)
+    model["blocking_rules_to_generate_predictions"] = [
+        {"blocking_rule": rule, "sql_dialect": "duckdb"} for rule in guarded_rules(PREDICTION_BLOCKING)
+    ]
     model["probability_two_random_records_match"] = prior if prior is not None else scaled_prior(model, meta, n_units)
     model["retain_intermediate_calculation_columns"] = False
     model["retain_matching_columns"] = False
@@ -442,9 +465,11 @@ def predict_pairs(
     reuse_units: bool = False,
     spark: Any = None,
     prior: float | None = None,
+    block_limit: int = 2000,
 ) -> dict[str, Any]:
     """Score candidate pairs of person units; write temp tables ``_model_pairs``, ``_ambiguous_units`` and
-    ``_model_edges``.
+    ``_model_edges``. No rule pairs the units of a block more crowded than ``block_limit`` units
+    (:func:`mark_crowds`).
 
     ``_model_pairs(unit_id_l, unit_id_r, match_weight)`` holds the pairs at or above ``threshold_weight``
     that the precision guard lets through, ``_ambiguous_units(unit_id)`` the units the ambiguity guard
@@ -457,10 +482,13 @@ def predict_pairs(
     empty_pair_tables(con)
     if n_units < 2:
         return {"person_units": n_units, "model_pairs": 0, "model_seconds": 0.0}
+    crowded = mark_crowds(con, "_person_units", "_person_units_crowds", block_limit)
+    con.execute("CREATE OR REPLACE TEMP TABLE _person_units AS SELECT * FROM _person_units_crowds")
+    con.execute("DROP TABLE _person_units_crowds")
     model = _prepare(model_path, n_units, prior)
     session = open_session(con, model, threads=threads, memory_limit=memory_limit, spark=spark)
     try:
-        used_prior = float(prior) if prior is not None else measure_prior(session)
+        used_prior = float(prior) if prior is not None else measure_prior(session, model)
         scored = session.linker.inference.predict(threshold_match_weight=threshold_weight)
         scored_table = scored.physical_name  # a Splink table name, not user text
         if spark is not None:
@@ -491,6 +519,7 @@ def predict_pairs(
     edges = int(con.execute("SELECT count(*) FROM _model_edges").fetchall()[0][0])
     return {
         "person_units": n_units,
+        "crowded_blocks": len(crowded),
         "model_pairs": edges,
         "model_pairs_vetoed": vetoed,
         "model_prior": used_prior,
@@ -499,14 +528,10 @@ def predict_pairs(
     }
 
 
-@functools.cache
-def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str:
-    """SQL predicate over ``_person_units p`` true for every unit that one of ``rules`` can pair with a unit
-    of ``_changed_person``, in either role. A rule's equality conjuncts that compare an expression of the
-    left record with one of the right (``l.dob = r.dob``, ``substr(l.last_name, 1, 1) =
-    substr(r.last_name, 1, 1)``) must all hold for one changed unit, so the partner's side of them is in
-    the changed units' side of them (a tuple ``IN``). A rule without such a conjunct makes every unit a
-    candidate."""
+def _equalities(rule: str) -> list[tuple[Any, Any]]:
+    """The conjuncts of a blocking rule that compare an expression of the left record with one of the right
+    (``l.dob = r.dob``, ``substr(l.last_name, 1, 1) = substr(r.last_name, 1, 1)``), as sqlglot nodes
+    ``(left side, right side)``: together they are the rule's block key."""
     import sqlglot
     from sqlglot import exp
 
@@ -514,29 +539,141 @@ def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str
         tables = {c.table for c in node.find_all(exp.Column)}
         return tables.pop() if len(tables) == 1 and tables <= {"l", "r"} else None
 
-    def alias(node: Any, table: str) -> str:
-        node = node.copy()
-        for column in node.find_all(exp.Column):
-            column.set("table", exp.to_identifier(table))
-        return node.sql(dialect="duckdb")
+    tree = sqlglot.parse_one(rule, read="duckdb")
+    conjuncts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
+    return [
+        (c.left, c.right) if side(c.left) == "l" else (c.right, c.left)
+        for c in conjuncts
+        if isinstance(c, exp.EQ) and {side(c.left), side(c.right)} == {"l", "r"}
+    ]
 
+
+def _on(node: Any, table: str) -> str:
+    """SQL of a rule's expression with its columns read from ``table`` instead of ``l`` or ``r``."""
+    from sqlglot import exp
+
+    node = node.copy()
+    for column in node.find_all(exp.Column):
+        column.set("table", exp.to_identifier(table))
+    return str(node.sql(dialect="duckdb"))
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    """A blocking rule's block key: the tuple of its equality sides, for a unit as the left record of a pair
+    (side 0) and as the right one (side 1); the same for a symmetric rule."""
+
+    equal: tuple[tuple[Any, Any], ...]
+
+    def sql(self, side: int, table: str) -> str:
+        """The key as a 64-bit hash: blocks are counted, and candidates found, on a number, not on text (a
+        collision could only merge two blocks' counts or add a candidate, which the rule itself then drops)."""
+        return f"hash({', '.join(_on(pair[side], table) for pair in self.equal)})"
+
+    def present(self, side: int, table: str) -> str:
+        """Whether the key is complete (NULL never satisfies a blocking rule)."""
+        return " AND ".join(f"{_on(pair[side], table)} IS NOT NULL" for pair in self.equal)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.sql(0, "u") == self.sql(1, "u")
+
+
+@functools.cache
+def block_keys(rules: tuple[str, ...]) -> tuple[BlockKey | None, ...]:
+    """The block key of each rule; None for a rule without an equality conjunct (it pairs everyone)."""
+    return tuple(BlockKey(tuple(equal)) if (equal := _equalities(rule)) else None for rule in rules)
+
+
+def guarded_rules(rules: list[str], offset: int = 0) -> list[str]:
+    """``rules`` that skip crowded blocks: rule ``k`` holds only for a pair whose left unit does not have bit
+    ``offset + k`` of ``left_crowds`` set, nor its right unit that bit of ``right_crowds`` (:func:`mark_crowds`)."""
+    return [
+        f"({rule}) AND (l.left_crowds & {1 << (offset + k)}) = 0 AND (r.right_crowds & {1 << (offset + k)}) = 0"
+        for k, rule in enumerate(rules)
+    ]
+
+
+def _crowded_blocks_sql(units: str, key: BlockKey, limit: int) -> str:
+    """Block keys (``v``) of one rule over table ``units`` whose pairs exceed those of ``limit`` units. A
+    symmetric rule pairs the n units of a block with each other; an asymmetric one (forename and surname
+    swapped) pairs the units whose left key is v with those whose right key is v."""
+    left, right = (
+        f"SELECT {key.sql(side, 'b')} AS v, count(*) AS n FROM {units} b WHERE {key.present(side, 'b')} GROUP BY ALL"
+        for side in (0, 1)
+    )
+    if key.symmetric:
+        return f"SELECT v FROM ({left}) WHERE n > {int(limit)}"
+    return f"SELECT v FROM ({left}) a JOIN ({right}) b USING (v) WHERE a.n * b.n > {int(limit) * (int(limit) - 1) // 2}"
+
+
+def crowded_blocks(
+    con: duckdb.DuckDBPyConnection, units: str, limit: int, rules: tuple[str, ...]
+) -> set[tuple[int, int]]:
+    """``(rule index, block key)`` of every block of table ``units`` under ``rules`` holding more pairs
+    than ``limit`` units would (a handful, usually none)."""
+    queries = [
+        f"SELECT {k} AS rule, v FROM ({_crowded_blocks_sql(units, key, limit)})"
+        for k, key in enumerate(block_keys(rules))
+        if key is not None
+    ]
+    return {(int(k), int(v)) for k, v in con.execute(" UNION ALL ".join(queries)).fetchall()}
+
+
+def mark_crowds(
+    con: duckdb.DuckDBPyConnection, units: str, into: str, limit: int, rules: tuple[str, ...] | None = None
+) -> set[tuple[int, int]]:
+    """Temp table ``into``: every row of table ``units`` with ``left_crowds`` and ``right_crowds``, whose bit ``k`` is
+    set when the unit's block under rule ``k`` (of :data:`PREDICTION_BLOCKING` then :data:`PRIOR_RULES`, or
+    ``rules``), with the unit as the left or the right record, is crowded (:func:`crowded_blocks`). Returns
+    the crowded blocks.
+
+    The guard against crowds, as hub identifiers are for the graph: a block of many thousand units (one
+    shopper's hundred thousand receipts under one name, a till's default customer) made Splink score and
+    hold every pair of them (60 GB of temp files for 100,000). Such a block says nothing about who is who;
+    its units are still scored through the other rules and linked by the keys they share.
+    """
+    rules = rules if rules is not None else tuple(PREDICTION_BLOCKING + PRIOR_RULES)
+    crowded = crowded_blocks(con, units, limit, rules)
+    keys = block_keys(rules)
+    bits: dict[str, list[str]] = {"left_crowds": [], "right_crowds": []}
+    for k in sorted({k for k, _ in crowded}):
+        key = keys[k]
+        assert key is not None  # crowded blocks come from rules with a key
+        values = ", ".join(str(int(v)) for rule, v in sorted(crowded) if rule == k)
+        for side, column in enumerate(bits):
+            bits[column].append(
+                f"CASE WHEN {key.present(side, 'u')} AND {key.sql(side, 'u')} IN ({values}) THEN {1 << k} ELSE 0 END"
+            )
+    columns = ", ".join(f"({' | '.join(terms) or '0'})::BIGINT AS {column}" for column, terms in bits.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS SELECT u.*, {columns} FROM {units} u")
+    return crowded
+
+
+class CrowdsChanged(Exception):
+    """A block became crowded, or stopped being crowded (see :func:`predict_changed_pairs`)."""
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])  # a table of this module
+
+
+@functools.cache
+def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str:
+    """SQL predicate over ``_person_units p`` true for every unit in a block of a unit of ``_block_probe``
+    under one of ``rules``, in either role: every unit a rule can pair with a changed unit, and every unit
+    counted in the size of that pair's block (:func:`crowd_sql`). A rule's equality conjuncts must all hold
+    for one probe unit, so the unit's side of them is in the probe units' side of them (a tuple ``IN``). A
+    rule without such a conjunct makes every unit a candidate."""
     found: dict[str, None] = {}
-    for rule in rules:
-        tree = sqlglot.parse_one(rule, read="duckdb")
-        conjuncts = list(tree.flatten()) if isinstance(tree, exp.And) else [tree]
-        equal = [
-            (c.left, c.right) if side(c.left) == "l" else (c.right, c.left)
-            for c in conjuncts
-            if isinstance(c, exp.EQ) and {side(c.left), side(c.right)} == {"l", "r"}
-        ]
-        if not equal:
+    for key in block_keys(rules):
+        if key is None:
             return "true"
-        for mine, theirs in ((1, 0), (0, 1)):  # the partner on the right of the rule, then on the left
-            partner = [alias(pair[mine], "p") for pair in equal]
-            changed = ", ".join(alias(pair[theirs], "c") for pair in equal)
-            # NULL never satisfies a blocking rule, but inside a struct DuckDB compares NULLs as equal
-            present = " AND ".join(f"{e} IS NOT NULL" for e in partner)
-            found[f"({present} AND ({', '.join(partner)}) IN (SELECT ({changed}) FROM _changed_person c))"] = None
+        for mine in (0, 1):
+            for theirs in (0, 1):
+                # NULL never satisfies a blocking rule, but inside a struct DuckDB compares NULLs as equal
+                probe = f"SELECT {key.sql(theirs, 'c')} FROM _block_probe c"
+                found[f"({key.present(mine, 'p')} AND {key.sql(mine, 'p')} IN ({probe}))"] = None
     return "(" + " OR ".join(found) + ")"
 
 
@@ -569,15 +706,20 @@ def predict_changed_pairs(
     threads: int = 2,
     memory_limit: str = "4GB",
     person_units: str = "_person_units",
+    before: str | None = None,
+    block_limit: int = 2000,
 ) -> dict[str, Any]:
     """Score only the pairs that involve a changed unit: temp table ``_new_model_pairs``.
 
     ``person_units`` (a table or view, :func:`person_units_sql`) holds every person unit, changed ones with
-    their new attributes, and ``changed`` names a table of unit ids. Splink's ``predict_between`` scores
-    changed units against the others and ``predict_within`` the changed units among themselves, with the
-    same blocking rules, model and ``prior`` as a full run, so the pairs are those a full run would find for
-    these units. The precision guard applies as in :func:`predict_pairs`; the ambiguity guard is the
-    caller's (it needs every pair).
+    their new attributes, and ``changed`` names a table of unit ids; ``before`` (the same columns) may hold
+    the changed units' previous attributes. Splink's ``predict_between`` scores changed units against the
+    others and ``predict_within`` the changed units among themselves, with the same blocking rules, model
+    and ``prior`` as a full run, so the pairs are those a full run would find for these units. The
+    precision guard applies as in :func:`predict_pairs`; the ambiguity guard is the caller's (it needs every
+    pair). So does the crowd guard (``block_limit``, :func:`mark_crowds`): the blocks of the changed units
+    are counted whole. When a changed unit makes a block crowded or no longer crowded, the pairs of units
+    that did not change would differ too: :class:`CrowdsChanged` is raised, and the caller runs in full.
     """
     started = time.perf_counter()
     con.execute(
@@ -588,16 +730,35 @@ def predict_changed_pairs(
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
     n_changed = int(con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0])
-    if not n_changed:
+    previous = f"SELECT * FROM {before} WHERE unit_id IN (SELECT unit_id FROM {changed})" if before else None
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed_before AS {previous or 'FROM _changed_person LIMIT 0'}")
+    if not n_changed and not _count_rows(con, "_changed_before"):
         return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
-    # Only units a blocking rule can pair with a changed unit go to Splink (a superset, read off the rules).
-    frame = con.sql(
+    # Only units in a block of a changed unit (now or before) go to Splink: every unit a blocking rule can pair
+    # with a changed unit, and every unit that counts in the size of those blocks (read off the rules).
+    con.execute("CREATE OR REPLACE TEMP TABLE _block_probe AS FROM _changed_person UNION ALL FROM _changed_before")
+    con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE _frame_now AS
         SELECT *, unit_id IN (SELECT unit_id FROM _changed_person) AS _changed FROM {person_units} p
         WHERE unit_id IN (SELECT unit_id FROM _changed_person) OR {candidate_filter()}
-        ORDER BY unit_id
         """
-    ).to_arrow_table()
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _frame_before AS
+           SELECT * FROM _frame_now WHERE unit_id NOT IN (SELECT unit_id FROM _changed_before UNION ALL
+                                                          SELECT unit_id FROM _changed_person)
+           UNION ALL SELECT *, true AS _changed FROM _changed_before"""
+    )
+    rules = tuple(PREDICTION_BLOCKING)  # the prior is not measured again: its rules' crowds do not matter
+    crowded = mark_crowds(con, "_frame_now", "_frame_crowds", block_limit, rules)
+    if crowded != crowded_blocks(con, "_frame_before", block_limit, rules):
+        raise CrowdsChanged("a block crossed the crowd limit")
+    frame = con.sql("SELECT * FROM _frame_crowds ORDER BY unit_id").to_arrow_table()
+    for temp in ("_frame_now", "_frame_before", "_frame_crowds", "_block_probe", "_changed_before"):
+        con.execute(f"DROP TABLE {temp}")
+    if not n_changed:  # gone units: nothing to score, and no block crossed the limit
+        return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
     model = _prepare(model_path, len(frame), prior)
     session = open_session(con, model, threads=threads, memory_limit=memory_limit, frame=frame)
     try:

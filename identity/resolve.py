@@ -366,6 +366,8 @@ def _full_reason(
         return "the match threshold changed"
     if previous.get("limits") != dict(settings.max_records_per_identifier):
         return "the identifier limits changed"
+    if previous.get("block_limit") != settings.max_units_per_block:
+        return "the block limit changed"
     if previous.get("model_prior") is None:
         return "no measured prior"
     return None
@@ -428,6 +430,7 @@ def resolve_identities(
             reuse_units=True,
             spark=spark if settings.engine == "spark" else None,
             prior=prior,
+            block_limit=settings.max_units_per_block,
         )
     )
 
@@ -513,6 +516,7 @@ def _finish(
         model_sha=fingerprint,
         match_threshold=settings.match_threshold,
         limits=dict(settings.max_records_per_identifier),
+        block_limit=settings.max_units_per_block,
     )
     timings["write_seconds"] = round(timings.get("write_seconds", 0.0) + time.perf_counter() - t, 2)
     stats.update(timings)
@@ -636,12 +640,17 @@ def _resolve_changed(
         # 2. Model pairs of W, and the ambiguity guard around them.
         # A view: Splink reads the changed units and their candidates, not all 300k person units.
         con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_now AS {model.person_units_sql('identity_units')}")
-        stats.update(
-            model.predict_changed_pairs(
-                con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
-                threads=settings.threads, memory_limit=settings.memory_limit, person_units="_person_units_now",
-            )
-        )  # fmt: skip
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_before AS {model.person_units_sql('_old_units')}")
+        try:
+            stats.update(
+                model.predict_changed_pairs(
+                    con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
+                    threads=settings.threads, memory_limit=settings.memory_limit, person_units="_person_units_now",
+                    before="_person_units_before", block_limit=settings.max_units_per_block,
+                )
+            )  # fmt: skip
+        except model.CrowdsChanged as exc:
+            raise _NotLocal(str(exc)) from None
         t = time.perf_counter()
         touching = "unit_id_l IN (SELECT unit_id FROM _w) OR unit_id_r IN (SELECT unit_id FROM _w)"
         con.execute(f"CREATE OR REPLACE TEMP TABLE _old_pairs AS SELECT * FROM identity_model_pairs WHERE {touching}")
