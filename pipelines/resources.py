@@ -71,7 +71,19 @@ class CdpStore(dg.ConfigurableResource):
         return load_settings(**{name: getattr(self, name) for name in _SETTINGS})
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        return connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
+        """The run's connection. An erasure interrupted before its file rewrite is finished first, whoever
+        launched the run (``cdp run``, the Dagster UI, a schedule): a run must not work on, and copy forward,
+        a file whose free blocks still hold an erased subject's bytes."""
+        from consent.erasure import finish_interrupted
+
+        con = connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
+        con, finished = finish_interrupted(self.settings, con)
+        if finished:
+            con.close()
+            for request_id in finished:
+                dg.get_dagster_logger().info(f"finished the interrupted erasure {request_id} (file rewritten)")
+            con = connect(self.db_path, threads=self.threads, memory_limit=self.memory_limit)
+        return con
 
     @contextmanager
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import dagster as dg
 import duckdb
 import pytest
 from typer.testing import CliRunner
@@ -338,6 +339,21 @@ def test_an_interrupted_file_rewrite_is_finished_by_the_next_request(
     statuses = con.execute("SELECT kind, status FROM privacy_requests ORDER BY received_at").fetchall()
     con.close()
     assert statuses == [("erasure", "completed"), ("erasure", "open")]
+
+
+def test_a_pipeline_run_launched_from_dagster_finishes_an_interrupted_erasure_first(
+    world: Any, pw: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Dagster UI or a schedule launches the job directly, without ``cdp run``'s own check first."""
+    from pipelines.run import run_pipeline
+
+    _erase_alice_until_the_file_rewrite(world, monkeypatch)
+    outcome = run_pipeline(world.settings, world.inbox, echo=lambda _m: None, instance=dg.DagsterInstance.ephemeral())
+    assert outcome.success, outcome.failure
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT status FROM privacy_requests").fetchall() == [("completed",)]
+    con.close()
 
 
 def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_path: Path) -> None:
