@@ -24,6 +24,7 @@ from identity.standardise import (
     sql_normalise_email,
     sql_normalise_name,
     sql_normalise_postcode,
+    sql_plausible_dob,
     sql_trim_id,
 )
 
@@ -129,7 +130,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
         {_person()},
         {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
-        date_of_birth,
+        {sql_plausible_dob("date_of_birth", "coalesce(updated_at, created_at)")} AS date_of_birth,
         NULLIF(trim(regexp_replace(lower(strip_accents(address_line1)), '[^a-z0-9 ]+', ' ', 'g')), '')
             AS address_line1,
         NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,

@@ -160,5 +160,21 @@ def sql_normalise_postcode(col: str) -> str:
     return f"NULLIF(upper(regexp_replace({col}, '[^A-Za-z0-9]', '', 'g')), '')"
 
 
+#: Dates of birth that CRM systems write for "unknown": 1 January 1900 and anything before it (1899-12-31,
+#: 0001-01-01), and the end of time. 1 January 1970 (the Unix epoch) is left alone: it is a real birthday too.
+PLACEHOLDER_DOB_BEFORE = "1900-01-02"
+PLACEHOLDER_DOB_FROM = "9999-01-01"
+
+
+def sql_plausible_dob(col: str, recorded: str) -> str:
+    """``col`` as a date of birth, or NULL when it is a placeholder or later than the record itself
+    (``recorded``, a timestamp; NULL: not checked). Kept as it is, a placeholder is the same "date of birth"
+    on thousands of contacts: the model reads it as strong evidence that two namesakes are one person."""
+    return (
+        f"CASE WHEN {col} < DATE '{PLACEHOLDER_DOB_BEFORE}' OR {col} >= DATE '{PLACEHOLDER_DOB_FROM}' "
+        f"OR {col} > CAST({recorded} AS DATE) THEN NULL ELSE {col} END"
+    )
+
+
 def sql_trim_id(col: str) -> str:
     return f"NULLIF({sql_strip(col)}, '')"
