@@ -166,7 +166,8 @@ def _export_seconds(settings, work: Path) -> float:  # type: ignore[no-untyped-d
 
 def comparisons_scored(con) -> int:  # type: ignore[no-untyped-def]
     """Pairs of person units the prediction blocking rules hand to Splink (exact, deduplicated across rules),
-    counted by Splink's blocking analysis on the units the run stored."""
+    counted by Splink's blocking analysis on the units the run stored. The rules are counted without the
+    crowd guard: the run's ``crowded_blocks`` is 0 on generated worlds, so the count is the same."""
     from identity import model
 
     model.build_person_units(con, reuse_units=True, units="identity_units")
