@@ -9,18 +9,11 @@ import typer
 from cdp.commands.common import DbOption, EngineOption, console, fail, one_line_errors, settings_for
 
 
-def _print_run(outcome, db_path: Path) -> None:  # type: ignore[no-untyped-def]  # pipelines.run.RunOutcome
-    from cdp.store import connect
+def _print_run(outcome, con, db_path: Path) -> None:  # type: ignore[no-untyped-def]  # pipelines.run.RunOutcome
     from cdp.summary import summarise
 
-    con = connect(db_path, read_only=True)
-    try:
-        summary = summarise(con)
-        rejected = con.execute(
-            "SELECT error FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at"
-        ).fetchall()
-    finally:
-        con.close()
+    summary = summarise(con)
+    rejected = con.execute("SELECT error FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at").fetchall()
     console.print()
     console.print(f"[bold]Run {outcome.run_id[:8]}[/bold] finished in {outcome.seconds:.1f} s")
     for line in summary.lines():
@@ -50,20 +43,24 @@ def run_and_report(
     from cdp.store import connect
     from consent.erasure import finish_interrupted
 
-    # A run creates the store when there is none; a --db that is not a DuckDB file (or is a directory) is
-    # refused here in one line, before Dagster starts, rather than as a failed asset. An erasure interrupted
-    # before its file rewrite is finished first.
+    # A run creates the store when there is none; a --db that is not a DuckDB file (or is a directory), or a
+    # store another process holds, is refused here in one line, before Dagster starts, rather than as a
+    # failed asset. An erasure interrupted before its file rewrite is finished first. The connection stays
+    # open until the summary is printed: the run's own connection shares it (one database per process),
+    # and another `cdp run` started meanwhile is refused at this same line instead of failing step by step.
     con, finished = finish_interrupted(settings, connect(settings.db_path))
-    con.close()
-    for request_id in finished:
-        console.print(f"Finished the interrupted erasure {request_id} (database file rewritten)")
-    from pipelines.run import run_pipeline
+    try:
+        for request_id in finished:
+            console.print(f"Finished the interrupted erasure {request_id} (database file rewritten)")
+        from pipelines.run import run_pipeline
 
-    console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")
-    outcome = run_pipeline(
-        settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
-    )
-    _print_run(outcome, settings.db_path)
+        console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")
+        outcome = run_pipeline(
+            settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
+        )
+        _print_run(outcome, con, settings.db_path)
+    finally:
+        con.close()
     from cdp.ingest import foreign_folders
     from cdp.store import SOURCES
 

@@ -27,3 +27,32 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     assert "store-3.txt: not an export batch by its name (.csv, .json, .jsonl, .ndjson, .parquet)" in out
     assert ".DS_Store" not in out
     assert f"not a source folder {inbox / 'misc'} (sources: web, app, store, crm, consent); not read" in out
+
+
+def test_the_store_is_held_from_the_first_check_to_the_summary(tmp_path, monkeypatch):
+    """A second `cdp run` (or any writer) started while one runs is refused in one line at its first check,
+    instead of passing it while the first run still loads its code and then failing step by step."""
+    import subprocess
+    import sys
+
+    import pipelines.run
+
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    (inbox / "crm" / "crm-1.csv").write_text("crm_id,first_name,email\nC1,Ann,ann@x.com\n")
+    db = tmp_path / "cdp.duckdb"
+    real = pipelines.run.run_pipeline
+    others = []
+
+    def run_while_another_tries(*args, **kwargs):  # type: ignore[no-untyped-def]
+        other = "import sys; from cdp.store import connect; connect(sys.argv[1])"
+        others.append(subprocess.run([sys.executable, "-c", other, str(db)], capture_output=True, text=True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipelines.run, "run_pipeline", run_while_another_tries)
+    result = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert others[0].returncode != 0
+    assert "the database is in use by another process" in others[0].stderr.strip().splitlines()[-1]
+    assert "rows in 1 = 1 loaded" in " ".join(result.output.split())
