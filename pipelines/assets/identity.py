@@ -28,7 +28,8 @@ OUTLIER_SHARE_LIMIT = 0.001
         "`identity_runs`. Incremental: only the first-pass components around the units staging changed are "
         "re-resolved (state in `identity_units`, `identity_unit_keys`, `identity_model_pairs`, and each "
         "customer's size in `identity_customer_sizes`); full on the "
-        "first run, after an erasure, or when the model, threshold or limits change. "
+        "first run, after an erasure, when the model, threshold or limits change, or when a batch makes a "
+        "blocking block cross the crowd limit. "
         "PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
     ),
 )
@@ -49,7 +50,7 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
     )
     keep = (
         "records", "units", "customers", "new_customers", "kept_customers", "merged", "split", "retired",
-        "person_units", "model_pairs", "edges", "hub_keys_conflict", "hub_keys_over_limit",
+        "person_units", "crowded_blocks", "model_pairs", "edges", "hub_keys_conflict", "hub_keys_over_limit",
         "placeholder_values", "shared_units", "largest_customer_units", "outlier_customers", "seconds",
         "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id", "mode", "full_reason",
         "changed_units", "identity_changed_units", "region_units", "changed_customers", "person_units_scored",
@@ -93,8 +94,9 @@ def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
     name=HUB_IDENTIFIERS_HELD_BACK,
     description=(
         "Hub identifiers (shared by units that disagree on who they are, or by more units than the "
-        "per-type limit) found and kept from hard-linking on this run, by type. Counts only; passes "
-        "when the guard ran."
+        "per-type limit) found and kept from hard-linking on this run, by type, and blocking blocks more "
+        "crowded than max_units_per_block that the model paired nobody in (crowded_blocks, full runs). "
+        "Counts only; passes when the guards ran."
     ),
 )
 def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
@@ -102,6 +104,8 @@ def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
     metadata: dict[str, int] = {
         k: int(v)
         for k, v in stats.items()
-        if k.startswith(("hub_keys_conflict", "hub_keys_over_limit", "placeholder_values", "shared_units"))
+        if k.startswith(
+            ("hub_keys_conflict", "hub_keys_over_limit", "placeholder_values", "shared_units", "crowded_blocks")
+        )
     }
     return dg.AssetCheckResult(passed=bool(stats), severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
