@@ -850,11 +850,31 @@ def _training_frame(stores: list[duckdb.DuckDBPyConnection]) -> Any:
     for i, store in enumerate(stores):
         build_person_units(store, training=True)
         frames.append(
-            store.execute(
-                "SELECT * REPLACE (? || unit_id AS unit_id) FROM _person_units ORDER BY unit_id", [f"s{i}/"]
+            store.sql(
+                "SELECT * REPLACE (? || unit_id AS unit_id) FROM _person_units ORDER BY unit_id", params=[f"s{i}/"]
             ).to_arrow_table()
         )
     return pa.concat_tables(frames)
+
+
+def _without_crowds(frame: Any, limit: int) -> tuple[Any, int, int]:
+    """The training units outside every block more crowded than ``limit`` under the EM and prior rules, the
+    number of such blocks and of units left out. Thousands of contacts sharing one date of birth (a default
+    the CRM's form filled in) would make EM score every pair of them, and teach it that a shared date of
+    birth says little; they say nothing about how people's records differ."""
+    scratch = duckdb.connect()
+    try:
+        scratch.register("_training_units", frame)
+        crowded = mark_crowds(scratch, "_training_units", "_marked", limit, tuple(EM_BLOCKING + PRIOR_RULES))
+        if not crowded:
+            return frame, 0, 0
+        kept = scratch.sql(
+            "SELECT * EXCLUDE (left_crowds, right_crowds) FROM _marked "
+            "WHERE left_crowds = 0 AND right_crowds = 0 ORDER BY unit_id"
+        ).to_arrow_table()
+        return kept, len(crowded), frame.num_rows - kept.num_rows
+    finally:
+        scratch.close()
 
 
 def train_model(
@@ -866,18 +886,21 @@ def train_model(
     strict: bool = True,
     also: list[duckdb.DuckDBPyConnection] | None = None,
     spark: Any = None,
+    block_limit: int = 2000,
 ) -> dict[str, Any]:
     """Train on the store's person units: prior by deterministic rules, u by sampling, m by EM.
 
     ``also`` adds the person units of more stores (say an omnichannel world and a CRM-only one, so that
     m values are learnt from both kinds of duplicates). Writes the Splink JSON to ``out_path`` and its
     meta data beside it. With a Spark session ``spark`` Splink trains on Spark. Returns the meta data.
+    Units in a block more crowded than ``block_limit`` under the EM or prior rules are left out
+    (:func:`_without_crowds`).
     """
     from cdp.errors import CdpError
 
     started = time.perf_counter()
     stores = [con, *(also or [])]
-    frame = _training_frame(stores)
+    frame, crowded, left_out = _without_crowds(_training_frame(stores), block_limit)
     n_units = frame.num_rows
     if n_units < 1000:
         raise CdpError(f"only {n_units} person records in the store; train on at least 1,000")
@@ -907,6 +930,9 @@ def train_model(
         "prior_rules": PRIOR_RULES,
         "prior_recall": PRIOR_RECALL,
         "em_blocking": EM_BLOCKING,
+        "block_limit": block_limit,
+        "crowded_blocks": crowded,
+        "units_in_crowds_left_out": left_out,
         "train_seconds": round(time.perf_counter() - started, 1),
         "parameters": parameter_table(model).round(6).to_dict(orient="records"),
     }

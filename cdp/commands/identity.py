@@ -43,8 +43,9 @@ def train(
         names = ", ".join(str(p) for p in [settings.db_path, *also])
         console.print(f"Training on {names} with {settings.engine} (prior, u by sampling, m by EM)...")
         meta = train_model(
-            con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others, spark=spark
-        )
+            con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others, spark=spark,
+            block_limit=settings.max_units_per_block,
+        )  # fmt: skip
     finally:
         con.close()
         for other in others:
@@ -53,6 +54,11 @@ def train(
     for p in table:
         console.print(
             f"  {p['comparison']:<9} {p['level']:<36} m={p['m']:.4f} u={p['u']:.6f} w={p['match_weight']:+.2f}"
+        )
+    if meta["units_in_crowds_left_out"]:
+        console.print(
+            f"  left out: {meta['units_in_crowds_left_out']:,} person units in {meta['crowded_blocks']} blocks "
+            f"of more than {meta['block_limit']:,} (setting max_units_per_block)"
         )
     console.print(f"Saved {target} ({meta['n_units']:,} person units, {meta['train_seconds']} s).")
 

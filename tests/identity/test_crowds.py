@@ -153,3 +153,21 @@ def test_an_asymmetric_rule_counts_the_pairs_its_two_sides_make() -> None:
     assert marked == [(1, 1, 8)]
     assert not mark_crowds(con, "u", "marked", limit=6, rules=rule)
     assert con.execute("SELECT max(left_crowds | right_crowds) FROM marked").fetchall() == [(0,)]
+
+
+def test_training_leaves_out_the_units_of_crowded_blocks(tmp_path: Path) -> None:
+    """A CRM whose form filled in one date of birth for hundreds of contacts: EM would score every pair."""
+    from identity.model import train_model
+
+    generate_world(tmp_path / "world", customers=1000, seed=3)
+    crm = tmp_path / "world" / "crm" / "crm-2026-11-21.csv"
+    with crm.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("crm_id", "first_name", "last_name", "email", "date_of_birth", "created_at"))
+        for i in range(LIMIT * 3):
+            writer.writerow((f"CX{i:05d}", f"Name{i}", f"Surname{i}", f"x{i}@gmail.com", "1985-06-15", "2026-11-01"))
+    con, _ = _run(tmp_path, {})
+    meta = train_model(con, tmp_path / "model.json", u_max_pairs=2e5, strict=False, block_limit=LIMIT)
+    assert meta["crowded_blocks"] >= 1
+    assert meta["units_in_crowds_left_out"] >= LIMIT * 3
+    assert (tmp_path / "model.json").exists()
