@@ -8,6 +8,7 @@ person attributes (optionally saving Splink's waterfall chart as HTML).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,4 +121,48 @@ def explain_pair(
         result.notes.append("the model scores only units with a name (CRM contacts, named store receipts)")
     elif chart_path is not None:
         result.chart = chart_path
+    if result.splink is not None and not result.same_customer:
+        result.notes.extend(crowd_notes(con, unit_a, unit_b))
     return result
+
+
+def crowd_notes(con: duckdb.DuckDBPyConnection, unit_a: str, unit_b: str) -> list[str]:
+    """One line per blocking rule whose key the two units share in a block the crowd guard skips: that rule
+    never handed them to the model, whatever their score (see :func:`identity.model.mark_crowds`)."""
+    from identity.model import PREDICTION_BLOCKING, block_keys, crowded_blocks, person_units_sql
+
+    stats = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
+    limit = json.loads(stats[0][0]).get("block_limit") if stats else None
+    if not limit:
+        return []
+    units = f"({person_units_sql('identity_units')})"
+    rules = tuple(PREDICTION_BLOCKING)
+    crowded = crowded_blocks(con, units, int(limit), rules)
+    skipped: list[str] = []
+    comparing: list[str] = []
+    for k, key in enumerate(block_keys(rules)):
+        if key is None:
+            continue
+        # The rule's key, when the two units share it (either way round: some rules are not symmetric).
+        ways = [
+            f"WHEN {key.present(0, x)} AND {key.present(1, y)} AND {key.sql(0, x)} = {key.sql(1, y)} "
+            f"THEN {key.sql(0, x)}"
+            for x, y in (("a", "b"), ("b", "a"))
+        ]
+        shared = con.execute(
+            f"SELECT CASE {' '.join(ways)} END FROM {units} a, {units} b WHERE a.unit_id = ? AND b.unit_id = ?",
+            [unit_a, unit_b],
+        ).fetchall()
+        if shared and shared[0][0] is not None:
+            (skipped if (k, int(shared[0][0])) in crowded else comparing).append(str(k + 1))
+    if not skipped:
+        return []
+    after = (
+        f"rule {', '.join(comparing)} still compares them"
+        if comparing
+        else "no other rule compares them, so the model never scored this pair"
+    )
+    return [
+        f"blocking rule {', '.join(skipped)} would compare them, but their block holds more than {int(limit):,} "
+        f"units (setting max_units_per_block) and is skipped; {after}"
+    ]

@@ -99,6 +99,11 @@ def test_crowded_blocks_pair_nobody_and_change_no_one_else(world: Path, tmp_path
     assert _customers_of(con, "TXH").nunique() == 1
     # The till's default customer is nobody in particular: the name and postcode join no receipt to another.
     assert _customers_of(con, "TXC").nunique() == 80
+    # And `cdp identity explain` says why two of those receipts were never compared.
+    from identity.explain import explain_pair
+
+    explained = explain_pair(con, ("store", "TXC000000"), ("store", "TXC000001"))
+    assert any("max_units_per_block" in note and "never scored" in note for note in explained.notes), explained.notes
     # Everyone else is resolved as without the crowds: the prior is counted on the units of no crowded block,
     # which neither swamp it (as matches) nor dilute it (as units).
     assert stats["model_prior"] == alone["model_prior"]
