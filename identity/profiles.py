@@ -39,6 +39,7 @@ import pandas as pd
 
 from cdp.config import Settings
 from cdp.store import transaction
+from identity.graph import install_macros
 
 #: Fields chosen by survivorship: profile column -> stg_records column.
 SURVIVING_FIELDS: dict[str, str] = {
@@ -87,6 +88,12 @@ _TITLE = (
 )
 
 
+#: Profile fields whose placeholder values (graph.PLACEHOLDER_*) never win survivorship: key type, and the
+#: column of stg_records in matching form that the placeholder rules read.
+_PLACEHOLDER_TYPES = {"email": "email_key", "phone": "phone_e164", "mobile": "phone_e164"}
+_PLACEHOLDER_COLUMNS = {"email": "email_key", "phone": "phone_e164", "mobile": "mobile_e164"}
+
+
 def _profile_sql(fields: dict[str, str], links: str = "customer_source_records") -> str:
     """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows)."""
     # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
@@ -96,6 +103,9 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records")
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
         nonempty = f"{col} IS NOT NULL" + ("" if col == "date_of_birth" else f" AND trim({col}) <> ''")
+        if out in _PLACEHOLDER_TYPES:  # a CRM's "noemail@noemail.com" is nobody's contact point
+            column = _PLACEHOLDER_COLUMNS[out]
+            nonempty += f" AND NOT ({column} IS NOT NULL AND cdp_is_placeholder('{_PLACEHOLDER_TYPES[out]}', {column}))"
         picks.append(
             f"arg_min(struct_pack(v := {value}, s := source, t := record_time), {key}) "
             f"FILTER (WHERE {nonempty}) AS {out}_pick"
@@ -190,8 +200,9 @@ def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: Version of the table's shape; bump it when the columns change, so stored tables are rebuilt in full.
-_PROFILES_VERSION = "1"
+#: Version of the table's shape and rules; bump it when the columns or the choice of values change, so that
+#: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship.
+_PROFILES_VERSION = "2"
 
 
 def _fingerprint(settings: Settings) -> str:
@@ -246,6 +257,7 @@ def build_customer_profiles(
             )
         _register_phone_kinds(con, links)
         registered = True
+        install_macros(con)  # cdp_is_placeholder
         sql = _profile_sql(SURVIVING_FIELDS, links)
         with transaction(con):
             if customers is None:

@@ -38,8 +38,8 @@ def con(staging_ddl):
         crm_id="crm1",
         first_name="mary-jane",
         last_name="o connor",
-        email="mj@example.com",
-        email_key="mj@example.com",
+        email="mj@mail.co.uk",
+        email_key="mj@mail.co.uk",
         phone_e164="+447911100001",
         date_of_birth="1980-05-04",
         postcode="SW1A1AA",
@@ -52,7 +52,7 @@ def con(staging_ddl):
         "2026-03-01 12:00",
         first_name="mary",
         last_name="oconnor",
-        email="mary.new@example.com",
+        email="mary.new@mail.co.uk",
         phone_e164="+447911100099",
         postcode="E11AA",
         amount=Decimal("20.00"),
@@ -91,8 +91,8 @@ def con(staging_ddl):
         "2026-01-10 09:00",
         event_type="page_view",
         anonymous_id="a2",
-        email="b@example.com",
-        email_key="b@example.com",
+        email="bob@mail.co.uk",
+        email_key="bob@mail.co.uk",
     )
     add_record(con, "c2", "crm", "crm2", "2025-12-01 09:00", crm_id="crm2", first_name=" ", last_name="smith")
     return con
@@ -108,7 +108,7 @@ def test_trusted_source_wins_over_newer_untrusted_value(con):
     p = profiles(con)["c1"]
     assert (p["first_name"], p["last_name"]) == ("Mary-Jane", "O Connor")
     assert p["first_name_source"] == "crm" and p["first_name_at"] == datetime(2026, 1, 1, 10)
-    assert p["email"] == "mj@example.com" and p["phone"] == "+447911100001"
+    assert p["email"] == "mj@mail.co.uk" and p["phone"] == "+447911100001"
     assert str(p["date_of_birth"])[:10] == "1980-05-04" and p["postcode"] == "SW1A1AA"
 
 
@@ -117,12 +117,12 @@ def test_survivorship_order_is_configurable(con):
     first, email, source = con.execute(
         "SELECT first_name, email, email_source FROM customer_profiles WHERE customer_id = 'c1'"
     ).fetchall()[0]
-    assert (first, email, source) == ("Mary", "mary.new@example.com", "store")
+    assert (first, email, source) == ("Mary", "mary.new@mail.co.uk", "store")
 
 
 def test_empty_values_never_survive(con):
     p = profiles(con)["c2"]
-    assert p["first_name"] is None and p["last_name"] == "Smith" and p["email"] == "b@example.com"
+    assert p["first_name"] is None and p["last_name"] == "Smith" and p["email"] == "bob@mail.co.uk"
     assert p["email_source"] == "web"
 
 
@@ -150,3 +150,18 @@ def test_mobile_is_the_best_mobile_number_not_a_landline(con):
     assert p["c2"]["phone"] == "+442079460000" and p["c2"]["phone_source"] == "crm"  # the trusted source
     assert p["c2"]["mobile"] == "+447911100123" and p["c2"]["mobile_source"] == "store"
     assert p["c1"]["mobile"] == p["c1"]["phone"] == "+447911100001"
+
+
+def test_placeholder_contact_points_never_survive(staging_ddl):
+    """A CRM form's "noemail@noemail.com" and 07000 000000 lose to a newer, less trusted real address."""
+    con = duckdb.connect(":memory:")
+    con.execute(staging_ddl["stg_records"])
+    con.execute(staging_ddl["customer_source_records"])
+    add_record(con, "c9", "crm", "crm9", "2026-01-01 10:00", crm_id="crm9", first_name="dave",
+               email="noemail@noemail.com", email_key="noemail@noemail.com", phone_e164="+447000000000")  # fmt: skip
+    add_record(con, "c9", "web", "w9", "2026-02-01 10:00", anonymous_id="a9", event_type="login",
+               email="dave.kent@mailbox.co.uk", email_key="davekent@mailbox.co.uk")  # fmt: skip
+    add_record(con, "c9", "store", "t9", "2026-03-01 10:00", phone_e164="+447911100401", amount=Decimal("5.00"))
+    build_customer_profiles(con, Settings())
+    email, phone = con.execute("SELECT email, phone FROM customer_profiles WHERE customer_id = 'c9'").fetchone()
+    assert (email, phone) == ("dave.kent@mailbox.co.uk", "+447911100401")

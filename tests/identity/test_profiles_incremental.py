@@ -32,14 +32,14 @@ def con(staging_ddl: dict[str, str]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute(staging_ddl["stg_records"])
     con.execute(staging_ddl["customer_source_records"])
-    add(con, "c1", "crm", "crm1", 1, crm_id="crm1", first_name="ann", last_name="lee", email="ann@example.com",
+    add(con, "c1", "crm", "crm1", 1, crm_id="crm1", first_name="ann", last_name="lee", email="ann@mail.co.uk",
         phone_e164="+447911100001", postcode="SW1A1AA")  # fmt: skip
     add(con, "c1", "web", "w1", 2, event_type="purchase", order_id="o1", amount=Decimal("30.00"), anonymous_id="a1")
     add(con, "c1", "app", "p1", 2, event_type="purchase", order_id="o1", amount=Decimal("30.00"), device_id="d1")
     add(con, "c2", "store", "t2", 3, first_name="bo", phone_e164="+442071234567", amount=Decimal("12.50"),
         store_id="s1")  # fmt: skip
-    add(con, "c2", "web", "w2", 4, event_type="page_view", anonymous_id="a2", email="bo@example.com")
-    add(con, "c3", "crm", "crm3", 1, crm_id="crm3", first_name="cy", email="cy@example.com")
+    add(con, "c2", "web", "w2", 4, event_type="page_view", anonymous_id="a2", email="bo@mail.co.uk")
+    add(con, "c3", "crm", "crm3", 1, crm_id="crm3", first_name="cy", email="cy@mail.co.uk")
     add(con, "c4", "app", "p4", 5, event_type="app_open", device_id="d4", phone_e164="+447911100004")
     build_customer_profiles(con, Settings())
     return con
@@ -86,7 +86,7 @@ def test_records_added_to_a_customer_recompute_that_customer(con):
 
 
 def test_new_customer_gets_a_profile(con):
-    add(con, "c5", "web", "w5", 8, event_type="sign_up", anonymous_id="a5", email="eve@example.com")
+    add(con, "c5", "web", "w5", 8, event_type="sign_up", anonymous_id="a5", email="eve@mail.co.uk")
     counts = update(con, ["c5"])
     assert counts["profiles"] == 5 and counts["customers_recomputed"] == 1
     assert_equals_full_rebuild(con)
@@ -104,7 +104,7 @@ def test_split_moves_records_to_a_new_customer(con):
     con.execute("UPDATE customer_source_records SET customer_id = 'c6' WHERE source_record_id = 'w2'")
     update(con, ["c2", "c6"])
     frame = assert_equals_full_rebuild(con).set_index("customer_id")
-    assert frame.loc["c6", "email"] == "bo@example.com" and frame.loc["c2", "email"] is None
+    assert frame.loc["c6", "email"] == "bo@mail.co.uk" and frame.loc["c2", "email"] is None
 
 
 def test_only_the_affected_customers_phones_are_classified(con, monkeypatch):
