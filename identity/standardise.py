@@ -25,11 +25,18 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
 
+#: Invisible characters a copy and paste brings along (zero-width space, joiners, word joiner, byte-order
+#: mark). They are not whitespace to ``str.strip()``, yet no address holds one: they are dropped wherever
+#: they stand in an email.
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
+_NO_ZERO_WIDTH = str.maketrans("", "", ZERO_WIDTH)
+
+
 def normalise_email(value: object) -> str | None:
     """The deliverable address: trimmed and lower-cased; ``None`` when it is not an email address."""
     if _blank(value):
         return None
-    email = str(value).strip().lower().replace(" ", "")
+    email = str(value).translate(_NO_ZERO_WIDTH).strip().lower().replace(" ", "")
     if email.startswith("mailto:"):
         email = email[len("mailto:") :]
     return email if _EMAIL_RE.match(email) else None
@@ -125,13 +132,17 @@ WHITESPACE = (
 _WHITESPACE_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
 
 
+_ZERO_WIDTH_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in ZERO_WIDTH) + "]"
+
+
 def sql_strip(col: str) -> str:
     """``col`` without leading and trailing whitespace, as ``str.strip()`` has it."""
     return f"regexp_replace({col}, '^{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+$', '', 'g')"
 
 
 def sql_normalise_email(col: str) -> str:
-    cleaned = f"regexp_replace(replace(lower({sql_strip(col)}), ' ', ''), '^mailto:', '')"
+    visible = f"regexp_replace({col}, '{_ZERO_WIDTH_CLASS}', '', 'g')"
+    cleaned = f"regexp_replace(replace(lower({sql_strip(visible)}), ' ', ''), '^mailto:', '')"
     pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
     return f"CASE WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
 

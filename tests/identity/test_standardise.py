@@ -58,6 +58,9 @@ EMAILS = [
     ("o'neil@example.ie", "o'neil@example.ie", "o'neil@example.ie"),
     ("Ann.Lee@fastmail.co.uk\t", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
     ("\u00a0ann@fastmail.co.uk\u3000\r\n", "ann@fastmail.co.uk", "ann@fastmail.co.uk"),
+    # Invisible characters pasted in with the address: a zero-width space, a joiner, a byte-order mark.
+    ("ann.lee@gmail.com\u200b", "ann.lee@gmail.com", "annlee@gmail.com"),
+    ("\ufeffAnn\u200d.Lee@fastmail.co.uk", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
     ("not an email", None, None),
     ("bob@", None, None),
     ("@example.com", None, None),
