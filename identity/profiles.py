@@ -18,7 +18,8 @@ records the survivorship order it was built with, so a changed order is seen and
 (:func:`profiles_current`).
 
 An order is a web/app ``purchase`` event or a store transaction; web and app purchase events repeating an
-``order_id`` count once (at their largest amount). Amounts are summed as recorded, whatever the currency.
+``order_id`` count once (at their largest amount). A transaction with a negative amount is a refund: it
+lowers the total spend and is no order. Amounts are summed as recorded, whatever the currency.
 
 Example::
 
@@ -152,9 +153,10 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records")
         ) GROUP BY customer_id, order_key
     ),
     spend AS (
-        SELECT customer_id, count(*) AS orders, sum(amount)::DECIMAL(18,2) AS total_spend,
-               min(ordered_at) AS first_purchase_at, max(ordered_at) AS last_purchase_at
-        FROM orders GROUP BY customer_id
+        SELECT customer_id, count(*) FILTER (WHERE NOT refund) AS orders, sum(amount)::DECIMAL(18,2) AS total_spend,
+               min(ordered_at) FILTER (WHERE NOT refund) AS first_purchase_at,
+               max(ordered_at) FILTER (WHERE NOT refund) AS last_purchase_at
+        FROM (SELECT *, coalesce(amount < 0, false) AS refund FROM orders) GROUP BY customer_id
     )
     SELECT c.customer_id, {", ".join(shown)},
            c.device_id, c.first_seen, c.last_seen, c.channels,
@@ -201,8 +203,9 @@ def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Version of the table's shape and rules; bump it when the columns or the choice of values change, so that
-#: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship.
-_PROFILES_VERSION = "2"
+#: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship. 3: a refund
+#: (negative amount) is no order.
+_PROFILES_VERSION = "3"
 
 
 def _fingerprint(settings: Settings) -> str:

@@ -165,3 +165,11 @@ def test_placeholder_contact_points_never_survive(staging_ddl):
     build_customer_profiles(con, Settings())
     email, phone = con.execute("SELECT email, phone FROM customer_profiles WHERE customer_id = 'c9'").fetchone()
     assert (email, phone) == ("dave.kent@mailbox.co.uk", "+447911100401")
+
+
+def test_a_refund_lowers_the_spend_and_is_no_order(con):
+    add_record(con, "c1", "store", "t9", "2026-04-02 12:00", amount=Decimal("-20.00"), store_id="s1")
+    p = profiles(con)["c1"]
+    assert p["orders"] == 3 and p["total_spend"] == Decimal("35.50")
+    assert float(p["average_order_value"]) == pytest.approx(11.83)
+    assert p["last_purchase_at"] == datetime(2026, 3, 5, 12)  # the refund is not a purchase
