@@ -14,7 +14,9 @@ Guards, in order:
 4. A key shared by units that disagree on who they are (clearly different first names, dates of birth
    more than a typo apart, or two accounts/cards in use: a household landline, a family email) is not
    a hard link. It only joins units that also share the (nickname-folded) first name and do not
-   disagree otherwise (see ``DISAGREE_MACRO``, which the model's pairs and the clusters obey too).
+   disagree otherwise (see ``DISAGREE_MACRO``, which the model's pairs and the clusters obey too). So is
+   a card, phone or email held by nameless units (receipts) that each carry a different email or phone of
+   their own: a staff card on customers' sales, the shop's phone on receipts emailed to customers.
 
 Every edge records its evidence: the key *type* and the rule, never the key's value, so that erasing a
 record's unit removes its edges. Edges are written as a star per key (every unit to the key's smallest
@@ -377,9 +379,10 @@ def apply_used_keys(con: duckdb.DuckDBPyConnection, all_keys: str = "_unit_keys"
     )
 
 
-def link_keys(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> None:
+def link_keys(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int], all_keys: str = "_unit_keys") -> None:
     """Temp tables ``_key_members``, ``_key_groups`` and ``_graph_edges`` from ``_unit_keys`` and ``_units``
-    (guards 3 and 4). Every holder of a key must be in both tables for its verdict to be right."""
+    (guards 3 and 4). Every holder of a key must be in both tables for its verdict to be right; ``all_keys``
+    (``_unit_keys``, or ``identity_unit_keys`` for an incremental run) holds every key of those holders."""
     con.register("_limits_frame", _limits_frame(limits))
     con.execute("CREATE OR REPLACE TEMP TABLE _limits AS SELECT * FROM _limits_frame")
     con.unregister("_limits_frame")
@@ -394,7 +397,7 @@ def link_keys(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> None
         """
     )
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _key_groups AS
         WITH sizes AS (
             SELECT id_type, id_value, count(*) AS n_units FROM _key_members GROUP BY ALL
@@ -406,10 +409,25 @@ def link_keys(con: duckdb.DuckDBPyConnection, limits: Mapping[str, int]) -> None
             SELECT DISTINCT m.id_type, m.id_value, m.who
             FROM _key_members m SEMI JOIN small USING (id_type, id_value)
         ),
+        contacts AS (  -- the own emails and phones of a card's, phone's or email's nameless holders
+            SELECT m.id_type, m.id_value, m.unit_id, o.id_type AS other_type, o.id_value AS other_value
+            FROM _key_members m SEMI JOIN small USING (id_type, id_value)
+            JOIN {all_keys} o ON o.unit_id = m.unit_id
+            WHERE m.first_canon IS NULL AND m.dob IS NULL
+              AND m.id_type IN ('loyalty_id', 'phone_e164', 'email_key')
+              AND o.id_type IN ('email_key', 'phone_e164') AND o.id_type <> m.id_type
+        ),
         conflicts AS (
             SELECT DISTINCT a.id_type, a.id_value FROM who a JOIN who b
               ON a.id_type = b.id_type AND a.id_value = b.id_value AND hash(a.who) < hash(b.who)
             WHERE cdp_disagree(a.who, b.who)
+            -- nameless receipts with a staff card, the shop's phone or its email, each with someone's own
+            -- email or phone: the key is shared, however nameless its holders are
+            UNION
+            SELECT DISTINCT a.id_type, a.id_value FROM contacts a JOIN contacts b
+              ON a.id_type = b.id_type AND a.id_value = b.id_value AND a.other_type = b.other_type
+             AND a.unit_id < b.unit_id
+            WHERE a.other_value <> b.other_value
         )
         SELECT s.id_type, s.id_value, s.n_units,
                CASE WHEN s.n_units > l.max_units THEN 'over_limit'

@@ -725,7 +725,7 @@ def _resolve_changed(
             "CREATE OR REPLACE TEMP TABLE _units AS SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
             "WHERE unit_id IN (SELECT unit_id FROM _unit_keys UNION SELECT unit_id FROM _region)"
         )
-        graph.link_keys(con, limits)
+        graph.link_keys(con, limits, all_keys="identity_unit_keys")
         inside = "unit_id_{} IN (SELECT unit_id FROM _region)"
         leaving = _count(
             con,
