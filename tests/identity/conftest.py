@@ -5,13 +5,15 @@ Fixtures are prefixed ``id`` so they never shadow fixtures of other test modules
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pytest
 
-from cdp.config import Settings
+from cdp.config import Settings, load_settings
 
 STG_COLUMNS = {
     "source": "VARCHAR", "source_record_id": "VARCHAR", "unit_id": "VARCHAR", "record_time": "TIMESTAMP",
@@ -72,3 +74,29 @@ def rec_():
 def stg(idcon):
     """Write rows into ``stg_records`` of the test connection: ``stg(rows)``."""
     return lambda rows: write_stg(idcon, rows)
+
+
+StageInbox = Callable[..., tuple[duckdb.DuckDBPyConnection, Settings]]
+
+
+@pytest.fixture
+def idstage() -> StageInbox:
+    """``stage(inbox, root, con=None, **settings)``: ingest every source of a hand-made ``inbox`` into the
+    store ``root/cdp.duckdb`` (``con`` if given) and stage it; returns the connection and the settings."""
+    from cdp.ingest import Ingestor
+    from cdp.store import SOURCES, connect
+    from cdp.suppression import load_secret
+    from identity.staging import build_staging
+
+    def stage(
+        inbox: Path, root: Path, con: duckdb.DuckDBPyConnection | None = None, **overrides: Any
+    ) -> tuple[duckdb.DuckDBPyConnection, Settings]:
+        settings = load_settings(db_path=root / "cdp.duckdb", home=root / "home", inbox=inbox, **overrides)
+        con = con or connect(settings.db_path)
+        ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, lambda _m: None)
+        for source in SOURCES:
+            ingestor.ingest_source(inbox, source)
+        build_staging(con, incremental=True)
+        return con, settings
+
+    return stage

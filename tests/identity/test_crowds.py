@@ -17,12 +17,8 @@ import pytest
 
 from cdp.config import load_settings
 from cdp.generate import generate_world
-from cdp.ingest import Ingestor
-from cdp.store import SOURCES, connect
-from cdp.suppression import load_secret
 from identity.model import PREDICTION_BLOCKING, mark_crowds
 from identity.resolve import resolve_identities
-from identity.staging import build_staging
 
 LIMIT = 30
 RECORDS = "SELECT source, source_record_id, customer_id FROM customer_source_records ORDER BY 1, 2"
@@ -48,20 +44,16 @@ HOARDER = {"loyalty_id": "LOY77777777", "first_name": "Pat", "last_name": "Hoard
 TILL = {"first_name": "Cash", "last_name": "Customer", "postcode": "EC1A 1BB"}
 
 
-def _run(root: Path, extra: dict[str, dict], full: bool | None = None) -> tuple[duckdb.DuckDBPyConnection, dict]:
-    """Ingest the world's inbox plus ``extra`` store files (name: receipts), stage, resolve."""
+def _run(stage, root: Path, extra: dict[str, dict], full: bool | None = None) -> tuple[duckdb.DuckDBPyConnection, dict]:  # type: ignore[no-untyped-def]
+    """Ingest the world's inbox plus ``extra`` store files (name: receipts), stage (``stage``: the ``idstage``
+    fixture), resolve."""
     inbox = root / "inbox"
     if not inbox.exists():
         shutil.copytree(root / "world", inbox)
     for name, spec in extra.items():
         if not (inbox / "store" / name).exists():
             _receipts(inbox / "store" / name, **spec)
-    settings = load_settings(db_path=root / "cdp.duckdb", home=root / "home", inbox=inbox, max_units_per_block=LIMIT)
-    con = connect(settings.db_path)
-    ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, lambda _m: None)
-    for source in SOURCES:
-        ingestor.ingest_source(inbox, source)
-    build_staging(con, incremental=True)
+    con, settings = stage(inbox, root, max_units_per_block=LIMIT)
     return con, resolve_identities(con, settings, full=full)
 
 
@@ -84,10 +76,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_crowded_blocks_pair_nobody_and_change_no_one_else(world: Path, tmp_path: Path) -> None:
-    plain, alone = _run(_fresh(tmp_path, world, "plain"), {})
+def test_crowded_blocks_pair_nobody_and_change_no_one_else(world: Path, tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+    plain, alone = _run(idstage, _fresh(tmp_path, world, "plain"), {})
     crowd_root = _fresh(tmp_path, world, "crowd")
     con, stats = _run(
+        idstage,
         crowd_root,
         {
             "store-2026-11-20.csv": {"prefix": "TXH", "count": 80, **HOARDER},
@@ -122,20 +115,22 @@ def _fresh(tmp_path: Path, world: Path, name: str) -> Path:
 
 
 def test_a_block_crossing_the_limit_makes_the_run_full_and_a_crowd_growing_does_not(
-    world: Path, tmp_path: Path
-) -> None:
+    world: Path, tmp_path: Path, idstage
+) -> None:  # type: ignore[no-untyped-def]
     root = _fresh(tmp_path, world, "grow")
-    con, base = _run(root, {"store-2026-11-20.csv": {"prefix": "TXH", "count": LIMIT - 5, **HOARDER}})
+    con, base = _run(idstage, root, {"store-2026-11-20.csv": {"prefix": "TXH", "count": LIMIT - 5, **HOARDER}})
     assert base["crowded_blocks"] == 0
     con.close()
     # Ten more receipts: the shopper's name block now holds more than the limit. The pairs of the receipts
     # already resolved must go, so the run is full.
-    con, crossed = _run(root, {"store-2026-11-21.csv": {"prefix": "TXH", "count": 10, "start": 100, **HOARDER}})
+    con, crossed = _run(
+        idstage, root, {"store-2026-11-21.csv": {"prefix": "TXH", "count": 10, "start": 100, **HOARDER}}
+    )
     assert (crossed["mode"], crossed["full_reason"]) == ("full", "a block crossed the crowd limit")
     assert crossed["crowded_blocks"] > 0
     con.close()
     # Ten more again: the block was crowded and stays so; the run is incremental and equals a rebuild.
-    con, grown = _run(root, {"store-2026-11-22.csv": {"prefix": "TXH", "count": 10, "start": 200, **HOARDER}})
+    con, grown = _run(idstage, root, {"store-2026-11-22.csv": {"prefix": "TXH", "count": 10, "start": 200, **HOARDER}})
     assert grown["mode"] == "incremental"
     incremental = con.execute(RECORDS).df()
     assert _customers_of(con, "TXH").nunique() == 1
@@ -160,7 +155,7 @@ def test_an_asymmetric_rule_counts_the_pairs_its_two_sides_make() -> None:
     assert con.execute("SELECT max(left_crowds | right_crowds) FROM marked").fetchall() == [(0,)]
 
 
-def test_training_leaves_out_the_units_of_crowded_blocks(tmp_path: Path) -> None:
+def test_training_leaves_out_the_units_of_crowded_blocks(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
     """A CRM whose form filled in one date of birth for hundreds of contacts: EM would score every pair."""
     from identity.model import train_model
 
@@ -171,7 +166,7 @@ def test_training_leaves_out_the_units_of_crowded_blocks(tmp_path: Path) -> None
         writer.writerow(("crm_id", "first_name", "last_name", "email", "date_of_birth", "created_at"))
         for i in range(LIMIT * 3):
             writer.writerow((f"CX{i:05d}", f"Name{i}", f"Surname{i}", f"x{i}@gmail.com", "1985-06-15", "2026-11-01"))
-    con, _ = _run(tmp_path, {})
+    con, _ = _run(idstage, tmp_path, {})
     meta = train_model(con, tmp_path / "model.json", u_max_pairs=2e5, strict=False, block_limit=LIMIT)
     assert meta["crowded_blocks"] >= 1
     assert meta["units_in_crowds_left_out"] >= LIMIT * 3

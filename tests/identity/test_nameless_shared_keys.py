@@ -6,12 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cdp.config import load_settings
-from cdp.ingest import Ingestor
-from cdp.store import SOURCES, connect
-from cdp.suppression import load_secret
 from identity.resolve import resolve_identities
-from identity.staging import build_staging
 
 CRM = [
     ("crm_id", "first_name", "last_name", "email", "phone", "date_of_birth", "created_at"),
@@ -36,18 +31,13 @@ STORE = [
 ]
 
 
-def test_a_key_nameless_receipts_share_with_different_contacts_joins_nobody(tmp_path: Path) -> None:
+def test_a_key_nameless_receipts_share_with_different_contacts_joins_nobody(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     for source, rows in (("crm", CRM), ("store", STORE)):
         (inbox / source).mkdir(parents=True)
         with (inbox / source / f"{source}-2026-11-01.csv").open("w", newline="") as handle:
             csv.writer(handle).writerows(rows)
-    settings = load_settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", inbox=inbox)
-    con = connect(settings.db_path)
-    ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, lambda _m: None)
-    for source in SOURCES:
-        ingestor.ingest_source(inbox, source)
-    build_staging(con, incremental=True)
+    con, settings = idstage(inbox, tmp_path)
     stats = resolve_identities(con, settings)
     customer = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
     assert customer["TA"] == customer["CA"] != customer["TR"] == customer["CR"]
@@ -56,22 +46,19 @@ def test_a_key_nameless_receipts_share_with_different_contacts_joins_nobody(tmp_
     assert stats["conflicting_customers_after_guard"] == 0
 
 
-def test_a_receipt_making_a_card_shared_is_handled_incrementally_as_in_a_rebuild(tmp_path: Path) -> None:
+def test_a_receipt_making_a_card_shared_is_handled_incrementally_as_in_a_rebuild(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     (inbox / "crm").mkdir(parents=True)
     (inbox / "store").mkdir()
     with (inbox / "crm" / "crm-2026-11-01.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows(CRM)
-    settings = load_settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", inbox=inbox)
-    con = connect(settings.db_path)
-    ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, lambda _m: None)
+    con = None
 
     def run(name: str, rows: list[tuple[str, ...]]) -> dict:
+        nonlocal con
         with (inbox / "store" / name).open("w", newline="") as handle:
             csv.writer(handle).writerows([STORE[0], *rows])
-        for source in SOURCES:
-            ingestor.ingest_source(inbox, source)
-        build_staging(con, incremental=True)
+        con, settings = idstage(inbox, tmp_path, con)
         return resolve_identities(con, settings)
 
     run("store-2026-11-01.csv", [r for r in STORE[1:] if r[0] != "TR"])
@@ -81,5 +68,6 @@ def test_a_receipt_making_a_card_shared_is_handled_incrementally_as_in_a_rebuild
     after_batch = con.execute(records).fetchall()
     customer = {rid: cid for _, rid, cid in after_batch}
     assert customer["TA"] == customer["CA"] != customer["TR"] == customer["CR"]
+    con, settings = idstage(inbox, tmp_path, con)  # nothing new: the same settings
     resolve_identities(con, settings, full=True, prior=batch["model_prior"])
     assert con.execute(records).fetchall() == after_batch

@@ -6,12 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cdp.config import load_settings
-from cdp.ingest import Ingestor
-from cdp.store import SOURCES, connect
-from cdp.suppression import load_secret
 from identity.resolve import resolve_identities
-from identity.staging import build_staging
 
 CRM = ("crm_id", "first_name", "last_name", "email", "phone", "date_of_birth", "postcode", "created_at", "updated_at")
 ROWS = [
@@ -26,19 +21,14 @@ ROWS = [
 ]
 
 
-def test_placeholder_dates_of_birth_are_no_evidence(tmp_path: Path) -> None:
+def test_placeholder_dates_of_birth_are_no_evidence(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     (inbox / "crm").mkdir(parents=True)
     with (inbox / "crm" / "crm-2026-11-01.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CRM)
         writer.writerows(ROWS)
-    settings = load_settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", inbox=inbox)
-    con = connect(settings.db_path)
-    ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, lambda _m: None)
-    for source in SOURCES:
-        ingestor.ingest_source(inbox, source)
-    build_staging(con, incremental=True)
+    con, settings = idstage(inbox, tmp_path)
     staged = dict(con.execute("SELECT source_record_id, date_of_birth::VARCHAR FROM stg_records").fetchall())
     # The raw rows keep what the export said; staging reads placeholders and impossible dates as unknown.
     unknown = dict.fromkeys(("C1", "C2", "C3", "C4", "C5"))
