@@ -72,30 +72,30 @@ def make_world(con: duckdb.DuckDBPyConnection, ddl: dict[str, str]) -> None:
     for table in ("stg_records", "stg_consent", "customer_source_records"):
         con.execute(ddl[table])
     ensure_restrictions(con)
-    add_record(con, "cA", "crm", "crmA", T0, crm_id="crmA", user_id="uA", email="a@example.com",
+    add_record(con, "cA", "crm", "crmA", T0, crm_id="crmA", user_id="uA", email="alee@mailbox.com",
                phone_e164="+447911100001", first_name="ann", last_name="archer")  # fmt: skip
     add_record(con, "cA", "web", "wA", at(2), anonymous_id="anonA", user_id="uA", event_type="login")
-    add_record(con, "cB", "crm", "crmB", T0, crm_id="crmB", email="b@example.com", loyalty_id="LB",
+    add_record(con, "cB", "crm", "crmB", T0, crm_id="crmB", email="blee@mailbox.com", loyalty_id="LB",
                first_name="bob", last_name="baker")  # fmt: skip
     add_record(con, "cB", "store", "tB", at(3), loyalty_id="LB", phone_e164=HOUSEHOLD, store_id="s1",
                amount=10)  # fmt: skip
-    add_record(con, "cC", "store", "tC", at(3), email="c@example.com", phone_e164=HOUSEHOLD, store_id="s1",
+    add_record(con, "cC", "store", "tC", at(3), email="clee@mailbox.com", phone_e164=HOUSEHOLD, store_id="s1",
                first_name="cat", amount=250)  # fmt: skip
-    add_record(con, "cD", "crm", "crmD", T0, crm_id="crmD", email="d@example.com", first_name="dee")
-    add_record(con, "cE", "web", "wE", at(2), anonymous_id="anonE", email="e@example.com")
+    add_record(con, "cD", "crm", "crmD", T0, crm_id="crmD", email="dlee@mailbox.com", first_name="dee")
+    add_record(con, "cE", "web", "wE", at(2), anonymous_id="anonE", email="elee@mailbox.com")
     add_record(con, "cF", "app", "pF", at(2), device_id="devF", user_id="uF", event_type="app_open")
     add_record(con, "cF", "app", "pF2", at(4), device_id="devF", event_type="push_opt_in")
-    add_record(con, "cG", "crm", "crmG", T0, crm_id="crmG", email="g@example.com")
+    add_record(con, "cG", "crm", "crmG", T0, crm_id="crmG", email="glee@mailbox.com")
 
-    add_consent(con, "k1", at(1), "email_marketing", "granted", email="a@example.com")
+    add_consent(con, "k1", at(1), "email_marketing", "granted", email="alee@mailbox.com")
     add_consent(con, "k2", at(1), "sms_marketing", "granted", phone_e164="+447911100001")
     add_consent(con, "k3", at(1), "email_marketing", "granted", crm_id="crmB")
     add_consent(con, "k4", at(5), "email_marketing", "withdrawn", phone_e164=HOUSEHOLD)  # at a store
-    add_consent(con, "k5", at(6), "email_marketing", "granted", email="c@example.com")
+    add_consent(con, "k5", at(6), "email_marketing", "granted", email="clee@mailbox.com")
     add_consent(con, "k6", at(1), "sms_marketing", "granted", phone_e164=HOUSEHOLD)  # ambiguous grant
-    add_consent(con, "k7", at(1), "email_marketing", "granted", email="e@example.com")
+    add_consent(con, "k7", at(1), "email_marketing", "granted", email="elee@mailbox.com")
     add_consent(con, "k8", at(1), "email_marketing", "granted", user_id="uF")
-    add_consent(con, "k9", at(1), "email_marketing", "granted", email="g@example.com")
+    add_consent(con, "k9", at(1), "email_marketing", "granted", email="glee@mailbox.com")
     con.execute("INSERT INTO restrictions VALUES ('cE', 'req-1', 'restriction', ?, NULL)", [at(7)])
 
 

@@ -63,9 +63,9 @@ def test_metadata_carries_counts_not_people(store: CdpStore):
         str(v.value) for node in ("customer_profiles", "consent_events", "consent_state")
         for m in result.asset_materializations_for_node(node) for v in m.metadata.values()
     )  # fmt: skip
-    assert "example.com" not in text and "+44" not in text and "crmA" not in text
+    assert "mailbox.com" not in text and "+44" not in text and "crmA" not in text
     logs = " ".join(str(e.message) for e in result.all_events if e.message)
-    assert "example.com" not in logs and "+44" not in logs
+    assert "mailbox.com" not in logs and "+44" not in logs
 
 
 def test_export_check_fails_when_an_exported_customer_may_no_longer_be_contacted(store: CdpStore):

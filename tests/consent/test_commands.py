@@ -30,7 +30,7 @@ def cdp(*args: str):
 
 
 def test_profile_show_by_email_phone_and_id(db: Path):
-    by_email = cdp("profile", "show", "--email", " A@Example.com ", "--db", str(db))
+    by_email = cdp("profile", "show", "--email", " ALee@Mailbox.com ", "--db", str(db))
     assert by_email.exit_code == 0, by_email.output
     assert "customer cA" in by_email.output and "Ann" in by_email.output and "crmA" in by_email.output
     assert "email_marketing" in by_email.output and "granted" in by_email.output
@@ -43,7 +43,7 @@ def test_profile_show_by_email_phone_and_id(db: Path):
 
 
 def test_profile_show_errors_are_one_line(db: Path):
-    both = cdp("profile", "show", "--email", "a@example.com", "--phone", "1", "--db", str(db))
+    both = cdp("profile", "show", "--email", "alee@mailbox.com", "--phone", "1", "--db", str(db))
     assert both.exit_code != 0 and "exactly one of" in both.output
     bad = cdp("profile", "show", "--email", "not-an-email", "--db", str(db))
     assert bad.exit_code != 0 and "not a valid email" in bad.output and "Traceback" not in bad.output
@@ -79,7 +79,9 @@ def test_segments_list_preview_export(db: Path, tmp_path: Path):
                "--db", str(db), "--segments-dir", str(segs))  # fmt: skip
     assert done.exit_code == 0, done.output
     assert "Exported 1 of 2 customers" in done.output  # cB (spent 10) withdrew; only cC (250) remains
-    assert pd.read_csv(out).to_dict("records") == [{"customer_id": "cC", "email": "c@example.com", "first_name": "Cat"}]
+    assert pd.read_csv(out).to_dict("records") == [
+        {"customer_id": "cC", "email": "clee@mailbox.com", "first_name": "Cat"}
+    ]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 

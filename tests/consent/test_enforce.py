@@ -13,9 +13,9 @@ def test_only_current_grants_with_a_contact_point_pass(con):
     audience = enforce.approve(con, "email_marketing")
     assert audience.contact == "email"
     assert audience.rows.to_dict("records") == [
-        {"customer_id": "cA", "email": "a@example.com"},
-        {"customer_id": "cC", "email": "c@example.com"},
-        {"customer_id": "cG", "email": "g@example.com"},
+        {"customer_id": "cA", "email": "alee@mailbox.com"},
+        {"customer_id": "cC", "email": "clee@mailbox.com"},
+        {"customer_id": "cG", "email": "glee@mailbox.com"},
     ]
 
 
@@ -32,7 +32,7 @@ def test_every_customer_left_out_has_a_reason(con):
 
 def test_a_shared_contact_point_is_left_out_while_any_holder_may_not_be_contacted(con, w):
     # cC granted sms with their own email; the household phone is cC's profile phone and cB's too
-    w.add_consent(con, "k70", w.at(9), "sms_marketing", "granted", email="c@example.com")
+    w.add_consent(con, "k70", w.at(9), "sms_marketing", "granted", email="clee@mailbox.com")
     w.rebuild(con, as_of=w.at(20))
     reasons = enforce.decide(con, "sms_marketing").set_index("customer_id")["excluded_because"]
     assert reasons["cC"] == "shared_contact_point" and reasons["cB"] == "no_consent"
@@ -83,17 +83,17 @@ def test_registered_exclusion_applies_to_every_decision(con):
 
 
 def test_verify_refuses_rows_that_were_never_approved(con):
-    forged = pd.DataFrame({"customer_id": ["cA", "cB"], "email": ["a@example.com", "b@example.com"]})
+    forged = pd.DataFrame({"customer_id": ["cA", "cB"], "email": ["alee@mailbox.com", "blee@mailbox.com"]})
     with pytest.raises(enforce.ConsentViolation, match="1 of 2 export rows"):
         enforce.verify(con, "email_marketing", forged)
 
 
 def test_verify_refuses_a_redirected_contact_point(con):
-    redirected = pd.DataFrame({"customer_id": ["cA"], "email": ["someone.else@example.com"]})
+    redirected = pd.DataFrame({"customer_id": ["cA"], "email": ["someone.elselee@mailbox.com"]})
     with pytest.raises(enforce.ConsentViolation):
         enforce.verify(con, "email_marketing", redirected)
     with pytest.raises(enforce.ConsentViolation, match="without a customer_id"):
-        enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": [None], "email": ["a@example.com"]}))
+        enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": [None], "email": ["alee@mailbox.com"]}))
     with pytest.raises(enforce.ConsentViolation, match="must carry customer_id and email"):
         enforce.verify(con, "email_marketing", pd.DataFrame({"customer_id": ["cA"]}))
 
@@ -103,7 +103,7 @@ def test_verify_sees_a_withdrawal_made_after_approval(con, w):
     enforce.verify(con, "email_marketing", audience.rows)  # still fine
     con.execute(
         "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
-        "VALUES ('late', ?, 'email_marketing', 'withdrawn', 'a@example.com', 'a@example.com')",
+        "VALUES ('late', ?, 'email_marketing', 'withdrawn', 'alee@mailbox.com', 'alee@mailbox.com')",
         [w.at(10)],
     )
     w.rebuild(con, as_of=w.at(20))

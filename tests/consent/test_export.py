@@ -33,9 +33,9 @@ def test_csv_export_holds_only_consented_customers(con, settings, tmp_path: Path
     result = export_segment(con, settings, "all_customers", "email_marketing", out)
     rows = pd.read_csv(out)
     assert rows.to_dict("records") == [
-        {"customer_id": "cA", "email": "a@example.com"},
-        {"customer_id": "cC", "email": "c@example.com"},
-        {"customer_id": "cG", "email": "g@example.com"},
+        {"customer_id": "cA", "email": "alee@mailbox.com"},
+        {"customer_id": "cC", "email": "clee@mailbox.com"},
+        {"customer_id": "cG", "email": "glee@mailbox.com"},
     ]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert result.row_count == 3 and result.counts["withdrawn"] == 1 and result.counts["restricted"] == 1
@@ -48,7 +48,7 @@ def test_csv_export_holds_only_consented_customers(con, settings, tmp_path: Path
 def test_parquet_export_with_segment_fields(con, settings, tmp_path: Path, w):
     con.execute(
         "INSERT INTO stg_consent (consent_id, event_time, purpose, status, email, email_key) "
-        "VALUES ('kc', ?, 'sms_marketing', 'granted', 'c@example.com', 'c@example.com')",
+        "VALUES ('kc', ?, 'sms_marketing', 'granted', 'clee@mailbox.com', 'clee@mailbox.com')",
         [w.at(9)],
     )
     w.add_consent(con, "kb", w.at(9), "sms_marketing", "granted", crm_id="crmB")  # the household's other holder
@@ -169,8 +169,8 @@ def test_a_withdrawal_that_came_into_force_since_the_last_run_applies_to_the_exp
     now = datetime.now(UTC).replace(tzinfo=None)
     # Consent state was computed on day 20; since then a withdrawal came into force (a run took it into the
     # ledger before its consent step, or it was dated ahead), and another is still ahead of us.
-    w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="a@example.com")
-    w.add_consent(con, "k81", now + timedelta(days=1), "email_marketing", "withdrawn", email="g@example.com")
+    w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="alee@mailbox.com")
+    w.add_consent(con, "k81", now + timedelta(days=1), "email_marketing", "withdrawn", email="glee@mailbox.com")
     sync_ledger(con)
     result = export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "email.csv")
     assert pd.read_csv(tmp_path / "email.csv")["customer_id"].tolist() == ["cC", "cG"]

@@ -24,7 +24,7 @@ def test_household_withdrawal_applies_to_all_but_grant_to_none(con, w):
 
 
 def test_grant_through_unique_identifier_survives_an_ambiguous_one_on_the_same_event(con, w):
-    w.add_consent(con, "k20", w.at(8), "sms_marketing", "granted", email="c@example.com", phone_e164=w.HOUSEHOLD)
+    w.add_consent(con, "k20", w.at(8), "sms_marketing", "granted", email="clee@mailbox.com", phone_e164=w.HOUSEHOLD)
     w.rebuild(con, as_of=w.at(20))
     sms = w.states(con, "sms_marketing")
     assert sms["cC"] == "granted" and "cB" not in sms
@@ -36,13 +36,13 @@ def test_grant_through_unique_identifier_survives_an_ambiguous_one_on_the_same_e
 
 def test_withdrawal_at_the_same_instant_beats_a_grant(con, w):
     w.add_consent(con, "k30", w.at(9), "analytics", "granted", crm_id="crmD")
-    w.add_consent(con, "k31", w.at(9), "analytics", "withdrawn", email="d@example.com")
+    w.add_consent(con, "k31", w.at(9), "analytics", "withdrawn", email="dlee@mailbox.com")
     w.rebuild(con, as_of=w.at(20))
     assert w.states(con, "analytics")["cD"] == "withdrawn"
 
 
 def test_events_apply_from_their_timestamp(con, w):
-    w.add_consent(con, "k40", w.at(25), "email_marketing", "withdrawn", email="a@example.com")
+    w.add_consent(con, "k40", w.at(25), "email_marketing", "withdrawn", email="alee@mailbox.com")
     w.rebuild(con, as_of=w.at(20))
     assert w.states(con, "email_marketing")["cA"] == "granted"
     w.rebuild(con, as_of=w.at(26))
@@ -71,8 +71,8 @@ def test_ledger_is_append_only_and_idempotent(con, w):
     before = con.execute("SELECT count(*) FROM consent_events").fetchall()[0][0]
     again = sync_ledger(con)
     assert again["appended_consent"] == 0 and again["appended_app"] == 0 and again["events"] == before
-    w.add_consent(con, "k60", w.at(3), "not_a_purpose", "granted", email="a@example.com")
-    w.add_consent(con, "k61", w.at(3), "analytics", "maybe", email="a@example.com")
+    w.add_consent(con, "k60", w.at(3), "not_a_purpose", "granted", email="alee@mailbox.com")
+    w.add_consent(con, "k61", w.at(3), "analytics", "maybe", email="alee@mailbox.com")
     counts = sync_ledger(con)
     assert counts["appended_consent"] == 0 and counts["not_consent"] == 2
 
@@ -88,8 +88,8 @@ def test_withdrawal_with_a_mistyped_email_still_reaches_the_customer_but_a_grant
 
     con.execute(raw_ddl("consent"))
     typos = [
-        ("k80", "email_marketing", "withdrawn", "a@@example.com", 1),
-        ("k81", "analytics", "granted", "d@@example.com", 2),
+        ("k80", "email_marketing", "withdrawn", "alee@@mailbox.com", 1),
+        ("k81", "analytics", "granted", "dlee@@mailbox.com", 2),
     ]
     for cid, purpose, status, written, row in typos:
         w.add_consent(con, cid, w.at(10), purpose, status, batch_id="b9", row_number=row)  # staging: email unreadable
@@ -99,16 +99,16 @@ def test_withdrawal_with_a_mistyped_email_still_reaches_the_customer_but_a_grant
             [cid, w.at(10), purpose, status, written, row],
         )
     w.add_consent(
-        con, "k82", w.at(10), "email_marketing", "withdrawn", email="c@example.con", batch_id="b9", row_number=3
+        con, "k82", w.at(10), "email_marketing", "withdrawn", email="clee@mailbox.con", batch_id="b9", row_number=3
     )
     con.execute(
         "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
-        "VALUES ('k82', ?, 'email_marketing', 'withdrawn', 'C@Example.con', 'b9', 3)",
+        "VALUES ('k82', ?, 'email_marketing', 'withdrawn', 'CLee@Mailbox.con', 'b9', 3)",
         [w.at(10)],
     )
     w.rebuild(con, as_of=w.at(20))
     email = w.states(con, "email_marketing")
-    assert email["cA"] == "withdrawn" and email["cC"] == "withdrawn"  # 'a@@example.com', 'c@example.con'
+    assert email["cA"] == "withdrawn" and email["cC"] == "withdrawn"  # 'alee@@mailbox.com', 'clee@mailbox.con'
     via = con.execute("SELECT via FROM consent_state WHERE customer_id = 'cA' AND purpose = 'email_marketing'")
     assert via.fetchall()[0][0] == "email_loose"
     assert "cD" not in w.states(con, "analytics")  # a mistyped grant grants nothing
@@ -123,7 +123,7 @@ def test_events_up_to_now_apply_whatever_the_machines_time_zone(con, w, monkeypa
     time.tzset()
     try:
         an_hour_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
-        w.add_consent(con, "k70", an_hour_ago, "email_marketing", "withdrawn", email="a@example.com")
+        w.add_consent(con, "k70", an_hour_ago, "email_marketing", "withdrawn", email="alee@mailbox.com")
         w.rebuild(con)  # as of now
     finally:
         monkeypatch.delenv("TZ")

@@ -105,7 +105,7 @@ def test_fan_out_counts_carriers_that_are_not_recomputed(con, w):
     w.add_record(con, "cD", "store", "tQ", w.at(3), phone_e164=shared, store_id="s2")
     w.add_consent(con, "k75", w.at(3), "sms_marketing", "granted", phone_e164=shared)
     w.rebuild(con, as_of=w.at(20))
-    w.add_consent(con, "k76", w.at(15), "analytics", "withdrawn", email="a@example.com")
+    w.add_consent(con, "k76", w.at(15), "analytics", "withdrawn", email="alee@mailbox.com")
     counts = update(con, [])
     assert counts["customers_recomputed"] == 1 and recomputed_rows(con) == {"cA"}
     row = con.execute("SELECT event_id FROM consent_state WHERE customer_id = 'cA' AND purpose = 'sms_marketing'")
@@ -116,7 +116,7 @@ def test_fan_out_counts_carriers_that_are_not_recomputed(con, w):
 def test_a_second_customer_on_a_grants_other_identifier_undoes_the_grant(con, w):
     # A grant naming cA's email and a phone nobody carries grants cA; once a new customer carries that phone,
     # the grant points to two customers and grants nobody, though cA's records and values did not change.
-    w.add_consent(con, "k72", w.at(10), "analytics", "granted", email="a@example.com", phone_e164="+447911100777")
+    w.add_consent(con, "k72", w.at(10), "analytics", "granted", email="alee@mailbox.com", phone_e164="+447911100777")
     update(con, [])
     assert w.states(con, "analytics") == {"cA": "granted"}
     w.add_record(con, "cJ", "app", "pJ", w.at(12), device_id="devJ", phone_e164="+447911100777")
@@ -127,7 +127,7 @@ def test_a_second_customer_on_a_grants_other_identifier_undoes_the_grant(con, w)
 
 
 def test_future_dated_event_applies_once_its_time_comes(con, w):
-    w.add_consent(con, "k73", w.at(25), "email_marketing", "withdrawn", email="a@example.com")
+    w.add_consent(con, "k73", w.at(25), "email_marketing", "withdrawn", email="alee@mailbox.com")
     update(con, [])
     assert w.states(con, "email_marketing")["cA"] == "granted"
     assert_equals_full_rebuild(con)  # the full rebuild is the new basis: as_of LATER
@@ -149,15 +149,17 @@ def test_an_update_with_nothing_new_recomputes_no_one(con, w):
 def test_loose_withdrawal_stops_once_its_email_key_belongs_to_someone(con, w):
     con.execute(raw_ddl("consent"))
     assert not state_current(con)  # loose withdrawals now apply: the basis is stale, a full rebuild is due
-    w.add_consent(con, "k74", w.at(10), "analytics", "withdrawn", email="dd@example.com", batch_id="b9", row_number=1)
+    w.add_consent(
+        con, "k74", w.at(10), "analytics", "withdrawn", email="ddlee@mailbox.com", batch_id="b9", row_number=1
+    )
     con.execute(
         "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
-        "VALUES ('k74', ?, 'analytics', 'withdrawn', 'd+x@example.con', 'b9', 1)",
+        "VALUES ('k74', ?, 'analytics', 'withdrawn', 'dlee+x@mailbox.con', 'b9', 1)",
         [w.at(10)],
     )
     w.rebuild(con, as_of=w.at(20))
     assert state_current(con) and w.states(con, "analytics") == {"cD": "withdrawn"}  # through the loose key
-    w.add_record(con, "cK", "web", "wK", w.at(12), anonymous_id="anonK", email="dd@example.com")
+    w.add_record(con, "cK", "web", "wK", w.at(12), anonymous_id="anonK", email="ddlee@mailbox.com")
     counts = update(con, ["cK"])
     assert w.states(con, "analytics") == {"cK": "withdrawn"}  # written email now reaches cK, not cD loosely
     assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cK"}
@@ -228,7 +230,7 @@ def test_no_basis_before_there_are_customers():
 def test_a_consent_event_re_sent_as_a_withdrawal_withdraws_and_the_grant_stays_in_the_ledger(con, w):
     assert w.states(con, "email_marketing")["cA"] == "granted"  # k1, day 1
     con.execute("DELETE FROM stg_consent WHERE consent_id = 'k1'")  # staging keeps the newest copy of k1
-    w.add_consent(con, "k1", w.at(15), "email_marketing", "withdrawn", email="a@example.com")
+    w.add_consent(con, "k1", w.at(15), "email_marketing", "withdrawn", email="alee@mailbox.com")
     counts = update(con, [])
     assert counts["customers_recomputed"] >= 1 and w.states(con, "email_marketing")["cA"] == "withdrawn"
     assert_equals_full_rebuild(con)
