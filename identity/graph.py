@@ -108,6 +108,8 @@ CREATE OR REPLACE TEMP MACRO cdp_names_disagree(fn_a, ca, ln_a, la, fn_b, cb, ln
         OR (least(length(fn_a), length(fn_b)) >= 5 AND left(fn_a, 1) = left(fn_b, 1)
             AND damerau_levenshtein(fn_a, fn_b) <= 2)
         OR (least(length(fn_a), length(fn_b)) >= 3 AND (starts_with(fn_a, fn_b) OR starts_with(fn_b, fn_a)))
+        -- an initial ("J Taylor" on a card receipt) is the start of the name, not another name
+        OR (least(length(fn_a), length(fn_b)) = 1 AND left(fn_a, 1) = left(fn_b, 1))
         OR ((jaro_winkler_similarity(fn_a, ln_b) >= 0.88 OR damerau_levenshtein(fn_a, ln_b) <= 1
              OR list_has_any(ca, lb))
             AND (jaro_winkler_similarity(ln_a, fn_b) >= 0.88 OR damerau_levenshtein(ln_a, fn_b) <= 1

@@ -91,6 +91,10 @@ def fold_accents(text: str) -> str:
 
 
 _NAME_DROP = re.compile(r"[^a-z\- ']+")
+#: Titles a till or a form puts before the name ("Dr Peter", "Mr P"): dropped when a name follows them.
+TITLES = ("mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "dame", "rev")
+_TITLE_PATTERN = f"^({'|'.join(TITLES)}) (\\S)"
+_TITLE_RE = re.compile(_TITLE_PATTERN)
 
 
 def normalise_name(value: object) -> str | None:
@@ -105,6 +109,7 @@ def normalise_name(value: object) -> str | None:
     text = _NAME_DROP.sub(" ", text)
     text = re.sub(r"\s*-\s*", "-", text)
     text = " ".join(text.split()).strip("-")
+    text = _TITLE_RE.sub(r"\2", text)
     return text or None
 
 
@@ -164,7 +169,8 @@ def sql_normalise_name(col: str) -> str:
     cleaned = f"regexp_replace(replace(replace({folded}, '''', ''), '.', ' '), '[^a-z\\- ]+', ' ', 'g')"
     hyphen = f"regexp_replace({cleaned}, '\\s*-\\s*', '-', 'g')"
     collapsed = f"trim(regexp_replace({hyphen}, '\\s+', ' ', 'g'), ' -')"
-    return f"NULLIF({collapsed}, '')"
+    untitled = f"regexp_replace({collapsed}, '{_TITLE_PATTERN}', '\\2')"
+    return f"NULLIF({untitled}, '')"
 
 
 def sql_normalise_postcode(col: str) -> str:

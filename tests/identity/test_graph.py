@@ -70,6 +70,22 @@ def test_household_phone_with_different_people_is_not_a_hard_link(idcon, stg, re
     assert ("crm:c1", "store:t1", "phone_e164", "shared_key_same_first_name") in got
 
 
+def test_an_initial_is_the_start_of_a_name_not_another_name(idcon, stg, rec_):
+    """A card receipt in "J Taylor"'s name with John Taylor's email is John's; one in "M Taylor"'s is not."""
+    stg(
+        [
+            rec_("crm", "c1", email_key="john.taylor@x.com", first_name="john", last_name="taylor"),
+            rec_("store", "t1", email_key="john.taylor@x.com", first_name="j", last_name="taylor"),
+            rec_("crm", "c2", phone_e164="+441632960002", first_name="john", last_name="taylor"),
+            rec_("store", "t2", phone_e164="+441632960002", first_name="m", last_name="taylor"),
+        ],
+    )
+    build_graph(idcon, LIMITS)
+    linked = {(a, b) for a, b, _, _ in edges(idcon)}
+    assert ("crm:c1", "store:t1") in linked
+    assert ("crm:c2", "store:t2") not in linked
+
+
 def test_dob_typo_is_not_a_conflict_but_distant_dob_is(idcon, stg, rec_):
     stg(
         [

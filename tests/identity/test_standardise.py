@@ -94,6 +94,10 @@ def test_dots_matter_outside_gmail():
         ("mary - jane", "mary-jane"),
         ("José", "jose"),
         ("Smith, Jr.", "smith jr"),
+        ("Dr Peter", "peter"),  # a title before a name goes
+        ("Mr. P", "p"),
+        ("Drew", "drew"),  # ... and only a title
+        ("Dr", "dr"),  # a title alone is all there is
         ("  ", None),
         ("...", None),
     ],
@@ -108,7 +112,7 @@ def test_postcodes(raw, expected):
 
 
 def test_sql_forms_agree_with_python_forms():
-    values = [e[0] for e in EMAILS] + ["  JOHN ", "O'Brien", "Mary-Jane", "José", "sw1a 1aa", "Smith, Jr."]
+    values = [e[0] for e in EMAILS] + ["  JOHN ", "O'Brien", "Mary-Jane", "José", "sw1a 1aa", "Smith, Jr.", "Dr Peter"]
     con = duckdb.connect()
     con.execute("CREATE TABLE v (x VARCHAR)")
     con.executemany("INSERT INTO v VALUES (?)", [(v,) for v in values])
