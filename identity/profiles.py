@@ -39,7 +39,7 @@ import duckdb
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import transaction
+from cdp.store import table_exists, transaction
 from identity.graph import install_macros
 
 #: Fields chosen by survivorship: profile column -> stg_records column.
@@ -95,8 +95,10 @@ _PLACEHOLDER_TYPES = {"email": "email_key", "phone": "phone_e164", "mobile": "ph
 _PLACEHOLDER_COLUMNS = {"email": "email_key", "phone": "phone_e164", "mobile": "mobile_e164"}
 
 
-def _profile_sql(fields: dict[str, str], links: str = "customer_source_records") -> str:
-    """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows)."""
+def _profile_sql(fields: dict[str, str], links: str = "customer_source_records", created: bool = False) -> str:
+    """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows).
+    With ``created`` (``raw_crm`` exists), a CRM contact counts as seen from its ``created_at``: its
+    ``record_time`` is its last update, which a later edit moves."""
     # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
     # with its source and time together; ordered first() aggregates did the same three times as slowly.
     key = "(source_rank, coalesce(-epoch_us(record_time), 9223372036854775807), source, source_record_id)"
@@ -122,20 +124,28 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records")
         else:
             shown.append(f"{v} AS {out}")
         shown.append(f"c.{out}_pick.s AS {out}_source, c.{out}_pick.t AS {out}_at")
+    created_join = (
+        "LEFT JOIN (SELECT batch_id, row_number, created_at FROM raw_crm) rc "
+        "ON r.source = 'crm' AND rc.batch_id = r.batch_id AND rc.row_number = r.row_number"
+        if created
+        else ""
+    )
+    first_time = "least(record_time, created_at)" if created else "record_time"
     return f"""
     WITH linked AS (
-        SELECT r.*, l.customer_id,
+        SELECT r.*, l.customer_id, {"rc.created_at," if created else ""}
                coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank,
                CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
         FROM stg_records r
         JOIN {links} l USING (source, source_record_id)
         LEFT JOIN _phone_kinds k USING (phone_e164)
+        {created_join}
     ),
     chosen AS (
         SELECT customer_id, {chosen},
                first(device_id ORDER BY record_time DESC NULLS LAST, source_record_id)
                    FILTER (WHERE source = 'app' AND device_id IS NOT NULL) AS device_id,
-               min(record_time) AS first_seen, max(record_time) AS last_seen,
+               min({first_time}) AS first_seen, max(record_time) AS last_seen,
                list_sort(list_distinct(list(source) FILTER (WHERE source IN {CHANNELS}))) AS channels,
                count(DISTINCT store_id) FILTER (WHERE source = 'store') AS stores_visited,
                count(*) AS source_records
@@ -204,8 +214,8 @@ def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Version of the table's shape and rules; bump it when the columns or the choice of values change, so that
 #: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship. 3: a refund
-#: (negative amount) is no order.
-_PROFILES_VERSION = "3"
+#: (negative amount) is no order. 4: a CRM contact is first seen at its created_at.
+_PROFILES_VERSION = "4"
 
 
 def _fingerprint(settings: Settings) -> str:
@@ -261,7 +271,7 @@ def build_customer_profiles(
         _register_phone_kinds(con, links)
         registered = True
         install_macros(con)  # cdp_is_placeholder
-        sql = _profile_sql(SURVIVING_FIELDS, links)
+        sql = _profile_sql(SURVIVING_FIELDS, links, created=table_exists(con, "raw_crm"))
         with transaction(con):
             if customers is None:
                 con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", params)

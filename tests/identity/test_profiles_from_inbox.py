@@ -1,0 +1,35 @@
+"""Profile traits that need the raw export, on a hand-made inbox."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime
+from pathlib import Path
+
+from identity.profiles import build_customer_profiles
+from identity.resolve import resolve_identities
+
+
+def test_a_crm_contact_is_first_seen_when_it_was_created_not_when_it_was_last_edited(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    (inbox / "store").mkdir()
+    with (inbox / "crm" / "crm-2026-11-01.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [
+                ("crm_id", "first_name", "last_name", "email", "created_at", "updated_at"),
+                ("CY", "Yvonne", "Hart", "yvonne.hart@mailbox.co.uk", "2016-03-01 09:00:00", "2023-06-01 09:00:00"),
+            ]
+        )
+    with (inbox / "store" / "store-2026-11-01.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [
+                ("transaction_id", "transaction_time", "store_id", "email", "amount", "currency"),
+                ("TY", "2024-02-02 12:00:00", "S1", "yvonne.hart@mailbox.co.uk", "20.00", "GBP"),
+            ]
+        )
+    con, settings = idstage(inbox, tmp_path)
+    resolve_identities(con, settings)
+    build_customer_profiles(con, settings)
+    first, last = con.execute("SELECT first_seen, last_seen FROM customer_profiles").fetchall()[0]
+    assert (first, last) == (datetime(2016, 3, 1, 9), datetime(2024, 2, 2, 12))
