@@ -8,7 +8,6 @@ person attributes (optionally saving Splink's waterfall chart as HTML).
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,9 +129,9 @@ def crowd_notes(con: duckdb.DuckDBPyConnection, unit_a: str, unit_b: str) -> lis
     """One line per blocking rule whose key the two units share in a block the crowd guard skips: that rule
     never handed them to the model, whatever their score (see :func:`identity.model.mark_crowds`)."""
     from identity.model import PREDICTION_BLOCKING, block_keys, crowded_blocks, person_units_sql
+    from identity.resolve import last_run_stats
 
-    stats = con.execute("SELECT stats FROM identity_runs ORDER BY finished_at DESC LIMIT 1").fetchall()
-    limit = json.loads(stats[0][0]).get("block_limit") if stats else None
+    limit = last_run_stats(con).get("block_limit")
     if not limit:
         return []
     units = f"({person_units_sql('identity_units')})"

@@ -729,7 +729,7 @@ def predict_changed_pairs(
         f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM {person_units} "
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
-    n_changed = int(con.execute("SELECT count(*) FROM _changed_person").fetchall()[0][0])
+    n_changed = _count_rows(con, "_changed_person")
     previous = f"SELECT * FROM {before} WHERE unit_id IN (SELECT unit_id FROM {changed})" if before else None
     con.execute(f"CREATE OR REPLACE TEMP TABLE _changed_before AS {previous or 'FROM _changed_person LIMIT 0'}")
     if not n_changed and not _count_rows(con, "_changed_before"):

@@ -89,10 +89,11 @@ _TITLE = (
 )
 
 
-#: Profile fields whose placeholder values (graph.PLACEHOLDER_*) never win survivorship: key type, and the
-#: column of stg_records in matching form that the placeholder rules read.
-_PLACEHOLDER_TYPES = {"email": "email_key", "phone": "phone_e164", "mobile": "phone_e164"}
-_PLACEHOLDER_COLUMNS = {"email": "email_key", "phone": "phone_e164", "mobile": "mobile_e164"}
+#: Profile fields whose placeholder values (graph.PLACEHOLDER_*) never win survivorship: (key type, column
+#: in matching form that the placeholder rules read).
+_PLACEHOLDER_CHECKS = {
+    "email": ("email_key", "email_key"), "phone": ("phone_e164", "phone_e164"), "mobile": ("phone_e164", "mobile_e164"),
+}  # fmt: skip
 
 
 def _profile_sql(fields: dict[str, str], links: str = "customer_source_records", created: bool = False) -> str:
@@ -106,9 +107,9 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
         nonempty = f"{col} IS NOT NULL" + ("" if col == "date_of_birth" else f" AND trim({col}) <> ''")
-        if out in _PLACEHOLDER_TYPES:  # a CRM's "noemail@noemail.com" is nobody's contact point
-            column = _PLACEHOLDER_COLUMNS[out]
-            nonempty += f" AND NOT ({column} IS NOT NULL AND cdp_is_placeholder('{_PLACEHOLDER_TYPES[out]}', {column}))"
+        if out in _PLACEHOLDER_CHECKS:  # a CRM's "noemail@noemail.com" is nobody's contact point
+            key_type, column = _PLACEHOLDER_CHECKS[out]
+            nonempty += f" AND NOT ({column} IS NOT NULL AND cdp_is_placeholder('{key_type}', {column}))"
         picks.append(
             f"arg_min(struct_pack(v := {value}, s := source, t := record_time), {key}) "
             f"FILTER (WHERE {nonempty}) AS {out}_pick"

@@ -133,11 +133,14 @@ WHITESPACE = (
 )
 
 
+def _regex_class(chars: str) -> str:
+    """``chars`` as a regular-expression character class, each by its code point."""
+    return "[" + "".join(f"\\x{{{ord(c):x}}}" for c in chars) + "]"
+
+
 #: :data:`WHITESPACE` as a regular-expression class (``trim(x, chars)`` with these is ten times slower).
-_WHITESPACE_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
-
-
-_ZERO_WIDTH_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in ZERO_WIDTH) + "]"
+_WHITESPACE_CLASS = _regex_class(WHITESPACE)
+_ZERO_WIDTH_CLASS = _regex_class(ZERO_WIDTH)
 
 
 def sql_strip(col: str) -> str:
