@@ -370,6 +370,13 @@ IDENTIFIER_COLUMNS = {
 }
 
 
+def _phone_region_sql(spec: SourceSpec) -> str:
+    """The region a row's national phone numbers are read in, as staging reads them (``''``: the default)."""
+    from identity.standardise import sql_phone_region
+
+    return sql_phone_region(_q("country")) if "country" in spec.columns else "''"
+
+
 def _identifier_sql(spec: SourceSpec) -> dict[str, str]:
     """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of."""
     from identity.standardise import sql_email_match_key, sql_trim_id
@@ -575,7 +582,11 @@ class Ingestor:
             f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
             f"CASE WHEN {suppressed_sql} THEN 'suppressed' WHEN ({reason_sql}) IS NOT NULL THEN 'quarantined' "
             f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
-            + ("LEFT JOIN _phone ON _phone.raw = _batch.phone" if join_phone else ""),
+            + (
+                f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
+                if join_phone
+                else ""
+            ),
             params,
         )
 
@@ -589,13 +600,15 @@ class Ingestor:
             return "false", []
         from identity.standardise import normalise_phone
 
-        if "phone" in spec.columns:
-            phones = self.con.execute("SELECT DISTINCT phone FROM _batch WHERE phone IS NOT NULL").fetchall()
-            self.con.execute("CREATE TEMP TABLE _phone (raw VARCHAR, e164 VARCHAR)")
+        if "phone" in spec.columns:  # read as staging reads them: in the row's own country, if it has one
+            phones = self.con.execute(
+                f"SELECT DISTINCT phone, {_phone_region_sql(spec)} FROM _batch WHERE phone IS NOT NULL"
+            ).fetchall()
+            self.con.execute("CREATE TEMP TABLE _phone (raw VARCHAR, region VARCHAR, e164 VARCHAR)")
             if phones:
                 self.con.executemany(
-                    "INSERT INTO _phone VALUES (?, ?)",
-                    [(p, normalise_phone(p, self.region)) for (p,) in phones],
+                    "INSERT INTO _phone VALUES (?, ?, ?)",
+                    [(p, r, normalise_phone(p, r or self.region)) for p, r in phones],
                 )
         checks, params = [], []
         for id_type, expr in _identifier_sql(spec).items():
@@ -628,16 +641,19 @@ class Ingestor:
         return suppressed
 
     def _line_hashes(self, line: str) -> set[str]:
-        from identity.standardise import email_match_key, normalise_phone
+        from identity.standardise import email_match_key, normalise_phone, phone_regions
 
         hashes = set()
-        for value in line_values(line):
+        values = line_values(line)
+        regions = phone_regions(values, self.region)
+        for value in values:
             candidates: dict[str, str | None] = {
                 t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
             }
             candidates["email_key"] = email_match_key(value)
-            candidates["phone_e164"] = normalise_phone(value, self.region)
             hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates.items() if v}
+            phones = {normalise_phone(value, r) for r in regions}
+            hashes |= {identifier_hash(self.secret, "phone_e164", v) for v in phones if v}
         return hashes
 
 

@@ -60,7 +60,7 @@ from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from consent.ledger import base_event_id
 from identity import changes
-from identity.standardise import sql_email_match_key, sql_trim_id
+from identity.standardise import sql_email_match_key, sql_phone_region, sql_trim_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -110,17 +110,20 @@ def _any_identifier(columns: Iterable[str]) -> str:
     return " OR ".join(f"{c} IN {_ids(c)}" for c in columns)
 
 
-def _raw_carries(*columns: str) -> str:
+def _raw_carries(*columns: str, phone_region: str = "''") -> str:
     """A raw row (values as written) carries one of the subject's usable identifiers in ``columns``.
 
     Ids are compared trimmed, as staging reads them; phones by their spellings in ``phone_map``, emails by
     the spellings whose match key is the subject's (:func:`_collect_email_spellings`). Emails matter for
-    rows not staged yet (a run that failed after ingestion): no staged record leads to them.
+    rows not staged yet (a run that failed after ingestion): no staged record leads to them. A spelling is
+    the subject's in the region the row's numbers are read in (``phone_region``, as staging reads it).
     """
     parts = []
     for column in columns:
         if column == "phone":
-            parts.append("phone IN (SELECT raw FROM _subject_phone_spellings)")
+            parts.append(
+                f"EXISTS (SELECT 1 FROM _subject_phone_spellings s WHERE s.raw = phone AND s.region = {phone_region})"
+            )
         elif column == "email":
             parts.append("email IN (SELECT raw FROM _subject_email_spellings)")
         else:
@@ -136,6 +139,8 @@ class Rule:
     where: str
     columns: tuple[str, ...]
 
+
+_CRM_PHONE_REGION = sql_phone_region("country")  # CRM phones are read in the contact's own country
 
 ERASURE_MAP: dict[str, Rule] = {
     # Raw layer: by the source's own key (every version of it), plus every row carrying one of the
@@ -158,7 +163,8 @@ ERASURE_MAP: dict[str, Rule] = {
     ),
     "raw_crm": Rule(
         "every version of the subject's CRM contacts, and contacts carrying their ids, phones or emails",
-        f"crm_id IN {_keys('crm')} OR {_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email')}",
+        f"crm_id IN {_keys('crm')} OR "
+        f"{_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email', phone_region=_CRM_PHONE_REGION)}",
         ("crm_id", "user_id", "loyalty_id", "phone", "email"),
     ),
     "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),
@@ -368,7 +374,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
-    con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR, region VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_email_spellings (raw VARCHAR)")
     schema = _schema(con)
     has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
@@ -465,8 +471,11 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
 
     # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
     if "phone_map" in schema:
+        # A store staged before phone spellings had regions read every spelling in the default region.
+        region_column = "region" if "region" in schema["phone_map"] else "''"
         con.execute(
-            f"INSERT INTO _subject_phone_spellings SELECT raw FROM phone_map WHERE e164 IN {_ids('phone_e164')}"
+            f"INSERT INTO _subject_phone_spellings SELECT raw, {region_column} FROM phone_map "
+            f"WHERE e164 IN {_ids('phone_e164')}"
         )
     quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
     _collect_phone_spellings(con, schema)
@@ -603,7 +612,7 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
     """Mark quarantined rows whose raw content carries one of the subject's usable identifiers (normalised
     as ingestion does) or the key of one of the subject's records. Malformed lines are kept as
     ``{"line": ...}``: every value :func:`cdp.ingest.line_values` finds in one is checked the same way."""
-    from identity.standardise import email_match_key, normalise_phone
+    from identity.standardise import email_match_key, normalise_phone, phone_regions
 
     usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
     for t, v in con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable").fetchall():
@@ -616,7 +625,7 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
     if not any(usable.values()) and not all_keys:
         return 0
 
-    def carries(field_name: str | None, value: object, source: str) -> bool:
+    def carries(field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
         if value is None or isinstance(value, dict | list):
             return False
         text = str(value).strip()
@@ -632,7 +641,11 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
         if "@" in text and email_match_key(text) in usable["email_key"]:
             return True
         phone_like = (id_type == "phone_e164" or field_name is None) and sum(ch.isdigit() for ch in text) >= 7
-        if phone_like and usable["phone_e164"] and normalise_phone(text, region) in usable["phone_e164"]:
+        if (
+            phone_like
+            and usable["phone_e164"]
+            and any(normalise_phone(text, r) in usable["phone_e164"] for r in regions)
+        ):
             return True
         if id_type and id_type not in ("email_key", "phone_e164"):
             return text in usable[id_type]
@@ -655,7 +668,8 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
                     fields += [(None, part) for part in line_values(value)]
                 else:
                     fields.append((key, value))
-            if any(carries(name, value, str(source)) for name, value in fields):
+            regions = phone_regions([value for _, value in fields], region)
+            if any(carries(name, value, str(source), regions) for name, value in fields):
                 hits.append((row_id,))
     if hits:
         con.executemany("INSERT INTO _subject_quarantine VALUES (?)", hits)

@@ -24,39 +24,59 @@ from identity.standardise import (
     sql_normalise_email,
     sql_normalise_name,
     sql_normalise_postcode,
+    sql_phone_region,
     sql_plausible_dob,
     sql_trim_id,
 )
 
-_PHONE_SOURCES = ("raw_app", "raw_store", "raw_crm", "raw_consent")
+#: The raw tables with phones, and the region each row's national numbers are read in (``''``: the
+#: installation's ``default_region``; a CRM contact's own ``country`` when phonenumbers knows it).
+_PHONE_SOURCES = {
+    "raw_app": "''",
+    "raw_store": "''",
+    "raw_crm": sql_phone_region("country"),
+    "raw_consent": "''",
+}
+
+
+def _phone_spellings(where: str = "true") -> str:
+    """Every (spelling, region) pair of the raw tables' phones, of rows matching ``where``."""
+    return " UNION ".join(
+        f"SELECT phone AS raw, {region} AS region FROM {table} WHERE phone IS NOT NULL AND {where}"
+        for table, region in _PHONE_SOURCES.items()
+    )
 
 
 def build_phone_map(
     con: duckdb.DuckDBPyConnection, region: str, prune: bool = True, batches: list[str] | None = None
 ) -> int:
-    """Add to ``phone_map(raw, e164)`` every new phone spelling of the raw tables (of ``batches`` only,
-    when given); with ``prune`` also drop spellings no longer present (erasure removes an erased
-    subject's spellings itself)."""
-    con.execute("CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR PRIMARY KEY, e164 VARCHAR)")
-    union = " UNION ".join(f"SELECT phone FROM {t} WHERE phone IS NOT NULL" for t in _PHONE_SOURCES)
-    scope = union
-    if batches is not None:
-        scope = " UNION ".join(
-            f"SELECT phone FROM {t} WHERE phone IS NOT NULL AND batch_id IN (SELECT unnest($batches))"
-            for t in _PHONE_SOURCES
-        )
+    """Add to ``phone_map(raw, region, e164)`` every new phone spelling of the raw tables, read in its
+    row's region (of ``batches`` only, when given); with ``prune`` also drop spellings no longer present
+    (erasure removes an erased subject's spellings itself)."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR, region VARCHAR, e164 VARCHAR, PRIMARY KEY (raw, region))"
+    )
+    scope = _phone_spellings("batch_id IN (SELECT unnest($batches))" if batches is not None else "true")
     new = con.execute(
-        f"SELECT DISTINCT phone FROM ({scope}) WHERE phone NOT IN (SELECT raw FROM phone_map)",
+        f"SELECT DISTINCT raw, region FROM ({scope}) s WHERE NOT EXISTS "
+        "(SELECT 1 FROM phone_map m WHERE m.raw = s.raw AND m.region = s.region)",
         {"batches": batches} if batches is not None else {},
     ).fetchall()
     if new:
-        frame = {"raw": [p for (p,) in new], "e164": [normalise_phone(p, region) for (p,) in new]}
+        frame = {
+            "raw": [p for p, _ in new],
+            "region": [r for _, r in new],
+            "e164": [normalise_phone(p, r or region) for p, r in new],
+        }
         import pandas as pd
 
         df = pd.DataFrame(frame)  # noqa: F841  (read by DuckDB's replacement scan below)
-        con.execute("INSERT INTO phone_map SELECT raw, e164 FROM df")
+        con.execute("INSERT INTO phone_map SELECT raw, region, e164 FROM df")
     if prune:  # spellings no longer present anywhere must not linger in the map
-        con.execute(f"DELETE FROM phone_map WHERE raw NOT IN (SELECT phone FROM ({union}))")
+        con.execute(
+            f"DELETE FROM phone_map m WHERE NOT EXISTS (SELECT 1 FROM ({_phone_spellings()}) s "
+            "WHERE s.raw = m.raw AND s.region = m.region)"
+        )
     return len(new)
 
 
@@ -64,10 +84,10 @@ def _ids(*cols: str) -> str:
     return ", ".join(f"{sql_trim_id(c)} AS {c}" for c in cols)
 
 
-def _person(email: str = "email", phone: str = "phone") -> str:
+def _person(email: str = "email", phone: str = "phone", region: str = "''") -> str:
     return (
         f"{sql_normalise_email(email)} AS email, {sql_email_match_key(email)} AS email_key, "
-        f"(SELECT e164 FROM phone_map WHERE phone_map.raw = {phone}) AS phone_e164"
+        f"(SELECT e164 FROM phone_map m WHERE m.raw = {phone} AND m.region = {region}) AS phone_e164"
     )
 
 
@@ -128,7 +148,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         'crm' AS source, crm_id AS source_record_id, 'crm:' || trim(crm_id) AS unit_id,
         coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
         {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
-        {_person()},
+        {_person(region=_PHONE_SOURCES["raw_crm"])},
         {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
         {sql_plausible_dob("date_of_birth", "coalesce(updated_at, created_at)")} AS date_of_birth,
         NULLIF(trim(regexp_replace(lower(strip_accents(address_line1)), '[^a-z0-9 ]+', ' ', 'g')), '')

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 import phonenumbers
@@ -194,6 +195,26 @@ def sql_plausible_dob(col: str, recorded: str) -> str:
         f"CASE WHEN {col} < DATE '{PLACEHOLDER_DOB_BEFORE}' OR {col} >= DATE '{PLACEHOLDER_DOB_FROM}' "
         f"OR {col} > CAST({recorded} AS DATE) THEN NULL ELSE {col} END"
     )
+
+
+#: The regions phonenumbers knows, as a SQL list: a record's own ``country`` is the region its national
+#: phone numbers are read in (an Irish contact's 087 number is +353, not a UK number).
+_PHONE_REGIONS = ", ".join(f"'{r}'" for r in sorted(phonenumbers.SUPPORTED_REGIONS))
+
+
+def phone_regions(values: Iterable[object], default: str) -> list[str]:
+    """The regions a row's phone numbers may be read in, when its columns are not known (a malformed line,
+    a quarantined row): ``default`` and any country code among its ``values``. Erasure and suppression try
+    them all, so that an Irish contact's national number is found whichever way staging read it."""
+    found = {str(v).strip().upper() for v in values if isinstance(v, str)} & phonenumbers.SUPPORTED_REGIONS
+    return [default, *sorted(found - {default})]
+
+
+def sql_phone_region(country: str) -> str:
+    """The region a record's phone numbers are read in: its ``country`` when phonenumbers knows it, else
+    ``''`` (the installation's ``default_region``)."""
+    code = f"upper(trim({country}))"
+    return f"CASE WHEN {code} IN ({_PHONE_REGIONS}) THEN {code} ELSE '' END"
 
 
 def sql_trim_id(col: str) -> str:
