@@ -106,6 +106,8 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
     picks = []
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
+        if out in ("first_name", "last_name"):  # as written, or the matching form capitalised
+            value = f"coalesce({col}_display, {_TITLE.format(col=col)})"
         nonempty = f"{col} IS NOT NULL" + ("" if col == "date_of_birth" else f" AND trim({col}) <> ''")
         if out in _PLACEHOLDER_CHECKS:  # a CRM's "noemail@noemail.com" is nobody's contact point
             key_type, column = _PLACEHOLDER_CHECKS[out]
@@ -118,9 +120,7 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
     shown = []
     for out in fields:
         v = f"c.{out}_pick.v"
-        if out in ("first_name", "last_name"):
-            shown.append(f"{_TITLE.format(col=v)} AS {out}")
-        elif out == "date_of_birth":
+        if out == "date_of_birth":
             shown.append(f"{v}::DATE AS {out}")
         else:
             shown.append(f"{v} AS {out}")
@@ -215,8 +215,9 @@ def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Version of the table's shape and rules; bump it when the columns or the choice of values change, so that
 #: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship. 3: a refund
-#: (negative amount) is no order. 4: a CRM contact is first seen at its created_at.
-_PROFILES_VERSION = "4"
+#: (negative amount) is no order. 4: a CRM contact is first seen at its created_at. 5: names as written
+#: (``first_name_display``), not the matching form capitalised.
+_PROFILES_VERSION = "5"
 
 
 def _fingerprint(settings: Settings) -> str:

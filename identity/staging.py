@@ -20,7 +20,9 @@ import duckdb
 from cdp.store import batches_not_in, forget_batches, record_batches, table_exists, transaction
 from identity.standardise import (
     normalise_phone,
+    sql_display_name,
     sql_email_match_key,
+    sql_fold_accents,
     sql_normalise_email,
     sql_normalise_name,
     sql_normalise_postcode,
@@ -80,6 +82,17 @@ def build_phone_map(
     return len(new)
 
 
+def _names() -> str:
+    """First and last name in matching form, and as a profile shows them (NULL where matching has none)."""
+    parts = []
+    for col in ("first_name", "last_name"):
+        matching = sql_normalise_name(col)
+        parts.append(
+            f"{matching} AS {col}, CASE WHEN {matching} IS NOT NULL THEN {sql_display_name(col)} END AS {col}_display"
+        )
+    return ", ".join(parts)
+
+
 def _ids(*cols: str) -> str:
     return ", ".join(f"{sql_trim_id(c)} AS {c}" for c in cols)
 
@@ -93,6 +106,7 @@ def _person(email: str = "email", phone: str = "phone", region: str = "''") -> s
 
 _NULL_PERSON = (
     "NULL::VARCHAR AS first_name, NULL::VARCHAR AS last_name, NULL::DATE AS date_of_birth, "
+    "NULL::VARCHAR AS first_name_display, NULL::VARCHAR AS last_name_display, "
     "NULL::VARCHAR AS address_line1, NULL::VARCHAR AS city, NULL::VARCHAR AS postcode, NULL::VARCHAR AS country"
 )
 _META = "batch_id, file, row_number"
@@ -139,7 +153,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         transaction_time AS record_time, 'purchase' AS event_type,
         NULL AS user_id, {_ids("loyalty_id")}, NULL AS crm_id, NULL AS anonymous_id, NULL AS device_id,
         {_person()},
-        {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
+        {_names()},
         NULL::DATE AS date_of_birth, NULL AS address_line1, NULL AS city,
         {sql_normalise_postcode("postcode")} AS postcode, NULL AS country,
         transaction_id AS order_id, amount, upper(trim(currency)) AS currency, {_ids("store_id")}, {_META}""",
@@ -149,9 +163,9 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
         {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
         {_person(region=_PHONE_SOURCES["raw_crm"])},
-        {sql_normalise_name("first_name")} AS first_name, {sql_normalise_name("last_name")} AS last_name,
+        {_names()},
         {sql_plausible_dob("date_of_birth", "coalesce(updated_at, created_at)")} AS date_of_birth,
-        NULLIF(trim(regexp_replace(lower(strip_accents(address_line1)), '[^a-z0-9 ]+', ' ', 'g')), '')
+        NULLIF(trim(regexp_replace({sql_fold_accents('address_line1')}, '[^a-z0-9 ]+', ' ', 'g')), '')
             AS address_line1,
         NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,
         NULLIF(upper(trim(country)), '') AS country,

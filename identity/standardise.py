@@ -87,8 +87,19 @@ def normalise_phone(value: object, region: str = "GB") -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+#: Letters that carry no combining accent, so that NFKD (and DuckDB's ``strip_accents``) leave them alone,
+#: and their ASCII spellings: without these "Søren Łukasiewicz" matched as "s ren ukasiewicz".
+LETTER_FOLDS = {
+    "ø": "o", "ł": "l", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ŧ": "t", "ŋ": "n",
+    "æ": "ae", "œ": "oe", "ß": "ss", "þ": "th",
+}  # fmt: skip
+_LETTER_FOLDS = str.maketrans(LETTER_FOLDS)
+
+
 def fold_accents(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    """``text`` in lower case with its accents folded (``"Zoë Søren"`` -> ``"zoe soren"``)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return plain.lower().translate(_LETTER_FOLDS)
 
 
 _NAME_DROP = re.compile(r"[^a-z\- ']+")
@@ -106,7 +117,7 @@ def normalise_name(value: object) -> str | None:
     """
     if _blank(value):
         return None
-    text = fold_accents(str(value)).lower().replace("'", "").replace(".", " ")
+    text = fold_accents(str(value)).replace("'", "").replace(".", " ")
     text = _NAME_DROP.sub(" ", text)
     text = re.sub(r"\s*-\s*", "-", text)
     text = " ".join(text.split()).strip("-")
@@ -168,13 +179,41 @@ def sql_email_match_key(col: str) -> str:
     )
 
 
+def sql_fold_accents(col: str) -> str:
+    """``col`` as :func:`fold_accents` has it: lower case, accents stripped, :data:`LETTER_FOLDS` spelled out."""
+    folded = f"lower(strip_accents({col}))"
+    single = {k: v for k, v in LETTER_FOLDS.items() if len(v) == 1}
+    folded = f"translate({folded}, '{''.join(single)}', '{''.join(single.values())}')"
+    for letter, spelling in LETTER_FOLDS.items():
+        if len(spelling) > 1:
+            folded = f"replace({folded}, '{letter}', '{spelling}')"
+    return folded
+
+
 def sql_normalise_name(col: str) -> str:
-    folded = f"lower(strip_accents(trim({col})))"
+    folded = sql_fold_accents(f"trim({col})")
     cleaned = f"regexp_replace(replace(replace({folded}, '''', ''), '.', ' '), '[^a-z\\- ]+', ' ', 'g')"
     hyphen = f"regexp_replace({cleaned}, '\\s*-\\s*', '-', 'g')"
     collapsed = f"trim(regexp_replace({hyphen}, '\\s+', ' ', 'g'), ' -')"
     untitled = f"regexp_replace({collapsed}, '{_TITLE_PATTERN}', '\\2')"
     return f"NULLIF({untitled}, '')"
+
+
+def sql_display_name(col: str) -> str:
+    """A name as a profile shows it: as written (spaces collapsed, a leading title dropped as in matching),
+    and when it was written all in one case, capitalised word by word and after hyphens and apostrophes,
+    with "Mc" names as McDonald (``O'BRIEN-SMITH`` -> ``O'Brien-Smith``). The matching form has lost the
+    apostrophes and accents, which a letter or an export to the customer should keep."""
+    written = f"regexp_replace({sql_strip(col)}, '{_WHITESPACE_CLASS}+', ' ', 'g')"
+    untitled = f"regexp_replace({written}, '(?i)^({'|'.join(TITLES)})\\.? +(\\S)', '\\2')"
+    cap = "CASE WHEN c LIKE 'mc__%' THEN 'Mc' || upper(c[3]) || c[4:] ELSE upper(c[1]) || c[2:] END"
+    capitalised = (
+        f"array_to_string(list_transform(string_split(lower({untitled}), ' '), lambda a: array_to_string("
+        f"list_transform(string_split(a, '-'), lambda b: array_to_string("
+        f"list_transform(string_split(b, ''''), lambda c: {cap}), '''')), '-')), ' ')"
+    )
+    one_case = f"{untitled} = lower({untitled}) OR {untitled} = upper({untitled})"
+    return f"NULLIF(CASE WHEN {one_case} THEN {capitalised} ELSE {untitled} END, '')"
 
 
 def sql_normalise_postcode(col: str) -> str:

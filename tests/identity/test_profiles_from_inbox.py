@@ -33,3 +33,33 @@ def test_a_crm_contact_is_first_seen_when_it_was_created_not_when_it_was_last_ed
     build_customer_profiles(con, settings)
     first, last = con.execute("SELECT first_seen, last_seen FROM customer_profiles").fetchall()[0]
     assert (first, last) == (datetime(2016, 3, 1, 9), datetime(2024, 2, 2, 12))
+
+
+def test_a_profile_shows_names_as_written_not_in_their_matching_form(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    rows = [
+        ("crm_id", "first_name", "last_name", "email", "updated_at"),
+        ("C1", "SØREN", "ŁUKASIEWICZ", "soren.l@mailbox.co.uk", "2024-01-01 09:00:00"),  # all capitals
+        ("C2", "siobhan", "o'brien-mcdonald", "siobhan.ob@mailbox.co.uk", "2024-01-01 09:00:00"),  # all lower
+        ("C3", "Dr.  Peter", "van der Berg", "peter.vdb@mailbox.co.uk", "2024-01-01 09:00:00"),  # mixed: kept
+        ("C4", "Zoë", "...", "zoe.x@mailbox.co.uk", "2024-01-01 09:00:00"),  # no surname to show
+    ]
+    with (inbox / "crm" / "crm-2026-11-01.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    con, settings = idstage(inbox, tmp_path)
+    # Matching still reads the folded forms: ø and ł are spelled out, not dropped.
+    staged = dict(con.execute("SELECT source_record_id, first_name || ' ' || last_name FROM stg_records").fetchall())
+    assert staged["C1"] == "soren lukasiewicz" and staged["C2"] == "siobhan obrien-mcdonald"
+    resolve_identities(con, settings)
+    build_customer_profiles(con, settings)
+    names = con.execute(
+        """SELECT first_name, last_name FROM customer_profiles p JOIN customer_source_records r USING (customer_id)
+           ORDER BY r.source_record_id"""
+    ).fetchall()
+    assert names == [
+        ("Søren", "Łukasiewicz"),
+        ("Siobhan", "O'Brien-McDonald"),
+        ("Peter", "van der Berg"),
+        ("Zoë", None),
+    ]
