@@ -18,8 +18,10 @@ Rules, in the order they are applied:
      those all point to the same customer. A grant that names only a household phone grants nothing.
 
 3. Per customer and purpose the latest applicable event wins, whichever identifier it came through; at the
-   same instant a withdrawal beats a grant. Events later than ``as_of`` do not apply yet (a withdrawal
-   applies from its own timestamp).
+   same instant a withdrawal beats a grant. Events later than ``as_of`` do not apply yet, except a
+   withdrawal dated after the moment the ledger recorded it (a till's clock ahead, local time written as
+   UTC): it is in force from that moment, since nobody withdraws for later. A grant dated ahead waits for
+   its date (:func:`in_force`).
 4. No event means no consent: customers without a row in ``consent_state`` for a purpose may not be
    contacted for it (see :mod:`consent.enforce`).
 """
@@ -87,13 +89,23 @@ def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None
     )
 
 
+def in_force(alias: str = "") -> str:
+    """SQL: when a ledger event (``alias``: the table's alias and a dot, or nothing) comes into force: its
+    ``event_time``, or for a withdrawal dated after the ledger recorded it, the moment it was recorded."""
+    a = alias
+    return (
+        f"CASE WHEN {a}status = 'withdrawn' AND {a}event_time > {a}recorded_at "
+        f"THEN {a}recorded_at ELSE {a}event_time END"
+    )
+
+
 def _event_ids_sql(events: str | None = None, until: str = "$as_of", ledger: str = "consent_events") -> str:
-    """``(event_id, kind, value)`` of the identifiers applicable events (``event_time <= until``) name.
+    """``(event_id, kind, value)`` of the identifiers applicable events (in force by ``until``) name.
     ``ledger`` may be a temp table holding some rows of ``consent_events``."""
     only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
     return f"""
     SELECT DISTINCT event_id, kind, value FROM (
-        UNPIVOT (SELECT event_id, {_IDS} FROM {ledger} WHERE event_time <= {until} {only})
+        UNPIVOT (SELECT event_id, {_IDS} FROM {ledger} WHERE {in_force()} <= {until} {only})
         ON {_IDS} INTO NAME kind VALUE value)"""
 
 
@@ -109,16 +121,16 @@ def _events_naming_sql(values: str, until: str = "$as_of") -> str:
     """Ids of the applicable events that name one of the ``(kind, value)`` of table ``values``: one probe per
     identifier column, not an unpivot of the whole ledger."""
     naming = " OR ".join(f"{c} IN (SELECT value FROM {values} WHERE kind = '{c}')" for c in EVENT_IDENTIFIERS)
-    return f"SELECT event_id FROM consent_events WHERE event_time <= {until} AND ({naming})"
+    return f"SELECT event_id FROM consent_events WHERE {in_force()} <= {until} AND ({naming})"
 
 
 def _loose_candidates(until: str = "$as_of") -> str:
-    """``(event_id, event_time, email_key, value)``: withdrawals from the consent source whose email, as written
+    """``(event_id, in_force, email_key, value)``: withdrawals from the consent source whose email, as written
     in ``raw_consent``, may reach customers loosely (before the check that their email key reaches nobody)."""
     return f"""
-    SELECT ev.event_id, ev.event_time, ev.email_key, {_loose_email("rc.email")} AS value
+    SELECT ev.event_id, {in_force("ev.")} AS in_force, ev.email_key, {_loose_email("rc.email")} AS value
     FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
-    WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND ev.event_time <= {until}
+    WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND {in_force("ev.")} <= {until}
       AND rc.email IS NOT NULL AND trim(rc.email) <> ''"""
 
 
@@ -161,7 +173,7 @@ def hits_sql(
     loose_events = ""
     if loose_withdrawals:
         only = f"AND event_id IN (SELECT event_id FROM {events})" if events else ""
-        candidates = f"SELECT * FROM {loose} WHERE event_time <= $as_of" if loose else _loose_candidates()
+        candidates = f"SELECT * FROM {loose} WHERE in_force <= $as_of" if loose else _loose_candidates()
         loose_events = f"""
         UNION
         SELECT event_id, 'email_loose' AS kind, value FROM ({candidates}) c
@@ -214,7 +226,7 @@ BASIS_DDL = [
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one.
-BASIS_VERSION = f"consent_state v1; duckdb {duckdb.__version__}"
+BASIS_VERSION = f"consent_state v2; duckdb {duckdb.__version__}"  # v2: withdrawals dated ahead in force
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -252,8 +264,9 @@ def build_consent_state(
     untouched rows keep theirs). ``before_commit`` runs inside the transaction, just before it commits.
 
     Returns counts only, no personal data. ``granted`` / ``withdrawn``: state rows by status; ``events``:
-    ledger size. A full rebuild adds ``unmatched_events`` (events that reach no known customer yet, kept and
-    applied once their identifiers appear) and ``ambiguous_grants`` (grants that reach customers only
+    ledger size. A full rebuild adds ``unmatched_events`` (events in force that reach no known customer yet,
+    kept and applied once their identifiers appear), ``events_dated_ahead`` (grants dated after ``as_of``,
+    which apply from their date) and ``ambiguous_grants`` (grants that reach customers only
     ambiguously and so grant nothing); an update adds ``customers_recomputed`` instead.
     """
     ensure_ledger(con)
@@ -286,7 +299,9 @@ def build_consent_state(
     result = {"granted": int(by_status.get("granted", 0)), "withdrawn": int(by_status.get("withdrawn", 0))}
     result["events"] = events
     if "reached" in counts:
-        result["unmatched_events"] = events - counts["reached"]
+        ahead = con.execute(f"SELECT count(*) FROM consent_events WHERE {in_force()} > $as_of", params).fetchall()
+        result["events_dated_ahead"] = int(ahead[0][0])
+        result["unmatched_events"] = events - counts["reached"] - result["events_dated_ahead"]
         result["ambiguous_grants"] = counts["ambiguous"]
     else:
         result["customers_recomputed"] = counts["customers"]
@@ -303,8 +318,8 @@ def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
         return 0
     now = datetime.now(UTC).replace(tzinfo=None)
     due = con.execute(
-        """SELECT count(*) FROM consent_events
-           WHERE event_time <= $now AND (event_time > (SELECT as_of FROM consent_state_basis)
+        f"""SELECT count(*) FROM consent_events
+           WHERE {in_force()} <= $now AND ({in_force()} > (SELECT as_of FROM consent_state_basis)
                                          OR event_id NOT IN (SELECT event_id FROM consent_state_seen))""",
         {"now": now},
     ).fetchall()[0][0]
@@ -361,9 +376,9 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
            WHERE event_id NOT IN (SELECT event_id FROM consent_state_seen)"""
     )
     # No changed customer, no new event, none come into (or out of) force since the last as_of: nothing to do.
-    quiet = """SELECT NOT EXISTS (FROM _cs_changed) AND NOT EXISTS (FROM _cs_new) AND NOT EXISTS (
+    quiet = f"""SELECT NOT EXISTS (FROM _cs_changed) AND NOT EXISTS (FROM _cs_new) AND NOT EXISTS (
                    FROM consent_events
-                   WHERE event_time > least($prev, $as_of) AND event_time <= greatest($prev, $as_of))"""
+                   WHERE {in_force()} > least($prev, $as_of) AND {in_force()} <= greatest($prev, $as_of))"""
     if con.execute(quiet, window).fetchall()[0][0]:
         return {"customers": 0}
     _links_of(con, "_cs_changed", "_cs_changed_links")
@@ -379,10 +394,10 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     until = "greatest($prev, $as_of)"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_seeds AS
-            SELECT event_id FROM consent_events WHERE event_time <= {until} AND ({_naming_bucket("_cs_buckets")})
+            SELECT event_id FROM consent_events WHERE {in_force()} <= {until} AND ({_naming_bucket("_cs_buckets")})
             UNION SELECT event_id FROM _cs_new
             UNION SELECT event_id FROM consent_events
-                  WHERE event_time > least($prev, $as_of) AND event_time <= greatest($prev, $as_of)""",
+                  WHERE {in_force()} > least($prev, $as_of) AND {in_force()} <= greatest($prev, $as_of)""",
         window,
     )
     # (Loose candidates are read once into a temp table: inside a larger query DuckDB computed the loose key of
@@ -392,7 +407,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     else:
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _cs_loose "
-            "(event_id VARCHAR, event_time TIMESTAMP, email_key VARCHAR, value VARCHAR)"
+            "(event_id VARCHAR, in_force TIMESTAMP, email_key VARCHAR, value VARCHAR)"
         )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_reach AS
@@ -423,7 +438,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
         f"""CREATE OR REPLACE TEMP TABLE _cs_events AS
             {_events_naming_sql("_cs_affected_ids")}
             UNION SELECT event_id FROM _cs_loose
-                  WHERE event_time <= $as_of
+                  WHERE in_force <= $as_of
                     AND value IN (SELECT value FROM _cs_affected_ids WHERE kind = 'email_loose')""",
         params,
     )

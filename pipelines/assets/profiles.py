@@ -121,6 +121,7 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
     if full:  # global counts, taken by full rebuilds only
         line += (
             f"; {counts['unmatched_events']} events wait for an identifier; "
+            f"{counts['events_dated_ahead']} grants dated ahead wait for their date; "
             f"{counts['ambiguous_grants']} ambiguous grants"
         )
     context.log.info(line)

@@ -168,10 +168,27 @@ def test_a_withdrawal_that_came_into_force_since_the_last_run_applies_to_the_exp
 
     now = datetime.now(UTC).replace(tzinfo=None)
     # Consent state was computed on day 20; since then a withdrawal came into force (a run took it into the
-    # ledger before its consent step, or it was dated ahead), and another is still ahead of us.
+    # ledger before its consent step). Another is dated a day ahead of the moment the ledger took it in (a
+    # till's clock ahead): nobody withdraws for later, so it is in force at once.
     w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="alee@mailbox.com")
     w.add_consent(con, "k81", now + timedelta(days=1), "email_marketing", "withdrawn", email="glee@mailbox.com")
     sync_ledger(con)
     result = export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "email.csv")
-    assert pd.read_csv(tmp_path / "email.csv")["customer_id"].tolist() == ["cC", "cG"]
-    assert result.counts["withdrawn"] == 2
+    assert pd.read_csv(tmp_path / "email.csv")["customer_id"].tolist() == ["cC"]
+    assert result.counts["withdrawn"] == 3
+
+
+def test_a_grant_dated_ahead_waits_for_its_date(con, settings, tmp_path, w):
+    from datetime import UTC, datetime, timedelta
+
+    from consent.ledger import sync_ledger
+    from consent.state import build_consent_state
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    w.add_consent(con, "k82", now + timedelta(days=1), "sms_marketing", "granted", email="clee@mailbox.com")
+    sync_ledger(con)
+    counts = build_consent_state(con)
+    assert counts["events_dated_ahead"] == 1
+    assert "cC" not in w.states(con, "sms_marketing")
+    build_consent_state(con, as_of=now + timedelta(days=2))
+    assert w.states(con, "sms_marketing")["cC"] == "granted"
