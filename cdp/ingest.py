@@ -120,6 +120,26 @@ def line_values(line: str) -> set[str]:
     return {v.strip() for v in values} - {""}
 
 
+_EMAIL_IN_TEXT = re.compile(r"[^\s,;<>()\[\]{}\"']+@[^\s,;<>()\[\]{}\"']+")
+
+
+def text_values(text: str, regions: Iterable[str] = ("GB",)) -> set[str]:
+    """Every value free text may hold an identifier as: :func:`line_values`, its words, the email addresses in
+    it and the phone numbers phonenumbers finds in it read in each of ``regions`` ("referred by Ann,
+    07911 123401"). For columns beyond the contract (kept in ``extra``), quarantined rows and malformed
+    lines, where an erased subject's identifiers may sit inside a larger value."""
+    values = line_values(text)
+    values.update(text.split())
+    values.update(_EMAIL_IN_TEXT.findall(text))
+    if sum(ch.isdigit() for ch in text) >= 7:
+        import phonenumbers
+
+        for region in regions:
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+                values.add(match.raw_string)
+    return {v.strip() for v in values} - {""}
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -467,7 +487,9 @@ class Ingestor:
                 )  # fmt: skip
         finally:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
-            self.con.execute("DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified")
+            self.con.execute(
+                "DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified; DROP TABLE IF EXISTS _erased_extra"
+            )
         return result
 
     def _content_hash(self, path: Path) -> str:
@@ -509,9 +531,9 @@ class Ingestor:
             )
             if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
                 result.error += "; its header is one column: columns must be separated by commas"
-            self._classify(spec, forced_reason=f"file rejected: missing required column {missing[0]}")
+            self._classify(spec, extras, forced_reason=f"file rejected: missing required column {missing[0]}")
         else:
-            self._classify(spec)
+            self._classify(spec, extras)
         counts = dict(self.con.execute("SELECT _fate, count(*) FROM _classified GROUP BY 1").fetchall())
 
         if not missing:
@@ -538,9 +560,14 @@ class Ingestor:
             " OR ".join(f"({_typed(c, k)} IS NULL AND NULLIF(trim({_q(c)}), '') IS NOT NULL)" for c, k in typed_columns)
             or "false"
         )
-        extra_pairs = [f"{_json_key(c)}, {_q(c)}" for c in extras] + unparsed
-        # merge_patch onto an empty object drops the null-valued keys (RFC 7386).
-        extra_json = f"json_merge_patch('{{}}', json_object({', '.join(extra_pairs)}))"
+        # A value carrying an erased subject (``_erased_extra``) is left out; the row is someone else's.
+        kept = {
+            c: f"CASE WHEN {_q(c)} NOT IN (SELECT value FROM _erased_extra WHERE col = {_json_key(c)}) THEN {_q(c)} END"
+            for c in extras
+        }
+        extra_pairs = [f"{_json_key(c)}, {kept[c]}" for c in extras] + unparsed
+        # merge_patch onto an empty object drops the null-valued keys (RFC 7386); no key left, no extra.
+        extra_json = f"NULLIF(json_merge_patch('{{}}', json_object({', '.join(extra_pairs)})), '{{}}')"
         if extras:
             extra_sql = extra_json
         elif unparsed:
@@ -554,12 +581,15 @@ class Ingestor:
             [batch_id, label],
         )
 
-    def _classify(self, spec: SourceSpec, forced_reason: str | None = None) -> None:
+    def _classify(self, spec: SourceSpec, extras: list[str], forced_reason: str | None = None) -> None:
         """Create ``_classified``: ``_batch`` plus ``_fate`` (loaded, quarantined, suppressed) and a reason.
 
-        Suppression comes first: a row of an erased subject is kept nowhere, not even in quarantine.
+        Suppression comes first: a row of an erased subject is kept nowhere, not even in quarantine. A row that
+        would be quarantined is suppressed too when a value of a column beyond the contract (``extras``) carries
+        an erased identifier (:meth:`_note_erased_extras`); a loaded row keeps the row without that value.
         ``forced_reason`` quarantines every row that is not suppressed (a file rejected whole).
         """
+        carried = self._note_erased_extras(extras)
         reasons: list[str] = [f"WHEN true THEN {_json_key(forced_reason)}"] if forced_reason else []
         for col in spec.required:
             kind = spec.columns[col]
@@ -578,9 +608,11 @@ class Ingestor:
         reason_sql = "CASE " + " ".join(reasons) + " END"
         suppressed_sql, params = self._suppressed_sql(spec)
         join_phone = self._has_suppressions and "phone" in spec.columns
+        quarantined = f"({reason_sql}) IS NOT NULL"
         self.con.execute(
             f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
-            f"CASE WHEN {suppressed_sql} THEN 'suppressed' WHEN ({reason_sql}) IS NOT NULL THEN 'quarantined' "
+            f"CASE WHEN {suppressed_sql} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
+            f"WHEN {quarantined} THEN 'quarantined' "
             f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
             + (
                 f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
@@ -589,6 +621,23 @@ class Ingestor:
             ),
             params,
         )
+
+    def _note_erased_extras(self, extras: list[str]) -> str:
+        """Fill ``_erased_extra(col, value)`` with the values of columns beyond the contract that carry an
+        erased subject's identifier anywhere in them (a note "referred by Ann, 07911 123401", a nested JSON
+        value, a row of a file rejected whole); returns SQL that is true for a ``_batch`` row holding one."""
+        self.con.execute("CREATE OR REPLACE TEMP TABLE _erased_extra (col VARCHAR, value VARCHAR)")
+        if not extras or not self._has_suppressions:
+            return "false"
+        hashes = {h for (h,) in self.con.execute("SELECT identifier_hash FROM suppression_list").fetchall()}
+        hits = []
+        for col in extras:
+            values = self.con.execute(f"SELECT DISTINCT {_q(col)} FROM _batch WHERE {_q(col)} IS NOT NULL").fetchall()
+            hits += [(col, value) for (value,) in values if hashes & self._line_hashes(str(value))]
+        if not hits:
+            return "false"
+        self.con.executemany("INSERT INTO _erased_extra VALUES (?, ?)", hits)
+        return " OR ".join(f"{_q(c)} IN (SELECT value FROM _erased_extra WHERE col = {_json_key(c)})" for c in extras)
 
     @property
     def _has_suppressions(self) -> bool:
@@ -644,7 +693,7 @@ class Ingestor:
         from identity.standardise import email_match_key, normalise_phone, phone_regions
 
         hashes = set()
-        values = line_values(line)
+        values = text_values(line, phone_regions(line_values(line), self.region))
         regions = phone_regions(values, self.region)
         for value in values:
             candidates: dict[str, str | None] = {

@@ -54,13 +54,13 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError, StoreBusyError
-from cdp.ingest import IDENTIFIER_COLUMNS, line_values
+from cdp.ingest import IDENTIFIER_COLUMNS, text_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from consent.ledger import base_event_id
 from identity import changes
-from identity.standardise import sql_email_match_key, sql_phone_region, sql_trim_id
+from identity.standardise import phone_regions, sql_email_match_key, sql_phone_region, sql_trim_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -75,6 +75,7 @@ SCOPE_TABLES = (
     "_subject_phones",
     "_subject_phone_spellings",
     "_subject_email_spellings",
+    "_subject_extra",
 )
 
 
@@ -352,6 +353,8 @@ class Scope:
     #: why the subject's identity units are one customer: ``identity_edges`` inside the cluster by
     #: evidence (a key type such as ``user_id``, or ``splink``) -- the first place to look for an over-merge
     link_evidence: dict[str, int] = field(default_factory=dict)
+    #: values beyond the contract (``extra``) on other people's raw rows that carry the subject: removed
+    extra_values: int = 0
 
 
 def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
@@ -373,6 +376,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     )
     con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
+    con.execute("CREATE TEMP TABLE _subject_extra (table_name VARCHAR, row_id BIGINT, key VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR, region VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_email_spellings (raw VARCHAR)")
@@ -477,9 +481,12 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             f"INSERT INTO _subject_phone_spellings SELECT raw, {region_column} FROM phone_map "
             f"WHERE e164 IN {_ids('phone_e164')}"
         )
-    quarantined = _scan_quarantine(con, region) if "quarantine" in schema else 0
+    matcher = _Matcher(con, region)
+    quarantined = 0 if matcher.empty or "quarantine" not in schema else _scan_quarantine(con, matcher)
+    extras = 0 if matcher.empty else _scan_extras(con, schema, matcher)
     _collect_phone_spellings(con, schema)
     scope = _scope_counts(con, len(seeds), quarantined)
+    scope.extra_values = extras
     if {"unit_id_l", "unit_id_r", "evidence"} <= schema.get("identity_edges", set()):
         scope.link_evidence = {
             str(evidence): int(n)
@@ -608,34 +615,58 @@ _FIELD_TYPES = {
 }  # fmt: skip
 
 
-def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
-    """Mark quarantined rows whose raw content carries one of the subject's usable identifiers (normalised
-    as ingestion does) or the key of one of the subject's records. Malformed lines are kept as
-    ``{"line": ...}``: every value :func:`cdp.ingest.line_values` finds in one is checked the same way."""
-    from identity.standardise import email_match_key, normalise_phone, phone_regions
+class _Matcher:
+    """Whether values as written carry one of the subject's usable identifiers (normalised as ingestion does)
+    or the key of one of the subject's records: for quarantined rows and values beyond the contract."""
 
-    usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
-    for t, v in con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable").fetchall():
-        usable[t].add(v)
-    keys: dict[str, set[str]] = {}
-    for s, k in con.execute("SELECT source, record_id FROM _subject_records").fetchall():
-        keys.setdefault(s, set()).add(k)
-    keys["consent"] = {r[0] for r in con.execute("SELECT consent_id FROM _subject_consent").fetchall()}
-    all_keys = set().union(*keys.values()) if keys else set()
-    if not any(usable.values()) and not all_keys:
-        return 0
+    def __init__(self, con: duckdb.DuckDBPyConnection, region: str) -> None:
+        self.region = region
+        self.usable: dict[str, set[str]] = {t: set() for t in ID_TYPES}
+        for t, v in con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable").fetchall():
+            self.usable[t].add(v)
+        self.keys: dict[str, set[str]] = {}
+        for s, k in con.execute("SELECT source, record_id FROM _subject_records").fetchall():
+            self.keys.setdefault(s, set()).add(k)
+        self.keys["consent"] = {r[0] for r in con.execute("SELECT consent_id FROM _subject_consent").fetchall()}
+        self.all_keys = set().union(*self.keys.values())
 
-    def carries(field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
+    @property
+    def empty(self) -> bool:
+        return not any(self.usable.values()) and not self.all_keys
+
+    def fields(self, data: dict[str, Any]) -> list[tuple[str | None, object]]:
+        """``(column, value)`` of a row's values as written, plus ``(None, piece)`` for every piece of free
+        text (:func:`cdp.ingest.text_values`): a malformed line, a nested JSON value, a note."""
+        regions = phone_regions(list(data.values()), self.region)
+        out: list[tuple[str | None, object]] = []
+        for name, value in data.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value, ensure_ascii=False)
+            key = str(name).strip().lower()
+            if not (key == "line" and len(data) == 1):
+                out.append((key, value))
+            if isinstance(value, str) and len(value) > 1:
+                out += [(None, piece) for piece in text_values(value, regions)]
+        return out
+
+    def carries(self, data: dict[str, Any], source: str) -> bool:
+        regions = phone_regions(list(data.values()), self.region)
+        return any(self._carries(name, value, source, regions) for name, value in self.fields(data))
+
+    def _carries(self, field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
+        from identity.standardise import email_match_key, normalise_phone
+
         if value is None or isinstance(value, dict | list):
             return False
         text = str(value).strip()
         if not text:
             return False
         spec = SOURCE_SPECS.get(source)
-        if field_name is None:  # a field of a malformed line: any key of the subject
-            if text in all_keys:
+        usable = self.usable
+        if field_name is None:  # a piece of free text: any key of the subject
+            if text in self.all_keys:
                 return True
-        elif spec is not None and field_name == spec.key and text in keys.get(source, set()):
+        elif spec is not None and field_name == spec.key and text in self.keys.get(source, set()):
             return True
         id_type = _FIELD_TYPES.get(field_name or "")
         if "@" in text and email_match_key(text) in usable["email_key"]:
@@ -651,6 +682,10 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
             return text in usable[id_type]
         return field_name is None and any(text in usable[t] for t in ID_TYPES)
 
+
+def _scan_quarantine(con: duckdb.DuckDBPyConnection, matcher: _Matcher) -> int:
+    """Mark quarantined rows that carry the subject anywhere in their raw content: a column, a nested value,
+    a piece of a malformed line (kept as ``{"line": ...}``) or of a row rejected with its whole file."""
     hits = []
     cursor = con.execute("SELECT rowid, source, raw FROM quarantine WHERE raw IS NOT NULL")
     while batch := cursor.fetchmany(10_000):
@@ -660,19 +695,36 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, region: str) -> int:
             except (TypeError, ValueError):
                 data = {"line": str(raw)}
             if not isinstance(data, dict):
-                continue
-            fields: list[tuple[str | None, object]] = []
-            for name, value in data.items():
-                key = str(name).strip().lower()
-                if key == "line" and isinstance(value, str) and len(data) == 1:
-                    fields += [(None, part) for part in line_values(value)]
-                else:
-                    fields.append((key, value))
-            regions = phone_regions([value for _, value in fields], region)
-            if any(carries(name, value, str(source), regions) for name, value in fields):
+                data = {"line": str(raw)}
+            if matcher.carries(data, str(source)):
                 hits.append((row_id,))
     if hits:
         con.executemany("INSERT INTO _subject_quarantine VALUES (?)", hits)
+    return len(hits)
+
+
+def _scan_extras(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], matcher: _Matcher) -> int:
+    """Note the values beyond the contract (``extra`` of the raw tables) that carry the subject on rows that
+    stay (another customer's contact noting "referred by Ann, 07911 123401"): erasure removes those values
+    and keeps the rows. Returns how many values."""
+    hits = []
+    for source in RECORD_SOURCES + ("consent",):
+        table = raw_table(source)
+        if "extra" not in schema.get(table, set()):
+            continue
+        stays = f"NOT coalesce({ERASURE_MAP[table].where}, false)"
+        cursor = con.execute(f"SELECT rowid, extra FROM {table} WHERE extra IS NOT NULL AND {stays}")
+        while batch := cursor.fetchmany(10_000):
+            for row_id, extra in batch:
+                try:
+                    data = json.loads(extra)
+                except (TypeError, ValueError):
+                    data = {"extra": str(extra)}
+                if not isinstance(data, dict):
+                    data = {"extra": str(extra)}
+                hits += [(table, row_id, k) for k, v in data.items() if matcher.carries({k: v}, source)]
+    if hits:
+        con.executemany("INSERT INTO _subject_extra VALUES (?, ?, ?)", hits)
     return len(hits)
 
 
@@ -802,6 +854,7 @@ def _erase_rows(
     deleted = {}
     for table, rule in rules.items():
         deleted[table] = int(con.execute(f"DELETE FROM {table} WHERE {rule.where}").fetchall()[0][0])
+    _remove_extra_values(con)
     values = con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable ORDER BY 1, 2").fetchall()
     rows = [(t, identifier_hash(secret, t, v), plan.request_id, now) for t, v in values]
     if rows:
@@ -810,6 +863,20 @@ def _erase_rows(
     for t, _v in values:
         suppressed[t] = suppressed.get(t, 0) + 1
     return deleted, suppressed
+
+
+def _remove_extra_values(con: duckdb.DuckDBPyConnection) -> None:
+    """Remove the values :func:`_scan_extras` found from the ``extra`` of the rows that stay."""
+    for table, row_id, extra in con.execute(
+        """SELECT e.table_name, e.row_id, list(e.key) FROM _subject_extra e GROUP BY 1, 2 ORDER BY 1, 2"""
+    ).fetchall():
+        (current,) = con.execute(f"SELECT extra FROM {table} WHERE rowid = ?", [row_id]).fetchall()[0]
+        data = json.loads(current)
+        if not isinstance(data, dict):
+            con.execute(f"UPDATE {table} SET extra = NULL WHERE rowid = ?", [row_id])
+            continue
+        kept = {k: v for k, v in data.items() if k not in set(extra)}
+        con.execute(f"UPDATE {table} SET extra = ? WHERE rowid = ?", [json.dumps(kept) if kept else None, row_id])
 
 
 def _fsync(path: Path) -> None:

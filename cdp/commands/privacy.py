@@ -60,6 +60,8 @@ def _print_plan(plan: ErasurePlan) -> None:
         if n:
             console.print(f"  {table}: {n}")
     console.print(f"total rows: {plan.total}; identifiers to suppress: {sum(plan.suppress.values())}")
+    if scope.extra_values:
+        console.print(f"values beyond the contract on other people's rows that name the subject: {scope.extra_values}")
     _print_exports(plan.exports)
 
 
@@ -107,6 +109,11 @@ def erase(
         if n:
             console.print(f"  {table}: {n} rows deleted")
     console.print(f"total rows deleted: {sum(report.deleted.values())}")
+    if report.plan.scope.extra_values:
+        console.print(
+            f"values naming the subject removed from other people's rows (columns beyond the contract): "
+            f"{report.plan.scope.extra_values}"
+        )
     suppressed = ", ".join(f"{t} {n}" for t, n in report.suppressed.items()) or "none"
     console.print(f"suppressed identifier hashes (re-ingestion drops them): {suppressed}")
     _print_exports(report.plan.exports)

@@ -246,6 +246,7 @@ def plan_summary(report: Any) -> dict[str, Any]:
         "identifier_types": {k: dict(v) for k, v in scope.identifier_types.items()},
         "consent_events": scope.consent_events,
         "quarantined_rows": scope.quarantined_rows,
+        "extra_values": scope.extra_values,
         "table_counts": {t: n for t, n in plan.table_counts.items() if n},
         "total_rows": plan.total,
         "suppress": dict(plan.suppress),
