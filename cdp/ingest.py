@@ -239,6 +239,14 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             con.execute("DROP TABLE _read; DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
             _read_csv_by_line(con, path, header)
             return
+    # A quote left open at the start of a line, DuckDB reads without complaint: the lines up to the next quote
+    # become one rejected "line", and the records on them are neither loaded nor counted.
+    if con.execute("SELECT count(*) FROM _csv_errors WHERE contains(csv_line, chr(10))").fetchall()[0][0]:
+        header = _csv_header(path)
+        if header:
+            con.execute("DROP TABLE _read; DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+            _read_csv_by_line(con, path, header)
+            return
     con.execute(
         "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
         "min(csv_line) FROM _csv_errors GROUP BY line"
@@ -312,7 +320,8 @@ def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Temp table ``_read`` from a JSON Lines file, lines that are not JSON objects into ``_rejects``.
 
     Read whole by DuckDB when every line parses; otherwise line by line, numbering the non-blank lines as
-    ``read_json`` numbers records, with one column per key any line holds (values as text).
+    ``read_json`` numbers records, with one column per key any line holds (values as text). A byte-order mark
+    (which DuckDB refuses) is dropped.
     """
     try:
         con.execute(
@@ -328,7 +337,7 @@ def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         CREATE OR REPLACE TEMP TABLE _lines AS
         SELECT row_number() OVER (ORDER BY n) AS row_number, line FROM (
             SELECT rtrim(unnest(lines), chr(13)) AS line, generate_subscripts(lines, 1) AS n
-            FROM (SELECT string_split(content, chr(10)) AS lines FROM read_text(?))
+            FROM (SELECT string_split(ltrim(content, chr(65279)), chr(10)) AS lines FROM read_text(?))
         ) WHERE trim(line) <> ''
         """,
         [str(path)],

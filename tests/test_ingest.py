@@ -108,7 +108,7 @@ def test_an_unterminated_quote_quarantines_its_line_not_the_file(tmp_path, con, 
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
     assert (result.status, result.rows_in, result.rows_loaded, result.rows_quarantined) == ("loaded", 2, 1, 1)
     assert con.execute("SELECT row_number, reason FROM quarantine").fetchall() == [
-        (2, "malformed CSV line: missing columns")  # the open quote runs to the end of the file
+        (2, "malformed CSV line: unterminated quote")  # the open quote runs to the end of the file
     ]
     assert con.execute("SELECT crm_id, email, row_number FROM raw_crm").fetchall() == [("C1", "ann@x.com", 1)]
 
@@ -410,3 +410,27 @@ def test_the_same_bytes_in_two_sources_are_two_batches(tmp_path, con, ingestor):
         (tmp_path / "inbox" / name).write_bytes(b"")
     summary = ingestor.ingest_inbox(tmp_path / "inbox")
     assert len({b.batch_id for b in summary.batches}) == 3  # no primary-key clash between sources
+
+
+def test_a_quote_left_open_at_the_start_of_a_line_costs_that_line_only(tmp_path, con, ingestor):
+    # DuckDB reads this file without complaint, but as one rejected "line" from Q2 to the end.
+    write_csv(
+        tmp_path / "inbox/store/q.csv",
+        'transaction_id,transaction_time,amount\nQ1,2024-01-01T10:00:00Z,1\n"Q2,2024-01-01T10:00:00Z,2\n'
+        "Q3,2024-01-01T10:00:00Z,3\nQ4,2024-01-01T10:00:00Z,4\n",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (4, 3, 1) and result.balanced
+    assert con.execute("SELECT row_number FROM quarantine").fetchall() == [(2,)]
+    loaded = con.execute("SELECT transaction_id FROM raw_store ORDER BY 1").fetchall()
+    assert loaded == [("Q1",), ("Q3",), ("Q4",)]
+
+
+def test_a_byte_order_mark_does_not_cost_a_json_lines_file_its_first_record(tmp_path, con, ingestor):
+    path = tmp_path / "inbox/web/bom.jsonl"
+    path.parent.mkdir(parents=True)
+    event = '{{"event_id":"{}","event_time":"2024-01-01T10:00:00Z","anonymous_id":"c1"}}'
+    path.write_bytes(("\ufeff" + event.format("e1") + "\n" + event.format("e2") + "\n").encode())
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (2, 2, 0)
+    assert con.execute("SELECT event_id FROM raw_web ORDER BY 1").fetchall() == [("e1",), ("e2",)]
