@@ -375,13 +375,31 @@ def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     con.execute("DROP TABLE _lines")
 
 
+def _sql_amount(col: str, kind: str) -> str:
+    """SQL reading an amount as people and tills write it into ``kind``; NULL when it is not one (the text
+    is then kept in ``extra``). Currency signs and codes and spaces go; ``(15.00)`` is -15.00; a comma is a
+    thousands separator before groups of three digits with a point after them (``1,234.56``), a decimal
+    comma otherwise (``12,50``, ``1.234,56``). Anything else left is not guessed at: ``1e3`` or ``12 50 x``."""
+    bare = f"regexp_replace({col}, '^[A-Za-z]{{3}}|[A-Za-z]{{3}}$|[[:space:]£€$¥]', '', 'g')"
+    t = f"(CASE WHEN {bare} LIKE '(%)' THEN '-' ELSE '' END || trim({bare}, '()'))"
+    number = "-?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)"
+    return (
+        f"try_cast(CASE WHEN regexp_full_match({t}, '-?[0-9]{{1,3}}(,[0-9]{{3}})+(\\.[0-9]+)?') "
+        f"THEN replace({t}, ',', '') "
+        f"WHEN regexp_full_match({t}, '-?[0-9]{{1,3}}(\\.[0-9]{{3}})+,[0-9]+') "
+        f"THEN replace(replace({t}, '.', ''), ',', '.') "
+        f"WHEN regexp_full_match({t}, '-?[0-9]+,[0-9]{{1,2}}') THEN replace({t}, ',', '.') "
+        f"WHEN regexp_full_match({t}, '{number}') THEN {t} END AS {kind})"
+    )
+
+
 def _typed(column: str, kind: str) -> str:
     """SQL parsing the text value of ``column`` into ``kind``; NULL when it does not parse."""
     col = f"NULLIF(trim({_q(column)}), '')"
     if kind == "TIMESTAMP":
         return f"CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
     if kind.startswith("DECIMAL"):
-        return f"try_cast(regexp_replace({col}, '[^0-9.\\-]', '', 'g') AS {kind})"
+        return _sql_amount(col, kind)
     if kind in ("DATE", "INTEGER", "BIGINT"):
         return f"try_cast({col} AS {kind})"
     return col

@@ -66,7 +66,7 @@ e4,2026-03-01 09:00:00,c2,u9,,page_view,lots,,
     assert result.balanced
     rows = con.execute("SELECT event_id, event_time, revenue, email, extra FROM raw_web ORDER BY 1").fetchall()
     assert str(rows[0][1]) == "2026-03-01 08:00:00"  # converted to UTC
-    assert rows[0][2] == Decimal("1.23")
+    assert rows[0][2] == Decimal("1.23")  # £1.234: three decimals are read as written, rounded
     assert rows[0][3] == "Ann@Example.com"  # raw keeps values as written
     assert json.loads(rows[0][4]) == {"campaign_extra": "spring"}
     # An unparseable optional value is kept, not silently lost.
@@ -434,3 +434,24 @@ def test_a_byte_order_mark_does_not_cost_a_json_lines_file_its_first_record(tmp_
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
     assert (result.rows_in, result.rows_loaded, result.rows_quarantined) == (2, 2, 0)
     assert con.execute("SELECT event_id FROM raw_web ORDER BY 1").fetchall() == [("e1",), ("e2",)]
+
+
+def test_amounts_are_read_as_people_and_tills_write_them(tmp_path, con, ingestor):
+    written = {
+        "t1": ("12,50", "12.50"),  # a decimal comma, not 1250
+        "t2": ("1.234,56", "1234.56"),
+        "t3": ("1,234.56", "1234.56"),
+        "t4": ("(15.00)", "-15.00"),  # accounting negative: a refund
+        "t5": ("€ 9,99", "9.99"),
+        "t6": ("12.50 EUR", "12.50"),
+        "t7": ("£12.50", "12.50"),
+        "t8": ("1e3", None),  # not guessed at: kept as written
+    }
+    lines = "".join(f'{t},2024-01-01T10:00:00Z,"{amount}"\n' for t, (amount, _) in written.items())
+    write_csv(tmp_path / "inbox/store/s.csv", "transaction_id,transaction_time,amount\n" + lines)
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert result.rows_loaded == len(written)
+    rows = con.execute("SELECT transaction_id, amount, extra FROM raw_store").fetchall()
+    got = {t: (str(amount) if amount is not None else None) for t, amount, _ in rows}
+    assert got == {t: expected for t, (_, expected) in written.items()}
+    assert json.loads(dict((t, e) for t, _, e in rows)["t8"]) == {"_unparsed_amount": "1e3"}
