@@ -133,6 +133,10 @@ def _coerce(name: str, value: Any) -> Any:
             raise CdpError(f"{name}: {value!r} is not a {_NUMBERS[name].__name__}") from None
         if name == "max_units_per_block" and number < 2:
             raise CdpError(f"max_units_per_block: {value!r} would pair no units at all (at least 2)")
+        if name == "match_threshold" and not 0 < number < 1:
+            raise CdpError(f"match_threshold: {value!r} is not a probability between 0 and 1 (e.g. 0.9)")
+        if name == "threads" and number < 1:
+            raise CdpError(f"threads: {value!r} is not a number of threads (at least 1)")
         return number
     if name == "engine" and value not in ENGINES:
         raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")

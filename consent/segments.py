@@ -60,6 +60,7 @@ FUNCTIONS: dict[type[exp.Expression], str] = {
     exp.CurrentDate: "current_date",
     exp.CurrentTimestamp: "current_timestamp",
     exp.DateDiff: "date_diff",
+    exp.RegexpLike: "regexp_matches",  # RE2: linear time, no pattern can hang the sandbox
 }
 _OPERATORS: tuple[type[exp.Expression], ...] = (
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Paren, exp.In,

@@ -41,6 +41,9 @@ def test_unknown_setting_and_bad_values_are_one_line_errors(tmp_path, monkeypatc
         ("default_region: XX", "default_region: 'XX' is not a region"),
         ("just a string", "cdp.yaml: expected settings as 'name: value' lines"),
         ("survivorship: crm", "survivorship: 'crm' is not a list of sources"),
+        ("match_threshold: 7", "match_threshold: 7 is not a probability between 0 and 1"),
+        ("match_threshold: -3", "match_threshold: -3 is not a probability between 0 and 1"),
+        ("threads: 0", "threads: 0 is not a number of threads"),
     ],
 )
 def test_a_bad_config_file_is_one_line(tmp_path, text, message):

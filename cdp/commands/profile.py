@@ -35,7 +35,7 @@ def show(
     email: str | None = typer.Option(None, "--email", help="Any email of the customer (dots and +tags ignored)."),
     phone: str | None = typer.Option(None, "--phone", help="Any phone number of the customer, national or +E.164."),
     customer_id: str | None = typer.Option(None, "--customer-id", help="The customer id."),
-    records: int = typer.Option(20, "--records", help="How many linked source records to list (newest first)."),
+    records: int = typer.Option(20, "--records", min=0, help="How many linked source records to list (newest first)."),
     db: Path | None = DbOption,
 ) -> None:
     """One unified profile: the chosen values and where they came from, traits, source records, consent."""

@@ -93,7 +93,7 @@ def list_users(
 @one_line_errors
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (localhost by default)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     db: Path | None = DbOption,
 ) -> None:
     """Run the web console and HTTP API (FastAPI on uvicorn); sign in with a user from `cdp users add`."""

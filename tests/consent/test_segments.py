@@ -141,3 +141,19 @@ def test_yaml_aliases_are_refused_in_segment_files(tmp_path: Path):
     (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\nname: bomb\nwhere: {all: *a8}\n")
     with pytest.raises(SegmentError, match=r"bomb.yaml: cannot read segment: aliases \(\*name\) are not allowed"):
         get_segment(tmp_path, "bomb")
+
+
+def test_the_bundled_london_segment_takes_london_districts_only():
+    from identity.profiles import SEGMENT_COLUMNS
+
+    london = load_segments(Path(__file__).resolve().parents[2] / "data" / "segments")["london_newcomers"]
+    assert isinstance(london, Segment)
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE customer_profiles ({', '.join(f'{c} {t}' for c, t in SEGMENT_COLUMNS.items())})")
+    postcodes = ["E14AB", "EH29TY", "NE11AA", "SW1A1AA", "WC2N5DU", "WR11AA", "EC1A1BB", "N11AA"]
+    con.executemany(
+        "INSERT INTO customer_profiles (customer_id, postcode, first_seen) VALUES (?, ?, current_timestamp)",
+        [(f"c{i}", p) for i, p in enumerate(postcodes, 1)],
+    )
+    picked = sorted(select_segment(con, london)["customer_id"])
+    assert picked == ["c1", "c4", "c5", "c7", "c8"]  # not Edinburgh, Newcastle or Worcester
