@@ -74,7 +74,7 @@ CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
         OR regexp_full_match(split_part(v, '@', 1), '(test|noreply|no-reply|dummy|fake)[0-9._-]*')
         OR split_part(v, '@', 2) IN ({_sql_list(PLACEHOLDER_EMAIL_DOMAINS)})
         OR length(replace(split_part(v, '@', 1), left(split_part(v, '@', 1), 1), '')) = 0))
-    OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}|123456789|987654321'))
+    OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}$'))
 )
 """
 

@@ -62,6 +62,16 @@ def email_match_key(value: object) -> str | None:
     return f"{local}@{domain}"
 
 
+#: National numbers a form gets when someone types digits in order: "0123456789", "01234 567890", "07000 000000".
+_FILLER_NUMBERS = frozenset({"123456789", "1234567890", "12345678901", "987654321", "9876543210"})
+
+
+def _is_filler(national: str) -> bool:
+    """A national number (without its trunk 0) that nobody owns: digits in order, or six zeros or more at its end.
+    Judged on the national number, not the E.164 text: +7 912 345 67 89 holds "123456789" and is a real mobile."""
+    return national in _FILLER_NUMBERS or national.endswith("000000")
+
+
 @lru_cache(maxsize=200_000)
 def normalise_phone(value: object, region: str = "GB") -> str | None:
     """E.164 form of a phone number written nationally (in ``region``) or internationally.
@@ -82,7 +92,7 @@ def normalise_phone(value: object, region: str = "GB") -> str | None:
     # "Possible" (right length for the country) rather than "valid": numbering plans change faster than
     # the metadata, and Ofcom's drama ranges (07700 900xxx) are not "valid" yet are real test data.
     national = str(number.national_number)
-    if not phonenumbers.is_possible_number(number) or len(set(national)) == 1:
+    if not phonenumbers.is_possible_number(number) or len(set(national)) == 1 or _is_filler(national):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

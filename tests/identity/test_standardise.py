@@ -32,6 +32,10 @@ PHONES = [
     ("+33 1 42 68 53 00", "+33142685300"),
     (" 7700 900123 ", "+447700900123"),
     ("0000000000", None),
+    ("0123456789", None),  # digits typed in order, or a number ending in six zeros: nobody's
+    ("01234 567890", None),
+    ("07000 000000", None),
+    ("+7 912 345 67 89", "+79123456789"),  # holds "123456789", and is a real Russian mobile
     ("-1", None),
     ("n/a", None),
     ("", None),
