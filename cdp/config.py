@@ -7,6 +7,7 @@ Precedence: explicit arguments > ``CDP_*`` environment variables > ``cdp.yaml`` 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ class Settings:
     segments_dir: Path = Path("data/segments")
     #: Source trust order for golden-record survivorship, most trusted first.
     survivorship: tuple[str, ...] = ("crm", "store", "app", "web")
+    #: The currency of profiles' spend (ISO 4217); an amount without a currency is in it.
+    currency: str = "GBP"
+    #: Units of ``currency`` per unit of another currency (``EUR: 0.86``): amounts in a currency without a
+    #: rate count as orders, not as spend.
+    exchange_rates: dict[str, float] = field(default_factory=dict)
     #: Splink match probability above which two records are one customer.
     match_threshold: float = 0.9
     #: An identifier seen on more distinct people-like records than this is not a hard link.
@@ -94,6 +100,7 @@ _ENV = {
     "inbox": "CDP_INBOX",
     "home": "CDP_HOME",
     "default_region": "CDP_DEFAULT_REGION",
+    "currency": "CDP_CURRENCY",
     "segments_dir": "CDP_SEGMENTS_DIR",
     "match_threshold": "CDP_MATCH_THRESHOLD",
     "engine": "CDP_ENGINE",
@@ -126,6 +133,17 @@ def _coerce(name: str, value: Any) -> Any:
         value = str(value).strip().upper()
         if value not in phonenumbers.SUPPORTED_REGIONS:
             raise CdpError(f"default_region: {value!r} is not a region phone numbers know (ISO 3166 alpha-2, e.g. GB)")
+    if name == "currency":
+        value = _currency_code(name, value)
+    if name == "exchange_rates":
+        if not isinstance(value, dict):
+            raise CdpError(f"exchange_rates: {value!r} is not a map of currency codes to rates (e.g. EUR: 0.86)")
+        rates = {}
+        for code, rate in value.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+                raise CdpError(f"exchange_rates: {code}: {rate!r} is not a positive number")
+            rates[_currency_code(f"exchange_rates: {code}", code)] = float(rate)
+        return rates
     if name in _NUMBERS:
         try:
             number = _NUMBERS[name](value)
@@ -141,6 +159,15 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "engine" and value not in ENGINES:
         raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
     return value
+
+
+def _currency_code(setting: str, value: Any) -> str:
+    from cdp.errors import CdpError
+
+    code = str(value).strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise CdpError(f"{setting}: {value!r} is not a currency code (ISO 4217, e.g. GBP)")
+    return code
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

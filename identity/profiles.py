@@ -6,8 +6,9 @@ Reads ``stg_records`` (one row per web/app event, store transaction and CRM cont
 * **Survivorship**, per field: the most recent non-empty value from the most trusted source, the order of
   trust being ``settings.survivorship`` (default crm, store, app, web). A source not in that order ranks
   last. Each chosen value keeps its source and time in ``<field>_source`` and ``<field>_at``.
-* Names are shown title-cased from their normalised form (``mary-jane`` -> ``Mary-Jane``); ``email`` is the
-  deliverable address, ``phone`` the E.164 number.
+* Names, address line and city are shown as written (capitalised when written all in one case: ``O'BRIEN``
+  -> ``O'Brien``), not in the matching form; ``email`` is the deliverable address, ``phone`` the E.164
+  number, ``postcode`` upper case without spaces (the form segments compare).
 * **Traits**: first and last seen, channels used (web, app, store), orders and total spend across web, app
   and store, first and last purchase, stores visited, the latest app device (push contact point).
 
@@ -19,7 +20,9 @@ records the survivorship order it was built with, so a changed order is seen and
 
 An order is a web/app ``purchase`` event or a store transaction; web and app purchase events repeating an
 ``order_id`` count once (at their largest amount). A transaction with a negative amount is a refund: it
-lowers the total spend and is no order. Amounts are summed as recorded, whatever the currency.
+lowers the total spend and is no order. Spend is in the installation's ``currency`` (GBP unless set): an
+amount in another currency counts at its rate in ``exchange_rates``, and an order in a currency without a
+rate counts as an order but not in the spend (``orders_in_other_currencies`` says how many).
 
 Example::
 
@@ -81,6 +84,7 @@ SEGMENT_COLUMNS: dict[str, str] = {
     "last_purchase_at": "TIMESTAMP",
     "stores_visited": "BIGINT",
     "source_records": "BIGINT",
+    "orders_in_other_currencies": "BIGINT",
 }
 
 _TITLE = (
@@ -89,6 +93,9 @@ _TITLE = (
 )
 
 
+#: Profile fields shown as written (``<column>_display`` of ``stg_records``), not in matching form.
+_DISPLAYED = ("first_name", "last_name", "address_line1", "city")
+
 #: Profile fields whose placeholder values (graph.PLACEHOLDER_*) never win survivorship: (key type, column
 #: in matching form that the placeholder rules read).
 _PLACEHOLDER_CHECKS = {
@@ -96,18 +103,27 @@ _PLACEHOLDER_CHECKS = {
 }  # fmt: skip
 
 
-def _profile_sql(fields: dict[str, str], links: str = "customer_source_records", created: bool = False) -> str:
+def _profile_sql(
+    fields: dict[str, str],
+    links: str = "customer_source_records",
+    created: bool = False,
+    currency: str = "GBP",
+    rates: dict[str, float] | None = None,
+) -> str:
     """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows).
-    With ``created`` (``raw_crm`` exists), a CRM contact counts as seen from its ``created_at``: its
-    ``record_time`` is its last update, which a later edit moves."""
+    With ``created`` (``raw_crm`` exists), a CRM contact counts as seen when it was created: its
+    ``record_time`` is its last update, which a back-office edit moves and which is no sign of the customer.
+    Spend is in ``currency``; an amount in another currency counts through ``rates`` (units of ``currency``
+    per unit of it), and an order in a currency without a rate is counted but not summed."""
     # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
     # with its source and time together; ordered first() aggregates did the same three times as slowly.
     key = "(source_rank, coalesce(-epoch_us(record_time), 9223372036854775807), source, source_record_id)"
     picks = []
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
-        if out in ("first_name", "last_name"):  # as written, or the matching form capitalised
-            value = f"coalesce({col}_display, {_TITLE.format(col=col)})"
+        if out in _DISPLAYED:  # as written, or the matching form (names capitalised)
+            fallback = _TITLE.format(col=col) if out in ("first_name", "last_name") else col
+            value = f"coalesce({col}_display, {fallback})"
         nonempty = f"{col} IS NOT NULL" + ("" if col == "date_of_birth" else f" AND trim({col}) <> ''")
         if out in _PLACEHOLDER_CHECKS:  # a CRM's "noemail@noemail.com" is nobody's contact point
             key_type, column = _PLACEHOLDER_CHECKS[out]
@@ -132,6 +148,14 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
         else ""
     )
     first_time = "least(record_time, created_at)" if created else "record_time"
+    last_time = "CASE WHEN source = 'crm' THEN coalesce(created_at, record_time) ELSE record_time END"
+    if not created:
+        last_time = "record_time"
+    # An order's amount in the profiles' currency: as recorded (no currency: the profiles'), or at a rate.
+    converted = " ".join(
+        f"WHEN '{code}' THEN amount * {float(rate)!r}::DECIMAL(18,6)" for code, rate in sorted((rates or {}).items())
+    )
+    in_currency = f"CASE coalesce(currency, '{currency}') WHEN '{currency}' THEN amount {converted} END"
     return f"""
     WITH linked AS (
         SELECT r.*, l.customer_id, {"rc.created_at," if created else ""}
@@ -146,16 +170,18 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
         SELECT customer_id, {chosen},
                first(device_id ORDER BY record_time DESC NULLS LAST, source_record_id)
                    FILTER (WHERE source = 'app' AND device_id IS NOT NULL) AS device_id,
-               min({first_time}) AS first_seen, max(record_time) AS last_seen,
-               list_sort(list_distinct(list(source) FILTER (WHERE source IN {CHANNELS}))) AS channels,
+               min({first_time}) AS first_seen, max({last_time}) AS last_seen,
+               coalesce(list_sort(list_distinct(list(source) FILTER (WHERE source IN {CHANNELS}))), [])
+                   AS channels,
                count(DISTINCT store_id) FILTER (WHERE source = 'store') AS stores_visited,
                count(*) AS source_records
         FROM linked GROUP BY customer_id
     ),
     orders AS (  -- one row per order: web/app purchases folded by order_id, each store transaction
-        SELECT customer_id, order_key, max(amount) AS amount, min(record_time) AS ordered_at
+        SELECT customer_id, order_key, max(amount) AS amount, max(in_currency) AS in_currency,
+               min(record_time) AS ordered_at
         FROM (
-            SELECT customer_id, amount, record_time,
+            SELECT customer_id, amount, {in_currency} AS in_currency, record_time,
                    CASE WHEN source = 'store' THEN 'store:' || source_record_id
                         ELSE coalesce('order:' || order_id, source || ':' || source_record_id)
                    END AS order_key
@@ -164,7 +190,10 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
         ) GROUP BY customer_id, order_key
     ),
     spend AS (
-        SELECT customer_id, count(*) FILTER (WHERE NOT refund) AS orders, sum(amount)::DECIMAL(18,2) AS total_spend,
+        SELECT customer_id, count(*) FILTER (WHERE NOT refund) AS orders,
+               sum(in_currency)::DECIMAL(18,2) AS total_spend,
+               count(*) FILTER (WHERE NOT refund AND in_currency IS NULL AND amount IS NOT NULL)
+                   AS orders_in_other_currencies,
                min(ordered_at) FILTER (WHERE NOT refund) AS first_purchase_at,
                max(ordered_at) FILTER (WHERE NOT refund) AS last_purchase_at
         FROM (SELECT *, coalesce(amount < 0, false) AS refund FROM orders) GROUP BY customer_id
@@ -172,8 +201,11 @@ def _profile_sql(fields: dict[str, str], links: str = "customer_source_records",
     SELECT c.customer_id, {", ".join(shown)},
            c.device_id, c.first_seen, c.last_seen, c.channels,
            coalesce(s.orders, 0) AS orders, coalesce(s.total_spend, 0)::DECIMAL(18,2) AS total_spend,
-           CASE WHEN s.orders > 0 THEN (s.total_spend / s.orders)::DECIMAL(18,2) END AS average_order_value,
-           s.first_purchase_at, s.last_purchase_at, c.stores_visited, c.source_records
+           CASE WHEN s.orders > s.orders_in_other_currencies
+                THEN (s.total_spend / (s.orders - s.orders_in_other_currencies))::DECIMAL(18,2)
+           END AS average_order_value,
+           s.first_purchase_at, s.last_purchase_at, c.stores_visited, c.source_records,
+           coalesce(s.orders_in_other_currencies, 0) AS orders_in_other_currencies
     FROM chosen c LEFT JOIN spend s USING (customer_id)
     ORDER BY c.customer_id
     """
@@ -216,13 +248,18 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Version of the table's shape and rules; bump it when the columns or the choice of values change, so that
 #: stored tables are rebuilt in full. 2: placeholder emails and phones never win survivorship. 3: a refund
 #: (negative amount) is no order. 4: a CRM contact is first seen at its created_at. 5: names as written
-#: (``first_name_display``), not the matching form capitalised.
-_PROFILES_VERSION = "5"
+#: (``first_name_display``), not the matching form capitalised. 6: address and city as written, last_seen
+#: not moved by CRM edits, channels [] not NULL, spend in one currency (``orders_in_other_currencies``).
+_PROFILES_VERSION = "6"
 
 
 def _fingerprint(settings: Settings) -> str:
     """What a stored ``customer_profiles`` must have been built with for an incremental update to be exact."""
-    return f"customer_profiles v{_PROFILES_VERSION}; survivorship={','.join(settings.survivorship)}"
+    rates = ",".join(f"{c}={r!r}" for c, r in sorted(settings.exchange_rates.items()))
+    return (
+        f"customer_profiles v{_PROFILES_VERSION}; survivorship={','.join(settings.survivorship)}; "
+        f"currency={settings.currency}; rates={rates}"
+    )
 
 
 def profiles_current(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
@@ -273,7 +310,13 @@ def build_customer_profiles(
         _register_phone_kinds(con, links)
         registered = True
         install_macros(con)  # cdp_is_placeholder
-        sql = _profile_sql(SURVIVING_FIELDS, links, created=table_exists(con, "raw_crm"))
+        sql = _profile_sql(
+            SURVIVING_FIELDS,
+            links,
+            created=table_exists(con, "raw_crm"),
+            currency=settings.currency,
+            rates=settings.exchange_rates,
+        )
         with transaction(con):
             if customers is None:
                 con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", params)

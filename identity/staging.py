@@ -107,7 +107,8 @@ def _person(email: str = "email", phone: str = "phone", region: str = "''") -> s
 _NULL_PERSON = (
     "NULL::VARCHAR AS first_name, NULL::VARCHAR AS last_name, NULL::DATE AS date_of_birth, "
     "NULL::VARCHAR AS first_name_display, NULL::VARCHAR AS last_name_display, "
-    "NULL::VARCHAR AS address_line1, NULL::VARCHAR AS city, NULL::VARCHAR AS postcode, NULL::VARCHAR AS country"
+    "NULL::VARCHAR AS address_line1, NULL::VARCHAR AS city, NULL::VARCHAR AS postcode, NULL::VARCHAR AS country, "
+    "NULL::VARCHAR AS address_line1_display, NULL::VARCHAR AS city_display"
 )
 _META = "batch_id, file, row_number"
 # Latest version of a key wins: by its own time, then by the later ingested batch.
@@ -155,6 +156,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         {_person()},
         {_names()},
         NULL::DATE AS date_of_birth, NULL AS address_line1, NULL AS city,
+        NULL AS address_line1_display, NULL AS city_display,
         {sql_normalise_postcode("postcode")} AS postcode, NULL AS country,
         transaction_id AS order_id, amount, upper(trim(currency)) AS currency, {_ids("store_id")}, {_META}""",
         "store"),
@@ -168,6 +170,8 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         NULLIF(trim(regexp_replace({sql_fold_accents('address_line1')}, '[^a-z0-9 ]+', ' ', 'g')), '')
             AS address_line1,
         NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,
+        {sql_display_name("address_line1", name=False)} AS address_line1_display,
+        {sql_display_name("city", name=False)} AS city_display,
         NULLIF(upper(trim(country)), '') AS country,
         NULL AS order_id, NULL::DECIMAL(18,2) AS amount, NULL AS currency, NULL AS store_id, {_META}""", "crm"),
 )  # fmt: skip

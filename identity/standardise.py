@@ -209,18 +209,23 @@ def sql_normalise_name(col: str) -> str:
     return f"NULLIF({untitled}, '')"
 
 
-def sql_display_name(col: str) -> str:
+def sql_display_name(col: str, name: bool = True) -> str:
     """A name as a profile shows it: as written (spaces collapsed, a leading title dropped as in matching),
     and when it was written all in one case, capitalised word by word and after hyphens and apostrophes,
     with "Mc" names as McDonald (``O'BRIEN-SMITH`` -> ``O'Brien-Smith``). The matching form has lost the
-    apostrophes and accents, which a letter or an export to the customer should keep."""
+    apostrophes and accents, which a letter or an export to the customer should keep. With ``name`` false
+    (an address line, a city), no title is dropped and an apostrophe starts no word (``ST MARY'S ROAD`` ->
+    ``St Mary's Road``)."""
     written = f"regexp_replace({sql_strip(col)}, '{_WHITESPACE_CLASS}+', ' ', 'g')"
-    untitled = f"regexp_replace({written}, '(?i)^({'|'.join(TITLES)})\\.? +(\\S)', '\\2')"
-    cap = "CASE WHEN c LIKE 'mc__%' THEN 'Mc' || upper(c[3]) || c[4:] ELSE upper(c[1]) || c[2:] END"
+    untitled = f"regexp_replace({written}, '(?i)^({'|'.join(TITLES)})\\.? +(\\S)', '\\2')" if name else written
+    cap = "upper(c[1]) || c[2:]"
+    if name:
+        cap = f"CASE WHEN c LIKE 'mc__%' THEN 'Mc' || upper(c[3]) || c[4:] ELSE {cap} END"
+    apostrophe = "''''" if name else "chr(0)"  # chr(0): a separator no text holds
     capitalised = (
         f"array_to_string(list_transform(string_split(lower({untitled}), ' '), lambda a: array_to_string("
         f"list_transform(string_split(a, '-'), lambda b: array_to_string("
-        f"list_transform(string_split(b, ''''), lambda c: {cap}), '''')), '-')), ' ')"
+        f"list_transform(string_split(b, {apostrophe}), lambda c: {cap}), {apostrophe})), '-')), ' ')"
     )
     one_case = f"{untitled} = lower({untitled}) OR {untitled} = upper({untitled})"
     return f"NULLIF(CASE WHEN {one_case} THEN {capitalised} ELSE {untitled} END, '')"

@@ -16,7 +16,7 @@ app = typer.Typer(help="Unified customer profiles.", no_args_is_help=True)
 _SHOWN = ("first_name", "last_name", "email", "phone", "date_of_birth", "address_line1", "city", "postcode", "country")
 _TRAITS = (
     "first_seen", "last_seen", "channels", "orders", "total_spend", "average_order_value", "first_purchase_at",
-    "last_purchase_at", "stores_visited", "device_id", "source_records",
+    "last_purchase_at", "stores_visited", "device_id", "source_records", "orders_in_other_currencies",
 )  # fmt: skip
 
 

@@ -63,3 +63,57 @@ def test_a_profile_shows_names_as_written_not_in_their_matching_form(tmp_path: P
         ("Peter", "van der Berg"),
         ("Zoë", None),
     ]
+
+
+def _write(path: Path, rows: list[tuple[str, ...]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+    inbox = tmp_path / "inbox"
+    email = "yan.li@mailbox.co.uk"
+    _write(
+        inbox / "crm" / "crm.csv",
+        [
+            ("crm_id", "first_name", "last_name", "email", "address_line1", "city", "created_at", "updated_at"),
+            (
+                "CL",
+                "Yan",
+                "Li",
+                email,
+                "12 ST MARY'S ROAD",
+                "STOKE-ON-TRENT",
+                "2020-01-01 09:00:00",
+                "2025-09-09 09:00:00",
+            ),
+            ("CO", "Ola", "Berg", "ola.berg@mailbox.co.uk", "", "", "2021-01-01 09:00:00", ""),  # no channel at all
+        ],
+    )
+    _write(
+        inbox / "store" / "store.csv",
+        [
+            ("transaction_id", "transaction_time", "store_id", "email", "amount", "currency"),
+            ("T1", "2024-01-01 12:00:00", "S1", email, "50.00", "GBP"),
+            ("T2", "2024-02-01 12:00:00", "S9", email, "100.00", "EUR"),
+            ("T3", "2024-03-01 12:00:00", "S9", email, "20.00", "USD"),  # no rate: an order, not spend
+            ("T4", "2024-04-01 12:00:00", "S1", email, "10.00", ""),  # no currency: the profiles'
+        ],
+    )
+    con, settings = idstage(inbox, tmp_path)
+    settings = settings.with_overrides(exchange_rates={"EUR": 0.86})
+    resolve_identities(con, settings)
+    build_customer_profiles(con, settings)
+    profiles = {
+        row[0]: row[1:]
+        for row in con.execute(
+            """SELECT first_name, orders, total_spend, orders_in_other_currencies, average_order_value, last_seen,
+                      address_line1, city, channels FROM customer_profiles"""
+        ).fetchall()
+    }
+    orders, spend, other, average, last_seen, address, city, channels = profiles["Yan"]
+    assert (orders, str(spend), other, str(average)) == (4, "146.00", 1, "48.67")  # 50 + 100 x 0.86 + 10
+    assert last_seen == datetime(2024, 4, 1, 12)  # the CRM edit of 2025 is not the customer's doing
+    assert (address, city, channels) == ("12 St Mary's Road", "Stoke-On-Trent", ["store"])
+    assert profiles["Ola"][-1] == []  # no channel is an empty list, not NULL

@@ -200,7 +200,7 @@ def test_parquet_export_and_preview_counts(client: TestClient, auth):
 
 
 def test_segment_editor_preview_and_save_use_the_segment_rules(client: TestClient, auth, world: World):
-    draft = {"name": "londoners", "where": {"all": ["city = 'london'", "total_spend > 100"]}, "fields": ["city"]}
+    draft = {"name": "londoners", "where": {"all": ["lower(city) = 'london'", "total_spend > 100"]}, "fields": ["city"]}
     preview = client.post("/api/segments/preview", headers=auth("marketer"), json=draft)
     assert preview.status_code == 200 and preview.json()["customers"] == 2  # Alice and Bob
     email = preview.json()["purposes"]["email_marketing"]
