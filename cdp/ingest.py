@@ -73,14 +73,22 @@ def _files(inbox: Path, source: str) -> list[Path]:
 
 
 def inbox_files(inbox: Path, source: str) -> list[Path]:
-    """The export batches of ``inbox/<source>/``: CSV, Parquet and JSON Lines files, by their names."""
-    return [p for p in _files(inbox, source) if p.suffix.lower() in READERS]
+    """The export batches of ``inbox/<source>/``: CSV, Parquet and JSON Lines files, by their names. Hidden
+    files are none: an upload in progress (``.x.csv.part``) or a macOS resource fork (``._x.csv``)."""
+    return [p for p in _files(inbox, source) if p.suffix.lower() in READERS and not p.name.startswith(".")]
 
 
 def unreadable_files(inbox: Path, source: str) -> list[Path]:
     """Files of ``inbox/<source>/`` that are no export batch by their names, hidden files aside: named in
     every run's summary, so that a file dropped as ``.txt`` is not ignored unseen."""
     return [p for p in _files(inbox, source) if p.suffix.lower() not in READERS and not p.name.startswith(".")]
+
+
+def nested_folders(inbox: Path, source: str) -> list[Path]:
+    """Folders inside ``inbox/<source>/`` (hidden ones aside): their files are never read, so every run's
+    summary names them (a month's exports dropped as ``web/2026-11/`` would otherwise be lost unseen)."""
+    folder = inbox / source
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def foreign_folders(inbox: Path) -> list[Path]:
@@ -481,6 +489,9 @@ class Ingestor:
         for path in unreadable_files(inbox, source):
             error = f"{path}: not an export batch by its name ({kinds}); not ingested"
             results.append(BatchResult(source, f"{source}/{path.name}", "", "failed", error=error))
+        for path in nested_folders(inbox, source):
+            error = f"{path}: a folder inside a source folder; its files are not read (put them in {source}/)"
+            results.append(BatchResult(source, f"{source}/{path.name}/", "", "failed", error=error))
         skipped = sum(r.status == "skipped" for r in results)
         if skipped:
             self.progress(f"{source}: {skipped} file{'s' if skipped > 1 else ''} already ingested, skipped")

@@ -455,3 +455,13 @@ def test_amounts_are_read_as_people_and_tills_write_them(tmp_path, con, ingestor
     got = {t: (str(amount) if amount is not None else None) for t, amount, _ in rows}
     assert got == {t: expected for t, (_, expected) in written.items()}
     assert json.loads(dict((t, e) for t, _, e in rows)["t8"]) == {"_unparsed_amount": "1e3"}
+
+
+def test_a_folder_inside_a_source_folder_is_named_and_hidden_files_are_no_batches(tmp_path, con, ingestor):
+    write_csv(tmp_path / "inbox/web/2026-11/w.csv", "event_id,event_time,anonymous_id\ne1,2026-01-01,c1")
+    write_csv(tmp_path / "inbox/web/._w.csv", "event_id,event_time,anonymous_id\ne2,2026-01-01,c2")  # macOS fork
+    write_csv(tmp_path / "inbox/web/ok.csv", "event_id,event_time,anonymous_id\ne3,2026-01-01,c3")
+    results = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert [(r.file, r.status) for r in results] == [("web/ok.csv", "loaded"), ("web/2026-11/", "failed")]
+    assert "a folder inside a source folder; its files are not read" in results[1].error
+    assert con.execute("SELECT event_id FROM raw_web").fetchall() == [("e3",)]

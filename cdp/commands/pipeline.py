@@ -66,6 +66,8 @@ def run_and_report(
 
     for folder in foreign_folders(inbox):
         console.print(f"  [yellow]not a source folder[/yellow] {folder} (sources: {', '.join(SOURCES)}); not read")
+    if not any((inbox / source).is_dir() for source in SOURCES):
+        console.print(f"  [yellow]no source folder[/yellow] in {inbox} ({', '.join(SOURCES)}): nothing was read")
     if not outcome.success:
         fail(outcome.failure or "the run failed", code=1)
 
