@@ -134,18 +134,31 @@ CREATE OR REPLACE TEMP MACRO cdp_disagree(a, b) AS (
 WHO_COLUMNS = ("first_name", "first_cands", "last_name", "last_cands", "dob", "user_id", "loyalty_id")
 
 #: Two person records whose contact details contradict: each has its own mailbox and its own phone (neither
-#: shared, neither a placeholder) and no pair of dates of birth ties them. One name at one address with two
-#: sets of contact details is as likely two people of that name (mother and daughter, father and son) as
-#: one person who changed both, so name and address alone do not join them. Only the model's guards use it
-#: (:mod:`identity.model`): a shared key is evidence of its own and is judged by ``cdp_disagree``.
+#: shared, neither a placeholder), and no pair of dates of birth ties them, or the dates tie them but the
+#: first names are not one spelling (nor one nickname's). One name at one address with two sets of contact
+#: details is as likely two people of that name (mother and daughter, father and son) as one person who
+#: changed both, so name and address alone do not join them; and twins are born the same day: Paul and
+#: Paula, or Francis and Frances, each with a mailbox and a phone of their own, are two people. Only the
+#: model's guards use it (:mod:`identity.model`): a shared key is evidence of its own, judged by ``cdp_disagree``.
 CONTACTS_DISAGREE_MACRO = """
-CREATE OR REPLACE TEMP MACRO cdp_contacts_disagree(email_a, phone_a, dob_a, email_b, phone_b, dob_b) AS (
-    coalesce(email_a <> email_b AND phone_a <> phone_b
-             AND NOT cdp_is_placeholder('email_key', email_a) AND NOT cdp_is_placeholder('email_key', email_b)
-             AND NOT cdp_is_placeholder('phone_e164', phone_a) AND NOT cdp_is_placeholder('phone_e164', phone_b)
-             AND NOT coalesce(cdp_near_dob(dob_a, dob_b), false), false)
+CREATE OR REPLACE TEMP MACRO cdp_contacts_disagree(a, b) AS (
+    coalesce(a.email_key <> b.email_key AND a.phone_e164 <> b.phone_e164
+             AND NOT cdp_is_placeholder('email_key', a.email_key)
+             AND NOT cdp_is_placeholder('email_key', b.email_key)
+             AND NOT cdp_is_placeholder('phone_e164', a.phone_e164)
+             AND NOT cdp_is_placeholder('phone_e164', b.phone_e164)
+             AND (NOT coalesce(cdp_near_dob(a.dob, b.dob), false)
+                  OR NOT coalesce(a.first_name = b.first_name OR list_has_any(a.first_cands, b.first_cands), true)),
+             false)
 )
 """
+#: The columns :data:`CONTACTS_DISAGREE_MACRO` reads (:func:`contacts`).
+CONTACT_COLUMNS = ("email_key", "phone_e164", "dob", "first_name", "first_cands")
+
+
+def contacts(alias: str) -> str:
+    """SQL struct of the contact columns of ``alias``, for ``cdp_contacts_disagree``."""
+    return "{" + ", ".join(f"'{c}': {alias}.{c}" for c in CONTACT_COLUMNS) + "}"
 
 
 def who(alias: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from identity.graph import build_units, install_macros, who
+from identity.graph import build_units, contacts, install_macros, who
 
 MODEL_DIR = Path(__file__).parent / "models"
 MODEL_NAME = "person_v1"
@@ -404,7 +404,7 @@ def _vetoed_pairs_sql(scored_table: str) -> str:
         SELECT least(p.unit_id_l, p.unit_id_r) AS unit_id_l, greatest(p.unit_id_l, p.unit_id_r) AS unit_id_r,
                p.match_weight,
                cdp_disagree({who("a")}, {who("b")})
-               OR cdp_contacts_disagree(a.email_key, a.phone_e164, a.dob, b.email_key, b.phone_e164, b.dob) AS vetoed
+               OR cdp_contacts_disagree({contacts("a")}, {contacts("b")}) AS vetoed
         FROM {scored_table} p
         JOIN person_units a ON a.unit_id = p.unit_id_l JOIN person_units b ON b.unit_id = p.unit_id_r
     """
@@ -424,7 +424,7 @@ def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str
         SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
         JOIN partners a ON a.unit_id = x.v JOIN partners b ON b.unit_id = y.v
         WHERE cdp_disagree({who("a")}, {who("b")})
-           OR cdp_contacts_disagree(a.email_key, a.phone_e164, a.dob, b.email_key, b.phone_e164, b.dob)
+           OR cdp_contacts_disagree({contacts("a")}, {contacts("b")})
     """
 
 

@@ -14,21 +14,27 @@ from identity.resolve import resolve_identities
 @pytest.mark.parametrize(
     ("a", "b", "disagree"),
     [
-        # (email, phone, dob) of each side
-        (("anna.b@x.com", "+447700900001", None), ("bea.c@y.com", "+447700900002", None), True),
-        (("anna.b@x.com", "+447700900001", "1961-08-01"), ("bea.c@y.com", "+447700900002", None), True),
-        (("anna.b@x.com", "+447700900001", "1961-08-01"), ("bea.c@y.com", "+447700900002", "1961-08-01"), False),
-        (("anna.b@x.com", "+447700900001", None), ("bea.c@y.com", "+447700900001", None), False),  # one phone
-        (("anna.b@x.com", "+447700900001", None), ("anna.b@x.com", "+447700900002", None), False),  # one mailbox
-        (("anna.b@x.com", None, None), ("bea.c@y.com", "+447700900002", None), False),  # no phone to contradict
-        (("test@example.com", "+447700900001", None), ("bea.c@y.com", "+447700900002", None), False),  # placeholder
+        # (email, phone, dob, first name) of each side
+        (("anna.b@x.com", "+447700900001", None, "ann"), ("bea.c@y.com", "+447700900002", None, "ann"), True),
+        (("anna.b@x.com", "+447700900001", "1961-08-01", "ann"), ("bea.c@y.com", "+447700900002", None, "ann"), True),
+        (("anna.b@x.com", "+447700900001", "1961-08-01", "ann"), ("bea.c@y.com", "+447700900002", "1961-08-01", "ann"),
+         False),  # one person, a date of birth ties them
+        (("p.mason@x.com", "+447700900001", "1999-03-03", "paul"),
+         ("paula.m@y.com", "+447700900002", "1999-03-03", "paula"), True),  # twins: born the same day
+        (("p.mason@x.com", "+447700900001", "1999-03-03", "paul"),
+         ("paula.m@y.com", "+447700900002", "1999-03-03", None), False),  # no first name to tell them apart
+        (("anna.b@x.com", "+447700900001", None, "ann"), ("bea.c@y.com", "+447700900001", None, "ann"), False),  # one phone
+        (("anna.b@x.com", "+447700900001", None, "ann"), ("anna.b@x.com", "+447700900002", None, "ann"), False),  # one mailbox
+        (("anna.b@x.com", None, None, "ann"), ("bea.c@y.com", "+447700900002", None, "ann"), False),  # no phone
+        (("test@example.com", "+447700900001", None, "ann"), ("bea.c@y.com", "+447700900002", None, "ann"), False),
     ],
-)
+)  # fmt: skip
 def test_contacts_disagree_needs_two_own_mailboxes_and_phones_and_no_date_of_birth_tying_them(a, b, disagree):
     con = duckdb.connect()
     install_macros(con)
+    side = "{{'email_key': ?, 'phone_e164': ?, 'dob': ?::DATE, 'first_name': ?, 'first_cands': [?]}}"
     got = con.execute(
-        "SELECT cdp_contacts_disagree(?, ?, ?::DATE, ?, ?, ?::DATE)", [a[0], a[1], a[2], b[0], b[1], b[2]]
+        f"SELECT cdp_contacts_disagree({side.format()}, {side.format()})", [*a, a[3], *b, b[3]]
     ).fetchall()[0][0]
     assert got is disagree
 
@@ -67,3 +73,20 @@ def test_namesakes_with_their_own_contacts_stay_apart_and_their_receipt_joins_ne
     ids = _customers(idcon)
     assert len({ids["crm", "c1"], ids["crm", "c2"], ids["store", "t1"]}) == 3
     assert stats["model_pairs_vetoed"] >= 1 and stats["model_ambiguous_units"] >= 1
+
+
+def test_twins_born_the_same_day_with_their_own_contacts_are_two_customers(idcon, stg, rec_, idsettings):
+    home = dict(last_name="mason", postcode="LS61AA", address_line1="3 elm grove", date_of_birth="1999-03-03")
+    stg([
+        rec_("crm", "p1", first_name="paul", email_key="p.mason@sky.com", phone_e164="+447835304100", **home),
+        rec_("crm", "p2", first_name="paula", email_key="paula.m@hotmail.co.uk", phone_e164="+447867757000", **home),
+        # One person's two contacts: a new mailbox and a new phone, one first name and birthday.
+        rec_("crm", "f1", first_name="francis", email_key="f.hale@sky.com", phone_e164="+447835304111",
+             last_name="hale", postcode="YO11AA", address_line1="9 low lane", date_of_birth="1980-05-05"),
+        rec_("crm", "f2", first_name="francis", email_key="francis.h@gmail.com", phone_e164="+447867757111",
+             last_name="hale", postcode="YO11AA", address_line1="9 low lane", date_of_birth="1980-05-05"),
+    ])  # fmt: skip
+    resolve_identities(idcon, idsettings)
+    ids = _customers(idcon)
+    assert ids["crm", "p1"] != ids["crm", "p2"]
+    assert ids["crm", "f1"] == ids["crm", "f2"]
