@@ -216,7 +216,7 @@ def sql_display_name(col: str, name: bool = True) -> str:
     apostrophes and accents, which a letter or an export to the customer should keep. With ``name`` false
     (an address line, a city), no title is dropped and an apostrophe starts no word (``ST MARY'S ROAD`` ->
     ``St Mary's Road``)."""
-    written = f"regexp_replace({sql_strip(col)}, '{_WHITESPACE_CLASS}+', ' ', 'g')"
+    written = f"trim(regexp_replace({col}, '{_WHITESPACE_CLASS}+', ' ', 'g'))"
     untitled = f"regexp_replace({written}, '(?i)^({'|'.join(TITLES)})\\.? +(\\S)', '\\2')" if name else written
     cap = "upper(c[1]) || c[2:]"
     if name:
