@@ -405,7 +405,14 @@ def _typed(column: str, kind: str) -> str:
     """SQL parsing the text value of ``column`` into ``kind``; NULL when it does not parse."""
     col = f"NULLIF(trim({_q(column)}), '')"
     if kind == "TIMESTAMP":
-        return f"CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP)"
+        # A zone written as an abbreviation is a guess (BST is British Summer Time and Bangladesh Standard Time,
+        # IST India, Israel or Ireland; DuckDB picks one): unparseable, unless UTC or GMT. Offsets and zone
+        # names (Europe/London) are read.
+        guessed = (
+            f"regexp_matches({col}, '[0-9][[:space:]]*[A-Za-z]{{2,5}}$') "
+            f"AND NOT regexp_matches({col}, '(?i)(UTC|GMT)$')"
+        )
+        return f"CASE WHEN NOT ({guessed}) THEN CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP) END"
     if kind.startswith("DECIMAL"):
         return _sql_amount(col, kind)
     if kind in ("DATE", "INTEGER", "BIGINT"):

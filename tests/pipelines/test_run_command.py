@@ -56,3 +56,16 @@ def test_the_store_is_held_from_the_first_check_to_the_summary(tmp_path, monkeyp
     assert others[0].returncode != 0
     assert "the database is in use by another process" in others[0].stderr.strip().splitlines()[-1]
     assert "rows in 1 = 1 loaded" in " ".join(result.output.split())
+
+
+def test_a_raw_suite_warns_once_per_batch_not_on_every_later_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "web").mkdir(parents=True)
+    rows = "".join(f"w{i},2026-01-01T10:00:00Z,c{i},PageView\n" for i in range(4))  # not an event type we know
+    (inbox / "web" / "web-1.csv").write_text("event_id,event_time,anonymous_id,event_type\n" + rows)
+    args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and "check raw_web.raw_expectations_pass FAILED" in first.output, first.output
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "raw_web.raw_expectations_pass passed" in again.output, again.output
