@@ -120,6 +120,8 @@ def explain_pair(
         result.notes.append("the model scores only units with a name (CRM contacts, named store receipts)")
     elif chart_path is not None:
         result.chart = chart_path
+    if not result.same_customer:
+        result.notes.extend(guard_notes(con, unit_a, unit_b))
     if result.splink is not None and not result.same_customer:
         result.notes.extend(crowd_notes(con, unit_a, unit_b))
     return result
@@ -165,3 +167,59 @@ def crowd_notes(con: duckdb.DuckDBPyConnection, unit_a: str, unit_b: str) -> lis
         f"blocking rule {', '.join(skipped)} would compare them, but their block holds more than {int(limit):,} "
         f"units (setting max_units_per_block) and is skipped; {after}"
     ]
+
+
+def guard_notes(con: duckdb.DuckDBPyConnection, unit_a: str, unit_b: str) -> list[str]:
+    """Why two units of different customers were kept apart although evidence joins them: the identifier
+    keys they share that the graph held back, the model's precision guards that hold for the pair, and a
+    unit that matched two records disagreeing with each other (see :mod:`identity.graph`, :mod:`identity.model`)."""
+    from cdp.store import table_exists
+    from identity.graph import contacts, install_macros, who
+
+    if not table_exists(con, "identity_units"):
+        return []
+    install_macros(con)
+    notes: list[str] = []
+    if table_exists(con, "identity_unit_keys"):
+        shared = [
+            t
+            for (t,) in con.execute(
+                """SELECT DISTINCT a.id_type FROM identity_unit_keys a JOIN identity_unit_keys b
+                   USING (id_type, id_value) WHERE a.unit_id = ? AND b.unit_id = ? ORDER BY 1""",
+                [unit_a, unit_b],
+            ).fetchall()
+        ]
+        if shared:
+            notes.append(
+                f"they share {', '.join(shared)} but the graph holds it back: its holders disagree on who they "
+                "are (names, dates of birth, their own contacts), it is a placeholder, or it is on more records "
+                "than max_records_per_identifier"
+            )
+    rows = con.execute(
+        f"""SELECT cdp_names_disagree(a.first_name, a.first_cands, a.last_name, a.last_cands,
+                                      b.first_name, b.first_cands, b.last_name, b.last_cands),
+                   coalesce(NOT cdp_near_dob(a.dob, b.dob), false),
+                   cdp_disagree({who("a")}, {who("b")}),
+                   cdp_contacts_disagree({contacts("a")}, {contacts("b")}),
+                   a.ambiguous, b.ambiguous
+            FROM identity_units a, identity_units b WHERE a.unit_id = ? AND b.unit_id = ?""",
+        [unit_a, unit_b],
+    ).fetchall()
+    if not rows:
+        return notes
+    names, dobs, disagree, contacts_differ, ambiguous_a, ambiguous_b = rows[0]
+    if names:
+        notes.append("the precision guard keeps them apart: their first names are clearly different")
+    if dobs:
+        notes.append("the precision guard keeps them apart: their dates of birth are more than a typo apart")
+    if disagree and not names and not dobs:
+        notes.append("the precision guard keeps them apart: different online accounts or loyalty cards")
+    if contacts_differ:
+        notes.append(
+            "the contact guard keeps them apart: each has a mailbox and a phone of its own, and no date of birth "
+            "ties them (or it does, and their first names differ: twins)"
+        )
+    for unit, ambiguous in ((unit_a, ambiguous_a), (unit_b, ambiguous_b)):
+        if ambiguous:
+            notes.append(f"{unit} matched two records that disagree with each other (namesakes): it joins neither")
+    return notes

@@ -91,3 +91,8 @@ def test_twins_born_the_same_day_with_their_own_contacts_are_two_customers(idcon
     ids = _customers(idcon)
     assert ids["crm", "p1"] != ids["crm", "p2"]
     assert ids["crm", "f1"] == ids["crm", "f2"]
+    # `cdp identity explain` says why: the contact guard, not just "different customers".
+    from identity.explain import explain_pair
+
+    notes = explain_pair(idcon, ("crm", "p1"), ("crm", "p2")).notes
+    assert any(n.startswith("the contact guard keeps them apart") for n in notes), notes
