@@ -61,6 +61,10 @@ def list_segments(
     console.print(f", {invalid} invalid" if invalid else "")
     if con is None:
         console.print(f"No store at {settings.db_path} yet: `cdp run --inbox DIR` first for the counts.")
+    if not settings.segments_dir.is_dir():
+        console.print(f"[yellow]No segments folder at {settings.segments_dir}[/yellow]: only the built-in is defined.")
+    if invalid:
+        raise typer.Exit(1)  # listed above, each with its one-line reason
 
 
 @app.command()

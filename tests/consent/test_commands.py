@@ -59,13 +59,17 @@ def test_segments_list_preview_export(db: Path, tmp_path: Path):
     (segs / "evil.yaml").write_text("name: evil\nwhere: read_csv('/etc/passwd') IS NULL\n")
     listed = runner.invoke(app, ["segments", "list", "--segments-dir", str(segs), "--db", str(db)],
                            env={"COLUMNS": "240"})  # fmt: skip
-    assert listed.exit_code == 0 and "all_customers" in listed.output and "spenders" in listed.output
+    # An invalid segment is listed with its reason, and the command says so in its exit code.
+    assert listed.exit_code == 1 and "all_customers" in listed.output and "spenders" in listed.output
     assert "1 invalid" in listed.output
     rows = {line.split()[0]: line.split() for line in listed.output.splitlines() if line.strip()}
     assert rows["all_customers"][-3:] == ["7", "email_marketing", "3"]  # customers, then allowed per purpose
     assert rows["spenders"][-3:] == ["2", "email_marketing", "1"]
+    (segs / "evil.yaml").unlink()
     no_store = cdp("segments", "list", "--segments-dir", str(segs), "--db", str(tmp_path / "none.duckdb"))
     assert no_store.exit_code == 0 and "`cdp run --inbox DIR` first for the counts" in " ".join(no_store.output.split())
+    no_folder = cdp("segments", "list", "--segments-dir", str(tmp_path / "nowhere"), "--db", str(db))
+    assert no_folder.exit_code == 0 and "No segments folder at" in " ".join(no_folder.output.split())
     shown = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db),
                 "--segments-dir", str(segs))  # fmt: skip
     assert shown.exit_code == 0, shown.output
