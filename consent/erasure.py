@@ -634,10 +634,10 @@ class _Matcher:
     def empty(self) -> bool:
         return not any(self.usable.values()) and not self.all_keys
 
-    def fields(self, data: dict[str, Any]) -> list[tuple[str | None, object]]:
+    def fields(self, data: dict[str, Any], regions: list[str]) -> list[tuple[str | None, object]]:
         """``(column, value)`` of a row's values as written, plus ``(None, piece)`` for every piece of free
-        text (:func:`cdp.ingest.text_values`): a malformed line, a nested JSON value, a note."""
-        regions = phone_regions(list(data.values()), self.region)
+        text (:func:`cdp.ingest.text_values`, phones read in ``regions``): a malformed line, a nested JSON
+        value, a note."""
         out: list[tuple[str | None, object]] = []
         for name, value in data.items():
             if isinstance(value, dict | list):
@@ -651,7 +651,7 @@ class _Matcher:
 
     def carries(self, data: dict[str, Any], source: str) -> bool:
         regions = phone_regions(list(data.values()), self.region)
-        return any(self._carries(name, value, source, regions) for name, value in self.fields(data))
+        return any(self._carries(name, value, source, regions) for name, value in self.fields(data, regions))
 
     def _carries(self, field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
         from identity.standardise import email_match_key, normalise_phone
@@ -683,6 +683,15 @@ class _Matcher:
         return field_name is None and any(text in usable[t] for t in ID_TYPES)
 
 
+def _json_object(text: object, key: str) -> dict[str, Any]:
+    """``text`` as the JSON object it holds, or ``{key: text}`` when it holds none (a malformed line)."""
+    try:
+        data = json.loads(str(text))
+    except ValueError:
+        return {key: str(text)}
+    return data if isinstance(data, dict) else {key: str(text)}
+
+
 def _scan_quarantine(con: duckdb.DuckDBPyConnection, matcher: _Matcher) -> int:
     """Mark quarantined rows that carry the subject anywhere in their raw content: a column, a nested value,
     a piece of a malformed line (kept as ``{"line": ...}``) or of a row rejected with its whole file."""
@@ -690,13 +699,7 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, matcher: _Matcher) -> int:
     cursor = con.execute("SELECT rowid, source, raw FROM quarantine WHERE raw IS NOT NULL")
     while batch := cursor.fetchmany(10_000):
         for row_id, source, raw in batch:
-            try:
-                data = json.loads(raw)
-            except (TypeError, ValueError):
-                data = {"line": str(raw)}
-            if not isinstance(data, dict):
-                data = {"line": str(raw)}
-            if matcher.carries(data, str(source)):
+            if matcher.carries(_json_object(raw, "line"), str(source)):
                 hits.append((row_id,))
     if hits:
         con.executemany("INSERT INTO _subject_quarantine VALUES (?)", hits)
@@ -716,12 +719,7 @@ def _scan_extras(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], ma
         cursor = con.execute(f"SELECT rowid, extra FROM {table} WHERE extra IS NOT NULL AND {stays}")
         while batch := cursor.fetchmany(10_000):
             for row_id, extra in batch:
-                try:
-                    data = json.loads(extra)
-                except (TypeError, ValueError):
-                    data = {"extra": str(extra)}
-                if not isinstance(data, dict):
-                    data = {"extra": str(extra)}
+                data = _json_object(extra, "extra")
                 hits += [(table, row_id, k) for k, v in data.items() if matcher.carries({k: v}, source)]
     if hits:
         con.executemany("INSERT INTO _subject_extra VALUES (?, ?, ?)", hits)
