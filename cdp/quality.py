@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -23,6 +24,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from cdp.config import PURPOSES
 from cdp.store import batches_not_in, record_batches
+from identity.standardise import CLOCK_SKEW, EARLIEST_PLAUSIBLE_TIME
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # read when a context is made, not on import
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -70,6 +72,17 @@ def _in_set(col: str, values: list[str], mostly: float = 1.0) -> Expect:
     return Expect("ExpectColumnValuesToBeInSet", {"column": col, "value_set": values, "mostly": mostly})
 
 
+def _latest_plausible() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None) + CLOCK_SKEW
+
+
+def _plausible_time(col: str) -> Expect:
+    """``col`` is neither a default from before 1990 nor later than a day from now (the suite runs as the
+    batch arrives). A callable value is worked out when the suite runs."""
+    bounds = {"min_value": EARLIEST_PLAUSIBLE_TIME, "max_value": _latest_plausible}
+    return Expect("ExpectColumnValuesToBeBetween", {"column": col, **bounds})
+
+
 def _unique(*cols: str) -> Expect:
     if len(cols) == 1:
         return Expect("ExpectColumnValuesToBeUnique", {"column": cols[0]})
@@ -82,21 +95,24 @@ SUITES: dict[str, list[Expect]] = {
     "raw_web": [
         _not_null("event_id"),
         _not_null("event_time"),
+        _plausible_time("event_time"),
         _not_null("anonymous_id"),
         _in_set("event_type", WEB_EVENTS, mostly=0.95),
     ],
     "raw_app": [
         _not_null("event_id"),
         _not_null("event_time"),
+        _plausible_time("event_time"),
         _not_null("device_id"),
         _in_set("event_type", APP_EVENTS, mostly=0.95),
     ],
     "raw_store": [
         _not_null("transaction_id"),
         _not_null("transaction_time"),
+        _plausible_time("transaction_time"),
         Expect("ExpectColumnValuesToBeBetween", {"column": "amount", "min_value": -100000, "max_value": 1000000}),
     ],
-    "raw_crm": [_not_null("crm_id")],
+    "raw_crm": [_not_null("crm_id"), _plausible_time("created_at"), _plausible_time("updated_at")],
     "raw_consent": [_not_null("consent_id"), _not_null("event_time")],
     "stg_records": [
         _not_null("source_record_id"),
@@ -155,7 +171,10 @@ def validate_table(
         .add_batch_definition_whole_dataframe("whole_table")
     )
     gx_suite = gx.ExpectationSuite(
-        name=f"{table}_suite", expectations=[getattr(gxe, e.kind)(**e.kwargs) for e in expectations]
+        name=f"{table}_suite",
+        expectations=[
+            getattr(gxe, e.kind)(**{k: v() if callable(v) else v for k, v in e.kwargs.items()}) for e in expectations
+        ],
     )
     outcome = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(gx_suite)
     failures = [

@@ -44,6 +44,7 @@ import pandas as pd
 from cdp.config import Settings
 from cdp.store import table_exists, transaction
 from identity.graph import install_macros
+from identity.standardise import sql_plausible_time
 
 #: Fields chosen by survivorship: profile column -> stg_records column.
 SURVIVING_FIELDS: dict[str, str] = {
@@ -107,6 +108,7 @@ def _profile_sql(
     fields: dict[str, str],
     links: str = "customer_source_records",
     created: bool = False,
+    arrived: bool = False,
     currency: str = "GBP",
     rates: dict[str, float] | None = None,
 ) -> str:
@@ -114,10 +116,12 @@ def _profile_sql(
     With ``created`` (``raw_crm`` exists), a CRM contact counts as seen when it was created: its
     ``record_time`` is its last update, which a back-office edit moves and which is no sign of the customer.
     Spend is in ``currency``; an amount in another currency counts through ``rates`` (units of ``currency``
-    per unit of it), and an order in a currency without a rate is counted but not summed."""
+    per unit of it), and an order in a currency without a rate is counted but not summed. A record time that is
+    a system default or later than a day after the record arrived (``arrived``: ``ingest_batches`` exists)
+    counts for nothing: not as a customer seen, not as a purchase date, not as the newest value."""
     # One arg_min per field over a sort key (trust rank, newest first, then a stable tie-break) picks the value
     # with its source and time together; ordered first() aggregates did the same three times as slowly.
-    key = "(source_rank, coalesce(-epoch_us(record_time), 9223372036854775807), source, source_record_id)"
+    key = "(source_rank, coalesce(-epoch_us(seen_time), 9223372036854775807), source, source_record_id)"
     picks = []
     for out, col in fields.items():
         value = f"{col}::VARCHAR" if col == "date_of_birth" else col
@@ -147,10 +151,15 @@ def _profile_sql(
         if created
         else ""
     )
-    first_time = "least(record_time, created_at)" if created else "record_time"
-    last_time = "CASE WHEN source = 'crm' THEN coalesce(created_at, record_time) ELSE record_time END"
+    first_time = "least(seen_time, seen_created)" if created else "seen_time"
+    last_time = "CASE WHEN source = 'crm' THEN coalesce(seen_created, seen_time) ELSE seen_time END"
     if not created:
-        last_time = "record_time"
+        last_time = "seen_time"
+    at = "b.ingested_at" if arrived else None
+    seen = f"{sql_plausible_time('r.record_time', at)} AS seen_time"
+    if created:
+        seen += f", {sql_plausible_time('rc.created_at', at)} AS seen_created"
+    arrived_join = "LEFT JOIN ingest_batches b ON b.batch_id = r.batch_id" if arrived else ""
     # An order's amount in the profiles' currency: as recorded (no currency: the profiles'), or at a rate.
     converted = " ".join(
         f"WHEN '{code}' THEN amount * {float(rate)!r}::DECIMAL(18,6)" for code, rate in sorted((rates or {}).items())
@@ -159,12 +168,13 @@ def _profile_sql(
     return f"""
     WITH linked AS (
         SELECT r.*, l.customer_id, {"rc.created_at," if created else ""}
-               coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank,
+               coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank, {seen},
                CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
         FROM stg_records r
         JOIN {links} l USING (source, source_record_id)
         LEFT JOIN _phone_kinds k USING (phone_e164)
         {created_join}
+        {arrived_join}
     ),
     chosen AS (
         SELECT customer_id, {chosen},
@@ -179,9 +189,9 @@ def _profile_sql(
     ),
     orders AS (  -- one row per order: web/app purchases folded by order_id, each store transaction
         SELECT customer_id, order_key, max(amount) AS amount, max(in_currency) AS in_currency,
-               min(record_time) AS ordered_at
+               min(seen_time) AS ordered_at
         FROM (
-            SELECT customer_id, amount, {in_currency} AS in_currency, record_time,
+            SELECT customer_id, amount, {in_currency} AS in_currency, seen_time,
                    CASE WHEN source = 'store' THEN 'store:' || source_record_id
                         ELSE coalesce('order:' || order_id, source || ':' || source_record_id)
                    END AS order_key
@@ -250,7 +260,8 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: (negative amount) is no order. 4: a CRM contact is first seen at its created_at. 5: names as written
 #: (``first_name_display``), not the matching form capitalised. 6: address and city as written, last_seen
 #: not moved by CRM edits, channels [] not NULL, spend in one currency (``orders_in_other_currencies``).
-_PROFILES_VERSION = "6"
+#: 7: implausible record times (before 1990, or a day after the record arrived) count for nothing.
+_PROFILES_VERSION = "7"
 
 
 def _fingerprint(settings: Settings) -> str:
@@ -314,6 +325,7 @@ def build_customer_profiles(
             SURVIVING_FIELDS,
             links,
             created=table_exists(con, "raw_crm"),
+            arrived=table_exists(con, "ingest_batches"),
             currency=settings.currency,
             rates=settings.exchange_rates,
         )

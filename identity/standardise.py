@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 import phonenumbers
@@ -233,6 +234,20 @@ def sql_display_name(col: str, name: bool = True) -> str:
 
 def sql_normalise_postcode(col: str) -> str:
     return f"NULLIF(upper(regexp_replace({col}, '[^A-Za-z0-9]', '', 'g')), '')"
+
+
+#: Record times before this are a system's default ("1970-01-01 00:00:00"), not an event; times later than
+#: :data:`CLOCK_SKEW` after the record arrived are a clock or zone mistake. Neither counts as a customer seen
+#: (profiles), and the raw Great Expectations suites flag both.
+EARLIEST_PLAUSIBLE_TIME = datetime(1990, 1, 1)
+CLOCK_SKEW = timedelta(days=1)
+
+
+def sql_plausible_time(col: str, arrived: str | None) -> str:
+    """``col`` when it is a plausible time for a record that arrived at ``arrived`` (a timestamp; None: no
+    upper bound), else NULL."""
+    late = f" AND {col} <= {arrived} + INTERVAL {CLOCK_SKEW.days} DAY" if arrived else ""
+    return f"CASE WHEN {col} >= TIMESTAMP '{EARLIEST_PLAUSIBLE_TIME:%Y-%m-%d}'{late} THEN {col} END"
 
 
 #: Dates of birth that CRM systems write for "unknown": 1 January 1900 and anything before it (1899-12-31,

@@ -117,3 +117,27 @@ def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_
     assert last_seen == datetime(2024, 4, 1, 12)  # the CRM edit of 2025 is not the customer's doing
     assert (address, city, channels) == ("12 St Mary's Road", "Stoke-On-Trent", ["store"])
     assert profiles["Ola"][-1] == []  # no channel is an empty list, not NULL
+
+
+def test_a_default_or_future_record_time_counts_for_nothing(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+    from cdp.quality import validate_table
+
+    inbox = tmp_path / "inbox"
+    _write(
+        inbox / "web" / "web.csv",
+        [
+            ("event_id", "event_time", "anonymous_id", "user_id", "event_type"),
+            ("W1", "1970-01-01T00:00:00Z", "ck1", "U1", "login"),  # a system's default time
+            ("W2", "2024-05-05T10:00:00Z", "ck1", "U1", "page_view"),
+            ("W3", "2099-12-31T23:59:59Z", "ck1", "U1", "page_view"),  # a clock far ahead
+        ],
+    )
+    con, settings = idstage(inbox, tmp_path)
+    suite = validate_table(con, "raw_web")
+    assert not suite.success and suite.failures == [
+        {"expectation": "expect_column_values_to_be_between(event_time)", "unexpected_count": 2}
+    ]
+    resolve_identities(con, settings)
+    build_customer_profiles(con, settings)
+    seen = con.execute("SELECT first_seen, last_seen, source_records FROM customer_profiles").fetchall()
+    assert seen == [(datetime(2024, 5, 5, 10), datetime(2024, 5, 5, 10), 3)]  # every record kept, two times not
