@@ -11,6 +11,7 @@ not pay it; the ``cdp`` commands that do not validate never import this module.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class Expect:
 
     kind: str
     kwargs: dict[str, Any]
+    #: SQL for the column's values as validated (``{c}``: the column), when not the values themselves.
+    select: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -72,15 +75,20 @@ def _in_set(col: str, values: list[str], mostly: float = 1.0) -> Expect:
     return Expect("ExpectColumnValuesToBeInSet", {"column": col, "value_set": values, "mostly": mostly})
 
 
-def _latest_plausible() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None) + CLOCK_SKEW
+def _epoch(moment: datetime) -> int:
+    return calendar.timegm(moment.timetuple())
+
+
+def _latest_plausible() -> int:
+    return _epoch(datetime.now(UTC).replace(tzinfo=None) + CLOCK_SKEW)
 
 
 def _plausible_time(col: str) -> Expect:
     """``col`` is neither a default from before 1990 nor later than a day from now (the suite runs as the
-    batch arrives). A callable value is worked out when the suite runs."""
-    bounds = {"min_value": EARLIEST_PLAUSIBLE_TIME, "max_value": _latest_plausible}
-    return Expect("ExpectColumnValuesToBeBetween", {"column": col, **bounds})
+    batch arrives; a callable value is worked out then). Compared as epoch seconds: Great Expectations
+    compared the 432k timestamps of the 1M bench's web events in 2.2 s, their epochs in 0.36 s."""
+    bounds = {"min_value": _epoch(EARLIEST_PLAUSIBLE_TIME), "max_value": _latest_plausible}
+    return Expect("ExpectColumnValuesToBeBetween", {"column": col, **bounds}, select="epoch({c})::BIGINT")
 
 
 def _unique(*cols: str) -> Expect:
@@ -159,7 +167,10 @@ def validate_table(
     Expectations; returns counts only."""
     expectations = suite if suite is not None else SUITES[table]
     columns = sorted({c for e in expectations for c in e.columns})
-    quoted = ", ".join(f'"{c}"' for c in columns)
+    # A column some expectation reads through its own SQL is selected that way (its other expectations,
+    # such as not null, hold for it alike).
+    selects = {c: e.select.format(c=f'"{c}"') for e in expectations if e.select for c in e.columns}
+    quoted = ", ".join(f'{selects[c]} AS "{c}"' if c in selects else f'"{c}"' for c in columns)
     where = "WHERE batch_id IN (SELECT unnest($batches))" if batches is not None else ""
     params = {"batches": batches} if batches is not None else {}
     df = con.execute(f"SELECT {quoted} FROM {table} {where}", params).df()  # table and columns: SUITES
