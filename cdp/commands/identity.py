@@ -20,7 +20,7 @@ def train(
         None, "--out", help="Model JSON to write (default: identity/models/person_v1.json)."
     ),
     seed: int = typer.Option(42, "--seed", help="Seed of u sampling."),
-    u_max_pairs: float = typer.Option(5e6, "--u-max-pairs", help="Random pairs sampled to estimate u."),
+    u_max_pairs: int = typer.Option(5_000_000, "--u-max-pairs", min=1000, help="Random pairs sampled to estimate u."),
     also: list[Path] = typer.Option(
         [], "--also", help="Another store whose person records join the training data (repeatable)."
     ),

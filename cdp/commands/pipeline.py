@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("data/demo/inbox"), "--out", help="Where to write the sample inbox."),
         customers: int = typer.Option(2000, "--customers", min=1, help="People in the sample world."),
-        seed: int = typer.Option(7, "--seed"),
+        seed: int = typer.Option(7, "--seed", help="Random seed of the sample world; the same seed, the same demo."),
         db: Path | None = DbOption,
     ) -> None:
         """Generate a sample inbox, run the whole pipeline, export a consented segment and erase one person.
