@@ -434,9 +434,9 @@ IDENTIFIER_COLUMNS = {
 
 def _phone_region_sql(spec: SourceSpec) -> str:
     """The region a row's national phone numbers are read in, as staging reads them (``''``: the default)."""
-    from identity.standardise import sql_phone_region
+    from identity.staging import PHONE_REGIONS
 
-    return sql_phone_region(_q("country")) if "country" in spec.columns else "''"
+    return PHONE_REGIONS.get(raw_table(spec.name), "''")
 
 
 def _identifier_sql(spec: SourceSpec) -> dict[str, str]:

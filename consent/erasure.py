@@ -60,7 +60,8 @@ from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from consent.ledger import base_event_id
 from identity import changes
-from identity.standardise import phone_regions, sql_email_match_key, sql_phone_region, sql_trim_id
+from identity.staging import PHONE_REGIONS
+from identity.standardise import phone_regions, sql_email_match_key, sql_trim_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -141,8 +142,6 @@ class Rule:
     columns: tuple[str, ...]
 
 
-_CRM_PHONE_REGION = sql_phone_region("country")  # CRM phones are read in the contact's own country
-
 ERASURE_MAP: dict[str, Rule] = {
     # Raw layer: by the source's own key (every version of it), plus every row carrying one of the
     # subject's exclusive identifiers (all events of their cookies and devices, older versions of their
@@ -165,7 +164,7 @@ ERASURE_MAP: dict[str, Rule] = {
     "raw_crm": Rule(
         "every version of the subject's CRM contacts, and contacts carrying their ids, phones or emails",
         f"crm_id IN {_keys('crm')} OR "
-        f"{_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email', phone_region=_CRM_PHONE_REGION)}",
+        f"{_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email', phone_region=PHONE_REGIONS['raw_crm'])}",
         ("crm_id", "user_id", "loyalty_id", "phone", "email"),
     ),
     "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),

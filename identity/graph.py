@@ -158,12 +158,12 @@ CONTACT_COLUMNS = ("email_key", "phone_e164", "dob", "first_name", "first_cands"
 
 def contacts(alias: str) -> str:
     """SQL struct of the contact columns of ``alias``, for ``cdp_contacts_disagree``."""
-    return "{" + ", ".join(f"'{c}': {alias}.{c}" for c in CONTACT_COLUMNS) + "}"
+    return who(alias, CONTACT_COLUMNS)
 
 
-def who(alias: str) -> str:
+def who(alias: str, columns: tuple[str, ...] = WHO_COLUMNS) -> str:
     """SQL struct of the identity-bearing columns of ``alias`` (a table alias of this package's SQL)."""
-    return "{" + ", ".join(f"'{c}': {alias}.{c}" for c in WHO_COLUMNS) + "}"
+    return "{" + ", ".join(f"'{c}': {alias}.{c}" for c in columns) + "}"
 
 
 #: Street-type abbreviations folded to one spelling before addresses are compared.

@@ -153,8 +153,7 @@ def _profile_sql(
     )
     first_time = "least(seen_time, seen_created)" if created else "seen_time"
     last_time = "CASE WHEN source = 'crm' THEN coalesce(seen_created, seen_time) ELSE seen_time END"
-    if not created:
-        last_time = "seen_time"
+    last_time = last_time if created else "seen_time"
     at = "b.ingested_at" if arrived else None
     seen = f"{sql_plausible_time('r.record_time', at)} AS seen_time"
     if created:

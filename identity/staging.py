@@ -32,8 +32,9 @@ from identity.standardise import (
 )
 
 #: The raw tables with phones, and the region each row's national numbers are read in (``''``: the
-#: installation's ``default_region``; a CRM contact's own ``country`` when phonenumbers knows it).
-_PHONE_SOURCES = {
+#: installation's ``default_region``; a CRM contact's own ``country`` when phonenumbers knows it). Staging,
+#: ingestion's suppression check and erasure all read phones by this one rule.
+PHONE_REGIONS = {
     "raw_app": "''",
     "raw_store": "''",
     "raw_crm": sql_phone_region("country"),
@@ -45,7 +46,7 @@ def _phone_spellings(where: str = "true") -> str:
     """Every (spelling, region) pair of the raw tables' phones, of rows matching ``where``."""
     return " UNION ".join(
         f"SELECT phone AS raw, {region} AS region FROM {table} WHERE phone IS NOT NULL AND {where}"
-        for table, region in _PHONE_SOURCES.items()
+        for table, region in PHONE_REGIONS.items()
     )
 
 
@@ -164,7 +165,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         'crm' AS source, crm_id AS source_record_id, 'crm:' || trim(crm_id) AS unit_id,
         coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
         {_ids("user_id", "loyalty_id", "crm_id")}, NULL AS anonymous_id, NULL AS device_id,
-        {_person(region=_PHONE_SOURCES["raw_crm"])},
+        {_person(region=PHONE_REGIONS["raw_crm"])},
         {_names()},
         {sql_plausible_dob("date_of_birth", "coalesce(updated_at, created_at)")} AS date_of_birth,
         NULLIF(trim(regexp_replace({sql_fold_accents('address_line1')}, '[^a-z0-9 ]+', ' ', 'g')), '')
