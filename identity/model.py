@@ -302,12 +302,14 @@ def open_session(
     memory_limit: str = "4GB",
     frame: Any = None,
     spark: Any = None,
+    validate: bool = True,
 ) -> SplinkSession:
     """Copy ``_person_units`` (or the arrow table ``frame``) into a private DuckDB under a Splink linker.
 
     With a Spark session ``spark`` the linker runs on Splink's Spark backend instead (the settings are
     translated to Spark SQL by :func:`identity.spark.spark_model`); the private DuckDB still holds the
-    units, for the precision guards.
+    units, for the precision guards. ``validate``: whether Splink checks the settings against the units
+    (an incremental run skips it: its model is the one the last full run checked).
     """
     from splink import DuckDBAPI, Linker
 
@@ -339,7 +341,7 @@ def open_session(
         spark_view = f"person_units_{uuid.uuid4().hex[:12]}"
         units, cleanup = spark_input(spark, frame)  # the arrow table, or Spark reading its Parquet copy
         sdf = SparkAPI(spark_session=spark).register(units, table_name=spark_view, dataset_display_name="person_units")
-    linker = Linker(sdf, loaded, log_level=None)
+    linker = Linker(sdf, loaded, log_level=None, validate_settings=validate)
     return SplinkSession(linker=linker, con=scratch, n_units=len(frame), spark_view=spark_view, cleanup=cleanup)
 
 
@@ -713,9 +715,9 @@ def predict_changed_pairs(
 
     ``person_units`` (a table or view, :func:`person_units_sql`) holds every person unit, changed ones with
     their new attributes, and ``changed`` names a table of unit ids; ``before`` (the same columns) may hold
-    the changed units' previous attributes. Splink's ``predict_between`` scores changed units against the
-    others and ``predict_within`` the changed units among themselves, with the same blocking rules, model
-    and ``prior`` as a full run, so the pairs are those a full run would find for these units. The
+    the changed units' previous attributes. Splink's ``predict_within`` scores the changed units and the
+    units in their blocks with the same blocking rules (each also asking for a changed unit in the pair),
+    model and ``prior`` as a full run, so the pairs are those a full run would find for these units. The
     precision guard applies as in :func:`predict_pairs`; the ambiguity guard is the caller's (it needs every
     pair). So does the crowd guard (``block_limit``, :func:`mark_crowds`): the blocks of the changed units
     are counted whole. When a changed unit makes a block crowded or no longer crowded, the pairs of units
@@ -760,25 +762,25 @@ def predict_changed_pairs(
     if not n_changed:  # gone units: nothing to score, and no block crossed the limit
         return {"person_units_scored": 0, "model_pairs_new": 0, "model_seconds": 0.0}
     model = _prepare(model_path, len(frame), prior)
-    session = open_session(con, model, threads=threads, memory_limit=memory_limit, frame=frame)
+    # The model is the one the last full run validated (the fingerprint of model and code is the same).
+    session = open_session(con, model, threads=threads, memory_limit=memory_limit, frame=frame, validate=False)
     try:
-        db = session.linker._db_api
-        for table, where in (("changed_units", "_changed"), ("other_units", "NOT _changed")):
-            session.con.execute(f"CREATE TABLE {table} AS SELECT * EXCLUDE (_changed) FROM person_units WHERE {where}")
-        changed_sdf = db.register("changed_units", table_name="changed_units_in")
-        inference = session.linker.inference
-        within = inference.predict_within(changed_sdf, threshold_match_weight=threshold_weight)
-        scored = [f"SELECT * FROM {within.physical_name}"]
-        if session.con.execute("SELECT count(*) FROM other_units").fetchall()[0][0]:
-            other_sdf = db.register("other_units", table_name="other_units_in")
-            # A full run's self-join finds a pair when a blocking rule holds with the smaller unit id on the
-            # left (some rules are not symmetric): score both ways round and keep that orientation.
-            for left, right in ((changed_sdf, other_sdf), (other_sdf, changed_sdf)):
-                found = inference.predict_between(left, right, threshold_match_weight=threshold_weight)
-                scored.append(f"SELECT * FROM {found.physical_name} WHERE unit_id_l < unit_id_r")
+        # One self-join of the frame, as a full run's: the same rules hold in the same orientation (smaller
+        # unit id on the left, which the asymmetric rules need) and each rule also asks for a changed unit, so
+        # only the pairs involving one are scored. (Scoring the changed units among themselves and against
+        # the others both ways round took three Splink pipelines instead of one.)
+        changed_rules = [
+            {"blocking_rule": f"({rule['blocking_rule']}) AND (l._changed OR r._changed)", "sql_dialect": "duckdb"}
+            for rule in model["blocking_rules_to_generate_predictions"]
+        ]
+        scored = session.linker.inference.predict_within(
+            session.linker._db_api.register("person_units", table_name="frame_in"),
+            blocking_rules_to_generate_predictions=changed_rules,
+            threshold_match_weight=threshold_weight,
+        )
         install_macros(session.con)
-        union = " UNION ALL ".join(f"SELECT unit_id_l, unit_id_r, match_weight FROM ({sql})" for sql in scored)
-        session.con.execute(f"CREATE TABLE scored_pairs AS {_vetoed_pairs_sql(f'({union})')}")
+        pairs_sql = f"(SELECT unit_id_l, unit_id_r, match_weight FROM {scored.physical_name})"
+        session.con.execute(f"CREATE TABLE scored_pairs AS {_vetoed_pairs_sql(pairs_sql)}")
         pairs = session.con.sql(
             "SELECT DISTINCT unit_id_l, unit_id_r, match_weight FROM scored_pairs WHERE NOT vetoed"
         ).to_arrow_table()
