@@ -57,27 +57,18 @@ def _loose_email(col: str) -> str:
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
-def _exact_ids_sql(links: str = "customer_source_records") -> str:
-    """``(customer_id, kind, value)`` of every identifier value the customers' records carry; ``links`` (a temp
-    table of this module: some rows of ``customer_source_records``) restricts them to some customers'."""
+def _ids_sql(loose: bool, links: str = "customer_source_records") -> str:
+    """``(customer_id, kind, value)`` of every identifier value the customers' records carry, with the loose
+    email key of each of their emails (kind ``email_loose``) when loose withdrawals apply; ``links`` (a temp
+    table of this module: some rows of ``customer_source_records``) restricts them to some customers'. One
+    pass over ``stg_records`` (NULL values are left out)."""
+    extra = f", {_loose_email('r.email')} AS email_loose" if loose else ""
+    kinds = _IDS + (", email_loose" if loose else "")
     return f"""
     SELECT DISTINCT customer_id, kind, value FROM (
-        UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}
+        UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}{extra}
                  FROM stg_records r JOIN {links} l USING (source, source_record_id))
-        ON {_IDS} INTO NAME kind VALUE value)"""
-
-
-def _loose_ids_sql(links: str = "customer_source_records") -> str:
-    """``(customer_id, 'email_loose', value)``: the forgiving email key of each customer's emails."""
-    return f"""
-    SELECT DISTINCT l.customer_id, 'email_loose' AS kind, {_loose_email("r.email")} AS value
-    FROM stg_records r JOIN {links} l USING (source, source_record_id)
-    WHERE r.email IS NOT NULL"""
-
-
-def _ids_sql(loose: bool, links: str = "customer_source_records") -> str:
-    """Exact identifier values of the customers, with their loose email keys when loose withdrawals apply."""
-    return _exact_ids_sql(links) + (f" UNION ALL {_loose_ids_sql(links)}" if loose else "")
+        ON {kinds} INTO NAME kind VALUE value)"""
 
 
 def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None:
@@ -117,11 +108,10 @@ def _naming_bucket(buckets: str) -> str:
     )
 
 
-def _events_naming_sql(values: str, until: str = "$as_of") -> str:
-    """Ids of the applicable events that name one of the ``(kind, value)`` of table ``values``: one probe per
-    identifier column, not an unpivot of the whole ledger."""
-    naming = " OR ".join(f"{c} IN (SELECT value FROM {values} WHERE kind = '{c}')" for c in EVENT_IDENTIFIERS)
-    return f"SELECT event_id FROM consent_events WHERE {in_force()} <= {until} AND ({naming})"
+def _naming_value(values: str) -> str:
+    """Predicate over ``consent_events``: the event names one of the ``(kind, value)`` of table ``values`` (one
+    probe per identifier column, not an unpivot of the whole ledger)."""
+    return " OR ".join(f"{c} IN (SELECT value FROM {values} WHERE kind = '{c}')" for c in EVENT_IDENTIFIERS)
 
 
 def _loose_candidates(until: str = "$as_of") -> str:
@@ -156,9 +146,9 @@ def hits_sql(
     """SQL of every (event, customer, identifier kind) an event reaches, with the kind's fan-out (customers
     carrying that value) and ``n``, the number of customers the event reaches through unambiguous kinds.
 
-    ``ids`` is a table of ``(customer_id, kind, value)``: :func:`_exact_ids_sql` (plus :func:`_loose_ids_sql`)
-    over every customer, or, for an incremental update, over every customer carrying a value that the events
-    in ``events`` (a table of ``event_id``) name: fan-outs and ``n`` are then still global facts.
+    ``ids`` is a table of ``(customer_id, kind, value)``: :func:`_ids_sql` over every customer, or, for an
+    incremental update, over every customer carrying a value that the events in ``events`` (a table of
+    ``event_id``) name: fan-outs and ``n`` are then still global facts.
 
     With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal whose email did not reach anyone as
     written (a typo the standardiser could not read, or a mistyped domain) also reaches customers through
@@ -434,19 +424,18 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
         f"""CREATE OR REPLACE TEMP TABLE _cs_affected_ids AS
             SELECT * FROM _cs_changed_ids UNION ALL {_ids_sql(loose, "_cs_others_links")}"""
     )
+    # The applicable events naming their values, with their ledger rows, read once: the values they name,
+    # their hits and the state come from these.
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _cs_events AS
-            {_events_naming_sql("_cs_affected_ids")}
-            UNION SELECT event_id FROM _cs_loose
-                  WHERE in_force <= $as_of
-                    AND value IN (SELECT value FROM _cs_affected_ids WHERE kind = 'email_loose')""",
+        f"""CREATE OR REPLACE TEMP TABLE _cs_ledger AS
+            SELECT * FROM consent_events
+            WHERE {in_force()} <= $as_of
+              AND ({_naming_value("_cs_affected_ids")}
+                   OR event_id IN (SELECT event_id FROM _cs_loose
+                                   WHERE value IN (SELECT value FROM _cs_affected_ids WHERE kind = 'email_loose')))""",
         params,
     )
-    # Their ledger rows, read once: the values they name, their hits and the state come from these.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _cs_ledger AS
-           SELECT * FROM consent_events WHERE event_id IN (SELECT event_id FROM _cs_events)"""
-    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _cs_events AS SELECT event_id FROM _cs_ledger")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_values AS
             SELECT DISTINCT kind, value FROM ({_event_ids_sql(ledger="_cs_ledger")})""",
