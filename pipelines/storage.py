@@ -7,7 +7,8 @@ and reads asset records for data versions: creating, connecting and closing came
 6.6 s incremental run on the 1M-record bench, more than half of what the event log cost.
 
 This subclass keeps one engine per database file (the index shard, and the few run shards being written
-or read), whose pool keeps a connection open between uses. Everything else is Dagster's: the same files
+or read), whose pool keeps a connection open between uses, and whose connections write ahead (sqlite's WAL:
+a commit does not wait for the disk, see :func:`_write_ahead`). Everything else is Dagster's: the same files
 under ``$DAGSTER_HOME/history/runs``, the same schema and migrations, the same lock around each use, so
 the run history written before stays readable and the UI (``make dev``) reads it through this class too.
 
@@ -22,11 +23,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sqlite3
 import tempfile
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import dagster as dg
@@ -35,7 +37,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 
 #: Engines kept at once: the index shard, the run being written, and a few runs the UI is reading.
@@ -52,6 +54,24 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
+
+
+def _write_ahead(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    """Each new sqlite connection writes ahead (WAL) and syncs the file at checkpoints, not at every commit.
+
+    Every event is a commit, and by default every commit waits for the disk (two fsyncs): 300 of them took
+    0.27 s on this machine, against 0.01 s written ahead, and far longer while the disk was busy. The cost:
+    after a power cut (not a crash of the process) the last events of a run may be missing from its history;
+    the file stays consistent, and no business data is there (that is in the DuckDB store). A shard another
+    process holds in the old mode keeps it (the change needs the file to itself): that connection then only
+    syncs less often."""
+    cursor = dbapi_connection.cursor()
+    try:
+        with suppress(sqlite3.OperationalError):  # "database is locked": another process has it open
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
 def default_base_dir() -> str:
@@ -100,6 +120,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines.move_to_end(shard)
             return engine
         engine = create_engine(self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        event.listen(engine, "connect", _write_ahead)
         self._engines[shard] = engine
         while len(self._engines) > MAX_ENGINES:
             _, oldest = self._engines.popitem(last=False)
