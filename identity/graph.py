@@ -35,6 +35,15 @@ import pandas as pd
 #: Key types that can join units, in the order edges are reported.
 KEY_TYPES = ("user_id", "loyalty_id", "email_key", "phone_e164", "crm_id", "device_id", "anonymous_id")
 
+#: The ``stg_records`` columns :func:`build_units` and :func:`build_unit_keys` read: a table of some records
+#: given to them (``records``) needs these only.
+RECORD_COLUMNS = tuple(
+    dict.fromkeys(
+        ("unit_id", "source", "first_name", "last_name", "date_of_birth", "postcode", "address_line1", "city")
+        + KEY_TYPES
+    )
+)
+
 #: Key types that name a unit themselves: on the unit's own records they cannot join it to another unit,
 #: so only their appearances on other units' records are read (none, in the contract's sources today).
 UNIT_PREFIX = {"crm_id": "crm:", "anonymous_id": "web:", "device_id": "app:"}

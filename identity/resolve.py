@@ -196,16 +196,24 @@ def _last_sequence(con: duckdb.DuckDBPyConnection, incremental: bool) -> int:
     return int(seq)
 
 
-def _assign_ids(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime, scope: str | None = None) -> dict[str, int]:
+def _assign_ids(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    now: datetime,
+    scope: str | None = None,
+    links: str = "customer_source_records",
+) -> dict[str, int]:
     """Temp table ``_assignment(unit_id, customer_id)``; appends merges/splits/retirements to history.
 
     ``scope`` (a table of unit ids holding whole customers of the previous run) limits the vote to those
-    units' previous customers: an incremental run re-resolves only them.
+    units' previous customers: an incremental run re-resolves only them. ``links``: where the previous
+    customers are read (``unit_id``, ``customer_id``), ``customer_source_records`` or a temp table holding
+    its rows for at least the scope.
     """
     where = f"WHERE unit_id IN (SELECT unit_id FROM {scope})" if scope else ""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _prev AS "
-        f"SELECT unit_id, min(customer_id) AS customer_id FROM customer_source_records {where} GROUP BY unit_id"
+        f"SELECT unit_id, min(customer_id) AS customer_id FROM {links} {where} GROUP BY unit_id"
     )
     votes = con.execute(
         """
@@ -578,7 +586,7 @@ def _resolve_changed(
         model.prepare_in_background()  # Splink's import overlaps the graph statements below
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _c0_records AS "
-            "SELECT * FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
+            f"SELECT {', '.join(graph.RECORD_COLUMNS)} FROM stg_records WHERE unit_id IN (SELECT unit_id FROM _c0)"
         )
         graph.build_units(con, "_c0_records", with_keys=False)
         graph.build_unit_keys(con, "_c0_records")
@@ -752,10 +760,9 @@ def _resolve_changed(
         if leaving:
             raise _NotLocal(f"{leaving} edges leave the changed region")
         stats.update(graph.graph_stats(con))
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _units AS SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
-            "WHERE unit_id IN (SELECT unit_id FROM _region)"
-        )
+        # The region's units: they are in _units already (every unit holding one of the region's keys, and the
+        # region), and identity_units has not changed since.
+        con.execute("CREATE OR REPLACE TEMP TABLE _units AS FROM _units WHERE unit_id IN (SELECT unit_id FROM _region)")
         if stats["region_units"]:
             stats.update(_components(con))
         else:  # nothing to re-resolve (no new data, or records that changed nothing about who is who)
@@ -771,24 +778,28 @@ def _resolve_changed(
         timings["cluster_seconds"] = round(time.perf_counter() - t, 2)
 
         t = time.perf_counter()
-        ids = _assign_ids(con, run_id, started_at, scope="_scope")
+        # The customers the touched units (the region, and the changed units outside it) had: read once.
+        touched = "unit_id IN (SELECT unit_id FROM _scope UNION SELECT unit_id FROM _c0)"
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _touched_links AS "
+            f"SELECT DISTINCT unit_id, customer_id FROM customer_source_records WHERE {touched}"
+        )
+        ids = _assign_ids(con, run_id, started_at, scope="_scope", links="_touched_links")
         # Changed units outside the region kept their identity: their new records join their customer.
         con.execute(
             """
             CREATE OR REPLACE TEMP TABLE _assignment_all AS
             SELECT unit_id, customer_id FROM _assignment
             UNION ALL
-            SELECT unit_id, min(customer_id) FROM customer_source_records
+            SELECT unit_id, min(customer_id) FROM _touched_links
             WHERE unit_id IN (SELECT unit_id FROM _c0) AND unit_id NOT IN (SELECT unit_id FROM _scope)
             GROUP BY unit_id
             """
         )
-        touched = "unit_id IN (SELECT unit_id FROM _scope UNION SELECT unit_id FROM _c0)"
         con.execute(
-            f"""
+            """
             CREATE OR REPLACE TEMP TABLE _changed_ids AS
-            SELECT customer_id FROM customer_source_records WHERE {touched}
-            UNION SELECT customer_id FROM _assignment_all
+            SELECT customer_id FROM _touched_links UNION SELECT customer_id FROM _assignment_all
             """
         )
         con.execute(f"DELETE FROM customer_source_records WHERE {touched}")
