@@ -39,7 +39,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from identity.graph import build_units, contacts, install_macros, who
+from identity.graph import CONTACT_COLUMNS, WHO_COLUMNS, build_units, contacts, install_macros, who
 
 MODEL_DIR = Path(__file__).parent / "models"
 MODEL_NAME = "person_v1"
@@ -412,6 +412,10 @@ def _vetoed_pairs_sql(scored_table: str) -> str:
     """
 
 
+#: The columns the ambiguity guard reads of a unit: its id and what cdp_disagree and cdp_contacts_disagree compare.
+_GUARD_COLUMNS = tuple(dict.fromkeys(("unit_id", *WHO_COLUMNS, *CONTACT_COLUMNS)))
+
+
 def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str:
     """Units matched (in ``pairs``) to two records that disagree with each other or whose contact details
     contradict (``units`` holds their attributes): a receipt from "James Jackson" at a house where father
@@ -422,7 +426,8 @@ def ambiguous_units_sql(pairs: str, units: str, among: str | None = None) -> str
     return f"""
         WITH nb AS MATERIALIZED (SELECT * FROM (SELECT unit_id_l AS u, unit_id_r AS v FROM {pairs}
                                                 UNION ALL SELECT unit_id_r, unit_id_l FROM {pairs}) {only}),
-        partners AS MATERIALIZED (SELECT * FROM {units} WHERE unit_id IN (SELECT v FROM nb))
+        partners AS MATERIALIZED (SELECT {", ".join(_GUARD_COLUMNS)} FROM {units}
+                                  WHERE unit_id IN (SELECT v FROM nb))
         SELECT DISTINCT x.u AS unit_id FROM nb x JOIN nb y ON x.u = y.u AND x.v < y.v
         JOIN partners a ON a.unit_id = x.v JOIN partners b ON b.unit_id = y.v
         WHERE cdp_disagree({who("a")}, {who("b")})
