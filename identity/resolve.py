@@ -559,8 +559,8 @@ def _resolve_changed(
     1. The changed units' attributes and keys are rebuilt from their records; so are the accounts and
        cards "in use" of every unit sharing an account or card with them. Units whose attributes or keys
        really changed (new, gone, or different) are *W*.
-    2. Splink scores W against every person unit (``predict_between``) and among itself
-       (``predict_within``) with the previous run's prior; W's stored pairs are replaced. The ambiguity
+    2. Splink scores the pairs of W with every person unit and among itself (one ``predict_within`` over W
+       and the units in its blocks) with the previous run's prior; W's stored pairs are replaced. The ambiguity
        guard is re-read for every unit with a pair to W; a unit whose verdict flips brings its partners.
     3. The region: every first-pass component (see :func:`_components`) holding a unit of W, a holder of
        a key W holds or held, or a unit of step 2. No edge can leave it (checked: an edge that does makes
