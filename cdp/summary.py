@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import duckdb
+import pandas as pd
 
 from cdp.store import table_exists
 
 
 @dataclass
-class StoreSummary:
+class Intake:
+    """Files and rows as ``ingest_batches`` counts them: every row in is loaded, quarantined or suppressed."""
+
     files: int
-    files_rejected: int
+    rejected: int
     rows_in: int
-    rows_loaded: int
-    rows_quarantined: int
-    rows_suppressed: int
+    loaded: int
+    quarantined: int
+    suppressed: int
+
+    def rows(self) -> str:
+        return (
+            f"{self.rows_in:,} = {self.loaded:,} loaded + {self.quarantined:,} quarantined + "
+            f"{self.suppressed:,} suppressed"
+        )
+
+
+@dataclass
+class StoreSummary:
+    run: Intake  # the files this run ingested (all of them when the caller did not say what was there before)
+    store: Intake  # every file the store has ingested
     unbalanced_files: int
     records: int
     customers: int | None
@@ -26,13 +43,16 @@ class StoreSummary:
     identity_run: str | None = None  # how the last identity run ran: full (why) or incremental (how much)
 
     def lines(self) -> list[str]:
-        out = [
-            f"files ingested      {self.files} ({self.files_rejected} rejected)",
-            f"rows in             {self.rows_in:,} = {self.rows_loaded:,} loaded + {self.rows_quarantined:,} "
-            f"quarantined + {self.rows_suppressed:,} suppressed"
-            + ("" if not self.unbalanced_files else f"  [{self.unbalanced_files} files do not add up!]"),
-            f"source records      {self.records:,}",
-        ]
+        run, store = self.run, self.store
+        files = f"files ingested      {run.files} ({run.rejected} rejected)"
+        if store != run:  # an incremental run: the store's totals beside this run's
+            files += f"; the store holds {store.files} ({store.rejected} rejected)"
+        rows = f"rows in             {run.rows()}"
+        if store != run:
+            rows += f"; the store {store.rows_in:,}"
+        if self.unbalanced_files:
+            rows += f"  [{self.unbalanced_files} files do not add up!]"
+        out = [files, rows, f"source records      {self.records:,}"]
         if self.customers is not None:
             out.append(f"unified customers   {self.customers:,}")
         if self.identity_run:
@@ -65,12 +85,54 @@ def _identity_run(con: duckdb.DuckDBPyConnection) -> str | None:
     return f"full ({stats['full_reason']})" if stats.get("full_reason") else "full"
 
 
-def summarise(con: duckdb.DuckDBPyConnection) -> StoreSummary:
-    row = con.execute(
-        "SELECT count(*), count(*) FILTER (status IN ('rejected', 'failed')), coalesce(sum(rows_in), 0), "
-        "coalesce(sum(rows_loaded), 0), coalesce(sum(rows_quarantined), 0), coalesce(sum(rows_suppressed), 0), "
-        "count(*) FILTER (rows_in <> rows_loaded + rows_quarantined + rows_suppressed) FROM ingest_batches"
-    ).fetchall()[0]
+_INTAKE = (
+    "SELECT count(*), count(*) FILTER (status IN ('rejected', 'failed')), coalesce(sum(rows_in), 0), "
+    "coalesce(sum(rows_loaded), 0), coalesce(sum(rows_quarantined), 0), coalesce(sum(rows_suppressed), 0) "
+    "FROM ingest_batches"
+)
+
+
+#: Predicate over ``ingest_batches`` inside :func:`_registered`: a batch that was not there before the run.
+NEW_BATCHES = "batch_id NOT IN (SELECT batch_id FROM _batches_before)"
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, before: set[str]) -> Iterator[None]:
+    con.register("_batches_before", pd.DataFrame({"batch_id": sorted(before)}, dtype=object))
+    try:
+        yield
+    finally:
+        con.unregister("_batches_before")
+
+
+def batch_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The batches the store has ingested (to tell a run's own from them afterwards)."""
+    if not table_exists(con, "ingest_batches"):
+        return set()
+    return {row[0] for row in con.execute("SELECT batch_id FROM ingest_batches").fetchall()}
+
+
+def rejected_files(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> tuple[list[str], int]:
+    """The errors of the files this run rejected (batches not in ``before``; all when None), and how many
+    files earlier runs rejected."""
+    rows = con.execute("SELECT batch_id, error FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at")
+    errors = rows.fetchall()
+    if before is None:
+        return [e for _, e in errors], 0
+    return [e for b, e in errors if b not in before], sum(1 for b, _ in errors if b in before)
+
+
+def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> StoreSummary:
+    """The store's counts; the files and rows of this run are those of batches not in ``before`` (the batch
+    ids :func:`batch_ids` gave before the run), or all of them when ``before`` is None."""
+    store = Intake(*con.execute(_INTAKE).fetchall()[0])
+    run = store
+    if before is not None:
+        with _registered(con, before):
+            run = Intake(*con.execute(f"{_INTAKE} WHERE {NEW_BATCHES}").fetchall()[0])
+    unbalanced = con.execute(
+        "SELECT count(*) FROM ingest_batches WHERE rows_in <> rows_loaded + rows_quarantined + rows_suppressed"
+    ).fetchall()[0][0]
     granted: dict[str, int] = {}
     if table_exists(con, "consent_state"):
         granted = dict(
@@ -81,13 +143,9 @@ def summarise(con: duckdb.DuckDBPyConnection) -> StoreSummary:
         customers = int(con.execute("SELECT count(DISTINCT customer_id) FROM customer_source_records").fetchall()[0][0])
     return StoreSummary(
         identity_run=_identity_run(con),
-        files=row[0],
-        files_rejected=row[1],
-        rows_in=row[2],
-        rows_loaded=row[3],
-        rows_quarantined=row[4],
-        rows_suppressed=row[5],
-        unbalanced_files=row[6],
+        run=run,
+        store=store,
+        unbalanced_files=int(unbalanced),
         records=_count(con, "stg_records") or 0,
         customers=customers,
         profiles=_count(con, "customer_profiles"),

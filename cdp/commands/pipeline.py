@@ -9,11 +9,12 @@ import typer
 from cdp.commands.common import DbOption, EngineOption, console, fail, one_line_errors, settings_for
 
 
-def _print_run(outcome, con, db_path: Path) -> None:  # type: ignore[no-untyped-def]  # pipelines.run.RunOutcome
-    from cdp.summary import summarise
+def _print_run(outcome, con, db_path: Path, before: set[str]) -> None:  # type: ignore[no-untyped-def]  # RunOutcome
+    """The run's summary: what this run ingested (the batches not in ``before``), what the store holds."""
+    from cdp.summary import rejected_files, summarise
 
-    summary = summarise(con)
-    rejected = con.execute("SELECT error FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at").fetchall()
+    summary = summarise(con, before)
+    rejected, earlier = rejected_files(con, before)
     console.print()
     console.print(f"[bold]Run {outcome.run_id[:8]}[/bold] finished in {outcome.seconds:.1f} s")
     for line in summary.lines():
@@ -23,9 +24,11 @@ def _print_run(outcome, con, db_path: Path) -> None:  # type: ignore[no-untyped-
     for name, ok, severity in outcome.checks:
         if not ok:
             console.print(f"    [yellow]{severity.lower()}[/yellow]: {name}")
-    for (error,) in rejected:
+    for error in rejected:
         console.print(f"  [yellow]rejected file[/yellow] {error}")
-    listed = {error for (error,) in rejected}
+    if earlier:
+        console.print(f"  {earlier} file(s) rejected by earlier runs (ingest_batches.error)")
+    listed = set(rejected)
     for error in outcome.file_errors:  # a file that cannot be read at all: not in the ledger, retried next run
         if error not in listed:
             console.print(f"  [yellow]unreadable file[/yellow] {error}")
@@ -55,10 +58,13 @@ def run_and_report(
         from pipelines.run import run_pipeline
 
         console.print(f"Materialising the asset graph for inbox {inbox} into {settings.db_path}")
+        from cdp.summary import batch_ids
+
+        before = batch_ids(con)
         outcome = run_pipeline(
             settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
         )
-        _print_run(outcome, con, settings.db_path)
+        _print_run(outcome, con, settings.db_path, before)
     finally:
         con.close()
     from cdp.ingest import foreign_folders

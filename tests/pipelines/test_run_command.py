@@ -69,3 +69,29 @@ def test_a_raw_suite_warns_once_per_batch_not_on_every_later_run(tmp_path, monke
     assert first.exit_code == 0 and "check raw_web.raw_expectations_pass FAILED" in first.output, first.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "raw_web.raw_expectations_pass passed" in again.output, again.output
+
+
+def test_a_later_run_counts_its_own_files_and_rows_beside_the_stores(tmp_path, monkeypatch):
+    """The summary's files and rows are this run's (a daily run of 3 files is not shown as the 300 the store
+    holds); the store's totals follow, and a file an earlier run rejected is counted, not listed again."""
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    (inbox / "store").mkdir()
+    (inbox / "crm" / "crm-1.csv").write_text("crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,Bob,bob@x.com\n")
+    (inbox / "store" / "store-1.csv").write_text("transaction_id,amount\nT1,10\n")  # rejected: no time column
+    args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    out = " ".join(first.output.split())
+    assert "files ingested 2 (1 rejected) rows in 3 = 2 loaded + 1 quarantined + 0 suppressed" in out
+    assert "the store holds" not in out
+
+    (inbox / "crm" / "crm-2.csv").write_text('crm_id,first_name,email\nC3,Cat,cat@x.com\nC4,"Dan,dan@x.com\n')
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    out = " ".join(second.output.split())
+    assert "files ingested 1 (0 rejected); the store holds 3 (1 rejected)" in out
+    assert "rows in 2 = 1 loaded + 1 quarantined + 0 suppressed; the store 5" in out
+    assert "rejected file store/store-1.csv" not in out
+    assert "1 file(s) rejected by earlier runs" in out
