@@ -10,7 +10,10 @@ by an identifier that reaches several customers (a shared landline or mailbox) i
 registered, as restriction refuses it (:func:`consent.restriction.refuse_several_customers`); the officer
 names the customer by ``--customer-id``.
 
-The file is written readable by its owner only (0600), atomically.
+The file is written readable by its owner only (0600), atomically. Each document written is registered
+(``access_documents``: request, file, time, counts; ``access_document_members``: the customer ids it
+covers), so that a later erasure of the subject lists the copies made of their data for the officer to
+delete (:func:`consent.erasure.access_documents_of_subject`), before it deletes those rows too.
 """
 
 from __future__ import annotations
@@ -50,8 +53,18 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "standardised_records": ("stg_records",),
     "standardised_consent": ("stg_consent",),
 }
-#: Internal lookups that add nothing a person would read (a phone spelling and its E.164 form).
-SKIPPED = ("phone_map", "export_members")
+#: Internal lookups that add nothing a person would read (a phone spelling and its E.164 form, the members of
+#: exports, earlier access documents, which ``exports`` and the register of requests already say).
+SKIPPED = ("phone_map", "export_members", "access_documents", "access_document_members")
+
+#: The access documents written (request, file or where it was delivered, time, counts) and the customers each
+#: covered. An erasure of the subject lists them on its receipt, then deletes both (a file name the officer
+#: chose may name the subject).
+ACCESS_DDL = [
+    """CREATE TABLE IF NOT EXISTS access_documents (
+        request_id VARCHAR PRIMARY KEY, file VARCHAR, written_at TIMESTAMP, customers BIGINT, records BIGINT)""",
+    "CREATE TABLE IF NOT EXISTS access_document_members (request_id VARCHAR, customer_id VARCHAR)",
+]
 
 
 @dataclass
@@ -136,6 +149,21 @@ def collect(
     return doc
 
 
+def _register_document(
+    con: duckdb.DuckDBPyConnection, request_id: str, where: str, doc: dict[str, Any], records: int
+) -> None:
+    """Note the document and the customers it covers (current and former ids), in the caller's transaction."""
+    for ddl in ACCESS_DDL:
+        con.execute(ddl)
+    customers = sorted(set(doc["customer_ids"]) | set(doc["former_customer_ids"]))
+    con.execute(
+        "INSERT INTO access_documents VALUES (?, ?, ?, ?, ?)",
+        [request_id, where, register.utcnow(), len(doc["customer_ids"]), records],
+    )
+    if customers:  # a subject the store does not hold gets a document too, naming nobody
+        con.executemany("INSERT INTO access_document_members VALUES (?, ?)", [(request_id, c) for c in customers])
+
+
 def write_private_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` to ``path`` atomically, readable by its owner only (:func:`consent.export.private_file`)."""
     with private_file(Path(path), "access document") as fh:
@@ -148,8 +176,12 @@ def access(
     out: Path,
     con: duckdb.DuckDBPyConnection | None = None,
     actor: str | None = None,
+    delivered: str | None = None,
 ) -> AccessResult:
     """Answer an access request: write the subject's document to ``out`` and register the request.
+
+    ``delivered``: where the document went, for the register of access documents, when ``out`` is not where it
+    stays (the web console hands it to the officer's browser from a temporary file); else ``out`` itself.
 
     ``out`` is checked before anything is registered, and the store must exist (a mistyped ``--db`` is refused,
     not created). An identifier that reaches several customers is refused, also before anything is registered or
@@ -178,6 +210,7 @@ def access(
                 counts[section] = len(doc[section])
             counts["exports"] = len(doc["exports"])
             records = sum(len(rows) for rows in doc["records"].values())
+            _register_document(con, request_id, delivered or str(Path(out).resolve()), doc, records)
             register.complete_request(con, request_id, records_affected=records)
             register.audit(
                 con, "access", request_id, f"access document written: {len(doc['customer_ids'])} customers",

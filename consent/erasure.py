@@ -240,6 +240,16 @@ ERASURE_MAP: dict[str, Rule] = {
     "export_members": Rule(
         "the subject's membership of past exports", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
     ),
+    # Listed on the receipt first (access_documents_of_subject); the document's row goes before its members,
+    # which name it: the file name the officer chose may name the subject.
+    "access_documents": Rule(
+        "access documents written for the subject (request, file, time, counts)",
+        f"request_id IN (SELECT request_id FROM access_document_members WHERE customer_id IN {_CUSTOMERS})",
+        ("request_id",),
+    ),
+    "access_document_members": Rule(
+        "the subject's membership of access documents written", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
+    ),
 }
 
 #: Tables that hold no personal data, and why; erasure leaves them as they are (except the counts below).
@@ -767,7 +777,8 @@ def _scope_counts(con: duckdb.DuckDBPyConnection, seeds: int, quarantined: int) 
 # -- plan, erase, rewrite ------------------------------------------------------------------------------
 @dataclass
 class ErasurePlan:
-    """What an erasure will remove: the scope, rows per table, and the exports that held the subject."""
+    """What an erasure will remove: the scope, rows per table, and the exports and access documents that held
+    the subject (copies outside the store, for the officer to recall or delete)."""
 
     request_id: str
     scope: Scope
@@ -775,6 +786,7 @@ class ErasurePlan:
     exports: list[dict[str, Any]]
     #: identifier type -> hashes that will go on the suppression list
     suppress: dict[str, int]
+    access_documents: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -813,6 +825,20 @@ def exports_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
 
 
+def access_documents_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The access documents written earlier that covered the subject (``consent.access`` registers them):
+    request id, file (or where it was delivered), when, and whether the file is still on this machine."""
+    schema = _schema(con)
+    if not schema.get("access_documents") or not schema.get("access_document_members"):
+        return []
+    rows = con.execute(
+        f"""SELECT d.request_id, d.file, d.written_at FROM access_documents d
+            WHERE d.request_id IN (SELECT request_id FROM access_document_members WHERE customer_id IN {_CUSTOMERS})
+            ORDER BY d.written_at, d.request_id"""
+    ).fetchall()
+    return [{"request_id": r, "file": f, "written_at": w, "present": bool(f) and Path(f).is_file()} for r, f, w in rows]
+
+
 def plan_erasure(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, request_id: str) -> ErasurePlan:
     """Find the subject and count, without changing anything, what erasure would remove."""
     rules = present_rules(con)
@@ -823,7 +849,7 @@ def plan_erasure(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Set
     suppress = dict(
         con.execute("SELECT identifier_type, count(*) FROM _subject_ids WHERE usable GROUP BY 1 ORDER BY 1").fetchall()
     )
-    return ErasurePlan(request_id, scope, counts, exports_of_subject(con), suppress)
+    return ErasurePlan(request_id, scope, counts, exports_of_subject(con), suppress, access_documents_of_subject(con))
 
 
 def _erase_rows(
@@ -1051,7 +1077,8 @@ def erase(
                 con, "erase", request_id,
                 f"rows deleted from {sum(1 for n in report.deleted.values() if n)} tables; "
                 f"{sum(report.suppressed.values())} identifiers suppressed; "
-                f"{len(plan.exports)} earlier exports listed for recall",
+                f"{len(plan.exports)} earlier exports listed for recall; "
+                f"{len(plan.access_documents)} access documents listed for deletion",
                 total, actor, now,
             )  # fmt: skip
         drop_scope(con)

@@ -63,6 +63,17 @@ def _print_plan(plan: ErasurePlan) -> None:
     if scope.extra_values:
         console.print(f"values beyond the contract on other people's rows that name the subject: {scope.extra_values}")
     _print_exports(plan.exports)
+    _print_access_documents(plan.access_documents)
+
+
+def _print_access_documents(documents: list[dict[str, Any]]) -> None:
+    """Access documents written earlier for the subject: copies of their data outside the store."""
+    if not documents:
+        return
+    console.print(f"access documents written earlier for the subject ({len(documents)}), to delete where kept:")
+    for d in documents:
+        where = "present" if d["present"] else "not on this machine"
+        console.print(f"  request {d['request_id']}  {d['written_at']}  {d['file']} ({where})")
 
 
 def _print_exports(exports: list[dict[str, Any]]) -> None:
@@ -117,6 +128,7 @@ def erase(
     suppressed = ", ".join(f"{t} {n}" for t, n in report.suppressed.items()) or "none"
     console.print(f"suppressed identifier hashes (re-ingestion drops them): {suppressed}")
     _print_exports(report.plan.exports)
+    _print_access_documents(report.plan.access_documents)
     console.print(
         f"database file rewritten: {settings.db_path} ({report.file_bytes} bytes, {report.free_blocks} free "
         "blocks); the old file and its write-ahead log were removed"

@@ -258,6 +258,15 @@ def plan_summary(report: Any) -> dict[str, Any]:
             }
             for e in plan.exports
         ],
+        "access_documents": [
+            {
+                "request_id": d["request_id"],
+                "written_at": str(d["written_at"]),
+                "file": d["file"],
+                "present": d["present"],
+            }
+            for d in plan.access_documents
+        ],  # fmt: skip
         "deleted": {t: n for t, n in report.deleted.items() if n},
         "suppressed": dict(report.suppressed),
         "rewritten": report.rewritten,
@@ -272,7 +281,7 @@ def access(settings: Settings, subj: Any) -> tuple[Any, bytes]:
 
     with tempfile.TemporaryDirectory(prefix="cdp-access-") as tmp, _LOCK:
         out = Path(tmp) / "access.json"
-        result = run_access(settings, subj, out)
+        result = run_access(settings, subj, out, delivered="downloaded from the web console")
         return result, out.read_bytes()
 
 

@@ -505,3 +505,31 @@ def test_listing_the_requests_finishes_an_interrupted_erasure_first(
     assert listed.exit_code == 0, listed.output
     assert "completed" in listed.output and "rewrite_pending" not in listed.output
     assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
+
+
+def test_an_erasure_names_the_access_documents_written_for_the_subject_then_forgets_them(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of the subject's data the platform wrote (access documents) are named on the dry run and the
+    receipt, for the officer to delete; another customer's document is not; then their rows go too (the file
+    name the officer chose may name the subject)."""
+    from consent.access import access
+
+    alice_doc = tmp_path / "request-alice.json"
+    access(world.settings, ALICE, alice_doc)
+    access(world.settings, Subject.from_options(None, None, world.bob), tmp_path / "request-bob.json")
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    db = ["--db", str(world.settings.db_path)]
+    dry = CliRunner().invoke(privacy_cli.app, ["erase", "--email", "Alice.Smith+x@gmail.com", "--dry-run", *db])
+    assert dry.exit_code == 0, dry.output
+    out = " ".join(dry.output.split())
+    assert "access documents written earlier for the subject (1), to delete where kept:" in out
+    assert "request-alice.json (present)" in out and "request-bob.json" not in out
+    done = CliRunner().invoke(privacy_cli.app, ["erase", "--email", "Alice.Smith+x@gmail.com", "--yes", *db])
+    assert done.exit_code == 0, done.output
+    assert "request-alice.json (present)" in " ".join(done.output.split())
+    con = connect(world.settings.db_path)
+    documents = con.execute("SELECT file FROM access_documents").fetchall()
+    members = con.execute("SELECT customer_id FROM access_document_members").fetchall()
+    con.close()
+    assert [Path(f).name for (f,) in documents] == ["request-bob.json"] and members == [(world.bob,)]
