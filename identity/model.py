@@ -894,6 +894,7 @@ def train_model(
     also: list[duckdb.DuckDBPyConnection] | None = None,
     spark: Any = None,
     block_limit: int = 2000,
+    progress: Callable[[str], None] = lambda _line: None,
 ) -> dict[str, Any]:
     """Train on the store's person units: prior by deterministic rules, u by sampling, m by EM.
 
@@ -901,22 +902,31 @@ def train_model(
     m values are learnt from both kinds of duplicates). Writes the Splink JSON to ``out_path`` and its
     meta data beside it. With a Spark session ``spark`` Splink trains on Spark. Returns the meta data.
     Units in a block more crowded than ``block_limit`` under the EM or prior rules are left out
-    (:func:`_without_crowds`).
+    (:func:`_without_crowds`). ``progress`` gets a line as each stage starts (with the time so far).
     """
     from cdp.errors import CdpError
 
     started = time.perf_counter()
+
+    def stage(line: str) -> None:
+        progress(f"{time.perf_counter() - started:6.1f} s  {line}")
+
     stores = [con, *(also or [])]
+    stage(f"reading person records from {len(stores)} store(s)")
     frame, crowded, left_out = _without_crowds(_training_frame(stores), block_limit)
     n_units = frame.num_rows
     if n_units < 1000:
         raise CdpError(f"only {n_units} person records in the store; train on at least 1,000")
+    stage(f"{n_units:,} person units ({left_out:,} in {crowded} crowded blocks left out)")
     session = open_session(con, base_settings(), threads=threads, memory_limit="8GB", frame=frame, spark=spark)
     try:
         training = session.linker.training
+        stage(f"prior: the probability that two units match, from {len(PRIOR_RULES)} deterministic rules")
         training.estimate_probability_two_random_records_match(PRIOR_RULES, recall=PRIOR_RECALL)
+        stage(f"u: comparison levels among {int(u_max_pairs):,} random pairs")
         training.estimate_u_using_random_sampling(max_pairs=u_max_pairs, seed=seed)
-        for rule in EM_BLOCKING:
+        for n, rule in enumerate(EM_BLOCKING, 1):
+            stage(f"m: expectation maximisation {n} of {len(EM_BLOCKING)}, on pairs where {rule}")
             training.estimate_parameters_using_expectation_maximisation(rule, estimate_without_term_frequencies=True)
         model = session.linker.misc.save_model_to_json()
     finally:

@@ -44,7 +44,7 @@ def train(
         console.print(f"Training on {names} with {settings.engine} (prior, u by sampling, m by EM)...")
         meta = train_model(
             con, target, seed=seed, u_max_pairs=u_max_pairs, threads=settings.threads, also=others, spark=spark,
-            block_limit=settings.max_units_per_block,
+            block_limit=settings.max_units_per_block, progress=console.print,
         )  # fmt: skip
     finally:
         con.close()
