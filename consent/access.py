@@ -33,7 +33,15 @@ from cdp.errors import check_output_file
 from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import load_secret
 from consent import register
-from consent.erasure import Scope, Subject, drop_scope, exports_of_subject, find_subject, present_rules
+from consent.erasure import (
+    Scope,
+    Subject,
+    drop_scope,
+    exports_of_subject,
+    find_subject,
+    present_rules,
+    refuse_formerly_shared,
+)
 from consent.export import private_file
 from consent.restriction import refuse_several_customers
 
@@ -201,6 +209,7 @@ def access(
         present_rules(con)
         scope = find_subject(con, subject, settings.default_region)
         refuse_several_customers(scope)
+        refuse_formerly_shared(con, subject, secret)
         with transaction(con):
             request_id = register.open_request(con, "access", subject.hash(secret))
             doc = collect(con, subject, settings, request_id, scope)

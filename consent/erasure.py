@@ -55,7 +55,7 @@ import duckdb
 from cdp.config import Settings
 from cdp.errors import CdpError, StoreBusyError
 from cdp.ingest import IDENTIFIER_COLUMNS, text_values
-from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, transaction
+from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, table_exists, transaction
 from cdp.suppression import identifier_hash, load_secret
 from consent import register
 from consent.ledger import base_event_id
@@ -266,7 +266,15 @@ KEPT_TABLES: dict[str, str] = {
     "consent_state_basis": "one row: as_of, loose-withdrawal flag and version of the last consent state run",
     "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
+    "erased_shared_identifiers": "keyed hashes of the emails and phones erased subjects shared with other "
+    "customers: a later request naming one is refused (it may reach only the others now)",
 }
+
+#: Keyed hashes (as on ``suppression_list``) of the emails and phones an erased subject shared with other
+#: customers (a household landline, a family mailbox): kept for those others, so not suppressed. A request
+#: naming one later would reach only them now, as if theirs alone: :func:`formerly_shared` catches it.
+ERASED_SHARED_DDL = """CREATE TABLE IF NOT EXISTS erased_shared_identifiers (
+    identifier_type VARCHAR, identifier_hash VARCHAR, request_id VARCHAR, created_at TIMESTAMP)"""
 
 
 def uncovered_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -369,6 +377,31 @@ class Scope:
 def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
     for table in SCOPE_TABLES:
         con.execute(f"DROP TABLE IF EXISTS temp.{table}")
+
+
+def formerly_shared(con: duckdb.DuckDBPyConnection, subject: Subject, secret: bytes) -> list[str]:
+    """The erasure requests whose subject shared the email or phone ``subject`` names with other customers
+    (:data:`ERASED_SHARED_DDL`); empty for a customer id, or when none did."""
+    if subject.kind == "customer_id" or not table_exists(con, "erased_shared_identifiers"):
+        return []
+    rows = con.execute(
+        """SELECT DISTINCT request_id FROM erased_shared_identifiers
+           WHERE identifier_type = ? AND identifier_hash = ? ORDER BY 1""",
+        [subject.kind, identifier_hash(secret, subject.kind, subject.value)],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def refuse_formerly_shared(con: duckdb.DuckDBPyConnection, subject: Subject, secret: bytes) -> None:
+    """Refuse a request by an email or phone an erased subject shared with others: it now reaches only those
+    others (the rest of the household), who did not ask. The officer checks them and names the customer by
+    ``--customer-id``. Names nobody: request ids only."""
+    requests = formerly_shared(con, subject, secret)
+    if requests:
+        raise CdpError(
+            f"the identifier given was shared with another customer when request {', '.join(requests)} erased "
+            "them; it now reaches the others who shared it: check them and name the customer with --customer-id"
+        )
 
 
 def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str = "GB") -> Scope:
@@ -787,6 +820,8 @@ class ErasurePlan:
     #: identifier type -> hashes that will go on the suppression list
     suppress: dict[str, int]
     access_documents: list[dict[str, Any]] = field(default_factory=list)
+    #: erasure requests whose subject shared the identifier given with other customers (:func:`formerly_shared`)
+    formerly_shared: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -882,6 +917,16 @@ def _erase_rows(
     rows = [(t, identifier_hash(secret, t, v), plan.request_id, now) for t, v in values]
     if rows:
         con.executemany("INSERT INTO suppression_list VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+    shared = con.execute(
+        """SELECT identifier_type, value FROM _subject_ids
+           WHERE NOT exclusive AND NOT placeholder AND identifier_type IN ('email_key', 'phone_e164') ORDER BY 1, 2"""
+    ).fetchall()
+    if shared:
+        con.execute(ERASED_SHARED_DDL)
+        con.executemany(
+            "INSERT INTO erased_shared_identifiers VALUES (?, ?, ?, ?)",
+            [(t, identifier_hash(secret, t, v), plan.request_id, now) for t, v in shared],
+        )
     suppressed: dict[str, int] = {}
     for t, _v in values:
         suppressed[t] = suppressed.get(t, 0) + 1
@@ -1055,6 +1100,7 @@ def erase(
             raise
         request_id = register.open_request(con, "erasure", subject.hash(secret), now=now)
         plan = plan_erasure(con, subject, settings, request_id)
+        plan.formerly_shared = formerly_shared(con, subject, secret)
         report = ErasureReport(plan, dry_run)
         if dry_run:
             register.audit(con, "erase_dry_run", request_id, "planned, nothing erased", plan.total, actor, now)
@@ -1063,6 +1109,12 @@ def erase(
             raise CdpError(
                 f"request {request_id}: the identifier given links {plan.scope.seed_customers} customers "
                 "(shared by a household?); check the dry run and erase each one by --customer-id"
+            )
+        if plan.formerly_shared and not allow_several_customers:
+            raise CdpError(
+                f"request {request_id}: the identifier given was shared with another customer when request "
+                f"{', '.join(plan.formerly_shared)} erased them; it now reaches {plan.scope.seed_customers} "
+                "customer(s) who shared it: check the dry run and erase by --customer-id"
             )
         # The platform's export copies first: scrubbing them again is harmless, while once the rows below are
         # gone nothing would say which customers an interrupted erasure had to take out of them.

@@ -24,7 +24,7 @@ from cdp.errors import CdpError
 from cdp.store import connect, table_exists, transaction
 from cdp.suppression import load_secret
 from consent import register
-from consent.erasure import Scope, Subject, drop_scope, find_subject
+from consent.erasure import Scope, Subject, drop_scope, find_subject, refuse_formerly_shared
 
 KINDS = ("restriction", "objection")
 
@@ -69,6 +69,7 @@ def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Setti
     scope = find_subject(con, subject, settings.default_region)
     drop_scope(con)
     refuse_several_customers(scope)
+    refuse_formerly_shared(con, subject, load_secret(settings.secret_path))
     if not scope.customers:
         raise CdpError("no customer found for the identifier given")
     return scope.customers

@@ -62,6 +62,12 @@ def _print_plan(plan: ErasurePlan) -> None:
     console.print(f"total rows: {plan.total}; identifiers to suppress: {sum(plan.suppress.values())}")
     if scope.extra_values:
         console.print(f"values beyond the contract on other people's rows that name the subject: {scope.extra_values}")
+    if plan.formerly_shared:
+        console.print(
+            f"[yellow]warning:[/yellow] the identifier given was shared with another customer when request "
+            f"{', '.join(plan.formerly_shared)} erased them: the customers above are those who shared it with them; "
+            "erase by --customer-id after checking"
+        )
     _print_exports(plan.exports)
     _print_access_documents(plan.access_documents)
 

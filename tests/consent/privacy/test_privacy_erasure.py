@@ -533,3 +533,32 @@ def test_an_erasure_names_the_access_documents_written_for_the_subject_then_forg
     members = con.execute("SELECT customer_id FROM access_document_members").fetchall()
     con.close()
     assert [Path(f).name for (f,) in documents] == ["request-bob.json"] and members == [(world.bob,)]
+
+
+def test_after_an_erasure_the_landline_she_shared_reaches_bob_only_and_requests_by_it_are_refused(
+    world: Any, pw: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice shared her landline with Bob: her erasure keeps it for him. A later request by that landline
+    (say Alice asking again) would reach Bob alone, as if it were his: erasure, access and restriction by it
+    are refused and the officer names the customer; the dry run says why. By customer id, Bob is reachable."""
+    from consent.access import access
+    from consent.restriction import restrict
+
+    erasure.erase(world.settings, Subject.from_options(None, None, world.alice), dry_run=False, con=_open(world))
+    landline = Subject.from_options(None, pw.LANDLINE, None)
+    with pytest.raises(CdpError, match=r"was shared with another customer when request PR-\S+ erased them"):
+        erasure.erase(world.settings, landline, dry_run=False, con=_open(world))
+    with pytest.raises(CdpError, match="name the customer with --customer-id"):
+        access(world.settings, landline, tmp_path / "landline.json")
+    with pytest.raises(CdpError, match="name the customer with --customer-id"):
+        restrict(world.settings, landline)
+    assert not (tmp_path / "landline.json").exists()
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    db = ["--db", str(world.settings.db_path)]
+    dry = CliRunner().invoke(privacy_cli.app, ["erase", "--phone", pw.LANDLINE, "--dry-run", *db])
+    assert dry.exit_code == 0, dry.output
+    assert "was shared with another customer when request" in " ".join(dry.output.split())
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT count(*) FROM customer_profiles WHERE customer_id = ?", [world.bob]).fetchall() == [(1,)]
+    con.close()
+    access(world.settings, Subject.from_options(None, None, world.bob), tmp_path / "bob.json")  # by id: fine
