@@ -30,6 +30,7 @@ from identity.staging import build_staging
 
 RECORDS = "SELECT source, source_record_id, customer_id, unit_id FROM customer_source_records ORDER BY 1, 2"
 CONSENT = "SELECT * EXCLUDE (computed_at) FROM consent_state ORDER BY customer_id, purpose"
+PAIRS = "SELECT unit_id_l, unit_id_r, match_weight FROM identity_model_pairs ORDER BY 1, 2"
 #: After every generated event (they fall in 2026), so that the ledger applies in full.
 AS_OF = datetime(2027, 1, 1)
 
@@ -140,10 +141,15 @@ def test_consent_state_updated_for_the_changed_customers_equals_a_full_rebuild(r
 def test_a_full_rebuild_of_the_same_store_changes_nothing(runs: dict) -> None:
     con, settings = runs["con"], runs["settings"]
     sizes = con.execute(SIZES).df()
+    pairs = con.execute(PAIRS).df()
     stats = resolve_identities(con, settings, full=True, prior=runs["incremental"]["model_prior"])
     assert stats["mode"] == "full"
     assert stats["new_customers"] == stats["merged"] == stats["split"] == stats["retired"] == 0
     pd.testing.assert_frame_equal(con.execute(RECORDS).df(), runs["records"])
+    # The model pairs the incremental run kept (the changed units' scored by one Splink self-join of their
+    # blocks, the rest as they were) are those a full run scores over every unit.
+    assert len(pairs) > 0
+    pd.testing.assert_frame_equal(con.execute(PAIRS).df(), pairs, check_exact=False, rtol=1e-9)
     # The per-customer sizes and the figures the incremental run derived from them are a full count's.
     pd.testing.assert_frame_equal(con.execute(SIZES).df(), sizes)
     assert {k: stats[k] for k in FIGURES} == {k: runs["incremental"][k] for k in FIGURES}
