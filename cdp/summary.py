@@ -93,7 +93,7 @@ _INTAKE = (
 
 
 #: Predicate over ``ingest_batches`` inside :func:`_registered`: a batch that was not there before the run.
-NEW_BATCHES = "batch_id NOT IN (SELECT batch_id FROM _batches_before)"
+_NEW_BATCHES = "batch_id NOT IN (SELECT batch_id FROM _batches_before)"
 
 
 @contextmanager
@@ -115,11 +115,11 @@ def batch_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
 def rejected_files(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> tuple[list[str], int]:
     """The errors of the files this run rejected (batches not in ``before``; all when None), and how many
     files earlier runs rejected."""
-    rows = con.execute("SELECT batch_id, error FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at")
-    errors = rows.fetchall()
-    if before is None:
-        return [e for _, e in errors], 0
-    return [e for b, e in errors if b not in before], sum(1 for b, _ in errors if b in before)
+    with _registered(con, before or set()):
+        errors = con.execute(
+            f"SELECT error, {_NEW_BATCHES} FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at"
+        ).fetchall()
+    return [e for e, new in errors if new], sum(1 for _, new in errors if not new)
 
 
 def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> StoreSummary:
@@ -129,7 +129,7 @@ def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) ->
     run = store
     if before is not None:
         with _registered(con, before):
-            run = Intake(*con.execute(f"{_INTAKE} WHERE {NEW_BATCHES}").fetchall()[0])
+            run = Intake(*con.execute(f"{_INTAKE} WHERE {_NEW_BATCHES}").fetchall()[0])
     unbalanced = con.execute(
         "SELECT count(*) FROM ingest_batches WHERE rows_in <> rows_loaded + rows_quarantined + rows_suppressed"
     ).fetchall()[0][0]

@@ -266,7 +266,7 @@ def plan_summary(report: Any) -> dict[str, Any]:
                 "present": d["present"],
             }
             for d in plan.access_documents
-        ],  # fmt: skip
+        ],
         "deleted": {t: n for t, n in report.deleted.items() if n},
         "suppressed": dict(report.suppressed),
         "rewritten": report.rewritten,
