@@ -654,18 +654,21 @@ class Ingestor:
         suppressed_sql, params = self._suppressed_sql(spec)
         join_phone = self._has_suppressions and "phone" in spec.columns
         quarantined = f"({reason_sql}) IS NOT NULL"
-        self.con.execute(
-            f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
-            f"CASE WHEN {suppressed_sql} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
-            f"WHEN {quarantined} THEN 'quarantined' "
-            f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
-            + (
-                f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
-                if join_phone
-                else ""
-            ),
-            params,
-        )
+        from identity.standardise import email_functions
+
+        with email_functions(self.con):  # emails beyond ASCII are read by the Python rule, as erasure read them
+            self.con.execute(
+                f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
+                f"CASE WHEN {suppressed_sql} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
+                f"WHEN {quarantined} THEN 'quarantined' "
+                f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
+                + (
+                    f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
+                    if join_phone
+                    else ""
+                ),
+                params,
+            )
 
     def _note_erased_extras(self, extras: list[str]) -> str:
         """Fill ``_erased_extra(col, value)`` with the values of columns beyond the contract that carry an

@@ -31,7 +31,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # read when a context is
 logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
-EMAIL_KEY = r"^[a-z0-9._%'\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}$"
+#: A match key: lower-case ASCII, or a mailbox name beyond ASCII (identity.standardise reads such addresses),
+#: at a domain in its ASCII form, an internationalised top-level domain (``xn--p1ai``) included.
+EMAIL_KEY = r"^(?:[a-z0-9._%'\-]|[^\x00-\x7f])+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.(?:[a-z]{2,}|xn--[a-z0-9\-]+)$"
 POSTCODE = r"^[A-Z0-9]+$"
 
 WEB_EVENTS = [

@@ -61,7 +61,7 @@ from consent import register
 from consent.ledger import base_event_id
 from identity import changes
 from identity.staging import PHONE_REGIONS
-from identity.standardise import phone_regions, sql_email_match_key, sql_trim_id
+from identity.standardise import email_functions, phone_regions, sql_email_match_key, sql_trim_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -572,16 +572,19 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
     ]
     if not keys or not written:
         return
-    # A spelling holds its key's local part once dots and spaces are gone (Gmail's dots, "ann lee@"): a
-    # cheap test that leaves the costly key to a few spellings.
+    # An ASCII spelling holds its key's local part once dots and spaces are gone (Gmail's dots, "ann lee@"): a
+    # cheap test that leaves the costly key to a few spellings. One beyond ASCII (a Unicode mailbox name, a
+    # pasted zero-width space) is always keyed: DuckDB's lower() and Python's need not agree on it.
     squashed = "replace(replace(lower(raw), '.', ''), ' ', '')"
     maybe = " OR ".join(f"contains({squashed}, ?)" for _ in keys)
-    con.execute(
-        f"""INSERT INTO _subject_email_spellings
-            SELECT raw FROM (SELECT DISTINCT email AS raw FROM ({" UNION ALL ".join(written)}))
-            WHERE ({maybe}) AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
-        [key.split("@")[0].replace(".", "") for key in keys],
-    )
+    with email_functions(con):
+        con.execute(
+            f"""INSERT INTO _subject_email_spellings
+                SELECT raw FROM (SELECT DISTINCT email AS raw FROM ({" UNION ALL ".join(written)}))
+                WHERE (strlen(raw) <> length(raw) OR {maybe})
+                  AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
+            [key.split("@")[0].replace(".", "") for key in keys],
+        )
 
 
 def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> int:

@@ -6,7 +6,8 @@ match key, E.164 phones, cleaned names and postcodes. ``unit_id`` names the iden
 belongs to: a CRM contact, a store transaction, a web cookie or an app device.
 
 Rules are those of :mod:`identity.standardise`; phones go through ``phonenumbers`` once per distinct
-spelling, everything else runs as SQL inside DuckDB.
+spelling, emails beyond ASCII through the Python rule (:func:`identity.standardise.email_functions`),
+everything else runs as SQL inside DuckDB.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import duckdb
 
 from cdp.store import batches_not_in, forget_batches, record_batches, table_exists, transaction
 from identity.standardise import (
+    email_functions,
     normalise_phone,
     sql_display_name,
     sql_email_match_key,
@@ -274,7 +276,7 @@ def _stage(
     raws = tuple(s.raw for s in sources)
     incremental = incremental and _can_stage_incrementally(con, table, fingerprint)
     batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
-    with transaction(con):
+    with transaction(con), email_functions(con):
         if _basis(con, "phone_map") != fingerprint:  # spellings read under other rules, or another region
             con.execute("DROP TABLE IF EXISTS phone_map")
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+import duckdb
+import idna
+from duckdb.func import FunctionNullHandling
 import phonenumbers
 
 _EMAIL_RE = re.compile(r"^[a-z0-9._%+'\-]+@[a-z0-9\-]+(\.[a-z0-9\-]+)*\.[a-z]{2,}$")
+#: An address beyond ASCII once its domain is in its ASCII form (IDNA): the mailbox name may hold characters of
+#: any script (RFC 6531; :func:`normalise_email` allows letters, marks and digits), and the top-level domain
+#: may be an internationalised one too (``xn--p1ai``).
+_INTERNATIONAL_EMAIL_RE = re.compile(
+    r"^(?:[a-z0-9._%+'\-]|[^\x00-\x7f])+@[a-z0-9\-]+(\.[a-z0-9\-]+)*\.([a-z]{2,}|xn--[a-z0-9\-]+)$"
+)
 _GMAIL_DOMAINS = {"gmail.com", "googlemail.com"}
 
 
@@ -35,13 +45,31 @@ _NO_ZERO_WIDTH = str.maketrans("", "", ZERO_WIDTH)
 
 
 def normalise_email(value: object) -> str | None:
-    """The deliverable address: trimmed and lower-cased; ``None`` when it is not an email address."""
+    """The deliverable address: trimmed and lower-cased; ``None`` when it is not an email address.
+
+    An address beyond ASCII is also put in Unicode's composed form (NFC), and its domain in the ASCII form
+    mail servers use (IDNA 2008 with UTS #46 mapping, the ``idna`` package): ``Jörg@Müller.de`` and
+    ``jörg@xn--mller-kva.de`` are one address; ``faß.de`` stays its own domain, not ``fass.de``.
+
+    >>> normalise_email("Jörg@Müller.DE")
+    'jörg@xn--mller-kva.de'
+    """
     if _blank(value):
         return None
     email = str(value).translate(_NO_ZERO_WIDTH).strip().lower().replace(" ", "")
     if email.startswith("mailto:"):
         email = email[len("mailto:") :]
-    return email if _EMAIL_RE.match(email) else None
+    if email.isascii():
+        return email if _EMAIL_RE.match(email) else None
+    local, at, domain = unicodedata.normalize("NFC", email).rpartition("@")
+    if not all(c.isascii() or unicodedata.category(c)[0] in "LMN" for c in local):
+        return None  # a no-break space, a symbol or an emoji in a mailbox name: a typing accident, not an address
+    try:
+        domain = idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:  # an empty or overlong label, or a character no domain may hold
+        return None
+    email = f"{local}{at}{domain}"
+    return email if _INTERNATIONAL_EMAIL_RE.match(email) else None
 
 
 def email_match_key(value: object) -> str | None:
@@ -145,7 +173,8 @@ def normalise_postcode(value: object) -> str | None:
 
 
 # SQL forms of the same rules, for staging millions of rows inside DuckDB. The phone rule has no SQL
-# form: it runs through phonenumbers once per distinct value (see identity.staging).
+# form: it runs through phonenumbers once per distinct value (see identity.staging). Nor has the email rule
+# beyond ASCII: the SQL form calls the Python rule for those values (email_functions).
 
 #: The characters Python's ``str.strip()`` strips (those ``str.isspace()`` holds for). SQL's ``trim(x)`` strips
 #: spaces only: an email ending in a tab would be a valid address to the Python rules (suppression, erasure)
@@ -163,7 +192,6 @@ def _regex_class(chars: str) -> str:
 
 #: :data:`WHITESPACE` as a regular-expression class (``trim(x, chars)`` with these is ten times slower).
 _WHITESPACE_CLASS = _regex_class(WHITESPACE)
-_ZERO_WIDTH_CLASS = _regex_class(ZERO_WIDTH)
 
 
 def sql_strip(col: str) -> str:
@@ -171,20 +199,67 @@ def sql_strip(col: str) -> str:
     return f"regexp_replace({col}, '^{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+$', '', 'g')"
 
 
+#: The Python rules as DuckDB functions, for values beyond ASCII (see :func:`email_functions`).
+_EMAIL_FUNCTIONS = {"cdp_normalise_email": normalise_email, "cdp_email_match_key": email_match_key}
+
+
+@contextmanager
+def email_functions(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """While inside, ``con`` can run :func:`sql_normalise_email` and :func:`sql_email_match_key`: an address
+    with a character beyond ASCII (an internationalised domain, a Unicode mailbox name, a pasted zero-width
+    space) is read by the Python rule itself, called from SQL for those few values only, so that staging,
+    ingestion's suppression check and erasure read it exactly as the Python side does (Unicode lower-casing
+    and normal forms have no equal in DuckDB's SQL). The functions are removed on leaving, unless they were
+    there before."""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_name IN (SELECT unnest(?))",
+            [list(_EMAIL_FUNCTIONS)],
+        ).fetchall()
+    }
+    added = []
+    try:
+        for name, rule in _EMAIL_FUNCTIONS.items():
+            if name not in present:
+                con.create_function(
+                    name,
+                    rule,
+                    [duckdb.sqltypes.VARCHAR],
+                    duckdb.sqltypes.VARCHAR,
+                    null_handling=FunctionNullHandling.SPECIAL,  # the rule answers NULL (no email); DEFAULT refuses
+                )
+                added.append(name)
+        yield
+    finally:
+        for name in added:
+            con.remove_function(name)
+
+
+def _beyond_ascii(col: str) -> str:
+    """SQL: ``col`` has a character beyond ASCII (its UTF-8 bytes outnumber its characters)."""
+    return f"strlen({col}) <> length({col})"
+
+
 def sql_normalise_email(col: str) -> str:
-    visible = f"regexp_replace({col}, '{_ZERO_WIDTH_CLASS}', '', 'g')"
-    cleaned = f"regexp_replace(replace(lower({sql_strip(visible)}), ' ', ''), '^mailto:', '')"
+    """:func:`normalise_email` in SQL (run inside :func:`email_functions`)."""
+    cleaned = f"regexp_replace(replace(lower({sql_strip(col)}), ' ', ''), '^mailto:', '')"
     pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
-    return f"CASE WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
+    return (
+        f"CASE WHEN {_beyond_ascii(col)} THEN cdp_normalise_email({col}) "
+        f"WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
+    )
 
 
 def sql_email_match_key(col: str) -> str:
+    """:func:`email_match_key` in SQL (run inside :func:`email_functions`)."""
     email = sql_normalise_email(col)
     # regexp_extract rather than split_part: DuckDB 2.0 fails to bind split_part on an all-NULL column.
     local = f"regexp_extract({email}, '^([^@+]*)', 1)"
     domain = f"regexp_extract({email}, '@(.*)$', 1)"
     return (
-        f"CASE WHEN {email} IS NULL OR {local} = '' THEN NULL "
+        f"CASE WHEN {_beyond_ascii(col)} THEN cdp_email_match_key({col}) "
+        f"WHEN {email} IS NULL OR {local} = '' THEN NULL "
         f"WHEN {domain} IN ('gmail.com', 'googlemail.com') THEN replace({local}, '.', '') || '@gmail.com' "
         f"ELSE {local} || '@' || {domain} END"
     )

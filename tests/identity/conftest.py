@@ -100,3 +100,16 @@ def idstage() -> StageInbox:
         return con, settings
 
     return stage
+
+
+@pytest.fixture
+def idcsv() -> Callable[[Path, list[tuple[str, ...]]], None]:
+    """``write(path, rows)``: one CSV file of a hand-made inbox (UTF-8; folders made as needed)."""
+    import csv
+
+    def write(path: Path, rows: list[tuple[str, ...]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+
+    return write

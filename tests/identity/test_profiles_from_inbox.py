@@ -65,16 +65,10 @@ def test_a_profile_shows_names_as_written_not_in_their_matching_form(tmp_path: P
     ]
 
 
-def _write(path: Path, rows: list[tuple[str, ...]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows)
-
-
-def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     email = "yan.li@mailbox.co.uk"
-    _write(
+    idcsv(
         inbox / "crm" / "crm.csv",
         [
             ("crm_id", "first_name", "last_name", "email", "address_line1", "city", "created_at", "updated_at"),
@@ -91,7 +85,7 @@ def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_
             ("CO", "Ola", "Berg", "ola.berg@mailbox.co.uk", "", "", "2021-01-01 09:00:00", ""),  # no channel at all
         ],
     )
-    _write(
+    idcsv(
         inbox / "store" / "store.csv",
         [
             ("transaction_id", "transaction_time", "store_id", "email", "amount", "currency"),
@@ -119,11 +113,11 @@ def test_spend_is_in_one_currency_and_crm_edits_are_no_sign_of_the_customer(tmp_
     assert profiles["Ola"][-1] == []  # no channel is an empty list, not NULL
 
 
-def test_a_default_or_future_record_time_counts_for_nothing(tmp_path: Path, idstage) -> None:  # type: ignore[no-untyped-def]
+def test_a_default_or_future_record_time_counts_for_nothing(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
     from cdp.quality import validate_table
 
     inbox = tmp_path / "inbox"
-    _write(
+    idcsv(
         inbox / "web" / "web.csv",
         [
             ("event_id", "event_time", "anonymous_id", "user_id", "event_type"),

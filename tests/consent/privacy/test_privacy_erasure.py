@@ -562,3 +562,42 @@ def test_after_an_erasure_the_landline_she_shared_reaches_bob_only_and_requests_
     assert con.execute("SELECT count(*) FROM customer_profiles WHERE customer_id = ?", [world.bob]).fetchall() == [(1,)]
     con.close()
     access(world.settings, Subject.from_options(None, None, world.bob), tmp_path / "bob.json")  # by id: fine
+
+
+def test_an_address_beyond_ascii_is_erased_by_any_spelling_and_its_owner_stays_out(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """Jörg's CRM contact and receipt carry two spellings of one internationalised address (Unicode domain,
+    its ASCII form); the officer types a third. Everything of his goes, and a later export writing the address
+    decomposed (o + combining diaeresis) under a new CRM id is suppressed on arrival."""
+    files = {
+        "crm/joerg.csv": "crm_id,first_name,last_name,email,created_at,updated_at\n"
+        "C-JOERG-7,Jörg,Müller,Jörg.Müller@Bücher.de,2025-01-05T10:00:00Z,2025-06-05T10:00:00Z\n",
+        "store/joerg.csv": "transaction_id,transaction_time,store_id,email,amount,currency\n"
+        "T-7,2025-03-07T12:00:00Z,S1,jörg.müller@xn--bcher-kva.de,9.00,GBP\n",
+    }
+    for name, text in files.items():
+        (world.inbox / name).write_text(text, encoding="utf-8")
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    joerg = pw.customer_of(con, "crm", "C-JOERG-7")
+    assert pw.customer_of(con, "store", "T-7") == joerg
+    con.close()
+
+    erasure.erase(world.settings, Subject.from_options("JÖRG.MÜLLER@BÜCHER.DE", None, None), dry_run=False)
+
+    his = ("müller".encode(), b"xn--bcher-kva", b"C-JOERG-7", b"T-7,")
+    for path in world.settings.home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes().lower()
+            assert not [s for s in his if s.lower() in data], path
+    (world.inbox / "crm" / "joerg_again.csv").write_text(
+        "crm_id,first_name,last_name,email,created_at,updated_at\n"
+        "C-JOERG-8,J.,M.,jo\u0308rg.mu\u0308ller@bu\u0308cher.de,2025-07-01T10:00:00Z,2025-07-01T10:00:00Z\n",
+        encoding="utf-8",
+    )
+    con = connect(world.settings.db_path)
+    counts = pw.run_pipeline(con, world.settings, world.inbox)
+    assert counts["suppressed"] == 1
+    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-JOERG-8'").fetchall()[0][0] == 0
+    con.close()
