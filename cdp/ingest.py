@@ -13,6 +13,7 @@ and only the per-file bookkeeping runs in Python.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -675,9 +676,9 @@ class Ingestor:
         erased subject's identifier anywhere in them (a note "referred by Ann, 07911 123401", a nested JSON
         value, a row of a file rejected whole); returns SQL that is true for a ``_batch`` row holding one."""
         self.con.execute("CREATE OR REPLACE TEMP TABLE _erased_extra (col VARCHAR, value VARCHAR)")
-        if not extras or not self._has_suppressions:
+        hashes = self._suppression_hashes
+        if not extras or not hashes:
             return "false"
-        hashes = {h for (h,) in self.con.execute("SELECT identifier_hash FROM suppression_list").fetchall()}
         hits = []
         for col in extras:
             values = self.con.execute(f"SELECT DISTINCT {_q(col)} FROM _batch WHERE {_q(col)} IS NOT NULL").fetchall()
@@ -687,9 +688,15 @@ class Ingestor:
         self.con.executemany("INSERT INTO _erased_extra VALUES (?, ?)", hits)
         return " OR ".join(f"{_q(c)} IN (SELECT value FROM _erased_extra WHERE col = {_json_key(c)})" for c in extras)
 
+    @functools.cached_property
+    def _suppression_hashes(self) -> frozenset[str]:
+        """The keyed hashes of erased subjects' identifiers, read once: nothing adds to them while files are
+        ingested (erasure needs the store to itself)."""
+        return frozenset(h for (h,) in self.con.execute("SELECT identifier_hash FROM suppression_list").fetchall())
+
     @property
     def _has_suppressions(self) -> bool:
-        return bool(self.con.execute("SELECT count(*) FROM suppression_list").fetchall()[0][0])
+        return bool(self._suppression_hashes)
 
     def _suppressed_sql(self, spec: SourceSpec) -> tuple[str, list[object]]:
         """SQL (and its parameters) that is true for rows carrying an identifier of an erased subject."""
@@ -723,8 +730,8 @@ class Ingestor:
         A malformed line has no reliable columns, so every field of it is tried as every identifier type.
         """
         suppressed = 0
-        if self._has_suppressions:
-            hashes = {h for (h,) in self.con.execute("SELECT identifier_hash FROM suppression_list").fetchall()}
+        hashes = self._suppression_hashes
+        if hashes:
             lines = self.con.execute("SELECT row_number, line FROM _rejects").fetchall()
             erased = [n for n, line in lines if hashes & self._line_hashes(line)]
             if erased:
