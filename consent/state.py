@@ -50,10 +50,17 @@ _STATE_VALUES = ("status", "updated_at", "source", "event_id", "origin", "policy
 def _loose_email(col: str) -> str:
     """A forgiving key for a mistyped email: the local part without punctuation or +tag, and the first label of
     the domain (``ptaylor@@virginmedia.com``, ``p.taylor@virginmedia.con`` and ``ptaylor@virginmedia.co`` all
-    give ``ptaylor@virginmedia``)."""
+    give ``ptaylor@virginmedia``). Letters beyond ASCII are left out, and a label in its ASCII form keeps only
+    the ASCII letters it spells (``xn--bcher-kva``: ``bcher``), so that ``jörg@bücher.con`` as typed and
+    ``jörg@xn--bcher-kva.de`` as staged both give ``jrg@bcher``."""
     e = f"lower(regexp_replace({col}, '\\s', '', 'g'))"
     local = f"regexp_replace(split_part(split_part({e}, '@', 1), '+', 1), '[^a-z0-9]', '', 'g')"
-    domain = f"regexp_replace(split_part(regexp_extract({e}, '@+([^@]*)$', 1), '.', 1), '[^a-z0-9]', '', 'g')"
+    label = f"split_part(regexp_extract({e}, '@+([^@]*)$', 1), '.', 1)"
+    # Punycode (RFC 3492) writes a label's ASCII letters first, then a hyphen and the encoded rest.
+    ascii_part = (
+        f"CASE WHEN starts_with({label}, 'xn--') THEN regexp_extract({label}, '^xn--(.*)-', 1) ELSE {label} END"
+    )
+    domain = f"regexp_replace({ascii_part}, '[^a-z0-9]', '', 'g')"
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
@@ -216,7 +223,8 @@ BASIS_DDL = [
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one.
-BASIS_VERSION = f"consent_state v2; duckdb {duckdb.__version__}"  # v2: withdrawals dated ahead in force
+#: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email).
+BASIS_VERSION = f"consent_state v3; duckdb {duckdb.__version__}"
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

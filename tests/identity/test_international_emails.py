@@ -44,6 +44,8 @@ def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(t
             ("K1", "2026-10-03 09:00:00", "sms_marketing", "granted", "crm", "", "07700 900111"),
             # Withdrawn later by email only, written as the customer typed it at the till.
             ("K2", "2026-10-05 09:00:00", "sms_marketing", "withdrawn", "store_form", "JÖRG.MÜLLER@BÜCHER.DE", ""),
+            # A withdrawal with the domain mistyped: no address's key, yet loosely his (consent.state._loose_email).
+            ("K3", "2026-10-06 09:00:00", "email_marketing", "withdrawn", "crm", "jörg.müller@bücher.con", ""),
         ],
     )
     con, settings = idstage(inbox, tmp_path)
@@ -53,7 +55,7 @@ def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(t
     emails = dict(con.execute("SELECT source_record_id, email FROM stg_records").fetchall())
     assert emails["C1"] == KEY  # the deliverable address: the domain in the ASCII form mail servers use
     consent_keys = dict(con.execute("SELECT consent_id, email_key FROM stg_consent").fetchall())
-    assert consent_keys == {"K1": None, "K2": KEY}
+    assert consent_keys == {"K1": None, "K2": KEY, "K3": "jörg.müller@xn--bcher-kva.con"}
     for table in ("stg_records", "stg_consent"):
         assert validate_table(con, table).success, table
 
@@ -67,3 +69,7 @@ def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(t
         "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'sms_marketing'", [owner["C1"]]
     ).fetchall()
     assert state == [("withdrawn", "email_key")]
+    loose = con.execute(
+        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'email_marketing'", [owner["C1"]]
+    ).fetchall()
+    assert loose == [("withdrawn", "email_loose")]
