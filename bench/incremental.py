@@ -234,6 +234,10 @@ def to_markdown(report: dict) -> str:
         f"The new batch ran {len(runs_s)} times, each on a copy of the base's store: "
         f"{', '.join(f'{s:.2f}' for s in runs_s)} s; the table shows the median run.",
         "",
+        f"What every run costs whatever its batch (the run with nothing new): {again['seconds'] / base['seconds']:.1%} "
+        f"of the base's full run; the batch's own work (the batch's run less that): "
+        f"{(batch['seconds'] - again['seconds']) / base['seconds']:.1%}.",
+        "",
         "Seconds are those of the Dagster run; *with code loading* adds the import of the pipeline's code "
         "location (Dagster, Great Expectations, the assets) that a fresh process such as `cdp run` pays first.",
         "",
