@@ -64,7 +64,7 @@ def measure(customers: int, seed: int) -> dict:
         con.execute(
             """
             CREATE OR REPLACE TEMP TABLE _customer_person AS
-            SELECT c.customer_id, arg_max(t.person_id, t.n) AS person_id FROM (
+            SELECT c.customer_id, arg_max(t.person_id, (t.n, t.person_id)) AS person_id FROM (  -- ties: same pick
                 SELECT c.customer_id, t.person_id, count(*) AS n
                 FROM customer_source_records c JOIN _t_records t USING (source, source_record_id) GROUP BY ALL
             ) t JOIN (SELECT DISTINCT customer_id FROM customer_source_records) c USING (customer_id)
@@ -90,7 +90,7 @@ def _leaks(con, purpose: str, rows: int) -> dict:  # type: ignore[no-untyped-def
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _deciding AS  -- each person's latest event for the purpose
-        SELECT e.person_id, arg_max(s.consent_id, s.event_time) AS consent_id
+        SELECT e.person_id, arg_max(s.consent_id, (s.event_time, s.consent_id)) AS consent_id
         FROM stg_consent s JOIN _t_consent_events e USING (consent_id)
         WHERE s.purpose = $purpose GROUP BY 1
         """,
