@@ -651,6 +651,9 @@ class Ingestor:
                 f"WHEN lower(trim(status)) NOT IN ({statuses}) THEN 'unknown status'",
                 f"WHEN {ids} THEN 'no subject identifier'",
             ]
+        if spec.owner and not forced_reason:
+            reused = self._note_reused_keys(spec, spec.owner)
+            reasons.append(f"WHEN {reused} THEN '{spec.key} already used by another {spec.owner}'")
         reason_sql = "CASE " + " ".join(reasons) + " END"
         suppressed_sql, params = self._suppressed_sql(spec)
         join_phone = self._has_suppressions and "phone" in spec.columns
@@ -670,6 +673,23 @@ class Ingestor:
                 ),
                 params,
             )
+
+    def _note_reused_keys(self, spec: SourceSpec, owner: str) -> str:
+        """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
+        :attr:`SourceSpec.owner`): the raw table's rows of that key, or else the file's first row of it that
+        names an owner; returns SQL that is true for such a row. A row naming no owner is taken as a version."""
+        key, held = _q(spec.key), f"NULLIF(trim({_q(owner)}), '')"
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _reused_keys AS
+                WITH b AS (SELECT _row, {key} AS k, {held} AS o FROM _batch
+                           WHERE {held} IS NOT NULL AND NULLIF(trim({key}), '') IS NOT NULL),
+                known AS (SELECT {key} AS k, min({held}) AS known_owner FROM {raw_table(spec.name)}
+                          WHERE {key} IN (SELECT k FROM b) AND {held} IS NOT NULL GROUP BY ALL),
+                first AS (SELECT k, arg_min(o, _row) AS first_owner FROM b GROUP BY ALL)
+                SELECT b._row FROM b JOIN first USING (k) LEFT JOIN known USING (k)
+                WHERE b.o <> coalesce(known_owner, first_owner)"""
+        )
+        return "_row IN (SELECT _row FROM _reused_keys)"
 
     def _note_erased_extras(self, extras: list[str]) -> str:
         """Fill ``_erased_extra(col, value)`` with the values of columns beyond the contract that carry an

@@ -32,6 +32,10 @@ class SourceSpec:
     required: tuple[str, ...]
     #: column -> DuckDB type of the raw table; VARCHAR columns are kept as written.
     columns: dict[str, str]
+    #: The column that says whose record a key is (a receipt's store), if the source has one. Staging keeps
+    #: one version of each key, so a row whose key another owner already holds (two stores numbering their
+    #: receipts alike) is not a new version of that record: ingestion quarantines it, with its reason.
+    owner: str | None = None
 
 
 _MONEY = "DECIMAL(18,2)"
@@ -84,6 +88,7 @@ SOURCE_SPECS: dict[str, SourceSpec] = {
         key="transaction_id",
         time_column="transaction_time",
         required=("transaction_id", "transaction_time"),
+        owner="store_id",
         columns={
             "transaction_id": "VARCHAR",
             "transaction_time": "TIMESTAMP",

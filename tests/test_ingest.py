@@ -465,3 +465,43 @@ def test_a_folder_inside_a_source_folder_is_named_and_hidden_files_are_no_batche
     assert [(r.file, r.status) for r in results] == [("web/ok.csv", "loaded"), ("web/2026-11/", "failed")]
     assert "a folder inside a source folder; its files are not read" in results[1].error
     assert con.execute("SELECT event_id FROM raw_web").fetchall() == [("e3",)]
+
+
+def test_a_receipt_number_another_store_holds_is_quarantined_not_staged_as_a_version(tmp_path, con, ingestor):
+    # Staging keeps one version of each transaction_id: a second store numbering its receipts alike would
+    # silently replace the first store's receipt (or lose its own). Its rows are quarantined instead.
+    write_csv(
+        tmp_path / "inbox/store/store-1.csv",
+        """
+transaction_id,transaction_time,store_id,amount
+TX1,2026-03-01T10:00:00Z,S001,10.00
+TX2,2026-03-01T11:00:00Z,S001,20.00
+""",
+    )
+    ingestor.ingest_source(tmp_path / "inbox", "store")
+    write_csv(
+        tmp_path / "inbox/store/store-2.csv",
+        """
+transaction_id,transaction_time,store_id,amount
+TX1,2026-03-02T10:00:00Z,S002,99.00
+TX2,2026-03-01T11:00:00Z, S001 ,21.00
+TX1,2026-03-01T10:00:00Z,,10.00
+TX3,2026-03-02T12:00:00Z,S003,30.00
+TX3,2026-03-02T13:00:00Z,S004,40.00
+TX3,2026-03-02T14:00:00Z,S003,31.00
+""",
+    )
+    results = ingestor.ingest_source(tmp_path / "inbox", "store")
+    (second,) = [r for r in results if r.file.endswith("store-2.csv")]
+    assert (second.rows_in, second.rows_loaded, second.rows_quarantined) == (6, 4, 2)
+    assert second.balanced
+    reasons = con.execute("SELECT row_number, reason FROM quarantine ORDER BY 1").fetchall()
+    assert reasons == [
+        (1, "transaction_id already used by another store_id"),  # TX1 is S001's receipt
+        (5, "transaction_id already used by another store_id"),  # TX3 is S003's: its first row in the file
+    ]
+    # A later version from the same store (spaces aside) and a version naming no store are versions.
+    loaded = con.execute("SELECT transaction_id, amount FROM raw_store ORDER BY row_number, batch_id").fetchall()
+    assert sorted((t, str(a)) for t, a in loaded) == sorted(
+        [("TX1", "10.00"), ("TX2", "20.00"), ("TX2", "21.00"), ("TX1", "10.00"), ("TX3", "30.00"), ("TX3", "31.00")]
+    )
