@@ -46,10 +46,20 @@ class BatchResult:
     rows_quarantined: int = 0
     rows_suppressed: int = 0
     error: str | None = None
+    #: Quarantined rows by reason (the reasons are fixed texts naming columns, never values), most first.
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
         return self.rows_in == self.rows_loaded + self.rows_quarantined + self.rows_suppressed
+
+    def describe(self) -> str:
+        """One line for the run's output: the file, its status and counts, and why rows were quarantined."""
+        why = ", ".join(f"{n} {reason}" for reason, n in self.quarantine_reasons.items())
+        return (
+            f"{self.file}: {self.status}, {self.rows_loaded} loaded, {self.rows_quarantined} quarantined"
+            f"{f' ({why})' if why else ''}, {self.rows_suppressed} suppressed"
+        )
 
 
 @dataclass
@@ -488,10 +498,7 @@ class Ingestor:
         for path in inbox_files(inbox, source):
             result = self.ingest_file(source, path)
             if result.status != "skipped":
-                self.progress(
-                    f"{source}/{path.name}: {result.status}, {result.rows_loaded} loaded, "
-                    f"{result.rows_quarantined} quarantined, {result.rows_suppressed} suppressed"
-                )
+                self.progress(result.describe())
             results.append(result)
         kinds = ", ".join(sorted(READERS))
         for path in unreadable_files(inbox, source):
@@ -592,6 +599,13 @@ class Ingestor:
         result.rows_loaded = counts.get("loaded", 0)
         result.rows_quarantined = counts.get("quarantined", 0) + malformed - malformed_suppressed
         result.rows_suppressed = counts.get("suppressed", 0) + malformed_suppressed
+        if result.rows_quarantined:
+            result.quarantine_reasons = dict(
+                self.con.execute(
+                    "SELECT reason, count(*) FROM quarantine WHERE batch_id = ? GROUP BY 1 ORDER BY 2 DESC, 1",
+                    [batch_id],
+                ).fetchall()
+            )
         return result
 
     def _insert_loaded(self, spec: SourceSpec, batch_id: str, label: str, extras: list[str]) -> None:

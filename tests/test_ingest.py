@@ -495,6 +495,10 @@ TX3,2026-03-02T14:00:00Z,S003,31.00
     (second,) = [r for r in results if r.file.endswith("store-2.csv")]
     assert (second.rows_in, second.rows_loaded, second.rows_quarantined) == (6, 4, 2)
     assert second.balanced
+    assert second.describe() == (
+        "store/store-2.csv: loaded, 4 loaded, 2 quarantined (2 transaction_id already used by another store_id), "
+        "0 suppressed"
+    )
     reasons = con.execute("SELECT row_number, reason FROM quarantine ORDER BY 1").fetchall()
     assert reasons == [
         (1, "transaction_id already used by another store_id"),  # TX1 is S001's receipt

@@ -1,6 +1,8 @@
 """Ingest layer: one raw table per inbox source, and the staged tables built from them."""
 # No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
 
+from collections import Counter
+
 import dagster as dg
 
 from cdp.store import SOURCES
@@ -26,8 +28,9 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
         description=(
             f"Rows of `inbox/{source}/` files as received, typed (UTC timestamps, decimal amounts). "
             f"Grain: one row per input row. PII: {_PII[source]}. Rows with an empty or unparseable "
-            "required value go to `quarantine`, rows of erased subjects are suppressed, and "
-            "`ingest_batches` counts both per file."
+            "required value (or a key another owner holds) go to `quarantine`, with their reasons counted in "
+            "`quarantine_reasons`; rows of erased subjects are suppressed, and `ingest_batches` counts both "
+            "per file."
         ),
     )
     def _raw(context: dg.AssetExecutionContext, store: CdpStore, inbox: Inbox) -> dg.MaterializeResult:
@@ -43,6 +46,9 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
             if batch.error:
                 context.log.warning(batch.error)
         new = [b for b in batches if b.status != "skipped"]
+        reasons: Counter[str] = Counter()
+        for b in new:
+            reasons.update(b.quarantine_reasons)
         return dg.MaterializeResult(
             metadata={
                 "files_new": len(new),
@@ -52,6 +58,7 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
                 "rows_loaded": sum(b.rows_loaded for b in new),
                 "rows_quarantined": sum(b.rows_quarantined for b in new),
                 "rows_suppressed": sum(b.rows_suppressed for b in new),
+                "quarantine_reasons": dg.MetadataValue.json(dict(reasons.most_common())),
                 "table_rows": total,
                 "errors": [b.error for b in new if b.error],
             }

@@ -70,6 +70,23 @@ def test_every_row_is_accounted_for(world, first_run):
         con.close()
 
 
+def test_quarantined_rows_are_counted_by_reason_in_the_output_and_the_ui(world, first_run):
+    import dagster as dg
+
+    from pipelines.run import prepare_instance
+
+    settings, _, _ = world
+    _, lines = first_run
+    why = "2 file rejected: missing required column transaction_time"
+    expected = f"store/store-broken.csv: rejected, 0 loaded, 2 quarantined ({why}), 0 suppressed"
+    assert any(line.endswith(expected) for line in lines)
+    event = prepare_instance(settings).get_latest_materialization_event(dg.AssetKey("raw_store"))
+    assert event is not None and event.asset_materialization is not None
+    reasons = event.asset_materialization.metadata["quarantine_reasons"].value
+    assert reasons["file rejected: missing required column transaction_time"] == 2
+    assert sum(reasons.values()) == event.asset_materialization.metadata["rows_quarantined"].value
+
+
 def test_dropping_the_same_files_again_ingests_nothing(world, first_run, tmp_path):
     from pipelines.run import run_pipeline
 
