@@ -450,20 +450,29 @@ def _phone_region_sql(spec: SourceSpec) -> str:
     return PHONE_REGIONS.get(raw_table(spec.name), "''")
 
 
-def _identifier_sql(spec: SourceSpec) -> dict[str, str]:
-    """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of."""
-    from identity.standardise import sql_email_match_key, sql_trim_id
+#: Identifier types whose suppression hashes were once taken of the value as written (trimmed), before their
+#: matching rule changed: an erasure before loyalty card numbers were read in capitals hashed ``loy10042``
+#: as such, and the subject must stay out however the number is written now. Both forms are checked.
+_HASHED_AS_WRITTEN_BEFORE = ("loyalty_id",)
 
-    out = {}
+
+def _identifier_sql(spec: SourceSpec) -> dict[str, list[str]]:
+    """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of (two
+    for a type of :data:`_HASHED_AS_WRITTEN_BEFORE`)."""
+    from identity.standardise import sql_email_match_key, sql_normalise_id, sql_trim_id
+
+    out: dict[str, list[str]] = {}
     for id_type, column in IDENTIFIER_COLUMNS.items():
         if column not in spec.columns:
             continue
         if id_type == "email_key":
-            out[id_type] = sql_email_match_key(_q(column))
+            out[id_type] = [sql_email_match_key(_q(column))]
         elif id_type == "phone_e164":
-            out[id_type] = "_phone.e164"
+            out[id_type] = ["_phone.e164"]
         else:
-            out[id_type] = sql_trim_id(_q(column))
+            out[id_type] = [sql_normalise_id(id_type, _q(column))]
+            if id_type in _HASHED_AS_WRITTEN_BEFORE:
+                out[id_type].append(sql_trim_id(_q(column)))
     return out
 
 
@@ -749,13 +758,14 @@ class Ingestor:
                     [(p, r, normalise_phone(p, r or self.region)) for p, r in phones],
                 )
         checks, params = [], []
-        for id_type, expr in _identifier_sql(spec).items():
-            hash_sql, hash_params = self.hasher.expr(expr, id_type)
-            checks.append(
-                f"({expr} IS NOT NULL AND {hash_sql} IN "
-                "(SELECT identifier_hash FROM suppression_list WHERE identifier_type = ?))"
-            )
-            params += [*hash_params, id_type]
+        for id_type, forms in _identifier_sql(spec).items():
+            for expr in forms:
+                hash_sql, hash_params = self.hasher.expr(expr, id_type)
+                checks.append(
+                    f"({expr} IS NOT NULL AND {hash_sql} IN "
+                    "(SELECT identifier_hash FROM suppression_list WHERE identifier_type = ?))"
+                )
+                params += [*hash_params, id_type]
         return "(" + " OR ".join(checks) + ")", params
 
     def _quarantine_rejects(self, source: str, label: str, batch_id: str) -> int:
@@ -779,17 +789,18 @@ class Ingestor:
         return suppressed
 
     def _line_hashes(self, line: str) -> set[str]:
-        from identity.standardise import email_match_key, normalise_phone, phone_regions
+        from identity.standardise import email_match_key, normalise_id, normalise_phone, phone_regions
 
         hashes = set()
         values = text_values(line, phone_regions(line_values(line), self.region))
         regions = phone_regions(values, self.region)
         for value in values:
-            candidates: dict[str, str | None] = {
-                t: value for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
-            }
-            candidates["email_key"] = email_match_key(value)
-            hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates.items() if v}
+            candidates: list[tuple[str, str | None]] = [
+                (t, normalise_id(t, value)) for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
+            ]
+            candidates += [(t, value.strip()) for t in _HASHED_AS_WRITTEN_BEFORE]
+            candidates.append(("email_key", email_match_key(value)))
+            hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates if v}
             phones = {normalise_phone(value, r) for r in regions}
             hashes |= {identifier_hash(self.secret, "phone_e164", v) for v in phones if v}
         return hashes

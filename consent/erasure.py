@@ -61,7 +61,7 @@ from consent import register
 from consent.ledger import base_event_id
 from identity import changes
 from identity.staging import PHONE_REGIONS
-from identity.standardise import email_functions, phone_regions, sql_email_match_key, sql_trim_id
+from identity.standardise import email_functions, phone_regions, sql_email_match_key, sql_normalise_id
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -129,7 +129,7 @@ def _raw_carries(*columns: str, phone_region: str = "''") -> str:
         elif column == "email":
             parts.append("email IN (SELECT raw FROM _subject_email_spellings)")
         else:
-            parts.append(f"{sql_trim_id(column)} IN {_ids(column)}")
+            parts.append(f"{sql_normalise_id(column, column)} IN {_ids(column)}")
     return " OR ".join(parts)
 
 
@@ -590,7 +590,7 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
 def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> int:
     """Add the normalised identifiers of the subject's raw rows that staging no longer shows (older
     versions of a key); returns how many were new. Few rows, so normalised here with the standardisers."""
-    from identity.standardise import email_match_key, normalise_phone
+    from identity.standardise import email_match_key, normalise_id, normalise_phone
 
     found: set[tuple[str, str]] = set()
     for source in RECORD_SOURCES:
@@ -613,8 +613,8 @@ def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[s
                     e164 = normalise_phone(value, region)
                     if e164:
                         found.add(("phone_e164", e164))
-                elif str(value).strip():
-                    found.add((column, str(value).strip()))
+                elif (normalised := normalise_id(column, value)) is not None:
+                    found.add((column, normalised))
     known = set(con.execute("SELECT identifier_type, value FROM _subject_ids").fetchall())
     new = sorted(found - known)
     if new:
@@ -699,7 +699,7 @@ class _Matcher:
         return any(self._carries(name, value, source, regions) for name, value in self.fields(data, regions))
 
     def _carries(self, field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
-        from identity.standardise import email_match_key, normalise_phone
+        from identity.standardise import email_match_key, normalise_id, normalise_phone
 
         if value is None or isinstance(value, dict | list):
             return False
@@ -724,8 +724,8 @@ class _Matcher:
         ):
             return True
         if id_type and id_type not in ("email_key", "phone_e164"):
-            return text in usable[id_type]
-        return field_name is None and any(text in usable[t] for t in ID_TYPES)
+            return normalise_id(id_type, text) in usable[id_type]
+        return field_name is None and any(normalise_id(t, text) in usable[t] for t in ID_TYPES)
 
 
 def _json_object(text: object, key: str) -> dict[str, Any]:

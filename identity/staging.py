@@ -26,6 +26,7 @@ from identity.standardise import (
     sql_email_match_key,
     sql_fold_accents,
     sql_normalise_email,
+    sql_normalise_id,
     sql_normalise_name,
     sql_normalise_postcode,
     sql_phone_region,
@@ -97,7 +98,8 @@ def _names() -> str:
 
 
 def _ids(*cols: str) -> str:
-    return ", ".join(f"{sql_trim_id(c)} AS {c}" for c in cols)
+    """Id columns as they are matched on (:func:`identity.standardise.normalise_id`; each column is its type)."""
+    return ", ".join(f"{sql_normalise_id(c, c)} AS {c}" for c in cols)
 
 
 def _person(email: str = "email", phone: str = "phone", region: str = "''") -> str:

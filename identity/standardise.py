@@ -12,6 +12,7 @@ The same function must be used wherever a value is matched: ingestion, suppressi
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -363,3 +364,28 @@ def sql_phone_region(country: str) -> str:
 
 def sql_trim_id(col: str) -> str:
     return f"NULLIF({sql_strip(col)}, '')"
+
+
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+def normalise_id(id_type: str, value: object) -> str | None:
+    """An account, card, CRM, device or cookie id as it is matched on: trimmed, and a loyalty card number
+    with its letters in capitals, as printed on the card (keyed at a till or into the CRM as ``loy10042`` it
+    is card ``LOY10042``). Other ids keep their case: an account or cookie id may be case-sensitive. Letters
+    beyond ASCII keep theirs, here and in :func:`sql_normalise_id`. ``None`` when nothing is left.
+
+    >>> normalise_id("loyalty_id", " loy10042 "), normalise_id("user_id", " u-Ab1 "), normalise_id("crm_id", " ")
+    ('LOY10042', 'u-Ab1', None)
+    """
+    if _blank(value):
+        return None
+    text = str(value).strip()
+    return text.translate(_ASCII_UPPER) if id_type == "loyalty_id" else text
+
+
+def sql_normalise_id(id_type: str, col: str) -> str:
+    """:func:`normalise_id` in SQL."""
+    if id_type == "loyalty_id":
+        return f"translate({sql_trim_id(col)}, '{string.ascii_lowercase}', '{string.ascii_uppercase}')"
+    return sql_trim_id(col)

@@ -509,3 +509,24 @@ TX3,2026-03-02T14:00:00Z,S003,31.00
     assert sorted((t, str(a)) for t, a in loaded) == sorted(
         [("TX1", "10.00"), ("TX2", "20.00"), ("TX2", "21.00"), ("TX1", "10.00"), ("TX3", "30.00"), ("TX3", "31.00")]
     )
+
+
+def test_a_suppressed_loyalty_card_is_found_however_its_letters_are_written(tmp_path, con, ingestor):
+    # Erasures hash card numbers as staging reads them (letters in capitals); erasures made before that
+    # hashed them as written. Both keep their subject out, in a row or in a malformed line.
+    suppress(con, "loyalty_id", "LOY-8")  # an erasure's hash now
+    suppress(con, "loyalty_id", "loy-9")  # an earlier erasure's, of the card as written then
+    write_csv(
+        tmp_path / "inbox/store/s.csv",
+        """
+transaction_id,transaction_time,loyalty_id
+t1,2026-01-01,loy-8
+t2,2026-01-01, Loy-8
+t3,2026-01-01,loy-9
+t4,2026-01-01,LOY-10
+t5,2026-01-01,loy-8,one column too many
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert (result.rows_loaded, result.rows_suppressed, result.rows_quarantined) == (1, 4, 0)
+    assert con.execute("SELECT transaction_id FROM raw_store").fetchall() == [("t4",)]
