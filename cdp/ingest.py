@@ -675,7 +675,8 @@ class Ingestor:
                 f"WHEN {ids} THEN 'no subject identifier'",
             ]
         if spec.owner and not forced_reason:
-            reused = self._note_reused_keys(spec, spec.owner)
+            loadable = f"(CASE {' '.join(reasons)} END) IS NULL" if reasons else "true"
+            reused = self._note_reused_keys(spec, spec.owner, loadable)
             reasons.append(f"WHEN {reused} THEN '{spec.key} already used by another {spec.owner}'")
         reason_sql = "CASE " + " ".join(reasons) + " END"
         suppressed_sql, params = self._suppressed_sql(spec)
@@ -697,15 +698,15 @@ class Ingestor:
                 params,
             )
 
-    def _note_reused_keys(self, spec: SourceSpec, owner: str) -> str:
+    def _note_reused_keys(self, spec: SourceSpec, owner: str, loadable: str) -> str:
         """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
         :attr:`SourceSpec.owner`): the raw table's rows of that key, or else the file's first row of it that
-        names an owner; returns SQL that is true for such a row. A row naming no owner is taken as a version."""
+        names an owner; returns SQL that is true for such a row. A row naming no owner is taken as a version;
+        only rows that are otherwise ``loadable`` (SQL over ``_batch``) hold or take a key."""
         key, held = _q(spec.key), f"NULLIF(trim({_q(owner)}), '')"
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _reused_keys AS
-                WITH b AS (SELECT _row, {key} AS k, {held} AS o FROM _batch
-                           WHERE {held} IS NOT NULL AND NULLIF(trim({key}), '') IS NOT NULL),
+                WITH b AS (SELECT _row, {key} AS k, {held} AS o FROM _batch WHERE {held} IS NOT NULL AND {loadable}),
                 known AS (SELECT {key} AS k, min({held}) AS known_owner FROM {raw_table(spec.name)}
                           WHERE {key} IN (SELECT k FROM b) AND {held} IS NOT NULL GROUP BY ALL),
                 first AS (SELECT k, arg_min(o, _row) AS first_owner FROM b GROUP BY ALL)

@@ -489,26 +489,30 @@ TX1,2026-03-01T10:00:00Z,,10.00
 TX3,2026-03-02T12:00:00Z,S003,30.00
 TX3,2026-03-02T13:00:00Z,S004,40.00
 TX3,2026-03-02T14:00:00Z,S003,31.00
+TX4,yesterday,S005,50.00
+TX4,2026-03-02T15:00:00Z,S006,60.00
 """,
     )
     results = ingestor.ingest_source(tmp_path / "inbox", "store")
     (second,) = [r for r in results if r.file.endswith("store-2.csv")]
-    assert (second.rows_in, second.rows_loaded, second.rows_quarantined) == (6, 4, 2)
+    assert (second.rows_in, second.rows_loaded, second.rows_quarantined) == (8, 5, 3)
     assert second.balanced
     assert second.describe() == (
-        "store/store-2.csv: loaded, 4 loaded, 2 quarantined (2 transaction_id already used by another store_id), "
-        "0 suppressed"
+        "store/store-2.csv: loaded, 5 loaded, 3 quarantined (2 transaction_id already used by another store_id, "
+        "1 unparseable transaction_time), 0 suppressed"
     )
     reasons = con.execute("SELECT row_number, reason FROM quarantine ORDER BY 1").fetchall()
     assert reasons == [
         (1, "transaction_id already used by another store_id"),  # TX1 is S001's receipt
         (5, "transaction_id already used by another store_id"),  # TX3 is S003's: its first row in the file
+        (7, "unparseable transaction_time"),  # a row that does not load holds no number: TX4 is S006's
     ]
     # A later version from the same store (spaces aside) and a version naming no store are versions.
     loaded = con.execute("SELECT transaction_id, amount FROM raw_store ORDER BY row_number, batch_id").fetchall()
     assert sorted((t, str(a)) for t, a in loaded) == sorted(
-        [("TX1", "10.00"), ("TX2", "20.00"), ("TX2", "21.00"), ("TX1", "10.00"), ("TX3", "30.00"), ("TX3", "31.00")]
-    )
+        [("TX1", "10.00"), ("TX2", "20.00"), ("TX2", "21.00"), ("TX1", "10.00"), ("TX3", "30.00"), ("TX3", "31.00"),
+         ("TX4", "60.00")]
+    )  # fmt: skip
 
 
 def test_a_suppressed_loyalty_card_is_found_however_its_letters_are_written(tmp_path, con, ingestor):
