@@ -790,20 +790,17 @@ class Ingestor:
         return suppressed
 
     def _line_hashes(self, line: str) -> set[str]:
-        from identity.standardise import email_match_key, normalise_id, normalise_phone, phone_regions
+        """Suppression hashes of every identifier any value of ``line`` reads as (the line's columns are not
+        trusted), with the forms of :data:`_HASHED_AS_WRITTEN_BEFORE`."""
+        from identity.standardise import identifier_readings, phone_regions
 
         hashes = set()
         values = text_values(line, phone_regions(line_values(line), self.region))
         regions = phone_regions(values, self.region)
         for value in values:
-            candidates: list[tuple[str, str | None]] = [
-                (t, normalise_id(t, value)) for t in ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
-            ]
-            candidates += [(t, value.strip()) for t in _HASHED_AS_WRITTEN_BEFORE]
-            candidates.append(("email_key", email_match_key(value)))
-            hashes |= {identifier_hash(self.secret, t, v) for t, v in candidates if v}
-            phones = {normalise_phone(value, r) for r in regions}
-            hashes |= {identifier_hash(self.secret, "phone_e164", v) for v in phones if v}
+            readings = identifier_readings(value, regions, IDENTIFIER_COLUMNS)
+            readings |= {(t, value.strip()) for t in _HASHED_AS_WRITTEN_BEFORE if value.strip()}
+            hashes |= {identifier_hash(self.secret, t, v) for t, v in readings}
         return hashes
 
 

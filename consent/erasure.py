@@ -699,7 +699,7 @@ class _Matcher:
         return any(self._carries(name, value, source, regions) for name, value in self.fields(data, regions))
 
     def _carries(self, field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
-        from identity.standardise import email_match_key, normalise_id, normalise_phone
+        from identity.standardise import identifier_readings
 
         if value is None or isinstance(value, dict | list):
             return False
@@ -714,18 +714,12 @@ class _Matcher:
         elif spec is not None and field_name == spec.key and text in self.keys.get(source, set()):
             return True
         id_type = _FIELD_TYPES.get(field_name or "")
-        if "@" in text and email_match_key(text) in usable["email_key"]:
-            return True
         phone_like = (id_type == "phone_e164" or field_name is None) and sum(ch.isdigit() for ch in text) >= 7
-        if (
-            phone_like
-            and usable["phone_e164"]
-            and any(normalise_phone(text, r) in usable["phone_e164"] for r in regions)
-        ):
-            return True
-        if id_type and id_type not in ("email_key", "phone_e164"):
-            return normalise_id(id_type, text) in usable[id_type]
-        return field_name is None and any(normalise_id(t, text) in usable[t] for t in ID_TYPES)
+        # Free text may be any identifier; a column's value is an email if it holds one, or of its own type.
+        # Only types the subject has are read (reading phones is the costly part).
+        types = ID_TYPES if field_name is None else ("email_key", *((id_type,) if id_type else ()))
+        types = tuple(t for t in types if usable[t] and (t != "phone_e164" or phone_like))
+        return any(v in usable[t] for t, v in identifier_readings(text, regions, types))
 
 
 def _json_object(text: object, key: str) -> dict[str, Any]:

@@ -384,6 +384,28 @@ def normalise_id(id_type: str, value: object) -> str | None:
     return text.translate(_ASCII_UPPER) if id_type == "loyalty_id" else text
 
 
+def identifier_readings(text: str, regions: Iterable[str], types: Iterable[str]) -> set[tuple[str, str]]:
+    """Every ``(type, value)`` that ``text``, a value as written, reads as among ``types``, in the form
+    staging stores it: an email's match key, the phone number in each of ``regions``, an id by
+    :func:`normalise_id`. For values whose column is unknown or untrusted (a malformed line, a piece of free
+    text); ingestion's suppression check and erasure's matching both read them so.
+
+    >>> sorted(identifier_readings(" Ann.Lee@GoogleMail.com", ["GB"], ["email_key", "loyalty_id"]))
+    [('email_key', 'annlee@gmail.com'), ('loyalty_id', 'ANN.LEE@GOOGLEMAIL.COM')]
+    """
+    out: set[tuple[str, str]] = set()
+    for id_type in types:
+        if id_type == "email_key":
+            key = email_match_key(text) if "@" in text else None  # no address without one
+            if key:
+                out.add((id_type, key))
+        elif id_type == "phone_e164":
+            out |= {(id_type, e164) for region in regions if (e164 := normalise_phone(text, region))}
+        elif (value := normalise_id(id_type, text)) is not None:
+            out.add((id_type, value))
+    return out
+
+
 def sql_normalise_id(id_type: str, col: str) -> str:
     """:func:`normalise_id` in SQL."""
     if id_type == "loyalty_id":
