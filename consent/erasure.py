@@ -399,9 +399,16 @@ def refuse_formerly_shared(con: duckdb.DuckDBPyConnection, subject: Subject, sec
     requests = formerly_shared(con, subject, secret)
     if requests:
         raise CdpError(
-            f"the identifier given was shared with another customer when request {', '.join(requests)} erased "
-            "them; it now reaches the others who shared it: check them and name the customer with --customer-id"
+            formerly_shared_message(requests, "the others", "check them and name the customer with --customer-id")
         )
+
+
+def formerly_shared_message(requests: list[str], reaches: str, then: str) -> str:
+    """Why a request by a formerly shared identifier is refused (request ids only, nobody named)."""
+    return (
+        f"the identifier given was shared with another customer when request {', '.join(requests)} erased "
+        f"them; it now reaches {reaches} who shared it: {then}"
+    )
 
 
 def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str = "GB") -> Scope:
@@ -1108,11 +1115,9 @@ def erase(
                 "(shared by a household?); check the dry run and erase each one by --customer-id"
             )
         if plan.formerly_shared and not allow_several_customers:
-            raise CdpError(
-                f"request {request_id}: the identifier given was shared with another customer when request "
-                f"{', '.join(plan.formerly_shared)} erased them; it now reaches {plan.scope.seed_customers} "
-                "customer(s) who shared it: check the dry run and erase by --customer-id"
-            )
+            reaches = f"{plan.scope.seed_customers} customer(s)"
+            then = "check the dry run and erase by --customer-id"
+            raise CdpError(f"request {request_id}: {formerly_shared_message(plan.formerly_shared, reaches, then)}")
         # The platform's export copies first: scrubbing them again is harmless, while once the rows below are
         # gone nothing would say which customers an interrupted erasure had to take out of them.
         scrubbed = scrub_platform_exports(settings, plan.exports, plan.scope.customers + plan.scope.former_customers)

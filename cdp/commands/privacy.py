@@ -63,10 +63,11 @@ def _print_plan(plan: ErasurePlan) -> None:
     if scope.extra_values:
         console.print(f"values beyond the contract on other people's rows that name the subject: {scope.extra_values}")
     if plan.formerly_shared:
+        from consent.erasure import formerly_shared_message
+
+        then = "erase by --customer-id after checking"
         console.print(
-            f"[yellow]warning:[/yellow] the identifier given was shared with another customer when request "
-            f"{', '.join(plan.formerly_shared)} erased them: the customers above are those who shared it with them; "
-            "erase by --customer-id after checking"
+            f"[yellow]warning:[/yellow] {formerly_shared_message(plan.formerly_shared, 'the customers above', then)}"
         )
     _print_exports(plan.exports)
     _print_access_documents(plan.access_documents)
