@@ -597,8 +597,9 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
 def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> int:
     """Add the normalised identifiers of the subject's raw rows that staging no longer shows (older
     versions of a key); returns how many were new. Few rows, so normalised here with the standardisers."""
-    from identity.standardise import email_match_key, normalise_id, normalise_phone
+    from identity.standardise import identifier_readings
 
+    type_of = {column: id_type for id_type, column in IDENTIFIER_COLUMNS.items()}
     found: set[tuple[str, str]] = set()
     for source in RECORD_SOURCES:
         table = raw_table(source)
@@ -610,18 +611,8 @@ def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[s
         ).fetchall()
         for row in rows:
             for column, value in zip(columns, row, strict=True):
-                if value is None:
-                    continue
-                if column == "email":
-                    key = email_match_key(value)
-                    if key:
-                        found.add(("email_key", key))
-                elif column == "phone":
-                    e164 = normalise_phone(value, region)
-                    if e164:
-                        found.add(("phone_e164", e164))
-                elif (normalised := normalise_id(column, value)) is not None:
-                    found.add((column, normalised))
+                if value is not None:
+                    found |= identifier_readings(str(value), [region], [type_of[column]])
     known = set(con.execute("SELECT identifier_type, value FROM _subject_ids").fetchall())
     new = sorted(found - known)
     if new:

@@ -387,8 +387,9 @@ def normalise_id(id_type: str, value: object) -> str | None:
 def identifier_readings(text: str, regions: Iterable[str], types: Iterable[str]) -> set[tuple[str, str]]:
     """Every ``(type, value)`` that ``text``, a value as written, reads as among ``types``, in the form
     staging stores it: an email's match key, the phone number in each of ``regions``, an id by
-    :func:`normalise_id`. For values whose column is unknown or untrusted (a malformed line, a piece of free
-    text); ingestion's suppression check and erasure's matching both read them so.
+    :func:`normalise_id`. A value of a known column is read as its column's type; one whose column is unknown
+    or untrusted (a malformed line, a piece of free text) as every type. Ingestion's suppression check of
+    malformed lines and erasure's matching of raw rows, quarantined rows and free text all read values so.
 
     >>> sorted(identifier_readings(" Ann.Lee@GoogleMail.com", ["GB"], ["email_key", "loyalty_id"]))
     [('email_key', 'annlee@gmail.com'), ('loyalty_id', 'ANN.LEE@GOOGLEMAIL.COM')]
