@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
@@ -41,6 +41,8 @@ class StoreSummary:
     consent_rows: int | None
     granted_by_purpose: dict[str, int]
     identity_run: str | None = None  # how the last identity run ran: full (why) or incremental (how much)
+    #: This run's quarantined rows by reason (fixed texts naming columns), most first.
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         run, store = self.run, self.store
@@ -52,7 +54,13 @@ class StoreSummary:
             rows += f"; the store {store.rows_in:,}"
         if self.unbalanced_files:
             rows += f"  [{self.unbalanced_files} files do not add up!]"
-        out = [files, rows, f"source records      {self.records:,}"]
+        out = [files, rows]
+        if self.quarantine_reasons:
+            reasons = list(self.quarantine_reasons.items())
+            shown = ", ".join(f"{n:,} {reason}" for reason, n in reasons[:_REASONS_SHOWN])
+            more = f" and {len(reasons) - _REASONS_SHOWN} more reasons" if len(reasons) > _REASONS_SHOWN else ""
+            out.append(f"quarantined         {shown}{more} (rows in table quarantine)")
+        out.append(f"source records      {self.records:,}")
         if self.customers is not None:
             out.append(f"unified customers   {self.customers:,}")
         if self.identity_run:
@@ -63,6 +71,10 @@ class StoreSummary:
             granted = ", ".join(f"{p} {n:,}" for p, n in sorted(self.granted_by_purpose.items()))
             out.append(f"consent granted     {granted}")
         return out
+
+
+#: Quarantine reasons the summary names; the rest are counted.
+_REASONS_SHOWN = 4
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str, where: str = "") -> int | None:
@@ -127,9 +139,12 @@ def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) ->
     ids :func:`batch_ids` gave before the run), or all of them when ``before`` is None."""
     store = Intake(*con.execute(_INTAKE).fetchall()[0])
     run = store
-    if before is not None:
-        with _registered(con, before):
+    reasons_sql = "SELECT reason, count(*) FROM quarantine WHERE batch_id IN (SELECT batch_id FROM ingest_batches"
+    reasons_sql += f" WHERE {_NEW_BATCHES}) GROUP BY 1 ORDER BY 2 DESC, 1"
+    with _registered(con, before or set()):
+        if before is not None:
             run = Intake(*con.execute(f"{_INTAKE} WHERE {_NEW_BATCHES}").fetchall()[0])
+        reasons = dict(con.execute(reasons_sql).fetchall()) if table_exists(con, "quarantine") else {}
     unbalanced = con.execute(
         "SELECT count(*) FROM ingest_batches WHERE rows_in <> rows_loaded + rows_quarantined + rows_suppressed"
     ).fetchall()[0][0]
@@ -151,4 +166,5 @@ def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) ->
         profiles=_count(con, "customer_profiles"),
         consent_rows=_count(con, "consent_state"),
         granted_by_purpose=granted,
+        quarantine_reasons=reasons,
     )

@@ -85,6 +85,7 @@ def test_a_later_run_counts_its_own_files_and_rows_beside_the_stores(tmp_path, m
     assert first.exit_code == 0, first.output
     out = " ".join(first.output.split())
     assert "files ingested 2 (1 rejected) rows in 3 = 2 loaded + 1 quarantined + 0 suppressed" in out
+    assert "quarantined 1 file rejected: missing required column transaction_time (rows in table quarantine)" in out
     assert "the store holds" not in out
 
     (inbox / "crm" / "crm-2.csv").write_text('crm_id,first_name,email\nC3,Cat,cat@x.com\nC4,"Dan,dan@x.com\n')
@@ -93,5 +94,6 @@ def test_a_later_run_counts_its_own_files_and_rows_beside_the_stores(tmp_path, m
     out = " ".join(second.output.split())
     assert "files ingested 1 (0 rejected); the store holds 3 (1 rejected)" in out
     assert "rows in 2 = 1 loaded + 1 quarantined + 0 suppressed; the store 5" in out
+    assert "quarantined 1 malformed CSV line: unterminated quote (rows in table quarantine)" in out  # this run's
     assert "rejected file store/store-1.csv" not in out
     assert "1 file(s) rejected by earlier runs" in out
