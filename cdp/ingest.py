@@ -26,7 +26,7 @@ import duckdb
 
 from cdp.config import PURPOSES
 from cdp.errors import SchemaError
-from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, raw_table, transaction
+from cdp.store import RAW_META, SOURCE_SPECS, SOURCES, SourceSpec, quarantine_reasons, raw_table, transaction
 from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
@@ -609,12 +609,7 @@ class Ingestor:
         result.rows_quarantined = counts.get("quarantined", 0) + malformed - malformed_suppressed
         result.rows_suppressed = counts.get("suppressed", 0) + malformed_suppressed
         if result.rows_quarantined:
-            result.quarantine_reasons = dict(
-                self.con.execute(
-                    "SELECT reason, count(*) FROM quarantine WHERE batch_id = ? GROUP BY 1 ORDER BY 2 DESC, 1",
-                    [batch_id],
-                ).fetchall()
-            )
+            result.quarantine_reasons = quarantine_reasons(self.con, [batch_id])
         return result
 
     def _insert_loaded(self, spec: SourceSpec, batch_id: str, label: str, extras: list[str]) -> None:

@@ -334,6 +334,16 @@ def forget_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str) -> No
     con.execute(f"DELETE FROM {ledger} WHERE table_name = ?", [name])
 
 
+def quarantine_reasons(con: duckdb.DuckDBPyConnection, batch_ids: list[str]) -> dict[str, int]:
+    """The quarantined rows of ``batch_ids`` by reason, most first (reasons are fixed texts naming columns,
+    never values)."""
+    rows = con.execute(
+        "SELECT reason, count(*) FROM quarantine WHERE batch_id IN (SELECT unnest($ids)) GROUP BY 1 ORDER BY 2 DESC, 1",
+        {"ids": batch_ids},
+    ).fetchall()
+    return dict(rows)
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(

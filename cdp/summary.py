@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pandas as pd
 
-from cdp.store import table_exists
+from cdp.store import quarantine_reasons, table_exists
 
 
 @dataclass
@@ -139,12 +139,11 @@ def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) ->
     ids :func:`batch_ids` gave before the run), or all of them when ``before`` is None."""
     store = Intake(*con.execute(_INTAKE).fetchall()[0])
     run = store
-    reasons_sql = "SELECT reason, count(*) FROM quarantine WHERE batch_id IN (SELECT batch_id FROM ingest_batches"
-    reasons_sql += f" WHERE {_NEW_BATCHES}) GROUP BY 1 ORDER BY 2 DESC, 1"
     with _registered(con, before or set()):
         if before is not None:
             run = Intake(*con.execute(f"{_INTAKE} WHERE {_NEW_BATCHES}").fetchall()[0])
-        reasons = dict(con.execute(reasons_sql).fetchall()) if table_exists(con, "quarantine") else {}
+        new = [r[0] for r in con.execute(f"SELECT batch_id FROM ingest_batches WHERE {_NEW_BATCHES}").fetchall()]
+    reasons = quarantine_reasons(con, new) if table_exists(con, "quarantine") else {}
     unbalanced = con.execute(
         "SELECT count(*) FROM ingest_batches WHERE rows_in <> rows_loaded + rows_quarantined + rows_suppressed"
     ).fetchall()[0][0]
