@@ -452,14 +452,25 @@ def _phone_region_sql(spec: SourceSpec) -> str:
 
 #: Identifier types whose suppression hashes were once taken of the value as written (trimmed), before their
 #: matching rule changed: an erasure before loyalty card numbers were read in capitals hashed ``loy10042``
-#: as such, and the subject must stay out however the number is written now. Both forms are checked.
-_HASHED_AS_WRITTEN_BEFORE = ("loyalty_id",)
+#: as such, and one before UUIDs were read in lower case hashed a device id as iOS writes it, in capitals.
+#: The subject must stay out however the value is written now, so a value is also checked as written, and
+#: a UUID in capitals too (:func:`_earlier_forms`).
+_HASHED_AS_WRITTEN_BEFORE = ("user_id", "loyalty_id", "crm_id", "device_id", "anonymous_id")
+
+
+def _earlier_forms(text: str) -> set[str]:
+    """The forms an erasure of an earlier release may have hashed the id ``text`` in: as written (trimmed),
+    and a UUID also in capitals (see :data:`_HASHED_AS_WRITTEN_BEFORE`)."""
+    from identity.standardise import is_uuid
+
+    written = text.strip()
+    return {written, written.upper()} if is_uuid(written) else {written} if written else set()
 
 
 def _identifier_sql(spec: SourceSpec) -> dict[str, list[str]]:
-    """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of (two
-    for a type of :data:`_HASHED_AS_WRITTEN_BEFORE`)."""
-    from identity.standardise import sql_email_match_key, sql_normalise_id, sql_trim_id
+    """Normalised subject identifiers of a ``_batch`` row, in the forms suppression hashes are taken of (with
+    those of :func:`_earlier_forms` for a type of :data:`_HASHED_AS_WRITTEN_BEFORE`)."""
+    from identity.standardise import sql_email_match_key, sql_is_uuid, sql_normalise_id, sql_trim_id
 
     out: dict[str, list[str]] = {}
     for id_type, column in IDENTIFIER_COLUMNS.items():
@@ -470,9 +481,12 @@ def _identifier_sql(spec: SourceSpec) -> dict[str, list[str]]:
         elif id_type == "phone_e164":
             out[id_type] = ["_phone.e164"]
         else:
-            out[id_type] = [sql_normalise_id(id_type, _q(column))]
-            if id_type in _HASHED_AS_WRITTEN_BEFORE:
-                out[id_type].append(sql_trim_id(_q(column)))
+            normalised = sql_normalise_id(id_type, _q(column))
+            out[id_type] = [normalised]
+            if id_type in _HASHED_AS_WRITTEN_BEFORE:  # _earlier_forms; NULL, and not hashed, where it is normalised
+                written = sql_trim_id(_q(column))
+                out[id_type].append(f"NULLIF({written}, {normalised})")
+                out[id_type].append(f"CASE WHEN {sql_is_uuid(written)} THEN NULLIF(upper({written}), {written}) END")
     return out
 
 
@@ -794,7 +808,7 @@ class Ingestor:
         regions = phone_regions(values, self.region)
         for value in values:
             readings = identifier_readings(value, regions, IDENTIFIER_COLUMNS)
-            readings |= {(t, value.strip()) for t in _HASHED_AS_WRITTEN_BEFORE if value.strip()}
+            readings |= {(t, form) for t in _HASHED_AS_WRITTEN_BEFORE for form in _earlier_forms(value)}
             hashes |= {identifier_hash(self.secret, t, v) for t, v in readings}
         return hashes
 

@@ -21,10 +21,12 @@ grant, at the first version's time.
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 
 from cdp.config import PURPOSES
-from cdp.store import table_exists
+from cdp.store import table_exists, transaction
 
 #: Identifier columns an event may name, in the order consent resolution tries them.
 EVENT_IDENTIFIERS = (
@@ -147,6 +149,7 @@ def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     status, left out), ``events`` (ledger size).
     """
     ensure_ledger(con)
+    renormalised = _renormalise_ids(con)
     before = _count(con)
     appended_consent = appended_app = not_consent = 0
     if table_exists(con, "stg_consent"):
@@ -158,11 +161,51 @@ def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         con.execute(_FROM_APP)
         appended_app = _count(con) - mid
     return {
+        "renormalised": renormalised,
         "appended_consent": appended_consent,
         "appended_app": appended_app,
         "not_consent": not_consent,
         "events": _count(con),
     }
+
+
+#: The ledger's id columns, and its row in ``staging_basis``: a hash of the rules they were last normalised by.
+_ID_COLUMNS = ("user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
+_ID_RULES_BASIS = "consent_events ids"
+
+
+def _renormalise_ids(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the ids of events appended under older matching rules to staging's rules now
+    (:func:`identity.standardise.normalise_id`); returns how many events changed.
+
+    An event keeps its identifiers as staging read them when it was appended. When a rule changes (card numbers
+    read in capitals, UUIDs in lower case), staging restages every record, but an event appended before would
+    still name ``loy10042`` or a device id in capitals, and reach nobody: an old withdrawal would stop
+    applying. So once per change of the rules (their SQL's hash against ``staging_basis``), every event's ids
+    are normalised again (the rules are idempotent: what they wrote before reads the same), and consent
+    state, if any event changed, is computed anew in full. What the event received stays in the raw tables.
+    """
+    from identity.staging import BASIS_DDL
+    from identity.standardise import sql_normalise_id
+
+    rules = {column: sql_normalise_id(column, column) for column in _ID_COLUMNS}
+    fingerprint = hashlib.sha256("\0".join(rules.values()).encode()).hexdigest()
+    con.execute(BASIS_DDL)
+    if con.execute("SELECT fingerprint FROM staging_basis WHERE table_name = ?", [_ID_RULES_BASIS]).fetchall() == [
+        (fingerprint,)
+    ]:
+        return 0
+    with transaction(con):
+        changed = int(
+            con.execute(
+                f"""UPDATE consent_events SET {", ".join(f"{c} = {rule}" for c, rule in rules.items())}
+                    WHERE {" OR ".join(f"{c} IS DISTINCT FROM {rule}" for c, rule in rules.items())}"""
+            ).fetchall()[0][0]
+        )
+        con.execute("INSERT OR REPLACE INTO staging_basis VALUES (?, ?)", [_ID_RULES_BASIS, fingerprint])
+        if changed and table_exists(con, "consent_state_basis"):
+            con.execute("DELETE FROM consent_state_basis")  # no basis: the next computation is a full one
+    return changed
 
 
 def _count(con: duckdb.DuckDBPyConnection) -> int:

@@ -141,8 +141,8 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
     _Staged("raw_web", "event_id", "event_time", f"""
         'web' AS source, event_id AS source_record_id, 'web:' || trim(anonymous_id) AS unit_id,
         event_time AS record_time, lower(trim(event_type)) AS event_type,
-        {sql_trim_id("user_id")} AS user_id, NULL::VARCHAR AS loyalty_id, NULL::VARCHAR AS crm_id,
-        {sql_trim_id("anonymous_id")} AS anonymous_id, NULL::VARCHAR AS device_id,
+        {_ids("user_id")}, NULL::VARCHAR AS loyalty_id, NULL::VARCHAR AS crm_id,
+        {_ids("anonymous_id")}, NULL::VARCHAR AS device_id,
         {sql_normalise_email("email")} AS email, {sql_email_match_key("email")} AS email_key,
         NULL::VARCHAR AS phone_e164, {_NULL_PERSON},
         {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,

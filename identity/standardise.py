@@ -367,20 +367,39 @@ def sql_trim_id(col: str) -> str:
 
 
 _ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+#: A UUID in its standard form (RFC 9562): 32 hex digits in groups of 8-4-4-4-12.
+UUID_PATTERN = "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+_UUID = re.compile(UUID_PATTERN)
+
+
+def is_uuid(text: str) -> bool:
+    """Whether ``text`` is a UUID in its standard form (:data:`UUID_PATTERN`), whatever its case."""
+    return len(text) == 36 and _UUID.fullmatch(text) is not None
+
+
+def sql_is_uuid(expr: str) -> str:
+    """:func:`is_uuid` in SQL."""
+    return f"(length({expr}) = 36 AND regexp_full_match({expr}, '{UUID_PATTERN}'))"
 
 
 def normalise_id(id_type: str, value: object) -> str | None:
-    """An account, card, CRM, device or cookie id as it is matched on: trimmed, and a loyalty card number
-    with its letters in capitals, as printed on the card (keyed at a till or into the CRM as ``loy10042`` it
-    is card ``LOY10042``). Other ids keep their case: an account or cookie id may be case-sensitive. Letters
-    beyond ASCII keep theirs, here and in :func:`sql_normalise_id`. ``None`` when nothing is left.
+    """An account, card, CRM, device or cookie id as it is matched on: trimmed; a UUID in lower case, its
+    standard form (RFC 9562 reads UUIDs whatever their case: iOS writes an advertising or vendor id in
+    capitals, a consent platform or a CRM may store it in lower case); and a loyalty card number with its
+    letters in capitals, as printed on the card (keyed at a till or into the CRM as ``loy10042`` it is card
+    ``LOY10042``). Other ids keep their case: an account or cookie id may be case-sensitive. Letters beyond
+    ASCII keep theirs, here and in :func:`sql_normalise_id`. ``None`` when nothing is left.
 
     >>> normalise_id("loyalty_id", " loy10042 "), normalise_id("user_id", " u-Ab1 "), normalise_id("crm_id", " ")
     ('LOY10042', 'u-Ab1', None)
+    >>> normalise_id("device_id", "6F9619FF-8B86-D011-B42D-00C04FC964FF")
+    '6f9619ff-8b86-d011-b42d-00c04fc964ff'
     """
     if _blank(value):
         return None
     text = str(value).strip()
+    if is_uuid(text):
+        return text.lower()
     return text.translate(_ASCII_UPPER) if id_type == "loyalty_id" else text
 
 
@@ -409,6 +428,10 @@ def identifier_readings(text: str, regions: Iterable[str], types: Iterable[str])
 
 def sql_normalise_id(id_type: str, col: str) -> str:
     """:func:`normalise_id` in SQL."""
-    if id_type == "loyalty_id":
-        return f"translate({sql_trim_id(col)}, '{string.ascii_lowercase}', '{string.ascii_uppercase}')"
-    return sql_trim_id(col)
+    trimmed = sql_trim_id(col)
+    other = (
+        f"translate({trimmed}, '{string.ascii_lowercase}', '{string.ascii_uppercase}')"
+        if id_type == "loyalty_id"
+        else trimmed
+    )
+    return f"CASE WHEN {sql_is_uuid(trimmed)} THEN lower({trimmed}) ELSE {other} END"

@@ -534,3 +534,26 @@ t5,2026-01-01,loy-8,one column too many
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
     assert (result.rows_loaded, result.rows_suppressed, result.rows_quarantined) == (1, 4, 0)
     assert con.execute("SELECT transaction_id FROM raw_store").fetchall() == [("t4",)]
+
+
+def test_a_suppressed_uuid_is_found_whatever_the_case_of_its_letters(tmp_path, con, ingestor):
+    # Erasures hash a UUID in lower case, as staging reads it; erasures made before that hashed it as written
+    # (iOS writes device ids in capitals). Both keep their subject out, in a row or in a malformed line.
+    erased_now, erased_before = "6f9619ff-8b86-d011-b42d-00c04fc964ff", "0B1E4C2A-77D3-4F0E-9A51-3C2D9E8F7A10"
+    suppress(con, "device_id", erased_now)
+    suppress(con, "device_id", erased_before)
+    write_csv(
+        tmp_path / "inbox/app/a.csv",
+        f"""
+event_id,event_time,device_id
+e1,2026-01-01,{erased_now.upper()}
+e2,2026-01-01, {erased_now}
+e3,2026-01-01,{erased_before.lower()}
+e4,2026-01-01,{erased_before}
+e5,2026-01-01,{erased_now.replace("-", "")}
+e6,2026-01-01,{erased_before.lower()},one column too many
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "app")
+    assert (result.rows_loaded, result.rows_suppressed, result.rows_quarantined) == (1, 5, 0)
+    assert con.execute("SELECT event_id FROM raw_app").fetchall() == [("e5",)]  # not a UUID's standard form

@@ -603,6 +603,32 @@ _SPELLINGS = {
             "T-NOOR-2",
         ),
     ),
+    # Ada's account id is a UUID: her CRM contact has it in lower case, her iPhone's app in capitals, with the
+    # device's id as iOS writes it; a later web visit signs in with the account id in capitals again.
+    "uuid-case": SimpleNamespace(
+        files={
+            "crm/ada.csv": "crm_id,first_name,last_name,email,user_id,created_at,updated_at\n"
+            "C-ADA-3,Ada,Lovelace,ada.lovelace@example.com,0b1e4c2a-77d3-4f0e-9a51-3c2d9e8f7a10,"
+            "2025-01-05T10:00:00Z,2025-06-05T10:00:00Z\n",
+            "app/ada.csv": "event_id,event_time,device_id,user_id,event_type,platform\n"
+            "E-ADA-1,2025-03-07T12:00:00Z,6F9619FF-8B86-D011-B42D-00C04FC964FF,0B1E4C2A-77D3-4F0E-9A51-3C2D9E8F7A10,"
+            "login,ios\n",
+        },
+        records=(("crm", "C-ADA-3"), ("app", "E-ADA-1")),
+        email="ada.lovelace@example.com",
+        hers=(
+            b"lovelace",
+            b"0b1e4c2a-77d3-4f0e-9a51-3c2d9e8f7a10",
+            b"6f9619ff-8b86-d011-b42d-00c04fc964ff",
+            b"e-ada-1",
+        ),
+        again=(
+            "web/ada_again.csv",
+            "event_id,event_time,anonymous_id,user_id,event_type\n"
+            "W-ADA-9,2025-07-01T10:00:00Z,cookie-ada-2,0B1E4C2A-77D3-4F0E-9A51-3C2D9E8F7A10,login\n",
+            "W-ADA-9",
+        ),
+    ),
 }
 
 
@@ -633,6 +659,6 @@ def test_a_subject_is_erased_by_any_spelling_of_their_identifiers_and_stays_out(
     counts = pw.run_pipeline(con, world.settings, world.inbox)
     assert counts["suppressed"] == 1
     source = name.split("/")[0]
-    column = {"crm": "crm_id", "store": "transaction_id"}[source]
+    column = {"crm": "crm_id", "store": "transaction_id", "web": "event_id"}[source]
     assert con.execute(f"SELECT count(*) FROM raw_{source} WHERE {column} = ?", [key]).fetchall()[0][0] == 0
     con.close()

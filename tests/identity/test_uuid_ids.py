@@ -1,0 +1,139 @@
+"""UUIDs are matched whatever the case of their letters (identity.standardise.normalise_id).
+
+iOS writes a device's advertising or vendor id in capitals; a consent platform, a CRM or a web SDK may store
+the same UUID in lower case. RFC 9562 reads a UUID whatever its case, and so does the platform: records
+link through it, and a withdrawal naming it in another case reaches the customer. Ids of other shapes keep
+their case (an account or cookie id may be case-sensitive).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from consent.ledger import sync_ledger
+from consent.state import build_consent_state, state_current
+from identity.resolve import resolve_identities
+from identity.standardise import normalise_id, sql_normalise_id
+
+DEVICE = "6F9619FF-8B86-D011-B42D-00C04FC964FF"  # as iOS writes it
+ACCOUNT = "0b1e4c2a-77d3-4f0e-9a51-3c2d9e8f7a10"  # as the web shop's accounts are written
+
+
+@pytest.mark.parametrize(
+    ("id_type", "written", "matched"),
+    [
+        ("device_id", f" {DEVICE} ", DEVICE.lower()),
+        ("user_id", ACCOUNT.upper(), ACCOUNT),
+        ("anonymous_id", "{" + DEVICE + "}", "{" + DEVICE + "}"),  # not the standard form: as written
+        ("device_id", DEVICE.replace("-", ""), DEVICE.replace("-", "")),
+        ("user_id", "U-Ab1", "U-Ab1"),
+        ("loyalty_id", "loy10042", "LOY10042"),
+        ("loyalty_id", DEVICE, DEVICE.lower()),
+        ("crm_id", "6F9619FF-8B86-D011-B42D-00C04FC964FG", "6F9619FF-8B86-D011-B42D-00C04FC964FG"),  # not hex
+    ],
+)
+def test_sql_reads_ids_as_python_does(id_type: str, written: str, matched: str) -> None:
+    assert normalise_id(id_type, written) == matched
+    con = duckdb.connect()
+    assert con.execute(f"SELECT {sql_normalise_id(id_type, '$v')}", {"v": written}).fetchall() == [(matched,)]
+
+
+def test_a_uuid_in_another_case_links_records_and_carries_a_withdrawal(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
+    inbox = tmp_path / "inbox"
+    idcsv(
+        inbox / "crm" / "crm-2026-11-01.csv",
+        [
+            ("crm_id", "first_name", "last_name", "email", "user_id", "updated_at"),
+            ("C1", "Maya", "Okafor", "maya.okafor@example.org", ACCOUNT, "2026-10-01 09:00:00"),
+            ("C2", "Tom", "Reyes", "tom.reyes@example.org", "", "2026-10-01 09:00:00"),
+        ],
+    )
+    idcsv(
+        inbox / "app" / "app-2026-11-01.csv",
+        [
+            ("event_id", "event_time", "device_id", "user_id", "event_type", "platform"),
+            ("A1", "2026-10-02 12:00:00", DEVICE, ACCOUNT.upper(), "login", "ios"),
+            ("A2", "2026-10-02 12:01:00", DEVICE, "", "push_opt_in", "ios"),
+        ],
+    )
+    idcsv(
+        inbox / "consent" / "consent-2026-11-01.csv",
+        [
+            ("consent_id", "event_time", "purpose", "status", "source", "device_id"),
+            ("K1", "2026-10-05 09:00:00", "push_marketing", "withdrawn", "app_prompt", DEVICE.lower()),
+        ],
+    )
+    con, settings = idstage(inbox, tmp_path)
+    staged = con.execute("SELECT DISTINCT device_id, user_id FROM stg_records WHERE source = 'app'").fetchall()
+    assert sorted(staged, key=str) == sorted([(DEVICE.lower(), ACCOUNT), (DEVICE.lower(), None)], key=str)
+
+    resolve_identities(con, settings)
+    owner = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+    assert owner["C1"] == owner["A1"] == owner["A2"] != owner["C2"]
+
+    sync_ledger(con)
+    build_consent_state(con, as_of=datetime(2026, 11, 1))
+    state = con.execute(
+        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'push_marketing'", [owner["C1"]]
+    ).fetchall()
+    assert state == [("withdrawn", "device_id")]
+
+
+def test_ledger_events_appended_under_older_rules_are_read_by_todays(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
+    """A store upgraded from before UUIDs (and card numbers) were normalised holds events that name them as
+    written then: the next sync reads them by today's rules, once, and consent is computed anew in full, so
+    an old withdrawal still reaches its customer."""
+    inbox = tmp_path / "inbox"
+    idcsv(
+        inbox / "crm" / "crm-2026-11-01.csv",
+        [
+            ("crm_id", "first_name", "last_name", "email", "loyalty_id", "user_id", "updated_at"),
+            ("C1", "Maya", "Okafor", "maya.okafor@example.org", "LOY10042", ACCOUNT, "2026-10-01 09:00:00"),
+        ],
+    )
+    idcsv(
+        inbox / "app" / "app-2026-11-01.csv",
+        [
+            ("event_id", "event_time", "device_id", "user_id", "event_type", "platform"),
+            ("A1", "2026-10-02 12:00:00", DEVICE, ACCOUNT, "login", "ios"),
+        ],
+    )
+    idcsv(
+        inbox / "consent" / "consent-2026-11-01.csv",
+        [
+            ("consent_id", "event_time", "purpose", "status", "source", "email", "device_id", "loyalty_id"),
+            ("K1", "2026-10-03 09:00:00", "push_marketing", "granted", "crm", "maya.okafor@example.org", "", ""),
+            ("K2", "2026-10-05 09:00:00", "push_marketing", "withdrawn", "app_prompt", "", DEVICE, ""),
+            ("K3", "2026-10-03 09:00:00", "email_marketing", "granted", "crm", "maya.okafor@example.org", "", ""),
+            ("K4", "2026-10-05 09:00:00", "email_marketing", "withdrawn", "store_form", "", "", "loy10042"),
+        ],
+    )
+    con, settings = idstage(inbox, tmp_path)
+    resolve_identities(con, settings)
+    assert sync_ledger(con)["renormalised"] == 0  # a new ledger: nothing to read again
+    # As the ledger of an older release holds them: ids as written, and no record of the rules they follow.
+    con.execute("UPDATE consent_events SET device_id = ? WHERE consent_id = 'K2'", [DEVICE])
+    con.execute("UPDATE consent_events SET loyalty_id = 'loy10042' WHERE consent_id = 'K4'")
+    con.execute("DELETE FROM staging_basis WHERE table_name = 'consent_events ids'")
+    as_of = datetime(2026, 11, 1)
+    build_consent_state(con, as_of=as_of)
+    customer = con.execute("SELECT customer_id FROM customer_source_records WHERE source_record_id = 'C1'").fetchall()
+    statuses = "SELECT purpose, status FROM consent_state WHERE customer_id = ? ORDER BY purpose"
+    assert con.execute(statuses, customer[0]).fetchall() == [
+        ("email_marketing", "granted"),  # the withdrawals name nobody known, as written then
+        ("push_marketing", "granted"),
+    ]
+
+    counts = sync_ledger(con)
+    assert counts["renormalised"] == 2 and counts["appended_consent"] == 0
+    assert not state_current(con)  # the state is computed anew in full
+    build_consent_state(con, as_of=as_of)
+    assert con.execute(statuses, customer[0]).fetchall() == [
+        ("email_marketing", "withdrawn"),
+        ("push_marketing", "withdrawn"),
+    ]
+    assert sync_ledger(con)["renormalised"] == 0  # once per change of the rules
