@@ -1,6 +1,7 @@
 """The project's Dagster event log (pipelines/storage.py): Dagster's sqlite files, connections kept open."""
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
@@ -95,3 +96,29 @@ def test_without_dagster_home_it_writes_to_a_temporary_directory(monkeypatch):
             conn.exec_driver_sql("SELECT 1")
     finally:
         events.dispose()
+
+
+def _shard(path: Path) -> tuple[list[tuple[str, str, str]], list[tuple[str]]]:
+    """A shard's schema (every table, index and trigger, as created) and its migration stamp."""
+    con = sqlite3.connect(path)
+    try:
+        schema = sorted(con.execute("SELECT type, name, sql FROM sqlite_master").fetchall(), key=str)
+        return schema, con.execute("SELECT version_num FROM alembic_version").fetchall()
+    finally:
+        con.close()
+
+
+def test_run_shards_are_dagsters_own_with_the_migrations_read_once(tmp_path, monkeypatch):
+    dagsters = _instance(tmp_path / "default", monkeypatch, None)
+    try:
+        expected = _shard(tmp_path / "default" / "history" / "runs" / f"{_run(dagsters)}.db")
+    finally:
+        dagsters.dispose()
+    storage._migrations.cache_clear()
+    ours = _instance(tmp_path / "project", monkeypatch, PROJECT_DAGSTER_YAML)
+    try:
+        runs = [_run(ours), _run(ours)]
+        assert [_shard(tmp_path / "project" / "history" / "runs" / f"{r}.db") for r in runs] == [expected] * 2
+        assert storage._migrations.cache_info().misses == 1  # read for the first run's shard, kept for the next
+    finally:
+        ours.dispose()
