@@ -260,8 +260,8 @@ KEPT_TABLES: dict[str, str] = {
     "privacy_requests": "the request register: ids, dates, counts, at most a keyed hash of the subject",
     "audit_log": "who did what when: actions, request ids and counts",
     "identity_runs": "one row per identity run: counts and settings",
-    "staging_basis": "one row per staged table, the phone map and the ledger's ids: a hash of the rules they "
-    "were built under",
+    "staging_basis": "one row per staged table, the phone map and the consent ledger: a hash of the rules they "
+    "were built (the ledger's identifiers read) under",
     "staged_batches": "batch ids already staged, per staged table",
     "validated_batches": "batch ids whose rows passed a table's expectations, per table",
     "consent_state_basis": "one row: as_of, loose-withdrawal flag and version of the last consent state run",

@@ -82,7 +82,7 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
     context.log.info(
         f"ledger: {counts['appended_consent']} consent and {counts['appended_app']} app events appended, "
         f"{counts['events']} in total; {counts['not_consent']} rows with an unknown purpose or status"
-        + (f"; ids of {counts['renormalised']} events read by today's rules" if counts["renormalised"] else "")
+        + (f"; identifiers of {counts['reread']} events read again by today's rules" if counts["reread"] else "")
     )
     return dg.MaterializeResult(metadata=counts)
 

@@ -84,15 +84,18 @@ def test_a_uuid_in_another_case_links_records_and_carries_a_withdrawal(tmp_path:
 
 
 def test_ledger_events_appended_under_older_rules_are_read_by_todays(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
-    """A store upgraded from before UUIDs (and card numbers) were normalised holds events that name them as
-    written then: the next sync reads them by today's rules, once, and consent is computed anew in full, so
-    an old withdrawal still reaches its customer."""
+    """A store upgraded from a release that read some identifiers otherwise holds events naming them as read
+    then: a card as typed, a device id in capitals, no email at all for an address beyond ASCII. The next sync
+    reads every event's identifiers again from its raw row, once, and consent is computed anew in full, so
+    the old withdrawals reach their customers."""
     inbox = tmp_path / "inbox"
+    joerg, joerg_ascii = "jörg.müller@bücher.de", "JÖRG.MÜLLER@xn--bcher-kva.de"
     idcsv(
         inbox / "crm" / "crm-2026-11-01.csv",
         [
             ("crm_id", "first_name", "last_name", "email", "loyalty_id", "user_id", "updated_at"),
             ("C1", "Maya", "Okafor", "maya.okafor@example.org", "LOY10042", ACCOUNT, "2026-10-01 09:00:00"),
+            ("C2", "Jörg", "Müller", joerg, "", "", "2026-10-01 09:00:00"),
         ],
     )
     idcsv(
@@ -100,40 +103,47 @@ def test_ledger_events_appended_under_older_rules_are_read_by_todays(tmp_path: P
         [
             ("event_id", "event_time", "device_id", "user_id", "event_type", "platform"),
             ("A1", "2026-10-02 12:00:00", DEVICE, ACCOUNT, "login", "ios"),
+            ("A2", "2026-10-06 12:00:00", DEVICE, "", "push_opt_out", "ios"),
         ],
     )
     idcsv(
         inbox / "consent" / "consent-2026-11-01.csv",
         [
-            ("consent_id", "event_time", "purpose", "status", "source", "email", "device_id", "loyalty_id"),
-            ("K1", "2026-10-03 09:00:00", "push_marketing", "granted", "crm", "maya.okafor@example.org", "", ""),
-            ("K2", "2026-10-05 09:00:00", "push_marketing", "withdrawn", "app_prompt", "", DEVICE, ""),
-            ("K3", "2026-10-03 09:00:00", "email_marketing", "granted", "crm", "maya.okafor@example.org", "", ""),
-            ("K4", "2026-10-05 09:00:00", "email_marketing", "withdrawn", "store_form", "", "", "loy10042"),
+            ("consent_id", "event_time", "purpose", "status", "source", "email", "loyalty_id"),
+            ("K1", "2026-10-03 09:00:00", "push_marketing", "granted", "crm", "maya.okafor@example.org", ""),
+            ("K2", "2026-10-03 09:00:00", "email_marketing", "granted", "crm", "maya.okafor@example.org", ""),
+            ("K3", "2026-10-05 09:00:00", "email_marketing", "withdrawn", "store_form", "", "loy10042"),
+            ("K4", "2026-10-03 09:00:00", "email_marketing", "granted", "crm", joerg, ""),
+            ("K5", "2026-10-05 09:00:00", "email_marketing", "withdrawn", "web_banner", joerg_ascii, ""),
         ],
     )
     con, settings = idstage(inbox, tmp_path)
     resolve_identities(con, settings)
-    assert sync_ledger(con)["renormalised"] == 0  # a new ledger: nothing to read again
-    # As the ledger of an older release holds them: ids as written, and no record of the rules they follow.
-    con.execute("UPDATE consent_events SET device_id = ? WHERE consent_id = 'K2'", [DEVICE])
-    con.execute("UPDATE consent_events SET loyalty_id = 'loy10042' WHERE consent_id = 'K4'")
-    con.execute("DELETE FROM staging_basis WHERE table_name = 'consent_events ids'")
+    assert sync_ledger(con)["reread"] == 0  # a new ledger: nothing to read again
+    # As an older release's ledger holds them, with no record of the rules it read them by.
+    con.execute("UPDATE consent_events SET device_id = ? WHERE event_id = 'app:A2'", [DEVICE])
+    con.execute("UPDATE consent_events SET loyalty_id = 'loy10042' WHERE consent_id = 'K3'")
+    con.execute("UPDATE consent_events SET email = NULL, email_key = NULL WHERE consent_id IN ('K4', 'K5')")
+    con.execute("DELETE FROM staging_basis WHERE table_name = 'consent_events'")
     as_of = datetime(2026, 11, 1)
     build_consent_state(con, as_of=as_of)
-    customer = con.execute("SELECT customer_id FROM customer_source_records WHERE source_record_id = 'C1'").fetchall()
-    statuses = "SELECT purpose, status FROM consent_state WHERE customer_id = ? ORDER BY purpose"
-    assert con.execute(statuses, customer[0]).fetchall() == [
-        ("email_marketing", "granted"),  # the withdrawals name nobody known, as written then
-        ("push_marketing", "granted"),
+    owner = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+    states = "SELECT customer_id, purpose, status FROM consent_state ORDER BY ALL"
+    assert con.execute(states).fetchall() == [  # Maya's withdrawals reach nobody
+        (owner["C1"], "email_marketing", "granted"),
+        (owner["C1"], "push_marketing", "granted"),
+        (owner["C2"], "email_marketing", "withdrawn"),  # loosely, from the address in the raw row
     ]
 
     counts = sync_ledger(con)
-    assert counts["renormalised"] == 2 and counts["appended_consent"] == 0
+    assert counts["reread"] == 4 and counts["appended_consent"] == counts["appended_app"] == 0
     assert not state_current(con)  # the state is computed anew in full
+    keys = "SELECT DISTINCT email_key FROM {} WHERE email_key LIKE 'j%'"
+    assert con.execute(keys.format("consent_events")).fetchall() == con.execute(keys.format("stg_records")).fetchall()
     build_consent_state(con, as_of=as_of)
-    assert con.execute(statuses, customer[0]).fetchall() == [
-        ("email_marketing", "withdrawn"),
-        ("push_marketing", "withdrawn"),
+    assert con.execute(states).fetchall() == [
+        (owner["C1"], "email_marketing", "withdrawn"),
+        (owner["C1"], "push_marketing", "withdrawn"),
+        (owner["C2"], "email_marketing", "withdrawn"),
     ]
-    assert sync_ledger(con)["renormalised"] == 0  # once per change of the rules
+    assert sync_ledger(con)["reread"] == 0  # once per change of the rules
