@@ -595,8 +595,17 @@ def _resolve_changed(
             "CREATE OR REPLACE TEMP TABLE _old_keys AS "
             "SELECT * FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _c0)"
         )
-        con.execute("DELETE FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _c0)")
-        con.execute("INSERT INTO identity_unit_keys SELECT * FROM _c0_keys")
+        # Only the keys that changed are written: most of a changed unit's keys are what they were, and
+        # rewriting them all made the checkpoint compress the table's last row group again (~0.25 s at 1M).
+        con.execute(
+            """
+            DELETE FROM identity_unit_keys k
+            WHERE unit_id IN (SELECT unit_id FROM _c0)
+              AND (unit_id, id_type, id_value, shared_unit) NOT IN (
+                  SELECT (unit_id, id_type, id_value, shared_unit) FROM _c0_keys)
+            """
+        )
+        con.execute("INSERT INTO identity_unit_keys SELECT * FROM _c0_keys EXCEPT SELECT * FROM _old_keys")
         # Units sharing an account or card with a changed unit: whether theirs is "in use" may change.
         con.execute(
             """
