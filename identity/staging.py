@@ -252,13 +252,16 @@ def _restage_keys(
     where = f"{staged.key} IN (SELECT k FROM _restage)"
     source = f"source = '{staged.source}' AND " if staged.source else ""
     restaged = f"{source}{key_column} IN (SELECT k FROM _restage)"
-    note_units = f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM stg_records WHERE {restaged}"
-    if table == "stg_records":  # the units the old versions belonged to changed ...
-        con.execute(note_units)
-    con.execute(f"DELETE FROM {table} WHERE {restaged}")
-    con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
-    if table == "stg_records":  # ... and so did those the new versions belong to
-        con.execute(note_units)
+    if table != "stg_records":
+        con.execute(f"DELETE FROM {table} WHERE {restaged}")
+        con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
+        return
+    # The units the old versions belonged to changed, and so did the new versions': read from the statements
+    # themselves (reading them from stg_records before and after took two more passes over it a source).
+    old = con.execute(f"DELETE FROM {table} WHERE {restaged} RETURNING unit_id").fetchall()
+    new = con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id").fetchall()
+    if old or new:
+        con.execute("INSERT INTO stg_unit_changes SELECT DISTINCT unnest($units)", {"units": [u for (u,) in old + new]})
 
 
 def _stage(
