@@ -58,3 +58,26 @@ def test_staged_suite_fails_on_bad_data_and_reports_counts_only(staged):
     assert failed["expect_compound_columns_to_be_unique(source,source_record_id)"] == 2
     # No failing value reaches the metadata Dagster stores.
     assert "Not An Email" not in repr(result.metadata()) and "07700" not in repr(result.metadata())
+
+
+def test_validations_share_a_context_without_keeping_results_or_rows(staged):
+    """The Great Expectations context and data sources are made once per process: a failure must not stay
+    with the table for its next validation, and the rows validated must not stay in memory."""
+    import gc
+
+    import pandas as pd
+
+    assert validate_table(staged, "stg_records").success
+    staged.execute("INSERT INTO stg_records VALUES ('crm', 'C2', 'crm:C2', 'Not An Email', NULL, NULL)")
+    assert not validate_table(staged, "stg_records").success
+    staged.execute("DELETE FROM stg_records WHERE source_record_id = 'C2'")
+    assert validate_table(staged, "stg_records").success
+
+    rows = 4321  # a size nothing else in the process has
+    staged.execute(
+        "INSERT INTO stg_records SELECT 'web', 'bulk' || i, 'web:bulk' || i, NULL, NULL, NULL "
+        f"FROM range({rows - 2}) t(i)"
+    )
+    assert validate_table(staged, "stg_records").rows == rows
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, pd.DataFrame) and len(o) == rows]
