@@ -711,8 +711,12 @@ class Ingestor:
         """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
         :attr:`SourceSpec.owner`): the raw table's rows of that key, or else the file's first row of it that
         names an owner; returns SQL that is true for such a row. A row naming no owner is taken as a version;
-        only rows that are otherwise ``loadable`` (SQL over ``_batch``) hold or take a key."""
-        key, held = _q(spec.key), f"NULLIF(trim({_q(owner)}), '')"
+        only rows that are otherwise ``loadable`` (SQL over ``_batch``) hold or take a key. Owners compare as
+        staging reads ids: spaces aside, and a UUID whatever the case of its letters (a device id in capitals
+        from iOS is the same device in lower case)."""
+        from identity.standardise import sql_normalise_id
+
+        key, held = _q(spec.key), sql_normalise_id(owner, _q(owner))
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _reused_keys AS
                 WITH b AS (SELECT _row, {key} AS k, {held} AS o FROM _batch WHERE {held} IS NOT NULL AND {loadable}),

@@ -32,9 +32,10 @@ class SourceSpec:
     required: tuple[str, ...]
     #: column -> DuckDB type of the raw table; VARCHAR columns are kept as written.
     columns: dict[str, str]
-    #: The column that says whose record a key is (a receipt's store), if the source has one. Staging keeps
-    #: one version of each key, so a row whose key another owner already holds (two stores numbering their
-    #: receipts alike) is not a new version of that record: ingestion quarantines it, with its reason.
+    #: The column that says whose record a key is (a receipt's store, an event's cookie or device), if the
+    #: source has one. Staging keeps one version of each key, so a row whose key another owner already holds
+    #: (two stores numbering their receipts alike, an SDK reusing an event id on another device) is not a new
+    #: version of that record: ingestion quarantines it, with its reason.
     owner: str | None = None
 
 
@@ -47,6 +48,7 @@ SOURCE_SPECS: dict[str, SourceSpec] = {
         key="event_id",
         time_column="event_time",
         required=("event_id", "event_time", "anonymous_id"),
+        owner="anonymous_id",
         columns={
             "event_id": "VARCHAR",
             "event_time": "TIMESTAMP",
@@ -68,6 +70,7 @@ SOURCE_SPECS: dict[str, SourceSpec] = {
         key="event_id",
         time_column="event_time",
         required=("event_id", "event_time", "device_id"),
+        owner="device_id",
         columns={
             "event_id": "VARCHAR",
             "event_time": "TIMESTAMP",

@@ -515,6 +515,52 @@ TX4,2026-03-02T15:00:00Z,S006,60.00
     )  # fmt: skip
 
 
+def test_an_event_id_another_cookie_or_device_holds_is_quarantined_not_staged_as_a_version(tmp_path, con, ingestor):
+    # An SDK that reuses event ids (a broken random generator, a copied install) would make another cookie's
+    # or device's event replace the first one's staged row. The first holder keeps the id; a device id in
+    # capitals is the same device as in lower case, and a resent event from the same cookie is a version.
+    device = "6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"
+    write_csv(
+        tmp_path / "inbox/web/web-1.csv",
+        """
+event_id,event_time,anonymous_id,event_type
+E1,2026-03-01T10:00:00Z,cookie-a,page_view
+E2,2026-03-01T10:05:00Z,cookie-a,page_view
+""",
+    )
+    write_csv(
+        tmp_path / "inbox/web/web-2.csv",
+        """
+event_id,event_time,anonymous_id,event_type
+E1,2026-03-02T09:00:00Z,cookie-b,purchase
+E2,2026-03-01T10:05:00Z, cookie-a ,add_to_cart
+""",
+    )
+    (tmp_path / "inbox/app").mkdir(parents=True)
+    (tmp_path / "inbox/app/app-1.jsonl").write_text(
+        json.dumps({"event_id": "A1", "event_time": "2026-03-01T10:00:00Z", "device_id": device.upper()})
+        + "\n"
+        + json.dumps({"event_id": "A1", "event_time": "2026-03-01T10:00:01Z", "device_id": device})
+        + "\n"
+        + json.dumps({"event_id": "A1", "event_time": "2026-03-01T10:00:02Z", "device_id": "another-phone"})
+        + "\n"
+    )
+    ingestor.ingest_source(tmp_path / "inbox", "web")
+    (app,) = ingestor.ingest_source(tmp_path / "inbox", "app")
+    assert app.describe() == (
+        "app/app-1.jsonl: loaded, 2 loaded, 1 quarantined (1 event_id already used by another device_id), 0 suppressed"
+    )
+    reasons = con.execute("SELECT source, file, row_number, reason FROM quarantine ORDER BY ALL").fetchall()
+    assert reasons == [
+        ("app", "app/app-1.jsonl", 3, "event_id already used by another device_id"),
+        ("web", "web/web-2.csv", 1, "event_id already used by another anonymous_id"),
+    ]
+    loaded = con.execute("SELECT event_id, trim(anonymous_id), event_type FROM raw_web ORDER BY ALL").fetchall()
+    assert loaded == [
+        ("E1", "cookie-a", "page_view"), ("E2", "cookie-a", "add_to_cart"), ("E2", "cookie-a", "page_view")
+    ]  # fmt: skip
+
+
 def test_a_suppressed_loyalty_card_is_found_however_its_letters_are_written(tmp_path, con, ingestor):
     # Erasures hash card numbers as staging reads them (letters in capitals); erasures made before that
     # hashed them as written. Both keep their subject out, in a row or in a malformed line.
