@@ -214,15 +214,20 @@ def is_placeholder(key_type: str, value: str | None) -> bool:
         con.close()
 
 
+#: The nickname table (name, canonical). A data team may extend it; identity's fingerprint covers it
+#: (:func:`identity.resolve._model_sha`), so the next run after an edit re-resolves every customer.
+NICKNAMES_FILE = resources.files("identity").joinpath("data/nicknames.csv")
+
+
 def load_nicknames(con: duckdb.DuckDBPyConnection) -> int:
-    """Load ``identity/data/nicknames.csv`` (name, canonical) into temp table ``_nicknames``.
+    """Load :data:`NICKNAMES_FILE` (name, canonical) into temp table ``_nicknames``.
 
     Every (name, canonical) pair is kept (``chris`` is short for christopher and for christine), and
     canonical names map to themselves. Without the file every name is its own canonical form. Returns
     the number of pairs.
     """
     pairs: set[tuple[str, str]] = set()
-    path = resources.files("identity").joinpath("data/nicknames.csv")
+    path = NICKNAMES_FILE
     if path.is_file():
         with path.open(encoding="utf-8") as handle:
             for row in csv.DictReader(handle):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -328,14 +329,17 @@ class _NotLocal(Exception):
 
 
 def _model_sha(model_path: Path) -> str:
-    """Fingerprint of what decides links: the trained model and the code of the graph and the model's guards.
+    """Fingerprint of what decides links: the trained model, the nickname table (which first names agree)
+    and the code of the graph, the model's guards and the clustering (this module).
 
     A run whose fingerprint differs from the last run's rebuilds everything, so that a changed rule reaches
-    the customers an incremental run would not touch.
+    the customers an incremental run would not touch (their stored units keep the name candidates, keys and
+    pairs the old rules gave them).
     """
     digest = hashlib.sha256(model_path.read_bytes() if model_path.exists() else b"")
-    for module in (graph, model):
+    for module in (graph, model, sys.modules[__name__]):
         digest.update(Path(str(module.__file__)).read_bytes())
+    digest.update(graph.NICKNAMES_FILE.read_bytes() if graph.NICKNAMES_FILE.is_file() else b"")
     return digest.hexdigest()[:16]
 
 

@@ -188,3 +188,20 @@ def test_a_changed_model_or_rule_makes_the_next_run_full(runs: dict, tmp_path: P
     shutil.copyfile(MODEL_PATH.with_name(MODEL_PATH.stem + ".meta.json"), tmp_path / f"{MODEL_PATH.stem}.meta.json")
     stats = resolve_identities(con, settings, model_path=edited)
     assert stats["mode"] == "full" and stats["full_reason"] == "the model or the linking rules changed"
+
+
+def test_an_edited_nickname_table_makes_the_next_run_full(runs: dict, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The nickname table decides which first names agree, and stored units keep the candidates it gave them:
+    # a data team adding "sally,sarah" must get every customer re-resolved, not only the changed ones.
+    from identity import graph
+
+    con, settings = runs["con"], runs["settings"]
+    resolve_identities(con, settings)  # the basis: full if an earlier test left another model's fingerprint
+    assert resolve_identities(con, settings)["mode"] == "incremental"
+    extended = tmp_path / "nicknames.csv"
+    extended.write_text(graph.NICKNAMES_FILE.read_text(encoding="utf-8") + "sally,sarah\n", encoding="utf-8")
+    monkeypatch.setattr(graph, "NICKNAMES_FILE", extended)
+    con.execute("DROP TABLE IF EXISTS _nicknames")  # a new process loads the table afresh
+    stats = resolve_identities(con, settings)
+    assert stats["mode"] == "full" and stats["full_reason"] == "the model or the linking rules changed"
+    assert resolve_identities(con, settings)["mode"] == "incremental"  # and then it is the basis
