@@ -8,10 +8,12 @@ everyone else.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
@@ -345,6 +347,17 @@ def quarantine_reasons(con: duckdb.DuckDBPyConnection, batch_ids: list[str]) -> 
         {"ids": batch_ids},
     ).fetchall()
     return dict(rows)
+
+
+def code_digest(*files: str | Path | Traversable) -> str:
+    """SHA-256 (16 hex digits) of ``files``' bytes, in order; a missing file counts as empty. Stored as the
+    basis of a derived table, it makes the next run rebuild the table in full after an edit to the code (or
+    data) that derives it, whether or not anyone remembered to bump a version."""
+    digest = hashlib.sha256()
+    for file in files:
+        path = Path(file) if isinstance(file, str) else file
+        digest.update((path.read_bytes() if path.is_file() else b"") + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:

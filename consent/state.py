@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from cdp.store import table_exists, transaction
+from cdp.store import code_digest, table_exists, transaction
+from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS consent_state (
@@ -225,9 +226,11 @@ BASIS_DDL = [
     "CREATE TABLE IF NOT EXISTS consent_state_keys (customer_id VARCHAR, bucket INTEGER)",
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
-#: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one.
+#: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
+#: code of the rules (this module's and the ledger's) is part of it too, so that an edit to them makes the next
+#: computation full even when nobody bumps the version.
 #: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email).
-BASIS_VERSION = f"consent_state v3; duckdb {duckdb.__version__}"
+BASIS_VERSION = f"consent_state v3 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -42,7 +42,7 @@ import duckdb
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import table_exists, transaction
+from cdp.store import code_digest, table_exists, transaction
 from identity.graph import install_macros
 from identity.standardise import sql_plausible_time
 
@@ -267,8 +267,8 @@ def _fingerprint(settings: Settings) -> str:
     """What a stored ``customer_profiles`` must have been built with for an incremental update to be exact."""
     rates = ",".join(f"{c}={r!r}" for c, r in sorted(settings.exchange_rates.items()))
     return (
-        f"customer_profiles v{_PROFILES_VERSION}; survivorship={','.join(settings.survivorship)}; "
-        f"currency={settings.currency}; rates={rates}"
+        f"customer_profiles v{_PROFILES_VERSION} (code {code_digest(__file__)}); "
+        f"survivorship={','.join(settings.survivorship)}; currency={settings.currency}; rates={rates}"
     )
 
 

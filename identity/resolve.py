@@ -25,7 +25,6 @@ the same ids and new batches leave untouched customers alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import table_exists, transaction
+from cdp.store import code_digest, table_exists, transaction
 from identity import changes, graph, model
 from identity.staging import ALL_UNITS, UNIT_CHANGES_DDL
 
@@ -336,11 +335,8 @@ def _model_sha(model_path: Path) -> str:
     the customers an incremental run would not touch (their stored units keep the name candidates, keys and
     pairs the old rules gave them).
     """
-    digest = hashlib.sha256(model_path.read_bytes() if model_path.exists() else b"")
-    for module in (graph, model, sys.modules[__name__]):
-        digest.update(Path(str(module.__file__)).read_bytes())
-    digest.update(graph.NICKNAMES_FILE.read_bytes() if graph.NICKNAMES_FILE.is_file() else b"")
-    return digest.hexdigest()[:16]
+    code = (str(module.__file__) for module in (graph, model, sys.modules[__name__]))
+    return code_digest(model_path, *code, graph.NICKNAMES_FILE)
 
 
 def last_run_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

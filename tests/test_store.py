@@ -40,3 +40,16 @@ def test_opening_the_store_waits_while_a_rewritten_file_is_swapped_in(tmp_path) 
         assert not opened.wait(0.3)  # held back while the swap is under way
     assert opened.wait(10)
     opener.join()
+
+
+def test_code_digest_follows_the_bytes_of_its_files_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cdp.store import code_digest
+
+    a, b = tmp_path / "a.py", tmp_path / "b.csv"
+    a.write_text("RULE = 1\n")
+    b.write_text("name,canonical\n")
+    first = code_digest(a, b)
+    assert code_digest(str(a), b) == first and code_digest(b, a) != first
+    a.write_text("RULE = 2\n")
+    assert code_digest(a, b) != first
+    assert code_digest(a, tmp_path / "gone.csv") == code_digest(a, tmp_path / "also-gone.csv")

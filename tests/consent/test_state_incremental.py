@@ -248,3 +248,12 @@ def test_an_app_event_re_sent_as_a_push_opt_out_withdraws(con, w):
     update(con, ["cF"])
     assert w.states(con, "push_marketing") == {"cF": "withdrawn"}
     assert_equals_full_rebuild(con)
+
+
+def test_the_basis_carries_the_rules_code():
+    # An edit to the consent rules (this module or the ledger's) makes the stored basis stale, so the next
+    # computation is full, whether or not its author bumped the version.
+    from cdp.store import code_digest
+    from consent import ledger, state
+
+    assert f"(code {code_digest(state.__file__, ledger.__file__)})" in state.BASIS_VERSION

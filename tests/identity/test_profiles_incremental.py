@@ -131,3 +131,15 @@ def test_changed_survivorship_order_needs_a_full_rebuild(con):
         build_customer_profiles(con, Settings(), "_changed; DROP TABLE customer_profiles")
     build_customer_profiles(con, other)
     assert profiles_current(con, other)
+
+
+def test_an_edit_to_the_profile_code_needs_a_full_rebuild(con, monkeypatch):
+    # The stored fingerprint carries a digest of identity/profiles.py: a changed survivorship rule reaches
+    # every customer on the next build, whether or not its author bumped _PROFILES_VERSION.
+    from identity import profiles
+
+    assert profiles_current(con, Settings())
+    monkeypatch.setattr(profiles, "code_digest", lambda *files: "edited")
+    assert not profiles_current(con, Settings())
+    build_customer_profiles(con, Settings())
+    assert profiles_current(con, Settings())
