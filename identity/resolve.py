@@ -26,7 +26,6 @@ the same ids and new batches leave untouched customers alone.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -335,8 +334,7 @@ def _model_sha(model_path: Path) -> str:
     the customers an incremental run would not touch (their stored units keep the name candidates, keys and
     pairs the old rules gave them).
     """
-    code = (str(module.__file__) for module in (graph, model, sys.modules[__name__]))
-    return code_digest(model_path, *code, graph.NICKNAMES_FILE)
+    return code_digest(model_path, str(graph.__file__), str(model.__file__), __file__, graph.NICKNAMES_FILE)
 
 
 def last_run_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
