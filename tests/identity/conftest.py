@@ -6,6 +6,7 @@ Fixtures are prefixed ``id`` so they never shadow fixtures of other test modules
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,34 @@ def idcsv() -> Callable[[Path, list[tuple[str, ...]]], None]:
             csv.writer(handle).writerows(rows)
 
     return write
+
+
+@pytest.fixture
+def idowners() -> Callable[[duckdb.DuckDBPyConnection], dict[str, str]]:
+    """``owners(con)``: each source record's customer after resolution (source_record_id -> customer_id)."""
+
+    def owners(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+        return dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+
+    return owners
+
+
+@pytest.fixture
+def idconsent() -> Callable[[duckdb.DuckDBPyConnection, datetime], Callable[[str, str], list[tuple[str, str]]]]:
+    """``consent_of = compute(con, as_of)``: the ledger synced and consent state computed as of ``as_of``;
+    then ``consent_of(customer_id, purpose)`` is that customer's ``[(status, via)]`` for the purpose."""
+    from consent.ledger import sync_ledger
+    from consent.state import build_consent_state
+
+    def compute(con: duckdb.DuckDBPyConnection, as_of: datetime) -> Callable[[str, str], list[tuple[str, str]]]:
+        sync_ledger(con)
+        build_consent_state(con, as_of=as_of)
+
+        def consent_of(customer_id: str, purpose: str) -> list[tuple[str, str]]:
+            return con.execute(
+                "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = ?", [customer_id, purpose]
+            ).fetchall()
+
+        return consent_of
+
+    return compute

@@ -11,14 +11,14 @@ from datetime import datetime
 from pathlib import Path
 
 from cdp.quality import validate_table
-from consent.ledger import sync_ledger
-from consent.state import build_consent_state
 from identity.resolve import resolve_identities
 
 KEY = "jörg.müller@xn--bcher-kva.de"
 
 
-def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
+def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(
+    tmp_path: Path, idstage, idcsv, idowners, idconsent
+) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     idcsv(
         inbox / "crm" / "crm-2026-11-01.csv",
@@ -60,16 +60,9 @@ def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(t
         assert validate_table(con, table).success, table
 
     resolve_identities(con, settings)
-    owner = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+    owner = idowners(con)
     assert owner["C1"] == owner["T1"] and owner["C2"] == owner["T2"] and owner["C1"] != owner["C2"]
 
-    sync_ledger(con)
-    build_consent_state(con, as_of=datetime(2026, 11, 1))
-    state = con.execute(
-        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'sms_marketing'", [owner["C1"]]
-    ).fetchall()
-    assert state == [("withdrawn", "email_key")]
-    loose = con.execute(
-        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'email_marketing'", [owner["C1"]]
-    ).fetchall()
-    assert loose == [("withdrawn", "email_loose")]
+    consent_of = idconsent(con, datetime(2026, 11, 1))
+    assert consent_of(owner["C1"], "sms_marketing") == [("withdrawn", "email_key")]
+    assert consent_of(owner["C1"], "email_marketing") == [("withdrawn", "email_loose")]

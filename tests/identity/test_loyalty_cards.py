@@ -9,12 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from consent.ledger import sync_ledger
-from consent.state import build_consent_state
 from identity.resolve import resolve_identities
 
 
-def test_a_card_typed_in_lower_case_is_the_same_card(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
+def test_a_card_typed_in_lower_case_is_the_same_card(tmp_path: Path, idstage, idcsv, idowners, idconsent) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     idcsv(
         inbox / "crm" / "crm-2026-11-01.csv",
@@ -47,12 +45,8 @@ def test_a_card_typed_in_lower_case_is_the_same_card(tmp_path: Path, idstage, id
     assert con.execute("SELECT loyalty_id FROM stg_consent WHERE consent_id = 'K2'").fetchall() == [("LOY10042",)]
 
     resolve_identities(con, settings)
-    owner = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+    owner = idowners(con)
     assert owner["C1"] == owner["T1"] == owner["T2"] != owner["C2"]
 
-    sync_ledger(con)
-    build_consent_state(con, as_of=datetime(2026, 11, 1))
-    state = con.execute(
-        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'email_marketing'", [owner["C1"]]
-    ).fetchall()
-    assert state == [("withdrawn", "loyalty_id")]
+    consent_of = idconsent(con, datetime(2026, 11, 1))
+    assert consent_of(owner["C1"], "email_marketing") == [("withdrawn", "loyalty_id")]

@@ -42,7 +42,9 @@ def test_sql_reads_ids_as_python_does(id_type: str, written: str, matched: str) 
     assert con.execute(f"SELECT {sql_normalise_id(id_type, '$v')}", {"v": written}).fetchall() == [(matched,)]
 
 
-def test_a_uuid_in_another_case_links_records_and_carries_a_withdrawal(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
+def test_a_uuid_in_another_case_links_records_and_carries_a_withdrawal(
+    tmp_path: Path, idstage, idcsv, idowners, idconsent
+) -> None:  # type: ignore[no-untyped-def]
     inbox = tmp_path / "inbox"
     idcsv(
         inbox / "crm" / "crm-2026-11-01.csv",
@@ -72,15 +74,11 @@ def test_a_uuid_in_another_case_links_records_and_carries_a_withdrawal(tmp_path:
     assert sorted(staged, key=str) == sorted([(DEVICE.lower(), ACCOUNT), (DEVICE.lower(), None)], key=str)
 
     resolve_identities(con, settings)
-    owner = dict(con.execute("SELECT source_record_id, customer_id FROM customer_source_records").fetchall())
+    owner = idowners(con)
     assert owner["C1"] == owner["A1"] == owner["A2"] != owner["C2"]
 
-    sync_ledger(con)
-    build_consent_state(con, as_of=datetime(2026, 11, 1))
-    state = con.execute(
-        "SELECT status, via FROM consent_state WHERE customer_id = ? AND purpose = 'push_marketing'", [owner["C1"]]
-    ).fetchall()
-    assert state == [("withdrawn", "device_id")]
+    consent_of = idconsent(con, datetime(2026, 11, 1))
+    assert consent_of(owner["C1"], "push_marketing") == [("withdrawn", "device_id")]
 
 
 def test_ledger_events_appended_under_older_rules_are_read_by_todays(tmp_path: Path, idstage, idcsv) -> None:  # type: ignore[no-untyped-def]
