@@ -256,12 +256,17 @@ def _restage_keys(
         con.execute(f"DELETE FROM {table} WHERE {restaged}")
         con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
         return
-    # The units the old versions belonged to changed, and so did the new versions': read from the statements
-    # themselves (reading them from stg_records before and after took two more passes over it a source).
-    old = con.execute(f"DELETE FROM {table} WHERE {restaged} RETURNING unit_id").fetchall()
-    new = con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id").fetchall()
-    if old or new:
-        con.execute("INSERT INTO stg_unit_changes SELECT DISTINCT unnest($units)", {"units": [u for (u,) in old + new]})
+    # The units the old versions belonged to changed, and so did the new versions': the DELETE and the INSERT
+    # hand them over themselves (RETURNING, in a WITH), in SQL whatever the batch's size; reading them from
+    # stg_records before and after took two more passes over it a source.
+    con.execute(
+        f"WITH gone AS (DELETE FROM {table} WHERE {restaged} RETURNING unit_id) "
+        "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM gone"
+    )
+    con.execute(
+        f"WITH added AS (INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id) "
+        "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM added"
+    )
 
 
 def _stage(
