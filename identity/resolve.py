@@ -595,15 +595,17 @@ def _resolve_changed(
         )
         # Only the keys that changed are written: most of a changed unit's keys are what they were, and
         # rewriting them all made the checkpoint compress the table's last row group again (~0.25 s at 1M).
+        # The two differences also tell which units' keys changed (W, below).
+        con.execute("CREATE OR REPLACE TEMP TABLE _keys_gone AS SELECT * FROM _old_keys EXCEPT SELECT * FROM _c0_keys")
+        con.execute("CREATE OR REPLACE TEMP TABLE _keys_new AS SELECT * FROM _c0_keys EXCEPT SELECT * FROM _old_keys")
         con.execute(
             """
-            DELETE FROM identity_unit_keys k
-            WHERE unit_id IN (SELECT unit_id FROM _c0)
-              AND (unit_id, id_type, id_value, shared_unit) NOT IN (
-                  SELECT (unit_id, id_type, id_value, shared_unit) FROM _c0_keys)
+            DELETE FROM identity_unit_keys
+            WHERE (unit_id, id_type, id_value, shared_unit) IN (
+                SELECT (unit_id, id_type, id_value, shared_unit) FROM _keys_gone)
             """
         )
-        con.execute("INSERT INTO identity_unit_keys SELECT * FROM _c0_keys EXCEPT SELECT * FROM _old_keys")
+        con.execute("INSERT INTO identity_unit_keys SELECT * FROM _keys_new")
         # Units sharing an account or card with a changed unit: whether theirs is "in use" may change.
         con.execute(
             """
@@ -637,8 +639,8 @@ def _resolve_changed(
             CREATE OR REPLACE TEMP TABLE _w AS
             SELECT unit_id FROM (SELECT {same} FROM _units EXCEPT SELECT {same} FROM _old_units)
             UNION SELECT unit_id FROM _old_units WHERE unit_id NOT IN (SELECT unit_id FROM _units)
-            UNION SELECT unit_id FROM (SELECT * FROM _old_keys EXCEPT SELECT * FROM _c0_keys)
-            UNION SELECT unit_id FROM (SELECT * FROM _c0_keys EXCEPT SELECT * FROM _old_keys)
+            UNION SELECT unit_id FROM _keys_gone
+            UNION SELECT unit_id FROM _keys_new
             """
         )
         stats["identity_changed_units"] = _count(con, "SELECT count(*) FROM _w")
