@@ -713,7 +713,9 @@ class Ingestor:
         names an owner; returns SQL that is true for such a row. A row naming no owner is taken as a version;
         only rows that are otherwise ``loadable`` (SQL over ``_batch``) hold or take a key. Owners compare as
         staging reads ids: spaces aside, and a UUID whatever the case of its letters (a device id in capitals
-        from iOS is the same device in lower case)."""
+        from iOS is the same device in lower case). A raw row naming no owner needs no filter of its own
+        (``min`` passes it by): in the WHERE clause, DuckDB read every raw row's owner before their keys, 70 ms
+        for the 109k receipts of the 1M bench against 15 ms."""
         from identity.standardise import sql_normalise_id
 
         key, held = _q(spec.key), sql_normalise_id(owner, _q(owner))
@@ -721,7 +723,7 @@ class Ingestor:
             f"""CREATE OR REPLACE TEMP TABLE _reused_keys AS
                 WITH b AS (SELECT _row, {key} AS k, {held} AS o FROM _batch WHERE {held} IS NOT NULL AND {loadable}),
                 known AS (SELECT {key} AS k, min({held}) AS known_owner FROM {raw_table(spec.name)}
-                          WHERE {key} IN (SELECT k FROM b) AND {held} IS NOT NULL GROUP BY ALL),
+                          WHERE {key} IN (SELECT k FROM b) GROUP BY ALL),
                 first AS (SELECT k, arg_min(o, _row) AS first_owner FROM b GROUP BY ALL)
                 SELECT b._row FROM b JOIN first USING (k) LEFT JOIN known USING (k)
                 WHERE b.o <> coalesce(known_owner, first_owner)"""
