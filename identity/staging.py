@@ -238,35 +238,50 @@ def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str, fingerp
 
 
 def _restage_keys(
-    con: duckdb.DuckDBPyConnection, table: str, staged: _Staged, batches: list[str], key_column: str
+    con: duckdb.DuckDBPyConnection, table: str, sources: tuple[_Staged, ...], batches: list[str], key_column: str
 ) -> None:
     """Re-stage every key that a row of ``batches`` carries: its staged row is deleted and chosen anew
-    among all its versions."""
+    among all its versions. One DELETE for every source (a pass over the staged table: one a source took
+    160 ms against 85 ms for a 1% batch of the 1M bench), then an INSERT from each source's raw table."""
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _restage AS SELECT DISTINCT {staged.key} AS k FROM {staged.raw} "
-        "WHERE batch_id IN (SELECT unnest($batches))",
+        "CREATE OR REPLACE TEMP TABLE _restage AS "
+        + " UNION ALL ".join(
+            f"SELECT DISTINCT {_literal(staged.source)}::VARCHAR AS source, {staged.key} AS k FROM {staged.raw} "
+            "WHERE batch_id IN (SELECT unnest($batches))"
+            for staged in sources
+        ),
         {"batches": batches},
     )
     if not con.execute("SELECT count(*) FROM _restage").fetchall()[0][0]:
         return
-    where = f"{staged.key} IN (SELECT k FROM _restage)"
-    source = f"source = '{staged.source}' AND " if staged.source else ""
-    restaged = f"{source}{key_column} IN (SELECT k FROM _restage)"
+    # The key alone first: DuckDB filters the scan with it (a Bloom filter) before matching source and key.
+    restaged = f"{key_column} IN (SELECT k FROM _restage)"
     if table != "stg_records":
         con.execute(f"DELETE FROM {table} WHERE {restaged}")
-        con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
-        return
-    # The units the old versions belonged to changed, and so did the new versions': the DELETE and the INSERT
-    # hand them over themselves (RETURNING, in a WITH), in SQL whatever the batch's size; reading them from
-    # stg_records before and after took two more passes over it a source.
-    con.execute(
-        f"WITH gone AS (DELETE FROM {table} WHERE {restaged} RETURNING unit_id) "
-        "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM gone"
-    )
-    con.execute(
-        f"WITH added AS (INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id) "
-        "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM added"
-    )
+    else:
+        # The units the old versions belonged to changed, and so did the new versions': the DELETE and the
+        # INSERTs hand them over themselves (RETURNING, in a WITH), in SQL whatever the batch's size; reading
+        # them from stg_records before and after took two more passes over it.
+        con.execute(
+            f"WITH gone AS (DELETE FROM {table} WHERE {restaged} AND (source, {key_column}) IN "
+            "(SELECT source, k FROM _restage) RETURNING unit_id) "
+            "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM gone"
+        )
+    for staged in sources:
+        mine = f"source {'= ' + _literal(staged.source) if staged.source else 'IS NULL'}"
+        where = f"{staged.key} IN (SELECT k FROM _restage WHERE {mine})"
+        if table != "stg_records":
+            con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
+        else:
+            con.execute(
+                f"WITH added AS (INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id) "
+                "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM added"
+            )
+
+
+def _literal(value: str | None) -> str:
+    """A source name (a constant of this module) as SQL."""
+    return "NULL" if value is None else f"'{value}'"
 
 
 def _stage(
@@ -301,8 +316,7 @@ def _stage(
                 con.execute("DELETE FROM stg_unit_changes")
                 con.execute("INSERT INTO stg_unit_changes VALUES (?)", [ALL_UNITS])
         elif batches:
-            for staged in sources:
-                _restage_keys(con, table, staged, batches, key_column)
+            _restage_keys(con, table, sources, batches, key_column)
         record_batches(con, "staged_batches", table, batches)
 
 
