@@ -256,27 +256,29 @@ def _restage_keys(
         return
     # The key alone first: DuckDB filters the scan with it (a Bloom filter) before matching source and key.
     restaged = f"{key_column} IN (SELECT k FROM _restage)"
-    if table != "stg_records":
-        con.execute(f"DELETE FROM {table} WHERE {restaged}")
-    else:
-        # The units the old versions belonged to changed, and so did the new versions': the DELETE and the
-        # INSERTs hand them over themselves (RETURNING, in a WITH), in SQL whatever the batch's size; reading
-        # them from stg_records before and after took two more passes over it.
-        con.execute(
-            f"WITH gone AS (DELETE FROM {table} WHERE {restaged} AND (source, {key_column}) IN "
-            "(SELECT source, k FROM _restage) RETURNING unit_id) "
-            "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM gone"
-        )
+    if table == "stg_records":
+        restaged += f" AND (source, {key_column}) IN (SELECT source, k FROM _restage)"
+    _noting_units(con, table, f"DELETE FROM {table} WHERE {restaged}")
     for staged in sources:
         mine = f"source {'= ' + _literal(staged.source) if staged.source else 'IS NULL'}"
-        where = f"{staged.key} IN (SELECT k FROM _restage WHERE {mine})"
-        if table != "stg_records":
-            con.execute(f"INSERT INTO {table} BY NAME {staged.select(where)}")
-        else:
-            con.execute(
-                f"WITH added AS (INSERT INTO {table} BY NAME {staged.select(where)} RETURNING unit_id) "
-                "INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM added"
-            )
+        _noting_units(
+            con,
+            table,
+            f"INSERT INTO {table} BY NAME {staged.select(f'{staged.key} IN (SELECT k FROM _restage WHERE {mine})')}",
+        )
+
+
+def _noting_units(con: duckdb.DuckDBPyConnection, table: str, dml: str) -> None:
+    """Run ``dml`` (a DELETE or INSERT); for ``stg_records``, the units of the rows it deleted or inserted go to
+    ``stg_unit_changes``: the old versions' units changed, and so did the new versions'. The statement hands
+    them over itself (RETURNING, in a WITH), in SQL whatever the batch's size; reading them from stg_records
+    before and after took two more passes over it."""
+    if table != "stg_records":
+        con.execute(dml)
+        return
+    con.execute(
+        f"WITH changed AS ({dml} RETURNING unit_id) INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM changed"
+    )
 
 
 def _literal(value: str | None) -> str:
