@@ -70,15 +70,23 @@ def _versioned_id(base: str, content: list[str]) -> str:
     return f"CASE WHEN known THEN {base} || '@' || {digest} ELSE {base} END"
 
 
-def _in_new_batch(alias: str, origin: str) -> str:
-    """SQL: the staged row ``alias`` comes from a batch no earlier sync of ``origin`` took in. Each row of such
-    a batch is in the ledger, or was left out then (not consent, or the same content as a version there):
-    skipping them leaves the new batches' rows to compare, not the whole staged table (a batch-level
-    anti-join costs a fifth of a row-level one)."""
-    return (
-        f"NOT EXISTS (SELECT 1 FROM (SELECT DISTINCT batch_id FROM consent_events WHERE origin = '{origin}') b "
-        f"WHERE b.batch_id = {alias}.batch_id)"
-    )
+def _new_batches(con: duckdb.DuckDBPyConnection, table: str, origin: str, where: str = "true") -> list[str | None]:
+    """Batches of the staged ``table`` (rows matching ``where``) that no earlier sync of ``origin`` took in.
+    Each row of any other batch is in the ledger, or was left out then (not consent, or the same content as a
+    version there): the sync compares only these batches' rows. They are named as constants, so that the
+    scan of the staged table skips the row groups of older batches (a join on the ledger's batches read
+    the whole table, every run). Rows without a batch (staged by hand) are compared on every sync: the list
+    then holds ``None``."""
+    return [
+        row[0]
+        for row in con.execute(
+            f"""SELECT DISTINCT batch_id FROM {table} s
+                WHERE {where} AND NOT EXISTS (
+                    SELECT 1 FROM consent_events e WHERE e.origin = ? AND e.batch_id = s.batch_id)
+                ORDER BY 1""",
+            [origin],
+        ).fetchall()
+    ]
 
 
 _CONSENT_CONTENT = ["event_time", "purpose", "status", "source", "policy_version", "email", *EVENT_IDENTIFIERS]
@@ -95,7 +103,7 @@ FROM (
                  row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
           FROM stg_consent r
           WHERE consent_id IS NOT NULL AND event_time IS NOT NULL
-            AND {_in_new_batch("r", "consent")}) s
+            AND (batch_id IS NULL OR batch_id = ANY($batches))) s
     WHERE copy = 1 AND purpose IN {PURPOSES} AND status IN {STATUSES}
       AND NOT EXISTS (  -- this very content is in the ledger already
           SELECT 1 FROM consent_events e
@@ -119,7 +127,7 @@ FROM (
           FROM stg_records s
           WHERE source = 'app' AND event_type IN ('push_opt_in', 'push_opt_out')
             AND device_id IS NOT NULL AND record_time IS NOT NULL
-            AND {_in_new_batch("s", "app")}) r
+            AND (s.batch_id IS NULL OR s.batch_id = ANY($batches))) r
     WHERE NOT EXISTS (  -- this very content is in the ledger already
         SELECT 1 FROM consent_events e
         WHERE e.origin = 'app' AND {base_event_id("e.event_id")} = 'app:' || r.record_id
@@ -152,13 +160,17 @@ def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     before = _count(con)
     appended_consent = appended_app = not_consent = 0
     if table_exists(con, "stg_consent"):
-        con.execute(_FROM_CONSENT)
-        appended_consent = _count(con) - before
+        batches = _new_batches(con, "stg_consent", "consent")
+        if batches:
+            con.execute(_FROM_CONSENT, {"batches": batches})
+            appended_consent = _count(con) - before
         not_consent = int(con.execute(_NOT_CONSENT).fetchall()[0][0])
     if table_exists(con, "stg_records"):
-        mid = _count(con)
-        con.execute(_FROM_APP)
-        appended_app = _count(con) - mid
+        batches = _new_batches(con, "stg_records", "app", "source = 'app'")
+        if batches:
+            mid = _count(con)
+            con.execute(_FROM_APP, {"batches": batches})
+            appended_app = _count(con) - mid
     return {
         "reread": reread,
         "appended_consent": appended_consent,

@@ -77,6 +77,18 @@ def test_ledger_is_append_only_and_idempotent(con, w):
     assert counts["appended_consent"] == 0 and counts["not_consent"] == 2
 
 
+def test_ledger_compares_the_rows_of_new_batches_and_of_rows_without_one(con, w):
+    w.add_consent(con, "k70", w.at(3), "analytics", "granted", email="alee@mailbox.com", batch_id="b1")
+    assert sync_ledger(con)["appended_consent"] == 1
+    # A row of a batch the ledger took in already is not compared again (it was in the ledger, or left out).
+    w.add_consent(con, "k71", w.at(3), "analytics", "granted", email="blee@mailbox.com", batch_id="b1")
+    assert sync_ledger(con)["appended_consent"] == 0
+    w.add_consent(con, "k72", w.at(4), "analytics", "withdrawn", email="blee@mailbox.com", batch_id="b2")
+    w.add_consent(con, "k73", w.at(4), "analytics", "granted", email="clee@mailbox.com")  # no batch
+    assert sync_ledger(con)["appended_consent"] == 2
+    assert sync_ledger(con)["appended_consent"] == 0
+
+
 def test_state_counts_carry_no_personal_data(con, w):
     counts = build_consent_state(con, as_of=w.at(20))
     assert set(counts) == {
