@@ -260,12 +260,8 @@ def _restage_keys(
         restaged += f" AND (source, {key_column}) IN (SELECT source, k FROM _restage)"
     _noting_units(con, table, f"DELETE FROM {table} WHERE {restaged}")
     for staged in sources:
-        mine = f"source {'= ' + _literal(staged.source) if staged.source else 'IS NULL'}"
-        _noting_units(
-            con,
-            table,
-            f"INSERT INTO {table} BY NAME {staged.select(f'{staged.key} IN (SELECT k FROM _restage WHERE {mine})')}",
-        )
+        mine = f"{staged.key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {_literal(staged.source)})"
+        _noting_units(con, table, f"INSERT INTO {table} BY NAME {staged.select(mine)}")
 
 
 def _noting_units(con: duckdb.DuckDBPyConnection, table: str, dml: str) -> None:
