@@ -122,6 +122,8 @@ def _coerce(name: str, value: Any) -> Any:
     if name in _PATHS:
         if value is None or str(value).strip() == "":
             raise CdpError(f"{name}: a path is needed")
+        if name == "db_path" and not Path(value).name:  # "--db ''" reaches here as Path("."), that is "."
+            raise CdpError(f"{name}: {str(value)!r} names a folder; name the DuckDB file (e.g. data/cdp.duckdb)")
         return Path(value)
     if name == "survivorship":
         if isinstance(value, str) or not isinstance(value, list | tuple):
@@ -173,7 +175,12 @@ def _currency_code(setting: str, value: Any) -> str:
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings once: defaults, then ``cdp.yaml``, then ``CDP_*`` variables, then ``overrides``."""
     values: dict[str, Any] = {}
-    path = config_file or Path(os.environ.get("CDP_CONFIG", "cdp.yaml"))
+    named = config_file or os.environ.get("CDP_CONFIG")
+    path = Path(named) if named else Path("cdp.yaml")
+    if named and not path.is_file():  # a settings file named on purpose and missing is a mistake, not defaults
+        from cdp.errors import CdpError
+
+        raise CdpError(f"{path}: no such settings file" + ("" if config_file else " (named by CDP_CONFIG)"))
     if path.exists():
         from cdp.errors import CdpError
 

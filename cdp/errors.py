@@ -32,12 +32,35 @@ def check_output_file(path: Path, what: str) -> None:
     try:
         if path.is_dir():
             raise CdpError(f"{path}: is a directory; name the {what} file to write")
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:  # missing folders are created on writing
-            folder = folder.parent
-        if not folder.is_dir():
-            raise CdpError(f"{path}: {folder} is not a directory")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise CdpError(f"{path}: cannot write in {folder} (permission denied)")
+        _check_nearest_folder(path, path.parent)
     except OSError as exc:  # a folder on the way that may not even be looked into
         raise CdpError(f"{path}: cannot write the {what} file here ({exc.strerror})") from None
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """Refuse, before anything is written, a ``path`` that cannot become the ``what`` folder: an existing
+    file, a path under a file, or a place this user may not write in.
+
+    >>> try:
+    ...     check_output_folder(Path("/etc/hostname"), "inbox")
+    ... except CdpError as exc:
+    ...     print(exc)
+    /etc/hostname: is a file; name the inbox folder to write
+    """
+    try:
+        if path.exists() and not path.is_dir():
+            raise CdpError(f"{path}: is a file; name the {what} folder to write")
+        _check_nearest_folder(path, path)
+    except OSError as exc:
+        raise CdpError(f"{path}: cannot write the {what} folder here ({exc.strerror})") from None
+
+
+def _check_nearest_folder(path: Path, folder: Path) -> None:
+    """The nearest existing folder at or above ``folder`` (missing ones are created on writing) is a folder
+    this user may write in."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CdpError(f"{path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CdpError(f"{path}: cannot write in {folder} (permission denied)")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cdp.errors import CdpError
+from cdp.errors import CdpError, check_output_folder
 
 __all__ = ["GenerateSummary", "generate_world", "MODES", "NICKNAMES"]
 
@@ -1518,7 +1518,11 @@ def generate_world(
     if files_per_source is not None and files_per_source < 1:
         raise CdpError(f"files per source must be at least 1, got {files_per_source}")
     out = Path(out)
+    if not out.name or out.name == "..":  # "--out ''" arrives as ".": the inbox would land in the working folder
+        raise CdpError(f"--out {str(out)!r}: name the inbox folder to write (its ground truth goes to OUT-truth)")
     truth = Path(str(out) + "-truth")
+    for folder, what in ((out, "inbox"), (truth, "ground truth")):  # before anything is written
+        check_output_folder(folder, what)
     rng = np.random.default_rng(seed)
     for source in COLUMNS:  # batches of an earlier run (of any mode) would mix with this world
         for old in (out / source).glob(f"{source}-*"):

@@ -61,6 +61,11 @@ def requests_in(db: Path) -> list[dict]:
         con.close()
 
 
+def written(folder: Path) -> list[str]:
+    """What a command left in the test's folder, the installation home aside."""
+    return sorted(p.name for p in folder.iterdir() if p.name != "home")
+
+
 def temp_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob(".*.tmp"))
 
@@ -179,10 +184,54 @@ def test_a_db_that_is_a_directory_is_one_line(name: str, tmp_path: Path):
     assert_one_line_error(result, f"{folder}: is a directory")
 
 
-def test_generate_into_an_impossible_folder_is_one_line(tmp_path: Path):
+def test_generate_into_an_impossible_folder_is_one_line_and_writes_nothing(tmp_path: Path):
     (tmp_path / "afile").write_text("")
     result = cdp("generate", "--out", str(tmp_path / "afile" / "g"), "--customers", "10")
-    assert_one_line_error(result, str(tmp_path / "afile"), "Not a directory")
+    assert_one_line_error(result, str(tmp_path / "afile"), "is not a directory")
+    result = cdp("generate", "--out", str(tmp_path / "afile"), "--customers", "10")
+    assert_one_line_error(result, str(tmp_path / "afile"), "is a file")
+    assert written(tmp_path) == ["afile"]  # no ground truth folder either
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_generate_needs_a_named_folder(out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(cdp("generate", "--out", out, "--customers", "10"), "name the inbox folder")
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["generate", "--out", "g", "--customers", "0"], ["cdp generate: ", "'--customers'", "--help"]),
+        (["generate", "--out", "g", "--customers", "abc"], ["cdp generate: ", "'--customers'"]),
+        (["generate", "--out", "g", "--customers", "99999999999999999999"], ["'--customers'", "10000000"]),
+        (["generate", "--out", "g", "--seed", "-1"], ["'--seed'"]),
+        (["segments", "export", "all_customers", "--purpose", "email_marketing"], ["cdp segments export: ", "'--out'"]),
+        (["run"], ["cdp run: ", "'--inbox'"]),
+        (["segments", "preview"], ["cdp segments preview: ", "'name'"]),
+        (["privacy", "requests", "--bogus"], ["cdp privacy requests: ", "--bogus"]),
+        (["nosuch"], ["cdp: ", "nosuch"]),
+    ],
+)
+def test_command_line_mistakes_are_one_line(args: list[str], expected: list[str], tmp_path: Path, monkeypatch):
+    """Click's own errors (missing option, bad or out-of-range value, unknown command) come out as the
+    commands' errors do: one line naming the command, not a usage box; nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(cdp(*args), *expected)
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["profile show", "privacy requests", "segments export", "run"])
+def test_an_empty_db_is_one_line(name: str, tmp_path: Path):
+    result = runner.invoke(app, _args(name, tmp_path, Path(""))[:-1] + [""])
+    assert_one_line_error(result, "db_path: '.' names a folder")
+
+
+def test_asking_for_help_is_not_an_error():
+    result = cdp("segments")
+    assert result.exit_code == 2 and "Usage" in result.output and "error:" not in result.output
+    assert cdp("segments", "--help").exit_code == 0
 
 
 def test_the_installed_command_prints_no_traceback(tmp_path: Path):

@@ -24,13 +24,15 @@ def test_unknown_setting_and_bad_values_are_one_line_errors(tmp_path, monkeypatc
     config.write_text("colour: blue\n")
     with pytest.raises(CdpError, match="unknown setting"):
         load_settings(config)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
     monkeypatch.setenv("CDP_MATCH_THRESHOLD", "high")
     with pytest.raises(CdpError, match="match_threshold: 'high' is not a float"):
-        load_settings(tmp_path / "absent.yaml")
+        load_settings(empty)
     monkeypatch.delenv("CDP_MATCH_THRESHOLD")
     monkeypatch.setenv("CDP_ENGINE", "flink")
     with pytest.raises(CdpError, match="engine: 'flink' is not one of duckdb, spark"):
-        load_settings(tmp_path / "absent.yaml")
+        load_settings(empty)
 
 
 @pytest.mark.parametrize(
@@ -52,5 +54,19 @@ def test_a_bad_config_file_is_one_line(tmp_path, text, message):
         load_settings(config_file=tmp_path / "cdp.yaml")
 
 
-def test_a_region_is_read_whatever_its_case():
-    assert load_settings(config_file=Path("/nonexistent.yaml"), default_region="gb").default_region == "GB"
+def test_a_region_is_read_whatever_its_case(tmp_path):
+    (tmp_path / "cdp.yaml").write_text("")
+    assert load_settings(config_file=tmp_path / "cdp.yaml", default_region="gb").default_region == "GB"
+
+
+def test_a_settings_file_named_by_cdp_config_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_CONFIG", str(tmp_path / "missing.yaml"))
+    message = f"{tmp_path / 'missing.yaml'}: no such settings file (named by CDP_CONFIG)"
+    with pytest.raises(CdpError, match=re.escape(message)):
+        load_settings()
+
+
+@pytest.mark.parametrize("db", ["", ".", "/"])
+def test_a_db_path_naming_a_folder_is_one_line(db):
+    with pytest.raises(CdpError, match="names a folder; name the DuckDB file"):
+        load_settings(db_path=Path(db))

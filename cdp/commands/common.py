@@ -32,9 +32,14 @@ def settings_for(db: Path | None = None, **overrides: Any) -> Settings:
     return load_settings(db_path=db, **overrides)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail_line(message: str) -> None:
+    """Print ``error: message`` on one line of stderr."""
     # The message is text, not markup: a file or value holding "[...]" must come out as written.
     err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    fail_line(message)
     raise typer.Exit(code)
 
 

@@ -78,13 +78,22 @@ def run_and_report(
         fail(outcome.failure or "the run failed", code=1)
 
 
+#: Bounds of ``generate`` and ``demo``: ten million people is some 120 million source rows, far beyond one
+#: machine's inbox; a seed is what numpy's generators take as a 32-bit seed.
+MAX_PEOPLE, MAX_SEED = 10_000_000, 2**32 - 1
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @one_line_errors
     def generate(
         out: Path = typer.Option(..., "--out", help="Inbox folder to write (ground truth goes to OUT-truth/)."),
-        customers: int = typer.Option(2000, "--customers", min=1, help="Number of people in the world."),
-        seed: int = typer.Option(7, "--seed", help="Random seed; the same seed writes the same files."),
+        customers: int = typer.Option(
+            2000, "--customers", min=1, max=MAX_PEOPLE, help="Number of people in the world (at most 10 million)."
+        ),
+        seed: int = typer.Option(
+            7, "--seed", min=0, max=MAX_SEED, help="Random seed (0 to 2^32-1); the same seed writes the same files."
+        ),
         mode: str = typer.Option(
             "omnichannel",
             "--mode",
@@ -125,8 +134,10 @@ def register(app: typer.Typer) -> None:
     @one_line_errors
     def demo(
         out: Path = typer.Option(Path("data/demo/inbox"), "--out", help="Where to write the sample inbox."),
-        customers: int = typer.Option(2000, "--customers", min=1, help="People in the sample world."),
-        seed: int = typer.Option(7, "--seed", help="Random seed of the sample world; the same seed, the same demo."),
+        customers: int = typer.Option(2000, "--customers", min=1, max=MAX_PEOPLE, help="People in the sample world."),
+        seed: int = typer.Option(
+            7, "--seed", min=0, max=MAX_SEED, help="Random seed of the sample world; the same seed, the same demo."
+        ),
         db: Path | None = DbOption,
     ) -> None:
         """Generate a sample inbox, run the whole pipeline, export a consented segment and erase one person.
