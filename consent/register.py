@@ -32,6 +32,11 @@ KINDS = ("erasure", "access", "restriction", "objection", "lift_restriction")
 #: Open: received, nothing done yet (e.g. after a dry run). Rewrite pending: rows erased, the database
 #: file still to be rewritten (the next erasure finishes it). Completed: done.
 OPEN, REWRITE_PENDING, COMPLETED = "open", "rewrite_pending", "completed"
+#: How an open request ends without being carried out (:func:`close_request`): refused (the subject could
+#: not be told apart from others or verified, or the request is manifestly unfounded: GDPR Art. 12(4)-(6),
+#: the subject to be told why), or withdrawn by the subject. Either keeps its row and its dates.
+REFUSED, WITHDRAWN = "refused", "withdrawn"
+CLOSING_OUTCOMES = (REFUSED, WITHDRAWN)
 
 REGISTER_DDL = [
     """CREATE TABLE IF NOT EXISTS privacy_requests (
@@ -117,6 +122,28 @@ def complete_request(
            WHERE request_id = ?""",
         [COMPLETED, now or utcnow(), records_affected, request_id],
     )
+
+
+def close_request(con: duckdb.DuckDBPyConnection, request_id: str, outcome: str, now: datetime | None = None) -> None:
+    """End an open request that will not be carried out: ``outcome`` is one of :data:`CLOSING_OUTCOMES`,
+    and the day it was closed is its completion date (so that the register shows whether the subject had
+    an answer within the month). Only an open request can be closed: an erasure whose rewrite is pending
+    must be finished, and a completed request stays completed."""
+    from cdp.errors import CdpError
+
+    if outcome not in CLOSING_OUTCOMES:
+        raise CdpError(f"outcome {outcome!r}: expected one of {', '.join(CLOSING_OUTCOMES)}")
+    ensure_register_schema(con)
+    found = con.execute("SELECT status FROM privacy_requests WHERE request_id = ?", [request_id]).fetchall()
+    if not found:
+        raise CdpError(f"request {request_id!r}: no such request in the register (see `cdp privacy requests`)")
+    if found[0][0] != OPEN:
+        raise CdpError(f"request {request_id}: is {found[0][0]}; only an open request can be closed")
+    con.execute(
+        "UPDATE privacy_requests SET status = ?, completed_at = ? WHERE request_id = ?",
+        [outcome, now or utcnow(), request_id],
+    )
+    audit(con, "close_request", request_id, f"closed as {outcome}", None, now=now)
 
 
 def audit(

@@ -119,7 +119,10 @@ def erase(
             console.print("dry run: nothing erased")
             return
         if not typer.confirm(f"Erase all of this for request {report.request_id}?", default=False):
-            console.print("not erased; the request stays open")
+            console.print(
+                f"not erased; request {report.request_id} stays open (if it will not be carried out: "
+                f"cdp privacy close {report.request_id} --outcome refused|withdrawn)"
+            )
             raise typer.Exit(1)
     report = erasure.erase(settings, subject, dry_run=False)
     console.print(f"[bold]erasure receipt[/bold] request {report.request_id}")
@@ -195,6 +198,31 @@ def unrestrict(
     settings = settings_for(db)
     result = run_unrestrict(settings, _subject(settings, email, phone, customer_id), kind)
     console.print(f"request {result.request_id}: {result.changed} restrictions lifted")
+
+
+@app.command()
+@one_line_errors
+def close(
+    request_id: str = typer.Argument(..., help="The request's id, as `cdp privacy requests` lists it."),
+    outcome: str = typer.Option(
+        ...,
+        "--outcome",
+        help="refused (the subject could not be told apart from others or verified) or withdrawn (by the subject).",
+    ),
+    db: Path | None = DbOption,
+) -> None:
+    """Close an open request that will not be carried out, with its outcome and today as its date."""
+    from cdp.store import connect, transaction
+    from consent import register
+
+    settings = settings_for(db)
+    con = connect(settings.db_path, create=False)
+    try:
+        with transaction(con):
+            register.close_request(con, request_id.strip(), outcome.strip().lower())
+    finally:
+        con.close()
+    console.print(f"request {request_id.strip()}: closed as {outcome.strip().lower()}")
 
 
 @app.command()

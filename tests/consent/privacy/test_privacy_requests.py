@@ -245,3 +245,49 @@ def test_requests_command_lists_and_flags_overdue(world: Any, monkeypatch: pytes
     line = next(line for line in result.output.splitlines() if old in line)
     assert "OVERDUE" in line and "2020-02-01" in line
     assert "1 requests, 1 overdue" in result.output
+
+
+def test_an_open_request_that_will_not_be_carried_out_is_closed_with_its_outcome() -> None:
+    con = duckdb.connect()
+    jan31 = datetime(2026, 1, 31, 9, 0)
+    refused = register.open_request(con, "erasure", "h1", now=jan31)  # say, a household phone: nobody in particular
+    withdrawn = register.open_request(con, "access", "h2", now=jan31)
+    done = register.open_request(con, "access", "h3", now=jan31)
+    register.complete_request(con, done, 2, now=datetime(2026, 2, 3))
+    register.close_request(con, refused, "refused", now=datetime(2026, 2, 2))
+    register.close_request(con, withdrawn, "withdrawn", now=datetime(2026, 3, 5))
+    rows = {r["request_id"]: r for r in register.list_requests(con, now=datetime(2026, 4, 1))}
+    assert (rows[refused]["status"], rows[refused]["completed_at"], rows[refused]["overdue"]) == (
+        "refused", datetime(2026, 2, 2), False,
+    )  # fmt: skip
+    assert (rows[withdrawn]["status"], rows[withdrawn]["overdue"]) == ("withdrawn", True)  # answered late
+    # Only an open request closes; a closed one is not reused by the same subject's next request.
+    for request_id, status in ((done, "completed"), (refused, "refused")):
+        with pytest.raises(CdpError, match=f"is {status}; only an open request can be closed"):
+            register.close_request(con, request_id, "withdrawn")
+    with pytest.raises(CdpError, match="no such request"):
+        register.close_request(con, "PR-20260101-000000", "refused")
+    with pytest.raises(CdpError, match="expected one of refused, withdrawn"):
+        register.close_request(con, register.open_request(con, "access", None), "completed")
+    assert register.open_request(con, "erasure", "h1") not in rows
+    actions = con.execute("SELECT action, request_id, detail FROM audit_log ORDER BY request_id").fetchall()
+    assert sorted(actions) == sorted(
+        [("close_request", refused, "closed as refused"), ("close_request", withdrawn, "closed as withdrawn")]
+    )
+
+
+def test_close_command_closes_an_open_request_and_refuses_anything_else(world: Any, monkeypatch) -> None:
+    con = connect(world.settings.db_path)
+    request_id = register.open_request(con, "erasure", None)
+    con.close()
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    db = ["--db", str(world.settings.db_path)]
+    result = CliRunner().invoke(privacy_cli.app, ["close", request_id, "--outcome", "Withdrawn", *db])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"request {request_id}: closed as withdrawn"
+    listed = CliRunner().invoke(privacy_cli.app, ["requests", *db]).output
+    assert "withdrawn" in next(line for line in listed.splitlines() if request_id in line)
+    again = CliRunner().invoke(privacy_cli.app, ["close", request_id, "--outcome", "refused", *db])
+    assert again.exit_code == 2 and again.output.strip() == (
+        f"error: request {request_id}: is withdrawn; only an open request can be closed"
+    )
