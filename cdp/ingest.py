@@ -270,7 +270,32 @@ def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         "INSERT INTO _rejects SELECT line - 1, 'malformed CSV line: ' || lower(min(error_type)), "
         "min(csv_line) FROM _csv_errors GROUP BY line"
     )
+    _keep_undecodable_bytes(con, path)
     con.execute("DROP TABLE IF EXISTS _csv_errors; DROP TABLE IF EXISTS _csv_scans")
+
+
+def _keep_undecodable_bytes(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Put back in ``_rejects`` the bytes of the lines DuckDB rejected as invalid encoding (it keeps ``?`` in
+    their place): a line of a Latin-1 export is quarantined as it arrived, each byte that is not UTF-8 as a
+    ``\\xNN`` escape (``j\\xf6rg``), so that nothing of it is lost. A line whose bytes at the position DuckDB
+    gives do not spell its text is left as DuckDB wrote it."""
+    found = con.execute(
+        """SELECT e.line - 1, min(e.line_byte_position), min(r.line) FROM _csv_errors e
+           JOIN _rejects r ON r.row_number = e.line - 1
+           WHERE e.error_type = 'INVALID ENCODING' GROUP BY e.line"""
+    ).fetchall()
+    if not found:
+        return
+    with path.open("rb") as fh:
+        for row_number, position, text in found:
+            fh.seek(int(position) - 1)  # DuckDB counts a line's first byte from 1
+            raw = fh.readline().rstrip(b"\r\n")
+            read = text.encode()
+            if len(raw) == len(read) and all(r == b or b == ord("?") for r, b in zip(raw, read, strict=True)):
+                con.execute(
+                    "UPDATE _rejects SET line = ? WHERE row_number = ?",
+                    [raw.decode("utf-8", errors="backslashreplace"), row_number],
+                )
 
 
 def _read_csv_by_line(con: duckdb.DuckDBPyConnection, path: Path, header: list[str]) -> None:
@@ -290,7 +315,7 @@ def _read_csv_by_line(con: duckdb.DuckDBPyConnection, path: Path, header: list[s
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            line = raw.decode("utf-8", errors="replace")
+            line = raw.decode("utf-8", errors="backslashreplace")  # its bytes kept, as _keep_undecodable_bytes
             reason = "invalid unicode"
         else:
             reason = ""
@@ -322,8 +347,9 @@ def _read_csv_by_line(con: duckdb.DuckDBPyConnection, path: Path, header: list[s
 def _csv_header(path: Path) -> list[str]:
     """The column names of a CSV file's first line, made unique (``a``, ``a_1``); empty if it has none."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            first = next(csv.reader(fh), [])
+        with path.open("rb") as fh:  # the first line only: a line further down in another encoding is not its
+            line = fh.readline().decode("utf-8-sig")  # concern (decoding a whole buffer made the file unreadable)
+        first = next(csv.reader([line]), [])
     except (UnicodeDecodeError, csv.Error):
         return []
     names: list[str] = []

@@ -102,6 +102,25 @@ def test_malformed_csv_lines_are_quarantined_not_lost(tmp_path, con, ingestor):
     assert loaded == [("C1", 1), ("C4", 4)]
 
 
+@pytest.mark.parametrize("open_quote", [False, True], ids=["sniffed", "read-by-line"])
+def test_a_latin1_line_is_quarantined_with_its_bytes(tmp_path, con, ingestor, open_quote):
+    """A line in another encoding (a till exporting Latin-1) is quarantined as it arrived: DuckDB writes ``?``
+    for bytes that are not UTF-8; they are kept as ``\\xNN`` escapes, valid UTF-8 around them as it is."""
+    path = tmp_path / "inbox/crm/crm.csv"
+    path.parent.mkdir(parents=True)
+    lines = [b"crm_id,first_name,email", b"C1,Ren\xc3\xa9e,renee@x.fr", "C2,J\u00f6rg,j\u00f6rg@x.de".encode("latin-1")]
+    if open_quote:  # a quote left open further down: the file is read one line per record
+        lines.append(b'C3,"Ann,ann@x.de')
+    path.write_bytes(b"\n".join([*lines, b"C4,Dee,dee@x.fr"]) + b"\n")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
+    assert result.balanced and result.rows_loaded == 2
+    row = con.execute("SELECT reason, raw FROM quarantine WHERE row_number = 2").fetchall()
+    reasons = ("malformed CSV line: invalid encoding", "malformed CSV line: invalid unicode")  # DuckDB's, ours
+    assert len(row) == 1 and row[0][0] in reasons
+    assert json.loads(row[0][1]) == {"line": "C2,J\\xf6rg,j\\xf6rg@x.de"}
+    assert con.execute("SELECT first_name FROM raw_crm WHERE crm_id = 'C1'").fetchall() == [("Renée",)]
+
+
 def test_an_unterminated_quote_quarantines_its_line_not_the_file(tmp_path, con, ingestor):
     # DuckDB's dialect sniffer gives up on such a file; it is read again with the header's columns.
     write_csv(tmp_path / "inbox/crm/crm.csv", 'crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,"Bob,bob@x.com\n')

@@ -392,7 +392,7 @@ def test_without_yes_the_cli_asks_and_a_no_erases_nothing(world: Any, monkeypatc
     monkeypatch.setenv("CDP_HOME", str(world.settings.home))
     args = ["erase", "--customer-id", world.alice, "--db", str(world.settings.db_path)]
     result = CliRunner().invoke(privacy_cli.app, args, input="n\n")
-    assert result.exit_code == 1 and "not erased; the request stays open" in result.output
+    assert result.exit_code == 1 and "not erased; request PR-" in result.output and "stays open" in result.output
     con = connect(world.settings.db_path)
     assert con.execute("SELECT status FROM privacy_requests").fetchall() == [("open",)]
     assert con.execute("SELECT count(*) FROM customer_profiles WHERE customer_id = ?", [world.alice]).fetchall() == [
