@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from cdp.commands.common import DbOption, console, one_line_errors, settings_for
 
@@ -35,28 +35,24 @@ def list_segments(
     settings = settings_for(db, segments_dir=segments_dir)
     found = load_segments(settings.segments_dir)
     con = connect(settings.db_path, read_only=True) if settings.db_path.exists() else None
-    table = Table(
-        "name", "description", "where", "fields", "activations", "customers", "may be contacted",
-        box=None, pad_edge=False,
-    )  # fmt: skip
+    # One block per segment, not a table: at 80 columns a seven-column table cut every name and purpose.
     invalid = 0
     try:
         for name, seg in found.items():
             if isinstance(seg, SegmentError):
                 invalid += 1
-                table.add_row(f"[red]{name}[/red]", f"[red]invalid: {seg}[/red]", "", "", "", "", "")
+                console.print(f"[red]{escape(name)}: invalid: {escape(str(seg))}[/red]")
                 continue
-            customers = contactable = "-"
+            console.print(f"[bold]{escape(name)}[/bold]: {escape(seg.description or '-')}")
             if con is not None:
                 size, counts = segment_counts(con, seg)
-                customers = f"{size:,}"
-                contactable = "\n".join(f"{p} {c['allowed']:,}" for p, c in counts.items())
+                allowed = ", ".join(f"{p} {c['allowed']:,}" for p, c in counts.items())
+                console.print(f"  {size:,} customers; may be contacted: {allowed}")
             fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
-            table.add_row(name, seg.description, where_text(seg.where), fields, activations, customers, contactable)
+            console.print(f"  where {escape(where_text(seg.where))}; fields {fields}; activations {activations}")
     finally:
         if con is not None:
             con.close()
-    console.print(table)
     console.print(f"{len(found)} segments in {settings.segments_dir} (including built-in all_customers)", end="")
     console.print(f", {invalid} invalid" if invalid else "")
     if con is None:
