@@ -282,10 +282,20 @@ def export_rows_all_consented(context: dg.AssetCheckExecutionContext, store: Cdp
     return dg.AssetCheckResult(passed=report["problems"] == 0, metadata=report)
 
 
+#: What an activation reads: the checks of these tables run again in its job, before the export. Their
+#: blocking checks then gate it: a failed one (a consent state that does not trace to the ledger, a
+#: restriction left on a former customer id) stops the export in the same run. In the pipeline's own job
+#: nothing downstream of them would be stopped, and the schedule would export from the failed table.
+ACTIVATION_READS = ("customer_profiles", "consent_state", "restrictions")
+
 activation_job = dg.define_asset_job(
     name="segment_activation",
-    selection=dg.AssetSelection.groups(ACTIVATION_GROUP),
-    description="Export every segment with `activations` for each of its purposes, under consent.",
+    selection=dg.AssetSelection.groups(ACTIVATION_GROUP)
+    | dg.AssetSelection.checks_for_assets(*(dg.AssetKey(name) for name in ACTIVATION_READS)),
+    description=(
+        "Check the profiles, consent state and restrictions again, then export every segment with "
+        "`activations` for each of its purposes, under consent (not if a blocking check fails)."
+    ),
 )
 
 #: Daily at 06:00 UTC. pipelines.definitions registers it (with activation_job).

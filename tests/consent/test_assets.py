@@ -88,3 +88,31 @@ def test_a_failing_activation_fails_the_run_after_the_others(store: CdpStore, tm
     assert "greedy.sms_marketing" in str(failure.event_specific_data.error.message)
     files = sorted(p.name.split("-")[0] for p in (tmp_path / "home" / "exports" / "everyone").iterdir())
     assert files == ["email_marketing", "sms_marketing"]  # the other segment's exports were still written
+
+
+def test_the_activation_job_checks_what_it_reads_and_a_failed_blocking_check_stops_the_export(
+    store: CdpStore, tmp_path: Path
+):
+    from pipelines.definitions import build_definitions
+    from pipelines.resources import Inbox
+
+    dg.materialize(ALL[:3], resources={"store": store})
+    resources = {"store": store, "inbox": Inbox(path=str(tmp_path / "inbox"))}
+    job = build_definitions(resources).resolve_job_def("segment_activation")
+    checked = job.execute_in_process(raise_on_error=False)
+    assert checked.success
+    assert {e.check_name for e in checked.get_asset_check_evaluations()} >= {
+        assets.PROFILES_ONE_PER_CUSTOMER, assets.CONSENT_STATE_TRACES_TO_LEDGER, assets.EXPORT_ROWS_ALL_CONSENTED,
+    }  # fmt: skip
+    exports = tmp_path / "home" / "exports" / "everyone"
+    written = sorted(exports.iterdir())
+    # A consent state that no ledger event explains: its blocking check fails, and nothing is exported.
+    con = connect(store.db_path)
+    con.execute("UPDATE consent_state SET event_id = 'consent:nowhere' WHERE customer_id = 'cA'")
+    con.close()
+    stopped = job.execute_in_process(raise_on_error=False)
+    assert not stopped.success
+    failed = {e.check_name for e in stopped.get_asset_check_evaluations() if not e.passed}
+    assert failed == {assets.CONSENT_STATE_TRACES_TO_LEDGER}
+    assert not stopped.asset_materializations_for_node("segment_activations")
+    assert sorted(exports.iterdir()) == written
