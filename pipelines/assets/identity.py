@@ -93,10 +93,12 @@ def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
     asset="customer_source_records",
     name=HUB_IDENTIFIERS_HELD_BACK,
     description=(
-        "Hub identifiers (shared by units that disagree on who they are, or by more units than the "
-        "per-type limit) found and kept from hard-linking on this run, by type, and blocking blocks more "
-        "crowded than max_units_per_block that the model paired nobody in (crowded_blocks, full runs). "
-        "Counts only; passes when the guards ran."
+        "Hub identifiers kept from hard-linking on this run, by type: shared by units that disagree on who "
+        "they are (a household phone: counted, expected), or by more units than the per-type limit "
+        "(max_records_per_identifier); and blocking blocks more crowded than max_units_per_block that the "
+        "model paired nobody in (crowded_blocks, full runs). Warns when an identifier is over its limit or a "
+        "block is crowded: a default value flooding an export (a till's 'no customer' card, a shop's own "
+        "email) that the guards kept out of the customers, but that its source should stop sending. Counts only."
     ),
 )
 def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
@@ -108,4 +110,7 @@ def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
             ("hub_keys_conflict", "hub_keys_over_limit", "placeholder_values", "shared_units", "crowded_blocks")
         )
     }
-    return dg.AssetCheckResult(passed=bool(stats), severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+    floods = metadata.get("hub_keys_over_limit", 0) + metadata.get("crowded_blocks", 0)
+    return dg.AssetCheckResult(
+        passed=bool(stats) and not floods, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
+    )
