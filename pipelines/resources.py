@@ -19,6 +19,10 @@ from cdp.config import Settings, load_settings
 from cdp.store import connect
 from cdp.store import session as store_session
 
+#: Dagster's metadata key for the rows of the table an asset is (TableMetadataSet's row_count): the asset
+#: catalog and the asset's page show it.
+ROW_COUNT = "dagster/row_count"
+
 #: The settings a run's resource carries (the rest come from cdp.yaml and CDP_* as load_settings reads them).
 _SETTINGS = (
     "db_path", "home", "default_region", "match_threshold", "engine", "spark_master", "spark_staging", "threads",

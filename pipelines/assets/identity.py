@@ -4,7 +4,7 @@
 import dagster as dg
 
 from identity.resolve import OUTLIER_ACCOUNTS, OUTLIER_CRM_CONTACTS, OUTLIER_UNITS
-from pipelines.resources import CdpStore
+from pipelines.resources import ROW_COUNT, CdpStore
 
 #: Check names, as constants so the UI, tests and alerts can refer to them.
 NO_OUTLIER_CUSTOMERS = "no_outlier_customer_clusters"
@@ -55,7 +55,7 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
         "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id", "mode", "full_reason",
         "changed_units", "identity_changed_units", "region_units", "changed_customers", "person_units_scored",
     )  # fmt: skip
-    return dg.MaterializeResult(metadata={k: stats[k] for k in keep if k in stats})
+    return dg.MaterializeResult(metadata={**{k: stats[k] for k in keep if k in stats}, ROW_COUNT: stats["records"]})
 
 
 def _latest_run_stats(store: CdpStore) -> dict:

@@ -7,7 +7,7 @@ import dagster as dg
 
 from cdp.store import SOURCES
 from pipelines.checks import expectations_check
-from pipelines.resources import CdpStore, Inbox
+from pipelines.resources import ROW_COUNT, CdpStore, Inbox
 
 _PII = {
     "web": "anonymous_id, user_id, email",
@@ -60,6 +60,7 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
                 "rows_suppressed": sum(b.rows_suppressed for b in new),
                 "quarantine_reasons": dg.MetadataValue.json(dict(reasons.most_common())),
                 "table_rows": total,
+                ROW_COUNT: total,
                 "errors": [b.error for b in new if b.error],
             }
         )
@@ -89,7 +90,8 @@ def stg_records(store: CdpStore) -> dg.MaterializeResult:
     with store.session() as con:
         counts = build_stg_records(con, store.default_region, incremental=not store.full_refresh)
         changed = con.execute("SELECT count(*) FROM stg_unit_changes WHERE unit_id <> '*'").fetchall()[0][0]
-    return dg.MaterializeResult(metadata={**{f"rows_{k}": v for k, v in counts.items()}, "units_changed": changed})
+    rows = {f"rows_{k}": v for k, v in counts.items()}
+    return dg.MaterializeResult(metadata={**rows, ROW_COUNT: sum(counts.values()), "units_changed": changed})
 
 
 @dg.asset(group_name="staging", kinds={"duckdb"}, deps=["raw_consent"])
@@ -103,7 +105,7 @@ def stg_consent(store: CdpStore) -> dg.MaterializeResult:
 
     with store.session() as con:
         rows = build_stg_consent(con, store.default_region, incremental=not store.full_refresh)
-    return dg.MaterializeResult(metadata={"rows": rows})
+    return dg.MaterializeResult(metadata={"rows": rows, ROW_COUNT: rows})
 
 
 raw_checks = [expectations_check(f"raw_{source}", blocking=False) for source in SOURCES]

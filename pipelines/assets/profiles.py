@@ -8,7 +8,7 @@ Thin wrappers over :mod:`identity.profiles`, :mod:`consent.ledger`, :mod:`consen
 import dagster as dg
 import duckdb
 
-from pipelines.resources import CdpStore
+from pipelines.resources import ROW_COUNT, CdpStore
 
 #: Group of assets that send data out of the platform (pipelines.definitions.ACTIVATION_GROUP): they run on
 #: their own schedule, not in a rebuild. Repeated here because definitions imports this package.
@@ -59,7 +59,9 @@ def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.
         f"{counts['profiles']} profiles from {counts['records']} source records ({mode}: {recomputed} "
         "customers recomputed)"
     )
-    return dg.MaterializeResult(metadata={**counts, "mode": mode, "customers_recomputed": recomputed})
+    return dg.MaterializeResult(
+        metadata={**counts, "mode": mode, "customers_recomputed": recomputed, ROW_COUNT: counts["profiles"]}
+    )
 
 
 @dg.asset(
@@ -84,7 +86,7 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
         f"{counts['events']} in total; {counts['not_consent']} rows with an unknown purpose or status"
         + (f"; identifiers of {counts['reread']} events read again by today's rules" if counts["reread"] else "")
     )
-    return dg.MaterializeResult(metadata=counts)
+    return dg.MaterializeResult(metadata={**counts, ROW_COUNT: counts["events"]})
 
 
 @dg.asset(
@@ -126,7 +128,7 @@ def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mate
             f"{counts['ambiguous_grants']} ambiguous grants"
         )
     context.log.info(line)
-    return dg.MaterializeResult(metadata={**counts, "mode": mode})
+    return dg.MaterializeResult(metadata={**counts, "mode": mode, ROW_COUNT: counts["granted"] + counts["withdrawn"]})
 
 
 def _customers(con: duckdb.DuckDBPyConnection) -> int:

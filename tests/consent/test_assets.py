@@ -64,6 +64,15 @@ def test_metadata_carries_counts_not_people(store: CdpStore):
         for m in result.asset_materializations_for_node(node) for v in m.metadata.values()
     )  # fmt: skip
     assert "mailbox.com" not in text and "+44" not in text and "crmA" not in text
+    # Each table's rows under Dagster's own key, which the asset catalog shows.
+    con = connect(store.db_path)
+    for node in ("customer_profiles", "consent_events", "consent_state"):
+        (materialization,) = result.asset_materializations_for_node(node)
+        assert (
+            materialization.metadata["dagster/row_count"].value
+            == con.execute(f"SELECT count(*) FROM {node}").fetchall()[0][0]
+        )
+    con.close()
     logs = " ".join(str(e.message) for e in result.all_events if e.message)
     assert "mailbox.com" not in logs and "+44" not in logs
 
