@@ -24,7 +24,7 @@ test: install
 
 dev: install
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -m pipelines.definitions
+	$(BIN)/dagster dev  # the code location of pyproject.toml [tool.dagster]: pipelines.definitions, named cdp
 
 lint: install
 	$(BIN)/ruff check .
