@@ -177,13 +177,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     values: dict[str, Any] = {}
     named = config_file or os.environ.get("CDP_CONFIG")
     path = Path(named) if named else Path("cdp.yaml")
-    if named and not path.is_file():  # a settings file named on purpose and missing is a mistake, not defaults
+    if named or path.exists():
         from cdp.errors import CdpError
 
-        raise CdpError(f"{path}: no such settings file" + ("" if config_file else " (named by CDP_CONFIG)"))
-    if path.exists():
-        from cdp.errors import CdpError
-
+        if not path.is_file():  # a settings file named on purpose and missing is a mistake, not defaults
+            raise CdpError(f"{path}: no such settings file" + ("" if config_file else " (named by CDP_CONFIG)"))
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -216,13 +216,14 @@ def close(
     from consent import register
 
     settings = settings_for(db)
+    request_id, outcome = request_id.strip(), outcome.strip().lower()
     con = connect(settings.db_path, create=False)
     try:
         with transaction(con):
-            register.close_request(con, request_id.strip(), outcome.strip().lower())
+            register.close_request(con, request_id, outcome)
     finally:
         con.close()
-    console.print(f"request {request_id.strip()}: closed as {outcome.strip().lower()}")
+    console.print(f"request {request_id}: closed as {outcome}")
 
 
 @app.command()
