@@ -59,7 +59,6 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
                 "rows_quarantined": sum(b.rows_quarantined for b in new),
                 "rows_suppressed": sum(b.rows_suppressed for b in new),
                 "quarantine_reasons": dg.MetadataValue.json(dict(reasons.most_common())),
-                "table_rows": total,
                 ROW_COUNT: total,
                 "errors": [b.error for b in new if b.error],
             }
@@ -105,7 +104,7 @@ def stg_consent(store: CdpStore) -> dg.MaterializeResult:
 
     with store.session() as con:
         rows = build_stg_consent(con, store.default_region, incremental=not store.full_refresh)
-    return dg.MaterializeResult(metadata={"rows": rows, ROW_COUNT: rows})
+    return dg.MaterializeResult(metadata={ROW_COUNT: rows})
 
 
 raw_checks = [expectations_check(f"raw_{source}", blocking=False) for source in SOURCES]
