@@ -115,12 +115,14 @@ def complete_request(
     request_id: str,
     records_affected: int | None = None,
     now: datetime | None = None,
+    status: str = COMPLETED,
 ) -> None:
+    """The request ends with ``status`` (completed, or an outcome of :func:`close_request`), ``now``."""
     con.execute(
         """UPDATE privacy_requests
            SET status = ?, completed_at = ?, records_affected = coalesce(?, records_affected)
            WHERE request_id = ?""",
-        [COMPLETED, now or utcnow(), records_affected, request_id],
+        [status, now or utcnow(), records_affected, request_id],
     )
 
 
@@ -139,10 +141,7 @@ def close_request(con: duckdb.DuckDBPyConnection, request_id: str, outcome: str,
         raise CdpError(f"request {request_id!r}: no such request in the register (see `cdp privacy requests`)")
     if found[0][0] != OPEN:
         raise CdpError(f"request {request_id}: is {found[0][0]}; only an open request can be closed")
-    con.execute(
-        "UPDATE privacy_requests SET status = ?, completed_at = ? WHERE request_id = ?",
-        [outcome, now or utcnow(), request_id],
-    )
+    complete_request(con, request_id, now=now, status=outcome)
     audit(con, "close_request", request_id, f"closed as {outcome}", None, now=now)
 
 
