@@ -155,7 +155,7 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
     from datetime import UTC, datetime
 
     from cdp.errors import CdpError
-    from consent.export import export_selected
+    from consent.export import export_selected, verify_exports
     from consent.segments import Segment, load_segments
 
     settings = store.settings
@@ -182,14 +182,20 @@ def segment_activations(context: dg.AssetExecutionContext, store: CdpStore) -> d
                 context.log.info(
                     f"{segment.name} for {purpose}: {result.row_count} of {result.counts.get('candidates', 0)} exported"
                 )
-    metadata: dict[str, int | str] = {
-        "exports": len(export_ids),
-        "export_ids": ",".join(export_ids),
-        "invalid_segments": len(invalid),
-        **{f"rows.{k}": v for k, v in exported.items()},
-    }
-    if failed:
-        raise dg.Failure(description=f"{len(failed)} activation(s) failed: " + "; ".join(failed), metadata=metadata)
+        metadata: dict[str, int | str] = {
+            "exports": len(export_ids),
+            "export_ids": ",".join(export_ids),
+            "invalid_segments": len(invalid),
+            **{f"rows.{k}": v for k, v in exported.items()},
+        }
+        if failed:
+            # A failed step materialises nothing, so export_rows_all_consented would never see the files this
+            # run did write: they are verified here, the same way, and the failure says how they fared.
+            verified = verify_exports(con, export_ids)
+            metadata.update({f"verified.{k}": v for k, v in verified.items()})
+            description = f"{len(failed)} activation(s) failed: " + "; ".join(failed)
+            description += f" ({len(export_ids)} written, {verified['problems']} problem(s) found re-checking them)"
+            raise dg.Failure(description=description, metadata=metadata)
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -95,6 +95,11 @@ def test_a_failing_activation_fails_the_run_after_the_others(store: CdpStore, tm
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "greedy.sms_marketing" in str(failure.event_specific_data.error.message)
+    # No materialisation, so the export check will not run: the step re-checked the two files it did write.
+    assert "(2 written, 0 problem(s) found re-checking them)" in str(failure.event_specific_data.error.message)
+    verified = failure.event_specific_data.user_failure_data.metadata
+    assert verified["verified.exports"].value == 2 and verified["verified.rows"].value == 4
+    assert verified["verified.problems"].value == 0
     files = sorted(p.name.split("-")[0] for p in (tmp_path / "home" / "exports" / "everyone").iterdir())
     assert files == ["email_marketing", "sms_marketing"]  # the other segment's exports were still written
 
