@@ -41,5 +41,7 @@ bench: install
 	$(BIN)/python -m bench.incremental
 	$(BIN)/python -m bench.consent_bench
 
+# Back to a fresh clone: the default store goes with .cdp, whose key its suppression list needs.
 clean:
-	rm -rf $(VENV) .cdp data/demo *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cdp data/demo data/cdp.duckdb data/cdp.duckdb.wal data/cdp.duckdb.lock *.egg-info \
+		.pytest_cache .mypy_cache .ruff_cache

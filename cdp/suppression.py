@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from cdp.errors import CdpError
+
 _BLOCK = 64  # SHA-256 block size in bytes
 
 
@@ -26,6 +28,37 @@ def load_secret(path: Path) -> bytes:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     return bytes.fromhex(path.read_text().strip())
+
+
+#: What a store records of its key: the HMAC of this label under the key (never the key itself).
+_KEY_CHECK_LABEL = b"cdp suppression key check"
+
+
+def store_secret(con: duckdb.DuckDBPyConnection, path: Path) -> bytes:
+    """The installation's key, checked against the one this store's suppression list was made with.
+
+    A key file that was lost or replaced is refused. Otherwise a new key is created that matches none of the
+    suppressed identifiers' hashes, and the erased people's records are quietly ingested again. The register's
+    subject hashes would stop matching too. The store keeps an HMAC of a fixed label under the key in
+    ``suppression_key``; the first use of a key on a store records it there.
+    """
+    con.execute("CREATE TABLE IF NOT EXISTS suppression_key (check_value VARCHAR NOT NULL, recorded_at TIMESTAMP)")
+    recorded = [row[0] for row in con.execute("SELECT check_value FROM suppression_key").fetchall()]
+    if not path.exists() and (recorded or _suppresses_anyone(con)):
+        raise CdpError(
+            f"{path}: the suppression key of this store is missing; restore it from a backup of {path.parent} "
+            "(under a new key, erased people's records would be ingested again)"
+        )
+    secret = load_secret(path)
+    check = hmac.new(secret, _KEY_CHECK_LABEL, hashlib.sha256).hexdigest()
+    if not recorded:
+        con.execute("INSERT INTO suppression_key VALUES (?, now())", [check])
+    elif check not in recorded:
+        raise CdpError(
+            f"{path}: not the suppression key this store was made with; restore that key from a backup "
+            "(under another key, erased people's records would be ingested again)"
+        )
+    return secret
 
 
 def identifier_hash(secret: bytes, identifier_type: str, value: str) -> str:
@@ -46,6 +79,15 @@ class SqlHasher:
         """SQL for the hash of ``value_sql`` and the parameters it binds (in order)."""
         sql = f"sha256(?::BLOB || unhex(sha256(?::BLOB || encode(? || {value_sql}))))"
         return sql, [self.outer, self.inner, f"{identifier_type}:"]
+
+
+def _suppresses_anyone(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store has a suppression list with anyone on it (a store from before keys were recorded)."""
+    listed = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = ?",
+        ["suppression_list"],
+    ).fetchall()[0][0]
+    return bool(listed) and suppressed_count(con) > 0
 
 
 def suppressed_count(con: duckdb.DuckDBPyConnection) -> int:

@@ -31,7 +31,7 @@ import duckdb
 from cdp.config import Settings
 from cdp.errors import check_output_file
 from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
-from cdp.suppression import load_secret
+from cdp.suppression import store_secret
 from consent import register
 from consent.erasure import (
     Scope,
@@ -205,7 +205,7 @@ def access(
     try:
         check_output_file(Path(out), "access document")
         register.ensure_register_schema(con)
-        secret = load_secret(settings.secret_path)
+        secret = store_secret(con, settings.secret_path)
         present_rules(con)
         scope = find_subject(con, subject, settings.default_region)
         refuse_several_customers(scope)

@@ -56,7 +56,7 @@ from cdp.config import Settings
 from cdp.errors import CdpError, StoreBusyError
 from cdp.ingest import IDENTIFIER_COLUMNS, text_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, table_exists, transaction
-from cdp.suppression import identifier_hash, load_secret
+from cdp.suppression import identifier_hash, store_secret
 from consent import register
 from consent.ledger import base_event_id
 from identity import changes
@@ -257,6 +257,7 @@ KEPT_TABLES: dict[str, str] = {
     "ingest_batches": "one row per inbox file: names, hashes and counts (erased rows move to rows_suppressed)",
     "inbox_file_hashes": "one row per inbox file read: its path, size, inode, times and content hash",
     "suppression_list": "keyed hashes of erased identifiers: what keeps the subject from coming back",
+    "suppression_key": "an HMAC of a fixed label under the installation's key: a lost or replaced key is refused",
     "privacy_requests": "the request register: ids, dates, counts, at most a keyed hash of the subject",
     "audit_log": "who did what when: actions, request ids and counts",
     "identity_runs": "one row per identity run: counts and settings",
@@ -1086,7 +1087,7 @@ def erase(
     try:
         con, finished = finish_interrupted(settings, con)
         register.ensure_register_schema(con)
-        secret = load_secret(settings.secret_path)
+        secret = store_secret(con, settings.secret_path)
         present_rules(con)  # refuse before registering anything if a table is not covered
         try:
             _refuse_unknown_customer_id(con, subject)

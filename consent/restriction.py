@@ -22,7 +22,7 @@ import duckdb
 from cdp.config import Settings
 from cdp.errors import CdpError
 from cdp.store import connect, table_exists, transaction
-from cdp.suppression import load_secret
+from cdp.suppression import store_secret
 from consent import register
 from consent.erasure import Scope, Subject, drop_scope, find_subject, refuse_formerly_shared
 
@@ -69,7 +69,7 @@ def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Setti
     scope = find_subject(con, subject, settings.default_region)
     drop_scope(con)
     refuse_several_customers(scope)
-    refuse_formerly_shared(con, subject, load_secret(settings.secret_path))
+    refuse_formerly_shared(con, subject, store_secret(con, settings.secret_path))
     if not scope.customers:
         raise CdpError("no customer found for the identifier given")
     return scope.customers
@@ -92,7 +92,8 @@ def _recorded(
         ensure_restrictions(con)
         register.ensure_register_schema(con)
         customers = _customers(con, subject, settings)
-        request_id = register.open_request(con, request_kind, subject.hash(load_secret(settings.secret_path)), now=now)
+        subject_hash = subject.hash(store_secret(con, settings.secret_path))
+        request_id = register.open_request(con, request_kind, subject_hash, now=now)
         with transaction(con):
             changed, text = change(con, customers, request_id, now)
             register.complete_request(con, request_id, records_affected=changed, now=now)

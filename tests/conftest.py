@@ -51,14 +51,14 @@ def _run_plain(con: duckdb.DuckDBPyConnection, settings: Settings, inbox: Path) 
     """Ingest, stage, resolve (graph only), profile, ledger, state: the pipeline's plain functions, in order.
     Returns the ingested row counts."""
     from cdp.ingest import Ingestor
-    from cdp.suppression import load_secret
+    from cdp.suppression import store_secret
     from consent.ledger import sync_ledger
     from consent.state import build_consent_state
     from identity.profiles import build_customer_profiles
     from identity.resolve import resolve_identities
     from identity.staging import build_staging
 
-    summary = Ingestor(con, load_secret(settings.secret_path), settings.default_region).ingest_inbox(inbox)
+    summary = Ingestor(con, store_secret(con, settings.secret_path), settings.default_region).ingest_inbox(inbox)
     build_staging(con, settings.default_region)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("identity.model.predict_pairs", _no_model_pairs)

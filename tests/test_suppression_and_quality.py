@@ -6,8 +6,9 @@ Suites are run on small tables built in an in-memory DuckDB; nothing here runs D
 import duckdb
 import pytest
 
+from cdp.errors import CdpError
 from cdp.quality import SUITES, validate_table
-from cdp.suppression import SqlHasher, identifier_hash, load_secret
+from cdp.suppression import SqlHasher, identifier_hash, load_secret, store_secret
 
 
 def test_sql_hmac_equals_python_hmac():
@@ -27,6 +28,35 @@ def test_secret_is_created_once_and_private(tmp_path):
     first = load_secret(path)
     assert load_secret(path) == first and len(first) == 32
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_a_store_remembers_its_key_and_refuses_a_lost_or_other_one(tmp_path):
+    """Under a new key no suppressed hash matches: erased people would be ingested again without a word."""
+    path = tmp_path / "home" / "secret.key"
+    con = duckdb.connect()
+    key = store_secret(con, path)  # first use: the key is made and the store records its check value
+    assert store_secret(con, path) == key
+    (check,) = con.execute("SELECT check_value FROM suppression_key").fetchall()[0]
+    assert key.hex() not in check and len(check) == 64  # an HMAC under the key, not the key
+    path.unlink()
+    with pytest.raises(CdpError, match="secret.key: the suppression key of this store is missing"):
+        store_secret(con, path)
+    assert not path.exists()  # no new key was made in its place
+    load_secret(path)  # another installation's key, say
+    with pytest.raises(CdpError, match="secret.key: not the suppression key this store was made with"):
+        store_secret(con, path)
+
+
+def test_a_store_with_suppressed_identifiers_and_no_key_on_record_refuses_a_missing_key(tmp_path):
+    """A store from before keys were recorded: anyone on its suppression list means a key existed."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE suppression_list (identifier_type VARCHAR, identifier_hash VARCHAR)")
+    assert store_secret(con, tmp_path / "a.key")  # nobody suppressed yet: a first key is made
+    other = duckdb.connect()
+    other.execute("CREATE TABLE suppression_list (identifier_type VARCHAR, identifier_hash VARCHAR)")
+    other.execute("INSERT INTO suppression_list VALUES ('email_key', 'ab12')")
+    with pytest.raises(CdpError, match="missing"):
+        store_secret(other, tmp_path / "b.key")
 
 
 @pytest.fixture

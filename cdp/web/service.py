@@ -212,7 +212,7 @@ def erase(settings: Settings, subj: Any, request_id: str):  # type: ignore[no-un
     """Erase after a dry run: ``request_id`` must be the open erasure request registered for this subject
     (``consent.register`` keys requests by the subject's keyed hash), so a confirmation cannot be replayed
     for another subject or after the request was completed."""
-    from cdp.suppression import load_secret
+    from cdp.suppression import store_secret
     from consent import erasure, register
 
     with _LOCK:
@@ -221,7 +221,7 @@ def erase(settings: Settings, subj: Any, request_id: str):  # type: ignore[no-un
             found = con.execute(
                 """SELECT count(*) FROM privacy_requests
                    WHERE request_id = ? AND kind = 'erasure' AND status = ? AND subject_hash = ?""",
-                [request_id, register.OPEN, subj.hash(load_secret(settings.secret_path))],
+                [request_id, register.OPEN, subj.hash(store_secret(con, settings.secret_path))],
             ).fetchall()[0][0]
         if not found:
             raise CdpError(

@@ -35,11 +35,11 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
     )
     def _raw(context: dg.AssetExecutionContext, store: CdpStore, inbox: Inbox) -> dg.MaterializeResult:
         from cdp.ingest import Ingestor
-        from cdp.suppression import load_secret
+        from cdp.suppression import store_secret
 
         settings = store.settings
         with store.session() as con:
-            ingestor = Ingestor(con, load_secret(settings.secret_path), settings.default_region, context.log.info)
+            ingestor = Ingestor(con, store_secret(con, settings.secret_path), settings.default_region, context.log.info)
             batches = ingestor.ingest_source(inbox.folder, source)
             total = con.execute(f"SELECT count(*) FROM raw_{source}").fetchall()[0][0]
         for batch in batches:

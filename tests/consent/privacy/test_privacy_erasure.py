@@ -356,6 +356,24 @@ def test_a_pipeline_run_launched_from_dagster_finishes_an_interrupted_erasure_fi
     con.close()
 
 
+def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
+    """A new key would match none of the suppressed hashes: the run and the privacy commands stop instead."""
+    from pipelines.run import run_pipeline
+
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    world.settings.secret_path.unlink()  # the home folder lost or not restored with the store
+    again = f"crm_id,first_name,last_name,email\nC-ALICE-9,Alice,Smith,{pw.ALICE_EMAIL}\n"
+    pw.write_inbox(world.inbox, {"crm/again.csv": again})
+    outcome = run_pipeline(world.settings, world.inbox, echo=lambda _m: None, instance=dg.DagsterInstance.ephemeral())
+    assert not outcome.success and "the suppression key of this store is missing" in str(outcome.failure)
+    with pytest.raises(CdpError, match="the suppression key of this store is missing"):
+        erasure.erase(world.settings, Subject("customer_id", world.bob), dry_run=True)
+    assert not world.settings.secret_path.exists()
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT count(*) FROM raw_crm WHERE crm_id = 'C-ALICE-9'").fetchall()[0][0] == 0
+    con.close()
+
+
 def test_placeholders_and_shared_values_are_neither_swept_nor_suppressed(tmp_path: Path) -> None:
     """On hand-made tables: the subject's device id is a placeholder, her phone is also a stranger's, and a
     web event staged after the last identity run (no customer yet) carries her email."""
