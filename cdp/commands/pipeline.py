@@ -159,15 +159,41 @@ def register(app: typer.Typer) -> None:
         export_file.parent.mkdir(parents=True, exist_ok=True)
         segments.export_cmd("all_customers", "email_marketing", export_file, None, db)
 
-        subject = _demo_subject(settings.db_path)
-        console.print(f"\n[bold]An erasure[/bold] (cdp privacy erase --customer-id {subject} --yes)")
-        privacy.erase(None, None, subject, False, True, db)
+        earlier = _earlier_erasure(settings.db_path)
+        if earlier:  # a rerun on the same store: the demo erases one person, not one more each time
+            console.print(
+                f"\n[bold]An erasure[/bold]: this store already holds one, request {earlier}, so the demo erases "
+                "nobody else (`cdp privacy requests` lists it; `make clean` starts the demo afresh)."
+            )
+        else:
+            subject = _demo_subject(settings.db_path)
+            console.print(f"\n[bold]An erasure[/bold] (cdp privacy erase --customer-id {subject} --yes)")
+            privacy.erase(None, None, subject, False, True, db)
         shown = _demo_subject(settings.db_path)  # the erased customer is gone: the next one seen in three sources
         console.print(
             f"\nNext: `cdp profile show --customer-id {shown}`, `cdp segments preview lapsed_big_spenders`, "
             f"`cdp identity evaluate --truth {summary.truth}/records.csv`, `cdp privacy requests`, "
             "`make dev` for the Dagster UI."
         )
+
+
+def _earlier_erasure(db_path: Path) -> str | None:
+    """The first erasure carried out on this store, if any (the register exists once a run has made it)."""
+    from cdp.store import connect, table_exists
+    from consent.register import COMPLETED, REWRITE_PENDING
+
+    con = connect(db_path, read_only=True)
+    try:
+        if not table_exists(con, "privacy_requests"):
+            return None
+        rows = con.execute(
+            "SELECT request_id FROM privacy_requests WHERE kind = 'erasure' AND status IN (?, ?) "
+            "ORDER BY received_at, request_id LIMIT 1",
+            [COMPLETED, REWRITE_PENDING],
+        ).fetchall()
+    finally:
+        con.close()
+    return str(rows[0][0]) if rows else None
 
 
 def _demo_subject(db_path: Path) -> str:

@@ -30,3 +30,18 @@ def test_demo_builds_customers_exports_with_consent_and_erases(tmp_path, monkeyp
     rows = list(csv.DictReader(export.open()))
     assert rows and all(row["email"] for row in rows)
     assert export.stat().st_mode & 0o077 == 0
+
+
+def test_demo_run_again_on_its_store_erases_nobody_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    db = str(tmp_path / "cdp.duckdb")
+    args = ["demo", "--out", str(tmp_path / "demo" / "inbox"), "--customers", "60", "--db", db]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    request = first.output.split("erasure receipt request ")[1].split()[0]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert f"this store already holds one, request {request}, so the demo erases nobody else" in again.output
+    assert "erasure receipt" not in again.output
+    listed = CliRunner().invoke(app, ["privacy", "requests", "--db", db])
+    assert listed.output.count("erasure") == 1, listed.output
