@@ -1,6 +1,8 @@
 """Identity layer: staged records resolved into customers with stable ids, and checks on the result."""
 # No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from identity.resolve import OUTLIER_ACCOUNTS, OUTLIER_CRM_CONTACTS, OUTLIER_UNITS
@@ -14,30 +16,57 @@ HUB_IDENTIFIERS_HELD_BACK = "hub_identifiers_held_back"
 OUTLIER_SHARE_LIMIT = 0.001
 
 
-@dg.asset(
+#: The tables the identity step writes besides ``customer_source_records`` that other code reads, declared
+#: as assets of the same step so that the UI shows their lineage and row counts (``identity_runs`` and the
+#: incremental state are the step's own bookkeeping).
+IDENTITY_EDGES = "identity_edges"
+CUSTOMER_ID_HISTORY = "customer_id_history"
+
+
+def _identity_table(name: str, description: str) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        name, group_name="identity", kinds={"duckdb"}, deps=[dg.AssetKey("stg_records")], description=description
+    )
+
+
+@dg.multi_asset(
     name="customer_source_records",
-    group_name="identity",
-    kinds={"duckdb"},
-    deps=[dg.AssetKey("stg_records")],
-    description=(
-        "Which customer every staged web, app, store and CRM record belongs to. Grain: one row per "
-        "`stg_records` row (source, source_record_id, customer_id, unit_id). Built from the identifier "
-        "graph (shared user_id, loyalty_id, email, phone, crm_id; hub keys held back) and the saved "
-        "Splink person model, clustered with stable customer ids. Also writes `identity_edges` (unit "
-        "pairs and their evidence type, no key values), `customer_id_history` (merges, splits) and "
-        "`identity_runs`. Incremental: only the first-pass components around the units staging changed are "
-        "re-resolved (state in `identity_units`, `identity_unit_keys`, `identity_model_pairs`, and each "
-        "customer's size in `identity_customer_sizes`); full on the "
-        "first run, after an erasure, when the model, threshold or limits change, or when a batch makes a "
-        "blocking block cross the crowd limit. "
-        "PII: none directly; unit_id embeds source keys (crm_id, cookie, device id)."
-    ),
+    can_subset=False,
+    specs=[
+        _identity_table(
+            "customer_source_records",
+            "Which customer every staged web, app, store and CRM record belongs to. Grain: one row per "
+            "`stg_records` row (source, source_record_id, customer_id, unit_id). Built from the identifier graph "
+            "(shared user_id, loyalty_id, email, phone, crm_id; hub keys held back) and the saved Splink person "
+            "model, clustered with stable customer ids. Also records each run in `identity_runs`. Incremental: "
+            "only the first-pass components around the units staging changed are re-resolved (state in "
+            "`identity_units`, `identity_unit_keys`, `identity_model_pairs`, and each customer's size in "
+            "`identity_customer_sizes`); full on the first run, after an erasure, when the model, threshold or "
+            "limits change, or when a batch makes a blocking block cross the crowd limit. PII: none directly; "
+            "unit_id embeds source keys (crm_id, cookie, device id).",
+        ),
+        _identity_table(
+            IDENTITY_EDGES,
+            "Why units are one customer, written by the customer_source_records step. Grain: one row per pair of "
+            "units joined (unit_id_l, unit_id_r) with its evidence: a key type and rule, or `splink` and the "
+            "match weight. Read by `cdp identity explain` and the web console. PII: none (units and key types, "
+            "never key values).",
+        ),
+        _identity_table(
+            CUSTOMER_ID_HISTORY,
+            "Customer ids that changed, appended by the customer_source_records step: `merged` (the old customer "
+            "now lives inside the new one), `split` (part of it moved to the new one) or `retired`. Grain: one "
+            "row per old id, new id and run. Read by restrictions and profile lookups to follow an old id. PII: "
+            "none (customer ids only).",
+        ),
+    ],
 )
-def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
+def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> Iterator[dg.MaterializeResult]:
     from identity.resolve import resolve_identities
 
     with store.session() as con:
         stats = resolve_identities(con, store.settings, full=store.full_refresh or None)
+        history = int(con.execute(f"SELECT count(*) FROM {CUSTOMER_ID_HISTORY}").fetchall()[0][0])
     scope = (
         f"incremental: {stats['changed_units']} changed units, {stats['region_units']} re-resolved"
         if stats["mode"] == "incremental"
@@ -55,7 +84,14 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
         "graph_seconds", "model_seconds", "cluster_seconds", "write_seconds", "run_id", "mode", "full_reason",
         "changed_units", "identity_changed_units", "region_units", "changed_customers", "person_units_scored",
     )  # fmt: skip
-    return dg.MaterializeResult(metadata={**{k: stats[k] for k in keep if k in stats}, ROW_COUNT: stats["records"]})
+    yield dg.MaterializeResult(
+        asset_key="customer_source_records",
+        metadata={**{k: stats[k] for k in keep if k in stats}, ROW_COUNT: stats["records"]},
+    )
+    run = {"run_id": stats["run_id"], "mode": stats["mode"]}
+    yield dg.MaterializeResult(asset_key=IDENTITY_EDGES, metadata={**run, ROW_COUNT: stats["identity_edges"]})
+    changed = {"merged": stats["merged"], "split": stats["split"], "retired": stats["retired"]}
+    yield dg.MaterializeResult(asset_key=CUSTOMER_ID_HISTORY, metadata={**run, **changed, ROW_COUNT: history})
 
 
 def _latest_run_stats(store: CdpStore) -> dict:

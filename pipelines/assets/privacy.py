@@ -12,7 +12,7 @@ RESTRICTIONS_FOLLOW_CUSTOMERS = "restrictions_follow_current_customers"
     name="restrictions",
     group_name="privacy",
     kinds={"duckdb"},
-    deps=[dg.AssetKey("customer_source_records")],
+    deps=[dg.AssetKey("customer_source_records"), dg.AssetKey("customer_id_history")],
     description=(
         "Active restrictions (Art. 18) and objections to direct marketing (Art. 21), by customer id. "
         "Grain: one row per customer, request and kind. Written by `cdp privacy restrict`; this asset "

@@ -6,6 +6,7 @@ file and Dagster home. Identity accuracy and consent rules are asserted in their
 
 import shutil
 
+import dagster as dg
 import pytest
 
 from cdp.config import load_settings
@@ -47,6 +48,24 @@ def test_whole_graph_materialises_and_checks_pass(first_run):
     assert set(spans) == step_names and all(start <= end for start, end in spans.values())
     raw_end, staged_start = spans["raw_web"][1], spans["stg_records"][0]
     assert raw_end <= staged_start  # stg_records depends on raw_web
+
+
+def test_the_identity_step_materialises_the_tables_it_writes(world, first_run):
+    """identity_edges and customer_id_history are assets of the identity step, each with its row count."""
+    from pipelines.run import prepare_instance
+
+    settings, _, _ = world
+    instance = prepare_instance(settings)
+    con = connect(settings.db_path, read_only=True)
+    try:
+        for table in ("customer_source_records", "identity_edges", "customer_id_history"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(table))
+            assert event is not None and event.run_id == first_run[0].run_id, table
+            rows = event.asset_materialization.metadata["dagster/row_count"].value
+            assert rows == con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0], table
+        assert con.execute("SELECT count(*) FROM identity_edges").fetchall()[0][0] > 0
+    finally:
+        con.close()
 
 
 def test_every_row_is_accounted_for(world, first_run):
