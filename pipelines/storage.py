@@ -17,7 +17,10 @@ migrations twice (alembic loads the migration files anew for each revision looku
 60 ms a run). This class reads them once per process (:func:`_migrations`) and stamps a new run shard with
 them; the index shard, which may need migrating, keeps Dagster's own initialisation.
 
-It overrides private methods of Dagster's (``_connect``, ``_initdb``) and uses its lock: Dagster is
+Since commits wait in each shard's ``-wal`` file, the watch that streams a running run's events to the UI is
+also woken by that file (:class:`_RunWatchdog`); Dagster's watches the ``.db`` file only.
+
+It overrides private methods of Dagster's (``_connect``, ``_initdb``, ``watch``) and uses its lock: Dagster is
 pinned in requirements.lock, and tests/pipelines/test_event_log_storage.py runs jobs through the class, so
 an upgrade that changes them fails there first. Removing the ``event_log_storage`` block from dagster.yaml
 returns to Dagster's own class over the same files.
@@ -47,11 +50,14 @@ from dagster._core.storage.event_log.sqlite import sqlite_event_log
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
+    SqliteEventLogStorageWatchdog,
 )
 from dagster._core.storage.sql import get_alembic_config
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.engine import Connection
+from watchdog.events import FileSystemEvent, PatternMatchingEventHandler
+from watchdog.observers import Observer
 
 #: Engines kept at once: the index shard, the run being written, and a few runs the UI is reading.
 MAX_ENGINES = 8
@@ -112,6 +118,23 @@ def default_base_dir() -> str:
     temporary = tempfile.mkdtemp(prefix="dagster-event-log-")
     atexit.register(shutil.rmtree, temporary, ignore_errors=True)
     return temporary
+
+
+class _RunWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's watchdog of a run's shard (what streams a running run's events to the UI), woken by writes to
+    the shard's ``-wal`` file as well as the shard itself.
+
+    Dagster's watches the ``.db`` file alone. Its own storage closes the connection after every event, which
+    checkpoints the log into the ``.db``; the kept connections here leave commits in the ``-wal`` until a
+    checkpoint, so the UI showed a running run's events only when it ended.
+    """
+
+    def __init__(self, storage: SqliteEventLogStorage, run_id: str, callback: Any, cursor: str | None):
+        super().__init__(storage, run_id, callback, cursor)
+        PatternMatchingEventHandler.__init__(self, patterns=[self._log_path, f"{self._log_path}-wal"])
+
+    def on_modified(self, event: FileSystemEvent) -> None:  # Dagster's asserts the path is the .db file
+        self._process_log()
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -183,6 +206,16 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
+        """As Dagster's, with a watchdog that the shard's write-ahead log wakes too (see :class:`_RunWatchdog`)."""
+        observer: Any = self._obs  # Dagster declares it None until the first watch
+        if not observer:
+            observer = Observer()
+            observer.start()
+            self._obs = observer
+        watchdog = _RunWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (watchdog, observer.schedule(watchdog, self._base_dir, recursive=True))
 
     def _dispose_engines(self) -> None:
         with self._db_lock:

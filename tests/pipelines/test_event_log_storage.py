@@ -122,3 +122,38 @@ def test_run_shards_are_dagsters_own_with_the_migrations_read_once(tmp_path, mon
         assert storage._migrations.cache_info().misses == 1  # read for the first run's shard, kept for the next
     finally:
         ours.dispose()
+
+
+def test_a_running_runs_events_reach_a_watcher_as_they_are_written(tmp_path):
+    """The UI streams a running run's events through ``watch``. Dagster's watchdog waits for the shard's .db
+    file to change; with kept connections the commits stay in its -wal file until a checkpoint, so the
+    events arrived only when the run ended. Each must arrive before the next is written."""
+    import logging
+    import threading
+
+    from dagster._core.events.log import EventLogEntry
+
+    log = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    arrived = threading.Condition()
+    seen: list[str] = []
+
+    def callback(entry: EventLogEntry, _cursor: str) -> None:
+        with arrived:
+            seen.append(entry.user_message)
+            arrived.notify_all()
+
+    def event(message: str) -> EventLogEntry:
+        return EventLogEntry(
+            error_info=None, level=logging.INFO, user_message=message, run_id="r1", timestamp=0.0, dagster_event=None
+        )
+
+    log.store_event(event("started"))  # the shard exists before the UI watches it
+    log.watch("r1", None, callback)
+    try:
+        for n in range(1, 4):
+            log.store_event(event(f"step {n}"))
+            with arrived:
+                assert arrived.wait_for(lambda n=n: f"step {n}" in seen, timeout=10), seen
+        assert Path(f"{log.path_for_shard('r1')}-wal").exists()  # the commits are in the write-ahead log
+    finally:
+        log.dispose()
