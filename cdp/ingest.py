@@ -31,6 +31,9 @@ from cdp.suppression import SqlHasher, identifier_hash
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json"}
 CONSENT_STATUSES = ("granted", "withdrawn")
+#: The quarantine reason of a row whose key another owner holds (``<key> already used by another <owner>``):
+#: the row is not the key's owner's, so erasure and access do not take it for theirs by its key.
+REUSED_KEY = "already used by another"
 
 
 @dataclass
@@ -712,7 +715,7 @@ class Ingestor:
         if spec.owner and not forced_reason:
             loadable = f"(CASE {' '.join(reasons)} END) IS NULL" if reasons else "true"
             reused = self._note_reused_keys(spec, spec.owner, loadable)
-            reasons.append(f"WHEN {reused} THEN '{spec.key} already used by another {spec.owner}'")
+            reasons.append(f"WHEN {reused} THEN '{spec.key} {REUSED_KEY} {spec.owner}'")
         reason_sql = "CASE " + " ".join(reasons) + " END"
         suppressed_sql, params = self._suppressed_sql(spec)
         join_phone = self._has_suppressions and "phone" in spec.columns

@@ -34,6 +34,8 @@ from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import store_secret
 from consent import register
 from consent.erasure import (
+    SUBJECT_UNITS,
+    Rule,
     Scope,
     Subject,
     drop_scope,
@@ -135,6 +137,10 @@ def collect(
         "records": {},
     }
     placed = set(SKIPPED)
+
+    def select(table: str) -> str:
+        return f"SELECT {_columns(table, rules[table])} FROM {table} WHERE {rules[table].where}"
+
     for source in RECORD_SOURCES:
         table = raw_table(source)
         placed.add(table)
@@ -147,14 +153,26 @@ def collect(
         for table in tables:
             placed.add(table)
             if table in rules:
-                doc[section] += _rows(con, f"SELECT * FROM {table} WHERE {rules[table].where}")
+                doc[section] += _rows(con, select(table))
     doc["exports"] = [_plain(e) for e in exports_of_subject(con)]
-    doc["other"] = {
-        table: _rows(con, f"SELECT * FROM {table} WHERE {rule.where}")
-        for table, rule in rules.items()
-        if table not in placed
-    }
+    doc["other"] = {table: _rows(con, select(table)) for table in rules if table not in placed}
     return doc
+
+
+#: In place of a unit that is not the subject's, on a pair that joins one of theirs to it (a model pair
+#: scored below the threshold, say): the score concerns the subject, the other record's key does not.
+OTHER_UNIT = "(another customer's record)"
+
+
+def _columns(table: str, rule: Rule) -> str:
+    """The columns of ``table`` as the document shows them: every one, except that a pair of units names only
+    the subject's units (the other unit's id embeds another person's CRM id, cookie or device id)."""
+    pair = [c for c in rule.columns if c in ("unit_id_l", "unit_id_r")]
+    if not pair:
+        return "*"
+    other = OTHER_UNIT.replace("'", "''")
+    masked = ", ".join(f"CASE WHEN {c} IN {SUBJECT_UNITS} THEN {c} ELSE '{other}' END AS {c}" for c in pair)
+    return f"* REPLACE ({masked})"
 
 
 def _register_document(

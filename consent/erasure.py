@@ -54,7 +54,7 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError, StoreBusyError
-from cdp.ingest import IDENTIFIER_COLUMNS, text_values
+from cdp.ingest import IDENTIFIER_COLUMNS, REUSED_KEY, text_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, table_exists, transaction
 from cdp.suppression import identifier_hash, store_secret
 from consent import register
@@ -92,6 +92,8 @@ def _ids(identifier_type: str) -> str:
 
 _CUSTOMERS = "(SELECT customer_id FROM _subject_customers)"
 _UNITS = "(SELECT DISTINCT unit_id FROM _subject_records)"
+#: The subject's identity units, as SQL, for the access document (on the scope of :func:`find_subject`).
+SUBJECT_UNITS = _UNITS
 _RECORD_PAIRS = "(SELECT source, record_id FROM _subject_records)"
 _CONSENT = "(SELECT consent_id FROM _subject_consent)"
 
@@ -694,11 +696,12 @@ class _Matcher:
                 out += [(None, piece) for piece in text_values(value, regions)]
         return out
 
-    def carries(self, data: dict[str, Any], source: str) -> bool:
+    def carries(self, data: dict[str, Any], source: str, by_key: bool = True) -> bool:
+        """Whether ``data`` carries one of the subject's identifiers, or (``by_key``) a key of their records."""
         regions = phone_regions(list(data.values()), self.region)
-        return any(self._carries(name, value, source, regions) for name, value in self.fields(data, regions))
+        return any(self._carries(name, value, source, regions, by_key) for name, value in self.fields(data, regions))
 
-    def _carries(self, field_name: str | None, value: object, source: str, regions: list[str]) -> bool:
+    def _carries(self, field_name: str | None, value: object, source: str, regions: list[str], by_key: bool) -> bool:
         from identity.standardise import identifier_readings
 
         if value is None or isinstance(value, dict | list):
@@ -708,10 +711,9 @@ class _Matcher:
             return False
         spec = SOURCE_SPECS.get(source)
         usable = self.usable
-        if field_name is None:  # a piece of free text: any key of the subject
-            if text in self.all_keys:
-                return True
-        elif spec is not None and field_name == spec.key and text in self.keys.get(source, set()):
+        if by_key and field_name is None and text in self.all_keys:  # a piece of free text: any of their keys
+            return True
+        if by_key and spec is not None and field_name == spec.key and text in self.keys.get(source, set()):
             return True
         id_type = _FIELD_TYPES.get(field_name or "")
         phone_like = (id_type == "phone_e164" or field_name is None) and sum(ch.isdigit() for ch in text) >= 7
@@ -733,12 +735,17 @@ def _json_object(text: object, key: str) -> dict[str, Any]:
 
 def _scan_quarantine(con: duckdb.DuckDBPyConnection, matcher: _Matcher) -> int:
     """Mark quarantined rows that carry the subject anywhere in their raw content: a column, a nested value,
-    a piece of a malformed line (kept as ``{"line": ...}``) or of a row rejected with its whole file."""
+    a piece of a malformed line (kept as ``{"line": ...}``) or of a row rejected with its whole file. A row
+    quarantined because another owner holds its key (two tills numbering alike) is someone else's record
+    with the subject's key: only the subject's identifiers make it theirs."""
     hits = []
-    cursor = con.execute("SELECT rowid, source, raw FROM quarantine WHERE raw IS NOT NULL")
+    cursor = con.execute(
+        "SELECT rowid, source, raw, coalesce(reason, '') LIKE ? FROM quarantine WHERE raw IS NOT NULL",
+        [f"% {REUSED_KEY} %"],
+    )
     while batch := cursor.fetchmany(10_000):
-        for row_id, source, raw in batch:
-            if matcher.carries(_json_object(raw, "line"), str(source)):
+        for row_id, source, raw, reused in batch:
+            if matcher.carries(_json_object(raw, "line"), str(source), by_key=not reused):
                 hits.append((row_id,))
     if hits:
         con.executemany("INSERT INTO _subject_quarantine VALUES (?)", hits)

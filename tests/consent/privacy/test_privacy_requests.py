@@ -19,13 +19,21 @@ from typer.testing import CliRunner
 from cdp.commands import privacy as privacy_cli
 from cdp.errors import CdpError
 from cdp.store import connect, table_exists
-from consent import register
+from consent import erasure, register
 from consent.access import access
 from consent.erasure import Subject
 from consent.restriction import active_restrictions, carry_restrictions, restrict, unrestrict
 
 ALICE = Subject.from_options("ALICE.SMITH@gmail.com", None, None)
 BOB_STRINGS = ("bob.other", "C-BOB-2", "L-BOB-12", "U-BOB-3", "ck-bob-1", "T-2", "K-2", "Carol", "C-CAROL-3")
+
+
+def _run_with(world: Any, pw: SimpleNamespace, files: dict[str, str]) -> duckdb.DuckDBPyConnection:
+    """The world's inbox with ``files`` added, run through the pipeline; the store's connection, open."""
+    pw.write_inbox(world.inbox, files)
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    return con
 
 
 # -- access ---------------------------------------------------------------------------------------------
@@ -67,6 +75,41 @@ def test_access_document_holds_every_record_of_the_subject_with_provenance_and_n
         ("access", "completed", 7)
     ]
     assert con.execute("SELECT action, count FROM audit_log WHERE action <> 'export'").fetchall() == [("access", 7)]
+    con.close()
+
+
+def test_access_leaves_out_another_persons_row_with_her_key_and_the_other_side_of_her_model_pairs(
+    world: Any, pw: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Bob's receipt from another store reuses her receipt's number (two tills numbering alike): quarantined,
+    and his, not hers. A model pair scored between her unit and his names his CRM id: that side is masked."""
+    receipt = "transaction_id,transaction_time,store_id,email,first_name,last_name,amount\n"
+    receipt += "T-1,2025-04-01T12:00:00Z,S9,bob.other@fastmail.co.uk,Bob,Other,12.00\n"
+    con = _run_with(world, pw, {"store/s9.csv": receipt})
+    assert con.execute("SELECT reason FROM quarantine WHERE raw LIKE '%S9%'").fetchall() == [
+        ("transaction_id already used by another store_id",)
+    ]
+    (alice_store,) = con.execute(
+        "SELECT unit_id FROM customer_source_records WHERE source_record_id = 'T-1'"
+    ).fetchall()[0]
+    con.execute(
+        "CREATE OR REPLACE TABLE identity_model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)"
+    )
+    con.execute("INSERT INTO identity_model_pairs VALUES (?, 'crm:C-BOB-2', -3.5)", [alice_store])
+    con.close()
+    out = tmp_path / "alice.json"
+    access(world.settings, ALICE, out)
+    text = out.read_text()
+    doc = json.loads(text)
+    assert "bob.other" not in text and "S9" not in text and "C-BOB-2" not in text
+    assert len(doc["quarantined_rows"]) == 3  # her own three, as before
+    assert doc["other"]["identity_model_pairs"] == [
+        {"unit_id_l": alice_store, "unit_id_r": "(another customer's record)", "match_weight": -3.5}
+    ]
+    # Erasing her leaves his row where it is.
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT count(*) FROM quarantine WHERE raw LIKE '%bob.other%'").fetchall()[0][0] == 1
     con.close()
 
 
@@ -115,15 +158,9 @@ def test_an_access_request_by_a_shared_landline_is_refused_before_anything_is_wr
 
 
 def test_an_access_request_by_a_shared_mailbox_is_refused(world: Any, pw: SimpleNamespace, tmp_path: Path) -> None:
-    pw.write_inbox(
-        world.inbox,
-        {
-            "crm/family.csv": "crm_id,first_name,last_name,email,date_of_birth\n"
-            "C-DAN-7,Dan,Nash,family.nash@yahoo.com,1970-01-01\nC-EVE-8,Eve,Nash,family.nash@yahoo.com,1972-02-02\n"
-        },
-    )
-    con = connect(world.settings.db_path)
-    pw.run_pipeline(con, world.settings, world.inbox)
+    family = "crm_id,first_name,last_name,email,date_of_birth\n"
+    family += "C-DAN-7,Dan,Nash,family.nash@yahoo.com,1970-01-01\nC-EVE-8,Eve,Nash,family.nash@yahoo.com,1972-02-02\n"
+    con = _run_with(world, pw, {"crm/family.csv": family})
     dan, eve = pw.customer_of(con, "crm", "C-DAN-7"), pw.customer_of(con, "crm", "C-EVE-8")
     con.close()
     assert dan != eve  # the world this test needs: one mailbox, two customers
