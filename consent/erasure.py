@@ -72,6 +72,7 @@ SCOPE_TABLES = (
     "_subject_records",
     "_subject_ids",
     "_subject_consent",
+    "_subject_consent_shared",
     "_subject_quarantine",
     "_subject_phones",
     "_subject_phone_spellings",
@@ -96,6 +97,8 @@ _UNITS = "(SELECT DISTINCT unit_id FROM _subject_records)"
 SUBJECT_UNITS = _UNITS
 _RECORD_PAIRS = "(SELECT source, record_id FROM _subject_records)"
 _CONSENT = "(SELECT consent_id FROM _subject_consent)"
+#: The subject's consent events that also reach others: kept, the subject's values removed.
+_CONSENT_SHARED = "(SELECT consent_id FROM _subject_consent_shared)"
 
 
 #: Ledger ids of the subject's consent rows and app records (first versions).
@@ -226,7 +229,8 @@ ERASURE_MAP: dict[str, Rule] = {
     "consent_events": Rule(
         "ledger events (every version) from the subject's consent rows or app records, or naming an exclusive "
         "identifier",
-        f"consent_id IN {_CONSENT} OR {_ledger_events('event_id')} OR {_any_identifier(ID_TYPES)}",
+        f"(consent_id IN {_CONSENT} OR {_ledger_events('event_id')} OR {_any_identifier(ID_TYPES)}) "
+        f"AND coalesce(consent_id NOT IN {_CONSENT_SHARED}, true)",
         ("consent_id", "event_id", *ID_TYPES),
     ),
     "consent_state": Rule("the subject's consent state", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
@@ -376,6 +380,9 @@ class Scope:
     link_evidence: dict[str, int] = field(default_factory=dict)
     #: values beyond the contract (``extra``) on other people's raw rows that carry the subject: removed
     extra_values: int = 0
+    #: the subject's consent events that also name others' identifiers: kept for them, the subject's values
+    #: removed (:func:`_set_aside_shared_consent`)
+    shared_consent_events: int = 0
 
 
 def drop_scope(con: duckdb.DuckDBPyConnection) -> None:
@@ -428,6 +435,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
         "exclusive BOOLEAN DEFAULT true, placeholder BOOLEAN DEFAULT false, usable BOOLEAN DEFAULT false)"
     )
     con.execute("CREATE TEMP TABLE _subject_consent (consent_id VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_consent_shared (consent_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_quarantine (row_id BIGINT)")
     con.execute("CREATE TEMP TABLE _subject_extra (table_name VARCHAR, row_id BIGINT, key VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
@@ -526,6 +534,8 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
                 f"WHERE consent_id IS NOT NULL AND ({where}) AND consent_id NOT IN {_CONSENT}"
             )
 
+    _set_aside_shared_consent(con, schema)
+
     # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
     if "phone_map" in schema:
         # A store staged before phone spellings had regions read every spelling in the default region.
@@ -540,6 +550,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     _collect_phone_spellings(con, schema)
     scope = _scope_counts(con, len(seeds), quarantined)
     scope.extra_values = extras
+    scope.shared_consent_events = int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
     if {"unit_id_l", "unit_id_r", "evidence"} <= schema.get("identity_edges", set()):
         scope.link_evidence = {
             str(evidence): int(n)
@@ -549,6 +560,51 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             ).fetchall()
         }
     return scope
+
+
+def _set_aside_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> None:
+    """Move to ``_subject_consent_shared`` the subject's consent events that also name a value the subject does
+    not hold alone: another customer's account, a shared landline, an id nobody holds yet. Such an event may be
+    another person's grant or withdrawal too (one naming the subject's email and someone else's user id
+    withdraws for both), so erasure keeps it and removes only the subject's values from it
+    (:func:`_redact_shared_consent`): deleting it would put the other person back into exports."""
+    for table in ("stg_consent", "consent_events"):
+        cols = schema.get(table, set())
+        others = " OR ".join(f"({t} IS NOT NULL AND {t} NOT IN {_ids(t)})" for t in ID_TYPES if t in cols)
+        if others:
+            con.execute(
+                f"""INSERT INTO _subject_consent_shared
+                    SELECT DISTINCT consent_id FROM {table}
+                    WHERE consent_id IN {_CONSENT} AND ({others})
+                      AND consent_id NOT IN {_CONSENT_SHARED}"""
+            )
+    con.execute(f"DELETE FROM _subject_consent WHERE consent_id IN {_CONSENT_SHARED}")
+
+
+def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> int:
+    """Remove the subject's values (exclusive, as swept elsewhere) from the consent events set aside by
+    :func:`_set_aside_shared_consent`, in every version and table of them; the rest of each event stays.
+    Returns how many events."""
+    shared = f"consent_id IN {_CONSENT_SHARED}"
+    for table in ("raw_consent", "stg_consent", "consent_events"):
+        cols = schema.get(table, set())
+        if not cols:
+            continue
+        # column -> whether it holds one of the subject's values (raw: as written; staged: normalised)
+        if table == "raw_consent":
+            holds = {c: _raw_carries(c, phone_region=PHONE_REGIONS["raw_consent"]) for c in cols & _CONSENT_RAW_IDS}
+        else:
+            holds = {t: f"{t} IN {_ids(t)}" for t in ID_TYPES if t in cols}
+            if "email" in cols and "email_key" in holds:
+                holds["email"] = holds["email_key"]
+        if holds:  # one statement: every condition reads the row as it was
+            sets = ", ".join(f"{c} = CASE WHEN {h} THEN NULL ELSE {c} END" for c, h in sorted(holds.items()))
+            con.execute(f"UPDATE {table} SET {sets} WHERE {shared}")
+    return int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
+
+
+#: The raw consent columns that hold identifiers, as written.
+_CONSENT_RAW_IDS = {"email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id"}
 
 
 def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:
@@ -897,6 +953,7 @@ def _erase_rows(
     """Inside the caller's transaction: move erased rows' counts in ``ingest_batches`` to
     ``rows_suppressed``, delete from every mapped table, write the suppression hashes."""
     rules = present_rules(con)
+    _redact_shared_consent(con, _schema(con))  # before the deletes: they would take these by the subject's values
     # Per batch, raw rows and quarantined rows that go: they become "suppressed by an erasure".
     moved = []
     for source in RECORD_SOURCES + ("consent",):

@@ -62,6 +62,11 @@ def _print_plan(plan: ErasurePlan) -> None:
     console.print(f"total rows: {plan.total}; identifiers to suppress: {sum(plan.suppress.values())}")
     if scope.extra_values:
         console.print(f"values beyond the contract on other people's rows that name the subject: {scope.extra_values}")
+    if scope.shared_consent_events:
+        console.print(
+            f"consent events that also name other people's identifiers: {scope.shared_consent_events} "
+            "(kept for them, without the subject's identifiers)"
+        )
     if plan.formerly_shared:
         from consent.erasure import formerly_shared_message
 

@@ -247,6 +247,7 @@ def plan_summary(report: Any) -> dict[str, Any]:
         "consent_events": scope.consent_events,
         "quarantined_rows": scope.quarantined_rows,
         "extra_values": scope.extra_values,
+        "shared_consent_events": scope.shared_consent_events,
         "table_counts": {t: n for t, n in plan.table_counts.items() if n},
         "total_rows": plan.total,
         "suppress": dict(plan.suppress),

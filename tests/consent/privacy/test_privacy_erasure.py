@@ -356,6 +356,41 @@ def test_a_pipeline_run_launched_from_dagster_finishes_an_interrupted_erasure_fi
     con.close()
 
 
+def test_a_withdrawal_naming_her_email_and_his_account_still_keeps_him_out_after_she_is_erased(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """One consent event names Alice's email and Bob's user id: it withdraws for both. Erasing Alice removes her
+    email from it and keeps it for Bob, who must stay out of email exports (deleting it exported him again)."""
+    from consent import enforce
+
+    pw.write_inbox(
+        world.inbox,
+        {
+            "consent/late.csv": "consent_id,event_time,purpose,status,source,email,user_id\n"
+            f"K-9,2025-03-01T00:00:00Z,email_marketing,withdrawn,crm,{pw.ALICE_EMAIL},U-BOB-3\n"
+        },
+    )
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    allowed = set(enforce.approve(con, "email_marketing").rows["customer_id"])
+    assert world.bob not in allowed and world.alice not in allowed
+    con.close()
+
+    plan = erasure.erase(world.settings, ALICE, dry_run=True).plan
+    assert plan.scope.shared_consent_events == 1
+    erasure.erase(world.settings, ALICE, dry_run=False)
+
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)  # the next run: consent state from the ledger as it is now
+    assert world.bob not in set(enforce.approve(con, "email_marketing").rows["customer_id"])
+    for table in ("raw_consent", "stg_consent", "consent_events"):
+        kept = con.execute(f"SELECT email, user_id FROM {table} WHERE consent_id = 'K-9'").fetchall()
+        assert kept == [(None, "U-BOB-3")], table
+    assert con.execute("SELECT count(*) FROM consent_events WHERE consent_id = 'K-1'").fetchall()[0][0] == 0
+    con.close()
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
+
+
 def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
     """A new key would match none of the suppressed hashes: the run and the privacy commands stop instead."""
     from pipelines.run import run_pipeline
