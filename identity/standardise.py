@@ -43,6 +43,13 @@ def _blank(value: object) -> bool:
 #: they stand in an email.
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 _NO_ZERO_WIDTH = str.maketrans("", "", ZERO_WIDTH)
+#: An address as mail clients copy it, after a display name: ``Ann Lee <ann@example.com>`` (the same pattern
+#: in SQL and Python: both engines read it alike).
+_DISPLAY_NAME = r"^[^<>@]*<([^<>]+)>$"
+_DISPLAY_NAME_RE = re.compile(_DISPLAY_NAME)
+#: Quotes around an address and the punctuation of the sentence it was typed in: ``"ann@example.com".``
+_EDGES = r"^[\"']+|[\"'.,;]+$"
+_EDGES_RE = re.compile(_EDGES)
 
 
 def normalise_email(value: object) -> str | None:
@@ -54,12 +61,22 @@ def normalise_email(value: object) -> str | None:
 
     >>> normalise_email("Jörg@Müller.DE")
     'jörg@xn--mller-kva.de'
+
+    An address after a display name, in quotes or before a full stop is read as the address:
+
+    >>> normalise_email('Ann Lee <Ann.Lee@Example.com>'), normalise_email('"ann.lee@example.com".')
+    ('ann.lee@example.com', 'ann.lee@example.com')
     """
     if _blank(value):
         return None
-    email = str(value).translate(_NO_ZERO_WIDTH).strip().lower().replace(" ", "")
+    email = str(value).translate(_NO_ZERO_WIDTH).strip()
+    shown = _DISPLAY_NAME_RE.match(email)
+    if shown:
+        email = shown.group(1)
+    email = email.lower().replace(" ", "")
     if email.startswith("mailto:"):
         email = email[len("mailto:") :]
+    email = _EDGES_RE.sub("", email)
     if email.isascii():
         return email if _EMAIL_RE.match(email) else None
     local, at, domain = unicodedata.normalize("NFC", email).rpartition("@")
@@ -102,16 +119,23 @@ def _is_filler(national: str) -> bool:
     return national in _FILLER_NUMBERS or national.endswith("000000")
 
 
+#: A note after a number, ``(mobile)``, ``mob``, ``- home``: phonenumbers reads letters as keypad digits
+#: (``(mobile)`` became 662453 more digits). An extension (``ext. 12``, ``x12``) ends in digits and stays.
+_PHONE_NOTE = re.compile(r"[\s,;/-]*(\([^()]*[A-Za-z][^()]*\)|[A-Za-z]+\.?)$")
+
+
 @lru_cache(maxsize=200_000)
 def normalise_phone(value: object, region: str = "GB") -> str | None:
     """E.164 form of a phone number written nationally (in ``region``) or internationally.
 
-    >>> normalise_phone("+44 (0)20 7946 0123")
-    '+442079460123'
+    >>> normalise_phone("+44 (0)20 7946 0123"), normalise_phone("07700 900123 (mobile)")
+    ('+442079460123', '+447700900123')
     """
     if _blank(value):
         return None
     text = str(value).strip()
+    while (note := _PHONE_NOTE.search(text)) and note.start() > 0:
+        text = text[: note.start()]
     if text.startswith("00"):
         text = "+" + text[2:]
     text = text.replace("(0)", "")
@@ -239,7 +263,13 @@ def _beyond_ascii(col: str) -> str:
 
 def sql_normalise_email(col: str) -> str:
     """:func:`normalise_email` in SQL (run inside :func:`email_functions`)."""
-    cleaned = f"regexp_replace(replace(lower({sql_strip(col)}), ' ', ''), '^mailto:', '')"
+    stripped = sql_strip(col)
+    shown = (
+        f"CASE WHEN regexp_matches({stripped}, '{_DISPLAY_NAME}') "
+        f"THEN regexp_extract({stripped}, '{_DISPLAY_NAME}', 1) ELSE {stripped} END"
+    )
+    edges = _EDGES.replace("'", "''")
+    cleaned = f"regexp_replace(regexp_replace(replace(lower({shown}), ' ', ''), '^mailto:', ''), '{edges}', '', 'g')"
     pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
     return (
         f"CASE WHEN {_beyond_ascii(col)} THEN cdp_normalise_email({col}) "

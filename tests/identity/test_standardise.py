@@ -37,6 +37,12 @@ PHONES = [
     ("01234 567890", None),
     ("07000 000000", None),
     ("+7 912 345 67 89", "+79123456789"),  # holds "123456789", and is a real Russian mobile
+    # A note after the number: phonenumbers read its letters as keypad digits (an impossible number).
+    ("+44 7700 900123 (mobile)", "+447700900123"),
+    ("07700 900123 mob", "+447700900123"),
+    ("07700 900123 - home.", "+447700900123"),
+    ("+44 7700 900123 ext. 12", "+447700900123"),  # an extension stays an extension
+    ("mobile", None),
     ("-1", None),
     ("n/a", None),
     ("", None),
@@ -75,6 +81,12 @@ EMAILS = [
     ("ann\u00a0lee@bücher.de", None, None),  # a no-break space inside: a typing accident
     ("\U0001f600@bücher.de", None, None),  # an emoji is no mailbox name
     ("jörg@bücher..de", None, None),  # an empty label
+    # As mail clients and forms hand them over: after a display name, quoted, ending a sentence.
+    ("Ann Lee <Ann.Lee+news@Fastmail.co.uk>", "ann.lee+news@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ('"ann.lee@fastmail.co.uk"', "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ("ann.lee@fastmail.co.uk.", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ("Jörg <Jörg@Bücher.de>", "jörg@xn--bcher-kva.de", "jörg@xn--bcher-kva.de"),
+    ("ann@fastmail.co.uk, bob@example.org", None, None),  # two addresses: neither is taken
     ("not an email", None, None),
     ("bob@", None, None),
     ("@example.com", None, None),

@@ -391,6 +391,29 @@ def test_a_withdrawal_naming_her_email_and_his_account_still_keeps_him_out_after
     assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
 
 
+def test_her_email_after_a_display_name_and_her_phone_with_a_note_are_suppressed_after_erasure(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """Written as mail clients and forms hand them over, her identifiers used to read as no identifier at all:
+    neither suppressed at ingestion nor found by a second erasure. A withdrawal written so reached nobody."""
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    receipts = "transaction_id,transaction_time,store_id,email,phone,amount\n"
+    receipts += f"T-70,2025-05-01T12:00:00Z,S1,Alice Smith <{pw.ALICE_EMAIL}>,,3.00\n"
+    receipts += f'T-71,2025-05-01T12:00:00Z,S1,"{pw.ALICE_EMAIL}".,,3.00\n'
+    consent = "consent_id,event_time,purpose,status,source,email\n"
+    consent += "K-10,2025-06-01T00:00:00Z,email_marketing,withdrawn,crm,Carol Jones <carol.jones@yahoo.co.uk>\n"
+    pw.write_inbox(world.inbox, {"store/forms.csv": receipts, "consent/forms.csv": consent})
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    from consent import enforce
+
+    assert con.execute(
+        "SELECT rows_loaded, rows_suppressed FROM ingest_batches WHERE file LIKE '%store/forms.csv'"
+    ).fetchall() == [(0, 2)]
+    assert world.carol not in set(enforce.approve(con, "email_marketing").rows["customer_id"])
+    con.close()
+
+
 def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
     """A new key would match none of the suppressed hashes: the run and the privacy commands stop instead."""
     from pipelines.run import run_pipeline
