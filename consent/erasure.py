@@ -99,6 +99,8 @@ _RECORD_PAIRS = "(SELECT source, record_id FROM _subject_records)"
 _CONSENT = "(SELECT consent_id FROM _subject_consent)"
 #: The subject's consent events that also reach others: kept, the subject's values removed.
 _CONSENT_SHARED = "(SELECT consent_id FROM _subject_consent_shared)"
+#: The raw consent columns that hold identifiers, as written.
+_CONSENT_RAW_IDS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
 
 
 #: Ledger ids of the subject's consent rows and app records (first versions).
@@ -172,7 +174,12 @@ ERASURE_MAP: dict[str, Rule] = {
         f"{_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email', phone_region=PHONE_REGIONS['raw_crm'])}",
         ("crm_id", "user_id", "loyalty_id", "phone", "email"),
     ),
-    "raw_consent": Rule("the subject's consent events", f"consent_id IN {_CONSENT}", ("consent_id",)),
+    "raw_consent": Rule(
+        "the subject's consent events, and consent rows not staged yet that carry their identifiers",
+        f"consent_id IN {_CONSENT} OR (coalesce(consent_id NOT IN {_CONSENT_SHARED}, true) AND "
+        f"({_raw_carries(*_CONSENT_RAW_IDS, phone_region=PHONE_REGIONS['raw_consent'])}))",
+        ("consent_id", *_CONSENT_RAW_IDS),
+    ),
     "quarantine": Rule(
         "rejected rows whose raw content carries an identifier or record key of the subject",
         "rowid IN (SELECT row_id FROM _subject_quarantine)",
@@ -544,6 +551,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
             f"INSERT INTO _subject_phone_spellings SELECT raw, {region_column} FROM phone_map "
             f"WHERE e164 IN {_ids('phone_e164')}"
         )
+    _add_unmapped_phone_spellings(con, schema, region)
     matcher = _Matcher(con, region)
     quarantined = 0 if matcher.empty or "quarantine" not in schema else _scan_quarantine(con, matcher)
     extras = 0 if matcher.empty else _scan_extras(con, schema, matcher)
@@ -592,7 +600,9 @@ def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set
             continue
         # column -> whether it holds one of the subject's values (raw: as written; staged: normalised)
         if table == "raw_consent":
-            holds = {c: _raw_carries(c, phone_region=PHONE_REGIONS["raw_consent"]) for c in cols & _CONSENT_RAW_IDS}
+            holds = {
+                c: _raw_carries(c, phone_region=PHONE_REGIONS["raw_consent"]) for c in _CONSENT_RAW_IDS if c in cols
+            }
         else:
             holds = {t: f"{t} IN {_ids(t)}" for t in ID_TYPES if t in cols}
             if "email" in cols and "email_key" in holds:
@@ -601,10 +611,6 @@ def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set
             sets = ", ".join(f"{c} = CASE WHEN {h} THEN NULL ELSE {c} END" for c, h in sorted(holds.items()))
             con.execute(f"UPDATE {table} SET {sets} WHERE {shared}")
     return int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
-
-
-#: The raw consent columns that hold identifiers, as written.
-_CONSENT_RAW_IDS = {"email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id"}
 
 
 def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:
@@ -634,7 +640,7 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
     keys = [k for (k,) in con.execute(f"SELECT value FROM {_ids('email_key')}").fetchall()]
     written = [
         f"SELECT email FROM {raw_table(source)} WHERE email IS NOT NULL"
-        for source in RECORD_SOURCES
+        for source in (*RECORD_SOURCES, "consent")
         if "email" in schema.get(raw_table(source), set())
     ]
     if not keys or not written:
@@ -652,6 +658,29 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
                   AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
             [key.split("@")[0].replace(".", "") for key in keys],
         )
+
+
+def _add_unmapped_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> None:
+    """Add to ``_subject_phone_spellings`` the spellings of the subject's phones on raw rows that ``phone_map``
+    does not hold yet (rows ingested and not staged: a run that failed after ingestion), read as staging will
+    read them. Only the unmapped spellings are read here, with the standardiser."""
+    from identity.standardise import normalise_phone
+
+    wanted = {value for (value,) in con.execute(f"SELECT value FROM {_ids('phone_e164')}").fetchall()}
+    spellings = [
+        f"SELECT DISTINCT phone AS raw, {PHONE_REGIONS[table]} AS region FROM {table} WHERE phone IS NOT NULL"
+        for table in PHONE_REGIONS
+        if "phone" in schema.get(table, set())
+    ]
+    if not wanted or not spellings:
+        return
+    sql = f"SELECT raw, region FROM ({' UNION '.join(spellings)}) s"
+    if "phone_map" in schema:
+        same_region = "AND m.region = s.region" if "region" in schema["phone_map"] else ""
+        sql += f" WHERE NOT EXISTS (SELECT 1 FROM phone_map m WHERE m.raw = s.raw {same_region})"
+    found = [(raw, r) for raw, r in con.execute(sql).fetchall() if normalise_phone(raw, r or region) in wanted]
+    if found:
+        con.executemany("INSERT INTO _subject_phone_spellings VALUES (?, ?)", found)
 
 
 def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> int:

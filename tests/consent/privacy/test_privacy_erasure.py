@@ -484,7 +484,7 @@ def test_rows_ingested_but_not_staged_yet_are_erased_and_do_not_come_back(world:
     finds them (a CRM contact, and an app line cut short in quarantine), with the ids they carry."""
     from cdp.ingest import Ingestor
 
-    dana = (b"dana.new@fastmail.co.uk", b"C-DANA-8", b"07700 900555", b"dev-dana-1")
+    dana = (b"dana.new@fastmail.co.uk", b"C-DANA-8", b"07700 900555", b"dev-dana-1", b"7700-900555", b"K-DANA-1")
     pw.write_inbox(
         world.inbox,
         {
@@ -492,6 +492,11 @@ def test_rows_ingested_but_not_staged_yet_are_erased_and_do_not_come_back(world:
             "C-DANA-8,Dana,New,Dana.New@fastmail.co.uk,07700 900555\n",
             "app/late.jsonl": '{"event_id": "A-8", "event_time": "2025-05-03T08:00:00Z", "device_id": "dev-dana-1", '
             '"email": "dana.new@fastmail.co.uk",\n',
+            # Her consent, and a receipt with her phone in a spelling no staged record has.
+            "consent/late.csv": "consent_id,event_time,purpose,status,source,email\n"
+            "K-DANA-1,2025-05-04T08:00:00Z,email_marketing,granted,web_banner,DANA.NEW@fastmail.co.uk\n",
+            "store/late.csv": "transaction_id,transaction_time,store_id,phone,amount\n"
+            "T-DANA-1,2025-05-04T09:00:00Z,S1,+44 (0) 7700-900555,4.00\n",
         },
     )
     con = _open(world)
@@ -502,6 +507,7 @@ def test_rows_ingested_but_not_staged_yet_are_erased_and_do_not_come_back(world:
     report = erasure.erase(world.settings, Subject.from_options("dana.new@fastmail.co.uk", None, None), dry_run=False)
 
     assert report.deleted.get("raw_crm") == 1 and report.deleted.get("quarantine") == 1
+    assert report.deleted.get("raw_consent") == 1 and report.deleted.get("raw_store") == 1
     data = pw.file_bytes(world.settings.db_path).lower()
     assert not [s for s in dana if s.lower() in data]
     con = connect(world.settings.db_path)
