@@ -34,6 +34,8 @@ from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import store_secret
 from consent import register
 from consent.erasure import (
+    CONSENT_TABLES,
+    SHARED_CONSENT,
     SUBJECT_UNITS,
     Rule,
     Scope,
@@ -43,6 +45,7 @@ from consent.erasure import (
     find_subject,
     present_rules,
     refuse_formerly_shared,
+    subject_values,
 )
 from consent.export import private_file
 from consent.restriction import refuse_several_customers
@@ -138,8 +141,19 @@ def collect(
     }
     placed = set(SKIPPED)
 
+    schema = {t: {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {t})").fetchall()} for t in rules}
+
     def select(table: str) -> str:
-        return f"SELECT {_columns(table, rules[table])} FROM {table} WHERE {rules[table].where}"
+        own = f"SELECT {_columns(table, rules[table])} FROM {table} WHERE {rules[table].where}"
+        if table not in CONSENT_TABLES:
+            return own
+        # The subject's events that also name others (kept for them at an erasure): with the others' values hidden.
+        other = OTHER_IDENTIFIER.replace("'", "''")
+        masked = ", ".join(
+            f"CASE WHEN {c} IS NULL OR {holds} THEN {c} ELSE '{other}' END AS {c}"
+            for c, holds in sorted(subject_values(table, schema[table]).items())
+        )
+        return f"{own} UNION ALL BY NAME SELECT * REPLACE ({masked}) FROM {table} WHERE consent_id IN {SHARED_CONSENT}"
 
     for source in RECORD_SOURCES:
         table = raw_table(source)
@@ -162,6 +176,8 @@ def collect(
 #: In place of a unit that is not the subject's, on a pair that joins one of theirs to it (a model pair
 #: scored below the threshold, say): the score concerns the subject, the other record's key does not.
 OTHER_UNIT = "(another customer's record)"
+#: In place of an identifier that is not the subject's, on a consent event naming them and someone else.
+OTHER_IDENTIFIER = "(another person's identifier)"
 
 
 def _columns(table: str, rule: Rule) -> str:

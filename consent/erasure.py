@@ -589,24 +589,30 @@ def _set_aside_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, 
     con.execute(f"DELETE FROM _subject_consent WHERE consent_id IN {_CONSENT_SHARED}")
 
 
+#: The tables holding consent events, raw to ledger: each event's identifiers as written and normalised.
+CONSENT_TABLES = ("raw_consent", "stg_consent", "consent_events")
+#: SQL for the consent events of the subject that also reach others (:func:`_set_aside_shared_consent`).
+SHARED_CONSENT = _CONSENT_SHARED
+
+
+def subject_values(table: str, cols: set[str]) -> dict[str, str]:
+    """The identifier columns of a consent table, each with SQL telling whether it holds one of the subject's
+    values (exclusive and usable, as swept elsewhere): as written in ``raw_consent``, normalised after it."""
+    if table == "raw_consent":
+        return {c: _raw_carries(c, phone_region=PHONE_REGIONS["raw_consent"]) for c in _CONSENT_RAW_IDS if c in cols}
+    holds = {t: f"{t} IN {_ids(t)}" for t in ID_TYPES if t in cols}
+    if "email" in cols and "email_key" in holds:
+        holds["email"] = holds["email_key"]
+    return holds
+
+
 def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> int:
     """Remove the subject's values (exclusive, as swept elsewhere) from the consent events set aside by
     :func:`_set_aside_shared_consent`, in every version and table of them; the rest of each event stays.
     Returns how many events."""
     shared = f"consent_id IN {_CONSENT_SHARED}"
-    for table in ("raw_consent", "stg_consent", "consent_events"):
-        cols = schema.get(table, set())
-        if not cols:
-            continue
-        # column -> whether it holds one of the subject's values (raw: as written; staged: normalised)
-        if table == "raw_consent":
-            holds = {
-                c: _raw_carries(c, phone_region=PHONE_REGIONS["raw_consent"]) for c in _CONSENT_RAW_IDS if c in cols
-            }
-        else:
-            holds = {t: f"{t} IN {_ids(t)}" for t in ID_TYPES if t in cols}
-            if "email" in cols and "email_key" in holds:
-                holds["email"] = holds["email_key"]
+    for table in CONSENT_TABLES:
+        holds = subject_values(table, schema.get(table, set()))
         if holds:  # one statement: every condition reads the row as it was
             sets = ", ".join(f"{c} = CASE WHEN {h} THEN NULL ELSE {c} END" for c, h in sorted(holds.items()))
             con.execute(f"UPDATE {table} SET {sets} WHERE {shared}")

@@ -4,6 +4,7 @@ Access, restriction and the register are in test_privacy_requests.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -375,6 +376,15 @@ def test_a_withdrawal_naming_her_email_and_his_account_still_keeps_him_out_after
     allowed = set(enforce.approve(con, "email_marketing").rows["customer_id"])
     assert world.bob not in allowed and world.alice not in allowed
     con.close()
+
+    # Her access document holds the event, without his account.
+    from consent.access import access
+
+    access(world.settings, ALICE, world.settings.home / "alice.json")
+    doc = json.loads((world.settings.home / "alice.json").read_text())
+    (received,) = [e for e in doc["consent_received"] if e["consent_id"] == "K-9"]
+    assert received["email"] == pw.ALICE_EMAIL and received["user_id"] == "(another person's identifier)"
+    assert "U-BOB-3" not in json.dumps(doc)
 
     plan = erasure.erase(world.settings, ALICE, dry_run=True).plan
     assert plan.scope.shared_consent_events == 1
