@@ -472,6 +472,17 @@ IDENTIFIER_COLUMNS = {
 }
 
 
+#: Suppression type of an erased store receipt: a receipt carries no identifier when the customer gave none
+#: (a name on the till at most), so a re-sent copy of it is known by its till's number alone. Keyed by store
+#: and number, as ingestion tells receipts apart (two tills numbering alike are two receipts).
+STORE_RECEIPT = "store_receipt"
+
+
+def store_receipt_sql(store_id: str, transaction_id: str) -> str:
+    """SQL for the suppression value of a store receipt (``STORE_RECEIPT``) from its raw columns."""
+    return f"coalesce(trim({store_id}), '') || ':' || trim({transaction_id})"
+
+
 def _phone_region_sql(spec: SourceSpec) -> str:
     """The region a row's national phone numbers are read in, as staging reads them (``''``: the default)."""
     from identity.staging import PHONE_REGIONS
@@ -516,6 +527,8 @@ def _identifier_sql(spec: SourceSpec) -> dict[str, list[str]]:
                 written = sql_trim_id(_q(column))
                 out[id_type].append(f"NULLIF({written}, {normalised})")
                 out[id_type].append(f"CASE WHEN {sql_is_uuid(written)} THEN NULLIF(upper({written}), {written}) END")
+    if spec.name == "store":
+        out[STORE_RECEIPT] = [store_receipt_sql(_q("store_id"), _q("transaction_id"))]
     return out
 
 

@@ -54,7 +54,7 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError, StoreBusyError
-from cdp.ingest import IDENTIFIER_COLUMNS, REUSED_KEY, text_values
+from cdp.ingest import IDENTIFIER_COLUMNS, REUSED_KEY, STORE_RECEIPT, store_receipt_sql, text_values
 from cdp.store import RECORD_SOURCES, SOURCE_SPECS, connect, file_swap_guard, raw_table, table_exists, transaction
 from cdp.suppression import identifier_hash, store_secret
 from consent import register
@@ -1005,11 +1005,13 @@ def _erase_rows(
                 FROM (SELECT batch_id, sum(n) AS n, sum(q) AS q FROM ({" UNION ALL ".join(moved)}) GROUP BY 1) m
                 WHERE b.batch_id = m.batch_id"""
         )
+    receipts = _erased_receipts(con, rules)
     deleted = {}
     for table, rule in rules.items():
         deleted[table] = int(con.execute(f"DELETE FROM {table} WHERE {rule.where}").fetchall()[0][0])
     _remove_extra_values(con)
     values = con.execute("SELECT identifier_type, value FROM _subject_ids WHERE usable ORDER BY 1, 2").fetchall()
+    values += [(STORE_RECEIPT, receipt) for receipt in receipts]
     rows = [(t, identifier_hash(secret, t, v), plan.request_id, now) for t, v in values]
     if rows:
         con.executemany("INSERT INTO suppression_list VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
@@ -1027,6 +1029,17 @@ def _erase_rows(
     for t, _v in values:
         suppressed[t] = suppressed.get(t, 0) + 1
     return deleted, suppressed
+
+
+def _erased_receipts(con: duckdb.DuckDBPyConnection, rules: dict[str, Rule]) -> list[str]:
+    """The store receipts erasure takes (store and number, :func:`cdp.ingest.store_receipt_sql`): suppressed
+    too, so that a re-sent copy of one that carries no identifier (a name on the till) stays out."""
+    if "raw_store" not in rules:
+        return []
+    receipt = store_receipt_sql("store_id", "transaction_id")
+    taken = f"transaction_id IS NOT NULL AND ({rules['raw_store'].where})"
+    rows = con.execute(f"SELECT DISTINCT {receipt} FROM raw_store WHERE {taken} ORDER BY 1").fetchall()
+    return [str(r) for (r,) in rows]
 
 
 def _remove_extra_values(con: duckdb.DuckDBPyConnection) -> None:

@@ -424,6 +424,26 @@ def test_her_email_after_a_display_name_and_her_phone_with_a_note_are_suppressed
     con.close()
 
 
+def test_a_resent_copy_of_her_receipt_without_identifiers_stays_out(world: Any, pw: SimpleNamespace) -> None:
+    """The till exports her receipt again with her name and no identifier: known by store and number, it is
+    suppressed. Another store's receipt with the same number is someone else's and loads."""
+    report = erasure.erase(world.settings, ALICE, dry_run=False)
+    assert report.suppressed.get("store_receipt") == 1  # T-1 at S1
+    header = "transaction_id,transaction_time,store_id,first_name,last_name,amount\n"
+    resent = {
+        "store/resent-1.csv": header + "T-1,2025-03-01T12:00:00Z,S1,Alice,Smith,25.00\n",
+        "store/resent-2.csv": header + "T-1,2025-03-05T12:00:00Z,S9,Dan,Other,9.00\n",
+    }
+    pw.write_inbox(world.inbox, resent)
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    assert con.execute(
+        "SELECT rows_loaded, rows_suppressed FROM ingest_batches WHERE file LIKE '%store/resent-%' ORDER BY file"
+    ).fetchall() == [(0, 1), (1, 0)]
+    assert con.execute("SELECT store_id FROM raw_store WHERE transaction_id = 'T-1'").fetchall() == [("S9",)]
+    con.close()
+
+
 def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
     """A new key would match none of the suppressed hashes: the run and the privacy commands stop instead."""
     from pipelines.run import run_pipeline
