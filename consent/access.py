@@ -45,6 +45,7 @@ from consent.erasure import (
     find_subject,
     present_rules,
     refuse_formerly_shared,
+    store_schema,
     subject_values,
 )
 from consent.export import private_file
@@ -141,7 +142,7 @@ def collect(
     }
     placed = set(SKIPPED)
 
-    schema = {t: {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {t})").fetchall()} for t in rules}
+    schema = store_schema(con)
 
     def select(table: str) -> str:
         own = f"SELECT {_columns(table, rules[table])} FROM {table} WHERE {rules[table].where}"

@@ -303,7 +303,7 @@ def uncovered_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
             if not (schema == "main" and name in known)]  # fmt: skip
 
 
-def _schema(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+def store_schema(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     """Table -> columns of the store's ``main`` schema (one catalog query; information_schema is 3x slower)."""
     schema: dict[str, set[str]] = {}
     for table, column in con.execute(
@@ -324,7 +324,7 @@ def present_rules(con: duckdb.DuckDBPyConnection) -> dict[str, Rule]:
             "(add them to consent/erasure.py ERASURE_MAP or KEPT_TABLES)"
         )
     rules = {}
-    schema = _schema(con)
+    schema = store_schema(con)
     for table, rule in ERASURE_MAP.items():
         cols = schema.get(table, set())
         if not cols:
@@ -448,7 +448,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR, region VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_email_spellings (raw VARCHAR)")
-    schema = _schema(con)
+    schema = store_schema(con)
     has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
     has_history = "customer_id_history" in schema
 
@@ -606,17 +606,15 @@ def subject_values(table: str, cols: set[str]) -> dict[str, str]:
     return holds
 
 
-def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> int:
+def _redact_shared_consent(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]]) -> None:
     """Remove the subject's values (exclusive, as swept elsewhere) from the consent events set aside by
-    :func:`_set_aside_shared_consent`, in every version and table of them; the rest of each event stays.
-    Returns how many events."""
+    :func:`_set_aside_shared_consent`, in every version and table of them; the rest of each event stays."""
     shared = f"consent_id IN {_CONSENT_SHARED}"
     for table in CONSENT_TABLES:
         holds = subject_values(table, schema.get(table, set()))
         if holds:  # one statement: every condition reads the row as it was
             sets = ", ".join(f"{c} = CASE WHEN {h} THEN NULL ELSE {c} END" for c, h in sorted(holds.items()))
             con.execute(f"UPDATE {table} SET {sets} WHERE {shared}")
-    return int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
 
 
 def _mark_shared(con: duckdb.DuckDBPyConnection, resolved: bool) -> None:
@@ -721,7 +719,7 @@ def _refuse_unknown_customer_id(con: duckdb.DuckDBPyConnection, subject: Subject
     email or phone that reaches no record is still erased: its suppression keeps later files out.)"""
     if subject.kind != "customer_id":
         return
-    schema = _schema(con)
+    schema = store_schema(con)
     has_csr = "customer_source_records" in schema
     if not _current_ids(con, subject.value, has_csr, "customer_id_history" in schema):
         raise CdpError(
@@ -941,7 +939,7 @@ class ErasureReport:
 
 
 def exports_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    schema = _schema(con)
+    schema = store_schema(con)
     reg, members = schema.get("export_register", set()), schema.get("export_members", set())
     if not reg or not members or "export_id" not in reg:
         return []
@@ -958,7 +956,7 @@ def exports_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 def access_documents_of_subject(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """The access documents written earlier that covered the subject (``consent.access`` registers them):
     request id, file (or where it was delivered), when, and whether the file is still on this machine."""
-    schema = _schema(con)
+    schema = store_schema(con)
     if not schema.get("access_documents") or not schema.get("access_document_members"):
         return []
     rows = con.execute(
@@ -988,7 +986,7 @@ def _erase_rows(
     """Inside the caller's transaction: move erased rows' counts in ``ingest_batches`` to
     ``rows_suppressed``, delete from every mapped table, write the suppression hashes."""
     rules = present_rules(con)
-    _redact_shared_consent(con, _schema(con))  # before the deletes: they would take these by the subject's values
+    _redact_shared_consent(con, store_schema(con))  # before the deletes: they would take these by the subject's values
     # Per batch, raw rows and quarantined rows that go: they become "suppressed by an erasure".
     moved = []
     for source in RECORD_SOURCES + ("consent",):
