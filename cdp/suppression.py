@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from cdp.errors import CdpError
+from cdp.store import table_exists
 
 _BLOCK = 64  # SHA-256 block size in bytes
 
@@ -83,11 +84,7 @@ class SqlHasher:
 
 def _suppresses_anyone(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the store has a suppression list with anyone on it (a store from before keys were recorded)."""
-    listed = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = ?",
-        ["suppression_list"],
-    ).fetchall()[0][0]
-    return bool(listed) and suppressed_count(con) > 0
+    return table_exists(con, "suppression_list") and suppressed_count(con) > 0
 
 
 def suppressed_count(con: duckdb.DuckDBPyConnection) -> int:

@@ -149,12 +149,11 @@ def collect(
         if table not in CONSENT_TABLES:
             return own
         # The subject's events that also name others (kept for them at an erasure): with the others' values hidden.
-        other = OTHER_IDENTIFIER.replace("'", "''")
-        masked = ", ".join(
-            f"CASE WHEN {c} IS NULL OR {holds} THEN {c} ELSE '{other}' END AS {c}"
-            for c, holds in sorted(subject_values(table, schema[table]).items())
+        masked = _masked(
+            {c: f"{c} IS NULL OR {holds}" for c, holds in sorted(subject_values(table, schema[table]).items())},
+            OTHER_IDENTIFIER,
         )
-        return f"{own} UNION ALL BY NAME SELECT * REPLACE ({masked}) FROM {table} WHERE consent_id IN {SHARED_CONSENT}"
+        return f"{own} UNION ALL BY NAME SELECT {masked} FROM {table} WHERE consent_id IN {SHARED_CONSENT}"
 
     for source in RECORD_SOURCES:
         table = raw_table(source)
@@ -185,11 +184,16 @@ def _columns(table: str, rule: Rule) -> str:
     """The columns of ``table`` as the document shows them: every one, except that a pair of units names only
     the subject's units (the other unit's id embeds another person's CRM id, cookie or device id)."""
     pair = [c for c in rule.columns if c in ("unit_id_l", "unit_id_r")]
-    if not pair:
+    return _masked({c: f"{c} IN {SUBJECT_UNITS}" for c in pair}, OTHER_UNIT)
+
+
+def _masked(shown: dict[str, str], placeholder: str) -> str:
+    """Every column, each of ``shown``'s columns as ``placeholder`` where its SQL condition does not hold."""
+    if not shown:
         return "*"
-    other = OTHER_UNIT.replace("'", "''")
-    masked = ", ".join(f"CASE WHEN {c} IN {SUBJECT_UNITS} THEN {c} ELSE '{other}' END AS {c}" for c in pair)
-    return f"* REPLACE ({masked})"
+    text = placeholder.replace("'", "''")
+    cases = ", ".join(f"CASE WHEN {keep} THEN {c} ELSE '{text}' END AS {c}" for c, keep in shown.items())
+    return f"* REPLACE ({cases})"
 
 
 def _register_document(

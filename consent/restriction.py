@@ -65,11 +65,11 @@ def refuse_several_customers(scope: Scope) -> None:
         )
 
 
-def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings) -> list[str]:
+def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, secret: bytes) -> list[str]:
     scope = find_subject(con, subject, settings.default_region)
     drop_scope(con)
     refuse_several_customers(scope)
-    refuse_formerly_shared(con, subject, store_secret(con, settings.secret_path))
+    refuse_formerly_shared(con, subject, secret)
     if not scope.customers:
         raise CdpError("no customer found for the identifier given")
     return scope.customers
@@ -91,9 +91,9 @@ def _recorded(
     try:
         ensure_restrictions(con)
         register.ensure_register_schema(con)
-        customers = _customers(con, subject, settings)
-        subject_hash = subject.hash(store_secret(con, settings.secret_path))
-        request_id = register.open_request(con, request_kind, subject_hash, now=now)
+        secret = store_secret(con, settings.secret_path)
+        customers = _customers(con, subject, settings, secret)
+        request_id = register.open_request(con, request_kind, subject.hash(secret), now=now)
         with transaction(con):
             changed, text = change(con, customers, request_id, now)
             register.complete_request(con, request_id, records_affected=changed, now=now)
