@@ -142,17 +142,16 @@ def line_values(line: str) -> set[str]:
     return {v.strip() for v in values} - {""}
 
 
-_EMAIL_IN_TEXT = re.compile(r"[^\s,;<>()\[\]{}\"']+@[^\s,;<>()\[\]{}\"']+")
-
-
 def text_values(text: str, regions: Iterable[str] = ("GB",)) -> set[str]:
     """Every value free text may hold an identifier as: :func:`line_values`, its words, the email addresses in
     it and the phone numbers phonenumbers finds in it read in each of ``regions`` ("referred by Ann,
     07911 123401"). For columns beyond the contract (kept in ``extra``), quarantined rows and malformed
     lines, where an erased subject's identifiers may sit inside a larger value."""
+    from identity.standardise import ADDRESS_IN_TEXT
+
     values = line_values(text)
     values.update(text.split())
-    values.update(_EMAIL_IN_TEXT.findall(text))
+    values.update(ADDRESS_IN_TEXT.findall(text))
     if sum(ch.isdigit() for ch in text) >= 7:
         import phonenumbers
 
@@ -707,9 +706,21 @@ class Ingestor:
         Suppression comes first: a row of an erased subject is kept nowhere, not even in quarantine. A row that
         would be quarantined is suppressed too when a value of a column beyond the contract (``extras``) carries
         an erased identifier (:meth:`_note_erased_extras`); a loaded row keeps the row without that value.
-        ``forced_reason`` quarantines every row that is not suppressed (a file rejected whole).
+        ``forced_reason`` quarantines every row that is not suppressed (a file rejected whole). An email field
+        naming several addresses (``a@x.com, b@y.org``, a JSON list) is no one address: its row is quarantined,
+        or suppressed if any of them is an erased subject's.
         """
+        from identity.standardise import email_functions
+
+        with email_functions(self.con):  # emails beyond ASCII are read by the Python rule, as erasure read them
+            self._classify_rows(spec, extras, forced_reason)
+
+    def _classify_rows(self, spec: SourceSpec, extras: list[str], forced_reason: str | None) -> None:
+        from identity.standardise import sql_email_count
+
         carried = self._note_erased_extras(extras)
+        several = f"coalesce({sql_email_count('email')}, 0) > 1"
+        erased_address = self._note_erased_values("email", several) if "email" in spec.columns else "false"
         reasons: list[str] = [f"WHEN true THEN {_json_key(forced_reason)}"] if forced_reason else []
         for col in spec.required:
             kind = spec.columns[col]
@@ -725,6 +736,8 @@ class Ingestor:
                 f"WHEN lower(trim(status)) NOT IN ({statuses}) THEN 'unknown status'",
                 f"WHEN {ids} THEN 'no subject identifier'",
             ]
+        if "email" in spec.columns:
+            reasons.append(f"WHEN {several} THEN 'email names several addresses'")
         if spec.owner and not forced_reason:
             loadable = f"(CASE {' '.join(reasons)} END) IS NULL" if reasons else "true"
             reused = self._note_reused_keys(spec, spec.owner, loadable)
@@ -733,21 +746,18 @@ class Ingestor:
         suppressed_sql, params = self._suppressed_sql(spec)
         join_phone = self._has_suppressions and "phone" in spec.columns
         quarantined = f"({reason_sql}) IS NOT NULL"
-        from identity.standardise import email_functions
-
-        with email_functions(self.con):  # emails beyond ASCII are read by the Python rule, as erasure read them
-            self.con.execute(
-                f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
-                f"CASE WHEN {suppressed_sql} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
-                f"WHEN {quarantined} THEN 'quarantined' "
-                f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
-                + (
-                    f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
-                    if join_phone
-                    else ""
-                ),
-                params,
-            )
+        self.con.execute(
+            f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
+            f"CASE WHEN {suppressed_sql} OR {erased_address} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
+            f"WHEN {quarantined} THEN 'quarantined' "
+            f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
+            + (
+                f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
+                if join_phone
+                else ""
+            ),
+            params,
+        )
 
     def _note_reused_keys(self, spec: SourceSpec, owner: str, loadable: str) -> str:
         """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
@@ -777,17 +787,22 @@ class Ingestor:
         erased subject's identifier anywhere in them (a note "referred by Ann, 07911 123401", a nested JSON
         value, a row of a file rejected whole); returns SQL that is true for a ``_batch`` row holding one."""
         self.con.execute("CREATE OR REPLACE TEMP TABLE _erased_extra (col VARCHAR, value VARCHAR)")
-        hashes = self._suppression_hashes
-        if not extras or not hashes:
+        return " OR ".join([self._note_erased_values(col) for col in extras]) or "false"
+
+    def _note_erased_values(self, col: str, where: str = "true") -> str:
+        """Add to ``_erased_extra`` the values of ``_batch``'s column ``col`` (in rows where ``where``) that
+        carry an erased subject's identifier anywhere in them, read as free text; returns SQL that is true
+        for a row holding one."""
+        if not self._suppression_hashes:
             return "false"
-        hits = []
-        for col in extras:
-            values = self.con.execute(f"SELECT DISTINCT {_q(col)} FROM _batch WHERE {_q(col)} IS NOT NULL").fetchall()
-            hits += [(col, value) for (value,) in values if hashes & self._line_hashes(str(value))]
+        values = self.con.execute(
+            f"SELECT DISTINCT {_q(col)} FROM _batch WHERE {_q(col)} IS NOT NULL AND {where}"
+        ).fetchall()
+        hits = [(col, value) for (value,) in values if self._suppression_hashes & self._line_hashes(str(value))]
         if not hits:
             return "false"
         self.con.executemany("INSERT INTO _erased_extra VALUES (?, ?)", hits)
-        return " OR ".join(f"{_q(c)} IN (SELECT value FROM _erased_extra WHERE col = {_json_key(c)})" for c in extras)
+        return f"{_q(col)} IN (SELECT value FROM _erased_extra WHERE col = {_json_key(col)})"
 
     @functools.cached_property
     def _suppression_hashes(self) -> frozenset[str]:

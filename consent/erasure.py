@@ -61,7 +61,15 @@ from consent import register
 from consent.ledger import base_event_id
 from identity import changes
 from identity.staging import PHONE_REGIONS
-from identity.standardise import email_functions, phone_regions, sql_email_match_key, sql_normalise_id
+from identity.standardise import (
+    email_addresses,
+    email_functions,
+    email_match_key,
+    phone_regions,
+    sql_email_count,
+    sql_email_match_key,
+    sql_normalise_id,
+)
 
 #: Identifier types the suppression list and ingestion share (``cdp.ingest.IDENTIFIER_COLUMNS``).
 ID_TYPES: tuple[str, ...] = tuple(IDENTIFIER_COLUMNS)
@@ -654,14 +662,22 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
     # pasted zero-width space) is always keyed: DuckDB's lower() and Python's need not agree on it.
     squashed = "replace(replace(lower(raw), '.', ''), ' ', '')"
     maybe = " OR ".join(f"contains({squashed}, ?)" for _ in keys)
+    spellings = f"SELECT DISTINCT email AS raw FROM ({' UNION ALL '.join(written)})"
     with email_functions(con):
         con.execute(
             f"""INSERT INTO _subject_email_spellings
-                SELECT raw FROM (SELECT DISTINCT email AS raw FROM ({" UNION ALL ".join(written)}))
+                SELECT raw FROM ({spellings})
                 WHERE (strlen(raw) <> length(raw) OR {maybe})
                   AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
             [key.split("@")[0].replace(".", "") for key in keys],
         )
+        # A field naming several addresses (loaded by a release that did not quarantine its row) is the
+        # subject's if any of them is: a few spellings, read with the Python rule.
+        several = con.execute(f"SELECT raw FROM ({spellings}) WHERE {sql_email_count('raw')} > 1").fetchall()
+    theirs = set(keys)
+    found = [(raw,) for (raw,) in several if theirs & {email_match_key(a) for a in email_addresses(raw)}]
+    if found:
+        con.executemany("INSERT INTO _subject_email_spellings VALUES (?)", found)
 
 
 def _add_unmapped_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> None:

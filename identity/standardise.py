@@ -43,10 +43,19 @@ def _blank(value: object) -> bool:
 #: they stand in an email.
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
 _NO_ZERO_WIDTH = str.maketrans("", "", ZERO_WIDTH)
-#: An address as mail clients copy it, after a display name: ``Ann Lee <ann@example.com>`` (the same pattern
-#: in SQL and Python: both engines read it alike).
-_DISPLAY_NAME = r"^[^<>@]*<([^<>]+)>$"
+#: An address as mail clients copy it, after a display name: ``Ann Lee <ann@example.com>``, or in the angle
+#: quotes and brackets of other scripts and keyboards (``‹ann@example.com›``, ``«…»``, ``〈…〉``, ``＜…＞``).
+#: The same pattern in SQL and Python: both engines read it alike.
+_DISPLAY_NAME = r"^[^<>‹›«»〈〉＜＞@]*[<‹«〈＜]([^<>‹›«»〈〉＜＞]+)[>›»〉＞]$"
 _DISPLAY_NAME_RE = re.compile(_DISPLAY_NAME)
+#: Anything in a field that looks like an address: the pieces between spaces, list and JSON punctuation, quotes
+#: and brackets. Also how free text is searched for addresses (:func:`cdp.ingest.text_values`).
+ADDRESS_IN_TEXT = re.compile(r"[^\s,;/|<>‹›«»〈〉＜＞()\[\]{}\"']+@[^\s,;/|<>‹›«»〈〉＜＞()\[\]{}\"']+")
+#: A field that may hold several addresses, or one inside JSON (``["ann@example.com"]``,
+#: ``{"address": "ann@example.com"}``): two at signs, or a JSON bracket. Only such a field is searched for
+#: addresses when it does not read as one (:func:`email_addresses`), in SQL and Python alike.
+_MAY_HOLD_SEVERAL = r"@.*@|[\[\]{}]"
+_MAY_HOLD_SEVERAL_RE = re.compile(_MAY_HOLD_SEVERAL)
 #: Quotes around an address and the punctuation of the sentence it was typed in: ``"ann@example.com".``
 _EDGES = r"^[\"']+|[\"'.,;]+$"
 _EDGES_RE = re.compile(_EDGES)
@@ -69,7 +78,42 @@ def normalise_email(value: object) -> str | None:
     """
     if _blank(value):
         return None
-    email = str(value).translate(_NO_ZERO_WIDTH).strip()
+    email = _read_address(str(value))
+    if email is None and _MAY_HOLD_SEVERAL_RE.search(str(value)):
+        addresses = email_addresses(value)
+        return addresses[0] if len(addresses) == 1 else None
+    return email
+
+
+def email_addresses(value: object) -> list[str]:
+    """The mailboxes a field names, each once (by :func:`email_match_key`), as :func:`normalise_email` reads
+    them, in the order written. A field naming two or more is no one address: ingestion quarantines its row.
+
+    >>> email_addresses('["Ann@Example.com", "ann+shop@example.com", "bob@example.org"]')
+    ['ann@example.com', 'bob@example.org']
+    """
+    if _blank(value):
+        return []
+    text = str(value).translate(_NO_ZERO_WIDTH)
+    whole = _read_address(text)
+    if whole is not None:
+        return [whole]
+    out: dict[str, str] = {}
+    for piece in ADDRESS_IN_TEXT.findall(text):
+        address = _read_address(piece)
+        if address is not None:
+            out.setdefault(_match_key(address) or address, address)
+    return list(out.values())
+
+
+def email_count(value: object) -> int:
+    """How many mailboxes a field names (:func:`email_addresses`)."""
+    return len(email_addresses(value))
+
+
+def _read_address(value: str) -> str | None:
+    """The body of :func:`normalise_email` for a field holding one address."""
+    email = value.translate(_NO_ZERO_WIDTH).strip()
     shown = _DISPLAY_NAME_RE.match(email)
     if shown:
         email = shown.group(1)
@@ -97,8 +141,11 @@ def email_match_key(value: object) -> str | None:
     True
     """
     email = normalise_email(value)
-    if email is None:
-        return None
+    return None if email is None else _match_key(email)
+
+
+def _match_key(email: str) -> str | None:
+    """:func:`email_match_key` of an address already normalised."""
     local, _, domain = email.rpartition("@")
     local = local.split("+", 1)[0]
     if domain in _GMAIL_DOMAINS:
@@ -224,8 +271,13 @@ def sql_strip(col: str) -> str:
     return f"regexp_replace({col}, '^{_WHITESPACE_CLASS}+|{_WHITESPACE_CLASS}+$', '', 'g')"
 
 
-#: The Python rules as DuckDB functions, for values beyond ASCII (see :func:`email_functions`).
-_EMAIL_FUNCTIONS = {"cdp_normalise_email": normalise_email, "cdp_email_match_key": email_match_key}
+#: The Python rules as DuckDB functions, for values beyond ASCII and fields that may name several addresses
+#: (see :func:`email_functions`).
+_EMAIL_FUNCTIONS = {
+    "cdp_normalise_email": (normalise_email, duckdb.sqltypes.VARCHAR),
+    "cdp_email_match_key": (email_match_key, duckdb.sqltypes.VARCHAR),
+    "cdp_email_count": (email_count, duckdb.sqltypes.INTEGER),
+}
 
 
 @contextmanager
@@ -238,13 +290,13 @@ def email_functions(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     there before (an enclosing use)."""
     added = []
     try:
-        for name, rule in _EMAIL_FUNCTIONS.items():
+        for name, (rule, returns) in _EMAIL_FUNCTIONS.items():
             try:
                 con.create_function(
                     name,
                     rule,
                     [duckdb.sqltypes.VARCHAR],
-                    duckdb.sqltypes.VARCHAR,
+                    returns,
                     null_handling=FunctionNullHandling.SPECIAL,  # the rule answers NULL (no email); DEFAULT refuses
                 )
             except duckdb.NotImplementedException:  # "already created": asking duckdb_functions() costs 28 ms
@@ -261,6 +313,18 @@ def _beyond_ascii(col: str) -> str:
     return f"strlen({col}) <> length({col})"
 
 
+def _read_by_python(col: str) -> str:
+    """SQL: ``col`` is read by the Python rule (:func:`email_functions`): beyond ASCII, or it may name several
+    addresses (a few values: a test that runs on every row, the rule on those only)."""
+    return f"({_beyond_ascii(col)} OR regexp_matches({col}, '{_MAY_HOLD_SEVERAL}'))"
+
+
+def sql_email_count(col: str) -> str:
+    """:func:`email_count` in SQL (run inside :func:`email_functions`), for a value that may name several
+    addresses; ``NULL`` (not 0) for any other: at most one."""
+    return f"CASE WHEN regexp_matches({col}, '{_MAY_HOLD_SEVERAL}') THEN cdp_email_count({col}) END"
+
+
 def sql_normalise_email(col: str) -> str:
     """:func:`normalise_email` in SQL (run inside :func:`email_functions`)."""
     stripped = sql_strip(col)
@@ -272,7 +336,7 @@ def sql_normalise_email(col: str) -> str:
     cleaned = f"regexp_replace(regexp_replace(replace(lower({shown}), ' ', ''), '^mailto:', ''), '{edges}', '', 'g')"
     pattern = _EMAIL_RE.pattern.replace("'", "''")  # the same rule as normalise_email, as a SQL literal
     return (
-        f"CASE WHEN {_beyond_ascii(col)} THEN cdp_normalise_email({col}) "
+        f"CASE WHEN {_read_by_python(col)} THEN cdp_normalise_email({col}) "
         f"WHEN regexp_matches({cleaned}, '{pattern}') THEN {cleaned} END"
     )
 
@@ -284,7 +348,7 @@ def sql_email_match_key(col: str) -> str:
     local = f"regexp_extract({email}, '^([^@+]*)', 1)"
     domain = f"regexp_extract({email}, '@(.*)$', 1)"
     return (
-        f"CASE WHEN {_beyond_ascii(col)} THEN cdp_email_match_key({col}) "
+        f"CASE WHEN {_read_by_python(col)} THEN cdp_email_match_key({col}) "
         f"WHEN {email} IS NULL OR {local} = '' THEN NULL "
         f"WHEN {domain} IN ('gmail.com', 'googlemail.com') THEN replace({local}, '.', '') || '@gmail.com' "
         f"ELSE {local} || '@' || {domain} END"

@@ -215,14 +215,15 @@ def test_parquet_and_json_lines(tmp_path, con, ingestor):
         }
     ).to_parquet(tmp_path / "inbox/app/app-1.parquet")
     (tmp_path / "inbox/consent").mkdir(parents=True)
+    ok = {
+        "consent_id": "k1",
+        "event_time": "2026-02-01T08:00:00Z",
+        "purpose": "email_marketing",
+        "status": "granted",
+        "email": "a@b.com",
+    }
     lines = [
-        {
-            "consent_id": "k1",
-            "event_time": "2026-02-01T08:00:00Z",
-            "purpose": "email_marketing",
-            "status": "granted",
-            "email": "a@b.com",
-        },
+        ok,
         {
             "consent_id": "k2",
             "event_time": "2026-02-01T08:00:00Z",
@@ -238,15 +239,19 @@ def test_parquet_and_json_lines(tmp_path, con, ingestor):
             "email": "a@b.com",
         },
         {"consent_id": "k4", "event_time": "2026-02-01T08:00:00Z", "purpose": "analytics", "status": "granted"},
+        # An email as a JSON list or object: one address is read, two people's are no one subject.
+        {**ok, "consent_id": "k5", "email": ["a@b.com", "c@d.org"]},
+        {**ok, "consent_id": "k6", "email": ["a@b.com"]},
+        {**ok, "consent_id": "k7", "email": {"home": "A@b.com", "work": "a+work@b.com"}},
     ]
     (tmp_path / "inbox/consent/c.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     summary = ingestor.ingest_inbox(tmp_path / "inbox")
     by_source = {b.source: b for b in summary.batches}
     assert by_source["app"].rows_loaded == 2
     assert con.execute("SELECT revenue FROM raw_app WHERE event_id = 'a1'").fetchall()[0][0] == Decimal("9.99")
-    assert by_source["consent"].rows_loaded == 1
+    assert by_source["consent"].rows_loaded == 3
     reasons = sorted(r for (r,) in con.execute("SELECT reason FROM quarantine WHERE source = 'consent'").fetchall())
-    assert reasons == ["no subject identifier", "unknown purpose", "unknown status"]
+    assert reasons == ["email names several addresses", "no subject identifier", "unknown purpose", "unknown status"]
 
 
 def test_same_content_is_never_ingested_twice(tmp_path, con, ingestor):

@@ -8,12 +8,14 @@ import pytest
 
 from identity.standardise import (
     WHITESPACE,
+    email_addresses,
     email_functions,
     email_match_key,
     normalise_email,
     normalise_name,
     normalise_phone,
     normalise_postcode,
+    sql_email_count,
     sql_email_match_key,
     sql_normalise_email,
     sql_normalise_name,
@@ -87,6 +89,17 @@ EMAILS = [
     ("ann.lee@fastmail.co.uk.", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
     ("Jörg <Jörg@Bücher.de>", "jörg@xn--bcher-kva.de", "jörg@xn--bcher-kva.de"),
     ("ann@fastmail.co.uk, bob@example.org", None, None),  # two addresses: neither is taken
+    ('["ann@fastmail.co.uk", "bob@example.org"]', None, None),
+    ("ann@fastmail.co.uk/bob@example.org", None, None),
+    # In the angle quotes and brackets of other keyboards, and one address inside JSON.
+    ("‹Ann.Lee@fastmail.co.uk›", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ("Ann Lee «ann.lee@fastmail.co.uk»", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ("＜ann.lee@fastmail.co.uk＞", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ('["Ann.Lee@fastmail.co.uk"]', "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    ('{"address": "ann.lee@fastmail.co.uk", "verified": true}', "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
+    # One mailbox written twice is one address: the first spelling is the deliverable one.
+    ("A.Lee@gmail.com; alee+shop@gmail.com", "a.lee@gmail.com", "alee@gmail.com"),
+    ('["not an email", "ann@"]', None, None),
     ("not an email", None, None),
     ("bob@", None, None),
     ("@example.com", None, None),
@@ -99,6 +112,25 @@ EMAILS = [
 def test_email_spellings(raw, deliverable, key):
     assert normalise_email(raw) == deliverable
     assert email_match_key(raw) == key
+
+
+@pytest.mark.parametrize(
+    ("raw", "addresses"),
+    [
+        ("Ann.Lee@fastmail.co.uk", ["ann.lee@fastmail.co.uk"]),
+        ("ann@fastmail.co.uk, Bob <bob@example.org>; ann+x@fastmail.co.uk", ["ann@fastmail.co.uk", "bob@example.org"]),
+        (
+            '{"home": "ann@fastmail.co.uk", "work": ["bob@example.org", "ann@"]}',
+            ["ann@fastmail.co.uk", "bob@example.org"],
+        ),
+        ("‹ann@fastmail.co.uk› ‹bob@example.org›", ["ann@fastmail.co.uk", "bob@example.org"]),
+        ("ann@fastmail.co.uk|bob@example.org", ["ann@fastmail.co.uk", "bob@example.org"]),
+        ("n/a", []),
+        (None, []),
+    ],
+)
+def test_the_mailboxes_a_field_names(raw, addresses):
+    assert email_addresses(raw) == addresses
 
 
 def test_gmail_dots_and_tags_fold_into_one_key_but_keep_deliverable_address():
@@ -148,12 +180,13 @@ def test_sql_forms_agree_with_python_forms():
     with email_functions(con):
         rows = con.execute(
             f"SELECT x, {sql_normalise_email('x')}, {sql_email_match_key('x')}, {sql_normalise_name('x')}, "
-            f"{sql_normalise_postcode('x')} FROM v"
+            f"{sql_normalise_postcode('x')}, coalesce({sql_email_count('x')}, 0) > 1 FROM v"
         ).fetchall()
     # The Python rules were there for the statement only.
     assert not con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'cdp_%'").fetchall()[0][0]
-    for x, email, key, name, postcode in rows:
+    for x, email, key, name, postcode, several in rows:
         assert email == normalise_email(x), x
+        assert several == (len(email_addresses(x)) > 1), x
         assert key == email_match_key(x), x
         assert name == normalise_name(x), x
         assert postcode == normalise_postcode(x), x

@@ -444,6 +444,56 @@ def test_a_resent_copy_of_her_receipt_without_identifiers_stays_out(world: Any, 
     con.close()
 
 
+def test_her_email_among_others_in_one_field_or_in_angle_quotes_is_suppressed_after_erasure(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """Her address next to another in one field, inside a JSON list or object of a consent line, or in the
+    angle quotes of another keyboard used to be loaded, neither suppressed nor hers to a second erasure. A
+    field naming several people's addresses is quarantined; one naming hers is suppressed."""
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    receipts = "transaction_id,transaction_time,store_id,email,phone,amount\n"
+    receipts += f'T-80,2025-05-01T12:00:00Z,S1,"{pw.ALICE_EMAIL}, dan@example.org",,3.00\n'
+    receipts += f"T-81,2025-05-01T12:00:00Z,S1,\u2039{pw.ALICE_EMAIL}\u203a,,3.00\n"
+    receipts += 'T-82,2025-05-01T12:00:00Z,S1,"dan@example.org; eve@example.org",,3.00\n'
+    event = {"event_time": "2025-06-01T00:00:00Z", "purpose": "email_marketing", "status": "granted"}
+    consent = "\n".join(
+        json.dumps({**event, "consent_id": cid, "email": email})
+        for cid, email in [
+            ("K-20", [pw.ALICE_EMAIL, "dan@example.org"]),
+            ("K-21", {"home": pw.ALICE_EMAIL}),
+            ("K-22", ["dan@example.org"]),
+        ]
+    )
+    pw.write_inbox(world.inbox, {"store/lists.csv": receipts, "consent/lists.jsonl": consent + "\n"})
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    counts = con.execute(
+        "SELECT source, rows_loaded, rows_quarantined, rows_suppressed FROM ingest_batches "
+        "WHERE file LIKE '%/lists.%' ORDER BY 1"
+    ).fetchall()
+    assert counts == [("consent", 1, 0, 2), ("store", 0, 1, 2)]
+    assert con.execute("SELECT reason FROM quarantine WHERE source = 'store'").fetchall()[-1] == (
+        "email names several addresses",
+    )
+    con.close()
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
+
+
+def test_a_field_naming_her_and_another_loaded_by_an_earlier_release_is_erased(world: Any, pw: SimpleNamespace) -> None:
+    """A release before such fields were quarantined loaded them: erasure finds her address among the others."""
+    con = connect(world.settings.db_path)
+    con.execute(
+        "INSERT INTO raw_store (transaction_id, transaction_time, store_id, email, batch_id, file, row_number) "
+        "VALUES ('T-90', TIMESTAMP '2025-05-01 12:00:00', 'S1', ?, 'old', 'store/old.csv', 1)",
+        [f"dan@example.org / {pw.ALICE_EMAIL}"],
+    )
+    con.close()
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    con = connect(world.settings.db_path)
+    assert con.execute("SELECT count(*) FROM raw_store WHERE transaction_id = 'T-90'").fetchall() == [(0,)]
+    con.close()
+
+
 def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
     """A new key would match none of the suppressed hashes: the run and the privacy commands stop instead."""
     from pipelines.run import run_pipeline
