@@ -605,7 +605,8 @@ class Ingestor:
         finally:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
             self.con.execute(
-                "DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified; DROP TABLE IF EXISTS _erased_extra"
+                "DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified; DROP TABLE IF EXISTS _erased_extra; "
+                "DROP TABLE IF EXISTS _suppressed"
             )
         return result
 
@@ -738,26 +739,39 @@ class Ingestor:
             ]
         if "email" in spec.columns:
             reasons.append(f"WHEN {several} THEN 'email names several addresses'")
+        suppressed = self._note_suppressed(spec, erased_address)
         if spec.owner and not forced_reason:
-            loadable = f"(CASE {' '.join(reasons)} END) IS NULL" if reasons else "true"
+            # An erased subject's row holds no key: another store's receipt of the same number loads.
+            loadable = f"NOT ({suppressed})" + (f" AND (CASE {' '.join(reasons)} END) IS NULL" if reasons else "")
             reused = self._note_reused_keys(spec, spec.owner, loadable)
             reasons.append(f"WHEN {reused} THEN '{spec.key} {REUSED_KEY} {spec.owner}'")
         reason_sql = "CASE " + " ".join(reasons) + " END"
-        suppressed_sql, params = self._suppressed_sql(spec)
-        join_phone = self._has_suppressions and "phone" in spec.columns
         quarantined = f"({reason_sql}) IS NOT NULL"
         self.con.execute(
             f"CREATE TEMP TABLE _classified AS SELECT _batch.*, "
-            f"CASE WHEN {suppressed_sql} OR {erased_address} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
+            f"CASE WHEN {suppressed} OR ({quarantined} AND ({carried})) THEN 'suppressed' "
             f"WHEN {quarantined} THEN 'quarantined' "
-            f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch "
-            + (
-                f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
-                if join_phone
-                else ""
-            ),
+            f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch"
+        )
+
+    def _note_suppressed(self, spec: SourceSpec, erased_address: str) -> str:
+        """Fill ``_suppressed(_row)`` with the rows of ``_batch`` carrying an erased subject's identifier (or,
+        ``erased_address``, SQL over ``_batch``, naming their address among others); returns SQL that is true
+        for such a row."""
+        if not self._has_suppressions:
+            return "false"
+        suppressed_sql, params = self._suppressed_sql(spec)
+        join_phone = (
+            f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
+            if "phone" in spec.columns
+            else ""
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _suppressed AS SELECT _row FROM _batch {join_phone} "
+            f"WHERE {suppressed_sql} OR {erased_address}",
             params,
         )
+        return "_row IN (SELECT _row FROM _suppressed)"
 
     def _note_reused_keys(self, spec: SourceSpec, owner: str, loadable: str) -> str:
         """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
@@ -815,9 +829,8 @@ class Ingestor:
         return bool(self._suppression_hashes)
 
     def _suppressed_sql(self, spec: SourceSpec) -> tuple[str, list[object]]:
-        """SQL (and its parameters) that is true for rows carrying an identifier of an erased subject."""
-        if not self._has_suppressions:
-            return "false", []
+        """SQL (and its parameters) that is true for rows carrying an identifier of an erased subject; fills
+        ``_phone`` with the batch's phones, read, for the join on ``_batch.phone`` it needs."""
         from identity.standardise import normalise_phone
 
         if "phone" in spec.columns:  # read as staging reads them: in the row's own country, if it has one

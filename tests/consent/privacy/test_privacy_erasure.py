@@ -444,6 +444,24 @@ def test_a_resent_copy_of_her_receipt_without_identifiers_stays_out(world: Any, 
     con.close()
 
 
+def test_her_resent_receipt_does_not_hold_its_number_against_another_store_in_the_same_file(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """Within one file, the suppressed copy of her receipt used to count as the number's first owner, so the
+    other store's receipt of that number was quarantined as a reused key."""
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    header = "transaction_id,transaction_time,store_id,first_name,last_name,amount\n"
+    rows = "T-1,2025-03-01T12:00:00Z,S1,Alice,Smith,25.00\nT-1,2025-03-05T12:00:00Z,S9,Dan,Other,9.00\n"
+    pw.write_inbox(world.inbox, {"store/resent.csv": header + rows})
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    assert con.execute(
+        "SELECT rows_loaded, rows_quarantined, rows_suppressed FROM ingest_batches WHERE file LIKE '%store/resent.csv'"
+    ).fetchall() == [(1, 0, 1)]
+    assert con.execute("SELECT store_id FROM raw_store WHERE transaction_id = 'T-1'").fetchall() == [("S9",)]
+    con.close()
+
+
 def test_her_email_among_others_in_one_field_or_in_angle_quotes_is_suppressed_after_erasure(
     world: Any, pw: SimpleNamespace
 ) -> None:
