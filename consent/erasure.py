@@ -662,20 +662,18 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
     # pasted zero-width space) is always keyed: DuckDB's lower() and Python's need not agree on it.
     squashed = "replace(replace(lower(raw), '.', ''), ' ', '')"
     maybe = " OR ".join(f"contains({squashed}, ?)" for _ in keys)
-    spellings = f"SELECT DISTINCT email AS raw FROM ({' UNION ALL '.join(written)})"
+    # A field naming several addresses (loaded by a release that did not quarantine its row) is the subject's
+    # if any of them is: such spellings are read here with the Python rule.
+    several = f"coalesce({sql_email_count('raw')}, 0) > 1"
     with email_functions(con):
-        con.execute(
-            f"""INSERT INTO _subject_email_spellings
-                SELECT raw FROM ({spellings})
+        candidates = con.execute(
+            f"""SELECT raw, {several} FROM (SELECT DISTINCT email AS raw FROM ({" UNION ALL ".join(written)}))
                 WHERE (strlen(raw) <> length(raw) OR {maybe})
-                  AND {sql_email_match_key("raw")} IN {_ids("email_key")}""",
+                  AND ({sql_email_match_key("raw")} IN {_ids("email_key")} OR {several})""",
             [key.split("@")[0].replace(".", "") for key in keys],
-        )
-        # A field naming several addresses (loaded by a release that did not quarantine its row) is the
-        # subject's if any of them is: a few spellings, read with the Python rule.
-        several = con.execute(f"SELECT raw FROM ({spellings}) WHERE {sql_email_count('raw')} > 1").fetchall()
+        ).fetchall()
     theirs = set(keys)
-    found = [(raw,) for (raw,) in several if theirs & {email_match_key(a) for a in email_addresses(raw)}]
+    found = [(raw,) for raw, many in candidates if not many or theirs & set(map(email_match_key, email_addresses(raw)))]
     if found:
         con.executemany("INSERT INTO _subject_email_spellings VALUES (?)", found)
 
