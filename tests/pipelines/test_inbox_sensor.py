@@ -1,5 +1,6 @@
 """The inbox sensor: a run for files that have finished landing, once per file version."""
 
+import json
 import os
 
 import dagster as dg
@@ -67,3 +68,35 @@ def test_the_code_location_has_it_for_the_pipeline_job_and_off_by_default():
     assert sensor.job_name == PIPELINE_JOB
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert defs.resolve_job_def(PIPELINE_JOB) is not None
+
+
+def test_the_cursor_lists_the_last_day_of_files_not_the_inbox_history(tmp_path, monkeypatch):
+    """Every tick keeps a copy of the cursor: listing a year of daily exports in it made each tick's row grow
+    with the inbox. Files that arrived before the listed span are covered by a watermark instead."""
+    from pipelines import sensors
+
+    inbox = tmp_path / "inbox"
+    for day in range(200):
+        _drop(inbox, f"web/web-{day:03}.csv", "event_id,event_time,anonymous_id\n", 1_000 + day)
+    launched = _look(inbox, _look(inbox).cursor)
+    assert launched.run_requests[0].tags["cdp/new_files"] == "200"
+    assert len(launched.cursor) > 200 * len("web/web-000.csv")  # arrived within the day: listed by name
+
+    monkeypatch.setattr(sensors, "LISTED_NS", 0)  # a day later
+    later = _look(inbox, launched.cursor)
+    assert not later.run_requests and len(later.cursor) < 100
+    # An export copied in with its old modification time kept (cp -p) still arrives now, and is launched.
+    _drop(inbox, "web/web-old.csv", "event_id,event_time,anonymous_id\n", 500)
+    [request] = _look(inbox, _look(inbox, later.cursor).cursor).run_requests
+    assert request.tags["cdp/new_files"] == "1"
+
+
+def test_a_cursor_of_the_earlier_release_launches_nothing_again(tmp_path):
+    inbox = tmp_path / "inbox"
+    _drop(inbox, "crm/crm-001.csv", "crm_id\n", 1_000)
+    _drop(inbox, "crm/crm-002.csv", "crm_id,first_name\n", 2_000)
+    signature = {name: f"{(inbox / name).stat().st_size}:{(inbox / name).stat().st_mtime_ns}" for name in
+                 ("crm/crm-001.csv", "crm/crm-002.csv")}  # fmt: skip
+    earlier = json.dumps({"seen": signature, "launched": {"crm/crm-001.csv": signature["crm/crm-001.csv"]}})
+    [request] = _look(inbox, earlier).run_requests
+    assert request.tags["cdp/new_files"] == "1"  # crm-002 had settled and was not launched yet
