@@ -45,6 +45,7 @@ from consent.erasure import (
     find_subject,
     present_rules,
     refuse_formerly_shared,
+    refuse_unknown_customer_id,
     store_schema,
     subject_values,
 )
@@ -246,6 +247,7 @@ def access(
         register.ensure_register_schema(con)
         secret = store_secret(con, settings.secret_path)
         present_rules(con)
+        refuse_unknown_customer_id(con, subject, then="nothing to show (check the id, or ask by ")
         scope = find_subject(con, subject, settings.default_region)
         refuse_several_customers(scope)
         refuse_formerly_shared(con, subject, secret)

@@ -727,19 +727,19 @@ def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[s
     return len(new)
 
 
-def _refuse_unknown_customer_id(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
+def refuse_unknown_customer_id(
+    con: duckdb.DuckDBPyConnection, subject: Subject, then: str = "nothing to erase (check the id, or erase by "
+) -> None:
     """A customer id that no current or former customer has is a mistyped id, not a subject of whom nothing
-    is held: refused before a request is registered, so that no receipt reads "erased" for nobody. (An
-    email or phone that reaches no record is still erased: its suppression keeps later files out.)"""
+    is held: refused before a request is registered, so that no receipt reads "erased" (or an access document
+    "nothing held") for nobody. (An email or phone that reaches no record is still erased: its suppression
+    keeps later files out.) ``then``: what the message says next, before ``--email or --phone)``."""
     if subject.kind != "customer_id":
         return
     schema = store_schema(con)
     has_csr = "customer_source_records" in schema
     if not _current_ids(con, subject.value, has_csr, "customer_id_history" in schema):
-        raise CdpError(
-            f"{subject.value}: no current or former customer has this id; nothing to erase "
-            "(check the id, or erase by --email or --phone)"
-        )
+        raise CdpError(f"{subject.value}: no current or former customer has this id; {then}--email or --phone)")
 
 
 def _current_ids(con: duckdb.DuckDBPyConnection, customer_id: str, has_csr: bool, has_history: bool) -> list[str]:
@@ -1214,7 +1214,7 @@ def erase(
         secret = store_secret(con, settings.secret_path)
         present_rules(con)  # refuse before registering anything if a table is not covered
         try:
-            _refuse_unknown_customer_id(con, subject)
+            refuse_unknown_customer_id(con, subject)
         except CdpError as exc:
             if finished:  # most likely this very erasure, asked again after it was interrupted
                 raise CdpError(f"{exc}; the interrupted erasure {', '.join(finished)} was finished first") from None

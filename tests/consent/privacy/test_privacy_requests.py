@@ -157,6 +157,26 @@ def test_an_access_request_by_a_shared_landline_is_refused_before_anything_is_wr
     assert _register(world) == before
 
 
+def test_an_access_request_by_a_mistyped_customer_id_is_refused(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id no current or former customer has was answered with an empty document and a completed request:
+    the register then read "nothing held" for nobody. Erasure already refused it."""
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    out = tmp_path / "nobody.json"
+    before = _register(world)
+    result = CliRunner().invoke(
+        privacy_cli.app,
+        ["access", "--customer-id", "cus_999999999", "--out", str(out), "--db", str(world.settings.db_path)],
+    )
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines() == [
+        "error: cus_999999999: no current or former customer has this id; nothing to show (check the id, or ask by "
+        "--email or --phone)"
+    ]
+    assert not out.exists() and _register(world) == before
+
+
 def test_an_access_request_by_a_shared_mailbox_is_refused(world: Any, pw: SimpleNamespace, tmp_path: Path) -> None:
     family = "crm_id,first_name,last_name,email,date_of_birth\n"
     family += "C-DAN-7,Dan,Nash,family.nash@yahoo.com,1970-01-01\nC-EVE-8,Eve,Nash,family.nash@yahoo.com,1972-02-02\n"
