@@ -189,8 +189,8 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
             _read_csv(con, path)
         elif kind == "parquet":
             con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_parquet(?)", [str(path)])
-        elif path.suffix.lower() == ".json":  # one JSON document (an array of objects) or JSON Lines
-            con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'auto')", [str(path)])
+        elif path.suffix.lower() == ".json":
+            _read_json_document(con, path)
         else:
             _read_json_lines(con, path)
     except duckdb.Error as exc:
@@ -227,8 +227,13 @@ _INTERNAL_COLUMNS = {"_row", "_ord", "_fate", "_fate_reason"}
 
 
 def _as_text(column: str, kind: str) -> str:
-    """``column`` as text: nested values (JSON objects and arrays, Parquet structs and lists) as JSON."""
-    nested = kind.startswith(("STRUCT", "MAP", "UNION")) or kind.endswith("]") or kind == "JSON"
+    """``column`` as text: nested values (JSON objects and arrays, Parquet structs and lists) as JSON. A JSON
+    Lines key whose values are of several JSON types (``"event_id": 1001`` on one line, ``"e-1002"`` on the
+    next) is read as type JSON: its strings are taken as their text, not as JSON with its quotes."""
+    if kind == "JSON":
+        nested_json = f"json_type({column}) IN ('OBJECT', 'ARRAY')"
+        return f"CASE WHEN {nested_json} THEN CAST({column} AS VARCHAR) ELSE {column} ->> '$' END"
+    nested = kind.startswith(("STRUCT", "MAP", "UNION")) or kind.endswith("]")
     return f"CAST(to_json({column}) AS VARCHAR)" if nested else f"CAST({column} AS VARCHAR)"
 
 
@@ -361,6 +366,19 @@ def _csv_header(path: Path) -> list[str]:
             name = f"{name}_1"
         names.append(name)
     return names
+
+
+def _read_json_document(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Temp table ``_read`` from a ``.json`` file: one document (an array of objects, or one object) or JSON
+    Lines under that extension. Read whole when it parses; otherwise, unless it opens an array (one document
+    that does not parse: the file is unreadable), as JSON Lines, so that a bad line costs that line only."""
+    try:
+        con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_json(?, format = 'auto')", [str(path)])
+    except (duckdb.InvalidInputException, duckdb.BinderException):
+        with path.open("rb") as fh:
+            if fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                raise
+        _read_json_lines(con, path)
 
 
 def _read_json_lines(con: duckdb.DuckDBPyConnection, path: Path) -> None:

@@ -627,3 +627,45 @@ e6,2026-01-01,{erased_before.lower()},one column too many
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "app")
     assert (result.rows_loaded, result.rows_suppressed, result.rows_quarantined) == (1, 5, 0)
     assert con.execute("SELECT event_id FROM raw_app").fetchall() == [("e5",)]  # not a UUID's standard form
+
+
+def test_a_json_key_with_values_of_several_types_is_read_as_their_text(tmp_path, con, ingestor):
+    """DuckDB types such a key as JSON: its strings were kept with their quotes (an event id '"e-1002"'), and a
+    numeric time among ISO times quarantined every row as 'unparseable event_time'."""
+    folder = tmp_path / "inbox/app"
+    folder.mkdir(parents=True)
+    lines = [
+        {"event_id": 1001, "event_time": "2026-10-01T10:00:00Z", "device_id": "D1", "revenue": 12.5},
+        {"event_id": "e-1002", "event_time": "2026-10-01T11:00:00Z", "device_id": "D1", "revenue": "£20.00"},
+        {"event_id": "e-1003", "event_time": 1_790_000_000, "device_id": {"id": "D2"}, "revenue": None},
+    ]
+    (folder / "mixed.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "app")
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 1)
+    rows = con.execute("SELECT event_id, device_id, revenue FROM raw_app ORDER BY event_time").fetchall()
+    assert rows == [("1001", "D1", Decimal("12.50")), ("e-1002", "D1", Decimal("20.00"))]
+    assert con.execute("SELECT reason FROM quarantine").fetchall() == [("unparseable event_time",)]
+
+
+@pytest.mark.parametrize("name", ["lines.json", "lines.ndjson"])
+def test_json_lines_under_a_json_name_lose_only_their_bad_line(tmp_path, con, ingestor, name):
+    folder = tmp_path / "inbox/web"
+    folder.mkdir(parents=True)
+    good = '{{"event_id": "{}", "event_time": "2026-01-01T00:00:00Z", "anonymous_id": "c1"}}'
+    (folder / name).write_text("\n".join([good.format("e1"), good.format("e2")[:-1], good.format("e3")]) + "\n")
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert (result.status, result.rows_loaded, result.rows_quarantined) == ("loaded", 2, 1)
+
+
+def test_a_json_document_of_one_record_or_an_array_still_loads(tmp_path, con, ingestor):
+    folder = tmp_path / "inbox/web"
+    folder.mkdir(parents=True)
+    record = {"event_id": "e1", "event_time": "2026-01-01T00:00:00Z", "anonymous_id": "c1"}
+    (folder / "one.json").write_text(json.dumps(record, indent=2))
+    (folder / "many.json").write_text(
+        json.dumps([{**record, "event_id": "e2"}, {**record, "event_id": "e3"}], indent=2)
+    )
+    (folder / "broken.json").write_text("[" + json.dumps(record) + ",\n{")
+    results = {r.file.split("/")[-1]: r for r in ingestor.ingest_source(tmp_path / "inbox", "web")}
+    assert (results["one.json"].rows_loaded, results["many.json"].rows_loaded) == (1, 2)
+    assert results["broken.json"].status == "failed"
