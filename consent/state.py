@@ -20,8 +20,10 @@ Rules, in the order they are applied:
 3. Per customer and purpose the latest applicable event wins, whichever identifier it came through; at the
    same instant a withdrawal beats a grant. Events later than ``as_of`` do not apply yet, except a
    withdrawal dated after the moment the ledger recorded it (a till's clock ahead, local time written as
-   UTC): it is in force from that moment, since nobody withdraws for later. A grant dated ahead waits for
-   its date (:func:`in_force`).
+   UTC): it is in force from that moment, since nobody withdraws for later. So is a withdrawal dated before
+   1990 (a system's default time, 1970-01-01): when it was given is unknown, and the safe side is the latest
+   it can have been. A grant dated ahead waits for its date (:func:`in_force`), but it happened by the time
+   it was recorded: a withdrawal recorded after it wins, whatever the grant's date says (:func:`happened`).
 4. No event means no consent: customers without a row in ``consent_state`` for a purpose may not be
    contacted for it (see :mod:`consent.enforce`).
 """
@@ -37,6 +39,7 @@ import duckdb
 from cdp.store import code_digest, table_exists, transaction
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
+from identity.standardise import EARLIEST_PLAUSIBLE_TIME
 
 STATE_DDL = """CREATE TABLE IF NOT EXISTS consent_state (
     customer_id VARCHAR, purpose VARCHAR, status VARCHAR, updated_at TIMESTAMP, source VARCHAR,
@@ -90,12 +93,21 @@ def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None
 
 def in_force(alias: str = "") -> str:
     """SQL: when a ledger event (``alias``: the table's alias and a dot, or nothing) comes into force: its
-    ``event_time``, or for a withdrawal dated after the ledger recorded it, the moment it was recorded."""
+    ``event_time``, or for a withdrawal dated after the ledger recorded it or at a system's default time
+    (before :data:`~identity.standardise.EARLIEST_PLAUSIBLE_TIME`), the moment it was recorded."""
     a = alias
     return (
-        f"CASE WHEN {a}status = 'withdrawn' AND {a}event_time > {a}recorded_at "
+        f"CASE WHEN {a}status = 'withdrawn' AND ({a}event_time > {a}recorded_at "
+        f"OR {a}event_time < TIMESTAMP '{EARLIEST_PLAUSIBLE_TIME:%Y-%m-%d}') "
         f"THEN {a}recorded_at ELSE {a}event_time END"
     )
+
+
+def happened(alias: str = "") -> str:
+    """SQL: the time a ledger event is ordered by against the others: a withdrawal's :func:`in_force`, a grant's
+    ``event_time`` or, for one dated after the ledger recorded it, the moment it was recorded."""
+    a = alias
+    return f"CASE WHEN {a}status = 'withdrawn' THEN {in_force(alias)} ELSE least({a}event_time, {a}recorded_at) END"
 
 
 def _event_ids_sql(events: str | None = None, until: str = "$as_of", ledger: str = "consent_events") -> str:
@@ -209,8 +221,8 @@ SELECT a.customer_id, ev.purpose, ev.status, ev.event_time AS updated_at, ev.sou
 FROM applicable a JOIN {ledger} ev USING (event_id)
 QUALIFY row_number() OVER (
     PARTITION BY a.customer_id, ev.purpose
-    ORDER BY ev.event_time DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
-"""
+    ORDER BY {happened} DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
+""".replace("{happened}", happened("ev."))
 
 # What an incremental update needs to know about the last computation (no personal data in any of them):
 #   consent_state_basis  one row: the as_of it used, whether loose withdrawals applied, and BASIS_VERSION;
@@ -229,8 +241,9 @@ _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
 #: code of the rules (this module's and the ledger's) is part of it too, so that an edit to them makes the next
 #: computation full even when nobody bumps the version.
-#: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email).
-BASIS_VERSION = f"consent_state v3 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
+#: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email);
+#: v4: events ordered by :func:`happened`, withdrawals at a default time in force when recorded.
+BASIS_VERSION = f"consent_state v4 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -192,3 +192,39 @@ def test_a_grant_dated_ahead_waits_for_its_date(con, settings, tmp_path, w):
     assert "cC" not in w.states(con, "sms_marketing")
     build_consent_state(con, as_of=now + timedelta(days=2))
     assert w.states(con, "sms_marketing")["cC"] == "granted"
+
+
+def test_a_withdrawal_recorded_after_a_grant_dated_ahead_wins_when_the_grant_comes_due(con, settings, tmp_path, w):
+    """A till writing local time as UTC east of Greenwich dates its grants ahead. The grant happened by the time
+    the ledger recorded it, so a withdrawal given after that wins, whatever the grant's date says; it used to
+    lose once the grant's date came, and the customer was exported again."""
+    from datetime import UTC, datetime, timedelta
+
+    from consent.ledger import sync_ledger
+    from consent.state import build_consent_state
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    w.add_consent(con, "k83", now + timedelta(hours=2), "sms_marketing", "granted", email="clee@mailbox.com")
+    sync_ledger(con)
+    recorded = con.execute("SELECT recorded_at FROM consent_events WHERE consent_id = 'k83'").fetchall()[0][0]
+    w.add_consent(con, "k84", recorded + timedelta(seconds=1), "sms_marketing", "withdrawn", email="clee@mailbox.com")
+    sync_ledger(con)
+    build_consent_state(con, as_of=now + timedelta(hours=3))  # the grant's date has come
+    assert w.states(con, "sms_marketing")["cC"] == "withdrawn"
+
+
+def test_a_withdrawal_at_a_systems_default_time_is_in_force_when_recorded(con, settings, tmp_path, w):
+    """Dated 1970-01-01, a withdrawal lost to any grant; when it was given is unknown, so it counts from the
+    moment the ledger recorded it, the latest it can have been."""
+    from datetime import UTC, datetime
+
+    from consent.ledger import sync_ledger
+    from consent.state import build_consent_state
+
+    assert w.states(con, "email_marketing")["cA"] == "granted"
+    w.add_consent(con, "k86", datetime(1970, 1, 1), "email_marketing", "withdrawn", email="alee@mailbox.com")
+    sync_ledger(con)
+    build_consent_state(con, as_of=datetime.now(UTC).replace(tzinfo=None))
+    assert w.states(con, "email_marketing")["cA"] == "withdrawn"
+    export_segment(con, settings, "all_customers", "email_marketing", tmp_path / "email.csv")
+    assert "cA" not in pd.read_csv(tmp_path / "email.csv")["customer_id"].tolist()
