@@ -624,7 +624,7 @@ class Ingestor:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
             self.con.execute(
                 "DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified; DROP TABLE IF EXISTS _erased_extra; "
-                "DROP TABLE IF EXISTS _suppressed"
+                "DROP TABLE IF EXISTS _suppressed; DROP TABLE IF EXISTS _redacted"
             )
         return result
 
@@ -775,21 +775,53 @@ class Ingestor:
     def _note_suppressed(self, spec: SourceSpec, erased_address: str) -> str:
         """Fill ``_suppressed(_row)`` with the rows of ``_batch`` carrying an erased subject's identifier (or,
         ``erased_address``, SQL over ``_batch``, naming their address among others); returns SQL that is true
-        for such a row."""
+        for such a row.
+
+        A consent withdrawal that also names someone else (the erased subject's recycled phone, and the new
+        holder's email) is not suppressed: the erased values are removed from it, as erasure does to such an
+        event already in the ledger, and it loads. Suppressed whole, it took the other person's withdrawal
+        with it. A grant stays suppressed: no event, no consent."""
         if not self._has_suppressions:
             return "false"
-        suppressed_sql, params = self._suppressed_sql(spec)
+        checks, params = self._suppressed_sql(spec)
+        if "email" in spec.columns:
+            checks["email_key"] = f"({checks['email_key']} OR {erased_address})"
         join_phone = (
             f"LEFT JOIN _phone ON _phone.raw = _batch.phone AND _phone.region = {_phone_region_sql(spec)}"
             if "phone" in spec.columns
             else ""
         )
+        flags = ", ".join(f"{sql} AS {_q(t)}" for t, sql in checks.items())
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _suppressed AS SELECT _row FROM _batch {join_phone} "
-            f"WHERE {suppressed_sql} OR {erased_address}",
+            f"""CREATE OR REPLACE TEMP TABLE _suppressed AS
+                SELECT * FROM (SELECT _row, {flags} FROM _batch {join_phone})
+                WHERE {" OR ".join(map(_q, checks))}""",
             params,
         )
+        if spec.name == "consent":
+            self._redact_shared_withdrawals(checks)
         return "_row IN (SELECT _row FROM _suppressed)"
+
+    def _redact_shared_withdrawals(self, checks: dict[str, str]) -> None:
+        """Take out of ``_suppressed`` the withdrawals that also name an identifier no erased subject holds, with
+        the erased values removed from them in ``_batch`` (see :meth:`_note_suppressed`)."""
+        erased = {IDENTIFIER_COLUMNS[t]: t for t in checks if t in IDENTIFIER_COLUMNS}
+        another = " OR ".join(
+            f"(NULLIF(trim(b.{_q(c)}), '') IS NOT NULL AND NOT coalesce(s.{_q(erased[c])}, false))"
+            if c in erased
+            else f"NULLIF(trim(b.{_q(c)}), '') IS NOT NULL"
+            for c in _CONSENT_SUBJECT_COLUMNS
+        )
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _redacted AS
+                SELECT s.* FROM _suppressed s JOIN _batch b USING (_row)
+                WHERE lower(trim(b.status)) = 'withdrawn' AND ({another})"""
+        )
+        for column, id_type in erased.items():
+            self.con.execute(
+                f"UPDATE _batch SET {_q(column)} = NULL WHERE _row IN (SELECT _row FROM _redacted WHERE {_q(id_type)})"
+            )
+        self.con.execute("DELETE FROM _suppressed WHERE _row IN (SELECT _row FROM _redacted)")
 
     def _note_reused_keys(self, spec: SourceSpec, owner: str, loadable: str) -> str:
         """Fill ``_reused_keys(_row)`` with the rows of ``_batch`` whose key another ``owner`` holds (see
@@ -846,9 +878,10 @@ class Ingestor:
     def _has_suppressions(self) -> bool:
         return bool(self._suppression_hashes)
 
-    def _suppressed_sql(self, spec: SourceSpec) -> tuple[str, list[object]]:
-        """SQL (and its parameters) that is true for rows carrying an identifier of an erased subject; fills
-        ``_phone`` with the batch's phones, read, for the join on ``_batch.phone`` it needs."""
+    def _suppressed_sql(self, spec: SourceSpec) -> tuple[dict[str, str], list[object]]:
+        """SQL per suppression type (and the parameters of them all, in order) that is true for rows carrying an
+        identifier of an erased subject of that type; fills ``_phone`` with the batch's phones, read, for the
+        join on ``_batch.phone`` it needs."""
         from identity.standardise import normalise_phone
 
         if "phone" in spec.columns:  # read as staging reads them: in the row's own country, if it has one
@@ -861,16 +894,19 @@ class Ingestor:
                     "INSERT INTO _phone VALUES (?, ?, ?)",
                     [(p, r, normalise_phone(p, r or self.region)) for p, r in phones],
                 )
-        checks, params = [], []
+        checks: dict[str, str] = {}
+        params: list[object] = []
         for id_type, forms in _identifier_sql(spec).items():
+            found = []
             for expr in forms:
                 hash_sql, hash_params = self.hasher.expr(expr, id_type)
-                checks.append(
+                found.append(
                     f"({expr} IS NOT NULL AND {hash_sql} IN "
                     "(SELECT identifier_hash FROM suppression_list WHERE identifier_type = ?))"
                 )
                 params += [*hash_params, id_type]
-        return "(" + " OR ".join(checks) + ")", params
+            checks[id_type] = "(" + " OR ".join(found) + ")"
+        return checks, params
 
     def _quarantine_rejects(self, source: str, label: str, batch_id: str) -> int:
         """Quarantine malformed CSV lines, except those of erased subjects; returns how many were suppressed.

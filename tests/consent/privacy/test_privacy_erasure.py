@@ -27,6 +27,7 @@ from cdp.suppression import identifier_hash, load_secret
 from consent import erasure
 from consent.erasure import ERASURE_MAP, KEPT_TABLES, Subject, uncovered_tables
 
+BOB = "bob.other@fastmail.co.uk"
 ALICE = Subject.from_options("  alice.smith@GoogleMail.com ", None, None)  # another spelling of her email
 
 
@@ -510,6 +511,32 @@ def test_a_field_naming_her_and_another_loaded_by_an_earlier_release_is_erased(w
     con = connect(world.settings.db_path)
     assert con.execute("SELECT count(*) FROM raw_store WHERE transaction_id = 'T-90'").fetchall() == [(0,)]
     con.close()
+
+
+def test_a_new_withdrawal_naming_her_and_him_after_her_erasure_keeps_him_out_without_her_values(
+    world: Any, pw: SimpleNamespace
+) -> None:
+    """After Alice is erased, a withdrawal arrives naming her (recycled) mobile and Bob's email. Suppressed
+    whole, it took Bob's withdrawal with it and he stayed in email exports. It now loads without her number;
+    a grant naming both stays suppressed (no event, no consent)."""
+    from consent import enforce
+
+    erasure.erase(world.settings, ALICE, dry_run=False)
+    consent = "consent_id,event_time,purpose,status,source,email,phone\n"
+    consent += f"K-40,2025-07-01T00:00:00Z,email_marketing,withdrawn,store_form,{BOB},07700 900461\n"
+    consent += f"K-41,2025-07-02T00:00:00Z,sms_marketing,granted,store_form,{BOB},07700 900461\n"
+    pw.write_inbox(world.inbox, {"consent/recycled.csv": consent})
+    con = connect(world.settings.db_path)
+    pw.run_pipeline(con, world.settings, world.inbox)
+    assert con.execute(
+        "SELECT rows_loaded, rows_quarantined, rows_suppressed FROM ingest_batches WHERE file LIKE '%recycled.csv'"
+    ).fetchall() == [(1, 0, 1)]
+    assert con.execute("SELECT consent_id, email, phone FROM raw_consent WHERE consent_id LIKE 'K-4_'").fetchall() == [
+        ("K-40", BOB, None)
+    ]
+    assert world.bob not in set(enforce.approve(con, "email_marketing").rows["customer_id"])
+    con.close()
+    assert [s for s in pw.ALICE_STRINGS if s in pw.file_bytes(world.settings.db_path)] == []
 
 
 def test_with_the_key_lost_an_erased_subject_is_not_ingested_again(world: Any, pw: SimpleNamespace) -> None:
