@@ -135,10 +135,10 @@ def _naming_value(values: str) -> str:
 
 
 def _loose_candidates(until: str = "$as_of") -> str:
-    """``(event_id, in_force, email_key, value)``: withdrawals from the consent source whose email, as written
-    in ``raw_consent``, may reach customers loosely (before the check that their email key reaches nobody)."""
+    """``(event_id, in_force, value)``: withdrawals from the consent source with the loose key of their email
+    as written in ``raw_consent``, through which they reach customers too."""
     return f"""
-    SELECT ev.event_id, {in_force("ev.")} AS in_force, ev.email_key, {_loose_email("rc.email")} AS value
+    SELECT ev.event_id, {in_force("ev.")} AS in_force, {_loose_email("rc.email")} AS value
     FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
     WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND {in_force("ev.")} <= {until}
       AND rc.email IS NOT NULL AND trim(rc.email) <> ''"""
@@ -173,11 +173,13 @@ def hits_sql(
     incremental update, over every customer carrying a value that the events in ``events`` (a table of
     ``event_id``) name: fan-outs and ``n`` are then still global facts.
 
-    With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal whose email did not reach anyone as
-    written (a typo the standardiser could not read, or a mistyped domain) also reaches customers through
-    :func:`_loose_email`. Only withdrawals: applying a withdrawal too widely costs a marketing message, a
-    grant applied too widely would be a breach. Nothing new is stored: the spelling is read from
-    ``raw_consent`` through the event's batch and row.
+    With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal also reaches customers through
+    :func:`_loose_email` of its email as written: a typo the standardiser could not read, or a mistyped domain,
+    still reaches the customer meant, even once a record carrying the same typo links it to someone else (a
+    till's receipt with the typed address: the withdrawal used to move to that receipt's customer). Only
+    withdrawals: applying a withdrawal too widely costs a marketing message, a grant applied too widely would
+    be a breach. Nothing new is stored: the spelling is read from ``raw_consent`` through the event's batch
+    and row.
 
     An update passes ``ledger``, the rows of ``consent_events`` for ``events``, and ``loose``, the loose
     candidates already read (:func:`_loose_candidates`, of events up to ``$as_of`` or later), so that neither
@@ -189,8 +191,7 @@ def hits_sql(
         candidates = f"SELECT * FROM {loose} WHERE in_force <= $as_of" if loose else _loose_candidates()
         loose_events = f"""
         UNION
-        SELECT event_id, 'email_loose' AS kind, value FROM ({candidates}) c
-        WHERE (email_key IS NULL OR email_key NOT IN (SELECT value FROM {ids} WHERE kind = 'email_key')) {only}"""
+        SELECT event_id, 'email_loose' AS kind, value FROM ({candidates}) c WHERE true {only}"""
     return f"""
 WITH fanout AS (SELECT kind, value, count(*) AS customers FROM {ids} GROUP BY kind, value),
 event_ids AS ({_event_ids_sql(events, ledger=ledger)} {loose_events}),
@@ -242,7 +243,8 @@ _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: code of the rules (this module's and the ledger's) is part of it too, so that an edit to them makes the next
 #: computation full even when nobody bumps the version.
 #: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email);
-#: v4: events ordered by :func:`happened`, withdrawals at a default time in force when recorded.
+#: v4: events ordered by :func:`happened`, withdrawals at a default time in force when recorded; loose
+#: withdrawals whatever their exact email key reaches.
 BASIS_VERSION = f"consent_state v4 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
@@ -422,10 +424,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     if loose:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_loose AS {_loose_candidates(until)}", window)
     else:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE _cs_loose "
-            "(event_id VARCHAR, in_force TIMESTAMP, email_key VARCHAR, value VARCHAR)"
-        )
+        con.execute("CREATE OR REPLACE TEMP TABLE _cs_loose (event_id VARCHAR, in_force TIMESTAMP, value VARCHAR)")
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_reach AS
             SELECT bucket FROM _cs_buckets

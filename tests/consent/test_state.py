@@ -132,6 +132,13 @@ def test_withdrawal_with_a_mistyped_email_still_reaches_the_customer_but_a_grant
     assert via.fetchall()[0][0] == "email_loose"
     assert "cD" not in w.states(con, "analytics")  # a mistyped grant grants nothing
 
+    # A till's receipt carrying the same typo: its customer is withdrawn too, and cC stays withdrawn (the
+    # withdrawal used to move to the receipt's customer once its email reached someone as written).
+    w.add_record(con, "cT", "store", "tT", w.at(11), email="clee@mailbox.con", store_id="s9")
+    w.rebuild(con, as_of=w.at(20))
+    email = w.states(con, "email_marketing")
+    assert email["cC"] == "withdrawn" and email["cT"] == "withdrawn"
+
 
 def test_events_up_to_now_apply_whatever_the_machines_time_zone(con, w, monkeypatch):
     import time

@@ -146,7 +146,7 @@ def test_an_update_with_nothing_new_recomputes_no_one(con, w):
     assert_equals_full_rebuild(con)
 
 
-def test_loose_withdrawal_stops_once_its_email_key_belongs_to_someone(con, w):
+def test_loose_withdrawal_keeps_its_reach_once_its_email_key_belongs_to_someone(con, w):
     con.execute(raw_ddl("consent"))
     assert not state_current(con)  # loose withdrawals now apply: the basis is stale, a full rebuild is due
     w.add_consent(
@@ -161,8 +161,9 @@ def test_loose_withdrawal_stops_once_its_email_key_belongs_to_someone(con, w):
     assert state_current(con) and w.states(con, "analytics") == {"cD": "withdrawn"}  # through the loose key
     w.add_record(con, "cK", "web", "wK", w.at(12), anonymous_id="anonK", email="ddlee@mailbox.com")
     counts = update(con, ["cK"])
-    assert w.states(con, "analytics") == {"cK": "withdrawn"}  # written email now reaches cK, not cD loosely
-    assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cK"}
+    # The written email now reaches cK too; cD, reached loosely, stays withdrawn (it used to lose it).
+    assert w.states(con, "analytics") == {"cD": "withdrawn", "cK": "withdrawn"}
+    assert counts["customers_recomputed"] == 2 and recomputed_rows(con) == {"cD", "cK"}
     assert_equals_full_rebuild(con)
 
 
