@@ -212,7 +212,9 @@ SELECT h.*, coalesce(u.n, 0) AS n FROM hits h LEFT JOIN unique_targets u USING (
 #: of every event in the hits.
 _STATE_SQL = """
 WITH applicable AS (
-    SELECT h.event_id, h.customer_id, string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) AS via
+    SELECT h.event_id, h.customer_id,  -- the loose key only when nothing exact reached the customer
+           coalesce(string_agg(DISTINCT h.kind, ',' ORDER BY h.kind) FILTER (WHERE h.kind <> 'email_loose'),
+                    'email_loose') AS via
     FROM _consent_hits h JOIN {ledger} ev USING (event_id)
     WHERE (ev.status = 'withdrawn' OR (h.customers = 1 AND h.n = 1 AND h.kind <> 'email_loose')) {only}
     GROUP BY h.event_id, h.customer_id
