@@ -368,6 +368,13 @@ def _csv_header(path: Path) -> list[str]:
     return names
 
 
+def _holds_nothing(path: Path) -> bool:
+    """``path`` is empty: no byte, or only a byte-order mark and white space (an export of a day without rows
+    that did not even write its header)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= 64 and not path.read_bytes().lstrip(b"\xef\xbb\xbf").strip())
+
+
 def _read_json_document(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Temp table ``_read`` from a ``.json`` file: one document (an array of objects, or one object) or JSON
     Lines under that extension. Read whole when it parses; otherwise, unless it opens an array (one document
@@ -472,9 +479,23 @@ def _typed(column: str, kind: str) -> str:
         return f"CASE WHEN NOT ({guessed}) THEN CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP) END"
     if kind.startswith("DECIMAL"):
         return _sql_amount(col, kind)
-    if kind in ("DATE", "INTEGER", "BIGINT"):
+    if kind in ("INTEGER", "BIGINT"):  # a whole number as written: try_cast rounds 2.5 to 3 and reads 1e3
+        return f"CASE WHEN regexp_full_match({col}, '[+-]?[0-9]+(\\.0*)?') THEN try_cast({col} AS {kind}) END"
+    if kind == "DATE":
         return f"try_cast({col} AS {kind})"
     return col
+
+
+def _currency_of_amount(column: str) -> str:
+    """SQL: the currency an amount as written names (``12,50 EUR``, ``£12.50``), for a row whose currency column
+    is empty: a three-letter code before or after the number, or a sign of one currency only (``£``, ``€``;
+    ``$`` and ``¥`` are several). NULL when it names none."""
+    col = f"trim({_q(column)})"
+    return (
+        f"CASE WHEN regexp_matches({col}, '^[A-Za-z]{{3}}[^A-Za-z]|[^A-Za-z][A-Za-z]{{3}}$') "
+        f"THEN upper(regexp_extract({col}, '^([A-Za-z]{{3}})|([A-Za-z]{{3}})$', 0)) "
+        f"WHEN contains({col}, '£') THEN 'GBP' WHEN contains({col}, '€') THEN 'EUR' END"
+    )
 
 
 #: Suppression identifier type -> the source column it is derived from.
@@ -605,6 +626,13 @@ class Ingestor:
         ).fetchall()[0][0]
         if seen:
             return BatchResult(source, label, batch_id, "skipped")
+        if _holds_nothing(path):  # a day without rows, exported as an empty file: an empty batch, not a rejection
+            result = BatchResult(source, label, batch_id, "loaded")
+            self.con.execute(
+                "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, 0, 0, 0, 0, 'loaded', NULL, now()::TIMESTAMP)",
+                [batch_id, source, label, digest],
+            )
+            return result
         try:  # read before the transaction: a reader that fails and tries again must not abort it
             columns, malformed = _read_as_text(self.con, path, spec.columns)
         except SchemaError as exc:
@@ -687,7 +715,14 @@ class Ingestor:
         return result
 
     def _insert_loaded(self, spec: SourceSpec, batch_id: str, label: str, extras: list[str]) -> None:
-        typed = ", ".join(f"{_typed(c, k)} AS {_q(c)}" for c, k in spec.columns.items())
+        typed_sql = {c: _typed(c, k) for c, k in spec.columns.items()}
+        amounts = [c for c, k in spec.columns.items() if k.startswith("DECIMAL")]
+        if "currency" in spec.columns and amounts:  # an empty currency takes the one its amount names
+            named = _currency_of_amount(amounts[0])
+            typed_sql["currency"] = (
+                f"coalesce({typed_sql['currency']}, CASE WHEN {typed_sql[amounts[0]]} IS NOT NULL THEN {named} END)"
+            )
+        typed = ", ".join(f"{sql} AS {_q(c)}" for c, sql in typed_sql.items())
         # Values of typed optional columns that do not parse are kept in ``extra``, as are extra columns.
         typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
         unparsed = [

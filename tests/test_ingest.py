@@ -669,3 +669,44 @@ def test_a_json_document_of_one_record_or_an_array_still_loads(tmp_path, con, in
     results = {r.file.split("/")[-1]: r for r in ingestor.ingest_source(tmp_path / "inbox", "web")}
     assert (results["one.json"].rows_loaded, results["many.json"].rows_loaded) == (1, 2)
     assert results["broken.json"].status == "failed"
+
+
+def test_a_count_is_a_whole_number_and_an_amounts_currency_fills_an_empty_currency(tmp_path, con, ingestor):
+    """try_cast read items '2.5' as 3 and '1e3' as 1000, where a value that does not parse is kept in extra; and
+    '12,50 EUR' with no currency loaded as 12.50 of nothing, counted in the profiles' currency."""
+    write_csv(
+        tmp_path / "inbox/store/store-1.csv",
+        """
+transaction_id,transaction_time,store_id,amount,currency,items
+t1,2026-03-01T10:00:00Z,s1,"12,50 EUR",,2.5
+t2,2026-03-01T10:00:00Z,s1,£3.00,,1e3
+t3,2026-03-01T10:00:00Z,s1,12 USD,EUR,2.0
+t4,2026-03-01T10:00:00Z,s1,$5.00,,+4
+t5,2026-03-01T10:00:00Z,s1,lots EUR,,
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
+    assert result.rows_loaded == 5
+    rows = con.execute("SELECT transaction_id, amount, currency, items, extra FROM raw_store ORDER BY 1").fetchall()
+    assert [r[1:4] for r in rows] == [
+        (Decimal("12.50"), "EUR", None),
+        (Decimal("3.00"), "GBP", None),
+        (Decimal("12.00"), "EUR", 2),  # a currency column given wins
+        (Decimal("5.00"), None, 4),  # '$' is several currencies
+        (None, None, None),  # no amount read: no currency taken from it
+    ]
+    assert [json.loads(r[4]).get("_unparsed_items") for r in rows[:2]] == ["2.5", "1e3"]
+
+
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n \r\n"])
+@pytest.mark.parametrize("name", ["web-empty.csv", "web-empty.jsonl", "web-empty.parquet"])
+def test_an_empty_export_is_an_empty_batch_not_a_rejection(tmp_path, con, ingestor, name, content):
+    """A day without rows exported as an empty file was rejected ('missing required column') and reported
+    again on every run."""
+    folder = tmp_path / "inbox/web"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(content)
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert (result.status, result.rows_in, result.error) == ("loaded", 0, None)
+    (again,) = ingestor.ingest_source(tmp_path / "inbox", "web")
+    assert again.status == "skipped"
