@@ -158,9 +158,37 @@ def _coerce(name: str, value: Any) -> Any:
         if name == "threads" and number < 1:
             raise CdpError(f"threads: {value!r} is not a number of threads (at least 1)")
         return number
+    if name == "memory_limit":
+        return _memory_limit(value)
     if name == "engine" and value not in ENGINES:
         raise CdpError(f"engine: {value!r} is not one of {', '.join(ENGINES)}")
     return value
+
+
+#: Units DuckDB's memory_limit takes, in bytes (1000^i and 1024^i; a bare K, M, G or T is 1000^i to it too).
+_MEMORY_UNITS = {
+    "B": 1, "BYTES": 1, "K": 10**3, "KB": 10**3, "KIB": 2**10, "M": 10**6, "MB": 10**6, "MIB": 2**20,
+    "G": 10**9, "GB": 10**9, "GIB": 2**30, "T": 10**12, "TB": 10**12, "TIB": 2**40,
+}  # fmt: skip
+_LEAST_MEMORY = 128 * 2**20
+
+
+def _memory_limit(value: Any) -> str:
+    """``value`` as DuckDB's ``memory_limit`` reads it (``8GB``, ``500 MiB``, ``75%`` of the machine's), checked
+    here, so that a setting that does not fit stops the command before a run starts, not in its first step."""
+    from cdp.errors import CdpError
+
+    text = str(value).strip()
+    amount = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+|%)", text)
+    unit = amount.group(2).upper() if amount else ""
+    if not amount or (unit != "%" and unit not in _MEMORY_UNITS):
+        raise CdpError(f"memory_limit: {value!r} is not an amount of memory (e.g. 8GB, 500MB or 75%)")
+    number = float(amount.group(1))
+    if unit == "%" and not 0 < number <= 100:
+        raise CdpError(f"memory_limit: {value!r} is not a share of the machine's memory (more than 0%, at most 100%)")
+    if unit != "%" and number * _MEMORY_UNITS[unit] < _LEAST_MEMORY:
+        raise CdpError(f"memory_limit: {value!r} is too little for the store to work in (at least 128MiB)")
+    return text
 
 
 def _currency_code(setting: str, value: Any) -> str:

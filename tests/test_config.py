@@ -70,3 +70,29 @@ def test_a_settings_file_named_by_cdp_config_must_exist(tmp_path, monkeypatch):
 def test_a_db_path_naming_a_folder_is_one_line(db):
     with pytest.raises(CdpError, match="names a folder; name the DuckDB file"):
         load_settings(db_path=Path(db))
+
+
+@pytest.mark.parametrize("value", ["8GB", "8 gb", "1.5GB", "500MiB", "75%", "2T"])
+def test_a_memory_limit_as_duckdb_reads_it_is_kept(value, monkeypatch):
+    monkeypatch.setenv("CDP_MEMORY_LIMIT", value)
+    assert load_settings().memory_limit == value
+    import duckdb
+
+    duckdb.connect().execute(f"SET memory_limit = '{value}'")  # and DuckDB takes it
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("lots", "memory_limit: 'lots' is not an amount of memory (e.g. 8GB, 500MB or 75%)"),
+        ("8", "memory_limit: '8' is not an amount of memory (e.g. 8GB, 500MB or 75%)"),
+        ("1024 bytes", "memory_limit: '1024 bytes' is too little for the store to work in (at least 128MiB)"),
+        ("150%", "memory_limit: '150%' is not a share of the machine's memory (more than 0%, at most 100%)"),
+    ],
+)
+def test_a_memory_limit_that_does_not_fit_stops_before_a_run(value, message, monkeypatch):
+    """It used to pass, and the run's first step failed with DuckDB's parser error."""
+    monkeypatch.setenv("CDP_MEMORY_LIMIT", value)
+    with pytest.raises(CdpError) as caught:
+        load_settings()
+    assert str(caught.value) == message
