@@ -652,7 +652,7 @@ class Ingestor:
             self.con.execute("DROP TABLE IF EXISTS _batch; DROP TABLE IF EXISTS _rejects")
             self.con.execute(
                 "DROP TABLE IF EXISTS _phone; DROP TABLE IF EXISTS _classified; DROP TABLE IF EXISTS _erased_extra; "
-                "DROP TABLE IF EXISTS _suppressed; DROP TABLE IF EXISTS _redacted"
+                "DROP TABLE IF EXISTS _suppressed; DROP TABLE IF EXISTS _redacted; DROP TABLE IF EXISTS _unreadable"
             )
         return result
 
@@ -792,6 +792,8 @@ class Ingestor:
             ]
         if "email" in spec.columns:
             reasons.append(f"WHEN {several} THEN 'email names several addresses'")
+        if spec.name == "consent":
+            reasons.append(f"WHEN {self._note_unreadable_subjects(spec)} THEN 'no readable subject identifier'")
         suppressed = self._note_suppressed(spec, erased_address)
         if spec.owner and not forced_reason:
             # An erased subject's row holds no key: another store's receipt of the same number loads.
@@ -806,6 +808,33 @@ class Ingestor:
             f"WHEN {quarantined} THEN 'quarantined' "
             f"ELSE 'loaded' END AS _fate, {reason_sql} AS _fate_reason FROM _batch"
         )
+
+    def _note_unreadable_subjects(self, spec: SourceSpec) -> str:
+        """Fill ``_unreadable(_row)`` with the consent rows of ``_batch`` whose only identifiers are an email and
+        a phone that do not read as one (``none``, ``n/a``), so that the event could never reach anyone: a
+        withdrawal loaded so was silently of no effect. A withdrawal's email that reaches customers loosely
+        (``ptaylor@@virginmedia.com``, see :mod:`consent.state`) counts as read. Returns SQL true for such a row."""
+        from consent.state import loose_email
+        from identity.standardise import normalise_phone, sql_normalise_email
+
+        others = " AND ".join(
+            f"NULLIF(trim({_q(c)}), '') IS NULL" for c in _CONSENT_SUBJECT_COLUMNS if c not in ("email", "phone")
+        )
+        unread_email = (
+            f"(NULLIF(trim(email), '') IS NULL OR ({sql_normalise_email('email')} IS NULL "
+            f"AND (lower(trim(status)) <> 'withdrawn' OR {loose_email('email')} IS NULL)))"
+        )
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _unreadable AS SELECT _row, phone, {_phone_region_sql(spec)} AS region "
+            f"FROM _batch WHERE {others} AND {unread_email}"
+        )
+        phones = self.con.execute(
+            "SELECT DISTINCT phone, region FROM _unreadable WHERE NULLIF(trim(phone), '') IS NOT NULL"
+        ).fetchall()
+        read = [(p, r) for p, r in phones if normalise_phone(p, r or self.region)]
+        if read:
+            self.con.executemany("DELETE FROM _unreadable WHERE phone = ? AND region = ?", read)
+        return "_row IN (SELECT _row FROM _unreadable)"
 
     def _note_suppressed(self, spec: SourceSpec, erased_address: str) -> str:
         """Fill ``_suppressed(_row)`` with the rows of ``_batch`` carrying an erased subject's identifier (or,

@@ -51,7 +51,7 @@ _IDS = ", ".join(EVENT_IDENTIFIERS)
 _STATE_VALUES = ("status", "updated_at", "source", "event_id", "origin", "policy_version", "via")
 
 
-def _loose_email(col: str) -> str:
+def loose_email(col: str) -> str:
     """A forgiving key for a mistyped email: the local part without punctuation or +tag, and the first label of
     the domain (``ptaylor@@virginmedia.com``, ``p.taylor@virginmedia.con`` and ``ptaylor@virginmedia.co`` all
     give ``ptaylor@virginmedia``). Letters beyond ASCII are left out, and a label in its ASCII form keeps only
@@ -73,7 +73,7 @@ def _ids_sql(loose: bool, links: str = "customer_source_records") -> str:
     email key of each of their emails (kind ``email_loose``) when loose withdrawals apply; ``links`` (a temp
     table of this module: some rows of ``customer_source_records``) restricts them to some customers'. One
     pass over ``stg_records`` (NULL values are left out)."""
-    extra = f", {_loose_email('r.email')} AS email_loose" if loose else ""
+    extra = f", {loose_email('r.email')} AS email_loose" if loose else ""
     kinds = _IDS + (", email_loose" if loose else "")
     return f"""
     SELECT DISTINCT customer_id, kind, value FROM (
@@ -138,7 +138,7 @@ def _loose_candidates(until: str = "$as_of") -> str:
     """``(event_id, in_force, value)``: withdrawals from the consent source with the loose key of their email
     as written in ``raw_consent``, through which they reach customers too."""
     return f"""
-    SELECT ev.event_id, {in_force("ev.")} AS in_force, {_loose_email("rc.email")} AS value
+    SELECT ev.event_id, {in_force("ev.")} AS in_force, {loose_email("rc.email")} AS value
     FROM consent_events ev JOIN raw_consent rc ON rc.batch_id = ev.batch_id AND rc.row_number = ev.row_number
     WHERE ev.origin = 'consent' AND ev.status = 'withdrawn' AND {in_force("ev.")} <= {until}
       AND rc.email IS NOT NULL AND trim(rc.email) <> ''"""
@@ -174,7 +174,7 @@ def hits_sql(
     ``event_id``) name: fan-outs and ``n`` are then still global facts.
 
     With ``loose_withdrawals`` (``raw_consent`` present), a withdrawal also reaches customers through
-    :func:`_loose_email` of its email as written: a typo the standardiser could not read, or a mistyped domain,
+    :func:`loose_email` of its email as written: a typo the standardiser could not read, or a mistyped domain,
     still reaches the customer meant, even once a record carrying the same typo links it to someone else (a
     till's receipt with the typed address: the withdrawal used to move to that receipt's customer). Only
     withdrawals: applying a withdrawal too widely costs a marketing message, a grant applied too widely would
@@ -244,7 +244,7 @@ _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
 #: code of the rules (this module's and the ledger's) is part of it too, so that an edit to them makes the next
 #: computation full even when nobody bumps the version.
-#: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (_loose_email);
+#: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (loose_email);
 #: v4: events ordered by :func:`happened`, withdrawals at a default time in force when recorded; loose
 #: withdrawals whatever their exact email key reaches.
 BASIS_VERSION = f"consent_state v4 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"

@@ -239,6 +239,13 @@ def test_parquet_and_json_lines(tmp_path, con, ingestor):
             "email": "a@b.com",
         },
         {"consent_id": "k4", "event_time": "2026-02-01T08:00:00Z", "purpose": "analytics", "status": "granted"},
+        # Identifiers that read as nothing: the event could never reach anyone. A withdrawal's mistyped email
+        # reaches customers loosely, and an id is read as written.
+        {**ok, "consent_id": "k8", "email": "none", "phone": "n/a", "status": "withdrawn"},
+        {**ok, "consent_id": "k9", "email": "ptaylor@@virginmedia.com", "status": "withdrawn"},
+        {**ok, "consent_id": "k10", "email": "ptaylor@@virginmedia.com"},
+        {**ok, "consent_id": "k11", "email": "none", "phone": "07700 900123"},
+        {**ok, "consent_id": "k12", "email": "none", "user_id": "n/a"},
         # An email as a JSON list or object: one address is read, two people's are no one subject.
         {**ok, "consent_id": "k5", "email": ["a@b.com", "c@d.org"]},
         {**ok, "consent_id": "k6", "email": ["a@b.com"]},
@@ -249,9 +256,20 @@ def test_parquet_and_json_lines(tmp_path, con, ingestor):
     by_source = {b.source: b for b in summary.batches}
     assert by_source["app"].rows_loaded == 2
     assert con.execute("SELECT revenue FROM raw_app WHERE event_id = 'a1'").fetchall()[0][0] == Decimal("9.99")
-    assert by_source["consent"].rows_loaded == 3
+    assert by_source["consent"].rows_loaded == 6
     reasons = sorted(r for (r,) in con.execute("SELECT reason FROM quarantine WHERE source = 'consent'").fetchall())
-    assert reasons == ["email names several addresses", "no subject identifier", "unknown purpose", "unknown status"]
+    assert reasons == [
+        "email names several addresses",
+        "no readable subject identifier",
+        "no readable subject identifier",
+        "no subject identifier",
+        "unknown purpose",
+        "unknown status",
+    ]
+    quarantined = con.execute(
+        "SELECT raw->>'consent_id' FROM quarantine WHERE reason = 'no readable subject identifier' ORDER BY 1"
+    ).fetchall()
+    assert quarantined == [("k10",), ("k8",)]
 
 
 def test_same_content_is_never_ingested_twice(tmp_path, con, ingestor):

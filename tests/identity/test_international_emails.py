@@ -44,7 +44,7 @@ def test_an_international_address_links_its_spellings_and_carries_a_withdrawal(
             ("K1", "2026-10-03 09:00:00", "sms_marketing", "granted", "crm", "", "07700 900111"),
             # Withdrawn later by email only, written as the customer typed it at the till.
             ("K2", "2026-10-05 09:00:00", "sms_marketing", "withdrawn", "store_form", "JÖRG.MÜLLER@BÜCHER.DE", ""),
-            # A withdrawal with the domain mistyped: no address's key, yet loosely his (consent.state._loose_email).
+            # A withdrawal with the domain mistyped: no address's key, yet loosely his (consent.state.loose_email).
             ("K3", "2026-10-06 09:00:00", "email_marketing", "withdrawn", "crm", "jörg.müller@bücher.con", ""),
         ],
     )
