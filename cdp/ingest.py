@@ -18,7 +18,10 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Collection, Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +189,8 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     con.execute("CREATE TEMP TABLE _rejects (row_number BIGINT, reason VARCHAR, line VARCHAR)")
     try:
         if kind == "csv":
-            _read_csv(con, path)
+            with _as_utf8(path) as readable:
+                _read_csv(con, readable)
         elif kind == "parquet":
             con.execute("CREATE TEMP TABLE _read AS SELECT * FROM read_parquet(?)", [str(path)])
         elif path.suffix.lower() == ".json":
@@ -235,6 +239,30 @@ def _as_text(column: str, kind: str) -> str:
         return f"CASE WHEN {nested_json} THEN CAST({column} AS VARCHAR) ELSE {column} ->> '$' END"
     nested = kind.startswith(("STRUCT", "MAP", "UNION")) or kind.endswith("]")
     return f"CAST(to_json({column}) AS VARCHAR)" if nested else f"CAST({column} AS VARCHAR)"
+
+
+#: Byte-order marks of UTF-16, which spreadsheet programs write when asked for "Unicode text".
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+@contextmanager
+def _as_utf8(path: Path) -> Iterator[Path]:
+    """``path`` itself, or for a file in UTF-16 (by its byte-order mark) a UTF-8 copy of it in a temporary file,
+    removed on leaving: read as it is, its NUL bytes made every line one quarantined value. A copy rather than
+    DuckDB's own UTF-16 reading, so that the paths for a file the sniffer gives up on read it too."""
+    with path.open("rb") as fh:
+        start = fh.read(2)
+    if start not in _UTF16_BOMS:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="cdp-utf8-") as folder:
+        copy = Path(folder) / path.name
+        with (
+            path.open("r", encoding="utf-16", errors="backslashreplace", newline="") as src,
+            copy.open("w", encoding="utf-8", newline="") as out,
+        ):
+            shutil.copyfileobj(src, out, 1 << 20)
+        yield copy
 
 
 def _read_csv(con: duckdb.DuckDBPyConnection, path: Path) -> None:
