@@ -504,7 +504,10 @@ def _typed(column: str, kind: str) -> str:
             f"regexp_matches({col}, '[0-9][[:space:]]*[A-Za-z]{{2,5}}$') "
             f"AND NOT regexp_matches({col}, '(?i)(UTC|GMT)$')"
         )
-        return f"CASE WHEN NOT ({guessed}) THEN CAST(try_cast({col} AS TIMESTAMPTZ) AS TIMESTAMP) END"
+        # A space before a numeric offset (``2024-03-02 10:00:00 +0100``, as some systems log) is read too.
+        offset = f"regexp_replace({col}, '([0-9])[[:space:]]+([+-][0-9]{{2}}(:?[0-9]{{2}})?)$', '\\1\\2')"
+        spaced = f"CASE WHEN contains({col}, ' +') OR contains({col}, ' -') THEN {offset} ELSE {col} END"
+        return f"CASE WHEN NOT ({guessed}) THEN CAST(try_cast({spaced} AS TIMESTAMPTZ) AS TIMESTAMP) END"
     if kind.startswith("DECIMAL"):
         return _sql_amount(col, kind)
     if kind in ("INTEGER", "BIGINT"):  # a whole number as written: try_cast rounds 2.5 to 3 and reads 1e3

@@ -743,3 +743,21 @@ def test_a_csv_in_utf16_is_read_as_its_text(tmp_path, con, ingestor, encoding):
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "web")
     assert (result.status, result.rows_in, result.rows_loaded) == ("loaded", 1, 1)
     assert con.execute("SELECT event_id, email FROM raw_web").fetchall() == [("e1", "jörg@bücher.de")]
+
+
+def test_a_time_with_a_space_before_its_offset_is_read(tmp_path, con, ingestor):
+    """'2024-03-02 10:00:00 +0100', as some systems log times, was quarantined as unparseable: a consent
+    withdrawal written so did not apply."""
+    write_csv(
+        tmp_path / "inbox/consent/c.csv",
+        """
+consent_id,event_time,purpose,status,email
+k1,2024-03-02 10:00:00 +0100,email_marketing,withdrawn,a@b.com
+k2,2024-03-02 10:00:00 -05:30,email_marketing,withdrawn,a@b.com
+k3,2024-03-02 10:00:00 BST,email_marketing,withdrawn,a@b.com
+""",
+    )
+    (result,) = ingestor.ingest_source(tmp_path / "inbox", "consent")
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 1)  # BST is a guess: British or Bangladesh
+    times = con.execute("SELECT consent_id, event_time FROM raw_consent ORDER BY 1").fetchall()
+    assert [(k, str(t)) for k, t in times] == [("k1", "2024-03-02 09:00:00"), ("k2", "2024-03-02 15:30:00")]
