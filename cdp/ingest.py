@@ -806,6 +806,8 @@ class Ingestor:
         carried = self._note_erased_extras(extras)
         several = f"coalesce({sql_email_count('email')}, 0) > 1"
         erased_address = self._note_erased_values("email", several) if "email" in spec.columns else "false"
+        # First: a shared withdrawal loses the erased values here, before its identifiers are judged readable.
+        suppressed = self._note_suppressed(spec, erased_address)
         reasons: list[str] = [f"WHEN true THEN {_json_key(forced_reason)}"] if forced_reason else []
         for col in spec.required:
             kind = spec.columns[col]
@@ -825,7 +827,6 @@ class Ingestor:
             reasons.append(f"WHEN {several} THEN 'email names several addresses'")
         if spec.name == "consent":
             reasons.append(f"WHEN {self._note_unreadable_subjects(spec)} THEN 'no readable subject identifier'")
-        suppressed = self._note_suppressed(spec, erased_address)
         if spec.owner and not forced_reason:
             # An erased subject's row holds no key: another store's receipt of the same number loads.
             loadable = f"NOT ({suppressed})" + (f" AND (CASE {' '.join(reasons)} END) IS NULL" if reasons else "")

@@ -54,7 +54,7 @@ ADDRESS_IN_TEXT = re.compile(r"[^\s,;/|<>‹›«»〈〉＜＞()\[\]{}\"']+@[^\
 #: A field that may hold several addresses, or one inside JSON (``["ann@example.com"]``,
 #: ``{"address": "ann@example.com"}``): two at signs, or a JSON bracket. Only such a field is searched for
 #: addresses when it does not read as one (:func:`email_addresses`), in SQL and Python alike.
-_MAY_HOLD_SEVERAL = r"@.*@|[\[\]{}]"
+_MAY_HOLD_SEVERAL = r"@[\s\S]*@|[\[\]{}]"  # [\s\S]: a line break too, which "." is not in RE2
 _MAY_HOLD_SEVERAL_RE = re.compile(_MAY_HOLD_SEVERAL)
 #: Quotes around an address and the punctuation of the sentence it was typed in: ``"ann@example.com".``
 _EDGES = r"^[\"']+|[\"'.,;]+$"
@@ -121,8 +121,8 @@ def _read_address(value: str) -> str | None:
     if email.startswith("mailto:"):
         email = email[len("mailto:") :]
     email = _EDGES_RE.sub("", email)
-    if email.isascii():
-        return email if _EMAIL_RE.match(email) else None
+    if email.isascii():  # fullmatch: "$" alone lets a line break at the end through, which SQL does not
+        return email if _EMAIL_RE.fullmatch(email) else None
     local, at, domain = unicodedata.normalize("NFC", email).rpartition("@")
     if not all(c.isascii() or unicodedata.category(c)[0] in "LMN" for c in local):
         return None  # a no-break space, a symbol or an emoji in a mailbox name: a typing accident, not an address
@@ -131,7 +131,7 @@ def _read_address(value: str) -> str | None:
     except idna.IDNAError:  # an empty or overlong label, or a character no domain may hold
         return None
     email = f"{local}{at}{domain}"
-    return email if _INTERNATIONAL_EMAIL_RE.match(email) else None
+    return email if _INTERNATIONAL_EMAIL_RE.fullmatch(email) else None
 
 
 def email_match_key(value: object) -> str | None:

@@ -90,6 +90,8 @@ EMAILS = [
     ("Jörg <Jörg@Bücher.de>", "jörg@xn--bcher-kva.de", "jörg@xn--bcher-kva.de"),
     ("ann@fastmail.co.uk, bob@example.org", None, None),  # two addresses: neither is taken
     ('["ann@fastmail.co.uk", "bob@example.org"]', None, None),
+    ("ann@fastmail.co.uk\nbob@example.org", None, None),  # a line break between them (a multi-line cell)
+    ("<ann@fastmail.co.uk\n>", None, None),
     ("ann@fastmail.co.uk/bob@example.org", None, None),
     # In the angle quotes and brackets of other keyboards, and one address inside JSON.
     ("‹Ann.Lee@fastmail.co.uk›", "ann.lee@fastmail.co.uk", "ann.lee@fastmail.co.uk"),
@@ -125,6 +127,7 @@ def test_email_spellings(raw, deliverable, key):
         ),
         ("‹ann@fastmail.co.uk› ‹bob@example.org›", ["ann@fastmail.co.uk", "bob@example.org"]),
         ("ann@fastmail.co.uk|bob@example.org", ["ann@fastmail.co.uk", "bob@example.org"]),
+        ("ann@fastmail.co.uk\r\nbob@example.org", ["ann@fastmail.co.uk", "bob@example.org"]),
         ("n/a", []),
         (None, []),
     ],

@@ -474,6 +474,7 @@ def test_her_email_among_others_in_one_field_or_in_angle_quotes_is_suppressed_af
     receipts += f'T-80,2025-05-01T12:00:00Z,S1,"{pw.ALICE_EMAIL}, dan@example.org",,3.00\n'
     receipts += f"T-81,2025-05-01T12:00:00Z,S1,\u2039{pw.ALICE_EMAIL}\u203a,,3.00\n"
     receipts += 'T-82,2025-05-01T12:00:00Z,S1,"dan@example.org; eve@example.org",,3.00\n'
+    receipts += f'T-83,2025-05-01T12:00:00Z,S1,"dan@example.org\n{pw.ALICE_EMAIL}",,3.00\n'  # a multi-line cell
     event = {"event_time": "2025-06-01T00:00:00Z", "purpose": "email_marketing", "status": "granted"}
     consent = "\n".join(
         json.dumps({**event, "consent_id": cid, "email": email})
@@ -490,7 +491,7 @@ def test_her_email_among_others_in_one_field_or_in_angle_quotes_is_suppressed_af
         "SELECT source, rows_loaded, rows_quarantined, rows_suppressed FROM ingest_batches "
         "WHERE file LIKE '%/lists.%' ORDER BY 1"
     ).fetchall()
-    assert counts == [("consent", 1, 0, 2), ("store", 0, 1, 2)]
+    assert counts == [("consent", 1, 0, 2), ("store", 0, 1, 3)]
     assert con.execute("SELECT reason FROM quarantine WHERE source = 'store'").fetchall()[-1] == (
         "email names several addresses",
     )
@@ -525,12 +526,16 @@ def test_a_new_withdrawal_naming_her_and_him_after_her_erasure_keeps_him_out_wit
     consent = "consent_id,event_time,purpose,status,source,email,phone\n"
     consent += f"K-40,2025-07-01T00:00:00Z,email_marketing,withdrawn,store_form,{BOB},07700 900461\n"
     consent += f"K-41,2025-07-02T00:00:00Z,sms_marketing,granted,store_form,{BOB},07700 900461\n"
+    # Without her number, nothing readable is left: quarantined, not loaded to reach nobody.
+    consent += "K-42,2025-07-03T00:00:00Z,email_marketing,withdrawn,store_form,n/a,07700 900461\n"
     pw.write_inbox(world.inbox, {"consent/recycled.csv": consent})
     con = connect(world.settings.db_path)
     pw.run_pipeline(con, world.settings, world.inbox)
     assert con.execute(
         "SELECT rows_loaded, rows_quarantined, rows_suppressed FROM ingest_batches WHERE file LIKE '%recycled.csv'"
-    ).fetchall() == [(1, 0, 1)]
+    ).fetchall() == [(1, 1, 1)]
+    (raw,) = con.execute("SELECT raw FROM quarantine WHERE reason = 'no readable subject identifier'").fetchall()[0]
+    assert json.loads(raw)["consent_id"] == "K-42" and json.loads(raw)["phone"] is None
     assert con.execute("SELECT consent_id, email, phone FROM raw_consent WHERE consent_id LIKE 'K-4_'").fetchall() == [
         ("K-40", BOB, None)
     ]
