@@ -69,7 +69,12 @@ class InboxCursor:
 
     def look(self, now: dict[str, tuple[int, str]], clock_ns: int) -> tuple[list[str], int]:
         """Take a look at the inbox's files ``now`` (:func:`inbox_signatures`) at ``clock_ns``: returns the
-        files to launch (new or changed, and settled since the last look) and how many are still settling."""
+        files to launch (new or changed, and settled since the last look) and how many are still settling.
+
+        A mark ahead of a day before the look (the clock was ahead when it was set, and has been put right)
+        comes back: else every file arriving after the correction would fall under it, never launched. Files
+        launched between the two marks may be launched once more; the run finds their content ingested."""
+        self.mark = min(self.mark, clock_ns - LISTED_NS)
         fresh = {
             name: sig for name, (arrived, sig) in now.items() if arrived > self.mark and self.launched.get(name) != sig
         }

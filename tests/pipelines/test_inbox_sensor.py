@@ -100,3 +100,21 @@ def test_a_cursor_of_the_earlier_release_launches_nothing_again(tmp_path):
     earlier = json.dumps({"seen": signature, "launched": {"crm/crm-001.csv": signature["crm/crm-001.csv"]}})
     [request] = _look(inbox, earlier).run_requests
     assert request.tags["cdp/new_files"] == "1"  # crm-002 had settled and was not launched yet
+
+
+def test_a_clock_put_back_does_not_leave_the_mark_ahead_of_new_files(tmp_path):
+    """Set while the clock was days ahead, the mark stood above every file arriving after the correction."""
+    import time
+
+    from pipelines.sensors import InboxCursor, inbox_signatures
+
+    inbox = tmp_path / "inbox"
+    _drop(inbox, "web/web-001.csv", "event_id,event_time,anonymous_id\n", 1_000)
+    cursor, now = InboxCursor(), time.time_ns()
+    ahead = now + 3 * 24 * 3600 * 10**9
+    cursor.look(inbox_signatures(inbox), ahead)
+    assert cursor.look(inbox_signatures(inbox), ahead)[0] == ["web/web-001.csv"]
+    _drop(inbox, "web/web-002.csv", "event_id,event_time,anonymous_id\n", 2_000)  # after the correction
+    cursor.look(inbox_signatures(inbox), now)
+    new, _ = cursor.look(inbox_signatures(inbox), now)
+    assert "web/web-002.csv" in new
