@@ -173,6 +173,14 @@ _MEMORY_UNITS = {
 _LEAST_MEMORY = 128 * 2**20
 
 
+def _machine_memory() -> float:
+    """The machine's memory in bytes, as DuckDB takes a share of it (infinite where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return float("inf")
+
+
 def _memory_limit(value: Any) -> str:
     """``value`` as DuckDB's ``memory_limit`` reads it (``8GB``, ``500 MiB``, ``75%`` of the machine's), checked
     here, so that a setting that does not fit stops the command before a run starts, not in its first step."""
@@ -186,7 +194,7 @@ def _memory_limit(value: Any) -> str:
     number = float(amount.group(1))
     if unit == "%" and not 0 < number <= 100:
         raise CdpError(f"memory_limit: {value!r} is not a share of the machine's memory (more than 0%, at most 100%)")
-    if unit != "%" and number * _MEMORY_UNITS[unit] < _LEAST_MEMORY:
+    if (number / 100 * _machine_memory() if unit == "%" else number * _MEMORY_UNITS[unit]) < _LEAST_MEMORY:
         raise CdpError(f"memory_limit: {value!r} is too little for the store to work in (at least 128MiB)")
     return text
 

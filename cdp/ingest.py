@@ -397,10 +397,16 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _holds_nothing(path: Path) -> bool:
-    """``path`` is empty: no byte, or only a byte-order mark and white space (an export of a day without rows
-    that did not even write its header)."""
+    """``path`` is empty: no byte, or only a byte-order mark (UTF-8 or UTF-16) and white space, or an empty JSON
+    array (an export of a day without rows that did not even write its header)."""
     size = path.stat().st_size
-    return size == 0 or (size <= 64 and not path.read_bytes().lstrip(b"\xef\xbb\xbf").strip())
+    if size == 0:
+        return True
+    if size > 64:
+        return False
+    data = path.read_bytes()
+    text = data.decode("utf-16", errors="replace") if data[:2] in _UTF16_BOMS else data.decode("utf-8", "replace")
+    return "".join(text.lstrip("\ufeff").split()) in ("", "[]")
 
 
 def _read_json_document(con: duckdb.DuckDBPyConnection, path: Path) -> None:

@@ -88,6 +88,7 @@ def test_a_memory_limit_as_duckdb_reads_it_is_kept(value, monkeypatch):
         ("8", "memory_limit: '8' is not an amount of memory (e.g. 8GB, 500MB or 75%)"),
         ("1024 bytes", "memory_limit: '1024 bytes' is too little for the store to work in (at least 128MiB)"),
         ("150%", "memory_limit: '150%' is not a share of the machine's memory (more than 0%, at most 100%)"),
+        ("0.0001%", "memory_limit: '0.0001%' is too little for the store to work in (at least 128MiB)"),
     ],
 )
 def test_a_memory_limit_that_does_not_fit_stops_before_a_run(value, message, monkeypatch):

@@ -716,8 +716,8 @@ t5,2026-03-01T10:00:00Z,s1,lots EUR,,
     assert [json.loads(r[4]).get("_unparsed_items") for r in rows[:2]] == ["2.5", "1e3"]
 
 
-@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n \r\n"])
-@pytest.mark.parametrize("name", ["web-empty.csv", "web-empty.jsonl", "web-empty.parquet"])
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"\n \r\n", b"\xff\xfe\n\x00", b"[ ]\n"])
+@pytest.mark.parametrize("name", ["web-empty.csv", "web-empty.jsonl", "web-empty.json", "web-empty.parquet"])
 def test_an_empty_export_is_an_empty_batch_not_a_rejection(tmp_path, con, ingestor, name, content):
     """A day without rows exported as an empty file was rejected ('missing required column') and reported
     again on every run."""
