@@ -247,7 +247,7 @@ def access(
         register.ensure_register_schema(con)
         secret = store_secret(con, settings.secret_path)
         present_rules(con)
-        refuse_unknown_customer_id(con, subject, then="nothing to show (check the id, or ask by ")
+        refuse_unknown_customer_id(con, subject, nothing_to="show", instead="ask")
         scope = find_subject(con, subject, settings.default_region)
         refuse_several_customers(scope)
         refuse_formerly_shared(con, subject, secret)

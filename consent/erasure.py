@@ -728,18 +728,22 @@ def _add_raw_identifiers(con: duckdb.DuckDBPyConnection, schema: dict[str, set[s
 
 
 def refuse_unknown_customer_id(
-    con: duckdb.DuckDBPyConnection, subject: Subject, then: str = "nothing to erase (check the id, or erase by "
+    con: duckdb.DuckDBPyConnection, subject: Subject, nothing_to: str = "erase", instead: str = "erase"
 ) -> None:
     """A customer id that no current or former customer has is a mistyped id, not a subject of whom nothing
     is held: refused before a request is registered, so that no receipt reads "erased" (or an access document
     "nothing held") for nobody. (An email or phone that reaches no record is still erased: its suppression
-    keeps later files out.) ``then``: what the message says next, before ``--email or --phone)``."""
+    keeps later files out.) The message says there is ``nothing to`` (erase, show), and to ``instead`` (erase,
+    ask) by email or phone."""
     if subject.kind != "customer_id":
         return
     schema = store_schema(con)
     has_csr = "customer_source_records" in schema
     if not _current_ids(con, subject.value, has_csr, "customer_id_history" in schema):
-        raise CdpError(f"{subject.value}: no current or former customer has this id; {then}--email or --phone)")
+        raise CdpError(
+            f"{subject.value}: no current or former customer has this id; nothing to {nothing_to} "
+            f"(check the id, or {instead} by --email or --phone)"
+        )
 
 
 def _current_ids(con: duckdb.DuckDBPyConnection, customer_id: str, has_csr: bool, has_history: bool) -> list[str]:
