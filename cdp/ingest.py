@@ -168,6 +168,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _text(column: str, table: str = "") -> str:
+    """SQL for the value of ``column`` (of ``table``, an alias with its dot) trimmed, NULL when empty."""
+    return f"NULLIF(trim({table}{_q(column)}), '')"
+
+
 _CSV_DIALECT = "header = true, delim = ',', quote = '\"', escape = '\"', encoding = 'utf-8'"
 _CSV_REJECTS = "store_rejects = true, rejects_table = '_csv_errors', rejects_scan = '_csv_scans'"
 
@@ -501,7 +506,7 @@ def _sql_amount(col: str, kind: str) -> str:
 
 def _typed(column: str, kind: str) -> str:
     """SQL parsing the text value of ``column`` into ``kind``; NULL when it does not parse."""
-    col = f"NULLIF(trim({_q(column)}), '')"
+    col = _text(column)
     if kind == "TIMESTAMP":
         # A zone written as an abbreviation is a guess (BST is British Summer Time and Bangladesh Standard Time,
         # IST India, Israel or Ireland; DuckDB picks one): unparseable, unless UTC or GMT. Offsets and zone
@@ -762,13 +767,9 @@ class Ingestor:
         typed = ", ".join(f"{sql} AS {_q(c)}" for c, sql in typed_sql.items())
         # Values of typed optional columns that do not parse are kept in ``extra``, as are extra columns.
         typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
-        unparsed = [
-            f"'_unparsed_{c}', CASE WHEN {_typed(c, k)} IS NULL THEN NULLIF(trim({_q(c)}), '') END"
-            for c, k in typed_columns
-        ]
+        unparsed = [f"'_unparsed_{c}', CASE WHEN {_typed(c, k)} IS NULL THEN {_text(c)} END" for c, k in typed_columns]
         any_unparsed = (
-            " OR ".join(f"({_typed(c, k)} IS NULL AND NULLIF(trim({_q(c)}), '') IS NOT NULL)" for c, k in typed_columns)
-            or "false"
+            " OR ".join(f"({_typed(c, k)} IS NULL AND {_text(c)} IS NOT NULL)" for c, k in typed_columns) or "false"
         )
         # A value carrying an erased subject (``_erased_extra``) is left out; the row is someone else's.
         kept = {
@@ -817,13 +818,13 @@ class Ingestor:
         reasons: list[str] = [f"WHEN true THEN {_json_key(forced_reason)}"] if forced_reason else []
         for col in spec.required:
             kind = spec.columns[col]
-            reasons.append(f"WHEN NULLIF(trim({_q(col)}), '') IS NULL THEN 'empty required value: {col}'")
+            reasons.append(f"WHEN {_text(col)} IS NULL THEN 'empty required value: {col}'")
             if kind != "VARCHAR":
                 reasons.append(f"WHEN {_typed(col, kind)} IS NULL THEN 'unparseable {col}'")
         if spec.name == "consent":
             purposes = ", ".join(f"'{p}'" for p in PURPOSES)
             statuses = ", ".join(f"'{s}'" for s in CONSENT_STATUSES)
-            ids = " AND ".join(f"NULLIF(trim({_q(c)}), '') IS NULL" for c in _CONSENT_SUBJECT_COLUMNS)
+            ids = " AND ".join(f"{_text(c)} IS NULL" for c in _CONSENT_SUBJECT_COLUMNS)
             reasons += [
                 f"WHEN lower(trim(purpose)) NOT IN ({purposes}) THEN 'unknown purpose'",
                 f"WHEN lower(trim(status)) NOT IN ({statuses}) THEN 'unknown status'",
@@ -858,11 +859,9 @@ class Ingestor:
         from consent.state import loose_email
         from identity.standardise import normalise_phone, sql_normalise_email
 
-        others = " AND ".join(
-            f"NULLIF(trim({_q(c)}), '') IS NULL" for c in _CONSENT_SUBJECT_COLUMNS if c not in ("email", "phone")
-        )
+        others = " AND ".join(f"{_text(c)} IS NULL" for c in _CONSENT_SUBJECT_COLUMNS if c not in ("email", "phone"))
         unread_email = (
-            f"(NULLIF(trim(email), '') IS NULL OR ({sql_normalise_email('email')} IS NULL "
+            f"({_text('email')} IS NULL OR ({sql_normalise_email('email')} IS NULL "
             f"AND (lower(trim(status)) <> 'withdrawn' OR {loose_email('email')} IS NULL)))"
         )
         self.con.execute(
@@ -871,7 +870,7 @@ class Ingestor:
             "AND length(regexp_replace(coalesce(phone, ''), '[^0-9]', '', 'g')) < 7"
         )
         phones = self.con.execute(
-            "SELECT DISTINCT phone, region FROM _unreadable WHERE NULLIF(trim(phone), '') IS NOT NULL"
+            f"SELECT DISTINCT phone, region FROM _unreadable WHERE {_text('phone')} IS NOT NULL"
         ).fetchall()
         read = [(p, r) for p, r in phones if normalise_phone(p, r or self.region)]
         if read:
@@ -913,9 +912,9 @@ class Ingestor:
         the erased values removed from them in ``_batch`` (see :meth:`_note_suppressed`)."""
         erased = {IDENTIFIER_COLUMNS[t]: t for t in checks if t in IDENTIFIER_COLUMNS}
         another = " OR ".join(
-            f"(NULLIF(trim(b.{_q(c)}), '') IS NOT NULL AND NOT coalesce(s.{_q(erased[c])}, false))"
+            f"({_text(c, 'b.')} IS NOT NULL AND NOT coalesce(s.{_q(erased[c])}, false))"
             if c in erased
-            else f"NULLIF(trim(b.{_q(c)}), '') IS NOT NULL"
+            else f"{_text(c, 'b.')} IS NOT NULL"
             for c in _CONSENT_SUBJECT_COLUMNS
         )
         self.con.execute(
