@@ -44,7 +44,8 @@ TOKEN_ROUNDS = 10_000
 SESSION_HOURS = 8
 #: Sign-in attempts a name may fail within LOCKOUT_MINUTES before even the right password is refused.
 MAX_FAILURES, LOCKOUT_MINUTES = 5, 15
-MIN_PASSWORD = 10
+#: The sign-in form takes passwords up to MAX_PASSWORD characters: a longer one could never be typed in.
+MIN_PASSWORD, MAX_PASSWORD = 10, 200
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,39}$")
 
 _SCHEMA = [
@@ -56,7 +57,11 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (
         session_id TEXT PRIMARY KEY, name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
         secret_hash TEXT NOT NULL, csrf_token TEXT NOT NULL, expires_at TEXT NOT NULL)""",
-    "CREATE TABLE IF NOT EXISTS login_failures (name TEXT NOT NULL, at TEXT NOT NULL)",
+    # A failed sign-in is kept under a keyed hash of the name typed: that may be a password typed in the
+    # wrong field, or a stranger's guess, and is not a user name to keep.
+    "CREATE TABLE IF NOT EXISTS sign_in_failures (name_hash TEXT NOT NULL, at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS store_key (key BLOB NOT NULL)",
+    "DROP TABLE IF EXISTS login_failures",  # the earlier release's, which held the names as typed
 ]
 
 
@@ -124,6 +129,11 @@ def _verify_secret(secret: str, stored: str) -> bool:
 _DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${'00' * 16}${'00' * 32}"
 
 
+def _check_length(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise UserError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters; this one has {len(password)}")
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -148,6 +158,9 @@ class UserStore:
         with self._db() as db:
             for ddl in _SCHEMA:
                 db.execute(ddl)
+            if db.execute("SELECT count(*) FROM store_key").fetchone()[0] == 0:
+                db.execute("INSERT INTO store_key VALUES (?)", [os.urandom(32)])
+            self._key: bytes = db.execute("SELECT key FROM store_key").fetchone()[0]
 
     @classmethod
     def for_home(cls, home: Path) -> UserStore:
@@ -158,6 +171,7 @@ class UserStore:
         db = sqlite3.connect(self.path, timeout=10)
         try:
             db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA secure_delete = ON")  # a deleted row (a failure, a session) is overwritten
             with db:  # one transaction: committed on success, rolled back on error
                 yield db
         finally:
@@ -172,8 +186,8 @@ class UserStore:
             )
         if role not in ROLES:
             raise UserError(f"role {role!r} unknown; expected one of {', '.join(ROLES)}")
-        if password is not None and len(password) < MIN_PASSWORD:
-            raise UserError(f"password too short: at least {MIN_PASSWORD} characters")
+        if password is not None:
+            _check_length(password)
         stored = hash_password(password) if password is not None else None
         try:
             with self._db() as db:
@@ -182,8 +196,7 @@ class UserStore:
             raise UserError(f"user {name!r} already exists") from None
 
     def set_password(self, name: str, password: str) -> None:
-        if len(password) < MIN_PASSWORD:
-            raise UserError(f"password too short: at least {MIN_PASSWORD} characters")
+        _check_length(password)
         with self._db() as db:
             changed = db.execute("UPDATE users SET password_hash = ? WHERE name = ?", [hash_password(password), name])
             if not changed.rowcount:
@@ -214,21 +227,47 @@ class UserStore:
 
         The attempt is recorded as a failure before the (slow) password check and cleared when it succeeds:
         attempts sent together each count those started before them, so a burst of guesses in parallel
-        locks the name as surely as one after the other."""
-        since = (_now() - timedelta(minutes=LOCKOUT_MINUTES)).isoformat()
-        key = name[:40]
+        locks the name as surely as one after the other. An attempt while the name is locked is refused
+        and not recorded, so the lock ends LOCKOUT_MINUTES after the failure that set it (see
+        :meth:`locked_until`) however often the user tries again meanwhile."""
+        key = self._failure_key(name)
         with self._db() as db:  # one transaction: the insert holds the write lock until the count is read
-            db.execute("DELETE FROM login_failures WHERE at < ?", [since])
-            db.execute("INSERT INTO login_failures VALUES (?, ?)", [key, _now().isoformat()])
-            tried = db.execute("SELECT count(*) FROM login_failures WHERE name = ? AND at > ?", [key, since])
-            locked = tried.fetchone()[0] - 1 >= MAX_FAILURES  # the failures before this attempt
+            since = self._forget_old_failures(db)
+            tried = db.execute("SELECT count(*) FROM sign_in_failures WHERE name_hash = ? AND at > ?", [key, since])
+            locked = tried.fetchone()[0] >= MAX_FAILURES
+            if not locked:
+                db.execute("INSERT INTO sign_in_failures VALUES (?, ?)", [key, _now().isoformat()])
             row = db.execute("SELECT name, role, password_hash FROM users WHERE name = ?", [name]).fetchone()
         stored = row[2] if row and row[2] else _DUMMY_HASH
-        ok = verify_password(password, stored) and not locked
+        ok = verify_password(password, stored) and not locked  # checked even when locked: the same time taken
         if ok:
             with self._db() as db:
-                db.execute("DELETE FROM login_failures WHERE name = ?", [key])
+                db.execute("DELETE FROM sign_in_failures WHERE name_hash = ?", [key])
         return User(row[0], row[1]) if ok and row and row[2] else None
+
+    def locked_until(self, name: str) -> datetime | None:
+        """When sign-ins by ``name`` are taken again, if recent failures lock it now (any name typed may be
+        locked, a user's or not: the answer tells nothing of who exists)."""
+        key = self._failure_key(name)
+        with self._db() as db:
+            since = self._forget_old_failures(db)
+            times = db.execute(
+                "SELECT at FROM sign_in_failures WHERE name_hash = ? AND at > ? ORDER BY at DESC LIMIT ?",
+                [key, since, MAX_FAILURES],
+            ).fetchall()
+        if len(times) < MAX_FAILURES:
+            return None
+        return datetime.fromisoformat(times[-1][0]) + timedelta(minutes=LOCKOUT_MINUTES)
+
+    def _failure_key(self, name: str) -> str:
+        return hmac.new(self._key, name[:40].encode(), hashlib.sha256).hexdigest()
+
+    @staticmethod
+    def _forget_old_failures(db: sqlite3.Connection) -> str:
+        """Delete the failures that no longer count; returns the time from which they do."""
+        since = (_now() - timedelta(minutes=LOCKOUT_MINUTES)).isoformat()
+        db.execute("DELETE FROM sign_in_failures WHERE at <= ?", [since])
+        return since
 
     # API tokens
     def new_token(self, name: str) -> str:

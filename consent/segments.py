@@ -49,6 +49,10 @@ from identity.profiles import SEGMENT_COLUMNS
 
 ALL_CUSTOMERS = "all_customers"
 
+#: How many ``all``/``any`` groups (or lists) deep a ``where`` may go. Real segments need two or three;
+#: a tree thousands deep would exhaust Python's stack in the compiler and the YAML writer.
+MAX_NESTING = 20
+
 #: Functions a condition may call (sqlglot expression types).
 FUNCTIONS: dict[type[exp.Expression], str] = {
     exp.Lower: "lower",
@@ -142,7 +146,22 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 def load_yaml(text: str) -> Any:
     """A segment document (or part of one) from YAML text; aliases are refused (:class:`_NoAliasLoader`)."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader)
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506  (a SafeLoader)
+    except RecursionError:  # brackets thousands deep: no segment, and the loader's recursion runs out
+        raise SegmentError(f"segment conditions are nested more than {MAX_NESTING} groups deep") from None
+
+
+def _nesting(node: Any) -> int:
+    """How many mappings and lists deep ``node`` goes (without recursion: ``node`` may be very deep)."""
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def dump_yaml(doc: Any) -> str:
@@ -171,6 +190,8 @@ def parse_segment(doc: Any, origin: str, default_name: str | None = None, file: 
         raise SegmentError(f"{origin}: name must be lower-case letters, digits and _, got {name!r}")
     if "where" not in doc:
         raise SegmentError(f"{origin}: missing 'where' (use `where: true` for everyone)")
+    if _nesting(doc["where"]) > 2 * MAX_NESTING:  # each group is a mapping holding a list
+        raise SegmentError(f"{origin}: segment conditions are nested more than {MAX_NESTING} groups deep")
     fields = tuple(_str_list(origin, doc, "fields"))
     for f in fields:
         if f not in SEGMENT_COLUMNS:

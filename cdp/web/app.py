@@ -11,7 +11,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdp.config import Settings, load_settings
 from cdp.errors import CdpError, StoreBusyError
@@ -28,6 +29,39 @@ SECURITY_HEADERS = {
         "img-src 'self' data:; form-action 'self'; connect-src 'self'; frame-ancestors 'none'"
     ),
 }
+
+
+#: The largest request body read: a segment, a subject or a sign-in form is a few kilobytes. A body is parsed
+#: before the route's credentials are checked, so without a bound anyone reaching the port could make the
+#: server read (and hold) as much as they send.
+MAX_BODY_BYTES = 256 * 1024
+
+
+class BodyLimit:
+    """Refuse, before any of it is read, a request body over ``limit`` bytes (413) or of no declared length
+    (411: a chunked body could not be bounded before it is read)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            length, chunked = headers.get(b"content-length"), b"chunked" in headers.get(b"transfer-encoding", b"")
+            status, message = 0, ""
+            if chunked and length is None:
+                status, message = 411, "a request body needs a Content-Length"
+            elif length is not None and (not length.isdigit() or int(length) > self.limit):
+                status, message = 413, f"request body over {self.limit // 1024} KiB"
+            if status:
+                response: Response = (
+                    JSONResponse({"detail": message}, status_code=status)
+                    if scope["path"].startswith("/api/")
+                    else PlainTextResponse(message, status_code=status)
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, users: UserStore | None = None) -> FastAPI:
@@ -57,9 +91,11 @@ def create_app(settings: Settings | None = None, users: UserStore | None = None)
         response: Response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        if request.url.path.startswith("/api/"):  # profiles, access documents, exports: never kept by a cache
-            response.headers.setdefault("Cache-Control", "no-store")
+        # Profiles, access documents, exports, customer pages: never kept by a browser's or a proxy's cache.
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    app.add_middleware(BodyLimit)  # outermost: a body too large is refused before anything reads it
 
     def is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")

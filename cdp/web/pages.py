@@ -20,7 +20,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 
 from cdp.config import PURPOSE_CHANNEL, PURPOSES, Settings
 from cdp.errors import CdpError
-from cdp.users import User
+from cdp.users import MAX_PASSWORD, User
 from cdp.web import charts, service
 from cdp.web.auth import (
     ANY_ROLE,
@@ -79,7 +79,7 @@ def login_page(request: Request, message: str = "", status: int = 401) -> HTMLRe
 def login(
     request: Request,
     username: str = Form("", max_length=40),
-    password: str = Form("", max_length=200),
+    password: str = Form("", max_length=MAX_PASSWORD),
     csrf_token: str = Form("", max_length=200),
     next: str = Form("/", max_length=200),
 ) -> Response:
@@ -90,7 +90,11 @@ def login(
     user = users_of(request).check_password(name, password)
     if user is None:
         known = users_of(request).get(name)  # a staff name, never a customer's; unknown names are not written
-        service.audit(settings_of(request), known or User("?", ""), "web_login_failed", "wrong user name or password")
+        until = users_of(request).locked_until(name)
+        why = "locked out" if until else "wrong user name or password"
+        service.audit(settings_of(request), known or User("?", ""), "web_login_failed", why)
+        if until:
+            return login_page(request, f"Too many failed sign-ins for this name: try again after {until:%H:%M} UTC.")
         return login_page(request, "Wrong user name or password.")
     value, _session = users_of(request).new_session(user)
     service.audit(settings_of(request), user, "web_login", f"signed in as {user.role}")

@@ -235,6 +235,8 @@ def erase(settings: Settings, subj: Any, request_id: str):  # type: ignore[no-un
 
 def plan_summary(report: Any) -> dict[str, Any]:
     """An erasure dry run or receipt as plain data: counts, internal customer ids, tables, exports."""
+    from consent.erasure import formerly_shared_message
+
     plan, scope = report.plan, report.plan.scope
     return {
         "request_id": report.request_id,
@@ -242,6 +244,14 @@ def plan_summary(report: Any) -> dict[str, Any]:
         "customers": list(scope.customers),
         "former_customers": list(scope.former_customers),
         "seed_customers": scope.seed_customers,
+        # Erasure requests whose subject shared the identifier given: it now reaches only the others, and
+        # the erasure by it will be refused (request ids only, nobody named).
+        "formerly_shared": list(plan.formerly_shared),
+        "warning": formerly_shared_message(
+            plan.formerly_shared, "the customers above", "erase by customer id after checking"
+        )
+        if plan.formerly_shared
+        else None,
         "records_by_source": dict(scope.records_by_source),
         "identifier_types": {k: dict(v) for k, v in scope.identifier_types.items()},
         "consent_events": scope.consent_events,
