@@ -11,8 +11,10 @@ How the subject is found (:func:`find_subject`)
     * **exclusive**: carried by no record of any other customer. These are swept (every raw row, consent
       event and quarantined row carrying one goes) and suppressed.
     * **shared**: also carried by another customer (a household landline, a family email, a shared
-      device). These are never swept or suppressed: the other customer keeps every record, and the
-      subject's own rows carrying the value go with the subject's records.
+      device), now or in an older raw version of one of their records (the family mailbox Ann's contact
+      had before she gave her own). These are never swept or suppressed: the other customer keeps every
+      record, and the subject's own rows carrying the value go with the subject's records. A request
+      naming such a value reaches every customer carrying it, and is refused when that is several.
 
     Placeholder values (``-1``, ``test@example.com``...; :func:`identity.graph.is_placeholder`) are never
     swept or suppressed either, since they would drop strangers' rows.
@@ -86,12 +88,19 @@ SCOPE_TABLES = (
     "_subject_phone_spellings",
     "_subject_email_spellings",
     "_subject_extra",
+    "_subject_foreign_rows",
 )
 
 
 # -- the table map -------------------------------------------------------------------------------------
 def _keys(source: str) -> str:
     return f"(SELECT record_id FROM _subject_records WHERE source = '{source}')"
+
+
+def _not_foreign(source: str) -> str:
+    """The raw row is not another customer's record (:func:`_set_aside_foreign_rows`)."""
+    key = SOURCE_SPECS[source].key
+    return f"{key} NOT IN (SELECT record_id FROM _subject_foreign_rows WHERE source = '{source}')"
 
 
 def _ids(identifier_type: str) -> str:
@@ -157,29 +166,35 @@ class Rule:
     columns: tuple[str, ...]
 
 
+def _raw_rows(source: str, *columns: str, phone_region: str = "''") -> str:
+    """A raw record row is the subject's: by its key (every version of it), or carrying one of the subject's
+    exclusive identifiers in ``columns`` (all events of their cookies and devices, rows not staged yet)
+    unless it is another customer's record (an older version of someone else's contact)."""
+    key = SOURCE_SPECS[source].key
+    carries = _raw_carries(*columns, phone_region=phone_region)
+    return f"{key} IN {_keys(source)} OR (({carries}) AND {_not_foreign(source)})"
+
+
 ERASURE_MAP: dict[str, Rule] = {
-    # Raw layer: by the source's own key (every version of it), plus every row carrying one of the
-    # subject's exclusive identifiers (all events of their cookies and devices, older versions of their
-    # contacts); raw_consent by the consent events that are the subject's.
+    # Raw layer: records by :func:`_raw_rows`; raw_consent by the consent events that are the subject's.
     "raw_web": Rule(
         "web events of the subject's records, cookies, account and emails",
-        f"event_id IN {_keys('web')} OR {_raw_carries('anonymous_id', 'user_id', 'email')}",
+        _raw_rows("web", "anonymous_id", "user_id", "email"),
         ("event_id", "anonymous_id", "user_id", "email"),
     ),
     "raw_app": Rule(
         "app events of the subject's records, devices, account, phones and emails",
-        f"event_id IN {_keys('app')} OR {_raw_carries('device_id', 'user_id', 'phone', 'email')}",
+        _raw_rows("app", "device_id", "user_id", "phone", "email"),
         ("event_id", "device_id", "user_id", "phone", "email"),
     ),
     "raw_store": Rule(
         "store transactions of the subject's records, loyalty cards, phones and emails",
-        f"transaction_id IN {_keys('store')} OR {_raw_carries('loyalty_id', 'phone', 'email')}",
+        _raw_rows("store", "loyalty_id", "phone", "email"),
         ("transaction_id", "loyalty_id", "phone", "email"),
     ),
     "raw_crm": Rule(
         "every version of the subject's CRM contacts, and contacts carrying their ids, phones or emails",
-        f"crm_id IN {_keys('crm')} OR "
-        f"{_raw_carries('crm_id', 'user_id', 'loyalty_id', 'phone', 'email', phone_region=PHONE_REGIONS['raw_crm'])}",
+        _raw_rows("crm", "crm_id", "user_id", "loyalty_id", "phone", "email", phone_region=PHONE_REGIONS["raw_crm"]),
         ("crm_id", "user_id", "loyalty_id", "phone", "email"),
     ),
     "raw_consent": Rule(
@@ -456,6 +471,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     con.execute("CREATE TEMP TABLE _subject_phones (raw VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_phone_spellings (raw VARCHAR, region VARCHAR)")
     con.execute("CREATE TEMP TABLE _subject_email_spellings (raw VARCHAR)")
+    con.execute("CREATE TEMP TABLE _subject_foreign_rows (source VARCHAR, record_id VARCHAR)")
     schema = store_schema(con)
     has_stg, has_csr = "stg_records" in schema, "customer_source_records" in schema
     has_history = "customer_id_history" in schema
@@ -532,11 +548,21 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
                 WHERE {carries}"""
         )
     # 4c. Identifiers only older raw versions of the subject's records carry (a CRM contact's old email), and
-    # raw rows not staged yet carrying the subject's emails.
-    _collect_email_spellings(con, schema)
-    if _add_raw_identifiers(con, schema, region):
-        _mark_shared(con, has_stg and has_csr)
+    # raw rows not staged yet carrying the subject's emails. A raw row that is another customer's record
+    # (an older version of their contact, with the family mailbox it then had) is theirs, and makes what it
+    # carries of the subject's shared.
+    named, holders = (subject.kind, subject.value), set[str]()
+    while True:
         _collect_email_spellings(con, schema)
+        _collect_subject_phone_spellings(con, schema, region)
+        foreign = _set_aside_foreign_rows(con, schema, region)
+        if foreign:
+            holders |= {customer for customer, id_type, value in foreign if (id_type, value) == named}
+            _collect_email_spellings(con, schema)
+            _collect_subject_phone_spellings(con, schema, region)
+        if not _add_raw_identifiers(con, schema, region):
+            break
+        _mark_shared(con, has_stg and has_csr)
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):
@@ -552,19 +578,12 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     _set_aside_shared_consent(con, schema)
 
     # 6. Quarantined rows carrying them, and phone spellings found only on the subject's raw rows.
-    if "phone_map" in schema:
-        # A store staged before phone spellings had regions read every spelling in the default region.
-        region_column = "region" if "region" in schema["phone_map"] else "''"
-        con.execute(
-            f"INSERT INTO _subject_phone_spellings SELECT raw, {region_column} FROM phone_map "
-            f"WHERE e164 IN {_ids('phone_e164')}"
-        )
-    _add_unmapped_phone_spellings(con, schema, region)
     matcher = _Matcher(con, region)
     quarantined = 0 if matcher.empty or "quarantine" not in schema else _scan_quarantine(con, matcher)
     extras = 0 if matcher.empty else _scan_extras(con, schema, matcher)
     _collect_phone_spellings(con, schema)
-    scope = _scope_counts(con, len(seeds), quarantined)
+    # An email or phone that older versions of other customers' records carry reaches them too.
+    scope = _scope_counts(con, len(set(seeds) | holders), quarantined)
     scope.extra_values = extras
     scope.shared_consent_events = int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
     if {"unit_id_l", "unit_id_r", "evidence"} <= schema.get("identity_edges", set()):
@@ -676,6 +695,63 @@ def _collect_email_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, s
     found = [(raw,) for raw, many in candidates if not many or theirs & set(map(email_match_key, email_addresses(raw)))]
     if found:
         con.executemany("INSERT INTO _subject_email_spellings VALUES (?)", found)
+
+
+def _collect_subject_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> None:
+    """``_subject_phone_spellings``: the spellings, as written on raw rows, of the subject's usable phones."""
+    con.execute("DELETE FROM _subject_phone_spellings")
+    if "phone_map" in schema:
+        # A store staged before phone spellings had regions read every spelling in the default region.
+        region_column = "region" if "region" in schema["phone_map"] else "''"
+        con.execute(
+            f"INSERT INTO _subject_phone_spellings SELECT raw, {region_column} FROM phone_map "
+            f"WHERE e164 IN {_ids('phone_e164')}"
+        )
+    _add_unmapped_phone_spellings(con, schema, region)
+
+
+def _set_aside_foreign_rows(
+    con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str
+) -> set[tuple[str, str, str]]:
+    """Record in ``_subject_foreign_rows`` the raw rows carrying one of the subject's usable identifiers whose
+    record is another customer's: Ann's contact as it was when it had the family mailbox Bob now uses alone.
+    Such a row is never the subject's (not in their access document, not erased with them), and what it
+    carries of the subject's is shared: marked so, it is neither swept nor suppressed. Returns the
+    ``(customer_id, identifier_type, value)`` the rows carry of the subject's; empty when there is none."""
+    from identity.standardise import identifier_readings
+
+    if "customer_source_records" not in schema:
+        return set()
+    type_of = {column: id_type for id_type, column in IDENTIFIER_COLUMNS.items()}
+    theirs = set(con.execute("SELECT identifier_type, value FROM _subject_ids").fetchall())
+    carried: set[tuple[str, str, str]] = set()
+    for source in RECORD_SOURCES:
+        table = raw_table(source)
+        if table not in schema:
+            continue
+        key = SOURCE_SPECS[source].key
+        columns = [c for c in IDENTIFIER_COLUMNS.values() if c in schema[table]]
+        phone_region = PHONE_REGIONS.get(table, "''")
+        rows = con.execute(
+            f"""SELECT r.{key}, l.customer_id, {phone_region}, {", ".join(f"r.{c}" for c in columns)}
+                FROM (SELECT * FROM {table} WHERE {key} NOT IN {_keys(source)} AND {_not_foreign(source)}
+                      AND ({_raw_carries(*columns, phone_region=phone_region)})) r
+                JOIN customer_source_records l ON l.source = '{source}' AND l.source_record_id = r.{key}
+                WHERE l.customer_id NOT IN {_CUSTOMERS}"""  # constants
+        ).fetchall()
+        for record_id, customer, row_region, *values in rows:
+            con.execute("INSERT INTO _subject_foreign_rows VALUES (?, ?)", [source, record_id])
+            for column, value in zip(columns, values, strict=True):
+                if value is not None:
+                    readings = identifier_readings(str(value), [row_region or region], [type_of[column]])
+                    carried |= {(customer, t, v) for t, v in readings & theirs}
+    shared = sorted({(t, v) for _, t, v in carried})
+    if shared:
+        con.executemany(
+            "UPDATE _subject_ids SET exclusive = false, usable = false WHERE identifier_type = ? AND value = ?",
+            shared,
+        )
+    return carried
 
 
 def _add_unmapped_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str) -> None:

@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cdp.commands import privacy as privacy_cli
+from cdp.config import Settings
 from cdp.errors import CdpError
 from cdp.store import connect
 from cdp.suppression import identifier_hash, load_secret
@@ -874,3 +875,41 @@ def test_a_subject_is_erased_by_any_spelling_of_their_identifiers_and_stays_out(
     column = {"crm": "crm_id", "store": "transaction_id", "web": "event_id"}[source]
     assert con.execute(f"SELECT count(*) FROM raw_{source} WHERE {column} = ?", [key]).fetchall()[0][0] == 0
     con.close()
+
+
+_FAMILY_CRM = "crm_id,first_name,last_name,email,phone,date_of_birth,city,postcode,country\n"
+
+
+def test_an_older_version_of_another_customers_contact_is_theirs_not_the_subjects(
+    tmp_path: Path, pw: SimpleNamespace
+) -> None:
+    """Ann and Bob both gave the family mailbox; Ann's contact then changed to her own address. Bob alone
+    carries the mailbox now, but Ann's older contact (raw, key C1) still does: it is Ann's record, not Bob's.
+    Bob's access document and erasure leave it alone, and the mailbox, shared, is not suppressed. A request
+    by the mailbox reaches both of them, and is refused."""
+    from consent.access import access
+
+    settings = Settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", segments_dir=tmp_path / "segments")
+    inbox = tmp_path / "inbox"
+    pw.write_inbox(inbox, {"crm/c1.csv": _FAMILY_CRM
+        + "C1,Ann,Lee,family.lee@mail.co.uk,07973 111222,1980-01-01,London,SW1A 1AA,GB\n"
+        + "C2,Bob,Lee,Family.Lee+shop@mail.co.uk,07973 333444,1982-02-02,London,SW1A 1AA,GB\n"})  # fmt: skip
+    for files in ({}, {"crm/c2.csv": _FAMILY_CRM + "C1,Ann,Lee,ann.new@mail.co.uk,07973 111222,1980-01-01,,,GB\n"}):
+        pw.write_inbox(inbox, files)
+        con = connect(settings.db_path)
+        pw.run_pipeline(con, settings, inbox)
+        con.close()
+    con = connect(settings.db_path)
+    bob = pw.customer_of(con, "crm", "C2")
+    con.close()
+    access(settings, Subject.from_options(None, None, bob), tmp_path / "bob.json")
+    document = json.loads((tmp_path / "bob.json").read_text())
+    assert [(r["crm_id"], r["first_name"]) for r in document["records"]["crm"]] == [("C2", "Bob")]
+    with pytest.raises(CdpError, match="the identifier given links 2 customers"):
+        access(settings, Subject.from_options("family.lee@mail.co.uk", None, None), tmp_path / "family.json")
+    receipt = erasure.erase(settings, Subject.from_options(None, None, bob), dry_run=False)
+    assert receipt.deleted["raw_crm"] == 1 and "email_key" not in receipt.suppressed
+    con = connect(settings.db_path)
+    ann = con.execute("SELECT crm_id, email FROM raw_crm ORDER BY email").fetchall()
+    con.close()
+    assert ann == [("C1", "ann.new@mail.co.uk"), ("C1", "family.lee@mail.co.uk")]  # both versions of Ann's
