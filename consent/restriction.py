@@ -8,7 +8,8 @@ otherwise, so the table is also the history.
 
 Customer ids can change when identities are re-resolved; :func:`carry_restrictions` follows
 ``customer_id_history`` so that an active restriction moves with the customer (the pipeline calls it
-after resolving identities).
+after resolving identities). A restriction reaches each new id once: lifted there, it is not carried again
+from the id it came from (whose row stays as history, lifted with it).
 """
 
 from __future__ import annotations
@@ -65,40 +66,41 @@ def refuse_several_customers(scope: Scope) -> None:
         )
 
 
-def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, secret: bytes) -> list[str]:
+def _customers(con: duckdb.DuckDBPyConnection, subject: Subject, settings: Settings, secret: bytes) -> Scope:
     scope = find_subject(con, subject, settings.default_region)
     drop_scope(con)
     refuse_several_customers(scope)
     refuse_formerly_shared(con, subject, secret)
     if not scope.customers:
         raise CdpError("no customer found for the identifier given")
-    return scope.customers
+    return scope
 
 
 def _recorded(
     settings: Settings,
     subject: Subject,
     request_kind: str,
-    change: Callable[[duckdb.DuckDBPyConnection, list[str], str, datetime], tuple[int, str]],
+    change: Callable[[duckdb.DuckDBPyConnection, Scope, str, datetime], tuple[int, str]],
     con: duckdb.DuckDBPyConnection | None,
     now: datetime | None,
     actor: str | None,
 ) -> RestrictionResult:
     """Open a ``request_kind`` request for the subject's customers, apply ``change`` to them and close the
-    request with its audit line, in one transaction. ``change`` returns the rows changed and the audit text."""
+    request with its audit line, in one transaction. ``change`` gets the subject's scope (current customers,
+    and the former ids merged into them) and returns the rows changed and the audit text."""
     now = now or register.utcnow()
     con = con or connect(settings.db_path, create=False)  # a mistyped store is refused, not created empty
     try:
         ensure_restrictions(con)
         register.ensure_register_schema(con)
         secret = store_secret(con, settings.secret_path)
-        customers = _customers(con, subject, settings, secret)
+        scope = _customers(con, subject, settings, secret)
         request_id = register.open_request(con, request_kind, subject.hash(secret), now=now)
         with transaction(con):
-            changed, text = change(con, customers, request_id, now)
+            changed, text = change(con, scope, request_id, now)
             register.complete_request(con, request_id, records_affected=changed, now=now)
             register.audit(con, request_kind, request_id, text, changed, actor, now)
-        return RestrictionResult(request_id, len(customers), int(changed))
+        return RestrictionResult(request_id, len(scope.customers), int(changed))
     finally:
         con.close()
 
@@ -115,8 +117,8 @@ def restrict(
     if kind not in KINDS:
         raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
 
-    def add(con: duckdb.DuckDBPyConnection, customers: list[str], request_id: str, now: datetime) -> tuple[int, str]:
-        changed = 0
+    def add(con: duckdb.DuckDBPyConnection, scope: Scope, request_id: str, now: datetime) -> tuple[int, str]:
+        changed, customers = 0, scope.customers
         for customer_id in customers:
             changed += con.execute(
                 """INSERT INTO restrictions SELECT ?, ?, ?, ?, NULL WHERE NOT EXISTS (
@@ -136,14 +138,15 @@ def unrestrict(
     now: datetime | None = None,
     actor: str | None = None,
 ) -> RestrictionResult:
-    """Lift the subject's active restrictions (of ``kind``, or of both kinds)."""
+    """Lift the subject's active restrictions (of ``kind``, or of both kinds), and those of the former ids
+    merged into them, which the current ids' came from."""
     if kind is not None and kind not in KINDS:
         raise CdpError(f"--kind: must be one of {', '.join(KINDS)}")
     kinds = [kind] if kind else list(KINDS)
 
-    def lift(con: duckdb.DuckDBPyConnection, customers: list[str], _request: str, now: datetime) -> tuple[int, str]:
+    def lift(con: duckdb.DuckDBPyConnection, scope: Scope, _request: str, now: datetime) -> tuple[int, str]:
         changed = 0
-        for customer_id in customers:
+        for customer_id in [*scope.customers, *scope.former_customers]:
             for k in kinds:
                 changed += con.execute(
                     "UPDATE restrictions SET lifted_at = ? WHERE customer_id = ? AND kind = ? AND lifted_at IS NULL",
@@ -154,11 +157,12 @@ def unrestrict(
     return _recorded(settings, subject, "lift_restriction", lift, con, now, actor)
 
 
-# Active restrictions whose customer id was replaced by one that does not carry them (yet).
+# Active restrictions whose customer id was replaced by one that does not carry them (yet): no active one of
+# their kind, and not this one lifted there (a restriction lifted on the new id is not carried back to it).
 _NOT_CARRIED = """FROM restrictions r JOIN customer_id_history h ON h.old_customer_id = r.customer_id
     WHERE r.lifted_at IS NULL AND h.new_customer_id IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM restrictions x WHERE x.customer_id = h.new_customer_id
-                      AND x.kind = r.kind AND x.lifted_at IS NULL)"""
+                      AND x.kind = r.kind AND (x.lifted_at IS NULL OR x.request_id = r.request_id))"""
 
 
 def restrictions_not_carried(con: duckdb.DuckDBPyConnection) -> int:

@@ -269,6 +269,25 @@ def test_an_active_restriction_follows_the_customer_to_a_new_id(world: Any) -> N
     con.close()
 
 
+def test_a_restriction_lifted_after_a_merge_stays_lifted(world: Any) -> None:
+    """Lifted on the id the customer now has, a restriction carried there from a merged id is not carried
+    back by the next run; the merged id's row is lifted with it."""
+    restrict(world.settings, Subject("customer_id", world.alice))
+    con = connect(world.settings.db_path)
+    con.execute("UPDATE customer_source_records SET customer_id = 'cus_new' WHERE customer_id = ?", [world.alice])
+    con.execute(
+        "INSERT INTO customer_id_history VALUES (?, 'cus_new', 'merged', 'r2', now()::TIMESTAMP)", [world.alice]
+    )
+    assert carry_restrictions(con) == 1
+    con.close()
+    assert unrestrict(world.settings, Subject("customer_id", "cus_new")).changed == 2  # cus_new's, and the old id's
+    con = connect(world.settings.db_path)
+    assert carry_restrictions(con) == 0 and active_restrictions(con) == []
+    con.execute("UPDATE restrictions SET lifted_at = NULL WHERE customer_id = ?", [world.alice])  # as before the fix
+    assert carry_restrictions(con) == 0 and [c for c, _k, _r in active_restrictions(con)] == [world.alice]
+    con.close()
+
+
 # -- the register ---------------------------------------------------------------------------------------
 def test_requests_are_due_a_calendar_month_later_and_flagged_when_overdue() -> None:
     con = duckdb.connect()
