@@ -530,13 +530,15 @@ def _typed(column: str, kind: str) -> str:
 
 def _currency_of_amount(column: str) -> str:
     """SQL: the currency an amount as written names (``12,50 EUR``, ``£12.50``), for a row whose currency column
-    is empty: a three-letter code before or after the number, or a sign of one currency only (``£``, ``€``;
-    ``$`` and ``¥`` are several). NULL when it names none."""
+    is empty: a three-letter code before or after the number, or a sign of one currency only (``£``, ``€``).
+    ``$`` and ``¥`` are signs of several: kept as written, they say the currency is not known (an order in
+    it is one in another currency, not spend in the installation's). NULL when it names none."""
     col = f"trim({_q(column)})"
     return (
         f"CASE WHEN regexp_matches({col}, '^[A-Za-z]{{3}}[^A-Za-z]|[^A-Za-z][A-Za-z]{{3}}$') "
         f"THEN upper(regexp_extract({col}, '^([A-Za-z]{{3}})|([A-Za-z]{{3}})$', 0)) "
-        f"WHEN contains({col}, '£') THEN 'GBP' WHEN contains({col}, '€') THEN 'EUR' END"
+        f"WHEN contains({col}, '£') THEN 'GBP' WHEN contains({col}, '€') THEN 'EUR' "
+        f"WHEN contains({col}, '$') THEN '$' WHEN contains({col}, '¥') THEN '¥' END"
     )
 
 

@@ -20,9 +20,12 @@ records the survivorship order it was built with, so a changed order is seen and
 
 An order is a web/app ``purchase`` event or a store transaction; web and app purchase events repeating an
 ``order_id`` count once (at their largest amount). A transaction with a negative amount is a refund: it
-lowers the total spend and is no order. Spend is in the installation's ``currency`` (GBP unless set): an
-amount in another currency counts at its rate in ``exchange_rates``, and an order in a currency without a
-rate counts as an order but not in the spend (``orders_in_other_currencies`` says how many).
+lowers the total spend and is no order; refunds repeating an ``order_id`` count once too (the largest),
+so a refund sent as a purchase event of its order's id takes that order's spend back. Spend is in the
+installation's ``currency`` (GBP unless set): an amount in another currency counts at its rate in
+``exchange_rates``, and an order in a currency without a rate (or an unknown one: ``$``) counts as an order
+but not in the spend (``orders_in_other_currencies`` says how many). The average order value is the spend
+over the orders whose amount counts in it.
 
 Example::
 
@@ -186,32 +189,34 @@ def _profile_sql(
                count(*) AS source_records
         FROM linked GROUP BY customer_id
     ),
-    orders AS (  -- one row per order: web/app purchases folded by order_id, each store transaction
-        SELECT customer_id, order_key, max(amount) AS amount, max(in_currency) AS in_currency,
+    orders AS (  -- one row per order: web/app purchases folded by order_id (refunds apart), each store transaction
+        SELECT customer_id, order_key, refund, CASE WHEN refund THEN min(amount) ELSE max(amount) END AS amount,
+               CASE WHEN refund THEN min(in_currency) ELSE max(in_currency) END AS in_currency,
                min(seen_time) AS ordered_at
         FROM (
             SELECT customer_id, amount, {in_currency} AS in_currency, seen_time,
+                   coalesce(amount < 0, false) AS refund,
                    CASE WHEN source = 'store' THEN 'store:' || source_record_id
                         ELSE coalesce('order:' || order_id, source || ':' || source_record_id)
                    END AS order_key
             FROM linked
             WHERE source = 'store' OR (source IN ('web', 'app') AND event_type = 'purchase')
-        ) GROUP BY customer_id, order_key
+        ) GROUP BY customer_id, order_key, refund
     ),
     spend AS (
         SELECT customer_id, count(*) FILTER (WHERE NOT refund) AS orders,
                sum(in_currency)::DECIMAL(18,2) AS total_spend,
                count(*) FILTER (WHERE NOT refund AND in_currency IS NULL AND amount IS NOT NULL)
                    AS orders_in_other_currencies,
+               count(*) FILTER (WHERE NOT refund AND in_currency IS NOT NULL) AS priced_orders,
                min(ordered_at) FILTER (WHERE NOT refund) AS first_purchase_at,
                max(ordered_at) FILTER (WHERE NOT refund) AS last_purchase_at
-        FROM (SELECT *, coalesce(amount < 0, false) AS refund FROM orders) GROUP BY customer_id
+        FROM orders GROUP BY customer_id
     )
     SELECT c.customer_id, {", ".join(shown)},
            c.device_id, c.first_seen, c.last_seen, c.channels,
            coalesce(s.orders, 0) AS orders, coalesce(s.total_spend, 0)::DECIMAL(18,2) AS total_spend,
-           CASE WHEN s.orders > s.orders_in_other_currencies
-                THEN (s.total_spend / (s.orders - s.orders_in_other_currencies))::DECIMAL(18,2)
+           CASE WHEN s.priced_orders > 0 THEN (s.total_spend / s.priced_orders)::DECIMAL(18,2)
            END AS average_order_value,
            s.first_purchase_at, s.last_purchase_at, c.stores_visited, c.source_records,
            coalesce(s.orders_in_other_currencies, 0) AS orders_in_other_currencies
@@ -260,7 +265,8 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: (``first_name_display``), not the matching form capitalised. 6: address and city as written, last_seen
 #: not moved by CRM edits, channels [] not NULL, spend in one currency (``orders_in_other_currencies``).
 #: 7: implausible record times (before 1990, or a day after the record arrived) count for nothing.
-_PROFILES_VERSION = "7"
+#: 8: a refund of an order id takes back that order's spend; the average order value is over priced orders.
+_PROFILES_VERSION = "8"
 
 
 def _fingerprint(settings: Settings) -> str:

@@ -710,7 +710,7 @@ t5,2026-03-01T10:00:00Z,s1,lots EUR,,
         (Decimal("12.50"), "EUR", None),
         (Decimal("3.00"), "GBP", None),
         (Decimal("12.00"), "EUR", 2),  # a currency column given wins
-        (Decimal("5.00"), None, 4),  # '$' is several currencies
+        (Decimal("5.00"), "$", 4),  # '$' is several currencies: kept, a currency not known
         (None, None, None),  # no amount read: no currency taken from it
     ]
     assert [json.loads(r[4]).get("_unparsed_items") for r in rows[:2]] == ["2.5", "1e3"]

@@ -167,6 +167,24 @@ def test_placeholder_contact_points_never_survive(staging_ddl):
     assert (email, phone) == ("dave.kent@mailbox.co.uk", "+447911100401")
 
 
+def test_a_refund_under_its_orders_id_takes_that_orders_spend_back(con):
+    """A refund sent as a purchase event with its order's id was folded into the order (its largest amount),
+    so the order kept its whole spend; an amount in '$' (which dollar?) counted as pounds; and an order of no
+    amount counted in the average order value's denominator."""
+    common = {"event_type": "purchase", "anonymous_id": "a9"}
+    add_record(con, "c9", "web", "w-x2", "2026-01-06 10:00", order_id="X2", amount=Decimal("100.00"), **common)
+    add_record(con, "c9", "app", "a-x2", "2026-01-06 10:01", order_id="X2", amount=Decimal("100.00"), **common)
+    add_record(con, "c9", "web", "w-x2r", "2026-01-07 10:00", order_id="X2", amount=Decimal("-100.00"), **common)
+    add_record(con, "c9", "web", "w-x3", "2026-01-08 10:00", order_id="X3", amount=Decimal("500"), currency="$",
+               **common)  # fmt: skip
+    add_record(con, "c9", "store", "t-9", "2026-01-09 10:00", amount=Decimal("30.00"), store_id="s1")
+    add_record(con, "c9", "store", "t-10", "2026-01-10 10:00", store_id="s1")  # an amount the till did not send
+    p = profiles(con)["c9"]
+    assert (p["orders"], p["total_spend"], p["orders_in_other_currencies"]) == (4, Decimal("30.00"), 1)
+    assert p["average_order_value"] == Decimal("15.00")  # 30 over X2 (refunded) and t-9
+    assert p["last_purchase_at"] == datetime(2026, 1, 10, 10)
+
+
 def test_a_refund_lowers_the_spend_and_is_no_order(con):
     add_record(con, "c1", "store", "t9", "2026-04-02 12:00", amount=Decimal("-20.00"), store_id="s1")
     p = profiles(con)["c1"]
