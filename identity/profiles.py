@@ -230,15 +230,16 @@ def phone_kinds(phones: list[str]) -> pd.DataFrame:
 
     Uses phonenumbers' metadata. Parsing is slow (about 0.25 ms), so numbers are classified by their first
     eight characters (country code and the leading digits that decide the type in national numbering
-    plans), parsing one number per prefix.
+    plans) and their length, parsing one number per pair: a number too short or too long for its plan is no
+    mobile, and its mistake must not decide for a real mobile sharing its first digits (nor the reverse).
     """
     import phonenumbers
 
     mobile_types = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
-    by_prefix: dict[str, bool] = {}
+    by_prefix: dict[tuple[str, int], bool] = {}
     flags = []
     for phone in phones:
-        prefix = phone[:8]
+        prefix = (phone[:8], len(phone))
         if prefix not in by_prefix:
             try:
                 by_prefix[prefix] = phonenumbers.number_type(phonenumbers.parse(phone)) in mobile_types
@@ -265,7 +266,8 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: (``first_name_display``), not the matching form capitalised. 6: address and city as written, last_seen
 #: not moved by CRM edits, channels [] not NULL, spend in one currency (``orders_in_other_currencies``).
 #: 7: implausible record times (before 1990, or a day after the record arrived) count for nothing.
-#: 8: a refund of an order id takes back that order's spend; the average order value is over priced orders.
+#: 8: a refund of an order id takes back that order's spend; the average order value is over priced orders;
+#: a number of the wrong length for its plan is no mobile (nor decides for one sharing its first digits).
 _PROFILES_VERSION = "8"
 
 

@@ -152,6 +152,17 @@ def test_mobile_is_the_best_mobile_number_not_a_landline(con):
     assert p["c1"]["mobile"] == p["c1"]["phone"] == "+447911100001"
 
 
+def test_a_number_too_short_for_its_plan_decides_nothing_for_a_mobile_sharing_its_first_digits():
+    """Kinds were read once per eight-character prefix: whichever number came first decided for the others,
+    so a valid mobile after a short one was no mobile (no SMS contact point), and a short one after a mobile
+    was exported as one."""
+    from identity.profiles import phone_kinds
+
+    for phones in (["+44797382150", "+447973821556"], ["+447973821556", "+44797382155"]):
+        kinds = dict(zip(phones, phone_kinds(phones)["mobile"], strict=True))
+        assert kinds == {p: len(p) == 13 for p in phones}
+
+
 def test_placeholder_contact_points_never_survive(staging_ddl):
     """A CRM form's "noemail@noemail.com" and 07000 000000 lose to a newer, less trusted real address."""
     con = duckdb.connect(":memory:")
