@@ -67,6 +67,7 @@ from identity.standardise import (
     email_addresses,
     email_functions,
     email_match_key,
+    normalise_customer_id,
     phone_regions,
     sql_email_count,
     sql_email_match_key,
@@ -385,7 +386,7 @@ class Subject:
             if e164 is None:
                 raise CdpError(f"--phone: not a valid phone number (default region {region})")
             return cls("phone_e164", e164)
-        return cls("customer_id", value.strip())
+        return cls("customer_id", normalise_customer_id(value))
 
     def hash(self, secret: bytes) -> str:
         """Keyed hash for de-duplicating requests in the register (never the value itself)."""

@@ -381,7 +381,7 @@ def find_customers(
     """
     from cdp.errors import CdpError
     from cdp.store import table_exists
-    from identity.standardise import email_match_key, normalise_phone
+    from identity.standardise import email_match_key, normalise_customer_id, normalise_phone
 
     if sum(v is not None for v in (email, phone, customer_id)) != 1:
         raise CdpError("give exactly one of --email, --phone, --customer-id")
@@ -389,7 +389,7 @@ def find_customers(
         raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
     if customer_id is not None:
         seen: set[str] = set()
-        frontier = {customer_id}
+        frontier = {normalise_customer_id(customer_id)}
         has_history = table_exists(con, "customer_id_history")
         while frontier:
             found = [c for c in sorted(frontier) if _has_profile(con, c)]

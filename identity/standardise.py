@@ -476,6 +476,13 @@ def sql_is_uuid(expr: str) -> str:
     return f"(length({expr}) = 36 AND regexp_full_match({expr}, '{UUID_PATTERN}'))"
 
 
+def normalise_customer_id(value: str) -> str:
+    """A customer id as a person typed it: spaces around it go, and the platform's own form is lower-case
+    (``CUS_000000042`` is ``cus_000000042``)."""
+    value = value.strip()
+    return value.lower() if re.fullmatch(r"cus_[0-9]+", value, re.IGNORECASE) else value
+
+
 def normalise_id(id_type: str, value: object) -> str | None:
     """An account, card, CRM, device or cookie id as it is matched on: trimmed; a UUID in lower case, its
     standard form (RFC 9562 reads UUIDs whatever their case: iOS writes an advertising or vendor id in

@@ -41,6 +41,7 @@ def show(
     """One unified profile: the chosen values and where they came from, traits, source records, consent."""
     from cdp.store import connect
     from identity.profiles import find_customers, profile_detail
+    from identity.standardise import normalise_customer_id
 
     settings = settings_for(db)
     con = connect(settings.db_path, read_only=True)
@@ -51,6 +52,9 @@ def show(
             raise typer.Exit(1)
         if len(ids) > 1:
             console.print(f"{len(ids)} customers carry this identifier (a shared household phone or device?).")
+        asked = normalise_customer_id(customer_id) if customer_id else None
+        if asked and ids != [asked]:  # a retired id, followed through customer_id_history
+            console.print(f"{asked} is no longer a customer id: its records are now {' and '.join(ids)}'s.")
         for cid in ids:
             detail = profile_detail(con, cid)
             _print_profile(detail, records)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cdp.cli import app
 from cdp.store import connect, table_exists
+from identity.resolve import ensure_identity_schema
 
 runner = CliRunner()
 
@@ -49,6 +50,20 @@ def test_profile_show_errors_are_one_line(db: Path):
     assert bad.exit_code != 0 and "not a valid email" in bad.output and "Traceback" not in bad.output
     missing = cdp("profile", "show", "--customer-id", "nobody", "--db", str(db))
     assert missing.exit_code == 1 and "No customer found" in missing.output
+
+
+def test_profile_show_reads_a_customer_id_as_typed_and_says_when_it_was_merged(db: Path):
+    con = connect(db)
+    con.execute("UPDATE customer_source_records SET customer_id = 'cus_000000007' WHERE customer_id = 'cA'")
+    con.execute("UPDATE customer_profiles SET customer_id = 'cus_000000007' WHERE customer_id = 'cA'")
+    ensure_identity_schema(con)
+    con.execute("INSERT INTO customer_id_history VALUES ('cus_000000003', 'cus_000000007', 'merged', 'r2', now())")
+    con.close()
+    typed = cdp("profile", "show", "--customer-id", " CUS_000000007 ", "--db", str(db))
+    assert typed.exit_code == 0 and "customer cus_000000007" in typed.output
+    merged = cdp("profile", "show", "--customer-id", "cus_000000003", "--db", str(db))
+    assert merged.exit_code == 0 and "customer cus_000000007" in merged.output
+    assert "cus_000000003 is no longer a customer id: its records are now cus_000000007's" in merged.output
 
 
 def test_segments_list_preview_export(db: Path, tmp_path: Path):
