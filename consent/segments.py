@@ -223,14 +223,23 @@ def _str_list(origin: str, doc: dict[str, Any], key: str) -> list[str]:
 
 
 def load_segments(segments_dir: Path) -> dict[str, Segment | SegmentError]:
-    """Every segment by name: the built-in, then ``*.yaml`` / ``*.yml`` files (invalid ones as errors)."""
+    """Every segment by name: the built-in, then ``*.yaml`` / ``*.yml`` files (invalid ones as errors).
+
+    No file can take the built-in's place: one that names itself ``all_customers`` is refused on its own,
+    listed under its file stem (its file name, when the stem is ``all_customers`` too), so a stray file does
+    not stop every export of all customers.
+    """
     found: dict[str, Segment | SegmentError] = {ALL_CUSTOMERS: BUILT_IN}
     paths = sorted([*segments_dir.glob("*.yaml"), *segments_dir.glob("*.yml")]) if segments_dir.is_dir() else []
     for path in paths:
+        key = path.name if path.stem == ALL_CUSTOMERS else path.stem
         try:
             seg = load_segment(path)
         except SegmentError as exc:
-            found[path.stem] = exc
+            found[key] = exc
+            continue
+        if seg.name == ALL_CUSTOMERS:
+            found[key] = SegmentError(f"{path}: {ALL_CUSTOMERS} is built in; give this segment another name")
             continue
         if seg.name in found:
             found[seg.name] = SegmentError(f"{path}: segment name {seg.name!r} is defined twice")

@@ -97,6 +97,16 @@ def test_segment_files_load_and_bad_ones_are_reported(tmp_path: Path):
         get_segment(tmp_path, "bad")
 
 
+def test_a_file_claiming_the_built_in_name_is_refused_and_the_built_in_stays(tmp_path: Path):
+    (tmp_path / "mine.yaml").write_text("name: all_customers\nwhere: total_spend > 100\n")
+    (tmp_path / "all_customers.yaml").write_text("where: orders > 1\n")  # the name taken from the file stem
+    found = load_segments(tmp_path)
+    assert list(found) == [ALL_CUSTOMERS, "all_customers.yaml", "mine"]
+    assert get_segment(tmp_path, ALL_CUSTOMERS).where == "true"
+    assert str(found["mine"]) == f"{tmp_path / 'mine.yaml'}: all_customers is built in; give this segment another name"
+    assert "all_customers is built in" in str(found["all_customers.yaml"])
+
+
 def test_committed_example_segments_are_valid():
     folder = Path(__file__).resolve().parents[2] / "data" / "segments"
     found = load_segments(folder)
