@@ -366,9 +366,31 @@ def select_segment(con: duckdb.DuckDBPyConnection, segment: Segment) -> pd.DataF
         # DuckDB's message may quote a customer's value (a failed cast names it, a marketer could filter to
         # one customer to read it): the kind of error is told, never its text.
         kind = type(exc).__name__.removesuffix("Exception").lower()
-        raise SegmentError(f"{segment.file}: segment cannot run on the data ({kind} error)") from None
+        culprit = _failing_condition(box, segment)
+        raise SegmentError(f"{segment.file}: {culprit} cannot run on the data ({kind} error)") from None
     finally:
         box.close()
+
+
+def _failing_condition(box: duckdb.DuckDBPyConnection, segment: Segment) -> str:
+    """``condition N (its text)``: the first condition that fails when run on its own, numbered as the
+    compiler's errors number them; ``segment`` when none does. Only a failed segment pays for this: one
+    count per condition over the sandbox's profiles."""
+    for n, text in enumerate(_conditions(segment.where), 1):
+        alone = compile_segment(Segment(segment.name, segment.description, where=text, file=segment.file))
+        try:
+            box.execute(f"SELECT count(*) FROM profiles WHERE {alone.sql}", alone.params).fetchall()
+        except duckdb.Error:
+            shown = " ".join(text.split())  # a YAML block scalar may span lines; an error is one line
+            return f"condition {n} ({shown if len(shown) <= 80 else shown[:77] + '...'})"
+    return "segment"
+
+
+def _conditions(where: Any) -> list[str]:
+    """The text conditions of a ``where`` tree in the order :func:`compile_segment` numbers them."""
+    if isinstance(where, dict):
+        return [text for items in where.values() for item in items for text in _conditions(item)]
+    return [where] if isinstance(where, str) else []
 
 
 def segment_counts(

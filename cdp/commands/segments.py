@@ -36,7 +36,9 @@ def list_segments(
     found = load_segments(settings.segments_dir)
     con = connect(settings.db_path, read_only=True) if settings.db_path.exists() else None
     # One block per segment, not a table: at 80 columns a seven-column table cut every name and purpose.
-    invalid = 0
+    # A segment that is invalid, or valid but failing on this data, is listed with its reason and the rest
+    # are listed still; the exit code says so at the end.
+    invalid = failed = 0
     try:
         for name, seg in found.items():
             if isinstance(seg, SegmentError):
@@ -45,21 +47,26 @@ def list_segments(
                 continue
             console.print(f"[bold]{escape(name)}[/bold]: {escape(seg.description or '-')}")
             if con is not None:
-                size, counts = segment_counts(con, seg)
-                allowed = ", ".join(f"{p} {c['allowed']:,}" for p, c in counts.items())
-                console.print(f"  {size:,} customers; may be contacted: {allowed}")
+                try:
+                    size, counts = segment_counts(con, seg)
+                except SegmentError as exc:
+                    failed += 1
+                    console.print(f"  [red]failed: {escape(str(exc))}[/red]")
+                else:
+                    allowed = ", ".join(f"{p} {c['allowed']:,}" for p, c in counts.items())
+                    console.print(f"  {size:,} customers; may be contacted: {allowed}")
             fields, activations = ", ".join(seg.fields) or "-", ", ".join(seg.activations) or "-"
             console.print(f"  where {escape(where_text(seg.where))}; fields {fields}; activations {activations}")
     finally:
         if con is not None:
             con.close()
     console.print(f"{len(found)} segments in {settings.segments_dir} (including built-in all_customers)", end="")
-    console.print(f", {invalid} invalid" if invalid else "")
+    console.print((f", {invalid} invalid" if invalid else "") + (f", {failed} failed on the data" if failed else ""))
     if con is None:
         console.print(f"No store at {settings.db_path} yet: `cdp run --inbox DIR` first for the counts.")
     if not settings.segments_dir.is_dir():
         console.print(f"[yellow]No segments folder at {settings.segments_dir}[/yellow]: only the built-in is defined.")
-    if invalid:
+    if invalid or failed:
         raise typer.Exit(1)  # listed above, each with its one-line reason
 
 

@@ -106,6 +106,24 @@ def test_segments_list_preview_export(db: Path, tmp_path: Path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+def test_segments_list_goes_on_past_a_segment_that_fails_on_the_data(db: Path, tmp_path: Path):
+    segs = tmp_path / "segs"
+    segs.mkdir()
+    (segs / "castok.yaml").write_text("name: castok\nwhere: CAST(first_name AS DATE) > DATE '2020-01-01'\n")
+    (segs / "zlast.yaml").write_text("name: zlast\nwhere: total_spend >= 5\n")
+    listed = runner.invoke(app, ["segments", "list", "--segments-dir", str(segs), "--db", str(db)],
+                           env={"COLUMNS": "240"})  # fmt: skip
+    assert listed.exit_code == 1, listed.output
+    lines = listed.output.splitlines()
+    failing = lines[lines.index("castok: -") + 1].strip()
+    assert failing == (
+        f"failed: {segs / 'castok.yaml'}: condition 1 (CAST(first_name AS DATE) > DATE '2020-01-01') "
+        "cannot run on the data (conversion error)"
+    )
+    assert lines[lines.index("zlast: -") + 1].strip().startswith("2 customers; may be contacted:")
+    assert lines[-1] == f"3 segments in {segs} (including built-in all_customers), 1 failed on the data"
+
+
 def test_segment_injection_is_refused_on_the_command_line(db: Path, tmp_path: Path):
     segs = tmp_path / "segs"
     segs.mkdir()

@@ -142,8 +142,16 @@ def test_a_condition_that_fails_on_the_data_does_not_quote_the_data(con):
     one = "customer_id = 'cA' and cast(email as date) is null"  # a failed cast names the value it read
     with pytest.raises(SegmentError) as failed:
         select_segment(con, seg(one))
-    assert str(failed.value) == "t.yaml: segment cannot run on the data (conversion error)"
+    assert str(failed.value) == f"t.yaml: condition 1 ({one}) cannot run on the data (conversion error)"
     assert "@" not in str(failed.value)
+
+
+def test_a_failure_on_the_data_names_the_condition_that_fails(con):
+    nested = {"all": ["orders >= 0", {"any": ["total_spend > 1000", "cast(email as date)\n  is null"]}]}
+    with pytest.raises(SegmentError) as failed:
+        select_segment(con, seg(nested))
+    reason = "t.yaml: condition 3 (cast(email as date) is null) cannot run on the data (conversion error)"
+    assert str(failed.value) == reason  # the condition's text on one line, as the marketer wrote it
 
 
 def test_yaml_aliases_are_refused_in_segment_files(tmp_path: Path):
