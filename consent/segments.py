@@ -16,7 +16,8 @@ A segment file (``<segments_dir>/<name>.yaml``, default ``data/segments``)::
 ``where`` is one condition or a tree of ``all`` (and) / ``any`` (or) lists. Each condition is parsed with
 sqlglot and must use only: the profile columns in :data:`identity.profiles.SEGMENT_COLUMNS`; literals
 (passed as parameters, never spliced into SQL); comparisons, ``and``/``or``/``not``, ``in (...)``,
-``between``, ``is [not] null``, ``like``/``ilike``, arithmetic; and the functions in :data:`FUNCTIONS`.
+``between``, ``is [not] null``, ``like``/``ilike``, arithmetic, ``DATE`` and ``TIMESTAMP`` literals and
+casts (:data:`_CASTS`); and the functions in :data:`FUNCTIONS`.
 Anything else (other columns or functions, subqueries, several statements, placeholders) is refused with
 one line naming the file, the condition and the offending part.
 
@@ -74,7 +75,12 @@ _OPERATORS: tuple[type[exp.Expression], ...] = (
 )  # fmt: skip
 _CONDITIONS = (exp.Predicate, exp.Connector, exp.Not, exp.Paren, exp.Boolean, exp.ArrayContains)
 _UNITS = {"DAY", "DAYS", "WEEK", "WEEKS", "MONTH", "MONTHS", "YEAR", "YEARS"}
-_CASTS = {exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP}
+#: Casts a condition may write. sqlglot reads DuckDB's ``TIMESTAMP`` (literal, ``CAST`` or ``::``) as
+#: TIMESTAMPNTZ, the zone-less type profile times are held in (UTC); older sqlglot said TIMESTAMP. A zoned
+#: TIMESTAMPTZ is refused on purpose: DuckDB compares it with a profile time only after reading that time
+#: in the session's zone, a setting and not the data, and a time is best written as the profile holds it.
+_CASTS = {exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ}
+_ZONED = {exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.TIMESTAMPLTZ}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -332,6 +338,9 @@ def _check_node(where: str, node: exp.Expr) -> None:
         raise SegmentError(f"{where}: {node.name!r} is not a date unit (day, week, month, year)")
     if isinstance(node, exp.Literal) and isinstance(node.parent, exp.Interval) and not node.this.isdigit():
         raise SegmentError(f"{where}: an interval needs a whole number, got {node.this!r}")
+    if isinstance(node, exp.DataType) and node.this in _ZONED:
+        raise SegmentError(f"{where}: timestamps with a time zone are not allowed; profile times are UTC, "
+                           "write TIMESTAMP '2026-01-01 09:00:00' in UTC")  # fmt: skip
     if isinstance(node, exp.DataType) and node.this not in _CASTS:
         raise SegmentError(f"{where}: only DATE and TIMESTAMP casts are allowed")
 

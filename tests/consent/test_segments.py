@@ -59,6 +59,9 @@ INJECTIONS = {
     "getenv('HOME') = 'x'": "not allowed",
     "total_spend > $1": "placeholder is not allowed",
     "total_spend": "not a true/false condition",
+    "CAST(first_seen AS VARCHAR) = 'x'": "only DATE and TIMESTAMP casts are allowed",
+    "first_seen > TIMESTAMPTZ '2026-01-01 00:00:00+02'": "timestamps with a time zone are not allowed",
+    "first_seen::timestamp with time zone > current_timestamp": "timestamps with a time zone are not allowed",
     "total_spend >": "not a valid condition",
 }
 
@@ -121,6 +124,7 @@ ALLOWED = [
     "total_spend BETWEEN 10 AND 300 AND postcode ILIKE 's%'",
     "date_diff('day', first_seen, current_date) > 1 AND length(coalesce(city, '')) >= 0",
     "abs(total_spend - 250) < 1 OR list_contains(channels, 'app')",
+    "first_seen > TIMESTAMP '2026-01-01 00:00:00' AND CAST(last_seen AS TIMESTAMP) < '2027-01-01'::timestamp",
 ]
 
 
@@ -136,6 +140,8 @@ def test_documented_conditions_compile_and_run(con, condition):
 def test_documented_conditions_select_the_right_customers(con):
     assert select_segment(con, seg("lower(first_name) IN ('ann', 'cat')"))["customer_id"].tolist() == ["cA", "cC"]
     assert select_segment(con, seg("abs(total_spend - 250) < 1"))["customer_id"].tolist() == ["cC"]
+    since = "first_seen >= TIMESTAMP '2026-01-02 00:00:00'"  # cA, cB, cD and cG are in the CRM from 1 January
+    assert select_segment(con, seg(since))["customer_id"].tolist() == ["cC", "cE", "cF"]
 
 
 def test_a_condition_that_fails_on_the_data_does_not_quote_the_data(con):
