@@ -353,12 +353,15 @@ def _allowed() -> str:
 
 
 def sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """An in-memory, locked-down connection holding only the allow-listed profile columns as ``profiles``."""
+    """An in-memory, locked-down connection in UTC holding only the allow-listed profile columns as ``profiles``."""
     if not table_exists(con, "customer_profiles"):
         raise CdpError("no customer profiles yet; run `cdp run --inbox DIR` first")
     cols = ", ".join(f'"{c}"' for c in SEGMENT_COLUMNS)
     profiles = con.sql(f"SELECT {cols} FROM customer_profiles").to_arrow_table()
     box = duckdb.connect(":memory:")
+    # Profile times are UTC without a zone; current_timestamp, current_date and comparisons with them follow
+    # the session's zone, which a fresh connection takes from the machine (cdp.store sets UTC on its own).
+    box.execute("SET TimeZone = 'UTC'")
     box.execute("SET enable_external_access = false")
     box.execute("SET lock_configuration = true")
     box.register("profiles", profiles)

@@ -6,6 +6,7 @@ Covers parsing, the allow-list and refusal of injection attempts; consent is cov
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import duckdb
@@ -83,6 +84,20 @@ def test_sandbox_cannot_read_files_or_other_tables(con):
     with pytest.raises(duckdb.Error, match="locked"):
         box.execute("SET enable_external_access = true")
     assert "email" in box.execute("SELECT * FROM profiles LIMIT 0").df().columns
+
+
+def test_the_sandbox_keeps_times_in_utc_whatever_the_machines_zone(con, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # a fresh DuckDB connection takes its zone from the machine
+    time.tzset()
+    try:
+        box = sandbox(con)
+        assert box.execute("SELECT current_setting('TimeZone')").fetchall() == [("UTC",)]
+        # 05:00 UTC is after 00:30 UTC; read as Tokyo time it would be 20:00 UTC the day before
+        late = "SELECT TIMESTAMP '2026-01-01 05:00:00' < TIMESTAMPTZ '2026-01-01 00:30:00+00'"
+        assert box.execute(late).fetchall() == [(False,)]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_segment_files_load_and_bad_ones_are_reported(tmp_path: Path):
