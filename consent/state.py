@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 
@@ -329,22 +330,52 @@ def build_consent_state(
     return result
 
 
+def events_due(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:
+    """How many ledger events came into force (by ``now``) since ``consent_state`` was computed, or are not in
+    it yet; 0 when the state cannot be brought up to date here (:func:`state_current`). Reads only."""
+    if not state_current(con):
+        return 0
+    return int(
+        con.execute(
+            f"""SELECT count(*) FROM consent_events
+               WHERE {in_force()} <= $now AND ({in_force()} > (SELECT as_of FROM consent_state_basis)
+                                             OR event_id NOT IN (SELECT event_id FROM consent_state_seen))""",
+            {"now": now or datetime.now(UTC).replace(tzinfo=None)},
+        ).fetchall()[0][0]
+    )
+
+
+def connect_as_of_now(db_path: Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the store whose consent state is as of now: ledger events that came into
+    force since it was computed (a grant dated a few minutes ahead, now due) are applied first, in a short
+    write, as an export applies them. Counts shown before an export (segment list and preview) are then the
+    export's. Without such events nothing is written."""
+    from cdp.store import connect
+
+    con = connect(db_path, read_only=True)
+    try:
+        if not events_due(con):
+            return con
+    except BaseException:
+        con.close()
+        raise
+    con.close()
+    writer = connect(db_path, create=False)
+    try:
+        bring_to_now(writer)
+    finally:
+        writer.close()
+    return connect(db_path, read_only=True)
+
+
 def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
     """Update ``consent_state`` for the ledger events that came into force since it was computed (a withdrawal
     dated a minute after the last run, or appended by a run that stopped before its consent step), so that
     an export decides on consent as of the moment it asks. Customers whose records identity changed are left
     to the pipeline's ``consent_state`` step (their changes stay pending for it). Returns the customers
     recomputed; 0, and nothing written, when no event came into force."""
-    if not state_current(con):
-        return 0
     now = datetime.now(UTC).replace(tzinfo=None)
-    due = con.execute(
-        f"""SELECT count(*) FROM consent_events
-           WHERE {in_force()} <= $now AND ({in_force()} > (SELECT as_of FROM consent_state_basis)
-                                         OR event_id NOT IN (SELECT event_id FROM consent_state_seen))""",
-        {"now": now},
-    ).fetchall()[0][0]
-    if not due:
+    if not events_due(con, now):
         return 0
     con.execute("CREATE OR REPLACE TEMP TABLE _cs_nobody (customer_id VARCHAR)")
     try:

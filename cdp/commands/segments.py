@@ -29,12 +29,12 @@ def list_segments(
 ) -> None:
     """Segment definitions (the built-in `all_customers` and every YAML file in the segments folder) with
     their customers before consent and, per purpose, how many may be contacted."""
-    from cdp.store import connect
     from consent.segments import SegmentError, load_segments, segment_counts, where_text
+    from consent.state import connect_as_of_now
 
     settings = settings_for(db, segments_dir=segments_dir)
     found = load_segments(settings.segments_dir)
-    con = connect(settings.db_path, read_only=True) if settings.db_path.exists() else None
+    con = connect_as_of_now(settings.db_path) if settings.db_path.exists() else None
     # One block per segment, not a table: at 80 columns a seven-column table cut every name and purpose.
     # A segment that is invalid, or valid but failing on this data, is listed with its reason and the rest
     # are listed still; the exit code says so at the end.
@@ -80,16 +80,16 @@ def preview(
 ) -> None:
     """How many customers the segment holds, how many may be contacted per purpose, and why the rest may not."""
     from cdp.config import PURPOSE_CHANNEL, PURPOSES
-    from cdp.store import connect
     from consent import enforce
     from consent.segments import get_segment, segment_counts
+    from consent.state import connect_as_of_now
 
     settings = settings_for(db, segments_dir=segments_dir)
     purposes = [purpose] if purpose else list(PURPOSES)
     for p in purposes:
         enforce.check_purpose(p)
     segment = get_segment(settings.segments_dir, name)
-    con = connect(settings.db_path, read_only=True)
+    con = connect_as_of_now(settings.db_path)
     try:
         customers, by_purpose = segment_counts(con, segment, purposes)
         lines = []

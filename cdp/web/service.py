@@ -40,9 +40,13 @@ class NotFound(CdpError):
 
 
 @contextmanager
-def store(settings: Settings, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def store(settings: Settings, write: bool = False, as_of_now: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The store, read-only unless ``write``; ``as_of_now``: with consent state brought up to date first
+    (:func:`consent.state.connect_as_of_now`), for counts that must be an export's."""
+    from consent.state import connect_as_of_now
+
     with _LOCK:
-        con = connect(settings.db_path, read_only=not write)
+        con = connect_as_of_now(settings.db_path) if as_of_now else connect(settings.db_path, read_only=not write)
         try:
             yield con
         finally:
@@ -86,7 +90,7 @@ def list_segments(settings: Settings) -> list[dict[str, Any]]:
 
     found = load_segments(settings.segments_dir)
     out: list[dict[str, Any]] = []
-    with store(settings) as con:
+    with store(settings, as_of_now=True) as con:
         for name, seg in found.items():
             if isinstance(seg, SegmentError):
                 out.append({"name": name, "error": str(seg)})
@@ -120,7 +124,7 @@ def preview(settings: Settings, segment: Any, purposes: tuple[str, ...] = PURPOS
 
     for p in purposes:
         enforce.check_purpose(p)
-    with store(settings) as con:
+    with store(settings, as_of_now=True) as con:
         customers, counts = segment_counts(con, segment, purposes)
     return {
         "segment": segment.name,

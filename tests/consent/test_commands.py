@@ -106,6 +106,30 @@ def test_segments_list_preview_export(db: Path, tmp_path: Path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
+def test_preview_counts_are_the_exports_once_an_event_came_into_force(db: Path, tmp_path: Path, w):
+    """A withdrawal that came into force since consent state was computed (a run took it into the ledger
+    before its consent step, or it was dated a little ahead) applies to an export at once; preview and list
+    counted without it, so they promised more people than the export then wrote."""
+    from datetime import datetime
+
+    from consent.ledger import sync_ledger
+
+    con = connect(db)
+    w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="alee@mailbox.com")
+    sync_ledger(con)
+    con.close()
+    shown = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db))
+    assert "email_marketing   (email): 2 of 7 may be contacted" in shown.output, shown.output
+    listed = runner.invoke(app, ["segments", "list", "--db", str(db), "--segments-dir", str(tmp_path)],
+                           env={"COLUMNS": "240"})  # fmt: skip
+    assert "may be contacted: email_marketing 2," in listed.output
+    out = tmp_path / "all.csv"
+    done = cdp(
+        "segments", "export", "all_customers", "--purpose", "email_marketing", "--out", str(out), "--db", str(db)
+    )
+    assert done.exit_code == 0 and len(pd.read_csv(out)) == 2
+
+
 def test_segments_list_goes_on_past_a_segment_that_fails_on_the_data(db: Path, tmp_path: Path):
     segs = tmp_path / "segs"
     segs.mkdir()
