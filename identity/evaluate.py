@@ -27,6 +27,7 @@ figures are then the same).
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +114,73 @@ def evaluate_units(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, Any]
     }
 
 
+#: What DuckDB's CSV rejects mean, in the words of the person who has to fix the line.
+_CSV_FAULTS = {
+    "UNQUOTED VALUE": "a quote left open or a stray quote",
+    "MISSING COLUMNS": "fewer fields than the header",
+    "TOO MANY COLUMNS": "more fields than the header",
+    "INVALID ENCODING": "not UTF-8 text",
+    "LINE SIZE OVER MAXIMUM": "a line too long, a quote left open?",
+}
+
+
+def _truth_header(path: Path) -> list[str]:
+    """The truth file's column names, trimmed and lower-cased: a header written ``SOURCE,Person_ID`` names the
+    same columns as ``source,person_id`` (as an inbox file's header does)."""
+    try:
+        with path.open("rb") as fh:
+            first = fh.readline().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CdpError(f"{path}: line 1 is not UTF-8 text") from None
+    names = [name.strip().lower() or f"column{i}" for i, name in enumerate(next(csv.reader([first]), []))]
+    twice = [name for i, name in enumerate(names) if name in names[:i]]
+    if twice:
+        raise CdpError(f"{path}: column {twice[0]} appears twice in the header")
+    return names
+
+
+def _read_truth(con: duckdb.DuckDBPyConnection, path: Path, header: list[str]) -> None:
+    """Temp table ``_truth_read`` (``_row`` and the truth columns of the header, trimmed, NULL when empty).
+
+    Read strictly with the header's columns and nothing sniffed: a line DuckDB cannot parse is refused by its
+    line number, where the sniffer gave up on the whole file (and a lenient read scored the lines it kept).
+    """
+    con.execute("DROP TABLE IF EXISTS _truth_csv_errors; DROP TABLE IF EXISTS _truth_csv_scans")
+    try:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _truth_raw AS SELECT row_number() OVER () AS _row, *
+               FROM read_csv(?, header = true, auto_detect = false, columns = ?, delim = ',', quote = '"',
+                             escape = '"', encoding = 'utf-8', store_rejects = true,
+                             rejects_table = '_truth_csv_errors', rejects_scan = '_truth_csv_scans')""",
+            [str(path), dict.fromkeys(header, "VARCHAR")],
+        )
+        bad = con.execute("SELECT line, error_type, csv_line FROM _truth_csv_errors ORDER BY line LIMIT 1").fetchall()
+    except duckdb.Error as exc:
+        raise CdpError(f"{path}: cannot read truth file ({str(exc).splitlines()[0]})") from None
+    finally:
+        con.execute("DROP TABLE IF EXISTS _truth_csv_errors; DROP TABLE IF EXISTS _truth_csv_scans")
+    if bad:
+        line, fault, text = bad[0]
+        shown = str(text).splitlines()[0][:60] if text else ""
+        raise CdpError(f"{path}: line {line} is not a CSV row ({_CSV_FAULTS.get(fault, str(fault).lower())}): {shown}")
+    # the columns this module names (the header's other columns are never named in SQL)
+    trimmed = ", ".join(f"NULLIF(trim({name}), '') AS {name}" for name in TRUTH_COLUMNS if name in header)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _truth_read AS SELECT _row, {trimmed} FROM _truth_raw")
+    con.execute("DROP TABLE _truth_raw")
+
+
 def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
     """Read a truth CSV (``source, source_record_id, unit_id, person_id`` and optionally ``connectable`` and
-    ``evidence_group``) into ``_truth``. Without ``connectable`` every record is connectable; without
-    ``evidence_group`` a person's connectable records form one group. Returns the number of records; a file
-    without any is refused (it would score a perfect 1.0 on nothing)."""
+    ``evidence_group``) into ``_truth``. Without ``connectable`` every record is connectable (an empty cell
+    too); without ``evidence_group`` a person's connectable records form one group. Returns the number of
+    records.
+
+    A file that would be scored on labels it does not hold is refused in one line naming its first fault: no
+    records (a perfect 1.0 on nothing), a line that is not CSV, an empty source, source_record_id or person_id
+    (blank labels would be one person), a ``connectable`` that is neither true nor false (``maybe`` was read as
+    true), and a record labelled twice differently (two files of different persons put together). A record
+    written twice alike counts once.
+    """
     if path.is_dir():
         inside = path / "records.csv"
         hint = f" (did you mean {inside}?)" if inside.is_file() else ""
@@ -126,29 +189,76 @@ def load_truth(con: duckdb.DuckDBPyConnection, path: Path) -> int:
         raise CdpError(f"{path}: truth file not found")
     if path.stat().st_size == 0:
         raise CdpError(f"{path}: empty file, no records")
-    try:
-        rel = con.read_csv(str(path), header=True, all_varchar=True)
-    except duckdb.Error as exc:
-        raise CdpError(f"{path}: cannot read truth file ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in ("source", "source_record_id", "person_id") if c not in rel.columns]
+    header = _truth_header(path)
+    missing = [c for c in ("source", "source_record_id", "person_id") if c not in header]
     if missing:
         raise CdpError(f"{path}: truth file lacks column {missing[0]}")
-    connectable = "coalesce(TRY_CAST(connectable AS BOOLEAN), true)" if "connectable" in rel.columns else "true"
-    group = "evidence_group" if "evidence_group" in rel.columns else f"CASE WHEN {connectable} THEN person_id END"
-    con.register("_truth_rel", rel)
+    _read_truth(con, path, header)
+    has_connectable, has_group = "connectable" in header, "evidence_group" in header
+    connectable = "coalesce(TRY_CAST(connectable AS BOOLEAN), true)" if has_connectable else "true"
+    unreadable = "connectable IS NOT NULL AND TRY_CAST(connectable AS BOOLEAN) IS NULL" if has_connectable else "false"
+    fault = con.execute(
+        f"""
+        SELECT _row, source, source_record_id, CASE
+            WHEN source IS NULL THEN 'empty source'
+            WHEN source_record_id IS NULL THEN 'empty source_record_id'
+            WHEN person_id IS NULL THEN 'empty person_id'
+            WHEN {unreadable} THEN 'connectable ''' || connectable || ''' is neither true nor false'
+          END AS fault
+        FROM _truth_read WHERE fault IS NOT NULL ORDER BY _row LIMIT 1
+        """
+    ).fetchall()
+    if fault:
+        row, source, record_id, what = fault[0]
+        key = f" ({source} {record_id})" if source and record_id else ""
+        raise CdpError(f"{path}: row {row}{key}: {what}")
+    group = "evidence_group" if has_group else f"CASE WHEN {connectable} THEN person_id END"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _truth AS
-        SELECT source, source_record_id, person_id, {connectable} AS connectable,
+        CREATE OR REPLACE TEMP TABLE _truth_labels AS
+        SELECT _row, source, source_record_id, person_id, {connectable} AS connectable,
                CASE WHEN {connectable} THEN {group} END AS evidence_group
-        FROM _truth_rel
+        FROM _truth_read
         """
     )
-    con.unregister("_truth_rel")
+    con.execute("DROP TABLE _truth_read")
+    _refuse_conflicting_labels(con, path)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _truth AS
+        SELECT DISTINCT source, source_record_id, person_id, connectable, evidence_group FROM _truth_labels
+        """
+    )
+    con.execute("DROP TABLE _truth_labels")
     n_truth = int(con.execute("SELECT count(*) FROM _truth").fetchall()[0][0])
     if not n_truth:
         raise CdpError(f"{path}: no records")
     return n_truth
+
+
+def _refuse_conflicting_labels(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a record (``source, source_record_id``) whose rows say two different things: which label would be
+    scored depends on nothing but row order. Names the first such row and the row it contradicts."""
+    labels = ("person_id", "connectable", "evidence_group")
+    firsts = ", ".join(f"first_value({c}) OVER w AS first_{c}" for c in labels)
+    differs = " OR ".join(f"{c} IS DISTINCT FROM first_{c}" for c in labels)
+    found = con.execute(
+        f"""
+        SELECT * FROM (
+            SELECT _row, source, source_record_id, {", ".join(labels)}, first_value(_row) OVER w AS first_row, {firsts}
+            FROM _truth_labels WINDOW w AS (PARTITION BY source, source_record_id ORDER BY _row)
+        ) WHERE {differs} ORDER BY _row LIMIT 1
+        """
+    ).fetchall()
+    if not found:
+        return
+    row, source, record_id, *values = found[0]
+    now, first_row, before = values[: len(labels)], values[len(labels)], values[len(labels) + 1 :]
+    column = next(i for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b)
+    raise CdpError(
+        f"{path}: rows {first_row} and {row} label {source} {record_id} differently "
+        f"({labels[column]} {before[column]} and {now[column]})"
+    )
 
 
 def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]:

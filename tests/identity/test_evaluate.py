@@ -1,4 +1,4 @@
-"""Evaluation maths on a hand-made truth: pairwise P/R/F1, connectable recall, over-merges and splits."""
+"""Evaluation maths on a hand-made truth (P/R/F1, connectable recall, over-merges, splits); truth files refused."""
 
 from __future__ import annotations
 
@@ -110,3 +110,63 @@ def test_evaluate_command_refuses_a_foreign_truth_file_in_one_line(tmp_path, mon
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(truth) in lines[0] and "none of its 1 records" in lines[0]
     assert "Precision" not in result.output
+
+
+# -- truth files whose labels cannot be trusted -------------------------------------------------------------
+GOOD = "crm,c1,crm:c1,p1,true,p1/1\ncrm,c2,crm:c2,p2,true,p2/1\n"
+
+
+def _refusal(tmp_path, text: str) -> str:
+    truth = tmp_path / "records.csv"
+    truth.write_text(text)
+    with pytest.raises(CdpError) as info:
+        evaluate(_store(), truth)
+    message = str(info.value)
+    assert message.startswith(f"{truth}: ") and "\n" not in message
+    return message.removeprefix(f"{truth}: ")
+
+
+def test_blank_person_ids_are_refused_not_scored_as_one_person(tmp_path):
+    # every label blank scored "persons 0, precision 1.0": the blank rows were grouped as one person
+    assert (
+        _refusal(tmp_path, HEADER + "crm,c1,crm:c1,,true,\ncrm,c2,crm:c2, ,true,\n")
+        == "row 1 (crm c1): empty person_id"
+    )
+
+
+def test_a_record_labelled_with_two_persons_is_refused_naming_both_rows(tmp_path):
+    # the file put together with a copy of itself whose persons were renamed
+    text = HEADER + GOOD + GOOD.replace(",p", ",q")
+    assert _refusal(tmp_path, text) == "rows 1 and 3 label crm c1 differently (person_id p1 and q1)"
+
+
+def test_a_record_written_twice_alike_counts_once(tmp_path):
+    truth = tmp_path / "records.csv"
+    truth.write_text(HEADER + GOOD + GOOD)
+    m = evaluate(_store(), truth)
+    assert (m["truth_records"], m["truth_records_unmatched"], m["units"]) == (2, 0, 2)
+
+
+def test_a_connectable_that_is_neither_true_nor_false_is_refused(tmp_path):
+    text = HEADER + "crm,c1,crm:c1,p1,true,p1/1\ncrm,c2,crm:c2,p2,maybe,p2/1\n"
+    assert _refusal(tmp_path, text) == "row 2 (crm c2): connectable 'maybe' is neither true nor false"
+
+
+def test_an_unterminated_quote_is_refused_by_its_line(tmp_path):
+    lines = [f"crm,c{i},crm:c{i},p{i},true,p{i}/1" for i in range(1, 9)]
+    lines[4] = 'crm,"c5,crm:c5,p5,true,p5/1'  # line 6 of the file
+    message = _refusal(tmp_path, HEADER + "\n".join(lines) + "\n")
+    assert message.startswith("line 6 is not a CSV row (a quote left open") and 'crm,"c5' in message
+
+
+def test_a_line_with_a_field_too_many_is_refused_by_its_line(tmp_path):
+    assert _refusal(tmp_path, HEADER + GOOD + "crm,c3,crm:c3,p3,true,p3/1,x\n").startswith(
+        "line 4 is not a CSV row (more fields than the header)"
+    )
+
+
+def test_the_header_is_read_whatever_its_case(tmp_path):
+    truth = tmp_path / "records.csv"
+    truth.write_text(HEADER.upper().replace("PERSON_ID", " Person_Id ") + GOOD)
+    m = evaluate(_store(), truth)
+    assert (m["truth_records"], m["units"], m["connectable_units"]) == (2, 2, 2)
