@@ -261,11 +261,18 @@ def _refuse_conflicting_labels(con: duckdb.DuckDBPyConnection, path: Path) -> No
     )
 
 
-def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]:
+#: The share of a truth file's records that may be missing from the store before it is refused (unless
+#: allowed): a few are records erased or quarantined since; most is the truth of another inbox, whose few
+#: records that happen to share an id with this store's were scored as if they were labels of it.
+MOST_UNMATCHED = 0.5
+
+
+def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path, allow_unmatched: bool = False) -> dict[str, Any]:
     """Compare ``customer_source_records`` with a truth file; see :func:`evaluate_units`.
 
-    Truth records missing from the store are counted (``truth_records_unmatched``); a truth file none of
-    whose records is in the store (the truth of another inbox) is refused rather than scored 1.0 on nothing.
+    Truth records missing from the store are counted (``truth_records_unmatched``). A truth file more than
+    :data:`MOST_UNMATCHED` of whose records are not in the store is refused unless ``allow_unmatched``; one
+    none of whose records is in the store is refused always (it would score 1.0 on nothing).
     """
     from cdp.store import table_exists
 
@@ -283,6 +290,11 @@ def evaluate(con: duckdb.DuckDBPyConnection, truth_path: Path) -> dict[str, Any]
     if not matched:
         raise CdpError(
             f"{truth_path}: none of its {n_truth:,} records is in the store; is it the truth of another inbox?"
+        )
+    if n_truth - matched > MOST_UNMATCHED * n_truth and not allow_unmatched:
+        raise CdpError(
+            f"{truth_path}: {n_truth - matched:,} of its {n_truth:,} records are not in the store; is it the truth "
+            "of another inbox? (--allow-unmatched scores it anyway)"
         )
     con.execute(
         """

@@ -73,6 +73,9 @@ def evaluate(
     ),
     db: Path | None = DbOption,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    allow_unmatched: bool = typer.Option(
+        False, "--allow-unmatched", help="Score a truth file even when most of its records are not in the store."
+    ),
 ) -> None:
     """Pairwise precision, recall and F1 over identity units, plus over-merged and split customers."""
     from cdp.store import connect
@@ -81,7 +84,7 @@ def evaluate(
     settings = settings_for(db)
     con = connect(settings.db_path, read_only=True)
     try:
-        m = run_evaluation(con, truth)
+        m = run_evaluation(con, truth, allow_unmatched=allow_unmatched)
     finally:
         con.close()
     if as_json:

@@ -95,17 +95,23 @@ def test_a_directory_given_as_the_truth_file_is_named_a_directory(tmp_path):
     assert "not found" not in str(info.value) and str(tmp_path / "records.csv") in str(info.value)
 
 
-def test_evaluate_command_refuses_a_foreign_truth_file_in_one_line(tmp_path, monkeypatch):
+def _evaluate_command(tmp_path, monkeypatch, text: str, *options: str):
+    """``cdp identity evaluate`` on a truth file of ``text`` against the two-record store."""
     from typer.testing import CliRunner
 
     from cdp.commands.identity import app
 
     db = tmp_path / "cdp.duckdb"
-    _store(db).close()
+    if not db.exists():
+        _store(db).close()
     truth = tmp_path / "records.csv"
-    truth.write_text(HEADER + "crm,z1,crm:z1,p1,true,p1/1\n")
+    truth.write_text(text)
     monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
-    result = CliRunner().invoke(app, ["evaluate", "--truth", str(truth), "--db", str(db)])
+    return truth, CliRunner().invoke(app, ["evaluate", "--truth", str(truth), "--db", str(db), *options])
+
+
+def test_evaluate_command_refuses_a_foreign_truth_file_in_one_line(tmp_path, monkeypatch):
+    truth, result = _evaluate_command(tmp_path, monkeypatch, HEADER + "crm,z1,crm:z1,p1,true,p1/1\n")
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(truth) in lines[0] and "none of its 1 records" in lines[0]
@@ -170,3 +176,24 @@ def test_the_header_is_read_whatever_its_case(tmp_path):
     truth.write_text(HEADER.upper().replace("PERSON_ID", " Person_Id ") + GOOD)
     m = evaluate(_store(), truth)
     assert (m["truth_records"], m["units"], m["connectable_units"]) == (2, 2, 2)
+
+
+def test_a_truth_file_most_of_whose_records_are_not_in_the_store_is_refused_unless_allowed(tmp_path):
+    # another world's truth: two of its five records happen to carry ids this store has
+    text = HEADER + GOOD + "crm,z1,crm:z1,p3,true,p3/1\ncrm,z2,crm:z2,p3,true,p3/1\ncrm,z3,crm:z3,p4,true,p4/1\n"
+    assert _refusal(tmp_path, text) == (
+        "3 of its 5 records are not in the store; is it the truth of another inbox? "
+        "(--allow-unmatched scores it anyway)"
+    )
+    m = evaluate(_store(), tmp_path / "records.csv", allow_unmatched=True)
+    assert (m["truth_records"], m["truth_records_unmatched"]) == (5, 3)
+
+
+def test_evaluate_command_scores_a_mostly_foreign_truth_file_only_when_allowed(tmp_path, monkeypatch):
+    text = HEADER + "crm,c1,crm:c1,p1,true,p1/1\ncrm,z1,crm:z1,p1,true,p1/1\ncrm,z2,crm:z2,p2,true,p2/1\n"
+    _, refused = _evaluate_command(tmp_path, monkeypatch, text)
+    assert refused.exit_code != 0 and "2 of its 3 records are not in the store" in refused.output
+    assert "Precision" not in refused.output
+    _, allowed = _evaluate_command(tmp_path, monkeypatch, text, "--allow-unmatched")
+    assert allowed.exit_code == 0 and "Precision" in allowed.output
+    assert "2 truth records are not in the store" in allowed.output
