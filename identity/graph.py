@@ -54,12 +54,21 @@ PLACEHOLDER_VALUES = (
     "anonymous", "anon", "guest", "default", "tbd", "tba", "xxx", "?", "-", "123", "1234", "12345",
     "123456", "1234567", "12345678", "123456789", "1234567890", "not provided", "not_provided", "noemail",
 )  # fmt: skip
-#: Email local parts and domains that are not a person's mailbox.
+#: Email local parts that are not a person's mailbox: what a till or CRM operator types when a customer gives
+#: no email, system and test addresses, keyboard filler. Written folded (:data:`FOLDED_EMAIL_LOCAL`: without
+#: dots, underscores and hyphens), so that ``no.email``, ``no_email`` and ``no-email`` are one entry, not three.
+#: Not a name or initials a person may own as a mailbox (``nil``, ``anon``, ``n.o``).
 PLACEHOLDER_EMAIL_LOCALS = (
-    "test", "noreply", "no-reply", "donotreply", "do-not-reply", "none", "null", "nobody", "noemail",
-    "no-email", "example", "email", "unknown", "na", "n/a", "x", "xx", "xxx", "abc", "asdf", "qwerty",
-    "fake", "dummy", "sample", "user",
+    "noemail", "nomail", "noemailaddress", "nomailaddress", "noaddress", "noemailgiven", "noemailprovided",
+    "emailnotgiven", "emailnotprovided", "notgiven", "notprovided", "nonegiven", "noneprovided", "none", "null",
+    "nope", "na", "n/a", "notapplicable", "notavailable", "unknown", "notknown",
+    "declined", "refused", "withheld", "nothanks", "optout", "optedout",
+    "nobody", "noone", "noname", "anonymous", "guest",
+    "test", "noreply", "donotreply", "example", "email", "fake", "dummy", "sample", "user",
+    "x", "xx", "xxx", "abc", "asdf", "qwerty",
 )  # fmt: skip
+#: Folded local parts that are placeholders with a number after them too (``test2``, ``noemail1``).
+PLACEHOLDER_EMAIL_NUMBERED = ("test", "noreply", "dummy", "fake", "noemail", "nomail")
 PLACEHOLDER_EMAIL_DOMAINS = (
     "example.com", "example.org", "example.net", "test.com", "test.test", "invalid.com", "none.com",
     "noemail.com", "no-email.com", "nomail.com", "email.invalid", "localhost.com", "fake.com",
@@ -72,6 +81,10 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+#: SQL: the local part of the email match key ``v`` folded for :data:`PLACEHOLDER_EMAIL_LOCALS`: its dots,
+#: underscores and hyphens dropped (the match key is lower-case already).
+FOLDED_EMAIL_LOCAL = "translate(split_part(v, '@', 1), '._-', '')"
+
 PLACEHOLDER_MACRO = f"""
 CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
     v IS NULL OR trim(v) = ''
@@ -79,8 +92,8 @@ CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
     OR length(replace(lower(trim(v)), left(lower(trim(v)), 1), '')) = 0
     OR regexp_full_match(trim(v), '[0\\-\\s.+]+')
     OR (t = 'email_key' AND (
-        split_part(v, '@', 1) IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
-        OR regexp_full_match(split_part(v, '@', 1), '(test|noreply|no-reply|dummy|fake)[0-9._-]*')
+        {FOLDED_EMAIL_LOCAL} IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
+        OR regexp_full_match({FOLDED_EMAIL_LOCAL}, '({"|".join(PLACEHOLDER_EMAIL_NUMBERED)})[0-9]*')
         OR split_part(v, '@', 2) IN ({_sql_list(PLACEHOLDER_EMAIL_DOMAINS)})
         OR length(replace(split_part(v, '@', 1), left(split_part(v, '@', 1), 1), '')) = 0))
     OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}$'))
@@ -204,6 +217,8 @@ def is_placeholder(key_type: str, value: str | None) -> bool:
     """Whether ``value`` is a stand-in rather than a key (same rule as the SQL the graph runs).
 
     >>> is_placeholder("email_key", "test@example.com"), is_placeholder("user_id", "u-81723")
+    (True, False)
+    >>> is_placeholder("email_key", "no.email@mailbox.co.uk"), is_placeholder("email_key", "noel.ward@mailbox.co.uk")
     (True, False)
     """
     con = duckdb.connect()
