@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 
 from cdp.config import Settings
-from cdp.errors import check_output_file
+from cdp.errors import CdpError, check_output_file
 from cdp.store import RECORD_SOURCES, connect, raw_table, transaction
 from cdp.suppression import store_secret
 from consent import register
@@ -231,19 +231,21 @@ def access(
     ``delivered``: where the document went, for the register of access documents, when ``out`` is not where it
     stays (the web console hands it to the officer's browser from a temporary file); else ``out`` itself.
 
-    ``out`` is checked before anything is registered, and the store must exist (a mistyped ``--db`` is refused,
-    not created). An identifier that reaches several customers is refused, also before anything is registered or
-    written: the document would hand one person the others' data. Registering the request, collecting the
-    document and writing it are one transaction: when the document cannot be written, the register is left as it
-    was. A privacy officer reads the register as "what was asked and what was answered": a request opened only
-    by this failed attempt was answered with nothing, so it is not recorded (running the command again answers
-    it), while a request received earlier (say through the web console) stays open, as it is still owed. Marking
-    it failed would tell the officer it was dealt with; leaving a new one open would count an attempt as a
-    request.
+    ``out`` is checked before anything is registered (and must be a new file: written over, another subject's
+    document would be gone while the register still listed it as theirs), and the store must exist (a mistyped
+    ``--db`` is refused, not created). An identifier that reaches several customers is refused, also before anything
+    is registered or written: the document would hand one person the others' data. Registering the request,
+    collecting the document and writing it are one transaction: when the document cannot be written, the register is
+    left as it was. A privacy officer reads the register as "what was asked and what was answered": a request opened
+    only by this failed attempt was answered with nothing, so it is not recorded (running the command again answers
+    it), while a request received earlier (say through the web console) stays open, as it is still owed. Marking it
+    failed would tell the officer it was dealt with; leaving a new one open would count an attempt as a request.
     """
     con = con or connect(settings.db_path, create=False)
     try:
         check_output_file(Path(out), "access document")
+        if delivered is None and Path(out).exists():  # another subject's document, or a file of the officer's
+            raise CdpError(f"{out}: exists; an access document is written to a new file (remove it or choose another)")
         register.ensure_register_schema(con)
         secret = store_secret(con, settings.secret_path)
         present_rules(con)

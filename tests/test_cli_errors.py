@@ -222,6 +222,12 @@ def test_command_line_mistakes_are_one_line(args: list[str], expected: list[str]
     assert written(tmp_path) == []
 
 
+def test_run_on_a_file_says_it_is_not_an_inbox_folder(tmp_path: Path):
+    (tmp_path / "README.md").write_text("not an inbox")
+    assert_one_line_error(cdp("run", "--inbox", str(tmp_path / "README.md")), "a file, not an inbox folder")
+    assert_one_line_error(cdp("run", "--inbox", str(tmp_path / "nowhere")), "no such inbox folder")
+
+
 @pytest.mark.parametrize("name", ["profile show", "privacy requests", "segments export", "run"])
 def test_an_empty_db_is_one_line(name: str, tmp_path: Path):
     result = runner.invoke(app, _args(name, tmp_path, Path(""))[:-1] + [""])

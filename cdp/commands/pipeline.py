@@ -41,7 +41,8 @@ def run_and_report(
     from cdp.errors import CdpError
 
     if not inbox.is_dir():
-        raise CdpError(f"{inbox}: no such inbox folder")
+        what = "a file, not an inbox folder (one sub-folder per source)" if inbox.exists() else "no such inbox folder"
+        raise CdpError(f"{inbox}: {what}")
     settings = settings_for(db, inbox=inbox, engine=engine)
     from cdp.store import connect
     from consent.erasure import finish_interrupted

@@ -169,6 +169,8 @@ def access(
     )
     for name, n in result.counts.items():
         console.print(f"  {name}: {n}")
+    if not any(result.counts.values()):
+        console.print("Nothing is held on the subject: the document says so, and it is the answer to give them.")
 
 
 @app.command()

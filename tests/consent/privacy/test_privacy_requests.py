@@ -113,14 +113,19 @@ def test_access_leaves_out_another_persons_row_with_her_key_and_the_other_side_o
     con.close()
 
 
+def _access_command(world: Any, out: Path, *subject: str) -> Any:
+    """``cdp privacy access SUBJECT --out OUT`` on the world's store (CDP_HOME set by the caller)."""
+    return CliRunner().invoke(
+        privacy_cli.app, ["access", *subject, "--out", str(out), "--db", str(world.settings.db_path)]
+    )
+
+
 def test_access_command_writes_the_file_and_prints_counts_only(
     world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CDP_HOME", str(world.settings.home))
     out = tmp_path / "bob.json"
-    result = CliRunner().invoke(
-        privacy_cli.app, ["access", "--customer-id", world.bob, "--out", str(out), "--db", str(world.settings.db_path)]
-    )
+    result = _access_command(world, out, "--customer-id", world.bob)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["customer_ids"] == [world.bob] and len(doc["records"]["crm"]) == 1  # Bob has one version
@@ -367,3 +372,24 @@ def test_close_command_closes_an_open_request_and_refuses_anything_else(world: A
     assert again.exit_code == 2 and again.output.strip() == (
         f"error: request {request_id}: is withdrawn; only an open request can be closed"
     )
+
+
+def test_access_by_an_address_nobody_carries_says_nothing_is_held(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDP_HOME", str(world.settings.home))
+    answer = _access_command(world, tmp_path / "nobody.json", "--email", "nobody.here@mailbox.org")
+    assert answer.exit_code == 0, answer.output
+    assert "Nothing is held on the subject" in " ".join(answer.output.split())
+    assert "Nothing is held" not in _access_command(world, tmp_path / "b.json", "--customer-id", world.bob).output
+
+
+def test_an_access_document_is_never_written_over_an_existing_file(world: Any, tmp_path: Path) -> None:
+    """Written over, Alice's document would be gone (the register still listing it as hers) and Bob's in its
+    place; the file is refused before anything is registered."""
+    out = tmp_path / "doc.json"
+    access(world.settings, Subject.from_options(None, None, world.alice), out)
+    before = _register(world)
+    with pytest.raises(CdpError, match="exists; an access document is written to a new file"):
+        access(world.settings, Subject.from_options(None, None, world.bob), out)
+    assert json.loads(out.read_text())["customer_ids"] == [world.alice] and _register(world) == before
