@@ -11,8 +11,8 @@ How the subject is found (:func:`find_subject`)
     * **exclusive**: carried by no record of any other customer. These are swept (every raw row, consent
       event and quarantined row carrying one goes) and suppressed.
     * **shared**: also carried by another customer (a household landline, a family email, a shared
-      device), now or in an older raw version of one of their records (the family mailbox Ann's contact
-      had before she gave her own). These are never swept or suppressed: the other customer keeps every
+      device), now or in an older raw version of one of their records that carries something of theirs
+      besides its key (the family mailbox Ann's contact had, with her phone, before she gave her own). These are never swept or suppressed: the other customer keeps every
       record, and the subject's own rows carrying the value go with the subject's records. A request
       naming such a value reaches every customer carrying it, and is refused when that is several.
 
@@ -453,8 +453,13 @@ def formerly_shared_message(requests: list[str], reaches: str, then: str) -> str
     )
 
 
-def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str = "GB") -> Scope:
-    """Build the scope tables (``temp._subject_*``) of ``subject`` and return what they hold, in counts."""
+def find_subject(
+    con: duckdb.DuckDBPyConnection, subject: Subject, region: str = "GB", also: tuple[str, ...] = ()
+) -> Scope:
+    """Build the scope tables (``temp._subject_*``) of ``subject`` and return what they hold, in counts.
+
+    ``also``: customers the named email or phone reaches through an older raw version of one of their records
+    (found by a first pass, which then starts again with them)."""
     from identity.graph import install_macros
 
     install_macros(con)
@@ -497,16 +502,19 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
                 ).fetchall()]  # fmt: skip
     else:
         raise ValueError(f"unknown subject kind {subject.kind!r}")
+    seeds = sorted(set(seeds) | set(also))
     if seeds:
         con.executemany("INSERT INTO _subject_customers VALUES (?, true)", [(c,) for c in seeds])
 
-    # 2. Former ids merged into them: an old id all of whose successors are the subject's.
+    # 2. Former ids merged into them: an old id all of whose successors are the subject's, and that is no
+    # customer's now (a split keeps the old id for one part: the other part's erasure is not its).
     if has_history:
+        live = "AND old_customer_id NOT IN (SELECT customer_id FROM customer_source_records)" if has_csr else ""
         while True:
             added = con.execute(
-                """INSERT INTO _subject_customers
+                f"""INSERT INTO _subject_customers
                    SELECT old_customer_id, false FROM customer_id_history
-                   WHERE old_customer_id IS NOT NULL
+                   WHERE old_customer_id IS NOT NULL {live}
                      AND old_customer_id NOT IN (SELECT customer_id FROM _subject_customers)
                    GROUP BY old_customer_id
                    HAVING bool_and(new_customer_id IN (SELECT customer_id FROM _subject_customers))"""
@@ -551,7 +559,8 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     # 4c. Identifiers only older raw versions of the subject's records carry (a CRM contact's old email), and
     # raw rows not staged yet carrying the subject's emails. A raw row that is another customer's record
     # (an older version of their contact, with the family mailbox it then had) is theirs, and makes what it
-    # carries of the subject's shared.
+    # carries of the subject's shared; if it carries the email or phone the request names, the request
+    # reaches that customer too, and the scope is built again with them.
     named, holders = (subject.kind, subject.value), set[str]()
     while True:
         _collect_email_spellings(con, schema)
@@ -564,6 +573,8 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
         if not _add_raw_identifiers(con, schema, region):
             break
         _mark_shared(con, has_stg and has_csr)
+    if holders - set(seeds):
+        return find_subject(con, subject, region, also=tuple(sorted(holders | set(seeds))))
 
     # 5. Consent events that are the subject's: naming an exclusive identifier.
     for table in ("stg_consent", "consent_events"):
@@ -583,8 +594,7 @@ def find_subject(con: duckdb.DuckDBPyConnection, subject: Subject, region: str =
     quarantined = 0 if matcher.empty or "quarantine" not in schema else _scan_quarantine(con, matcher)
     extras = 0 if matcher.empty else _scan_extras(con, schema, matcher)
     _collect_phone_spellings(con, schema)
-    # An email or phone that older versions of other customers' records carry reaches them too.
-    scope = _scope_counts(con, len(set(seeds) | holders), quarantined)
+    scope = _scope_counts(con, len(seeds), quarantined)
     scope.extra_values = extras
     scope.shared_consent_events = int(con.execute(f"SELECT count(*) FROM {_CONSENT_SHARED}").fetchall()[0][0])
     if {"unit_id_l", "unit_id_r", "evidence"} <= schema.get("identity_edges", set()):
@@ -714,18 +724,20 @@ def _collect_subject_phone_spellings(con: duckdb.DuckDBPyConnection, schema: dic
 def _set_aside_foreign_rows(
     con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str
 ) -> set[tuple[str, str, str]]:
-    """Record in ``_subject_foreign_rows`` the raw rows carrying one of the subject's usable identifiers whose
-    record is another customer's: Ann's contact as it was when it had the family mailbox Bob now uses alone.
-    Such a row is never the subject's (not in their access document, not erased with them), and what it
-    carries of the subject's is shared: marked so, it is neither swept nor suppressed. Returns the
-    ``(customer_id, identifier_type, value)`` the rows carry of the subject's; empty when there is none."""
+    """Record in ``_subject_foreign_rows`` the raw rows carrying one of the subject's usable identifiers that are
+    another customer's record: keyed as one of their records and carrying, besides the key, an identifier of
+    theirs. Ann's contact as it was when it had the family mailbox Bob now uses alone carries her phone too:
+    it is hers, not in Bob's access document nor erased with him, and the mailbox is shared (kept, not
+    suppressed). A row whose only tie to the other customer is its key (a CRM that gave a departed contact's
+    id to someone new) is still the subject's. Returns the ``(customer_id, identifier_type, value)`` the
+    foreign rows carry of the subject's; empty when there is none."""
     from identity.standardise import identifier_readings
 
     if "customer_source_records" not in schema:
         return set()
     type_of = {column: id_type for id_type, column in IDENTIFIER_COLUMNS.items()}
     theirs = set(con.execute("SELECT identifier_type, value FROM _subject_ids").fetchall())
-    carried: set[tuple[str, str, str]] = set()
+    candidates: list[tuple[str, str, str, set[tuple[str, str]]]] = []  # source, key, owner, readings
     for source in RECORD_SOURCES:
         table = raw_table(source)
         if table not in schema:
@@ -740,12 +752,28 @@ def _set_aside_foreign_rows(
                 JOIN customer_source_records l ON l.source = '{source}' AND l.source_record_id = r.{key}
                 WHERE l.customer_id NOT IN {_CUSTOMERS}"""  # constants
         ).fetchall()
-        for record_id, customer, row_region, *values in rows:
-            con.execute("INSERT INTO _subject_foreign_rows VALUES (?, ?)", [source, record_id])
+        for record_id, owner, row_region, *values in rows:
+            readings: set[tuple[str, str]] = set()
             for column, value in zip(columns, values, strict=True):
-                if value is not None:
-                    readings = identifier_readings(str(value), [row_region or region], [type_of[column]])
-                    carried |= {(customer, t, v) for t, v in readings & theirs}
+                if value is not None and column != key:  # the key ties the row to its owner already
+                    readings |= identifier_readings(str(value), [row_region or region], [type_of[column]])
+            candidates.append((source, record_id, owner, readings))
+    if not candidates:
+        return set()
+    owners = sorted({owner for _, _, owner, _ in candidates})
+    owned: dict[str, set[tuple[str, str]]] = {owner: set() for owner in owners}
+    for owner, *values in con.execute(
+        f"""SELECT l.customer_id, {", ".join(f"s.{t}" for t in ID_TYPES)} FROM stg_records s
+            JOIN customer_source_records l USING (source, source_record_id)
+            WHERE list_contains($owners, l.customer_id)""",
+        {"owners": owners},
+    ).fetchall():
+        owned[owner] |= {(t, v) for t, v in zip(ID_TYPES, values, strict=True) if v is not None}
+    carried: set[tuple[str, str, str]] = set()
+    for source, record_id, owner, readings in candidates:
+        if readings & owned[owner]:
+            con.execute("INSERT INTO _subject_foreign_rows VALUES (?, ?)", [source, record_id])
+            carried |= {(owner, t, v) for t, v in readings & theirs}
     shared = sorted({(t, v) for _, t, v in carried})
     if shared:
         con.executemany(

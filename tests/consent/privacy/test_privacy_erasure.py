@@ -880,25 +880,33 @@ def test_a_subject_is_erased_by_any_spelling_of_their_identifiers_and_stays_out(
 _FAMILY_CRM = "crm_id,first_name,last_name,email,phone,date_of_birth,city,postcode,country\n"
 
 
+def _store_of(tmp_path: Path, pw: SimpleNamespace, *batches: dict[str, str]) -> Settings:
+    """A store built by one pipeline run per batch of inbox files (later batches added to the same inbox)."""
+    settings = Settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", segments_dir=tmp_path / "segments")
+    for files in batches:
+        pw.write_inbox(tmp_path / "inbox", files)
+        con = connect(settings.db_path)
+        pw.run_pipeline(con, settings, tmp_path / "inbox")
+        con.close()
+    return settings
+
+
 def test_an_older_version_of_another_customers_contact_is_theirs_not_the_subjects(
     tmp_path: Path, pw: SimpleNamespace
 ) -> None:
     """Ann and Bob both gave the family mailbox; Ann's contact then changed to her own address. Bob alone
-    carries the mailbox now, but Ann's older contact (raw, key C1) still does: it is Ann's record, not Bob's.
-    Bob's access document and erasure leave it alone, and the mailbox, shared, is not suppressed. A request
-    by the mailbox reaches both of them, and is refused."""
+    carries the mailbox now, but Ann's older contact (raw, key C1, her phone) still does: it is Ann's record,
+    not Bob's. Bob's access document and erasure leave it alone, and the mailbox, shared, is not suppressed.
+    A request by the mailbox reaches both of them, and is refused."""
     from consent.access import access
 
-    settings = Settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home", segments_dir=tmp_path / "segments")
-    inbox = tmp_path / "inbox"
-    pw.write_inbox(inbox, {"crm/c1.csv": _FAMILY_CRM
-        + "C1,Ann,Lee,family.lee@mail.co.uk,07973 111222,1980-01-01,London,SW1A 1AA,GB\n"
-        + "C2,Bob,Lee,Family.Lee+shop@mail.co.uk,07973 333444,1982-02-02,London,SW1A 1AA,GB\n"})  # fmt: skip
-    for files in ({}, {"crm/c2.csv": _FAMILY_CRM + "C1,Ann,Lee,ann.new@mail.co.uk,07973 111222,1980-01-01,,,GB\n"}):
-        pw.write_inbox(inbox, files)
-        con = connect(settings.db_path)
-        pw.run_pipeline(con, settings, inbox)
-        con.close()
+    settings = _store_of(
+        tmp_path, pw,
+        {"crm/c1.csv": _FAMILY_CRM
+         + "C1,Ann,Lee,family.lee@mail.co.uk,07973 111222,1980-01-01,London,SW1A 1AA,GB\n"
+         + "C2,Bob,Lee,Family.Lee+shop@mail.co.uk,07973 333444,1982-02-02,London,SW1A 1AA,GB\n"},
+        {"crm/c2.csv": _FAMILY_CRM + "C1,Ann,Lee,ann.new@mail.co.uk,07973 111222,1980-01-01,,,GB\n"},
+    )  # fmt: skip
     con = connect(settings.db_path)
     bob = pw.customer_of(con, "crm", "C2")
     con.close()
@@ -913,3 +921,73 @@ def test_an_older_version_of_another_customers_contact_is_theirs_not_the_subject
     ann = con.execute("SELECT crm_id, email FROM raw_crm ORDER BY email").fetchall()
     con.close()
     assert ann == [("C1", "ann.new@mail.co.uk"), ("C1", "family.lee@mail.co.uk")]  # both versions of Ann's
+
+
+_RECYCLED_CRM = "crm_id,first_name,last_name,email,phone,created_at,updated_at\n"
+
+
+def test_a_crm_id_given_to_someone_new_leaves_the_old_contact_with_the_person_it_was(
+    tmp_path: Path, pw: SimpleNamespace
+) -> None:
+    """The CRM gave Ann's departed contact id C1 to Bob. Her old version (her email and phone, nothing of Bob's
+    but the id) is hers: erasing her takes it, her consent grant and suppresses her email and phone."""
+    settings = _store_of(
+        tmp_path, pw,
+        {"crm/v1.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.lee@mail.co.uk,07973 111222,2024-01-01,2024-01-01\n",
+         "web/w.csv": "event_id,event_time,anonymous_id,email,event_type\n"
+         "W1,2025-01-01T00:00:00Z,ck-ann,ann.lee@mail.co.uk,login\n",
+         "consent/k.csv": "consent_id,event_time,purpose,status,email\n"
+         "K1,2025-01-01T00:00:00Z,email_marketing,granted,ann.lee@mail.co.uk\n"},
+        {"crm/v2.csv": _RECYCLED_CRM + "C1,Bob,Stone,bob.stone@mail.co.uk,07973 999888,2025-06-01,2025-06-01\n"},
+    )  # fmt: skip
+    con = connect(settings.db_path)
+    ann = pw.customer_of(con, "web", "W1")
+    con.close()
+    receipt = erasure.erase(settings, Subject.from_options(None, None, ann), dry_run=False)
+    assert receipt.suppressed.get("email_key") == 1 and receipt.suppressed.get("phone_e164") == 1
+    con = connect(settings.db_path)
+    assert con.execute("SELECT crm_id, first_name FROM raw_crm").fetchall() == [("C1", "Bob")]
+    assert con.execute("SELECT count(*) FROM raw_consent").fetchall() == [(0,)]
+    con.close()
+
+
+def test_a_request_by_an_email_an_older_version_carried_reaches_the_customer_it_was(
+    tmp_path: Path, pw: SimpleNamespace
+) -> None:
+    """Ann's contact had ann.old@ (with her phone) and now has ann.new@: a request by the old address is Ann's.
+    The first pass finds her through her contact's older version and starts again with her."""
+    from consent.access import access
+
+    settings = _store_of(
+        tmp_path, pw,
+        {"crm/v1.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.old@yahoo.co.uk,07973 111222,2024-01-01,2024-01-01\n"
+         + "C9,Zed,Quinn,zed.quinn@mail.co.uk,,2024-01-01,2024-01-01\n"},
+        {"crm/v2.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.new@mail.co.uk,07973 111222,2025-06-01,2025-06-01\n"},
+    )  # fmt: skip
+    result = access(settings, Subject.from_options("ann.old@yahoo.co.uk", None, None), tmp_path / "ann.json")
+    document = json.loads((tmp_path / "ann.json").read_text())
+    assert result.customers == 1 and [p["first_name"] for p in document["profiles"]] == ["Ann"]
+    assert sorted(r["email"] for r in document["records"]["crm"]) == ["ann.new@mail.co.uk", "ann.old@yahoo.co.uk"]
+
+
+def test_erasing_one_part_of_a_split_customer_leaves_the_other_part(tmp_path: Path, pw: SimpleNamespace) -> None:
+    """A split keeps the old id for one part: it is no former id of the other part's, whose erasure took its
+    profile and consent with it."""
+    settings = _store_of(
+        tmp_path, pw,
+        {"crm/v1.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.lee@mail.co.uk,,2024-01-01,2024-01-01\n",
+         "web/w.csv": "event_id,event_time,anonymous_id,email,event_type\n"
+         "W1,2025-01-01T00:00:00Z,ck-ann,ann.lee@mail.co.uk,login\n"},
+        {"crm/v2.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.other@mail.co.uk,,2025-06-01,2025-06-01\n"},
+    )  # fmt: skip
+    con = connect(settings.db_path)
+    kept, split = pw.customer_of(con, "crm", "C1"), pw.customer_of(con, "web", "W1")
+    assert con.execute("SELECT reason FROM customer_id_history WHERE old_customer_id = ?", [kept]).fetchall() == [
+        ("split",)
+    ]
+    con.close()
+    receipt = erasure.erase(settings, Subject.from_options(None, None, split), dry_run=False)
+    assert receipt.plan.scope.former_customers == [] and receipt.deleted["customer_profiles"] == 1
+    con = connect(settings.db_path)
+    assert con.execute("SELECT customer_id FROM customer_profiles").fetchall() == [(kept,)]
+    con.close()

@@ -393,3 +393,27 @@ def test_an_access_document_is_never_written_over_an_existing_file(world: Any, t
     with pytest.raises(CdpError, match="exists; an access document is written to a new file"):
         access(world.settings, Subject.from_options(None, None, world.bob), out)
     assert json.loads(out.read_text())["customer_ids"] == [world.alice] and _register(world) == before
+
+
+def test_lifting_a_restriction_on_one_part_of_a_split_keeps_the_other_parts(world: Any) -> None:
+    """A split keeps the old id for one part, and carries the restriction to the new one: lifting it there
+    lifted it on the part that kept the old id too, a live customer who had not asked."""
+    restrict(world.settings, Subject("customer_id", world.alice))
+    con = connect(world.settings.db_path)
+    record = con.execute(
+        "SELECT source, source_record_id FROM customer_source_records WHERE customer_id = ? ORDER BY 1, 2 LIMIT 1",
+        [world.alice],
+    ).fetchall()[0]
+    con.execute(
+        "UPDATE customer_source_records SET customer_id = 'cus_split' WHERE source = ? AND source_record_id = ?",
+        list(record),
+    )
+    con.execute(
+        "INSERT INTO customer_id_history VALUES (?, 'cus_split', 'split', 'r2', now()::TIMESTAMP)", [world.alice]
+    )
+    assert carry_restrictions(con) == 1
+    con.close()
+    assert unrestrict(world.settings, Subject("customer_id", "cus_split")).changed == 1
+    con = connect(world.settings.db_path)
+    assert [c for c, _k, _r in active_restrictions(con)] == [world.alice]
+    con.close()
