@@ -12,9 +12,10 @@ How the subject is found (:func:`find_subject`)
       event and quarantined row carrying one goes) and suppressed.
     * **shared**: also carried by another customer (a household landline, a family email, a shared
       device), now or in an older raw version of one of their records that carries something of theirs
-      besides its key (the family mailbox Ann's contact had, with her phone, before she gave her own). These are never swept or suppressed: the other customer keeps every
-      record, and the subject's own rows carrying the value go with the subject's records. A request
-      naming such a value reaches every customer carrying it, and is refused when that is several.
+      besides its key (the family mailbox Ann's contact had, with her phone, before she gave her own).
+      These are never swept or suppressed: the other customer keeps every record, and the subject's own
+      rows carrying the value go with the subject's records. A request naming such a value reaches every
+      customer carrying it, and is refused when that is several.
 
     Placeholder values (``-1``, ``test@example.com``...; :func:`identity.graph.is_placeholder`) are never
     swept or suppressed either, since they would drop strangers' rows.

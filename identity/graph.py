@@ -54,21 +54,24 @@ PLACEHOLDER_VALUES = (
     "anonymous", "anon", "guest", "default", "tbd", "tba", "xxx", "?", "-", "123", "1234", "12345",
     "123456", "1234567", "12345678", "123456789", "1234567890", "not provided", "not_provided", "noemail",
 )  # fmt: skip
-#: Email local parts that are not a person's mailbox: what a till or CRM operator types when a customer gives
-#: no email, system and test addresses, keyboard filler. Written folded (:data:`FOLDED_EMAIL_LOCAL`: without
-#: dots, underscores and hyphens), so that ``no.email``, ``no_email`` and ``no-email`` are one entry, not three.
-#: Not a name or initials a person may own as a mailbox (``nil``, ``anon``, ``n.o``).
+#: Email local parts that are not a person's mailbox, as written (the match key's local part): what a till or
+#: CRM operator types when a customer gives no email, system and test addresses, keyboard filler. Not a name
+#: or initials a person may own as a mailbox (``nil``, ``anon``, ``noone``, ``n.a``, ``a.b.c``).
 PLACEHOLDER_EMAIL_LOCALS = (
-    "noemail", "nomail", "noemailaddress", "nomailaddress", "noaddress", "noemailgiven", "noemailprovided",
-    "emailnotgiven", "emailnotprovided", "notgiven", "notprovided", "nonegiven", "noneprovided", "none", "null",
-    "nope", "na", "n/a", "notapplicable", "notavailable", "unknown", "notknown",
-    "declined", "refused", "withheld", "nothanks", "optout", "optedout",
-    "nobody", "noone", "noname", "anonymous", "guest",
-    "test", "noreply", "donotreply", "example", "email", "fake", "dummy", "sample", "user",
-    "x", "xx", "xxx", "abc", "asdf", "qwerty",
+    "test", "noreply", "no-reply", "donotreply", "do-not-reply", "none", "null", "nobody", "noemail",
+    "no-email", "example", "email", "unknown", "na", "n/a", "x", "xx", "xxx", "abc", "asdf", "qwerty",
+    "fake", "dummy", "sample", "user", "nomail", "nope", "declined", "refused", "withheld", "noname",
+    "anonymous", "guest",
 )  # fmt: skip
-#: Folded local parts that are placeholders with a number after them too (``test2``, ``noemail1``).
-PLACEHOLDER_EMAIL_NUMBERED = ("test", "noreply", "dummy", "fake", "noemail", "nomail")
+#: Phrases of several words meaning "no email", matched folded (:data:`FOLDED_EMAIL_LOCAL`: without dots,
+#: underscores and hyphens), so that ``no.email``, ``no_email`` and ``no-email`` are one entry. Only phrases
+#: no initials or name fold into: folding ``n.a`` or ``t.est`` would make a person's mailbox a placeholder,
+#: never linked, swept or suppressed.
+PLACEHOLDER_EMAIL_PHRASES = (
+    "noemail", "nomail", "noemailaddress", "nomailaddress", "noaddress", "noemailgiven", "noemailprovided",
+    "emailnotgiven", "emailnotprovided", "notgiven", "notprovided", "nonegiven", "noneprovided",
+    "notapplicable", "notavailable", "notknown", "nothanks", "optout", "optedout", "noreply", "donotreply",
+)  # fmt: skip
 PLACEHOLDER_EMAIL_DOMAINS = (
     "example.com", "example.org", "example.net", "test.com", "test.test", "invalid.com", "none.com",
     "noemail.com", "no-email.com", "nomail.com", "email.invalid", "localhost.com", "fake.com",
@@ -81,7 +84,7 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-#: SQL: the local part of the email match key ``v`` folded for :data:`PLACEHOLDER_EMAIL_LOCALS`: its dots,
+#: SQL: the local part of the email match key ``v`` folded for :data:`PLACEHOLDER_EMAIL_PHRASES`: its dots,
 #: underscores and hyphens dropped (the match key is lower-case already).
 FOLDED_EMAIL_LOCAL = "translate(split_part(v, '@', 1), '._-', '')"
 
@@ -92,8 +95,10 @@ CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
     OR length(replace(lower(trim(v)), left(lower(trim(v)), 1), '')) = 0
     OR regexp_full_match(trim(v), '[0\\-\\s.+]+')
     OR (t = 'email_key' AND (
-        {FOLDED_EMAIL_LOCAL} IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
-        OR regexp_full_match({FOLDED_EMAIL_LOCAL}, '({"|".join(PLACEHOLDER_EMAIL_NUMBERED)})[0-9]*')
+        split_part(v, '@', 1) IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
+        OR regexp_full_match(split_part(v, '@', 1), '(test|dummy|fake)[0-9._-]*')
+        OR {FOLDED_EMAIL_LOCAL} IN ({_sql_list(PLACEHOLDER_EMAIL_PHRASES)})
+        OR regexp_full_match({FOLDED_EMAIL_LOCAL}, '(noreply|donotreply|noemail|nomail)[0-9]*')
         OR split_part(v, '@', 2) IN ({_sql_list(PLACEHOLDER_EMAIL_DOMAINS)})
         OR length(replace(split_part(v, '@', 1), left(split_part(v, '@', 1), 1), '')) = 0))
     OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}$'))
