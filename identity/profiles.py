@@ -19,13 +19,13 @@ records the survivorship order it was built with, so a changed order is seen and
 (:func:`profiles_current`).
 
 An order is a web/app ``purchase`` event or a store transaction; web and app purchase events repeating an
-``order_id`` count once (at their largest amount). A transaction with a negative amount is a refund: it
-lowers the total spend and is no order; refunds repeating an ``order_id`` count once too (the largest),
-so a refund sent as a purchase event of its order's id takes that order's spend back. Spend is in the
-installation's ``currency`` (GBP unless set): an amount in another currency counts at its rate in
-``exchange_rates``, and an order in a currency without a rate (or an unknown one: ``$``) counts as an order
-but not in the spend (``orders_in_other_currencies`` says how many). The average order value is the spend
-over the orders whose amount counts in it.
+``order_id`` count once (at their largest amount). A transaction with a negative amount is a refund: it lowers
+the total spend and is no order; refunds repeating an ``order_id`` count once too (the largest), so a refund
+sent as a purchase event of its order's id takes that order's spend back. Spend is in the installation's
+``currency`` (GBP unless set): an amount in another currency counts at its rate in ``exchange_rates``, and an
+order in a currency without a rate (or an unknown one: ``$`` in a store selling in pounds; in one selling in
+dollars it is theirs) counts as an order but not in the spend (``orders_in_other_currencies`` says how many).
+The average order value is the spend over the orders whose amount counts in it.
 
 Example::
 
@@ -166,7 +166,13 @@ def _profile_sql(
     converted = " ".join(
         f"WHEN '{code}' THEN amount * {float(rate)!r}::DECIMAL(18,6)" for code, rate in sorted((rates or {}).items())
     )
-    in_currency = f"CASE coalesce(currency, '{currency}') WHEN '{currency}' THEN amount {converted} END"
+    # A sign of several currencies ('$', kept by ingestion when no code came with it) is the installation's own
+    # when its currency is one of them: '$' in a store selling in USD is dollars.
+    signs = [sign for sign, codes in SIGN_CURRENCIES.items() if currency in codes]
+    written = f"coalesce(currency, '{currency}')"
+    if signs:
+        written = f"CASE WHEN currency IN ({', '.join(repr(s) for s in signs)}) THEN '{currency}' ELSE {written} END"
+    in_currency = f"CASE {written} WHEN '{currency}' THEN amount {converted} END"
     return f"""
     WITH linked AS (
         SELECT r.*, l.customer_id, {"rc.created_at," if created else ""}
@@ -257,6 +263,13 @@ def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
     ).fetchall()
     con.register("_phone_kinds", phone_kinds([r[0] for r in rows]))
 
+
+#: Currency signs that name several currencies (ingestion keeps them as the currency of an amount written with
+#: one and no code), and the currencies each may be: an installation in one of them reads the sign as its own.
+SIGN_CURRENCIES = {
+    "$": ("USD", "CAD", "AUD", "NZD", "SGD", "HKD", "MXN", "TWD"),
+    "¥": ("JPY", "CNY"),
+}
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

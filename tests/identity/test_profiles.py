@@ -196,6 +196,22 @@ def test_a_refund_under_its_orders_id_takes_that_orders_spend_back(con):
     assert p["last_purchase_at"] == datetime(2026, 1, 10, 10)
 
 
+def test_an_amount_in_dollars_is_the_installations_own_when_it_sells_in_dollars(con):
+    """Ingestion keeps '$' as the currency of '$12.50' with no code: in a store selling in pounds that is an
+    order in another currency, in one selling in US dollars it is spend."""
+    common = {"event_type": "purchase", "anonymous_id": "a9"}
+    add_record(con, "c9", "web", "w-1", "2026-01-06 10:00", order_id="D1", amount=Decimal("12.50"), currency="$",
+               **common)  # fmt: skip
+    add_record(con, "c9", "web", "w-2", "2026-01-07 10:00", order_id="D2", amount=Decimal("7.50"), currency="USD",
+               **common)  # fmt: skip
+    for currency, spend, other in (("GBP", Decimal("0.00"), 2), ("USD", Decimal("20.00"), 0)):
+        build_customer_profiles(con, Settings(currency=currency))
+        row = con.execute(
+            "SELECT total_spend, orders_in_other_currencies FROM customer_profiles WHERE customer_id = 'c9'"
+        ).fetchall()
+        assert row == [(spend, other)], currency
+
+
 def test_a_refund_lowers_the_spend_and_is_no_order(con):
     add_record(con, "c1", "store", "t9", "2026-04-02 12:00", amount=Decimal("-20.00"), store_id="s1")
     p = profiles(con)["c1"]
