@@ -349,7 +349,10 @@ def connect_as_of_now(db_path: Path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store whose consent state is as of now: ledger events that came into
     force since it was computed (a grant dated a few minutes ahead, now due) are applied first, in a short
     write, as an export applies them. Counts shown before an export (segment list and preview) are then the
-    export's. Without such events nothing is written."""
+    export's. Without such events nothing is written. When the store cannot be written now (another process
+    has it open, a file this user may only read), the connection reads it as it is: :func:`events_due` on it
+    then says how many events the counts leave out."""
+    from cdp.errors import CdpError
     from cdp.store import connect
 
     con = connect(db_path, read_only=True)
@@ -360,7 +363,10 @@ def connect_as_of_now(db_path: Path) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     con.close()
-    writer = connect(db_path, create=False)
+    try:
+        writer = connect(db_path, create=False)
+    except CdpError:  # busy or read-only: counts as of the last run, and the caller can say so
+        return connect(db_path, read_only=True)
     try:
         bring_to_now(writer)
     finally:

@@ -30,11 +30,12 @@ def list_segments(
     """Segment definitions (the built-in `all_customers` and every YAML file in the segments folder) with
     their customers before consent and, per purpose, how many may be contacted."""
     from consent.segments import SegmentError, load_segments, segment_counts, where_text
-    from consent.state import connect_as_of_now
+    from consent.state import connect_as_of_now, events_due
 
     settings = settings_for(db, segments_dir=segments_dir)
     found = load_segments(settings.segments_dir)
     con = connect_as_of_now(settings.db_path) if settings.db_path.exists() else None
+    pending = events_due(con) if con is not None else 0
     # One block per segment, not a table: at 80 columns a seven-column table cut every name and purpose.
     # A segment that is invalid, or valid but failing on this data, is listed with its reason and the rest
     # are listed still; the exit code says so at the end.
@@ -60,6 +61,7 @@ def list_segments(
     finally:
         if con is not None:
             con.close()
+    _note_pending(pending)
     console.print(f"{len(found)} segments in {settings.segments_dir} (including built-in all_customers)", end="")
     console.print((f", {invalid} invalid" if invalid else "") + (f", {failed} failed on the data" if failed else ""))
     if con is None:
@@ -82,7 +84,7 @@ def preview(
     from cdp.config import PURPOSE_CHANNEL, PURPOSES
     from consent import enforce
     from consent.segments import get_segment, segment_counts
-    from consent.state import connect_as_of_now
+    from consent.state import connect_as_of_now, events_due
 
     settings = settings_for(db, segments_dir=segments_dir)
     purposes = [purpose] if purpose else list(PURPOSES)
@@ -91,6 +93,7 @@ def preview(
     segment = get_segment(settings.segments_dir, name)
     con = connect_as_of_now(settings.db_path)
     try:
+        pending = events_due(con)
         customers, by_purpose = segment_counts(con, segment, purposes)
         lines = []
         for p, counts in by_purpose.items():
@@ -104,6 +107,18 @@ def preview(
     console.print(f"Segment {segment.name}: {customers:,} customers before consent", soft_wrap=True)
     for line in lines:
         console.print(line, soft_wrap=True)
+    _note_pending(pending)
+
+
+def _note_pending(pending: int) -> None:
+    """Say that the counts leave out consent events in force since the last run (the store could not be
+    brought up to date: another process has it open); the export applies them."""
+    if pending:
+        console.print(
+            f"[yellow]note:[/yellow] {pending} consent events came into force since the last run and are not in "
+            "these counts (the store is in use); an export applies them",
+            soft_wrap=True,
+        )
 
 
 @app.command("export")

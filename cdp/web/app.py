@@ -47,7 +47,8 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             headers = dict(scope["headers"])
-            length, chunked = headers.get(b"content-length"), b"chunked" in headers.get(b"transfer-encoding", b"")
+            length = headers.get(b"content-length")
+            chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()  # as sent: 'Chunked' too
             status, message = 0, ""
             if chunked and length is None:
                 status, message = 411, "a request body needs a Content-Length"
@@ -59,6 +60,7 @@ class BodyLimit:
                     if scope["path"].startswith("/api/")
                     else PlainTextResponse(message, status_code=status)
                 )
+                response.headers.update({**SECURITY_HEADERS, "Cache-Control": "no-store"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

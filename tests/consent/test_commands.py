@@ -178,3 +178,40 @@ def test_segments_export_to_a_directory_is_one_line_and_leaves_nothing(db: Path,
         ).fetchall() == [(0,)]
     finally:
         con.close()
+
+
+def test_preview_counts_as_of_the_last_run_and_says_so_while_another_process_reads_the_store(
+    db: Path, tmp_path: Path, w
+) -> None:
+    """Bringing consent to now needs a short write; while another process has the store open it cannot, and
+    preview counted nothing at all (the store is busy). It now counts as of the last run and says what it
+    leaves out."""
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime
+
+    from consent.ledger import sync_ledger
+
+    con = connect(db)
+    w.add_consent(con, "k80", datetime(2026, 1, 21), "email_marketing", "withdrawn", email="alee@mailbox.com")
+    sync_ledger(con)
+    con.close()
+    ready = tmp_path / "ready"
+    hold = "import duckdb, pathlib, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+    hold += "pathlib.Path(sys.argv[2]).touch(); time.sleep(60)"
+    reader = subprocess.Popen([sys.executable, "-c", hold, str(db), str(ready)])
+    try:
+        for _ in range(300):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        shown = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db))
+    finally:
+        reader.kill()
+        reader.wait()
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "3 of 7 may be contacted" in text and "1 consent events came into force since the last run" in text
+    again = cdp("segments", "preview", "all_customers", "--purpose", "email_marketing", "--db", str(db))
+    assert "2 of 7 may be contacted" in again.output and "came into force" not in again.output
