@@ -161,7 +161,6 @@ class UserStore:
             if db.execute("SELECT count(*) FROM store_key").fetchone()[0] == 0:
                 db.execute("INSERT INTO store_key VALUES (?)", [os.urandom(32)])
             self._key: bytes = db.execute("SELECT key FROM store_key").fetchone()[0]
-        self._failure_keys: dict[str, str] = {}
 
     @classmethod
     def for_home(cls, home: Path) -> UserStore:
@@ -263,14 +262,10 @@ class UserStore:
     def _failure_key(self, name: str) -> str:
         """The name typed, as stored for counting failures: a slow keyed hash (scrypt, salted with the store's
         key), since the key sits in the same file and a fast one would let a copy of the file be searched for
-        a password typed in the name field."""
-        name = name[:40]
-        if name not in self._failure_keys:
-            if len(self._failure_keys) > 1000:  # a memo of this process's sign-ins, never a store
-                self._failure_keys.clear()
-            digest = hashlib.scrypt(name.encode(), salt=self._key, n=2**14, r=8, p=1, maxmem=32 * 1024 * 1024)
-            self._failure_keys[name] = digest.hex()
-        return self._failure_keys[name]
+        a password typed in the name field. Not remembered between calls: a memo would keep the names typed
+        in memory and answer a name typed before sooner than a new one."""
+        digest = hashlib.scrypt(name[:40].encode(), salt=self._key, n=2**14, r=8, p=1, maxmem=32 * 1024 * 1024)
+        return digest.hex()
 
     @staticmethod
     def _forget_old_failures(db: sqlite3.Connection) -> str:

@@ -91,6 +91,7 @@ SCOPE_TABLES = (
     "_subject_email_spellings",
     "_subject_extra",
     "_subject_foreign_rows",
+    "_subject_foreign_candidates",
 )
 
 
@@ -726,12 +727,13 @@ def _set_aside_foreign_rows(
     con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], region: str
 ) -> set[tuple[str, str, str]]:
     """Record in ``_subject_foreign_rows`` the raw rows carrying one of the subject's usable identifiers that are
-    another customer's record: keyed as one of their records and carrying, besides the key, an identifier of
-    theirs. Ann's contact as it was when it had the family mailbox Bob now uses alone carries her phone too:
-    it is hers, not in Bob's access document nor erased with him, and the mailbox is shared (kept, not
-    suppressed). A row whose only tie to the other customer is its key (a CRM that gave a departed contact's
-    id to someone new) is still the subject's. Returns the ``(customer_id, identifier_type, value)`` the
-    foreign rows carry of the subject's; empty when there is none."""
+    another customer's record: keyed as one of their records and carrying, besides the key, an identifier
+    that the current version of that record carries too (a placeholder, ``N/A`` or ``none@none.com``, is no
+    evidence). Ann's contact as it was when it had the family mailbox Bob now uses alone carries her phone,
+    as her contact does now: it is hers, not in Bob's access document nor erased with him, and the mailbox is
+    shared (kept, not suppressed). A row whose only tie to the other customer is its key (a CRM that gave a
+    departed contact's id to someone new) is still the subject's. Returns the ``(customer_id,
+    identifier_type, value)`` the foreign rows carry of the subject's; empty when there is none."""
     from identity.standardise import identifier_readings
 
     if "customer_source_records" not in schema:
@@ -761,18 +763,22 @@ def _set_aside_foreign_rows(
             candidates.append((source, record_id, owner, readings))
     if not candidates:
         return set()
-    owners = sorted({owner for _, _, owner, _ in candidates})
-    owned: dict[str, set[tuple[str, str]]] = {owner: set() for owner in owners}
-    for owner, *values in con.execute(
-        f"""SELECT l.customer_id, {", ".join(f"s.{t}" for t in ID_TYPES)} FROM stg_records s
-            JOIN customer_source_records l USING (source, source_record_id)
-            WHERE list_contains($owners, l.customer_id)""",
-        {"owners": owners},
+    # What the current version of each candidate's record carries, placeholders left out.
+    con.execute("CREATE OR REPLACE TEMP TABLE _subject_foreign_candidates (source VARCHAR, record_id VARCHAR)")
+    con.executemany("INSERT INTO _subject_foreign_candidates VALUES (?, ?)", sorted({(c[0], c[1]) for c in candidates}))
+    current = " UNION ALL ".join(
+        f"""SELECT s.source, s.source_record_id, '{t}' AS t, s.{t} AS v FROM stg_records s
+            JOIN _subject_foreign_candidates c ON c.source = s.source AND c.record_id = s.source_record_id"""
+        for t in ID_TYPES
+    )
+    owned: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for source, record_id, t, v in con.execute(
+        f"SELECT * FROM ({current}) WHERE v IS NOT NULL AND NOT cdp_is_placeholder(t, v)"
     ).fetchall():
-        owned[owner] |= {(t, v) for t, v in zip(ID_TYPES, values, strict=True) if v is not None}
+        owned.setdefault((source, record_id), set()).add((t, v))
     carried: set[tuple[str, str, str]] = set()
     for source, record_id, owner, readings in candidates:
-        if readings & owned[owner]:
+        if readings & owned.get((source, record_id), set()):
             con.execute("INSERT INTO _subject_foreign_rows VALUES (?, ?)", [source, record_id])
             carried |= {(owner, t, v) for t, v in readings & theirs}
     shared = sorted({(t, v) for _, t, v in carried})

@@ -50,8 +50,8 @@ class BodyLimit:
             length = headers.get(b"content-length")
             chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()  # as sent: 'Chunked' too
             status, message = 0, ""
-            if chunked and length is None:
-                status, message = 411, "a request body needs a Content-Length"
+            if chunked:  # with a Content-Length too, a server may read the chunks and not the length
+                status, message = 411, "a request body needs a Content-Length (and no chunked encoding)"
             elif length is not None and (not length.isdigit() or int(length) > self.limit):
                 status, message = 413, f"request body over {self.limit // 1024} KiB"
             if status:

@@ -124,14 +124,18 @@ def preview(settings: Settings, segment: Any, purposes: tuple[str, ...] = PURPOS
 
     for p in purposes:
         enforce.check_purpose(p)
+    from consent.state import events_due
+
     with store(settings, as_of_now=True) as con:
         customers, counts = segment_counts(con, segment, purposes)
+        pending = events_due(con)  # 0 unless the store could not be brought to now (another process has it)
     return {
         "segment": segment.name,
         "where": where_text(segment.where),
         "customers": customers,
         "purposes": {p: {"channel": PURPOSE_CHANNEL[p], **c} for p, c in counts.items()},
         "reasons": list(enforce.reasons()),
+        "consent_events_pending": pending,
     }
 
 

@@ -930,15 +930,17 @@ def test_a_crm_id_given_to_someone_new_leaves_the_old_contact_with_the_person_it
     tmp_path: Path, pw: SimpleNamespace
 ) -> None:
     """The CRM gave Ann's departed contact id C1 to Bob. Her old version (her email and phone, nothing of Bob's
-    but the id) is hers: erasing her takes it, her consent grant and suppresses her email and phone."""
+    but the id and a placeholder card, N/A, which is nobody's) is hers: erasing her takes it, her consent grant
+    and suppresses her email and phone."""
+    recycled = "crm_id,first_name,last_name,email,phone,loyalty_id,created_at,updated_at\n"
     settings = _store_of(
         tmp_path, pw,
-        {"crm/v1.csv": _RECYCLED_CRM + "C1,Ann,Lee,ann.lee@mail.co.uk,07973 111222,2024-01-01,2024-01-01\n",
+        {"crm/v1.csv": recycled + "C1,Ann,Lee,ann.lee@mail.co.uk,07973 111222,N/A,2024-01-01,2024-01-01\n",
          "web/w.csv": "event_id,event_time,anonymous_id,email,event_type\n"
          "W1,2025-01-01T00:00:00Z,ck-ann,ann.lee@mail.co.uk,login\n",
          "consent/k.csv": "consent_id,event_time,purpose,status,email\n"
          "K1,2025-01-01T00:00:00Z,email_marketing,granted,ann.lee@mail.co.uk\n"},
-        {"crm/v2.csv": _RECYCLED_CRM + "C1,Bob,Stone,bob.stone@mail.co.uk,07973 999888,2025-06-01,2025-06-01\n"},
+        {"crm/v2.csv": recycled + "C1,Bob,Stone,bob.stone@mail.co.uk,07973 999888,N/A,2025-06-01,2025-06-01\n"},
     )  # fmt: skip
     con = connect(settings.db_path)
     ann = pw.customer_of(con, "web", "W1")
