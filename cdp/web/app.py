@@ -38,8 +38,8 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 class BodyLimit:
-    """Refuse, before any of it is read, a request body over ``limit`` bytes (413) or of no declared length
-    (411: a chunked body could not be bounded before it is read)."""
+    """Refuse, before any of it is read, a request body over ``limit`` bytes (413) or sent in chunks (411: a
+    chunked body, with a declared length or not, could not be bounded before it is read)."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app, self.limit = app, limit
