@@ -87,10 +87,12 @@ def audit_lines(settings: Settings, request_id: str | None = None, limit: int = 
 def list_segments(settings: Settings) -> list[dict[str, Any]]:
     """Every segment with its size before consent and, per purpose, how many may be contacted."""
     from consent.segments import SegmentError, load_segments, segment_counts
+    from consent.state import events_due
 
     found = load_segments(settings.segments_dir)
     out: list[dict[str, Any]] = []
     with store(settings, as_of_now=True) as con:
+        pending = events_due(con)  # 0 unless the store could not be brought to now (another process has it)
         for name, seg in found.items():
             if isinstance(seg, SegmentError):
                 out.append({"name": name, "error": str(seg)})
@@ -98,6 +100,7 @@ def list_segments(settings: Settings) -> list[dict[str, Any]]:
             row: dict[str, Any] = {
                 "name": seg.name, "description": seg.description, "where": where_text(seg.where),
                 "fields": list(seg.fields), "activations": list(seg.activations), "error": None,
+                "consent_events_pending": pending,
             }  # fmt: skip
             try:
                 row["customers"], counts = segment_counts(con, seg)

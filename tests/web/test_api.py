@@ -520,3 +520,20 @@ def test_console_downloads_and_pages_are_not_kept_by_caches(client: TestClient, 
                            data={"csrf_token": csrf, "purpose": "email_marketing", "format": "csv"})  # fmt: skip
     assert download.status_code == 200 and download.headers["Cache-Control"] == "no-store"
     assert client.get("/segments").headers["Cache-Control"] == "no-store"
+
+
+def test_segment_counts_say_what_they_leave_out_when_the_store_could_not_be_brought_to_now(
+    client: TestClient, auth, world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """With another process holding the store, consent events in force since the last run cannot be applied
+    before counting (tests/consent/test_commands.py covers that fallback): the list and the preview say so."""
+    import consent.state
+
+    monkeypatch.setattr(consent.state, "events_due", lambda con, now=None: 2)
+    rows = client.get("/api/segments", headers=auth("marketer")).json()
+    assert {r["name"]: r["consent_events_pending"] for r in rows}["big_spenders"] == 2
+    preview = client.get("/api/segments/big_spenders/preview", headers=auth("marketer")).json()
+    assert preview["consent_events_pending"] == 2
+    login(client, world, "marketer")
+    page = client.get("/segments").text
+    assert 'id="segments-pending">2 consent events came into force since the last run' in page
