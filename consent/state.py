@@ -345,6 +345,15 @@ def events_due(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> i
     )
 
 
+def pending_note(pending: int) -> str:
+    """What counts taken on a :func:`connect_as_of_now` connection leave out, said the same in the CLI and the
+    console; ``pending`` is :func:`events_due` on that connection."""
+    return (
+        f"{pending} consent events came into force since the last run and are not in these counts "
+        "(the store is in use); an export applies them"
+    )
+
+
 def connect_as_of_now(db_path: Path) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store whose consent state is as of now: ledger events that came into
     force since it was computed (a grant dated a few minutes ahead, now due) are applied first, in a short

@@ -113,12 +113,10 @@ def preview(
 def _note_pending(pending: int) -> None:
     """Say that the counts leave out consent events in force since the last run (the store could not be
     brought up to date: another process has it open); the export applies them."""
+    from consent.state import pending_note
+
     if pending:
-        console.print(
-            f"[yellow]note:[/yellow] {pending} consent events came into force since the last run and are not in "
-            "these counts (the store is in use); an export applies them",
-            soft_wrap=True,
-        )
+        console.print(f"[yellow]note:[/yellow] {pending_note(pending)}", soft_wrap=True)
 
 
 @app.command("export")

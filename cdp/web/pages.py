@@ -34,12 +34,14 @@ from cdp.web.auth import (
     users_of,
 )  # fmt: skip
 from consent.segments import dump_yaml, load_yaml
+from consent.state import pending_note
 
 HERE = Path(__file__).parent
 _env = Environment(
     loader=ChoiceLoader([FileSystemLoader(HERE / "templates"), FileSystemLoader(HERE / "static")]),
     autoescape=select_autoescape(["html", "svg"]),
 )
+_env.globals["pending_note"] = pending_note  # the note counts carry when consent could not be brought to now
 templates = Jinja2Templates(env=_env)
 
 router = APIRouter(include_in_schema=False)  # pages are for browsers; the API is described
