@@ -6,6 +6,7 @@ for the customers identity would report, compares with a full rebuild, and check
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 
 import dagster as dg
@@ -15,6 +16,7 @@ import pytest
 
 from cdp.store import connect, raw_ddl
 from consent.ledger import sync_ledger
+from consent.restriction import ensure_restrictions
 from consent.state import build_consent_state, state_current
 from identity.changes import record_changes
 from identity.resolve import ensure_identity_schema
@@ -258,3 +260,88 @@ def test_the_basis_carries_the_rules_code():
     from consent import ledger, state
 
     assert f"(code {code_digest(state.__file__, ledger.__file__)})" in state.BASIS_VERSION
+
+
+def test_a_changed_customers_value_no_event_names_recomputes_none_of_its_other_carriers(con, w):
+    # cK shares cD's email, which no consent event names: nothing about cD's state can depend on who else
+    # carries it, so cD is not recomputed (it used to be, as a carrier of a changed customer's value).
+    w.add_record(con, "cK", "web", "wK", w.at(12), anonymous_id="anonK", email="dlee@mailbox.com")
+    counts = update(con, ["cK"])
+    assert counts["customers_recomputed"] == 1  # cK (neither has a state row: no event reaches them)
+    assert_equals_full_rebuild(con)
+
+
+EMAILS = [f"e{i}@mailbox.com" for i in range(6)]
+PHONES = [f"+4479111002{i:02d}" for i in range(5)]
+KEYS = {"email": EMAILS, "phone_e164": PHONES, "user_id": ["u0", "u1", "u2", "u3"], "loyalty_id": ["L0", "L1"]}
+
+
+def _random_ids(rng: random.Random, most: int) -> dict[str, str]:
+    kinds = rng.sample(sorted(KEYS), rng.randint(0, most))
+    return {kind: rng.choice(KEYS[kind]) for kind in kinds}
+
+
+def _random_event(con: duckdb.DuckDBPyConnection, w, rng: random.Random, n: int, day: int, loose: bool) -> None:
+    ids = _random_ids(rng, 2) or {"email": rng.choice(EMAILS)}
+    status = rng.choice(("granted", "withdrawn"))
+    purpose = rng.choice(("email_marketing", "sms_marketing"))
+    w.add_consent(con, f"r{n}", w.at(day, rng.randint(0, 23)), purpose, status, batch_id="rb", row_number=n, **ids)
+    if loose and status == "withdrawn" and "email" in ids:  # as typed: a dot and a mistyped domain, same loose key
+        typed = ids["email"].replace("@", ".x@").replace(".com", ".con").upper()
+        con.execute(
+            "INSERT INTO raw_consent (consent_id, event_time, purpose, status, email, batch_id, row_number) "
+            "VALUES (?, ?, ?, ?, ?, 'rb', ?)",
+            [f"r{n}", w.at(day), purpose, status, typed, n],
+        )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_changes_update_to_what_a_full_rebuild_computes(staging_ddl, w, seed):
+    """Random small worlds whose customers share values a lot, random events naming them, then rounds of
+    random changes of the kinds identity reports (records added, a value changed or dropped, customers
+    merged, new events, some dated ahead): each round's update equals a full rebuild."""
+    rng = random.Random(seed)
+    con = duckdb.connect(":memory:")
+    for table in ("stg_records", "stg_consent", "customer_source_records"):
+        con.execute(staging_ddl[table])
+    ensure_restrictions(con)
+    loose = seed % 2 == 0
+    if loose:
+        con.execute(raw_ddl("consent"))
+    customers = [f"c{i}" for i in range(8)]
+    records: list[tuple[str, str]] = []  # (customer, record id)
+    for i in range(16):
+        owner = customers[i % 8] if i < 8 else rng.choice(customers)
+        w.add_record(con, owner, "store", f"t{i}", w.at(rng.randint(1, 10)), **_random_ids(rng, 2))
+        records.append((owner, f"t{i}"))
+    for n in range(20):
+        _random_event(con, w, rng, n, rng.randint(1, 19), loose)
+    w.rebuild(con, as_of=w.at(20))
+    for round_ in range(3):
+        changed: set[str] = set()
+        for step in range(rng.randint(1, 4)):
+            change = rng.choice(("record", "value", "value", "merge", "event"))
+            if change == "record":
+                owner = rng.choice([*customers, f"n{round_}{step}"])
+                rid = f"x{round_}{step}"
+                w.add_record(con, owner, "store", rid, w.at(12), **_random_ids(rng, 2))
+                customers += [] if owner in customers else [owner]
+                records.append((owner, rid))
+                changed.add(owner)
+            elif change == "value":
+                owner, rid = rng.choice(records)
+                kind = rng.choice(["email_key", "phone_e164", "user_id", "loyalty_id"])
+                value = rng.choice([*KEYS["email" if kind == "email_key" else kind], None])
+                con.execute(f"UPDATE stg_records SET {kind} = ? WHERE source_record_id = ?", [value, rid])
+                changed.add(owner)
+            elif change == "merge" and len(customers) > 2:
+                gone, kept = rng.sample(customers, 2)
+                relink(con, gone, kept)
+                customers.remove(gone)
+                records = [(kept if c == gone else c, r) for c, r in records]
+                changed |= {gone, kept}
+            else:
+                _random_event(con, w, rng, 100 * (round_ + 1) + step, rng.choice((8, 19, 20 + round_, 25)), loose)
+        as_of = datetime(2026, 1, 20 + round_, 10)
+        update(con, sorted(changed), as_of=as_of)
+        assert_equals_full_rebuild(con, as_of=as_of)
