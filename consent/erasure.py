@@ -974,18 +974,25 @@ def _scan_quarantine(con: duckdb.DuckDBPyConnection, matcher: _Matcher) -> int:
 def _scan_extras(con: duckdb.DuckDBPyConnection, schema: dict[str, set[str]], matcher: _Matcher) -> int:
     """Note the values beyond the contract (``extra`` of the raw tables) that carry the subject on rows that
     stay (another customer's contact noting "referred by Ann, 07911 123401"): erasure removes those values
-    and keeps the rows. Returns how many values."""
+    and keeps the rows. Returns how many values.
+
+    Each distinct ``extra`` is read once, for all the rows holding it: an export's extra columns repeat
+    (a browser's user agent, a campaign code), and reading the values is the costly part (132,850 rows with
+    16 distinct extras in the 1M bench store: 15 s of an erasure's 21 s, row by row)."""
     hits = []
     for source in RECORD_SOURCES + ("consent",):
         table = raw_table(source)
         if "extra" not in schema.get(table, set()):
             continue
         stays = f"NOT coalesce({ERASURE_MAP[table].where}, false)"
-        cursor = con.execute(f"SELECT rowid, extra FROM {table} WHERE extra IS NOT NULL AND {stays}")
-        while batch := cursor.fetchmany(10_000):
-            for row_id, extra in batch:
+        cursor = con.execute(
+            f"SELECT extra, list(rowid ORDER BY rowid) FROM {table} WHERE extra IS NOT NULL AND {stays} GROUP BY extra"
+        )
+        while batch := cursor.fetchmany(1_000):
+            for extra, row_ids in batch:
                 data = _json_object(extra, "extra")
-                hits += [(table, row_id, k) for k, v in data.items() if matcher.carries({k: v}, source)]
+                keys = [k for k, v in data.items() if matcher.carries({k: v}, source)]
+                hits += [(table, row_id, k) for row_id in row_ids for k in keys]
     if hits:
         con.executemany("INSERT INTO _subject_extra VALUES (?, ?, ?)", hits)
     return len(hits)

@@ -98,3 +98,28 @@ def test_later_files_do_not_bring_the_subject_back_inside_larger_values(tmp_path
         assert rows_in == loaded + quarantined + suppressed, file
     data = pw.file_bytes(settings.db_path)
     assert not [s for s in (*ANN, ANN_EMAIL.upper().encode()) if s in data]
+
+
+def test_rows_holding_the_same_extra_are_each_cleaned(tmp_path: Path, pw: SimpleNamespace) -> None:
+    # Extras are read once per distinct value: every row holding it still gets its own cleaning.
+    shared = f'"props":{{"shared_with":"{ANN_EMAIL}"}},"campaign":"spring"}}'
+    other = '"props":{"shared_with":"dan.lowe@fastmail.com"},"campaign":"spring"}'
+    events = "".join(
+        f'{{"event_id":"W{n}","event_time":"2025-04-0{n}T09:00:00Z","anonymous_id":"ck-{n}",{body}\n'
+        for n, body in ((1, shared), (2, shared), (3, shared), (4, other))
+    )
+    settings = _settings(tmp_path)
+    inbox = pw.write_inbox(
+        tmp_path / "inbox", {"crm/contacts.csv": INBOX["crm/contacts.csv"], "web/events.jsonl": events}
+    )
+    _run(settings, pw, inbox)
+    report = erasure.erase(settings, Subject.from_options(ANN_EMAIL, None, None), dry_run=False)
+    assert report.plan.scope.extra_values == 5  # Bob's referrer_email and notes, and W1-W3's props
+    con = connect(settings.db_path)
+    web = {k: json.loads(v) for k, v in con.execute("SELECT event_id, extra FROM raw_web").fetchall()}
+    con.close()
+    assert web == {
+        "W1": {"campaign": "spring"}, "W2": {"campaign": "spring"}, "W3": {"campaign": "spring"},
+        "W4": {"props": '{"shared_with":"dan.lowe@fastmail.com"}', "campaign": "spring"},
+    }  # fmt: skip
+    assert ANN[0] not in pw.file_bytes(settings.db_path)
