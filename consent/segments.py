@@ -234,24 +234,38 @@ def load_segments(segments_dir: Path) -> dict[str, Segment | SegmentError]:
     No file can take the built-in's place: one that names itself ``all_customers`` is refused on its own,
     listed under its file stem (its file name, when the stem is ``all_customers`` too), so a stray file does
     not stop every export of all customers.
+
+    A file that cannot be read is listed under its file stem, its name being unknown. When another file defines a
+    segment of that name, the name is refused, whichever file sorts first: the broken file may be that segment's
+    new definition, and exporting the other one could reach people the new one leaves out.
     """
     found: dict[str, Segment | SegmentError] = {ALL_CUSTOMERS: BUILT_IN}
+    unreadable: dict[str, SegmentError] = {}
     paths = sorted([*segments_dir.glob("*.yaml"), *segments_dir.glob("*.yml")]) if segments_dir.is_dir() else []
     for path in paths:
         key = path.name if path.stem == ALL_CUSTOMERS else path.stem
         try:
             seg = load_segment(path)
         except SegmentError as exc:
-            found[key] = exc
+            unreadable[key] = exc
+            other = found.get(key)
+            found[key] = _also_defined(exc, other.file) if isinstance(other, Segment) else exc
             continue
         if seg.name == ALL_CUSTOMERS:
             found[key] = SegmentError(f"{path}: {ALL_CUSTOMERS} is built in; give this segment another name")
+            continue
+        if seg.name in unreadable:
+            found[seg.name] = _also_defined(unreadable[seg.name], seg.file)
             continue
         if seg.name in found:
             found[seg.name] = SegmentError(f"{path}: segment name {seg.name!r} is defined twice")
             continue
         found[seg.name] = seg
     return found
+
+
+def _also_defined(unreadable: SegmentError, other_file: str) -> SegmentError:
+    return SegmentError(f"{unreadable} (and {other_file} defines a segment of that name: fix or remove one of them)")
 
 
 def get_segment(segments_dir: Path, name: str) -> Segment:

@@ -196,3 +196,17 @@ def test_the_bundled_london_segment_takes_london_districts_only():
     )
     picked = sorted(select_segment(con, london)["customer_id"])
     assert picked == ["c1", "c4", "c5", "c7", "c8"]  # not Edinburgh, Newcastle or Worcester
+
+
+@pytest.mark.parametrize(("valid_file", "broken_file"), [("a.yaml", "zeta.yaml"), ("zz.yaml", "zeta.yaml")])
+def test_an_unreadable_file_and_a_segment_of_its_name_refuse_the_name_whichever_sorts_first(
+    tmp_path: Path, valid_file: str, broken_file: str
+):
+    # zeta.yaml may be the new definition being edited: exporting the other file's zeta could reach people the
+    # new one leaves out, so neither is used, and the error names both files.
+    (tmp_path / valid_file).write_text("name: zeta\ndescription: old copy\nwhere: total_spend > 100\n")
+    (tmp_path / broken_file).write_text("name: zeta\nwhere: total_spend >\n")
+    with pytest.raises(SegmentError) as exc:
+        get_segment(tmp_path, "zeta")
+    assert str(tmp_path / broken_file) in str(exc.value) and str(tmp_path / valid_file) in str(exc.value)
+    assert list(load_segments(tmp_path)) == [ALL_CUSTOMERS, "zeta"]
