@@ -113,6 +113,26 @@ def foreign_folders(inbox: Path) -> list[Path]:
     return sorted(p for p in inbox.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in SOURCES)
 
 
+def inbox_notices(inbox: Path) -> list[str]:
+    """One line for each thing in the inbox folder itself that no run reads: a folder that is no source's, a file
+    dropped beside the source folders instead of into one (hidden ones aside), no source folder at all; for an
+    inbox that does not exist, that. What ``cdp run`` prints after its summary and a run started elsewhere (the
+    Dagster UI, a schedule) logs as warnings."""
+    if not inbox.is_dir():
+        what = "a file, not an inbox folder" if inbox.exists() else "no such inbox folder"
+        return [f"{inbox}: {what}; nothing was read"]
+    sources = ", ".join(SOURCES)
+    notes = [f"not a source folder {folder} (sources: {sources}); not read" for folder in foreign_folders(inbox)]
+    notes += [
+        f"not in a source folder {path}; not read (move it into the folder of its source: {sources})"
+        for path in sorted(inbox.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    if not any((inbox / source).is_dir() for source in SOURCES):
+        notes.append(f"no source folder in {inbox} ({sources}): nothing was read")
+    return notes
+
+
 def content_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

@@ -22,6 +22,9 @@ from cdp.store import session as store_session
 #: Dagster's metadata key for the rows of the table an asset is (TableMetadataSet's row_count): the asset
 #: catalog and the asset's page show it.
 ROW_COUNT = "dagster/row_count"
+#: A run tag: the run's launcher prints what of the inbox no run reads itself (``cdp run``), so the raw assets
+#: do not log it too.
+INBOX_REPORTED = "cdp/inbox_reported"
 
 #: The settings a run's resource carries (the rest come from cdp.yaml and CDP_* as load_settings reads them).
 _SETTINGS = (

@@ -19,7 +19,7 @@ import dagster as dg
 
 from cdp.config import Settings
 from pipelines.definitions import build_definitions
-from pipelines.resources import CdpStore, Inbox
+from pipelines.resources import INBOX_REPORTED, CdpStore, Inbox
 
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
@@ -96,7 +96,11 @@ class _ProgressHandler(logging.Handler):
             self.outcome.checks.append((name, bool(data.passed), severity))
             self.checked.add(step)
             mark = "✓" if data.passed else ("✗" if severity == "ERROR" else "!")
-            self.echo(f"  {mark} check {name} {'passed' if data.passed else 'FAILED'}")
+            line = f"  {mark} check {name} {'passed' if data.passed else 'FAILED'}"
+            failures = data.metadata.get("failures")  # a suite's failed expectations, as counts
+            if not data.passed and failures is not None and failures.value:
+                line += f": {'; '.join(map(str, failures.value))}"
+            self.echo(line)
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
             ended = time.perf_counter()
             started = self.started.get(step, ended)
@@ -114,11 +118,13 @@ def run_pipeline(
     selection: list[str] | None = None,
     full_refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
+    report_inbox: bool = False,
 ) -> RunOutcome:
     """Materialise ``cdp_pipeline`` for ``inbox`` into ``settings.db_path``; returns what happened.
 
     Incremental unless ``full_refresh`` (see :class:`pipelines.resources.CdpStore`). ``instance`` defaults
-    to the project's (:func:`prepare_instance`), whose run history the Dagster UI shows.
+    to the project's (:func:`prepare_instance`), whose run history the Dagster UI shows. ``report_inbox``: the
+    caller prints :func:`cdp.ingest.inbox_notices` itself, and the run does not log them.
     """
     instance = instance or prepare_instance(settings)
     outcome = RunOutcome(success=False, run_id="", seconds=0.0)
@@ -139,6 +145,7 @@ def run_pipeline(
         instance=instance,
         raise_on_error=False,
         asset_selection=_keys(selection),
+        tags={INBOX_REPORTED: "true"} if report_inbox else None,
     )
     outcome.seconds = time.perf_counter() - started
     outcome.run_id = result.run_id

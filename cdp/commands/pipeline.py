@@ -63,18 +63,21 @@ def run_and_report(
 
         before = batch_ids(con)
         outcome = run_pipeline(
-            settings, inbox, echo=(lambda _m: None) if quiet else console.print, full_refresh=full_refresh
+            settings,
+            inbox,
+            echo=(lambda _m: None) if quiet else console.print,
+            full_refresh=full_refresh,
+            report_inbox=True,  # after the summary, below
         )
         _print_run(outcome, con, settings.db_path, before)
     finally:
         con.close()
-    from cdp.ingest import foreign_folders
-    from cdp.store import SOURCES
+    from rich.markup import escape
 
-    for folder in foreign_folders(inbox):
-        console.print(f"  [yellow]not a source folder[/yellow] {folder} (sources: {', '.join(SOURCES)}); not read")
-    if not any((inbox / source).is_dir() for source in SOURCES):
-        console.print(f"  [yellow]no source folder[/yellow] in {inbox} ({', '.join(SOURCES)}): nothing was read")
+    from cdp.ingest import inbox_notices
+
+    for note in inbox_notices(inbox):
+        console.print(f"  [yellow]{escape(note)}[/yellow]")
     if not outcome.success:
         fail(outcome.failure or "the run failed", code=1)
 

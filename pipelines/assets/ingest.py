@@ -7,7 +7,7 @@ import dagster as dg
 
 from cdp.store import SOURCES
 from pipelines.checks import expectations_check
-from pipelines.resources import ROW_COUNT, CdpStore, Inbox
+from pipelines.resources import INBOX_REPORTED, ROW_COUNT, CdpStore, Inbox
 
 _PII = {
     "web": "anonymous_id, user_id, email",
@@ -34,9 +34,15 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
         ),
     )
     def _raw(context: dg.AssetExecutionContext, store: CdpStore, inbox: Inbox) -> dg.MaterializeResult:
-        from cdp.ingest import Ingestor
+        from cdp.ingest import Ingestor, inbox_notices
         from cdp.suppression import store_secret
 
+        if not inbox.folder.is_dir():  # a run from the UI or a schedule with no inbox: say so, not a green run
+            setting = "the inbox is `inbox:` in cdp.yaml, or CDP_INBOX; `make demo` writes data/demo/inbox"
+            raise dg.Failure(description=f"{inbox_notices(inbox.folder)[0]} ({setting})")
+        notices = _notices(context, source, inbox_notices(inbox.folder))
+        for notice in notices:
+            context.log.warning(notice)
         settings = store.settings
         with store.session() as con:
             ingestor = Ingestor(con, store_secret(con, settings.secret_path), settings.default_region, context.log.info)
@@ -61,10 +67,22 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
                 "quarantine_reasons": dg.MetadataValue.json(dict(reasons.most_common())),
                 ROW_COUNT: total,
                 "errors": [b.error for b in new if b.error],
+                "inbox_notices": notices,
             }
         )
 
     return _raw
+
+
+def _notices(context: dg.AssetExecutionContext, source: str, notices: list[str]) -> list[str]:
+    """The inbox's own notices (:func:`cdp.ingest.inbox_notices`) for the first raw asset of the run only, so
+    that a run logs each once; none when the run's launcher prints them itself (``cdp run``, after its
+    summary)."""
+    if context.run.tags.get(INBOX_REPORTED) == "true":
+        return []
+    selected = context.run.asset_selection
+    in_run = [s for s in SOURCES if not selected or dg.AssetKey(f"raw_{s}") in selected]
+    return list(notices) if in_run and in_run[0] == source else []
 
 
 raw_assets = [raw_source_asset(source) for source in SOURCES]

@@ -16,6 +16,8 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     (inbox / "store" / "store-3.txt").write_text("transaction_id,transaction_time\nT3,2026-01-01\n")
     (inbox / "store" / ".DS_Store").write_text("")
     (inbox / "misc").mkdir()
+    (inbox / "web-2.csv").write_text("event_id,event_time,anonymous_id\nW1,2026-01-01T10:00:00Z,c1\n")  # not in web/
+    (inbox / ".hidden").write_text("")
     result = CliRunner().invoke(app, ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())  # rich wraps long lines
@@ -27,6 +29,48 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     assert "store-3.txt: not an export batch by its name (.csv, .json, .jsonl, .ndjson, .parquet)" in out
     assert ".DS_Store" not in out
     assert f"not a source folder {inbox / 'misc'} (sources: web, app, store, crm, consent); not read" in out
+    assert f"not in a source folder {inbox / 'web-2.csv'}; not read (move it into the folder of its source" in out
+    assert ".hidden" not in out
+
+
+def test_a_run_started_elsewhere_fails_without_its_inbox_and_logs_what_it_does_not_read(tmp_path):
+    """A run from the Dagster UI or a schedule has no `cdp run` to check its inbox first: with no inbox folder
+    its raw steps fail, naming it, and what of the inbox no run reads is logged once, by its first raw step."""
+    import logging
+
+    import dagster as dg
+
+    from cdp.config import load_settings
+    from pipelines.definitions import build_definitions
+    from pipelines.resources import CdpStore, Inbox
+
+    settings = load_settings(db_path=tmp_path / "cdp.duckdb", home=tmp_path / "home")
+    missing = tmp_path / "nowhere"
+
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run(inbox, selection):
+        resources = {"store": CdpStore.from_settings(settings), "inbox": Inbox(path=str(inbox))}
+        job = build_definitions(resources).resolve_job_def("cdp_pipeline")
+        keys = [dg.AssetKey(k) for k in selection]
+        return job.execute_in_process(instance=instance, raise_on_error=False, asset_selection=keys)
+
+    failed = run(missing, ["raw_web"])
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert f"{missing}: no such inbox folder; nothing was read" in failure.step_failure_data.error.message
+
+    inbox = tmp_path / "inbox"
+    (inbox / "web").mkdir(parents=True)
+    (inbox / "exports").mkdir()
+    (inbox / "crm-1.csv").write_text("crm_id,first_name\nC1,Ann\n")
+    result = run(inbox, ["raw_web", "raw_crm", "raw_store"])
+    assert result.success
+    warnings = [(e.step_key, e.user_message) for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    foreign = f"not a source folder {inbox / 'exports'} (sources: web, app, store, crm, consent); not read"
+    assert warnings.count(("raw_web", foreign)) == 1, warnings
+    assert sum("not in a source folder" in m for _, m in warnings) == 1, warnings
+    assert all(step == "raw_web" for step, _ in warnings), warnings
 
 
 def test_the_store_is_held_from_the_first_check_to_the_summary(tmp_path, monkeypatch):
@@ -67,6 +111,9 @@ def test_a_raw_suite_warns_once_per_batch_not_on_every_later_run(tmp_path, monke
     args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0 and "check raw_web.raw_expectations_pass FAILED" in first.output, first.output
+    # The line says which expectation failed, and how often (counts only, no values).
+    line = next(x for x in first.output.splitlines() if "raw_expectations_pass FAILED" in x)
+    assert "expect_column_values_to_be_in_set(event_type): 4 unexpected" in " ".join(first.output.split()), line
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "raw_web.raw_expectations_pass passed" in again.output, again.output
 
