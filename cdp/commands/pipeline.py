@@ -9,8 +9,9 @@ import typer
 from cdp.commands.common import DbOption, EngineOption, console, fail, one_line_errors, settings_for
 
 
-def _print_run(outcome, con, db_path: Path, before: set[str]) -> None:  # type: ignore[no-untyped-def]  # RunOutcome
-    """The run's summary: what this run ingested (the batches not in ``before``), what the store holds."""
+def _print_run(outcome, con, db_path: Path, before: set[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """The run's summary: what this run ingested (the batches not in ``before``), what the store holds. Returns
+    what ``--strict`` counts: this run's rejected and unreadable files, and its failed warning-level checks."""
     from cdp.summary import rejected_files, summarise
 
     summary = summarise(con, before)
@@ -29,14 +30,21 @@ def _print_run(outcome, con, db_path: Path, before: set[str]) -> None:  # type: 
     if earlier:
         console.print(f"  {earlier} file(s) rejected by earlier runs (ingest_batches.error)")
     listed = set(rejected)
-    for error in outcome.file_errors:  # a file that cannot be read at all: not in the ledger, retried next run
-        if error not in listed:
-            console.print(f"  [yellow]unreadable file[/yellow] {error}")
+    unreadable = [error for error in dict.fromkeys(outcome.file_errors) if error not in listed]
+    for error in unreadable:  # a file that cannot be read at all: not in the ledger, retried next run
+        console.print(f"  [yellow]unreadable file[/yellow] {error}")
     console.print(f"  store               {db_path}")
+    warned = sum(not ok and severity != "ERROR" for _, ok, severity in outcome.checks)
+    return {"rejected": len(rejected), "unreadable": len(unreadable), "warned": warned}
 
 
 def run_and_report(
-    inbox: Path, db: Path | None, quiet: bool = False, engine: str | None = None, full_refresh: bool = False
+    inbox: Path,
+    db: Path | None,
+    quiet: bool = False,
+    engine: str | None = None,
+    full_refresh: bool = False,
+    strict: bool = False,
 ) -> None:
     from cdp.errors import CdpError
 
@@ -69,17 +77,24 @@ def run_and_report(
             full_refresh=full_refresh,
             report_inbox=True,  # after the summary, below
         )
-        _print_run(outcome, con, settings.db_path, before)
+        problems = _print_run(outcome, con, settings.db_path, before)
     finally:
         con.close()
     from rich.markup import escape
 
     from cdp.ingest import inbox_notices
 
-    for note in inbox_notices(inbox):
+    notices = inbox_notices(inbox)
+    for note in notices:
         console.print(f"  [yellow]{escape(note)}[/yellow]")
     if not outcome.success:
         fail(outcome.failure or "the run failed", code=1)
+    problems["not_read"] = len(notices)
+    if strict and any(problems.values()):
+        labels = {"rejected": "file(s) rejected", "unreadable": "file(s) unreadable",
+                  "warned": "warning-level check(s) failed", "not_read": "thing(s) in the inbox not read"}  # fmt: skip
+        found = ", ".join(f"{n} {labels[k]}" for k, n in problems.items() if n)
+        fail(f"--strict: {found} (listed above)", code=3)
 
 
 #: Bounds of ``generate`` and ``demo``: ten million people is some 120 million source rows, far beyond one
@@ -125,6 +140,12 @@ def register(app: typer.Typer) -> None:
             help="Rebuild staging, identities, profiles and consent from every raw row instead of only what "
             "new batches changed.",
         ),
+        strict: bool = typer.Option(
+            False,
+            "--strict",
+            help="Exit 3 when the run rejected a file or could not read one, a warning-level check failed, or "
+            "something in the inbox was not read (for schedulers that only see the exit code).",
+        ),
     ) -> None:
         """Materialise the Dagster asset graph: ingest, validate, resolve identities, profiles, consent.
 
@@ -132,7 +153,7 @@ def register(app: typer.Typer) -> None:
         they touch are re-resolved. A full rebuild happens on the first run, after an erasure or a change
         of model, threshold or limits, and with --full-refresh.
         """
-        run_and_report(inbox, db, engine=engine, full_refresh=full_refresh)
+        run_and_report(inbox, db, engine=engine, full_refresh=full_refresh, strict=strict)
 
     @app.command()
     @one_line_errors

@@ -144,3 +144,23 @@ def test_a_later_run_counts_its_own_files_and_rows_beside_the_stores(tmp_path, m
     assert "quarantined 1 malformed CSV line: unterminated quote (rows in table quarantine)" in out  # this run's
     assert "rejected file store/store-1.csv" not in out
     assert "1 file(s) rejected by earlier runs" in out
+
+
+def test_strict_exits_3_when_the_run_left_something_unread_or_a_warning_check_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "web").mkdir(parents=True)
+    (inbox / "web" / "web-1.csv").write_text("event_id,event_time,anonymous_id\nW1,2026-01-01T10:00:00Z,c1\n")
+    args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb"), "--strict"]
+    clean = CliRunner().invoke(app, args)
+    assert clean.exit_code == 0, clean.output
+    (inbox / "web" / "web-2.csv").write_text("event_id,anonymous_id\nW2,c2\n")  # no event_time: rejected
+    (inbox / "web-3.csv").write_text("event_id,event_time,anonymous_id\nW3,2026-01-01T10:00:00Z,c3\n")
+    rows = "".join(f"w{i},2026-01-02T10:00:00Z,c{i},PageView\n" for i in range(4))  # an event type we do not know
+    (inbox / "web" / "web-4.csv").write_text("event_id,event_time,anonymous_id,event_type\n" + rows)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "--strict: 1 file(s) rejected, 1 warning-level check(s) failed, 1 thing(s) in the inbox not read" in last
+    without = CliRunner().invoke(app, args[:-1])  # the same run without --strict: exit 0
+    assert without.exit_code == 0, without.output
