@@ -3,8 +3,8 @@
 Computed from the whole ledger, so that an event naming an identifier the platform had not seen when it
 arrived applies as soon as a record carrying that identifier is linked to a customer. After the first full
 computation it can be updated for the customers whose state may have changed only (the customers identity
-changed, the other carriers of their identifier values, and the customers that new or newly current events
-reach; see :func:`build_consent_state`), with the same result as a full rebuild.
+changed, the customers the events naming their identifier values reach, and the customers that new or newly
+current events reach; see :func:`build_consent_state`), with the same result as a full rebuild.
 
 Rules, in the order they are applied:
 
@@ -233,7 +233,8 @@ QUALIFY row_number() OVER (
 #   consent_state_seen   the ids of the ledger events it had seen (applied, or dated after its as_of);
 #   consent_state_keys   (customer_id, bucket): a 24-bit hash bucket of each identifier value a customer
 #                        carried. Old values of a changed customer are found through it (a CRM contact's new
-#                        phone leaves the old number's other carriers with a new fan-out). A bucket stands
+#                        phone leaves the old number's other carriers with a new fan-out: the events naming
+#                        the old number, found by its bucket, reach them). A bucket stands
 #                        for many values, never for one person; a shared bucket only recomputes a few
 #                        customers more than needed: exactness comes from the values themselves.
 BASIS_DDL = [
@@ -462,8 +463,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     # force between the two as_of; then the buckets of every value they name, loose emails included. The
     # changed values themselves are not reached as such: who else carries a value matters to no one's state
     # unless an event names it (a grant's fan-out and ``n`` count the carriers of the values it names), and
-    # such an event is a seed. (Reaching them too recomputed 18,221 customers for 4,463 changed ones in the
-    # 1M bench's batch; without them 7,154, with the same state.)
+    # such an event is a seed.
     until = "greatest($prev, $as_of)"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_seeds AS
