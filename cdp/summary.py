@@ -126,12 +126,17 @@ def batch_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 def rejected_files(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> tuple[list[str], int]:
     """The errors of the files this run rejected (batches not in ``before``; all when None), and how many
-    files earlier runs rejected."""
+    files earlier runs rejected that no later batch of the same file name has replaced (a fixed file dropped
+    again under its name is no longer counted)."""
     with _registered(con, before or set()):
         errors = con.execute(
-            f"SELECT error, {_NEW_BATCHES} FROM ingest_batches WHERE error IS NOT NULL ORDER BY ingested_at"
+            f"""SELECT error, {_NEW_BATCHES},
+                       EXISTS (SELECT 1 FROM ingest_batches later
+                               WHERE later.file = b.file AND later.status = 'loaded'
+                                 AND later.ingested_at > b.ingested_at) AS replaced
+                FROM ingest_batches b WHERE error IS NOT NULL ORDER BY ingested_at"""
         ).fetchall()
-    return [e for e, new in errors if new], sum(1 for _, new in errors if not new)
+    return [e for e, new, _ in errors if new], sum(1 for _, new, replaced in errors if not new and not replaced)
 
 
 def summarise(con: duckdb.DuckDBPyConnection, before: set[str] | None = None) -> StoreSummary:

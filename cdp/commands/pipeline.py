@@ -28,7 +28,7 @@ def _print_run(outcome, con, db_path: Path, before: set[str]) -> dict[str, int]:
     for error in rejected:
         console.print(f"  [yellow]rejected file[/yellow] {error}")
     if earlier:
-        console.print(f"  {earlier} file(s) rejected by earlier runs (ingest_batches.error)")
+        console.print(f"  {earlier} file(s) rejected by earlier runs and not loaded since (ingest_batches.error)")
     listed = set(rejected)
     unreadable = [error for error in dict.fromkeys(outcome.file_errors) if error not in listed]
     for error in unreadable:  # a file that cannot be read at all: not in the ledger, retried next run

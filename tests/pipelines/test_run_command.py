@@ -143,7 +143,13 @@ def test_a_later_run_counts_its_own_files_and_rows_beside_the_stores(tmp_path, m
     assert "rows in 2 = 1 loaded + 1 quarantined + 0 suppressed; the store 5" in out
     assert "quarantined 1 malformed CSV line: unterminated quote (rows in table quarantine)" in out  # this run's
     assert "rejected file store/store-1.csv" not in out
-    assert "1 file(s) rejected by earlier runs" in out
+    assert "1 file(s) rejected by earlier runs and not loaded since" in out
+
+    # The rejected file, fixed and dropped again under its name, loads: it is no longer counted.
+    (inbox / "store" / "store-1.csv").write_text("transaction_id,transaction_time,amount\nT1,2026-01-01T10:00:00Z,10\n")
+    third = CliRunner().invoke(app, args)
+    assert third.exit_code == 0, third.output
+    assert "rejected by earlier runs" not in third.output, third.output
 
 
 def test_strict_exits_3_when_the_run_left_something_unread_or_a_warning_check_failed(tmp_path, monkeypatch):
