@@ -2,6 +2,7 @@
 # No `from __future__ import annotations` here: Dagster reads the context and resource annotations.
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
@@ -40,7 +41,7 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
         if not inbox.folder.is_dir():  # a run from the UI or a schedule with no inbox: say so, not a green run
             setting = "the inbox is `inbox:` in cdp.yaml, or CDP_INBOX; `make demo` writes data/demo/inbox"
             raise dg.Failure(description=f"{inbox_notices(inbox.folder)[0]} ({setting})")
-        notices = _notices(context, source, inbox_notices(inbox.folder))
+        notices = _notices(context, source, inbox.folder)
         for notice in notices:
             context.log.warning(notice)
         settings = store.settings
@@ -74,15 +75,17 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
     return _raw
 
 
-def _notices(context: dg.AssetExecutionContext, source: str, notices: list[str]) -> list[str]:
+def _notices(context: dg.AssetExecutionContext, source: str, inbox: Path) -> list[str]:
     """The inbox's own notices (:func:`cdp.ingest.inbox_notices`) for the first raw asset of the run only, so
-    that a run logs each once; none when the run's launcher prints them itself (``cdp run``, after its
-    summary)."""
+    that a run logs each once (and lists the inbox once); none when the run's launcher prints them itself
+    (``cdp run``, after its summary)."""
+    from cdp.ingest import inbox_notices
+
     if context.run.tags.get(INBOX_REPORTED) == "true":
         return []
     selected = context.run.asset_selection
     in_run = [s for s in SOURCES if not selected or dg.AssetKey(f"raw_{s}") in selected]
-    return list(notices) if in_run and in_run[0] == source else []
+    return inbox_notices(inbox) if in_run and in_run[0] == source else []
 
 
 raw_assets = [raw_source_asset(source) for source in SOURCES]
