@@ -215,6 +215,9 @@ class GenerateSummary:
     records: dict[str, int] = field(default_factory=dict)
     #: rows per source with an empty or unparseable required value (ingestion must quarantine them)
     malformed: dict[str, int] = field(default_factory=dict)
+    #: well-formed consent events that name no one readably (ingestion quarantines them too): a grant whose only
+    #: identifier is a mistyped email (``jo@@gmail.com``). A withdrawal so written still reaches its subject.
+    unreadable: dict[str, int] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
     consent_events: int = 0
     seconds: float = 0.0
@@ -224,25 +227,34 @@ class GenerateSummary:
         return sum(self.malformed.values())
 
     @property
+    def unreadable_rows(self) -> int:
+        return sum(self.unreadable.values())
+
+    @property
     def total_rows(self) -> int:
         return sum(self.rows.values())
 
     def lines(self) -> list[str]:
+        unreadable = f" and {self.unreadable_rows:,} unreadable consent grants" if self.unreadable_rows else ""
         out = [
             f"Generated {self.mode} world (seed {self.seed}): {self.people:,} people in "
             f"{self.households:,} households, {self.total_rows:,} rows in {sum(self.files.values())} files, "
-            f"{self.malformed_rows:,} malformed "
+            f"{self.malformed_rows:,} malformed{unreadable} "
             f"({self.seconds:.1f}s)"
         ]
         for source in (*RECORD_SOURCES, "consent"):
             if source in self.rows:
                 out.append(
                     f"  {source:<8} {self.rows[source]:>10,} rows in {self.files.get(source, 0):>3} files, "
-                    f"{self.malformed.get(source, 0):,} malformed"
+                    f"{self.malformed.get(source, 0):,} malformed{self._unreadable_note(source)}"
                 )
         out.append(f"  inbox  {self.inbox}")
         out.append(f"  truth  {self.truth}")
         return out
+
+    def _unreadable_note(self, source: str) -> str:
+        rows = self.unreadable.get(source, 0)
+        return f", {rows:,} grants whose only identifier is a mistyped email" if rows else ""
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
@@ -1213,6 +1225,17 @@ def _consent(rng, w: _World, parts: dict[str, _Part], keys: pd.DataFrame):
     return _Part(f, person, np.zeros(m, dtype=np.int64), seconds), purpose, granted
 
 
+def _unreadable_consent(frame: pd.DataFrame) -> int:
+    """The events of ``frame`` no one can be found by: a grant whose only identifier is an email that does not
+    read as an address (a mistyped ``@@``). Ingestion quarantines them ("no readable subject identifier"); a
+    withdrawal so written is kept, since its subject is still reached by the email's loose key."""
+    from identity.standardise import normalise_email
+
+    others = [c for c in ("phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id") if c in frame]
+    alone = frame[others].isna().all(axis=1) & frame["email"].notna() & (frame["status"] != "withdrawn")
+    return int(sum(normalise_email(email) is None for email in frame.loc[alone, "email"]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Malformed rows and CRM re-exports
 
@@ -1588,6 +1611,7 @@ def generate_world(
         )  # fmt: skip
         summary.rows["consent"] = len(full)
         summary.malformed["consent"] = len(bad)
+        summary.unreadable["consent"] = _unreadable_consent(consent.frame)
         summary.consent_events = len(consent.frame)
         consent_truth = _consent_truth(consent, purpose, granted, parts["app"], person_ids)
         consent_events = pd.DataFrame(

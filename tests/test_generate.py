@@ -159,6 +159,21 @@ def test_malformed_rows_are_counted_and_left_out_of_the_truth(world, sources, tr
     assert summary.malformed_rows == sum(summary.malformed.values())
 
 
+def test_consent_grants_naming_no_one_readably_are_counted(tmp_path):
+    """The summary counts the well-formed grants whose only identifier is a mistyped email (``@@``), which
+    ingestion quarantines, so that its totals match the run's (the demo world has five)."""
+    summary = generate_world(tmp_path / "inbox", customers=2_000, seed=7)
+    consent = read_source(tmp_path / "inbox", "consent")
+    consent = consent[well_formed("consent", consent)]
+    others = ["phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id"]
+    alone = (consent[others] == "").all(axis=1) & consent["email"].str.contains("@@", regex=False)
+    grants = int((alone & (consent["status"] != "withdrawn")).sum())
+    assert summary.unreadable["consent"] == summary.unreadable_rows == grants >= 1
+    assert int((alone & (consent["status"] == "withdrawn")).sum()) >= 1  # reached by the loose key: not counted
+    assert f"and {grants} unreadable consent grants" in str(summary)
+    assert f"{grants} grants whose only identifier is a mistyped email" in str(summary)
+
+
 def test_crm_reexports_repeat_a_key_with_a_later_update(sources):
     crm = sources["crm"]
     crm = crm[crm["crm_id"] != ""]

@@ -761,3 +761,15 @@ k3,2024-03-02 10:00:00 BST,email_marketing,withdrawn,a@b.com
     assert (result.rows_loaded, result.rows_quarantined) == (2, 1)  # BST is a guess: British or Bangladesh
     times = con.execute("SELECT consent_id, event_time FROM raw_consent ORDER BY 1").fetchall()
     assert [(k, str(t)) for k, t in times] == [("k1", "2024-03-02 09:00:00"), ("k2", "2024-03-02 15:30:00")]
+
+
+def test_generated_unreadable_consent_grants_are_the_rows_quarantined_for_it(tmp_path, con, ingestor):
+    """What the generator's summary counts as unreadable consent grants is what ingestion quarantines as naming
+    no readable subject (the demo world's consent files)."""
+    from cdp.generate import generate_world
+
+    summary = generate_world(tmp_path / "inbox", customers=2_000, seed=7)
+    results = ingestor.ingest_source(tmp_path / "inbox", "consent")
+    assert sum(r.rows_quarantined for r in results) == summary.malformed["consent"] + summary.unreadable["consent"]
+    unread = con.execute("SELECT count(*) FROM quarantine WHERE reason = 'no readable subject identifier'").fetchall()
+    assert unread == [(summary.unreadable["consent"],)]

@@ -81,7 +81,7 @@ def test_every_row_is_accounted_for(world, first_run):
         ).fetchall()
         assert broken == [("rejected", "store/store-broken.csv: missing required column 'transaction_time'", 2)]
         quarantined_rows = con.execute("SELECT count(*) FROM quarantine WHERE reason IS NOT NULL").fetchall()[0][0]
-        assert quarantined_rows == summary.malformed_rows + 2
+        assert quarantined_rows == summary.malformed_rows + summary.unreadable_rows + 2
         staged = con.execute("SELECT count(*) FROM stg_records").fetchall()[0][0]
         linked = con.execute("SELECT count(*) FROM customer_source_records").fetchall()[0][0]
         assert staged == linked > 0
