@@ -60,7 +60,17 @@ class BatchResult:
         return self.rows_in == self.rows_loaded + self.rows_quarantined + self.rows_suppressed
 
     def describe(self) -> str:
-        """One line for the run's output: the file, its status and counts, and why rows were quarantined."""
+        """One line for the run's output: the file, its status and counts, and why rows were quarantined; for
+        a file rejected whole, why (its ``error``), which is then the reason of every row; for a file not read,
+        its ``error``."""
+        if self.error and self.status == "failed":  # not read: nothing was counted
+            return self.error
+        if self.error:
+            why = self.error.removeprefix(f"{self.file}: ")
+            return (
+                f"{self.file}: {self.status} ({why}), {self.rows_loaded} loaded, {self.rows_quarantined} "
+                f"quarantined, {self.rows_suppressed} suppressed"
+            )
         why = ", ".join(f"{n} {reason}" for reason, n in self.quarantine_reasons.items())
         return (
             f"{self.file}: {self.status}, {self.rows_loaded} loaded, {self.rows_quarantined} quarantined"
@@ -643,12 +653,15 @@ class Ingestor:
         secret: bytes,
         region: str = "GB",
         progress: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
         self.con = con
         self.secret = secret
         self.hasher = SqlHasher(secret)
         self.region = region
         self.progress = progress or (lambda _msg: None)
+        #: Where the lines of files rejected or not read go (``progress`` unless given: a run logs them as warnings).
+        self.warn = warn or self.progress
         con.execute("SET TimeZone = 'UTC'")
 
     # -- public -------------------------------------------------------------------------------------------
@@ -660,20 +673,27 @@ class Ingestor:
 
     def ingest_source(self, inbox: Path, source: str) -> list[BatchResult]:
         """Ingest the files of ``inbox/<source>/`` not ingested yet; one progress line per new file and one for
-        all the files skipped (a daily export's folder holds a year of them)."""
+        all the files skipped (a daily export's folder holds a year of them). A file rejected or not read, and
+        what in the folder is no file to read, gets one line, with why, through ``warn``."""
         results = []
         for path in inbox_files(inbox, source):
             result = self.ingest_file(source, path)
             if result.status != "skipped":
-                self.progress(result.describe())
+                (self.warn if result.error else self.progress)(result.describe())
             results.append(result)
         kinds = ", ".join(sorted(READERS))
+        # Named as the files ingested are, by their place in the inbox (``store/store-2.txt``).
         for path in unreadable_files(inbox, source):
-            error = f"{path}: not an export batch by its name ({kinds}); not ingested"
+            error = f"{source}/{path.name}: not an export batch by its name ({kinds}); not ingested"
             results.append(BatchResult(source, f"{source}/{path.name}", "", "failed", error=error))
+            self.warn(error)
         for path in nested_folders(inbox, source):
-            error = f"{path}: a folder inside a source folder; its files are not read (put them in {source}/)"
+            error = (
+                f"{source}/{path.name}/: a folder inside a source folder; its files are not read "
+                f"(put them in {source}/)"
+            )
             results.append(BatchResult(source, f"{source}/{path.name}/", "", "failed", error=error))
+            self.warn(error)
         skipped = sum(r.status == "skipped" for r in results)
         if skipped:
             self.progress(f"{source}: {skipped} file{'s' if skipped > 1 else ''} already ingested, skipped")
@@ -701,7 +721,10 @@ class Ingestor:
             columns, malformed = _read_as_text(self.con, path, spec.columns)
         except SchemaError as exc:
             # Unreadable file: recorded as failed (not hashed as ingested, so a fixed file is retried).
-            return BatchResult(source, label, batch_id, "failed", error=f"{exc} (not ingested; tried again next run)")
+            why = str(exc).removeprefix(f"{path}: ")  # named by its place in the inbox, as every file is
+            return BatchResult(
+                source, label, batch_id, "failed", error=f"{label}: {why} (not ingested; tried again next run)"
+            )
         try:
             with transaction(self.con):
                 result = self._load(spec, label, batch_id, columns, malformed)

@@ -198,7 +198,7 @@ def test_a_file_that_cannot_be_read_at_all_is_retried_not_recorded(tmp_path, con
     (tmp_path / "inbox/store/store-1.parquet").write_text("not parquet")
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "store")
     assert result.status == "failed"
-    assert result.error.startswith(f"{tmp_path}/inbox/store/store-1.parquet: cannot be read as parquet: ")
+    assert result.error.startswith("store/store-1.parquet: cannot be read as parquet: ")
     assert result.error.endswith("(not ingested; tried again next run)") and "\n" not in result.error
     assert ledger(con) == []
 
@@ -303,7 +303,7 @@ def test_unreadable_file_fails_with_one_line_and_others_continue(tmp_path, con, 
     (tmp_path / "inbox/web/broken.parquet").write_bytes(b"this is not parquet")
     write_csv(tmp_path / "inbox/web/ok.csv", "event_id,event_time,anonymous_id\ne1,2026-01-01,c1")
     broken, ok = ingestor.ingest_source(tmp_path / "inbox", "web")
-    assert broken.status == "failed" and broken.error.startswith(str(tmp_path / "inbox/web/broken.parquet"))
+    assert broken.status == "failed" and broken.error.startswith("web/broken.parquet: cannot be read as parquet")
     assert "\n" not in broken.error
     assert ok.rows_loaded == 1
 

@@ -46,12 +46,11 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
             context.log.warning(notice)
         settings = store.settings
         with store.session() as con:
-            ingestor = Ingestor(con, store_secret(con, settings.secret_path), settings.default_region, context.log.info)
+            secret = store_secret(con, settings.secret_path)
+            # A file rejected or not read is one warning line, with why (the UI's filter for warnings shows it).
+            ingestor = Ingestor(con, secret, settings.default_region, context.log.info, context.log.warning)
             batches = ingestor.ingest_source(inbox.folder, source)
             total = con.execute(f"SELECT count(*) FROM raw_{source}").fetchall()[0][0]
-        for batch in batches:
-            if batch.error:
-                context.log.warning(batch.error)
         new = [b for b in batches if b.status != "skipped"]
         reasons: Counter[str] = Counter()
         for b in new:

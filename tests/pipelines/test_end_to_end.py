@@ -96,9 +96,10 @@ def test_quarantined_rows_are_counted_by_reason_in_the_output_and_the_ui(world, 
 
     settings, _, _ = world
     _, lines = first_run
-    why = "2 file rejected: missing required column transaction_time"
-    expected = f"store/store-broken.csv: rejected, 0 loaded, 2 quarantined ({why}), 0 suppressed"
+    why = "missing required column 'transaction_time'"
+    expected = f"store/store-broken.csv: rejected ({why}), 0 loaded, 2 quarantined, 0 suppressed"
     assert any(line.endswith(expected) for line in lines)
+    assert sum("store/store-broken.csv" in line for line in lines) == 1  # once, a warning with why
     event = prepare_instance(settings).get_latest_materialization_event(dg.AssetKey("raw_store"))
     assert event is not None and event.asset_materialization is not None
     reasons = event.asset_materialization.metadata["quarantine_reasons"].value

@@ -23,6 +23,9 @@ def test_the_summary_names_rejected_and_unreadable_files(tmp_path, monkeypatch):
     out = " ".join(result.output.split())  # rich wraps long lines
     assert "rows in 3 = 1 loaded + 2 quarantined + 0 suppressed" in out
     assert "rejected file store/store-1.csv: missing required column 'transaction_time'" in out
+    # The step's line says why as well, once: the file appears there and in the summary, no more.
+    assert "store/store-1.csv: rejected (missing required column 'transaction_time'), 0 loaded, 1 quarantined" in out
+    assert out.count("store-1.csv") == 2 and out.count("store-3.txt") == 2
     assert "unreadable file " in out and "store-2.parquet: cannot be read as parquet" in out
     assert "(not ingested; tried again next run)" in out
     # Files and folders that are no export batch are named too, every run, not ignored unseen.
