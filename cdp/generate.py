@@ -1229,9 +1229,10 @@ def _unreadable_consent(frame: pd.DataFrame) -> int:
     """The events of ``frame`` no one can be found by: a grant whose only identifier is an email that does not
     read as an address (a mistyped ``@@``). Ingestion quarantines them ("no readable subject identifier"); a
     withdrawal so written is kept, since its subject is still reached by the email's loose key."""
+    from cdp.ingest import CONSENT_SUBJECT_COLUMNS
     from identity.standardise import normalise_email
 
-    others = [c for c in ("phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id") if c in frame]
+    others = [c for c in CONSENT_SUBJECT_COLUMNS if c != "email"]
     alone = frame[others].isna().all(axis=1) & frame["email"].notna() & (frame["status"] != "withdrawn")
     return int(sum(normalise_email(email) is None for email in frame.loc[alone, "email"]))
 

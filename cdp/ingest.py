@@ -869,7 +869,7 @@ class Ingestor:
         if spec.name == "consent":
             purposes = ", ".join(f"'{p}'" for p in PURPOSES)
             statuses = ", ".join(f"'{s}'" for s in CONSENT_STATUSES)
-            ids = " AND ".join(f"{_text(c)} IS NULL" for c in _CONSENT_SUBJECT_COLUMNS)
+            ids = " AND ".join(f"{_text(c)} IS NULL" for c in CONSENT_SUBJECT_COLUMNS)
             reasons += [
                 f"WHEN lower(trim(purpose)) NOT IN ({purposes}) THEN 'unknown purpose'",
                 f"WHEN lower(trim(status)) NOT IN ({statuses}) THEN 'unknown status'",
@@ -904,7 +904,7 @@ class Ingestor:
         from consent.state import loose_email
         from identity.standardise import normalise_phone, sql_normalise_email
 
-        others = " AND ".join(f"{_text(c)} IS NULL" for c in _CONSENT_SUBJECT_COLUMNS if c not in ("email", "phone"))
+        others = " AND ".join(f"{_text(c)} IS NULL" for c in CONSENT_SUBJECT_COLUMNS if c not in ("email", "phone"))
         unread_email = (
             f"({_text('email')} IS NULL OR ({sql_normalise_email('email')} IS NULL "
             f"AND (lower(trim(status)) <> 'withdrawn' OR {loose_email('email')} IS NULL)))"
@@ -960,7 +960,7 @@ class Ingestor:
             f"({_text(c, 'b.')} IS NOT NULL AND NOT coalesce(s.{_q(erased[c])}, false))"
             if c in erased
             else f"{_text(c, 'b.')} IS NOT NULL"
-            for c in _CONSENT_SUBJECT_COLUMNS
+            for c in CONSENT_SUBJECT_COLUMNS
         )
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _redacted AS
@@ -1093,7 +1093,8 @@ class Ingestor:
         return hashes
 
 
-_CONSENT_SUBJECT_COLUMNS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
+#: The columns of a consent row that name its subject (an event naming none of them readably is quarantined).
+CONSENT_SUBJECT_COLUMNS = ("email", "phone", "user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")
 
 
 def _json_key(name: str) -> str:
