@@ -682,17 +682,14 @@ class Ingestor:
                 (self.warn if result.error else self.progress)(result.describe())
             results.append(result)
         kinds = ", ".join(sorted(READERS))
-        # Named as the files ingested are, by their place in the inbox (``store/store-2.txt``).
-        for path in unreadable_files(inbox, source):
-            error = f"{source}/{path.name}: not an export batch by its name ({kinds}); not ingested"
-            results.append(BatchResult(source, f"{source}/{path.name}", "", "failed", error=error))
-            self.warn(error)
-        for path in nested_folders(inbox, source):
-            error = (
-                f"{source}/{path.name}/: a folder inside a source folder; its files are not read "
-                f"(put them in {source}/)"
-            )
-            results.append(BatchResult(source, f"{source}/{path.name}/", "", "failed", error=error))
+        # What is no file to read, named as the files ingested are: by its place in the inbox (``store/x.txt``).
+        nested = f"a folder inside a source folder; its files are not read (put them in {source}/)"
+        strays = [(f"{source}/{p.name}", f"not an export batch by its name ({kinds}); not ingested")
+                  for p in unreadable_files(inbox, source)]  # fmt: skip
+        strays += [(f"{source}/{p.name}/", nested) for p in nested_folders(inbox, source)]
+        for label, why in strays:
+            error = f"{label}: {why}"
+            results.append(BatchResult(source, label, "", "failed", error=error))
             self.warn(error)
         skipped = sum(r.status == "skipped" for r in results)
         if skipped:
