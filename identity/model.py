@@ -585,6 +585,13 @@ class BlockKey:
     def symmetric(self) -> bool:
         return self.sql(0, "u") == self.sql(1, "u")
 
+    @property
+    def columns(self) -> frozenset[str]:
+        """The names of the columns the key compares, on either side."""
+        from sqlglot import exp
+
+        return frozenset(c.name for pair in self.equal for node in pair for c in node.find_all(exp.Column))
+
 
 @functools.cache
 def block_keys(rules: tuple[str, ...]) -> tuple[BlockKey | None, ...]:
@@ -704,6 +711,31 @@ def prepare_in_background() -> threading.Thread:
     return thread
 
 
+#: Columns of a block key that make wide blocks: a common name ("James Smith") holds hundreds of units of a
+#: 1M-record world, where a date of birth, a postcode or an address narrows a block to a few.
+NAME_COLUMNS = frozenset({"first_name", "first_canon", "last_name"})
+
+
+def changed_unit_rules(rules: list[str], keys: tuple[BlockKey | None, ...] | None = None) -> list[str]:
+    """``rules`` (prediction rules, in :data:`PREDICTION_BLOCKING`'s order, or with their ``keys``) restricted
+    to pairs holding a unit with ``_changed`` set, for :func:`predict_changed_pairs`.
+
+    A rule keyed on names alone becomes two, one asking for a changed left unit and one for a changed right
+    unit: DuckDB filters each side before the join and pairs the few changed units with their blocks,
+    where ``l._changed OR r._changed`` is only tested on every pair of the block (a block of 885 units in the
+    1M bench's batch: a million pairs joined to keep 3,749, 74 ms against 23 ms for the two). The pairs are the same,
+    each found once (Splink keeps a pair for the first rule that holds). The narrow rules stay one: each
+    rule is a join of its own, and doubling them all cost more than it saved."""
+    keys = keys if keys is not None else block_keys(tuple(PREDICTION_BLOCKING))
+    out: list[str] = []
+    for rule, key in zip(rules, keys, strict=True):
+        if key is not None and key.columns <= NAME_COLUMNS:
+            out += [f"({rule}) AND l._changed", f"({rule}) AND r._changed"]
+        else:
+            out.append(f"({rule}) AND (l._changed OR r._changed)")
+    return out
+
+
 def predict_changed_pairs(
     con: duckdb.DuckDBPyConnection,
     changed: str,
@@ -774,10 +806,8 @@ def predict_changed_pairs(
         # unit id on the left, which the asymmetric rules need) and each rule also asks for a changed unit, so
         # only the pairs involving one are scored. (Scoring the changed units among themselves and against
         # the others both ways round took three Splink pipelines instead of one.)
-        changed_rules = [
-            {"blocking_rule": f"({rule['blocking_rule']}) AND (l._changed OR r._changed)", "sql_dialect": "duckdb"}
-            for rule in model["blocking_rules_to_generate_predictions"]
-        ]
+        guarded = [rule["blocking_rule"] for rule in model["blocking_rules_to_generate_predictions"]]
+        changed_rules = [{"blocking_rule": rule, "sql_dialect": "duckdb"} for rule in changed_unit_rules(guarded)]
         scored = session.linker.inference.predict_within(
             session.linker._db_api.register("person_units", table_name="frame_in"),
             blocking_rules_to_generate_predictions=changed_rules,

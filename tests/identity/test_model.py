@@ -38,3 +38,37 @@ def test_saved_model_scores_a_duplicate_above_and_a_neighbour_below_threshold(id
     assert other["match_weight"] < THRESHOLD
     assert same["comparisons"]["name"]["label"] == "Surname exact, nickname"
     assert same["comparisons"]["location"]["label"] == "Same postcode and address"
+
+
+def test_changed_unit_rules_find_the_pairs_of_a_changed_unit_once_whatever_the_rule_form():
+    """Name rules are split in two (changed left unit, changed right unit) so that DuckDB filters before
+    joining; the pairs they find with the others are those of the single ``l._changed OR r._changed`` form."""
+    import duckdb
+
+    from identity.model import PREDICTION_BLOCKING, changed_unit_rules
+
+    rules = list(PREDICTION_BLOCKING)
+    split = changed_unit_rules(rules)
+    assert len(split) == len(rules) + 2  # the two name rules: same name, forename and surname swapped
+    assert [r for r in split if r.endswith("AND l._changed")] == [f"({rules[0]}) AND l._changed",
+                                                                  f"({rules[6]}) AND l._changed"]  # fmt: skip
+    con = duckdb.connect()
+    con.execute(
+        """CREATE TABLE u AS SELECT * FROM (VALUES
+            ('a', 'james', 'james', 'smith', DATE '1980-01-02', 'SW1A1AA', '1 high st', true),
+            ('b', 'jim', 'james', 'smith', NULL, 'SW1A2BB', NULL, false),
+            ('c', 'james', 'james', 'smith', DATE '1980-01-02', NULL, NULL, false),
+            ('d', 'smith', 'smith', 'james', NULL, 'SW1A1AA', '1 high st', true),
+            ('e', 'jimmy', 'james', 'smith', NULL, 'M1 1AA', NULL, true),
+            ('f', 'james', 'james', 'smith', NULL, 'M1 1AB', NULL, false)
+        ) t(unit_id, first_name, first_canon, last_name, dob, postcode, address_line1, _changed)"""
+    )
+
+    def pairs(form: list[str]) -> list[tuple[str, str]]:
+        join = "SELECT l.unit_id, r.unit_id FROM u l JOIN u r ON ({}) WHERE l.unit_id < r.unit_id"
+        found = [con.execute(join.format(rule)).fetchall() for rule in form]
+        return sorted({pair for rows in found for pair in rows})
+
+    expected = pairs([f"({rule}) AND (l._changed OR r._changed)" for rule in rules])
+    assert pairs(split) == expected
+    assert ("a", "c") in expected and ("a", "d") in expected and ("b", "f") not in expected  # b, f unchanged
