@@ -258,17 +258,21 @@ def _restage_keys(
     restaged = f"{key_column} IN (SELECT k FROM _restage)"
     if table == "stg_records":
         restaged += f" AND (source, {key_column}) IN (SELECT source, k FROM _restage)"
-    _noting_units(con, table, f"DELETE FROM {table} WHERE {restaged}")
+        # The old versions' units are read before they go, not returned by the DELETE: DuckDB's DELETE ...
+        # RETURNING fetches every column of each deleted row (9,000 scattered rows of the 1M bench: 116-123 ms
+        # for the two against 77-93 ms this way).
+        con.execute(f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM {table} WHERE {restaged}")
+    con.execute(f"DELETE FROM {table} WHERE {restaged}")
     for staged in sources:
         mine = f"{staged.key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {_literal(staged.source)})"
         _noting_units(con, table, f"INSERT INTO {table} BY NAME {staged.select(mine)}")
 
 
 def _noting_units(con: duckdb.DuckDBPyConnection, table: str, dml: str) -> None:
-    """Run ``dml`` (a DELETE or INSERT); for ``stg_records``, the units of the rows it deleted or inserted go to
-    ``stg_unit_changes``: the old versions' units changed, and so did the new versions'. The statement hands
+    """Run ``dml`` (an INSERT); for ``stg_records``, the units of the rows it inserted go to ``stg_unit_changes``:
+    the new versions' units changed (the old versions' are noted before they are deleted). The statement hands
     them over itself (RETURNING, in a WITH), in SQL whatever the batch's size; reading them from stg_records
-    before and after took two more passes over it."""
+    after took another pass over it."""
     if table != "stg_records":
         con.execute(dml)
         return
