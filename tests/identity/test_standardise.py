@@ -201,3 +201,9 @@ def test_sql_strip_strips_what_python_strips():
     con = duckdb.connect()
     stripped = [con.execute(f"SELECT {sql_trim_id('?')}", [v]).fetchall()[0][0] for v in values]
     assert stripped == [v.strip() or None for v in values]
+    # Every character of the Basic Multilingual Plane: stripped exactly when Python strips it.
+    kept = con.execute(
+        f"""SELECT list(i ORDER BY i) FROM range(1, 65536) t(i)
+            WHERE (i < 55296 OR i > 57343) AND {sql_trim_id("chr(i::INTEGER) || 'x'")} = 'x'"""
+    ).fetchall()[0][0]
+    assert kept == [i for i in range(1, 65536) if not 55296 <= i <= 57343 and chr(i).isspace()]
