@@ -241,7 +241,7 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     for name, _type in described:
         alias = canonical.get(name.strip().lower(), name)
         alias = alias if alias.lower() not in {c.lower() for c in columns} else name
-        columns.append(f"{alias}_in_file" if alias.lower() in _INTERNAL_COLUMNS else alias)
+        columns.append(f"{alias}_in_file" if _is_internal(alias) else alias)
     casts = ", ".join(
         f"{_as_text(_q(name), kind)} AS {_q(alias)}" for (name, kind), alias in zip(described, columns, strict=True)
     )
@@ -261,8 +261,14 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     return columns, int(rejected)
 
 
-#: Columns ingestion adds to a batch; a file's own column of one of these names is read as ``<name>_in_file``.
+#: Columns ingestion adds to a batch, and the typed values of its insert (``_typed_0``, ...); a file's own column
+#: of one of these names is read as ``<name>_in_file``.
 _INTERNAL_COLUMNS = {"_row", "_ord", "_fate", "_fate_reason"}
+_INTERNAL_PATTERN = re.compile(r"_typed_[0-9]+")
+
+
+def _is_internal(name: str) -> bool:
+    return name.lower() in _INTERNAL_COLUMNS or bool(_INTERNAL_PATTERN.fullmatch(name.lower()))
 
 
 def _as_text(column: str, kind: str) -> str:
@@ -799,7 +805,13 @@ class Ingestor:
         return result
 
     def _insert_loaded(self, spec: SourceSpec, batch_id: str, label: str, extras: list[str]) -> None:
-        typed_sql = {c: _typed(c, k) for c, k in spec.columns.items()}
+        # Each typed column is parsed once, in a sub-select (``_typed_<i>``), and read from there: written out
+        # three times (the value, whether it parsed, and the text kept when it did not), an amount's parse made
+        # the statement DuckDB plans several times larger.
+        typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
+        parsed = {c: f"_typed_{i}" for i, (c, _k) in enumerate(typed_columns)}
+        parses = "".join(f", {_typed(c, k)} AS {parsed[c]}" for c, k in typed_columns)
+        typed_sql = {c: parsed.get(c, _typed(c, k)) for c, k in spec.columns.items()}
         amounts = [c for c, k in spec.columns.items() if k.startswith("DECIMAL")]
         if "currency" in spec.columns and amounts:  # an empty currency takes the one its amount names
             named = _currency_of_amount(amounts[0])
@@ -808,10 +820,9 @@ class Ingestor:
             )
         typed = ", ".join(f"{sql} AS {_q(c)}" for c, sql in typed_sql.items())
         # Values of typed optional columns that do not parse are kept in ``extra``, as are extra columns.
-        typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
-        unparsed = [f"'_unparsed_{c}', CASE WHEN {_typed(c, k)} IS NULL THEN {_text(c)} END" for c, k in typed_columns]
+        unparsed = [f"'_unparsed_{c}', CASE WHEN {parsed[c]} IS NULL THEN {_text(c)} END" for c, _k in typed_columns]
         any_unparsed = (
-            " OR ".join(f"({_typed(c, k)} IS NULL AND {_text(c)} IS NOT NULL)" for c, k in typed_columns) or "false"
+            " OR ".join(f"({parsed[c]} IS NULL AND {_text(c)} IS NOT NULL)" for c, _k in typed_columns) or "false"
         )
         # A value carrying an erased subject (``_erased_extra``) is left out; the row is someone else's.
         kept = {
@@ -830,7 +841,7 @@ class Ingestor:
         meta = ", ".join(RAW_META)
         self.con.execute(
             f"INSERT INTO {raw_table(spec.name)} ({', '.join(map(_q, spec.columns))}, {meta}) "
-            f"SELECT {typed}, ?, ?, _row, {extra_sql} FROM _classified WHERE _fate = 'loaded'",
+            f"SELECT {typed}, ?, ?, _row, {extra_sql} FROM (SELECT *{parses} FROM _classified WHERE _fate = 'loaded')",
             [batch_id, label],
         )
 

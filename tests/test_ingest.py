@@ -142,12 +142,13 @@ def test_header_names_are_matched_whatever_their_case_and_spaces(tmp_path, con, 
 
 
 def test_a_files_own_column_named_like_an_internal_one_does_not_replace_it(tmp_path, con, ingestor):
-    write_csv(tmp_path / "inbox/crm/crm.csv", "crm_id,_row,_fate\nC1,9,gone")
+    write_csv(tmp_path / "inbox/crm/crm.csv", "crm_id,_row,_fate,_Typed_0,created_at\nC1,9,gone,x,2024-01-02")
     (result,) = ingestor.ingest_source(tmp_path / "inbox", "crm")
     assert (result.status, result.rows_loaded) == ("loaded", 1)
-    row_number, extra = con.execute("SELECT row_number, extra FROM raw_crm").fetchall()[0]
+    row_number, created_at, extra = con.execute("SELECT row_number, created_at, extra FROM raw_crm").fetchall()[0]
     assert row_number == 1
-    assert json.loads(extra) == {"_row_in_file": "9", "_fate_in_file": "gone"}
+    assert str(created_at) == "2024-01-02 00:00:00"  # the parsed value, not the file's _typed_0
+    assert json.loads(extra) == {"_row_in_file": "9", "_fate_in_file": "gone", "_Typed_0_in_file": "x"}
 
 
 def test_nested_json_values_are_kept_as_json(tmp_path, con, ingestor):
