@@ -34,9 +34,14 @@ ACCOUNT = "0b1e4c2a-77d3-4f0e-9a51-3c2d9e8f7a10"  # as the web shop's accounts a
         ("loyalty_id", "loy10042", "LOY10042"),
         ("loyalty_id", DEVICE, DEVICE.lower()),
         ("crm_id", "6F9619FF-8B86-D011-B42D-00C04FC964FG", "6F9619FF-8B86-D011-B42D-00C04FC964FG"),  # not hex
+        ("device_id", f"\u00a0\t{DEVICE}\u3000", DEVICE.lower()),  # any whitespace around it
+        ("device_id", f"{DEVICE}x", f"{DEVICE}x"),  # more than a UUID: as written
+        ("user_id", f" {ACCOUNT} {ACCOUNT} ", f"{ACCOUNT} {ACCOUNT}"),
+        ("loyalty_id", f"loy {DEVICE}", f"LOY {DEVICE}"),
+        ("device_id", " \t\n", None),
     ],
 )
-def test_sql_reads_ids_as_python_does(id_type: str, written: str, matched: str) -> None:
+def test_sql_reads_ids_as_python_does(id_type: str, written: str, matched: str | None) -> None:
     assert normalise_id(id_type, written) == matched
     con = duckdb.connect()
     assert con.execute(f"SELECT {sql_normalise_id(id_type, '$v')}", {"v": written}).fetchall() == [(matched,)]
