@@ -241,7 +241,7 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     for name, _type in described:
         alias = canonical.get(name.strip().lower(), name)
         alias = alias if alias.lower() not in {c.lower() for c in columns} else name
-        columns.append(f"{alias}_in_file" if _is_internal(alias) else alias)
+        columns.append(f"{alias}_in_file" if _INTERNAL_COLUMN.fullmatch(alias) else alias)
     casts = ", ".join(
         f"{_as_text(_q(name), kind)} AS {_q(alias)}" for (name, kind), alias in zip(described, columns, strict=True)
     )
@@ -261,14 +261,9 @@ def _read_as_text(con: duckdb.DuckDBPyConnection, path: Path, known: Collection[
     return columns, int(rejected)
 
 
-#: Columns ingestion adds to a batch, and the typed values of its insert (``_typed_0``, ...); a file's own column
-#: of one of these names is read as ``<name>_in_file``.
-_INTERNAL_COLUMNS = {"_row", "_ord", "_fate", "_fate_reason"}
-_INTERNAL_PATTERN = re.compile(r"_typed_[0-9]+")
-
-
-def _is_internal(name: str) -> bool:
-    return name.lower() in _INTERNAL_COLUMNS or bool(_INTERNAL_PATTERN.fullmatch(name.lower()))
+#: Columns ingestion adds to a batch, and the typed values of its insert (``_typed_0``, ...), whatever their case;
+#: a file's own column of one of these names is read as ``<name>_in_file``.
+_INTERNAL_COLUMN = re.compile(r"_(row|ord|fate|fate_reason|typed_[0-9]+)", re.IGNORECASE)
 
 
 def _as_text(column: str, kind: str) -> str:
@@ -811,7 +806,7 @@ class Ingestor:
         typed_columns = [(c, k) for c, k in spec.columns.items() if k != "VARCHAR"]
         parsed = {c: f"_typed_{i}" for i, (c, _k) in enumerate(typed_columns)}
         parses = "".join(f", {_typed(c, k)} AS {parsed[c]}" for c, k in typed_columns)
-        typed_sql = {c: parsed.get(c, _typed(c, k)) for c, k in spec.columns.items()}
+        typed_sql = {c: parsed[c] if c in parsed else _text(c) for c in spec.columns}
         amounts = [c for c, k in spec.columns.items() if k.startswith("DECIMAL")]
         if "currency" in spec.columns and amounts:  # an empty currency takes the one its amount names
             named = _currency_of_amount(amounts[0])

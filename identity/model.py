@@ -716,19 +716,18 @@ def prepare_in_background() -> threading.Thread:
 NAME_COLUMNS = frozenset({"first_name", "first_canon", "last_name"})
 
 
-def changed_unit_rules(rules: list[str], keys: tuple[BlockKey | None, ...] | None = None) -> list[str]:
-    """``rules`` (prediction rules, in :data:`PREDICTION_BLOCKING`'s order, or with their ``keys``) restricted
-    to pairs holding a unit with ``_changed`` set, for :func:`predict_changed_pairs`.
+def changed_unit_rules(rules: list[str]) -> list[str]:
+    """``rules`` (the prediction rules, in :data:`PREDICTION_BLOCKING`'s order, crowd guards added or not)
+    restricted to pairs holding a unit with ``_changed`` set, for :func:`predict_changed_pairs`.
 
     A rule keyed on names alone becomes two, one asking for a changed left unit and one for a changed right
     unit: DuckDB filters each side before the join and pairs the few changed units with their blocks,
     where ``l._changed OR r._changed`` is only tested on every pair of the block (a block of 885 units in the
-    1M bench's batch: a million pairs joined to keep 3,749, 74 ms against 23 ms for the two). The pairs are the same,
-    each found once (Splink keeps a pair for the first rule that holds). The narrow rules stay one: each
-    rule is a join of its own, and doubling them all cost more than it saved."""
-    keys = keys if keys is not None else block_keys(tuple(PREDICTION_BLOCKING))
+    1M bench's batch: a million pairs joined to keep 3,749, 74 ms against 23 ms for the two). The pairs are
+    the same, each found once (Splink keeps a pair for the first rule that holds). The narrow rules stay one:
+    each rule is a join of its own, and doubling them all cost more than it saved."""
     out: list[str] = []
-    for rule, key in zip(rules, keys, strict=True):
+    for rule, key in zip(rules, block_keys(tuple(PREDICTION_BLOCKING)), strict=True):
         if key is not None and key.columns <= NAME_COLUMNS:
             out += [f"({rule}) AND l._changed", f"({rule}) AND r._changed"]
         else:
