@@ -130,3 +130,35 @@ def test_the_activation_job_checks_what_it_reads_and_a_failed_blocking_check_sto
     assert failed == {assets.CONSENT_STATE_TRACES_TO_LEDGER}
     assert not stopped.asset_materializations_for_node("segment_activations")
     assert sorted(exports.iterdir()) == written
+
+
+def _evaluate(check, store: CdpStore) -> tuple[bool, dict]:
+    result = check(store=store)
+    return result.passed, {k: v.value for k, v in result.metadata.items()}
+
+
+def test_each_table_check_counts_what_is_wrong_in_its_table(store: CdpStore):
+    dg.materialize(ALL[:3], resources={"store": store})
+    passed, meta = _evaluate(assets.profiles_one_row_per_customer, store)
+    assert passed and meta["duplicate_rows"] == meta["missing"] == meta["orphans"] == 0
+    profiles = meta["profiles"]
+    assert _evaluate(assets.profile_contacts_are_normalised, store)[0]
+    assert _evaluate(assets.consent_state_traces_to_ledger, store)[0]
+
+    con = connect(store.db_path)
+    con.execute("INSERT INTO customer_profiles SELECT * FROM customer_profiles WHERE customer_id = 'cA'")
+    con.execute("DELETE FROM customer_profiles WHERE customer_id = 'cC'")
+    con.execute("INSERT INTO customer_profiles (customer_id) VALUES ('c-nobody'), (NULL)")
+    con.execute("UPDATE customer_profiles SET email = upper(email) WHERE customer_id = 'cA'")  # both cA rows
+    con.execute("UPDATE customer_profiles SET phone = '07700 900123' WHERE customer_id = 'c-nobody'")
+    con.execute("UPDATE consent_state SET purpose = 'telepathy' WHERE customer_id = 'cA' AND purpose LIKE 'email%'")
+    con.close()
+
+    passed, meta = _evaluate(assets.profiles_one_row_per_customer, store)
+    # cA twice, cC gone, two profiles of no customer (one without an id): rows, distinct ids and both sides.
+    assert not passed
+    assert meta == {"profiles": profiles + 2, "duplicate_rows": 2, "missing": 1, "orphans": 2}
+    passed, meta = _evaluate(assets.profile_contacts_are_normalised, store)
+    assert not passed and meta == {"emails_not_normalised": 2, "phones_not_e164": 1}
+    passed, meta = _evaluate(assets.consent_state_traces_to_ledger, store)
+    assert not passed and meta == {"untraced_rows": 1, "duplicate_rows": 0}
