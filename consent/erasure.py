@@ -273,7 +273,9 @@ ERASURE_MAP: dict[str, Rule] = {
         ("event_id",),
     ),
     "consent_state_keys": Rule(
-        "hash buckets of the subject's identifier values", f"customer_id IN {_CUSTOMERS}", ("customer_id",)
+        "the identifier values of the subject's customers as consent reads them, with their hash buckets",
+        f"customer_id IN {_CUSTOMERS}",
+        ("customer_id",),
     ),
     "restrictions": Rule("restrictions on the subject", f"customer_id IN {_CUSTOMERS}", ("customer_id",)),
     "export_members": Rule(

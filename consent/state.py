@@ -145,21 +145,6 @@ def _loose_candidates(until: str = "$as_of") -> str:
       AND rc.email IS NOT NULL AND trim(rc.email) <> ''"""
 
 
-def _carriers_sql(values: str) -> str:
-    """``(customer_id, kind, value)`` of every customer carrying one of the ``(kind, value)`` of ``values``.
-    Records are matched on their values before they are linked to customers: a few, not all of them."""
-    cols = ", ".join(EVENT_IDENTIFIERS)
-    # A probe per identifier column keeps the records carrying one of the values before they are unpivoted
-    # (unpivoting every record first made some 5.6 million rows at 1M records, to keep fifty thousand).
-    return f"""
-    SELECT DISTINCT l.customer_id, m.kind, m.value FROM (
-        SELECT * FROM (UNPIVOT (SELECT source, source_record_id, {cols} FROM stg_records
-                                WHERE {_naming_value(values)})
-                       ON {_IDS} INTO NAME kind VALUE value) u
-        SEMI JOIN {values} v USING (kind, value)) m
-    JOIN customer_source_records l USING (source, source_record_id)"""
-
-
 def hits_sql(
     loose_withdrawals: bool,
     ids: str = "_consent_ids",
@@ -228,19 +213,22 @@ QUALIFY row_number() OVER (
     ORDER BY {happened} DESC, (ev.status = 'withdrawn') DESC, ev.event_id DESC) = 1
 """.replace("{happened}", happened("ev."))
 
-# What an incremental update needs to know about the last computation (no personal data in any of them):
+# What an incremental update needs to know about the last computation:
 #   consent_state_basis  one row: the as_of it used, whether loose withdrawals applied, and BASIS_VERSION;
 #   consent_state_seen   the ids of the ledger events it had seen (applied, or dated after its as_of);
-#   consent_state_keys   (customer_id, bucket): a 24-bit hash bucket of each identifier value a customer
-#                        carried. Old values of a changed customer are found through it (a CRM contact's new
-#                        phone leaves the old number's other carriers with a new fan-out: the events naming
-#                        the old number, found by its bucket, reach them). A bucket stands
-#                        for many values, never for one person; a shared bucket only recomputes a few
-#                        customers more than needed: exactness comes from the values themselves.
+#   consent_state_keys   (customer_id, kind, value, bucket): every identifier value each customer's records
+#                        carry (:func:`_ids_sql`: personal data, erased with the customer), and its 24-bit hash
+#                        bucket. An update reads the carriers of the values its events name, and the values of
+#                        the customers it recomputes, here instead of in every staged record (at 1M records:
+#                        two passes over stg_records and two over customer_source_records). Old values of a
+#                        changed customer are found here too, by bucket (a CRM contact's new phone leaves the
+#                        old number's other carriers with a new fan-out: the events naming the old number,
+#                        found by its bucket, reach them). A bucket stands for many values; a shared bucket
+#                        only recomputes a few customers more than needed: exactness comes from the values.
 BASIS_DDL = [
     "CREATE TABLE IF NOT EXISTS consent_state_basis (as_of TIMESTAMP, loose BOOLEAN, version VARCHAR)",
     "CREATE TABLE IF NOT EXISTS consent_state_seen (event_id VARCHAR)",
-    "CREATE TABLE IF NOT EXISTS consent_state_keys (customer_id VARCHAR, bucket INTEGER)",
+    "CREATE TABLE IF NOT EXISTS consent_state_keys (customer_id VARCHAR, kind VARCHAR, value VARCHAR, bucket INTEGER)",
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
@@ -248,8 +236,8 @@ _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: computation full even when nobody bumps the version.
 #: v2: withdrawals dated ahead in force; v3: loose email keys of internationalised domains (loose_email);
 #: v4: events ordered by :func:`happened`, withdrawals at a default time in force when recorded; loose
-#: withdrawals whatever their exact email key reaches.
-BASIS_VERSION = f"consent_state v4 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
+#: withdrawals whatever their exact email key reaches; v5: consent_state_keys holds the values themselves.
+BASIS_VERSION = f"consent_state v5 (code {code_digest(__file__, ledger.__file__)}); duckdb {duckdb.__version__}"
 
 #: Names a caller may pass as the table of changed customers: a plain identifier, never user text.
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -405,7 +393,7 @@ def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
 #: Temp tables of this module, dropped after every computation.
 _TEMPS = (
     "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",
-    "_cs_seeds", "_cs_affected", "_cs_others", "_cs_affected_ids", "_cs_changed_links", "_cs_others_links",
+    "_cs_seeds", "_cs_affected", "_cs_affected_ids", "_cs_changed_links",
     "_cs_events", "_cs_ledger", "_cs_values", "_cs_reach", "_cs_loose", "_cs_state",
 )  # fmt: skip
 
@@ -422,7 +410,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose:
     con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='', ledger='consent_events')}", params)
     con.execute(
         f"""CREATE OR REPLACE TABLE consent_state_keys AS
-            SELECT DISTINCT customer_id, {_BUCKET} AS bucket FROM _consent_ids WHERE value IS NOT NULL"""
+            SELECT customer_id, kind, value, {_BUCKET} AS bucket FROM _consent_ids WHERE value IS NOT NULL"""
     )
     reached, ambiguous = con.execute(
         """SELECT count(DISTINCT h.event_id),
@@ -458,6 +446,13 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
         f"""CREATE OR REPLACE TEMP TABLE _cs_buckets AS
             SELECT {_BUCKET} AS bucket FROM _cs_changed_ids WHERE value IS NOT NULL
             UNION SELECT bucket FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)"""
+    )
+    # From here on consent_state_keys holds every customer's values as they are now: the changed customers'
+    # are read again above, everyone else's records are as they were (or they would be changed customers).
+    con.execute("DELETE FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)")
+    con.execute(
+        f"""INSERT INTO consent_state_keys
+            SELECT customer_id, kind, value, {_BUCKET} FROM _cs_changed_ids WHERE value IS NOT NULL"""
     )
     # Events whose reach may differ from last time: naming a changed value, new, or come into (or out of)
     # force between the two as_of; then the buckets of every value they name, loose emails included. The
@@ -495,13 +490,9 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     )
     # Their state, exactly: the events reaching them, and every carrier of the values those events name.
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE _cs_others AS
-            SELECT customer_id FROM _cs_affected EXCEPT SELECT customer_id FROM _cs_changed"""
-    )
-    _links_of(con, "_cs_others", "_cs_others_links")
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _cs_affected_ids AS
-            SELECT * FROM _cs_changed_ids UNION ALL {_ids_sql(loose, "_cs_others_links")}"""
+        """CREATE OR REPLACE TEMP TABLE _cs_affected_ids AS
+           SELECT customer_id, kind, value FROM consent_state_keys
+           WHERE customer_id IN (SELECT customer_id FROM _cs_affected)"""
     )
     # The applicable events naming their values, with their ledger rows, read once: the values they name,
     # their hits and the state come from these.
@@ -520,7 +511,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
             SELECT DISTINCT kind, value FROM ({_event_ids_sql(ledger="_cs_ledger")})""",
         params,
     )
-    carriers = _carriers_sql("_cs_values")
+    carriers = "SELECT customer_id, kind, value FROM consent_state_keys SEMI JOIN _cs_values USING (kind, value)"
     if loose:
         carriers += " UNION ALL SELECT * FROM _cs_affected_ids WHERE kind = 'email_loose'"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {carriers}")
@@ -548,11 +539,6 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
            SELECT * FROM _cs_state n
            WHERE NOT EXISTS (SELECT 1 FROM consent_state s
                              WHERE s.customer_id = n.customer_id AND s.purpose = n.purpose)"""
-    )
-    con.execute("DELETE FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)")
-    con.execute(
-        f"""INSERT INTO consent_state_keys
-            SELECT DISTINCT customer_id, {_BUCKET} FROM _cs_changed_ids WHERE value IS NOT NULL"""
     )
     con.execute("INSERT INTO consent_state_seen SELECT event_id FROM _cs_new")
     return {"customers": int(con.execute("SELECT count(*) FROM _cs_affected").fetchall()[0][0])}

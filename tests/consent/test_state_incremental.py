@@ -303,16 +303,21 @@ def _random_event(con: duckdb.DuckDBPyConnection, w, rng: random.Random, n: int,
         )
 
 
-def _full_rebuild_of_a_copy(con: duckdb.DuckDBPyConnection, as_of: datetime) -> pd.DataFrame:
-    """What a full rebuild computes, on a copy of the database: the update's own basis is left as it is, so
-    that what an update gets wrong can pile up over the rounds."""
+def stored_values(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """consent_state_keys, the identifier values an update reads instead of the records, in a stable order."""
+    return con.execute("SELECT * FROM consent_state_keys ORDER BY ALL").df()
+
+
+def _full_rebuild_of_a_copy(con: duckdb.DuckDBPyConnection, as_of: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a full rebuild computes (the state and the stored values), on a copy of the database: the update's
+    own basis is left as it is, so that what an update gets wrong can pile up over the rounds."""
     con.execute("ATTACH ':memory:' AS rebuilt")
     con.execute("COPY FROM DATABASE memory TO rebuilt")
     copy = con.cursor()
     try:
         copy.execute("USE rebuilt")
         build_consent_state(copy, as_of=as_of)
-        return state(copy)
+        return state(copy), stored_values(copy)
     finally:
         copy.close()
         con.execute("DETACH rebuilt")
@@ -324,7 +329,7 @@ def test_random_changes_update_to_what_a_full_rebuild_computes(staging_ddl, w, s
     changes of the kinds identity reports (records added, deleted or moved to another customer, a value
     changed or dropped, customers merged or split, new events, some dated ahead, loose withdrawals reaching
     customers only by their typed email): after each round's update, the state equals a full rebuild's,
-    the update building on the previous rounds' updates."""
+    and so do the identifier values stored for the next update, the update building on the previous rounds'."""
     rng = random.Random(seed)
     con = duckdb.connect(":memory:")
     for table in ("stg_records", "stg_consent", "customer_source_records"):
@@ -397,4 +402,6 @@ def test_random_changes_update_to_what_a_full_rebuild_computes(staging_ddl, w, s
                 _random_event(con, w, rng, 100 * round_ + step, day, f"b{round_}", loose)
         as_of = datetime(2026, 1, 20 + round_, 10)
         update(con, sorted(changed), as_of=as_of)
-        pd.testing.assert_frame_equal(state(con), _full_rebuild_of_a_copy(con, as_of))
+        rebuilt, values = _full_rebuild_of_a_copy(con, as_of)
+        pd.testing.assert_frame_equal(state(con), rebuilt)
+        pd.testing.assert_frame_equal(stored_values(con), values)
