@@ -25,7 +25,7 @@ from __future__ import annotations
 import duckdb
 
 from cdp.config import PURPOSES
-from cdp.store import table_exists, transaction
+from cdp.store import UNCOMPRESSED, table_exists, transaction
 
 #: Identifier columns an event may name, in the order consent resolution tries them.
 EVENT_IDENTIFIERS = (
@@ -39,8 +39,10 @@ EVENT_IDENTIFIERS = (
 )
 STATUSES = ("granted", "withdrawn")
 
-LEDGER_DDL = """CREATE TABLE IF NOT EXISTS consent_events (
-    event_id VARCHAR PRIMARY KEY,  -- 'consent:'||consent_id or 'app:'||event_id, '@'||hash for later versions
+# The event id is stored plain: consent updates look events up by it (see cdp.store.UNCOMPRESSED).
+LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS consent_events (
+    -- 'consent:'||consent_id or 'app:'||event_id, '@'||hash for later versions
+    event_id VARCHAR {UNCOMPRESSED} PRIMARY KEY,
     origin VARCHAR NOT NULL,       -- 'consent' | 'app'
     consent_id VARCHAR,
     event_time TIMESTAMP NOT NULL,

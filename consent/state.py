@@ -37,13 +37,15 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.store import code_digest, table_exists, transaction
+from cdp.store import UNCOMPRESSED, code_digest, table_exists, transaction
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
 from identity.standardise import EARLIEST_PLAUSIBLE_TIME
 
-STATE_DDL = """CREATE TABLE IF NOT EXISTS consent_state (
-    customer_id VARCHAR, purpose VARCHAR, status VARCHAR, updated_at TIMESTAMP, source VARCHAR,
+# The columns updates look rows up by are stored plain (cdp.store.UNCOMPRESSED), here and in BASIS_DDL. A full
+# computation drops and declares these tables anew, so that a store made before takes these options too.
+STATE_DDL = f"""CREATE TABLE IF NOT EXISTS consent_state (
+    customer_id VARCHAR {UNCOMPRESSED}, purpose VARCHAR, status VARCHAR, updated_at TIMESTAMP, source VARCHAR,
     event_id VARCHAR, origin VARCHAR, policy_version VARCHAR, via VARCHAR, computed_at TIMESTAMP,
     PRIMARY KEY (customer_id, purpose))"""
 
@@ -227,8 +229,9 @@ QUALIFY row_number() OVER (
 #                        only recomputes a few customers more than needed: exactness comes from the values.
 BASIS_DDL = [
     "CREATE TABLE IF NOT EXISTS consent_state_basis (as_of TIMESTAMP, loose BOOLEAN, version VARCHAR)",
-    "CREATE TABLE IF NOT EXISTS consent_state_seen (event_id VARCHAR)",
-    "CREATE TABLE IF NOT EXISTS consent_state_keys (customer_id VARCHAR, kind VARCHAR, value VARCHAR, bucket INTEGER)",
+    f"CREATE TABLE IF NOT EXISTS consent_state_seen (event_id VARCHAR {UNCOMPRESSED})",
+    f"""CREATE TABLE IF NOT EXISTS consent_state_keys (
+        customer_id VARCHAR {UNCOMPRESSED}, kind VARCHAR, "value" VARCHAR {UNCOMPRESSED}, bucket INTEGER)""",
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
@@ -400,17 +403,19 @@ _TEMPS = (
 
 def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool) -> dict[str, int]:
     """Every customer's state from the whole ledger; the basis tables anew. In the caller's transaction."""
-    con.execute("DELETE FROM consent_state")
-    con.execute("CREATE OR REPLACE TABLE consent_state_seen AS SELECT event_id FROM consent_events")
+    for table in ("consent_state", "consent_state_seen", "consent_state_keys"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    for ddl in (STATE_DDL, *BASIS_DDL):
+        con.execute(ddl)
+    con.execute("INSERT INTO consent_state_seen SELECT event_id FROM consent_events")
     if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
-        con.execute("DELETE FROM consent_state_keys")
         return {"reached": 0, "ambiguous": 0, "linked": 0}
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {_ids_sql(loose)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose)}", params)
     con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='', ledger='consent_events')}", params)
     con.execute(
-        f"""CREATE OR REPLACE TABLE consent_state_keys AS
-            SELECT customer_id, kind, value, {_BUCKET} AS bucket FROM _consent_ids WHERE value IS NOT NULL"""
+        f"""INSERT INTO consent_state_keys
+            SELECT customer_id, kind, value, {_BUCKET} FROM _consent_ids WHERE value IS NOT NULL"""
     )
     reached, ambiguous = con.execute(
         """SELECT count(DISTINCT h.event_id),

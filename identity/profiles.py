@@ -45,7 +45,7 @@ import duckdb
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import code_digest, table_exists, transaction
+from cdp.store import code_digest, create_table_as, table_exists, transaction
 from identity.graph import install_macros
 from identity.standardise import sql_plausible_time
 
@@ -351,7 +351,8 @@ def build_customer_profiles(
         )
         with transaction(con):
             if customers is None:
-                con.execute(f"CREATE OR REPLACE TABLE customer_profiles AS {sql}", params)
+                # The customer id is stored plain: updates and checks look profiles up by it (cdp.store.UNCOMPRESSED).
+                create_table_as(con, "customer_profiles", sql, params, uncompressed=("customer_id",))
                 # The fingerprint lives with the table, so it goes when the table is rebuilt or dropped. COMMENT
                 # takes no parameter: the order's quotes are doubled.
                 note = _fingerprint(settings).replace("'", "''")

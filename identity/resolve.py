@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import code_digest, table_exists, transaction
+from cdp.store import UNCOMPRESSED, code_digest, create_table_as, table_exists, transaction
 from identity import changes, graph, model
 from identity.staging import ALL_UNITS, UNIT_CHANGES_DDL
 
@@ -53,12 +53,16 @@ OUTLIER_ACCOUNTS = 2
 #: ... and so is a cluster with more units than this (a person's cookies, devices and receipts).
 OUTLIER_UNITS = 500
 
+# The id columns incremental runs look rows up by are stored plain (cdp.store.UNCOMPRESSED), here and in the
+# state tables (_store_state). A full run drops and declares the first two tables anew, so that a store made
+# before takes these options too.
 DDL = [
-    """CREATE TABLE IF NOT EXISTS customer_source_records (
-        source VARCHAR, source_record_id VARCHAR, customer_id VARCHAR, unit_id VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS identity_edges (
-        unit_id_l VARCHAR, unit_id_r VARCHAR, evidence VARCHAR, rule VARCHAR, match_weight DOUBLE,
-        run_id VARCHAR)""",
+    f"""CREATE TABLE IF NOT EXISTS customer_source_records (
+        source VARCHAR, source_record_id VARCHAR {UNCOMPRESSED}, customer_id VARCHAR {UNCOMPRESSED},
+        unit_id VARCHAR {UNCOMPRESSED})""",
+    f"""CREATE TABLE IF NOT EXISTS identity_edges (
+        unit_id_l VARCHAR {UNCOMPRESSED}, unit_id_r VARCHAR {UNCOMPRESSED}, evidence VARCHAR, rule VARCHAR,
+        match_weight DOUBLE, run_id VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS customer_id_history (
         old_customer_id VARCHAR, new_customer_id VARCHAR, reason VARCHAR, run_id VARCHAR,
         changed_at TIMESTAMP)""",
@@ -302,7 +306,7 @@ def _store_customer_sizes(con: duckdb.DuckDBPyConnection, changed: str | None) -
     """``identity_customer_sizes``: every customer's size, rebuilt by a full run and, by an incremental one,
     rewritten for the customers of the temp table ``changed`` only (the ids they had and have now)."""
     if changed is None:
-        con.execute(f"CREATE OR REPLACE TABLE identity_customer_sizes AS {_customer_sizes_sql()}")
+        create_table_as(con, "identity_customer_sizes", _customer_sizes_sql(), uncompressed=("customer_id",))
         return
     con.execute(f"DELETE FROM identity_customer_sizes WHERE customer_id IN (SELECT customer_id FROM {changed})")
     con.execute(f"INSERT INTO identity_customer_sizes {_customer_sizes_sql(changed)}")
@@ -447,7 +451,9 @@ def resolve_identities(
     t = time.perf_counter()
     with transaction(con):
         ids = _assign_ids(con, run_id, started_at)
-        con.execute("DELETE FROM customer_source_records")
+        for table in ("customer_source_records", "identity_edges"):
+            con.execute(f"DROP TABLE {table}")
+        ensure_identity_schema(con)
         con.execute(
             """
             INSERT INTO customer_source_records
@@ -455,7 +461,6 @@ def resolve_identities(
             FROM stg_records s JOIN _assignment a USING (unit_id)
             """
         )
-        con.execute("DELETE FROM identity_edges")
         _insert_edges(con, run_id)
         _store_state(con)
         _store_customer_sizes(con, None)
@@ -482,15 +487,15 @@ def _insert_edges(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
 def _store_state(con: duckdb.DuckDBPyConnection) -> None:
     """Keep what an incremental run builds on: every unit's attributes, first-pass component and ambiguity,
     every unit's keys, and every model pair the precision guard let through."""
-    con.execute(
-        """
-        CREATE OR REPLACE TABLE identity_units AS
-        SELECT u.*, p.component, u.unit_id IN (SELECT unit_id FROM _ambiguous_units) AS ambiguous
-        FROM _units u JOIN _pass1 p USING (unit_id)
-        """
+    create_table_as(
+        con,
+        "identity_units",
+        """SELECT u.*, p.component, u.unit_id IN (SELECT unit_id FROM _ambiguous_units) AS ambiguous
+           FROM _units u JOIN _pass1 p USING (unit_id)""",
+        uncompressed=("unit_id",),
     )
-    con.execute("CREATE OR REPLACE TABLE identity_unit_keys AS SELECT * FROM _unit_keys")
-    con.execute("CREATE OR REPLACE TABLE identity_model_pairs AS SELECT * FROM _model_pairs")
+    create_table_as(con, "identity_unit_keys", "SELECT * FROM _unit_keys", uncompressed=("unit_id", "id_value"))
+    create_table_as(con, "identity_model_pairs", "SELECT * FROM _model_pairs", uncompressed=("unit_id_l", "unit_id_r"))
 
 
 def _finish(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.store import batches_not_in, forget_batches, record_batches, table_exists, transaction
+from cdp.store import batches_not_in, create_table_as, forget_batches, record_batches, table_exists, transaction
 from identity.standardise import (
     email_functions,
     normalise_phone,
@@ -186,10 +186,12 @@ CONSENT_SOURCE = _Staged("raw_consent", "consent_id", "event_time", f"""
     NULLIF(lower(trim(source)), '') AS source, NULLIF(trim(policy_version), '') AS policy_version,
     {_person()}, {_ids("user_id", "crm_id", "loyalty_id", "device_id", "anonymous_id")}, {_META}""")  # fmt: skip
 
-STG_RECORDS_SQL = "CREATE OR REPLACE TABLE stg_records AS " + " UNION ALL BY NAME ".join(
-    s.select() for s in RECORD_SOURCES
-)
-STG_CONSENT_SQL = f"CREATE OR REPLACE TABLE stg_consent AS {CONSENT_SOURCE.select()}"
+#: The queries a full staging builds the staged tables from.
+STG_RECORDS_SQL = " UNION ALL BY NAME ".join(s.select() for s in RECORD_SOURCES)
+STG_CONSENT_SQL = CONSENT_SOURCE.select()
+#: Columns of the staged tables that incremental runs look rows up by, stored plain (see cdp.store.UNCOMPRESSED).
+STG_RECORDS_LOOKUPS = ("unit_id", "source_record_id")
+STG_CONSENT_LOOKUPS = ("consent_id",)
 
 #: Identity units whose staged records changed since identity resolution last ran; ``'*'``: all of them.
 UNIT_CHANGES_DDL = "CREATE TABLE IF NOT EXISTS stg_unit_changes (unit_id VARCHAR)"
@@ -291,6 +293,7 @@ def _stage(
     table: str,
     sources: tuple[_Staged, ...],
     full_sql: str,
+    lookups: tuple[str, ...],
     key_column: str,
     region: str,
     incremental: bool,
@@ -311,7 +314,7 @@ def _stage(
             "INSERT OR REPLACE INTO staging_basis VALUES (?, ?), ('phone_map', ?)", [table, fingerprint, fingerprint]
         )
         if not incremental:
-            con.execute(full_sql)
+            create_table_as(con, table, full_sql, uncompressed=lookups)
             forget_batches(con, "staged_batches", table)
             batches = batches_not_in(con, "staged_batches", table, raws)  # every batch, staged anew
             if table == "stg_records":
@@ -329,13 +332,18 @@ def build_stg_records(con: duckdb.DuckDBPyConnection, region: str = "GB", increm
     carry are restaged, and their identity units are listed in ``stg_unit_changes`` for identity
     resolution; otherwise the table is rebuilt and ``stg_unit_changes`` says every unit changed.
     """
-    _stage(con, "stg_records", RECORD_SOURCES, STG_RECORDS_SQL, "source_record_id", region, incremental)
+    _stage(
+        con, "stg_records", RECORD_SOURCES, STG_RECORDS_SQL, STG_RECORDS_LOOKUPS, "source_record_id", region,
+        incremental,
+    )  # fmt: skip
     return dict(con.execute("SELECT source, count(*) FROM stg_records GROUP BY 1 ORDER BY 1").fetchall())
 
 
 def build_stg_consent(con: duckdb.DuckDBPyConnection, region: str = "GB", incremental: bool = False) -> int:
     """Build ``stg_consent`` from ``raw_consent`` (in full, or for new batches' keys); returns its rows."""
-    _stage(con, "stg_consent", (CONSENT_SOURCE,), STG_CONSENT_SQL, "consent_id", region, incremental)
+    _stage(
+        con, "stg_consent", (CONSENT_SOURCE,), STG_CONSENT_SQL, STG_CONSENT_LOOKUPS, "consent_id", region, incremental
+    )  # fmt: skip
     return int(con.execute("SELECT count(*) FROM stg_consent").fetchall()[0][0])
 
 
