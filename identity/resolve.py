@@ -621,10 +621,19 @@ def _resolve_changed(
               AND id_type IN ('user_id', 'loyalty_id') AND unit_id NOT IN (SELECT unit_id FROM _c0)
             """
         )
+        # The stored rows of every unit read again: the changed units and those (read once for both).
         con.execute(
-            "INSERT INTO _units BY NAME SELECT * EXCLUDE (component, ambiguous) FROM identity_units "
+            """
+            CREATE OR REPLACE TEMP TABLE _old_units AS
+            SELECT * FROM identity_units
+            WHERE unit_id IN (SELECT unit_id FROM _c0 UNION SELECT unit_id FROM _w1)
+            """
+        )
+        con.execute(
+            "INSERT INTO _units BY NAME SELECT * EXCLUDE (component, ambiguous) FROM _old_units "
             "WHERE unit_id IN (SELECT unit_id FROM _w1)"
         )
+        # Every key of those units as stored now (_unit_keys is read again below: the keys of W).
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _unit_keys AS "
             "SELECT * FROM identity_unit_keys WHERE unit_id IN (SELECT unit_id FROM _units)"
@@ -632,13 +641,6 @@ def _resolve_changed(
         graph.apply_used_keys(con, all_keys="identity_unit_keys")
         # W: units whose identity (attributes or keys) changed, appeared or disappeared.
         same = ", ".join(c for c in _unit_columns(con) if c != "n_records")
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _old_units AS
-            SELECT * FROM identity_units
-            WHERE unit_id IN (SELECT unit_id FROM _units UNION SELECT unit_id FROM _c0)
-            """
-        )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE _w AS
@@ -703,7 +705,8 @@ def _resolve_changed(
             "WHERE unit_id IN (SELECT unit_id FROM _p)"
         )
 
-        # 3. The region: whole first-pass components around everything that changed.
+        # 3. The region: whole first-pass components around everything that changed. W's keys now are in
+        # _unit_keys (every unit of W but a gone one, which holds none now, is a changed unit or one of _w1).
         con.execute(
             """
             CREATE OR REPLACE TEMP TABLE _r0 AS
@@ -711,8 +714,7 @@ def _resolve_changed(
             UNION SELECT unit_id FROM identity_unit_keys
                   WHERE (id_type, id_value) IN (
                       SELECT (id_type, id_value) FROM _old_keys WHERE unit_id IN (SELECT unit_id FROM _w)
-                      UNION SELECT (id_type, id_value) FROM identity_unit_keys
-                            WHERE unit_id IN (SELECT unit_id FROM _w))
+                      UNION SELECT (id_type, id_value) FROM _unit_keys WHERE unit_id IN (SELECT unit_id FROM _w))
             UNION SELECT unit_id_r FROM identity_model_pairs WHERE unit_id_l IN (SELECT unit_id FROM _flipped)
             UNION SELECT unit_id_l FROM identity_model_pairs WHERE unit_id_r IN (SELECT unit_id FROM _flipped)
             """
