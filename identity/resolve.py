@@ -621,7 +621,8 @@ def _resolve_changed(
               AND id_type IN ('user_id', 'loyalty_id') AND unit_id NOT IN (SELECT unit_id FROM _c0)
             """
         )
-        # The stored rows of every unit read again: the changed units and those (read once for both).
+        # The stored rows of the changed units and of _w1, read once: _w1's go into _units as they are, and
+        # all of them are what W is found against below.
         con.execute(
             """
             CREATE OR REPLACE TEMP TABLE _old_units AS

@@ -53,3 +53,28 @@ def test_code_digest_follows_the_bytes_of_its_files_in_order(tmp_path) -> None: 
     a.write_text("RULE = 2\n")
     assert code_digest(a, b) != first
     assert code_digest(a, tmp_path / "gone.csv") == code_digest(a, tmp_path / "also-gone.csv")
+
+
+def test_create_table_as_stores_the_named_columns_uncompressed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from cdp.store import create_table_as
+
+    con = connect(tmp_path / "cdp.duckdb")
+    query = (
+        "SELECT 'web:' || md5(i::VARCHAR) AS unit_id, 'cus_' || (i % 7) AS customer_id, ? AS n FROM range(5000) t(i)"
+    )
+    create_table_as(con, "links", query, [3], uncompressed=("unit_id",))
+    con.execute("CHECKPOINT")
+    stored = dict(
+        con.execute(
+            """SELECT column_name, string_agg(DISTINCT compression) FROM pragma_storage_info('links')
+               WHERE segment_type = 'VARCHAR' GROUP BY 1"""
+        ).fetchall()
+    )
+    assert stored["unit_id"] == "Uncompressed" and stored["customer_id"] != "Uncompressed"
+    assert con.execute("SELECT count(*), min(n), max(n) FROM links").fetchall() == [(5000, 3, 3)]
+    assert con.execute(f"SELECT count(*) FROM ({query} EXCEPT SELECT * FROM links)", [3]).fetchall() == [(0,)]
+    with pytest.raises(ValueError, match="no column user_id"):
+        create_table_as(con, "links", query, [3], uncompressed=("user_id",))
+    con.close()

@@ -10,6 +10,7 @@ full rebuild too: the generated ledger has household phones, shared devices and 
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -138,6 +139,40 @@ def test_consent_state_updated_for_the_changed_customers_equals_a_full_rebuild(r
     pd.testing.assert_frame_equal(con.execute(CONSENT).df(), runs["consent_state"])
 
 
+#: The id columns incremental runs look rows up by, stored uncompressed (cdp.store.UNCOMPRESSED).
+PLAIN = {
+    "stg_records": {"unit_id", "source_record_id"},
+    "stg_consent": {"consent_id"},
+    "customer_source_records": {"source_record_id", "customer_id", "unit_id"},
+    "identity_edges": {"unit_id_l", "unit_id_r"},
+    "identity_units": {"unit_id"},
+    "identity_unit_keys": {"unit_id", "id_value"},
+    "identity_model_pairs": {"unit_id_l", "unit_id_r"},
+    "identity_customer_sizes": {"customer_id"},
+    "consent_events": {"event_id"},
+    "consent_state": {"customer_id"},
+    "consent_state_seen": {"event_id"},
+    "consent_state_keys": {"customer_id", "value"},
+}
+
+
+def _plain(con, table: str) -> set[str]:  # type: ignore[no-untyped-def]
+    """The columns of ``table`` declared uncompressed."""
+    sql = con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = ? AND NOT temporary", [table]).fetchall()
+    return set(re.findall(r'"?(\w+)"? VARCHAR USING COMPRESSION Uncompressed', sql[0][0]))
+
+
+def test_the_columns_runs_look_rows_up_by_are_stored_plain_after_an_incremental_run(runs: dict) -> None:
+    con = runs["con"]
+    assert {table: _plain(con, table) for table in PLAIN} == PLAIN
+    con.execute("CHECKPOINT")
+    stored = con.execute(
+        """SELECT DISTINCT compression FROM pragma_storage_info('customer_source_records')
+           WHERE column_name = 'unit_id' AND segment_type = 'VARCHAR'"""
+    ).fetchall()
+    assert stored == [("Uncompressed",)]
+
+
 def test_a_full_rebuild_of_the_same_store_changes_nothing(runs: dict) -> None:
     con, settings = runs["con"], runs["settings"]
     sizes = con.execute(SIZES).df()
@@ -153,6 +188,21 @@ def test_a_full_rebuild_of_the_same_store_changes_nothing(runs: dict) -> None:
     # The per-customer sizes and the figures the incremental run derived from them are a full count's.
     pd.testing.assert_frame_equal(con.execute(SIZES).df(), sizes)
     assert {k: stats[k] for k in FIGURES} == {k: runs["incremental"][k] for k in FIGURES}
+
+
+def test_a_full_run_gives_a_store_made_before_the_plain_columns(runs: dict) -> None:
+    con, settings = runs["con"], runs["settings"]
+    for table in ("customer_source_records", "identity_edges"):  # as a store made before declared them
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _kept AS FROM {table}")
+        columns = ", ".join(f"{name} {kind}" for name, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall())
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"CREATE TABLE {table} ({columns})")
+        con.execute(f"INSERT INTO {table} FROM _kept")
+        assert _plain(con, table) == set()
+    stats = resolve_identities(con, settings, full=True, prior=runs["incremental"]["model_prior"])
+    assert stats["new_customers"] == stats["merged"] == stats["split"] == stats["retired"] == 0
+    assert {table: _plain(con, table) for table in PLAIN} == PLAIN
+    pd.testing.assert_frame_equal(con.execute(RECORDS).df(), runs["records"])
 
 
 def test_a_store_built_from_scratch_on_the_same_files_has_the_same_customers(runs: dict, world: Path) -> None:
