@@ -401,6 +401,15 @@ _TEMPS = (
 )  # fmt: skip
 
 
+def _store_values(con: duckdb.DuckDBPyConnection, ids: str) -> None:
+    """Append to ``consent_state_keys`` the values of ``ids`` (a temp table of :func:`_ids_sql`'s rows), with
+    their buckets: what a full computation stores for everyone and an update for its changed customers."""
+    con.execute(
+        f"""INSERT INTO consent_state_keys
+            SELECT customer_id, kind, value, {_BUCKET} FROM {ids} WHERE value IS NOT NULL"""
+    )
+
+
 def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool) -> dict[str, int]:
     """Every customer's state from the whole ledger; the basis tables anew. In the caller's transaction."""
     for table in ("consent_state", "consent_state_seen", "consent_state_keys"):
@@ -413,10 +422,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {_ids_sql(loose)}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_hits AS {hits_sql(loose)}", params)
     con.execute(f"INSERT INTO consent_state {_STATE_SQL.format(only='', ledger='consent_events')}", params)
-    con.execute(
-        f"""INSERT INTO consent_state_keys
-            SELECT customer_id, kind, value, {_BUCKET} FROM _consent_ids WHERE value IS NOT NULL"""
-    )
+    _store_values(con, "_consent_ids")
     reached, ambiguous = con.execute(
         """SELECT count(DISTINCT h.event_id),
                   count(DISTINCT h.event_id) FILTER (WHERE ev.status = 'granted' AND h.n <> 1)
@@ -455,10 +461,7 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
     # From here on consent_state_keys holds every customer's values as they are now: the changed customers'
     # are read again above, everyone else's records are as they were (or they would be changed customers).
     con.execute("DELETE FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)")
-    con.execute(
-        f"""INSERT INTO consent_state_keys
-            SELECT customer_id, kind, value, {_BUCKET} FROM _cs_changed_ids WHERE value IS NOT NULL"""
-    )
+    _store_values(con, "_cs_changed_ids")
     # Events whose reach may differ from last time: naming a changed value, new, or come into (or out of)
     # force between the two as_of; then the buckets of every value they name, loose emails included. The
     # changed values themselves are not reached as such: who else carries a value matters to no one's state
