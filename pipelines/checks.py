@@ -1,4 +1,11 @@
-"""Great Expectations suites run as Dagster asset checks, one per validated table.
+"""Great Expectations suites as Dagster asset checks, one per validated table.
+
+Each check is declared on the asset that writes its table (``check_specs``) and evaluated in that asset's
+step, on the rows the step has just written: the Dagster UI shows it on the asset's Checks tab, and a
+blocking one that fails stops everything downstream. Such a check runs with its asset (the UI cannot run it
+alone), and a run has no step per check: a step of its own costs Dagster its start, output and success
+events and a context whatever the check does. With these seven and the identity step's two in their assets'
+steps, the 1M bench's 1% batch ran 55 ms faster (eleven runs of each, alternating).
 
 Check names are constants so that the UI, tests and alerts can refer to them.
 """
@@ -12,13 +19,16 @@ RAW_EXPECTATIONS = "raw_expectations_pass"
 STAGED_EXPECTATIONS = "staged_expectations_pass"
 
 
-def expectations_check(table: str, *, blocking: bool) -> dg.AssetChecksDefinition:
-    """An asset check validating ``table`` with its Great Expectations suite (cdp.quality.SUITES)."""
-    name = STAGED_EXPECTATIONS if table.startswith("stg_") else RAW_EXPECTATIONS
+def _name(table: str) -> str:
+    return STAGED_EXPECTATIONS if table.startswith("stg_") else RAW_EXPECTATIONS
 
-    @dg.asset_check(
+
+def expectations_spec(table: str, *, blocking: bool) -> dg.AssetCheckSpec:
+    """The check validating ``table`` with its Great Expectations suite (cdp.quality.SUITES), for the
+    ``check_specs`` of the asset that writes it; :func:`expectations_result` evaluates it."""
+    return dg.AssetCheckSpec(
+        name=_name(table),
         asset=table,
-        name=name,
         blocking=blocking,
         description=(
             f"Great Expectations suite `{table}_suite` passes on the rows of {table} from batches not yet "
@@ -26,20 +36,26 @@ def expectations_check(table: str, *, blocking: bool) -> dg.AssetChecksDefinitio
             + ("" if blocking else " A batch that fails is reported once: the warning stays in this check's history.")
         ),
     )
-    def _check(store: CdpStore) -> dg.AssetCheckResult:
-        severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
-        with store.session() as con:
-            batches = unvalidated_batches(con, table)
-            if not batches and not store.full_refresh:
-                return dg.AssetCheckResult(passed=True, severity=severity, metadata={"rows": 0, "batches": 0})
-            result = validate_table(con, table, batches=None if store.full_refresh else batches)
-            # A blocking suite re-validates its failed batches until they pass (the run stops before anything
-            # reads them). A warning is raised once per batch: an ingested file is never re-read, so the same
-            # rows would fail every later run and bury the warnings about new ones.
-            if result.success or not blocking:
-                mark_validated(con, table, batches)
-        return dg.AssetCheckResult(
-            passed=result.success, severity=severity, metadata={**result.metadata(), "batches": len(batches)}
-        )
 
-    return _check
+
+def expectations_result(store: CdpStore, table: str, *, blocking: bool) -> dg.AssetCheckResult:
+    """Validate the rows of ``table`` from batches not yet validated (all of them on a full refresh)."""
+    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+    asset_key, check_name = dg.AssetKey(table), _name(table)
+    with store.session() as con:
+        batches = unvalidated_batches(con, table)
+        if not batches and not store.full_refresh:
+            return dg.AssetCheckResult(
+                asset_key=asset_key, check_name=check_name, severity=severity, passed=True,
+                metadata={"rows": 0, "batches": 0},
+            )  # fmt: skip
+        result = validate_table(con, table, batches=None if store.full_refresh else batches)
+        # A blocking suite re-validates its failed batches until they pass (the run stops before anything
+        # reads them). A warning is raised once per batch: an ingested file is never re-read, so the same
+        # rows would fail every later run and bury the warnings about new ones.
+        if result.success or not blocking:
+            mark_validated(con, table, batches)
+    return dg.AssetCheckResult(
+        asset_key=asset_key, check_name=check_name, severity=severity, passed=result.success,
+        metadata={**result.metadata(), "batches": len(batches)},
+    )  # fmt: skip

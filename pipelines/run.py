@@ -72,7 +72,8 @@ class _ProgressHandler(logging.Handler):
         self.outcome = outcome
         self.echo = echo
         self.started: dict[str, float] = {}
-        self.checked: set[str] = set()
+        self.checked: set[str] = set()  # steps that evaluated checks
+        self.materialized: set[str] = set()  # steps that materialised assets (some evaluate checks too)
 
     def emit(self, record: logging.LogRecord) -> None:
         meta: dict[str, Any] = getattr(record, "dagster_meta", {}) or {}
@@ -87,6 +88,7 @@ class _ProgressHandler(logging.Handler):
         if kind == "STEP_START":
             self.started[step] = time.perf_counter()
         elif kind == "ASSET_MATERIALIZATION":
+            self.materialized.add(step)
             errors = event.event_specific_data.materialization.metadata.get("errors")
             self.outcome.file_errors.extend(errors.value if errors is not None else [])
         elif kind == "ASSET_CHECK_EVALUATION":
@@ -107,7 +109,7 @@ class _ProgressHandler(logging.Handler):
             status = {"STEP_SUCCESS": "ok", "STEP_FAILURE": "FAILED", "STEP_SKIPPED": "skipped"}[kind]
             run = StepRun(step, status, started, ended)
             self.outcome.steps.append(run)
-            if status != "ok" or step not in self.checked:
+            if status != "ok" or step not in self.checked or step in self.materialized:  # a check's own line says it
                 self.echo(f"  {'✓' if status == 'ok' else '✗'} {step} {status} ({run.seconds:.1f} s)")
 
 
@@ -169,6 +171,13 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
             error = error.cause  # unwrap Dagster's wrapper down to the exception the asset raised
         if error is None:
             return f"step {event.step_key} failed"
+        if "DagsterAssetCheckFailedError" in (error.cls_name or ""):
+            # "<n> blocking asset check(s) failed with ERROR severity:", then "<asset>: <check>,<check>" lines
+            lines = error.message.strip().splitlines()[1:]
+            failed = [
+                f"{asset}.{c}" for asset, _, checks in (x.partition(": ") for x in lines) for c in checks.split(",")
+            ]
+            return f"step {event.step_key} failed: blocking check {', '.join(failed)} failed"
         first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
         return f"step {event.step_key} failed: {first}"
     return "the run did not finish"

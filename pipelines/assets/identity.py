@@ -16,6 +16,33 @@ HUB_IDENTIFIERS_HELD_BACK = "hub_identifiers_held_back"
 OUTLIER_SHARE_LIMIT = 0.001
 
 
+#: The identity step's checks, evaluated on the run it has just made (see pipelines.checks for why in the step).
+IDENTITY_CHECKS = [
+    dg.AssetCheckSpec(
+        NO_OUTLIER_CUSTOMERS,
+        asset="customer_source_records",
+        description=(
+            f"Customers that look over-merged: more than {OUTLIER_CRM_CONTACTS} CRM contacts, more than "
+            f"{OUTLIER_ACCOUNTS} online accounts or more than {OUTLIER_UNITS} units. Fails when they exceed "
+            f"{OUTLIER_SHARE_LIMIT:.1%} of multi-unit customers. Counts only."
+        ),
+    ),
+    dg.AssetCheckSpec(
+        HUB_IDENTIFIERS_HELD_BACK,
+        asset="customer_source_records",
+        description=(
+            "Hub identifiers kept from hard-linking on this run, by type: shared by units that disagree on who "
+            "they are (a household phone: counted, expected), or by more units than the per-type limit "
+            "(max_records_per_identifier); and blocking blocks more crowded than max_units_per_block that the "
+            "model paired nobody in (crowded_blocks, full runs). Warns when an identifier is over its limit or "
+            "a block is crowded: a default value flooding an export (a till's 'no customer' card, a shop's own "
+            "email) that the guards kept out of the customers, but that its source should stop sending. Counts "
+            "only."
+        ),
+    ),
+]
+
+
 #: The tables the identity step writes besides ``customer_source_records`` that other code reads, declared
 #: as assets of the same step so that the UI shows their lineage and row counts (``identity_runs`` and the
 #: incremental state are the step's own bookkeeping).
@@ -60,8 +87,11 @@ def _identity_table(name: str, description: str) -> dg.AssetSpec:
             "none (customer ids only).",
         ),
     ],
+    check_specs=IDENTITY_CHECKS,
 )
-def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) -> Iterator[dg.MaterializeResult]:
+def customer_source_records(
+    context: dg.AssetExecutionContext, store: CdpStore
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     from identity.resolve import resolve_identities
 
     with store.session() as con:
@@ -92,29 +122,17 @@ def customer_source_records(context: dg.AssetExecutionContext, store: CdpStore) 
     yield dg.MaterializeResult(asset_key=IDENTITY_EDGES, metadata={**run, ROW_COUNT: stats["identity_edges"]})
     changed = {"merged": stats["merged"], "split": stats["split"], "retired": stats["retired"]}
     yield dg.MaterializeResult(asset_key=CUSTOMER_ID_HISTORY, metadata={**run, **changed, ROW_COUNT: history})
+    yield no_outlier_customer_clusters(stats)
+    yield hub_identifiers_held_back(stats)
 
 
-def _latest_run_stats(store: CdpStore) -> dict:
-    from identity.resolve import last_run_stats
-
-    with store.session() as con:
-        return last_run_stats(con)
-
-
-@dg.asset_check(
-    asset="customer_source_records",
-    name=NO_OUTLIER_CUSTOMERS,
-    description=(
-        f"Customers that look over-merged: more than {OUTLIER_CRM_CONTACTS} CRM contacts, more than "
-        f"{OUTLIER_ACCOUNTS} online accounts or more than {OUTLIER_UNITS} units. Fails when they exceed "
-        f"{OUTLIER_SHARE_LIMIT:.1%} of multi-unit customers. Counts only."
-    ),
-)
-def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
-    stats = _latest_run_stats(store)
+def no_outlier_customer_clusters(stats: dict) -> dg.AssetCheckResult:
+    """The :data:`NO_OUTLIER_CUSTOMERS` check of an identity run, from its stats."""
     outliers = int(stats.get("outlier_customers", 0))
     multi = int(stats.get("multi_unit_customers", 0))
     return dg.AssetCheckResult(
+        asset_key=dg.AssetKey("customer_source_records"),
+        check_name=NO_OUTLIER_CUSTOMERS,
         passed=bool(stats) and outliers <= OUTLIER_SHARE_LIMIT * max(multi, 1),
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
@@ -125,20 +143,8 @@ def no_outlier_customer_clusters(store: CdpStore) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset="customer_source_records",
-    name=HUB_IDENTIFIERS_HELD_BACK,
-    description=(
-        "Hub identifiers kept from hard-linking on this run, by type: shared by units that disagree on who "
-        "they are (a household phone: counted, expected), or by more units than the per-type limit "
-        "(max_records_per_identifier); and blocking blocks more crowded than max_units_per_block that the "
-        "model paired nobody in (crowded_blocks, full runs). Warns when an identifier is over its limit or a "
-        "block is crowded: a default value flooding an export (a till's 'no customer' card, a shop's own "
-        "email) that the guards kept out of the customers, but that its source should stop sending. Counts only."
-    ),
-)
-def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
-    stats = _latest_run_stats(store)
+def hub_identifiers_held_back(stats: dict) -> dg.AssetCheckResult:
+    """The :data:`HUB_IDENTIFIERS_HELD_BACK` check of an identity run, from its stats."""
     metadata: dict[str, int] = {
         k: int(v)
         for k, v in stats.items()
@@ -148,5 +154,9 @@ def hub_identifiers_held_back(store: CdpStore) -> dg.AssetCheckResult:
     }
     floods = metadata.get("hub_keys_over_limit", 0) + metadata.get("crowded_blocks", 0)
     return dg.AssetCheckResult(
-        passed=bool(stats) and not floods, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
+        asset_key=dg.AssetKey("customer_source_records"),
+        check_name=HUB_IDENTIFIERS_HELD_BACK,
+        passed=bool(stats) and not floods,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
     )

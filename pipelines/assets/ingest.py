@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from cdp.store import SOURCES
-from pipelines.checks import expectations_check
+from pipelines.checks import expectations_result, expectations_spec
 from pipelines.resources import INBOX_REPORTED, ROW_COUNT, CdpStore, Inbox
 
 _PII = {
@@ -33,6 +33,7 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
             "`quarantine_reasons`; rows of erased subjects are suppressed, and `ingest_batches` counts both "
             "per file."
         ),
+        check_specs=[expectations_spec(f"raw_{source}", blocking=False)],
     )
     def _raw(context: dg.AssetExecutionContext, store: CdpStore, inbox: Inbox) -> dg.MaterializeResult:
         from cdp.ingest import Ingestor, inbox_notices
@@ -68,7 +69,8 @@ def raw_source_asset(source: str) -> dg.AssetsDefinition:
                 ROW_COUNT: total,
                 "errors": [b.error for b in new if b.error],
                 "inbox_notices": notices,
-            }
+            },
+            check_results=[expectations_result(store, f"raw_{source}", blocking=False)],
         )
 
     return _raw
@@ -94,6 +96,7 @@ raw_assets = [raw_source_asset(source) for source in SOURCES]
     group_name="staging",
     kinds={"duckdb"},
     deps=["raw_web", "raw_app", "raw_store", "raw_crm"],
+    check_specs=[expectations_spec("stg_records", blocking=True)],
 )
 def stg_records(store: CdpStore) -> dg.MaterializeResult:
     """Standardised web events, app events, store transactions and CRM contacts.
@@ -110,10 +113,18 @@ def stg_records(store: CdpStore) -> dg.MaterializeResult:
         counts = build_stg_records(con, store.default_region, incremental=not store.full_refresh)
         changed = con.execute("SELECT count(*) FROM stg_unit_changes WHERE unit_id <> '*'").fetchall()[0][0]
     rows = {f"rows_{k}": v for k, v in counts.items()}
-    return dg.MaterializeResult(metadata={**rows, ROW_COUNT: sum(counts.values()), "units_changed": changed})
+    return dg.MaterializeResult(
+        metadata={**rows, ROW_COUNT: sum(counts.values()), "units_changed": changed},
+        check_results=[expectations_result(store, "stg_records", blocking=True)],
+    )
 
 
-@dg.asset(group_name="staging", kinds={"duckdb"}, deps=["raw_consent"])
+@dg.asset(
+    group_name="staging",
+    kinds={"duckdb"},
+    deps=["raw_consent"],
+    check_specs=[expectations_spec("stg_consent", blocking=True)],
+)
 def stg_consent(store: CdpStore) -> dg.MaterializeResult:
     """Standardised consent events, subject identifiers normalised like `stg_records`.
 
@@ -124,8 +135,6 @@ def stg_consent(store: CdpStore) -> dg.MaterializeResult:
 
     with store.session() as con:
         rows = build_stg_consent(con, store.default_region, incremental=not store.full_refresh)
-    return dg.MaterializeResult(metadata={ROW_COUNT: rows})
-
-
-raw_checks = [expectations_check(f"raw_{source}", blocking=False) for source in SOURCES]
-staged_checks = [expectations_check(table, blocking=True) for table in ("stg_records", "stg_consent")]
+    return dg.MaterializeResult(
+        metadata={ROW_COUNT: rows}, check_results=[expectations_result(store, "stg_consent", blocking=True)]
+    )

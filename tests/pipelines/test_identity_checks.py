@@ -1,25 +1,10 @@
-"""The identity asset checks read the latest identity run's stats: what makes each pass or warn."""
+"""The identity step's checks, from the stats of the run it has just made: what makes each pass or warn."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from cdp.store import connect
-from identity.resolve import DDL
 from pipelines.assets import identity as checks
-from pipelines.resources import CdpStore
-
-
-def store_with_stats(tmp_path: Path, stats: dict) -> CdpStore:
-    con = connect(tmp_path / "cdp.duckdb")
-    for ddl in DDL:
-        con.execute(ddl)
-    con.execute("INSERT INTO identity_runs (run_id, finished_at, stats) VALUES ('r1', now(), ?)", [json.dumps(stats)])
-    con.close()
-    return CdpStore(db_path=str(tmp_path / "cdp.duckdb"), home=str(tmp_path / "home"))
 
 
 @pytest.mark.parametrize(
@@ -39,7 +24,16 @@ def store_with_stats(tmp_path: Path, stats: dict) -> CdpStore:
     ],
     ids=["households only", "an identifier over its limit", "crowded blocks"],
 )
-def test_hub_check_warns_when_a_default_value_floods_not_for_households(tmp_path: Path, stats: dict, passed: bool):
-    result = checks.hub_identifiers_held_back(store_with_stats(tmp_path, stats))
+def test_hub_check_warns_when_a_default_value_floods_not_for_households(stats: dict, passed: bool):
+    result = checks.hub_identifiers_held_back(stats)
     assert result.passed is passed
     assert result.metadata["hub_keys_conflict"].value == stats["hub_keys_conflict"]
+
+
+@pytest.mark.parametrize(
+    ("outliers", "multi", "passed"), [(0, 5000, True), (5, 5000, True), (6, 5000, False)], ids=["none", "at", "over"]
+)
+def test_outlier_check_warns_above_a_share_of_multi_unit_customers(outliers: int, multi: int, passed: bool):
+    result = checks.no_outlier_customer_clusters({"outlier_customers": outliers, "multi_unit_customers": multi})
+    assert result.passed is passed and result.severity == checks.dg.AssetCheckSeverity.WARN
+    assert result.metadata["outlier_customers"].value == outliers

@@ -173,3 +173,31 @@ def test_strict_exits_3_when_the_run_left_something_unread_or_a_warning_check_fa
     assert "--strict: 1 file(s) rejected, 1 warning-level check(s) failed, 1 thing(s) in the inbox not read" in last
     without = CliRunner().invoke(app, args[:-1])  # the same run without --strict: exit 0
     assert without.exit_code == 0, without.output
+
+
+def test_a_failed_staged_suite_stops_the_run_in_its_step_and_is_validated_again_next_run(tmp_path, monkeypatch):
+    """The staged suite is blocking and evaluated in the step that stages (pipelines.checks): when it fails,
+    identity and everything after it do not run, and the batch is validated again by the next run."""
+    import cdp.quality
+    from cdp.quality import SUITES, Expect
+
+    monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
+    inbox = tmp_path / "inbox"
+    (inbox / "crm").mkdir(parents=True)
+    (inbox / "crm" / "crm-1.csv").write_text("crm_id,first_name,email\nC1,Ann,ann@x.com\nC2,Bob,bob@x.com\n")
+    strict = [*SUITES["stg_records"], Expect("ExpectColumnValuesToBeInSet", {"column": "source", "value_set": ["web"]})]
+    monkeypatch.setitem(cdp.quality.SUITES, "stg_records", strict)
+    args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")]
+    first = CliRunner().invoke(app, args)
+    out = " ".join(first.output.split())
+    assert first.exit_code == 1, first.output
+    assert "check stg_records.staged_expectations_pass FAILED" in out
+    assert "expect_column_values_to_be_in_set(source): 2 unexpected" in out
+    assert "✗ stg_records FAILED" in out and "customer_source_records ok" not in out
+    assert "customer_source_records: Dependencies for step customer_source_records failed: ['stg_records']" in out
+    assert "error: step stg_records failed: blocking check stg_records.staged_expectations_pass failed" in out
+    monkeypatch.setitem(cdp.quality.SUITES, "stg_records", strict[:-1])
+    again = CliRunner().invoke(app, args)
+    out = " ".join(again.output.split())
+    assert again.exit_code == 0, again.output
+    assert "check stg_records.staged_expectations_pass passed" in out and "customer_source_records ok" in out
