@@ -310,10 +310,11 @@ def _stage(
         if _basis(con, "phone_map") != fingerprint:  # spellings read under other rules, or another region
             con.execute("DROP TABLE IF EXISTS phone_map")
         build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
-        con.execute(
-            "INSERT OR REPLACE INTO staging_basis VALUES (?, ?), ('phone_map', ?)", [table, fingerprint, fingerprint]
-        )
-        if not incremental:
+        if not incremental:  # (an incremental run's table and phone map have this basis already)
+            con.execute(
+                "INSERT OR REPLACE INTO staging_basis VALUES (?, ?), ('phone_map', ?)",
+                [table, fingerprint, fingerprint],
+            )
             create_table_as(con, table, full_sql, uncompressed=lookups)
             forget_batches(con, "staged_batches", table)
             batches = batches_not_in(con, "staged_batches", table, raws)  # every batch, staged anew
