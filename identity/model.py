@@ -678,17 +678,25 @@ def candidate_filter(rules: tuple[str, ...] = tuple(PREDICTION_BLOCKING)) -> str
     under one of ``rules``, in either role: every unit a rule can pair with a changed unit, and every unit
     counted in the size of that pair's block (:func:`crowd_sql`). A rule's equality conjuncts must all hold
     for one probe unit, so the unit's side of them is in the probe units' side of them (a tuple ``IN``). A
-    rule without such a conjunct makes every unit a candidate."""
-    found: dict[str, None] = {}
+    rule without such a conjunct makes every unit a candidate.
+
+    The terms are grouped by the unit's side: one ``IN`` for each of its keys, over the probe units' sides
+    it meets (a key of first and last name meets both the same key and the swapped one of the probe units).
+    The unit's key is hashed once, not once per term: eight terms instead of fourteen, over every person
+    unit, took 29 ms against 40 ms on the 1M bench."""
+    found: dict[tuple[str, str], dict[str, None]] = {}
     for key in block_keys(rules):
         if key is None:
             return "true"
         for mine in (0, 1):
             for theirs in (0, 1):
                 # NULL never satisfies a blocking rule, but inside a struct DuckDB compares NULLs as equal
-                probe = f"SELECT {key.sql(theirs, 'c')} FROM _block_probe c"
-                found[f"({key.present(mine, 'p')} AND {key.sql(mine, 'p')} IN ({probe}))"] = None
-    return "(" + " OR ".join(found) + ")"
+                probes = found.setdefault((key.present(mine, "p"), key.sql(mine, "p")), {})
+                probes[f"SELECT {key.sql(theirs, 'c')} FROM _block_probe c"] = None
+    terms = [
+        f"({present} AND {hashed} IN ({' UNION ALL '.join(probes)}))" for (present, hashed), probes in found.items()
+    ]
+    return "(" + " OR ".join(terms) + ")"
 
 
 @functools.cache
