@@ -40,6 +40,7 @@ import duckdb
 from cdp.store import UNCOMPRESSED, code_digest, table_exists, transaction
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
+from identity.changes import UNIT_CUSTOMERS, unit_customers_of
 from identity.standardise import EARLIEST_PLAUSIBLE_TIME
 
 # The columns updates look rows up by are stored plain (cdp.store.UNCOMPRESSED), here and in BASIS_DDL. A full
@@ -71,27 +72,23 @@ def loose_email(col: str) -> str:
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
-def _ids_sql(loose: bool, links: str = "customer_source_records") -> str:
+def _ids_sql(loose: bool, links: str = UNIT_CUSTOMERS) -> str:
     """``(customer_id, kind, value)`` of every identifier value the customers' records carry, with the loose
     email key of each of their emails (kind ``email_loose``) when loose withdrawals apply; ``links`` (a temp
-    table of this module: some rows of ``customer_source_records``) restricts them to some customers'. One
-    pass over ``stg_records`` (NULL values are left out)."""
+    table of this module: some rows of :data:`~identity.changes.UNIT_CUSTOMERS`) restricts them to some
+    customers'. One pass over ``stg_records`` (NULL values are left out)."""
     extra = f", {loose_email('r.email')} AS email_loose" if loose else ""
     kinds = _IDS + (", email_loose" if loose else "")
     return f"""
     SELECT DISTINCT customer_id, kind, value FROM (
         UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}{extra}
-                 FROM stg_records r JOIN {links} l USING (source, source_record_id))
+                 FROM stg_records r JOIN {links} l USING (unit_id))
         ON {kinds} INTO NAME kind VALUE value)"""
 
 
 def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None:
-    """Temp table ``into``: the ``customer_source_records`` rows of the customers in temp table ``customers``."""
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE {into} AS
-            SELECT source, source_record_id, customer_id FROM customer_source_records
-            SEMI JOIN {customers} USING (customer_id)"""
-    )
+    """Temp table ``into``: the units (``unit_id``, ``customer_id``) of the customers in temp table ``customers``."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {unit_customers_of(customers)}")
 
 
 def in_force(alias: str = "") -> str:

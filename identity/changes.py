@@ -22,6 +22,19 @@ import duckdb
 
 from cdp.store import table_exists
 
+#: Which customer each identity unit belongs to. Every record of a unit is the unit's customer's (identity
+#: assigns units, not records), so the profiles and the consent state join ``stg_records`` to this by
+#: ``unit_id`` alone, a column stored plain: for 4,463 customers' 31,358 records of the 1M bench, 12 ms
+#: against 20 ms by source and source_record_id.
+UNIT_CUSTOMERS = "(SELECT DISTINCT unit_id, customer_id FROM customer_source_records)"
+
+
+def unit_customers_of(customers: str) -> str:
+    """:data:`UNIT_CUSTOMERS` of the customers in table ``customers`` (a ``customer_id`` column)."""
+    return f"""(SELECT DISTINCT unit_id, customer_id FROM customer_source_records
+                WHERE customer_id IN (SELECT customer_id FROM {customers}))"""
+
+
 #: ``customer_id`` of the row a full rebuild writes: every customer may have changed.
 EVERYONE = "*"
 

@@ -46,6 +46,7 @@ import pandas as pd
 
 from cdp.config import Settings
 from cdp.store import code_digest, create_table_as, table_exists, transaction
+from identity.changes import UNIT_CUSTOMERS, unit_customers_of
 from identity.graph import install_macros
 from identity.standardise import sql_plausible_time
 
@@ -109,13 +110,13 @@ _PLACEHOLDER_CHECKS = {
 
 def _profile_sql(
     fields: dict[str, str],
-    links: str = "customer_source_records",
+    links: str = UNIT_CUSTOMERS,
     created: bool = False,
     arrived: bool = False,
     currency: str = "GBP",
     rates: dict[str, float] | None = None,
 ) -> str:
-    """The profiles of the customers in ``links`` (``customer_source_records`` or a subset of its rows).
+    """The profiles of the customers in ``links`` (:data:`~identity.changes.UNIT_CUSTOMERS` or some of its rows).
     With ``created`` (``raw_crm`` exists), a CRM contact counts as seen when it was created: its
     ``record_time`` is its last update, which a back-office edit moves and which is no sign of the customer.
     Spend is in ``currency``; an amount in another currency counts through ``rates`` (units of ``currency``
@@ -179,7 +180,7 @@ def _profile_sql(
                coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank, {seen},
                CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
         FROM stg_records r
-        JOIN {links} l USING (source, source_record_id)
+        JOIN {links} l USING (unit_id)
         LEFT JOIN _phone_kinds k USING (phone_e164)
         {created_join}
         {arrived_join}
@@ -258,7 +259,7 @@ def phone_kinds(phones: list[str]) -> pd.DataFrame:
 def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
     """``_phone_kinds`` for the phones of the records in ``links`` only (not every phone in ``stg_records``)."""
     rows = con.execute(
-        f"""SELECT DISTINCT r.phone_e164 FROM stg_records r JOIN {links} l USING (source, source_record_id)
+        f"""SELECT DISTINCT r.phone_e164 FROM stg_records r JOIN {links} l USING (unit_id)
             WHERE r.phone_e164 IS NOT NULL"""
     ).fetchall()
     con.register("_phone_kinds", phone_kinds([r[0] for r in rows]))
@@ -324,7 +325,7 @@ def build_customer_profiles(
             raise ValueError(f"not a table name: {customers!r}")
         if not profiles_current(con, settings):
             raise ValueError("customer_profiles is missing or was built otherwise; rebuild it in full")
-    links = "customer_source_records" if customers is None else "_profile_links"
+    links = UNIT_CUSTOMERS if customers is None else "_profile_links"
     params = [list(settings.survivorship)]
     registered = False
     try:
@@ -333,11 +334,7 @@ def build_customer_profiles(
                 f"""CREATE OR REPLACE TEMP TABLE _profile_customers AS
                     SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
             )
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE _profile_links AS
-                   SELECT source, source_record_id, customer_id FROM customer_source_records
-                   WHERE customer_id IN (SELECT customer_id FROM _profile_customers)"""
-            )
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _profile_links AS {unit_customers_of('_profile_customers')}")
         _register_phone_kinds(con, links)
         registered = True
         install_macros(con)  # cdp_is_placeholder

@@ -14,12 +14,19 @@ from identity.profiles import build_customer_profiles
 
 
 def add_record(con: duckdb.DuckDBPyConnection, customer_id: str, source: str, rid: str, when: str, **values):
-    row = {"source": source, "source_record_id": rid, "record_time": datetime.fromisoformat(when), **values}
+    unit = f"{source}:{rid}"  # one record a unit, of the record's customer (as identity assigns units)
+    row = {
+        "source": source,
+        "source_record_id": rid,
+        "unit_id": unit,
+        "record_time": datetime.fromisoformat(when),
+        **values,
+    }
     cols = ", ".join(row)
     con.execute(f"INSERT INTO stg_records ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     con.execute(
         "INSERT INTO customer_source_records VALUES (?, ?, ?, ?)",
-        [source, rid, customer_id, f"{source}:{rid}"],
+        [source, rid, customer_id, unit],
     )
 
 
