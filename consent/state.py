@@ -40,7 +40,7 @@ import duckdb
 from cdp.store import UNCOMPRESSED, code_digest, table_exists, transaction
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
-from identity.changes import UNIT_CUSTOMERS, unit_customers_of
+from identity.changes import ALL_RECORDS, changed_records
 from identity.standardise import EARLIEST_PLAUSIBLE_TIME
 
 # The columns updates look rows up by are stored plain (cdp.store.UNCOMPRESSED), here and in BASIS_DDL. A full
@@ -72,23 +72,17 @@ def loose_email(col: str) -> str:
     return f"(nullif({local}, '') || '@' || nullif({domain}, ''))"
 
 
-def _ids_sql(loose: bool, links: str = UNIT_CUSTOMERS) -> str:
+def _ids_sql(loose: bool, records: str = ALL_RECORDS) -> str:
     """``(customer_id, kind, value)`` of every identifier value the customers' records carry, with the loose
-    email key of each of their emails (kind ``email_loose``) when loose withdrawals apply; ``links`` (a temp
-    table of this module: some rows of :data:`~identity.changes.UNIT_CUSTOMERS`) restricts them to some
-    customers'. One pass over ``stg_records`` (NULL values are left out)."""
+    email key of each of their emails (kind ``email_loose``) when loose withdrawals apply; ``records`` (some
+    rows of :data:`~identity.changes.ALL_RECORDS`: :func:`~identity.changes.changed_records`) restricts them
+    to some customers'. One pass over the records (NULL values are left out)."""
     extra = f", {loose_email('r.email')} AS email_loose" if loose else ""
     kinds = _IDS + (", email_loose" if loose else "")
     return f"""
     SELECT DISTINCT customer_id, kind, value FROM (
-        UNPIVOT (SELECT l.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}{extra}
-                 FROM stg_records r JOIN {links} l USING (unit_id))
+        UNPIVOT (SELECT r.customer_id, {", ".join(f"r.{c}" for c in EVENT_IDENTIFIERS)}{extra} FROM {records} r)
         ON {kinds} INTO NAME kind VALUE value)"""
-
-
-def _links_of(con: duckdb.DuckDBPyConnection, customers: str, into: str) -> None:
-    """Temp table ``into``: the units (``unit_id``, ``customer_id``) of the customers in temp table ``customers``."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {into} AS {unit_customers_of(customers)}")
 
 
 def in_force(alias: str = "") -> str:
@@ -263,6 +257,7 @@ def build_consent_state(
     as_of: datetime | None = None,
     customers: str | None = None,
     *,
+    records: str | None = None,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> dict[str, int]:
     """Rebuild ``consent_state`` from the whole ledger, or update it for the customers it may have changed for.
@@ -273,8 +268,9 @@ def build_consent_state(
     value the event names), and every customer reached by a ledger event appended since or dated between
     the last ``as_of`` and this one. Another carrier of a changed customer's value that no event names is
     left alone: a value's carriers only count through the events naming it. The result equals a full
-    rebuild's (``computed_at`` aside: untouched rows keep theirs). ``before_commit`` runs inside the
-    transaction, just before it commits.
+    rebuild's (``computed_at`` aside: untouched rows keep theirs). ``records``: a temp table holding those
+    customers' staged records (:func:`identity.changes.records_of_run`), else they are read here.
+    ``before_commit`` runs inside the transaction, just before it commits.
 
     Returns counts only, no personal data. ``granted`` / ``withdrawn``: state rows by status; ``events``:
     ledger size. A full rebuild adds ``unmatched_events`` (events in force that reach no known customer yet,
@@ -285,8 +281,9 @@ def build_consent_state(
     ensure_ledger(con)
     ensure_state(con)
     if customers is not None:
-        if not _TABLE_NAME.fullmatch(customers):
-            raise ValueError(f"not a table name: {customers!r}")
+        for name in (customers, records or customers):
+            if not _TABLE_NAME.fullmatch(name):
+                raise ValueError(f"not a table name: {name!r}")
         if not state_current(con):
             raise ValueError("consent_state has no basis for an update; rebuild it in full")
     as_of = as_of or datetime.now(UTC).replace(tzinfo=None)  # the store's times are UTC, whatever the machine's zone
@@ -297,7 +294,10 @@ def build_consent_state(
         with transaction(con):
             for ddl in BASIS_DDL:
                 con.execute(ddl)
-            counts = _rebuild(con, params, loose) if customers is None else _update(con, params, loose, customers)
+            if customers is None:
+                counts = _rebuild(con, params, loose)
+            else:
+                counts = _update(con, params, loose, customers, records)
             con.execute("DELETE FROM consent_state_basis")
             if counts.get("linked", 1):  # with no customers yet, no basis either: the next computation is full
                 con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",
@@ -393,7 +393,7 @@ def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
 #: Temp tables of this module, dropped after every computation.
 _TEMPS = (
     "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",
-    "_cs_seeds", "_cs_affected", "_cs_affected_ids", "_cs_changed_links",
+    "_cs_seeds", "_cs_affected", "_cs_affected_ids", "_cs_changed_records",
     "_cs_events", "_cs_ledger", "_cs_values", "_cs_reach", "_cs_loose", "_cs_state",
 )  # fmt: skip
 
@@ -428,7 +428,9 @@ def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose:
     return {"reached": int(reached), "ambiguous": int(ambiguous)}
 
 
-def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool, customers: str) -> dict[str, int]:
+def _update(
+    con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool, customers: str, records: str | None
+) -> dict[str, int]:
     """The state of the customers it may have changed for (see :func:`build_consent_state`). In the caller's
     transaction. First who is affected, through buckets (a superset), then their state, through values."""
     window = {**params, "prev": con.execute("SELECT as_of FROM consent_state_basis").fetchall()[0][0]}
@@ -447,8 +449,8 @@ def _update(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: 
                    WHERE {in_force()} > least($prev, $as_of) AND {in_force()} <= greatest($prev, $as_of))"""
     if con.execute(quiet, window).fetchall()[0][0]:
         return {"customers": 0}
-    _links_of(con, "_cs_changed", "_cs_changed_links")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_changed_ids AS {_ids_sql(loose, '_cs_changed_links')}")
+    records = records or changed_records(con, "_cs_changed", "_cs_changed_records")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_changed_ids AS {_ids_sql(loose, records)}")
     # The buckets of every value a changed customer holds now or held at the last computation.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_buckets AS

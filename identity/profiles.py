@@ -46,7 +46,7 @@ import pandas as pd
 
 from cdp.config import Settings
 from cdp.store import code_digest, create_table_as, table_exists, transaction
-from identity.changes import UNIT_CUSTOMERS, unit_customers_of
+from identity.changes import ALL_RECORDS, changed_records
 from identity.graph import install_macros
 from identity.standardise import sql_plausible_time
 
@@ -110,13 +110,14 @@ _PLACEHOLDER_CHECKS = {
 
 def _profile_sql(
     fields: dict[str, str],
-    links: str = UNIT_CUSTOMERS,
+    records: str = ALL_RECORDS,
     created: bool = False,
     arrived: bool = False,
     currency: str = "GBP",
     rates: dict[str, float] | None = None,
 ) -> str:
-    """The profiles of the customers in ``links`` (:data:`~identity.changes.UNIT_CUSTOMERS` or some of its rows).
+    """The profiles of the customers whose records are ``records`` (:data:`~identity.changes.ALL_RECORDS`, or
+    some customers' rows of it: :func:`~identity.changes.changed_records`).
     With ``created`` (``raw_crm`` exists), a CRM contact counts as seen when it was created: its
     ``record_time`` is its last update, which a back-office edit moves and which is no sign of the customer.
     Spend is in ``currency``; an amount in another currency counts through ``rates`` (units of ``currency``
@@ -176,11 +177,10 @@ def _profile_sql(
     in_currency = f"CASE {written} WHEN '{currency}' THEN amount {converted} END"
     return f"""
     WITH linked AS (
-        SELECT r.*, l.customer_id, {"rc.created_at," if created else ""}
+        SELECT r.*, {"rc.created_at," if created else ""}
                coalesce(list_position(?::VARCHAR[], r.source), 1000) AS source_rank, {seen},
                CASE WHEN k.mobile THEN r.phone_e164 END AS mobile_e164
-        FROM stg_records r
-        JOIN {links} l USING (unit_id)
+        FROM {records} r
         LEFT JOIN _phone_kinds k USING (phone_e164)
         {created_join}
         {arrived_join}
@@ -256,10 +256,10 @@ def phone_kinds(phones: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"phone_e164": pd.Series(phones, dtype="string"), "mobile": flags})
 
 
-def _register_phone_kinds(con: duckdb.DuckDBPyConnection, links: str) -> None:
-    """``_phone_kinds`` for the phones of the records in ``links`` only (not every phone in ``stg_records``)."""
+def _register_phone_kinds(con: duckdb.DuckDBPyConnection, records: str) -> None:
+    """``_phone_kinds`` for the phones of ``records`` only (not every phone in ``stg_records``)."""
     rows = con.execute(
-        f"""SELECT DISTINCT r.phone_e164 FROM stg_records r JOIN {links} l USING (unit_id)
+        f"""SELECT DISTINCT r.phone_e164 FROM {records} r
             WHERE r.phone_e164 IS NOT NULL"""
     ).fetchall()
     con.register("_phone_kinds", phone_kinds([r[0] for r in rows]))
@@ -308,6 +308,7 @@ def build_customer_profiles(
     settings: Settings,
     customers: str | None = None,
     *,
+    records: str | None = None,
     before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> dict[str, int]:
     """(Re)build ``customer_profiles`` from ``stg_records`` and ``customer_source_records``.
@@ -315,17 +316,20 @@ def build_customer_profiles(
     ``customers``: the name of a table with a ``customer_id`` column (``_changed_customers``). Given, only
     those customers' profiles are deleted and recomputed (those left without records stay deleted), from
     their own records; the table must be :func:`profiles_current`. ``None``: every profile is rebuilt.
-    ``before_commit`` runs inside the same transaction, just before it commits (to mark a change consumer).
+    ``records``: a temp table holding those customers' staged records (:func:`identity.changes.records_of_run`),
+    else they are read here. ``before_commit`` runs inside the same transaction, just before it commits (to
+    mark a change consumer).
 
     Returns counts only (no personal data): profiles in the table and the source records they draw on, and
     with ``customers`` also ``customers_recomputed`` (the size of that set).
     """
     if customers is not None:
-        if not _TABLE_NAME.fullmatch(customers):
-            raise ValueError(f"not a table name: {customers!r}")
+        for name in (customers, records or customers):
+            if not _TABLE_NAME.fullmatch(name):
+                raise ValueError(f"not a table name: {name!r}")
         if not profiles_current(con, settings):
             raise ValueError("customer_profiles is missing or was built otherwise; rebuild it in full")
-    links = UNIT_CUSTOMERS if customers is None else "_profile_links"
+    read = ALL_RECORDS
     params = [list(settings.survivorship)]
     registered = False
     try:
@@ -334,13 +338,13 @@ def build_customer_profiles(
                 f"""CREATE OR REPLACE TEMP TABLE _profile_customers AS
                     SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
             )
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _profile_links AS {unit_customers_of('_profile_customers')}")
-        _register_phone_kinds(con, links)
+            read = records or changed_records(con, "_profile_customers", "_profile_records")
+        _register_phone_kinds(con, read)
         registered = True
         install_macros(con)  # cdp_is_placeholder
         sql = _profile_sql(
             SURVIVING_FIELDS,
-            links,
+            read,
             created=table_exists(con, "raw_crm"),
             arrived=table_exists(con, "ingest_batches"),
             currency=settings.currency,
@@ -367,8 +371,8 @@ def build_customer_profiles(
     finally:
         if registered:
             con.unregister("_phone_kinds")
-        con.execute("DROP TABLE IF EXISTS _profile_links")
         con.execute("DROP TABLE IF EXISTS _profile_customers")
+        con.execute("DROP TABLE IF EXISTS _profile_records")
     profiles, records = con.execute(
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]

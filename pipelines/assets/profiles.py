@@ -42,7 +42,7 @@ def _count(store: CdpStore, sql: str) -> int:
     ),
 )
 def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
-    from identity.changes import mark_consumed, pending_customers
+    from identity.changes import mark_consumed, pending_customers, records_of_run
     from identity.profiles import build_customer_profiles, profiles_current
 
     with store.session() as con:
@@ -51,6 +51,7 @@ def customer_profiles(context: dg.AssetExecutionContext, store: CdpStore) -> dg.
             con,
             store.settings,
             None if full else "_changed_customers",
+            records=None if full else records_of_run(con, "_changed_customers"),  # read once a run, see there
             before_commit=lambda c: mark_consumed(c, "customer_profiles"),
         )
     mode = "full" if full else "incremental"
@@ -105,13 +106,14 @@ def consent_events(context: dg.AssetExecutionContext, store: CdpStore) -> dg.Mat
 )
 def consent_state(context: dg.AssetExecutionContext, store: CdpStore) -> dg.MaterializeResult:
     from consent.state import build_consent_state, state_current
-    from identity.changes import mark_consumed, pending_customers
+    from identity.changes import mark_consumed, pending_customers, records_of_run
 
     with store.session() as con:
         full = pending_customers(con, "consent_state") or not state_current(con)
         counts = build_consent_state(
             con,
             customers=None if full else "_changed_customers",
+            records=None if full else records_of_run(con, "_changed_customers"),  # read once a run, see there
             before_commit=lambda c: mark_consumed(c, "consent_state"),
         )
         if full:  # a full rebuild recomputes every customer with records

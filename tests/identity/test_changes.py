@@ -57,3 +57,45 @@ def test_a_full_run_or_an_invalidation_makes_every_consumer_rebuild(con) -> None
     changes.invalidate(con)
     assert changes.invalidated(con)
     assert _pending(con, "profiles") == (True, set())
+
+
+def _records(con: duckdb.DuckDBPyConnection, staging_ddl: dict[str, str]) -> None:
+    """Three customers' staged records, each unit one record of its customer, as identity assigns them."""
+    con.execute(staging_ddl["stg_records"])
+    for rid, customer in (("t1", "cus_1"), ("t2", "cus_1"), ("t3", "cus_2"), ("t4", "cus_3")):
+        con.execute("INSERT INTO stg_records (source, source_record_id, unit_id) VALUES ('store', ?, ?)", [rid, rid])
+        con.execute("INSERT INTO customer_source_records VALUES ('store', ?, ?, ?)", [rid, customer, rid])
+
+
+def _customers(con: duckdb.DuckDBPyConnection, *ids: str) -> None:
+    con.execute("CREATE OR REPLACE TEMP TABLE _changed_customers AS SELECT unnest(?::VARCHAR[]) AS customer_id", [ids])
+
+
+def test_a_runs_consumers_read_the_changed_customers_records_once(con, staging_ddl, monkeypatch) -> None:
+    _records(con, staging_ddl)
+    _run(con, "r1", 1, ["cus_1", "cus_2"])
+    copies: list[str] = []
+    copy = changes.changed_records
+    monkeypatch.setattr(changes, "changed_records", lambda *a: copies.append(a[1]) or copy(*a))
+    _customers(con, "cus_2", "cus_1")
+    table = changes.records_of_run(con, "_changed_customers")
+    rows = con.execute(f"SELECT customer_id, source_record_id FROM {table} ORDER BY 2").fetchall()
+    assert rows == [("cus_1", "t1"), ("cus_1", "t2"), ("cus_2", "t3")]
+    _customers(con, "cus_1", "cus_2", "cus_1")  # the second consumer: the same customers, the same run
+    assert changes.records_of_run(con, "_changed_customers") == table and len(copies) == 1
+    _customers(con, "cus_3")  # other customers: read again
+    assert con.execute(f"SELECT customer_id FROM {changes.records_of_run(con, '_changed_customers')}").fetchall() == [
+        ("cus_3",)
+    ]
+    _run(con, "r2", 2, ["cus_3"])  # the same customers after another identity run: read again
+    changes.records_of_run(con, "_changed_customers")
+    assert len(copies) == 3
+
+
+def test_no_changed_customer_reads_no_record(con, staging_ddl) -> None:
+    _records(con, staging_ddl)
+    _run(con, "r1", 1, [])
+    _customers(con)
+    table = changes.records_of_run(con, "_changed_customers")
+    assert con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] == 0
+    assert "customer_id" in {c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {table})").fetchall()}
