@@ -373,10 +373,10 @@ def build_customer_profiles(
             con.unregister("_phone_kinds")
         con.execute("DROP TABLE IF EXISTS _profile_customers")
         con.execute("DROP TABLE IF EXISTS _profile_records")
-    profiles, records = con.execute(
+    profiles, linked = con.execute(
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]
-    counts = {"profiles": int(profiles), "records": int(records)}
+    counts = {"profiles": int(profiles), "records": int(linked)}
     if recomputed is not None:
         counts["customers_recomputed"] = recomputed
     return counts
