@@ -180,6 +180,7 @@ def test_a_failed_staged_suite_stops_the_run_in_its_step_and_is_validated_again_
     identity and everything after it do not run, and the batch is validated again by the next run."""
     import cdp.quality
     from cdp.quality import SUITES, Expect
+    from cdp.store import connect
 
     monkeypatch.setenv("CDP_HOME", str(tmp_path / "home"))
     inbox = tmp_path / "inbox"
@@ -188,6 +189,15 @@ def test_a_failed_staged_suite_stops_the_run_in_its_step_and_is_validated_again_
     strict = [*SUITES["stg_records"], Expect("ExpectColumnValuesToBeInSet", {"column": "source", "value_set": ["web"]})]
     monkeypatch.setitem(cdp.quality.SUITES, "stg_records", strict)
     args = ["run", "--inbox", str(inbox), "--db", str(tmp_path / "cdp.duckdb")]
+
+    def validated() -> int:
+        con = connect(tmp_path / "cdp.duckdb", read_only=True)
+        try:
+            sql = "SELECT count(*) FROM validated_batches WHERE table_name = 'stg_records'"
+            return int(con.execute(sql).fetchall()[0][0])
+        finally:
+            con.close()
+
     first = CliRunner().invoke(app, args)
     out = " ".join(first.output.split())
     assert first.exit_code == 1, first.output
@@ -196,8 +206,10 @@ def test_a_failed_staged_suite_stops_the_run_in_its_step_and_is_validated_again_
     assert "✗ stg_records FAILED" in out and "customer_source_records ok" not in out
     assert "customer_source_records: Dependencies for step customer_source_records failed: ['stg_records']" in out
     assert "error: step stg_records failed: blocking check stg_records.staged_expectations_pass failed" in out
+    assert validated() == 0  # the failed batch is not taken as validated
     monkeypatch.setitem(cdp.quality.SUITES, "stg_records", strict[:-1])
     again = CliRunner().invoke(app, args)
     out = " ".join(again.output.split())
     assert again.exit_code == 0, again.output
     assert "check stg_records.staged_expectations_pass passed" in out and "customer_source_records ok" in out
+    assert validated() == 1  # validated by this run, not passed over as already seen
