@@ -149,6 +149,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # guarded by Dagster's own _db_lock
+        self._tables_found: set[str] = set()  # see has_table
         super().__init__(base_dir or default_base_dir(), inst_data=inst_data)
         _LIVE.add(self)
 
@@ -207,6 +208,21 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    def has_table(self, table_name: str) -> bool:
+        """As Dagster's (whether the index shard has the table), remembering a table once found.
+
+        Dagster's opens an engine and a connection to the index shard to read its schema at every call, and
+        calls it for every asset event and check evaluation it stores: about 60 calls and 75 ms of the 1M
+        bench's incremental run. A table found stays (migrations add tables, none drops one; :meth:`wipe`
+        deletes the files and forgets them); a table not found is looked for again, since ``dagster instance
+        migrate`` in another process may add it."""
+        if table_name in self._tables_found:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables_found.add(table_name)
+        return found
+
     def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
         """As Dagster's, with a watchdog that the shard's write-ahead log wakes too (see :class:`_RunWatchdog`)."""
         observer: Any = self._obs  # Dagster declares it None until the first watch
@@ -231,6 +247,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def wipe(self) -> None:
         self._dispose_engines()  # the run shards' files are deleted
+        self._tables_found.clear()
         super().wipe()
 
     def dispose(self) -> None:

@@ -157,3 +157,22 @@ def test_a_running_runs_events_reach_a_watcher_as_they_are_written(tmp_path):
         assert Path(f"{log.path_for_shard('r1')}-wal").exists()  # the commits are in the write-ahead log
     finally:
         log.dispose()
+
+
+def test_a_table_found_is_remembered_and_one_missing_is_looked_for_again(tmp_path, monkeypatch):
+    events = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    looked: list[str] = []
+    dagsters = storage.SqliteEventLogStorage.has_table
+    monkeypatch.setattr(
+        storage.SqliteEventLogStorage, "has_table", lambda self, name: looked.append(name) or dagsters(self, name)
+    )
+    try:
+        assert events.has_table("asset_check_executions") and events.has_table("asset_check_executions")
+        assert looked == ["asset_check_executions"]  # read from the index shard once
+        assert not events.has_table("added_later") and not events.has_table("added_later")
+        assert looked.count("added_later") == 2
+        with sqlite3.connect(tmp_path / "runs" / "index.db") as db:  # a migration in another process adds it
+            db.execute("CREATE TABLE added_later (x INTEGER)")
+        assert events.has_table("added_later")
+    finally:
+        events.dispose()
