@@ -244,7 +244,7 @@ def _restage_keys(
 ) -> None:
     """Re-stage every key that a row of ``batches`` carries: its staged row is deleted and chosen anew
     among all its versions. One DELETE for every source (a pass over the staged table: one a source took
-    160 ms against 85 ms for a 1% batch of the 1M bench), then an INSERT from each source's raw table."""
+    160 ms against 85 ms for a 1% batch of the 1M bench), then one INSERT from every source's raw table."""
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _restage AS "
         + " UNION ALL ".join(
@@ -265,9 +265,13 @@ def _restage_keys(
         # for this SELECT and a plain DELETE).
         con.execute(f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM {table} WHERE {restaged}")
     con.execute(f"DELETE FROM {table} WHERE {restaged}")
-    for staged in sources:
-        mine = f"{staged.key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {_literal(staged.source)})"
-        _noting_units(con, table, f"INSERT INTO {table} BY NAME {staged.select(mine)}")
+    # One INSERT for every source (each reading its raw table for its own keys): 199 against 217 ms for four on
+    # the 1M bench's 1% batch.
+    mine = "{key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {source})"
+    selects = " UNION ALL BY NAME ".join(
+        f"({staged.select(mine.format(key=staged.key, source=_literal(staged.source)))})" for staged in sources
+    )
+    _noting_units(con, table, f"INSERT INTO {table} BY NAME {selects}")
 
 
 def _noting_units(con: duckdb.DuckDBPyConnection, table: str, dml: str) -> None:
