@@ -72,3 +72,36 @@ def test_changed_unit_rules_find_the_pairs_of_a_changed_unit_once_whatever_the_r
     expected = pairs([f"({rule}) AND (l._changed OR r._changed)" for rule in rules])
     assert pairs(split) == expected
     assert ("a", "c") in expected and ("a", "d") in expected and ("b", "f") not in expected  # b, f unchanged
+
+
+def test_a_session_opened_in_the_background_scores_the_rows_it_is_given_and_reports_its_failures(tmp_path):
+    """predict_changed_pairs opens its Splink session on a thread while it computes the frame; the rows come
+    after, and a failure on that thread is raised where the session is taken, not lost with the thread."""
+    import duckdb
+    import pyarrow as pa
+    import pytest
+
+    from identity.model import _prepare, _SessionInBackground
+
+    model = _prepare(MODEL_PATH, 0, 0.001)
+    columns = [("unit_id", "VARCHAR"), ("first_name", "VARCHAR"), ("_changed", "BOOLEAN")]
+    opening = _SessionInBackground(str(tmp_path), model, columns, threads=1, memory_limit="1GB")
+    frame = pa.table({"first_name": ["ann", "bo"], "unit_id": ["u1", "u2"], "_changed": [True, False]})
+    session = opening.load(frame)
+    try:
+        assert session.n_units == 2
+        assert session.con.execute("SELECT unit_id, _changed FROM person_units ORDER BY 1").fetchall() == [
+            ("u1", True), ("u2", False),
+        ]  # fmt: skip
+        assert session.linker._settings_obj._probability_two_random_records_match == 0.001
+    finally:
+        session.close()
+
+    failing = _SessionInBackground(str(tmp_path), model, columns, threads=1, memory_limit="not an amount")
+    with pytest.raises(duckdb.Error, match="(?i)memory"):
+        failing.load(frame)
+    failing.discard()  # nothing left to close: no second error
+
+    wrong = _SessionInBackground(str(tmp_path), model, columns, threads=1, memory_limit="1GB")
+    with pytest.raises(duckdb.Error, match="missing_column"):
+        wrong.load(pa.table({"missing_column": [1]}))
