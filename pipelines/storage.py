@@ -212,10 +212,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """As Dagster's (whether the index shard has the table), remembering a table once found.
 
         Dagster's opens an engine and a connection to the index shard to read its schema at every call, and
-        calls it for every asset event and check evaluation it stores: about 60 calls and 75 ms of the 1M
-        bench's incremental run. A table found stays (migrations add tables, none drops one; :meth:`wipe`
-        deletes the files and forgets them); a table not found is looked for again, since ``dagster instance
-        migrate`` in another process may add it."""
+        calls it for every asset event and check evaluation it stores: about 60 calls a run, and the 1M
+        bench's incremental run is about 40 ms shorter without them. A table found stays (migrations add
+        tables, none drops one; :meth:`wipe` deletes the files and forgets them); a table not found is looked
+        for again, since ``dagster instance migrate`` in another process may add it."""
         if table_name in self._tables_found:
             return True
         found = super().has_table(table_name)

@@ -74,7 +74,7 @@ def test_changed_unit_rules_find_the_pairs_of_a_changed_unit_once_whatever_the_r
     assert ("a", "c") in expected and ("a", "d") in expected and ("b", "f") not in expected  # b, f unchanged
 
 
-def test_a_session_opened_in_the_background_scores_the_rows_it_is_given_and_reports_its_failures(tmp_path):
+def test_a_session_opened_in_the_background_takes_its_rows_after_and_reports_its_failures(tmp_path):
     """predict_changed_pairs opens its Splink session on a thread while it computes the frame; the rows come
     after, and a failure on that thread is raised where the session is taken, not lost with the thread."""
     import duckdb
