@@ -332,12 +332,20 @@ def build_customer_profiles(
     read = ALL_RECORDS
     params = [list(settings.survivorship)]
     registered = False
+    recomputed = None
     try:
         if customers is not None:
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE _profile_customers AS
                     SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
             )
+            recomputed = int(con.execute("SELECT count(*) FROM _profile_customers").fetchall()[0][0])
+        if recomputed == 0:  # nobody changed (a run with nothing new): nothing to read, plan or write
+            with transaction(con):
+                if before_commit is not None:
+                    before_commit(con)
+            return _profile_counts(con, recomputed)
+        if customers is not None:
             read = records or changed_records(con, "_profile_customers", "_profile_records")
         _register_phone_kinds(con, read)
         registered = True
@@ -365,14 +373,17 @@ def build_customer_profiles(
                 con.execute(f"INSERT INTO customer_profiles {sql}", params)
             if before_commit is not None:
                 before_commit(con)
-        recomputed = (
-            None if customers is None else int(con.execute("SELECT count(*) FROM _profile_customers").fetchall()[0][0])
-        )
     finally:
         if registered:
             con.unregister("_phone_kinds")
         con.execute("DROP TABLE IF EXISTS _profile_customers")
         con.execute("DROP TABLE IF EXISTS _profile_records")
+    return _profile_counts(con, recomputed)
+
+
+def _profile_counts(con: duckdb.DuckDBPyConnection, recomputed: int | None) -> dict[str, int]:
+    """What :func:`build_customer_profiles` returns: profiles, the records they draw on, and the customers it
+    recomputed (when it updated some, not all)."""
     profiles, linked = con.execute(
         "SELECT count(*), coalesce(sum(source_records), 0) FROM customer_profiles"
     ).fetchall()[0]

@@ -143,3 +143,17 @@ def test_an_edit_to_the_profile_code_needs_a_full_rebuild(con, monkeypatch):
     assert not profiles_current(con, Settings())
     build_customer_profiles(con, Settings())
     assert profiles_current(con, Settings())
+
+
+def test_no_changed_customer_reads_and_writes_nothing_but_still_marks_the_consumer(con, monkeypatch):
+    """A run with nothing new: no phone is classified, no profile rewritten; the change consumer is marked."""
+    monkeypatch.setattr(profiles, "phone_kinds", lambda phones: pytest.fail("no phone to classify"))
+    before = profiles_frame(con)
+    con.execute("CREATE OR REPLACE TEMP TABLE _changed (customer_id VARCHAR)")
+    marked: list[duckdb.DuckDBPyConnection] = []
+    counts = build_customer_profiles(con, Settings(), "_changed", before_commit=marked.append)
+    assert marked == [con]
+    assert counts == {"profiles": 4, "records": 7, "customers_recomputed": 0}
+    pd.testing.assert_frame_equal(before, profiles_frame(con))
+    left = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_profile_customers'").fetchall()
+    assert left == [(0,)]
