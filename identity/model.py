@@ -321,9 +321,7 @@ def open_session(
     scratch.unregister("_frame")
     loaded: dict[str, Any] = json.loads(settings.read_text()) if isinstance(settings, Path) else settings
     if spark is None:
-        session = _duckdb_session(scratch, loaded, validate)
-        session.n_units = len(frame)
-        return session
+        return _duckdb_session(scratch, loaded, validate, n_units=len(frame))
     from splink import SparkAPI
 
     from identity.spark import spark_input, spark_model
@@ -354,14 +352,16 @@ def _scratch(spill: str, threads: int, memory_limit: str) -> duckdb.DuckDBPyConn
     return scratch
 
 
-def _duckdb_session(scratch: duckdb.DuckDBPyConnection, settings: dict[str, Any], validate: bool) -> SplinkSession:
+def _duckdb_session(
+    scratch: duckdb.DuckDBPyConnection, settings: dict[str, Any], validate: bool, n_units: int
+) -> SplinkSession:
     """A linker on Splink's DuckDB backend over the table ``person_units`` of ``scratch`` (which may be empty
-    yet: the linker reads its rows when it predicts)."""
+    yet: the linker reads its rows when it predicts), holding ``n_units`` rows."""
     from splink import DuckDBAPI, Linker
 
     sdf = DuckDBAPI(connection=scratch).register("person_units", dataset_display_name="person_units")
     linker = Linker(sdf, settings, log_level=None, validate_settings=validate)
-    return SplinkSession(linker=linker, con=scratch, n_units=0)
+    return SplinkSession(linker=linker, con=scratch, n_units=n_units)
 
 
 class _SessionInBackground:
@@ -383,7 +383,7 @@ class _SessionInBackground:
                 scratch = _scratch(spill, threads, memory_limit)
                 declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)  # names and types of DESCRIBE
                 scratch.execute(f"CREATE TABLE person_units ({declared})")
-                self._result = _duckdb_session(scratch, settings, validate=False)
+                self._result = _duckdb_session(scratch, settings, validate=False, n_units=0)  # rows: load()
             except BaseException as exc:  # raised again by load() in the caller's thread
                 self._result = exc
 
