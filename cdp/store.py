@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -360,14 +361,24 @@ def code_digest(*files: str | Path | Traversable) -> str:
     return digest.hexdigest()[:16]
 
 
+#: The default database of each open connection, for :func:`table_exists`.
+_DATABASES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str] = weakref.WeakKeyDictionary()
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM duckdb_tables() "
-            "WHERE table_name = ? AND schema_name = 'main' AND database_name = current_database()",
-            [name],
-        ).fetchall()[0][0]
-    )
+    """Whether the store (schema ``main`` of the connection's database, not the temp catalog) has table ``name``.
+
+    Asked by binding a relation to it, which a missing table fails without aborting the caller's transaction
+    (a query of it would). ``duckdb_tables()`` writes out every table's CREATE statement, the connection's
+    temp tables included, to answer: 1-2 ms against 0.1-0.2 ms, 29 times in a batch of the 1M bench."""
+    database = _DATABASES.get(con)
+    if database is None:  # a query, 0.1-0.5 ms: asked once a connection (nothing here switches databases)
+        database = _DATABASES[con] = con.execute("SELECT current_database()").fetchall()[0][0]
+    quoted = ".".join('"' + part.replace('"', '""') + '"' for part in (database, "main", name))
+    try:
+        return con.table(quoted).type == "TABLE_RELATION"  # a view is a query relation
+    except duckdb.CatalogException:
+        return False
 
 
 #: Column option for the id columns incremental runs look rows up by (``unit_id``, ``customer_id``, ...).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from cdp.store import connect
+from cdp.store import connect, table_exists
 
 
 def test_the_write_ahead_log_is_owner_only_whatever_the_umask(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -77,4 +77,31 @@ def test_create_table_as_stores_the_named_columns_uncompressed(tmp_path) -> None
     assert con.execute(f"SELECT count(*) FROM ({query} EXCEPT SELECT * FROM links)", [3]).fetchall() == [(0,)]
     with pytest.raises(ValueError, match="no column user_id"):
         create_table_as(con, "links", query, [3], uncompressed=("user_id",))
+    con.close()
+
+
+def test_table_exists_names_the_stores_own_tables_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    con = connect(tmp_path / "cdp.duckdb")
+    con.execute('CREATE TABLE stored (a INTEGER); CREATE TABLE "odd""name" (a INTEGER)')
+    con.execute("CREATE TEMP TABLE only_temp (a INTEGER); CREATE VIEW a_view AS SELECT 1 AS a")
+    con.execute("ATTACH ':memory:' AS other; CREATE TABLE other.main.elsewhere (a INTEGER)")
+    assert table_exists(con, "stored") and table_exists(con, 'odd"name')
+    assert not any(table_exists(con, name) for name in ("only_temp", "a_view", "elsewhere", "missing"))
+    con.close()
+    con = connect(tmp_path / "cdp.duckdb", read_only=True)
+    assert table_exists(con, "stored") and not table_exists(con, "missing")
+    con.close()
+
+
+def test_table_exists_leaves_the_callers_transaction_usable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    con = connect(tmp_path / "cdp.duckdb")
+    con.execute("CREATE TABLE kept (a INTEGER)")
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO kept VALUES (1)")
+    assert not table_exists(con, "missing")  # a failed lookup, inside the transaction
+    con.execute("CREATE TABLE made_now (a INTEGER)")
+    assert table_exists(con, "made_now")  # seen by the transaction that made it
+    con.execute("INSERT INTO kept VALUES (2)")
+    con.execute("COMMIT")
+    assert con.execute("SELECT count(*) FROM kept").fetchall() == [(2,)]
     con.close()
