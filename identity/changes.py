@@ -65,9 +65,8 @@ def records_of_run(con: duckdb.DuckDBPyConnection, customers: str) -> str:
     key = f"""SELECT count(*) AS customers, bit_xor(hash(customer_id)) AS ids,
                      (SELECT max_by(run_id, finished_at) FROM identity_runs) AS run_id
               FROM (SELECT DISTINCT customer_id FROM {customers})"""
-    copied = "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?"
     if (
-        con.execute(copied, [_RUN_RECORDS_KEY]).fetchall()[0][0]
+        table_exists(con, _RUN_RECORDS_KEY, temporary=True)
         and con.execute(f"SELECT count(*) FROM (FROM {_RUN_RECORDS_KEY} INTERSECT {key})").fetchall()[0][0]
     ):
         return _RUN_RECORDS

@@ -32,6 +32,8 @@ from importlib import resources
 import duckdb
 import pandas as pd
 
+from cdp.store import table_exists
+
 #: Key types that can join units, in the order edges are reported.
 KEY_TYPES = ("user_id", "loyalty_id", "email_key", "phone_e164", "crm_id", "device_id", "anonymous_id")
 
@@ -276,8 +278,7 @@ def build_units(con: duckdb.DuckDBPyConnection, records: str = "stg_records", wi
     record; a cookie or device rarely carries any): the smallest non-null value, so reruns agree.
     """
     install_macros(con)
-    loaded = "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_nicknames'"
-    if not con.execute(loaded).fetchall()[0][0]:
+    if not table_exists(con, "_nicknames", temporary=True):
         load_nicknames(con)
     keys_columns = (
         "min(user_id) AS user_id, min(loyalty_id) AS loyalty_id"

@@ -105,3 +105,10 @@ def test_table_exists_leaves_the_callers_transaction_usable(tmp_path) -> None:  
     con.execute("COMMIT")
     assert con.execute("SELECT count(*) FROM kept").fetchall() == [(2,)]
     con.close()
+
+
+def test_table_exists_asks_for_a_temp_table_apart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    con = connect(tmp_path / "cdp.duckdb")
+    con.execute("CREATE TABLE stored (a INTEGER); CREATE TEMP TABLE only_temp (a INTEGER)")
+    assert table_exists(con, "only_temp", temporary=True) and not table_exists(con, "stored", temporary=True)
+    con.close()
