@@ -256,20 +256,41 @@ def _restage_keys(
     )
     if not con.execute("SELECT count(*) FROM _restage").fetchall()[0][0]:
         return
-    # The key alone first: DuckDB filters the scan with it (a Bloom filter) before matching source and key.
-    restaged = f"{key_column} IN (SELECT k FROM _restage)"
-    if table == "stg_records":
-        restaged += f" AND (source, {key_column}) IN (SELECT source, k FROM _restage)"
-        # The old versions' units are read before they go, not returned by the DELETE: DuckDB's DELETE ...
-        # RETURNING fetches every column of each deleted row (the 1M bench's batch: 105-151 ms, against 69-77 ms
-        # for this SELECT and a plain DELETE).
-        con.execute(f"INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM {table} WHERE {restaged}")
-    con.execute(f"DELETE FROM {table} WHERE {restaged}")
+    # The staged rows of those keys, read once (the key alone first: DuckDB filters the scan with it, a Bloom
+    # filter, before matching source and key). The old versions' units are read before they go, not returned
+    # by the DELETE: DuckDB's DELETE ... RETURNING fetches every column of each deleted row (the 1M bench's
+    # batch: 105-151 ms, against 69-77 ms for a SELECT and a plain DELETE).
+    records = table == "stg_records"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _restaged_old AS
+            SELECT {"source" if records else "NULL::VARCHAR AS source"}, {key_column} AS k
+                   {", unit_id" if records else ""}
+            FROM {table} WHERE {key_column} IN (SELECT k FROM _restage)
+            {f"AND (source, {key_column}) IN (SELECT source, k FROM _restage)" if records else ""}"""
+    )
+    restaged = {row[0] for row in con.execute("SELECT DISTINCT source FROM _restaged_old").fetchall()}
+    if restaged:
+        if records:
+            con.execute("INSERT INTO stg_unit_changes SELECT DISTINCT unit_id FROM _restaged_old")
+        con.execute(
+            f"DELETE FROM {table} WHERE {key_column} IN (SELECT k FROM _restaged_old)"
+            + (f" AND (source, {key_column}) IN (SELECT source, k FROM _restaged_old)" if records else "")
+        )
     # One INSERT for every source (each reading its raw table for its own keys): 199 against 217 ms for four on
-    # the 1M bench's 1% batch.
+    # the 1M bench's 1% batch. A source none of whose keys was staged before (new events, new receipts) has
+    # every version of them in the new batches: those rows are read by their batch, a filter on a column of a
+    # few distinct values, instead of matching every raw row's key.
+    new_batches = ", ".join("'" + batch.replace("'", "''") + "'" for batch in batches)
     mine = "{key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {source})"
     selects = " UNION ALL BY NAME ".join(
-        f"({staged.select(mine.format(key=staged.key, source=_literal(staged.source)))})" for staged in sources
+        "("
+        + staged.select(
+            mine.format(key=staged.key, source=_literal(staged.source))
+            if staged.source in restaged
+            else f"batch_id IN ({new_batches}) AND {staged.key} IS NOT NULL"
+        )
+        + ")"
+        for staged in sources
     )
     _noting_units(con, table, f"INSERT INTO {table} BY NAME {selects}")
 
