@@ -93,23 +93,29 @@ def _new_batches(con: duckdb.DuckDBPyConnection, table: str, origin: str, where:
 
 _CONSENT_CONTENT = ["event_time", "purpose", "status", "source", "policy_version", "email", *EVENT_IDENTIFIERS]
 
+# The ledger's versions of the batch's consent ids are read first (a semi-join filters the ledger's scan by
+# id), then compared whole: matching the batch against every consent event read every column of the ledger's
+# 200k rows (the 1M bench's 1% batch: 55 ms).
 _FROM_CONSENT = f"""
 INSERT INTO consent_events
+WITH s AS MATERIALIZED (
+    SELECT * FROM (SELECT * REPLACE (lower(trim(purpose)) AS purpose, lower(trim(status)) AS status),
+                          row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
+                   FROM stg_consent r
+                   WHERE consent_id IS NOT NULL AND event_time IS NOT NULL
+                     AND (batch_id IS NULL OR batch_id = ANY($batches)))
+    WHERE copy = 1 AND purpose IN {PURPOSES} AND status IN {STATUSES}),
+held AS MATERIALIZED (
+    SELECT * FROM consent_events WHERE origin = 'consent' AND consent_id IN (SELECT consent_id FROM s))
 SELECT {_versioned_id("'consent:' || consent_id", _CONSENT_CONTENT)}, 'consent', consent_id, event_time,
        purpose, status, source, policy_version,
        email, email_key, phone_e164, user_id, crm_id, loyalty_id, device_id, anonymous_id,
        batch_id, file, row_number, now()::TIMESTAMP
 FROM (
-    SELECT s.*, s.consent_id IN (SELECT consent_id FROM consent_events WHERE origin = 'consent') AS known
-    FROM (SELECT * REPLACE (lower(trim(purpose)) AS purpose, lower(trim(status)) AS status),
-                 row_number() OVER (PARTITION BY consent_id ORDER BY batch_id, row_number) AS copy
-          FROM stg_consent r
-          WHERE consent_id IS NOT NULL AND event_time IS NOT NULL
-            AND (batch_id IS NULL OR batch_id = ANY($batches))) s
-    WHERE copy = 1 AND purpose IN {PURPOSES} AND status IN {STATUSES}
-      AND NOT EXISTS (  -- this very content is in the ledger already
-          SELECT 1 FROM consent_events e
-          WHERE e.origin = 'consent' AND e.consent_id = s.consent_id
+    SELECT s.*, s.consent_id IN (SELECT consent_id FROM held) AS known FROM s
+    WHERE NOT EXISTS (  -- this very content is in the ledger already
+          SELECT 1 FROM held e
+          WHERE e.consent_id = s.consent_id
             AND {" AND ".join(f"e.{c} IS NOT DISTINCT FROM s.{c}" for c in _CONSENT_CONTENT)})
 )
 """
