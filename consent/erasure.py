@@ -311,6 +311,8 @@ KEPT_TABLES: dict[str, str] = {
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
     "erased_shared_identifiers": "keyed hashes of the emails and phones erased subjects shared with other "
     "customers: a later request naming one is refused (it may reach only the others now)",
+    "phone_prefix_kinds": "whether numbers of a length starting with 8 characters (country code and leading "
+    "digits) are mobiles, per phonenumbers release: a numbering plan's ranges, no one's number",
 }
 
 #: Keyed hashes (as on ``suppression_list``) of the emails and phones an erased subject shared with other

@@ -107,7 +107,9 @@ def test_split_moves_records_to_a_new_customer(con):
     assert frame.loc["c6", "email"] == "bo@mail.co.uk" and frame.loc["c2", "email"] is None
 
 
-def test_only_the_affected_customers_phones_are_classified(con, monkeypatch):
+def test_only_phones_of_prefixes_not_seen_before_are_classified(con, monkeypatch):
+    """A prefix and length is classified once (phone_prefix_kinds), by the smallest of its numbers: an update
+    parses a number of a new prefix only, and only when one of the affected customers holds it."""
     seen: list[str] = []
 
     def spy(phones: list[str]) -> pd.DataFrame:
@@ -117,9 +119,27 @@ def test_only_the_affected_customers_phones_are_classified(con, monkeypatch):
     real = profiles.phone_kinds
     monkeypatch.setattr(profiles, "phone_kinds", spy)
     add(con, "c4", "store", "t4", 9, phone_e164="+447911100044", store_id="s1", amount=Decimal("3.00"))
+    add(con, "c4", "store", "t5", 9, phone_e164="+447700900124", store_id="s1", amount=Decimal("3.00"))
+    add(con, "c4", "store", "t6", 9, phone_e164="+447700900123", store_id="s1", amount=Decimal("3.00"))
+    add(con, "c2", "store", "t7", 9, phone_e164="+447623900123", store_id="s1", amount=Decimal("3.00"))
     update(con, ["c4"])
-    assert sorted(seen) == ["+447911100004", "+447911100044"]
+    assert seen == ["+447700900123"]  # +4479111 with 13 characters was classified by the first build
+    stored = con.execute("SELECT length, mobile FROM phone_prefix_kinds WHERE prefix = '+4477009'").fetchall()
+    assert stored == [(13, bool(real(["+447700900123"])["mobile"][0]))]
+    seen.clear()
+    update(con, ["c4"])
+    assert seen == []
+    update(con, ["c2"])
+    assert seen == ["+447623900123"]
     assert_equals_full_rebuild(con)
+
+
+def test_another_phonenumbers_release_classifies_every_prefix_again(con, monkeypatch):
+    import phonenumbers
+
+    monkeypatch.setattr(phonenumbers, "__version__", "0.0.0-next")
+    update(con, ["c4"])
+    assert con.execute("SELECT DISTINCT metadata FROM phone_prefix_kinds").fetchall() == [("0.0.0-next",)]
 
 
 def test_changed_survivorship_order_needs_a_full_rebuild(con):
