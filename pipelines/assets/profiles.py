@@ -260,11 +260,14 @@ def profile_contacts_are_normalised(store: CdpStore) -> dg.AssetCheckResult:
 def consent_state_traces_to_ledger(store: CdpStore) -> dg.AssetCheckResult:
     from cdp.config import PURPOSES
 
+    # Rows without a ledger event of their purpose and status, and rows of an unknown purpose or status, each
+    # counted once (an anti-join: 27-31 ms at 1M, against 34-55 ms for a left join tested row by row).
     untraced = _count(
         store,
-        "SELECT count(*) FROM consent_state s LEFT JOIN consent_events e USING (event_id) "
-        "WHERE e.event_id IS NULL OR e.purpose <> s.purpose OR e.status <> s.status "
-        f"OR s.status NOT IN ('granted', 'withdrawn') OR s.purpose NOT IN {PURPOSES}",
+        "SELECT count(*) FROM (SELECT s.rowid FROM consent_state s ANTI JOIN consent_events e "
+        "ON e.event_id = s.event_id AND e.purpose = s.purpose AND e.status = s.status "
+        "UNION SELECT rowid FROM consent_state WHERE status IS NULL OR purpose IS NULL "
+        f"OR status NOT IN ('granted', 'withdrawn') OR purpose NOT IN {PURPOSES})",
     )
     # The table's primary key makes DuckDB refuse a second row of a customer and purpose: the rows are only
     # counted when the key is not there (14 ms for the 1M bench's 156k rows, against 1 ms to read the key).
