@@ -301,6 +301,38 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+#: Tables :func:`drop_primary_key` has looked at, per open connection.
+_UNKEYED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, set[str]] = weakref.WeakKeyDictionary()
+
+
+def drop_primary_key(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> bool:
+    """Declare ``table`` anew by ``ddl`` (its declaration, without a primary key), rows kept, when a store made
+    before gave it a primary key; returns whether it did. Outside a transaction (it runs its own).
+
+    A primary key is an ART index that DuckDB keeps beside the table and writes again at every checkpoint where
+    the table changed: the consent ledger's, the consent state's and the phone map's were three quarters of
+    what the 1M bench's 1% batch made the final checkpoint write (54 MB for a 13 MB WAL, the file 48 MB larger),
+    about 0.1 s of the run. Those tables' rows are unique by construction, and checks count the duplicates.
+    Looked at once a connection (nothing here declares a key again)."""
+    seen = _UNKEYED.setdefault(con, set())
+    if table in seen:
+        return False
+    seen.add(table)
+    keyed = con.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
+        [table],
+    ).fetchall()[0][0]
+    if not keyed:
+        return False
+    with transaction(con):
+        con.execute(f"ALTER TABLE {table} RENAME TO {table}__keyed")  # table names of the code's own
+        con.execute(ddl)
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {table}__keyed")
+        con.execute(f"DROP TABLE {table}__keyed")
+    return True
+
+
 #: Ledgers of the batches a step has taken in, per target table (batch ids only, no personal data):
 #: ``staged_batches`` (staging), ``validated_batches`` (expectation suites that passed).
 BATCH_LEDGERS = ("staged_batches", "validated_batches")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import duckdb
 
 from cdp.config import PURPOSES
-from cdp.store import UNCOMPRESSED, table_exists, transaction
+from cdp.store import UNCOMPRESSED, drop_primary_key, table_exists, transaction
 
 #: Identifier columns an event may name, in the order consent resolution tries them.
 EVENT_IDENTIFIERS = (
@@ -39,10 +39,12 @@ EVENT_IDENTIFIERS = (
 )
 STATUSES = ("granted", "withdrawn")
 
-# The event id is stored plain: consent updates look events up by it (see cdp.store.UNCOMPRESSED).
+# The event id is stored plain: consent updates look events up by it (see cdp.store.UNCOMPRESSED). It is unique
+# by construction (a first version takes the source's id, a later one its content's hash; the same content is
+# never appended twice), without a primary key's index to write at every checkpoint (cdp.store.drop_primary_key).
 LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS consent_events (
     -- 'consent:'||consent_id or 'app:'||event_id, '@'||hash for later versions
-    event_id VARCHAR {UNCOMPRESSED} PRIMARY KEY,
+    event_id VARCHAR {UNCOMPRESSED},
     origin VARCHAR NOT NULL,       -- 'consent' | 'app'
     consent_id VARCHAR,
     event_time TIMESTAMP NOT NULL,
@@ -152,7 +154,9 @@ WHERE consent_id IS NULL OR event_time IS NULL
 
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """The ledger table; a ledger made with a primary key is declared anew without it (outside a transaction)."""
     con.execute(LEDGER_DDL)
+    drop_primary_key(con, "consent_events", LEDGER_DDL)
 
 
 def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -44,11 +44,12 @@ from identity.changes import ALL_RECORDS, changed_records
 from identity.standardise import EARLIEST_PLAUSIBLE_TIME
 
 # The columns updates look rows up by are stored plain (cdp.store.UNCOMPRESSED), here and in BASIS_DDL. A full
-# computation drops and declares these tables anew, so that a store made before takes these options too.
+# computation drops and declares these tables anew, so that a store made before takes these options too. One row
+# per customer and purpose by construction (the state is grouped so), without a primary key's index to write at
+# every checkpoint (cdp.store.drop_primary_key); the consent_state_traces_to_ledger check counts duplicates.
 STATE_DDL = f"""CREATE TABLE IF NOT EXISTS consent_state (
     customer_id VARCHAR {UNCOMPRESSED}, purpose VARCHAR, status VARCHAR, updated_at TIMESTAMP, source VARCHAR,
-    event_id VARCHAR, origin VARCHAR, policy_version VARCHAR, via VARCHAR, computed_at TIMESTAMP,
-    PRIMARY KEY (customer_id, purpose))"""
+    event_id VARCHAR, origin VARCHAR, policy_version VARCHAR, via VARCHAR, computed_at TIMESTAMP)"""
 
 _IDS = ", ".join(EVENT_IDENTIFIERS)
 #: The columns of a customer's state for a purpose, apart from its key and computed_at.
@@ -527,9 +528,9 @@ def _update(
     only = "AND h.customer_id IN (SELECT customer_id FROM _cs_affected)"
     state = _STATE_SQL.format(only=only, ledger="_cs_ledger")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_state AS {state}", params)
-    # Only rows whose state changed or ended are deleted and written again: the rest keep their place in the
-    # primary key's index (rewriting twenty thousand index entries took longer than computing them) and
-    # only take the new computed_at.
+    # Only rows whose state changed or ended are deleted and written again: the rest stay where they are (when
+    # the table had a primary key, rewriting twenty thousand of its index entries took longer than computing
+    # them; rows rewritten are rows the commit and the checkpoint write) and only take the new computed_at.
     same = " AND ".join(f"n.{column} IS NOT DISTINCT FROM s.{column}" for column in _STATE_VALUES)
     con.execute(
         f"""DELETE FROM consent_state s

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.store import batches_not_in, create_table_as, forget_batches, record_batches, table_exists, transaction
+from cdp.store import (
+    batches_not_in,
+    create_table_as,
+    drop_primary_key,
+    forget_batches,
+    record_batches,
+    table_exists,
+    transaction,
+)
 from identity.standardise import (
     email_functions,
     normalise_phone,
@@ -45,6 +53,12 @@ PHONE_REGIONS = {
 }
 
 
+#: One row per spelling and region by construction (only spellings not in it are added), without a primary key's
+#: index to write at every checkpoint (cdp.store.drop_primary_key); the staged tables look phones up in it by
+#: a scalar subquery, which fails on a second row.
+PHONE_MAP_DDL = "CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR, region VARCHAR, e164 VARCHAR)"
+
+
 def _phone_spellings(where: str = "true") -> str:
     """Every (spelling, region) pair of the raw tables' phones, of rows matching ``where``."""
     return " UNION ".join(
@@ -59,9 +73,7 @@ def build_phone_map(
     """Add to ``phone_map(raw, region, e164)`` every new phone spelling of the raw tables, read in its
     row's region (of ``batches`` only, when given); with ``prune`` also drop spellings no longer present
     (erasure removes an erased subject's spellings itself)."""
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR, region VARCHAR, e164 VARCHAR, PRIMARY KEY (raw, region))"
-    )
+    con.execute(PHONE_MAP_DDL)
     scope = _phone_spellings("batch_id IN (SELECT unnest($batches))" if batches is not None else "true")
     new = con.execute(
         f"SELECT DISTINCT raw, region FROM ({scope}) s WHERE NOT EXISTS "
@@ -329,6 +341,8 @@ def _stage(
     con.execute(BASIS_DDL)
     fingerprint = staging_fingerprint(region)
     raws = tuple(s.raw for s in sources)
+    if table_exists(con, "phone_map"):
+        drop_primary_key(con, "phone_map", PHONE_MAP_DDL)
     incremental = incremental and _can_stage_incrementally(con, table, fingerprint)
     batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
     with transaction(con), email_functions(con):

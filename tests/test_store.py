@@ -112,3 +112,24 @@ def test_table_exists_asks_for_a_temp_table_apart(tmp_path) -> None:  # type: ig
     con.execute("CREATE TABLE stored (a INTEGER); CREATE TEMP TABLE only_temp (a INTEGER)")
     assert table_exists(con, "only_temp", temporary=True) and not table_exists(con, "stored", temporary=True)
     con.close()
+
+
+def test_a_primary_key_made_before_is_dropped_with_every_row_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cdp.store import drop_primary_key
+
+    ddl = "CREATE TABLE IF NOT EXISTS kinds (k VARCHAR USING COMPRESSION uncompressed, v INTEGER)"
+    con = connect(tmp_path / "cdp.duckdb")
+    con.execute("CREATE TABLE kinds (k VARCHAR PRIMARY KEY, v INTEGER)")
+    con.execute("INSERT INTO kinds SELECT 'k' || i, i FROM range(3000) t(i)")
+    assert drop_primary_key(con, "kinds", ddl)
+    assert con.execute("SELECT count(*), sum(v) FROM kinds").fetchall() == [(3000, sum(range(3000)))]
+    keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'kinds' AND constraint_type = 'PRIMARY KEY'"
+    assert con.execute(keys).fetchall() == [(0,)]
+    con.execute("INSERT INTO kinds VALUES ('k1', 1)")  # no key refuses it now
+    assert not drop_primary_key(con, "kinds", ddl)  # looked at once a connection
+    con.close()
+    con = connect(tmp_path / "cdp.duckdb")
+    assert not drop_primary_key(con, "kinds", ddl)  # nothing to drop
+    assert con.execute("SELECT count(*) FROM kinds").fetchall() == [(3001,)]
+    assert "__keyed" not in str(con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
+    con.close()

@@ -77,6 +77,21 @@ def test_ledger_is_append_only_and_idempotent(con, w):
     assert counts["appended_consent"] == 0 and counts["not_consent"] == 2
 
 
+def test_ledger_event_ids_stay_unique_through_resent_versions(con, w):
+    """The ledger has no primary key (its index was most of what a batch's checkpoint wrote): its ids are
+    unique by construction. A consent row re-sent with other content is a new version, with the same content
+    it is nothing new, and a version seen before is not appended again."""
+    w.add_consent(con, "k90", w.at(3), "analytics", "granted", email="alee@mailbox.com", batch_id="v1")
+    w.add_consent(con, "k90", w.at(4), "analytics", "withdrawn", email="alee@mailbox.com", batch_id="v2")
+    w.add_consent(con, "k90", w.at(4), "analytics", "withdrawn", email="alee@mailbox.com", batch_id="v3")
+    w.add_consent(con, "k90", w.at(3), "analytics", "granted", email="alee@mailbox.com", batch_id="v4")
+    for _ in range(2):
+        sync_ledger(con)
+    ids = [i for (i,) in con.execute("SELECT event_id FROM consent_events WHERE consent_id = 'k90'").fetchall()]
+    assert len(ids) == 2 and "consent:k90" in ids and ids[0] != ids[1]
+    assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM consent_events").fetchall() == [(0,)]
+
+
 def test_ledger_compares_the_rows_of_new_batches_and_of_rows_without_one(con, w):
     w.add_consent(con, "k70", w.at(3), "analytics", "granted", email="alee@mailbox.com", batch_id="b1")
     assert sync_ledger(con)["appended_consent"] == 1
