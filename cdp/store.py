@@ -312,8 +312,8 @@ def drop_primary_key(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> bo
     A primary key is an ART index that DuckDB keeps beside the table and writes again at every checkpoint where
     the table changed: the consent ledger's, the consent state's and the phone map's were three quarters of
     what the 1M bench's 1% batch made the final checkpoint write (54 MB for a 13 MB WAL, the file 48 MB larger),
-    about 0.1 s of the run. Those tables' rows are unique by construction, and checks count the duplicates.
-    Looked at once a connection (nothing here declares a key again)."""
+    about 0.1 s of the run. Those tables' rows are unique by construction (a check counts the consent state's
+    duplicates, a test the ledger's). Looked at once a connection (nothing here declares a key again)."""
     seen = _UNKEYED.setdefault(con, set())
     if table in seen:
         return False

@@ -4,8 +4,9 @@ While a run captures its steps' stdout and stderr into files (which the UI shows
 :class:`LocalComputeLogManager` mirrors them back to the terminal with a ``tail -F`` process per stream, each
 watched by a Python process of its own that kills the tail should the run's process die. A captured run so
 starts four processes, two of them Python interpreters, and waits for them to end: on this 2-core machine
-about 30 ms of a 3.9 s incremental run of the 1M-record bench (the median of five runs each way), and the
-interpreters' start-up on the core the run's DuckDB statements use.
+30-40 ms of a 3.8 s incremental run of the 1M-record bench (medians of five runs with capture off and on, and
+of six alternating runs with this class and Dagster's), the interpreters starting up on the core the run's
+DuckDB statements use.
 
 This subclass mirrors each file with a thread instead: the same files under the same base folder (so the UI
 reads them as before, through this class), the same redirection of the process's file descriptors (output

@@ -114,8 +114,8 @@ def test_validations_share_a_context_without_keeping_results_or_rows(staged):
 
 
 def test_validated_frames_are_not_fingerprinted(staged, monkeypatch):
-    """Great Expectations hashes every value of a validated frame for a batch marker nothing reads (1.6 s of the
-    1M bench's full run): cdp.quality turns it off, and a release that brings it back fails here."""
+    """Great Expectations hashes every value of a validated frame for a batch marker nothing reads (about 3 s of
+    the 1M bench's full run): cdp.quality turns it off, and a release that brings it back fails here."""
     from great_expectations.execution_engine import pandas_execution_engine
 
     def hashing(_frame):  # type: ignore[no-untyped-def]
