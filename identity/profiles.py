@@ -272,10 +272,14 @@ def _phone_kinds_table(con: duckdb.DuckDBPyConnection, records: str) -> None:
 
     release = phonenumbers.__version__
     con.execute(PHONE_PREFIX_KINDS_DDL)
-    phones = f"(SELECT DISTINCT phone_e164 FROM {records} WHERE phone_e164 IS NOT NULL)"
+    # The phones are read once (in a full build, a pass over every staged record joined to its customer).
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _phones AS
+            SELECT DISTINCT phone_e164 FROM {records} WHERE phone_e164 IS NOT NULL"""
+    )
     kinds = "(SELECT * FROM phone_prefix_kinds WHERE metadata = $release)"
     missing = con.execute(
-        f"""SELECT min(p.phone_e164) FROM {phones} p
+        f"""SELECT min(p.phone_e164) FROM _phones p
             ANTI JOIN {kinds} k ON k.prefix = left(p.phone_e164, 8) AND k.length = length(p.phone_e164)
             GROUP BY left(p.phone_e164, 8), length(p.phone_e164)""",
         {"release": release},
@@ -291,10 +295,11 @@ def _phone_kinds_table(con: duckdb.DuckDBPyConnection, records: str) -> None:
             )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _phone_kinds AS
-            SELECT p.phone_e164, k.mobile FROM {phones} p
+            SELECT p.phone_e164, k.mobile FROM _phones p
             JOIN {kinds} k ON k.prefix = left(p.phone_e164, 8) AND k.length = length(p.phone_e164)""",
         {"release": release},
     )
+    con.execute("DROP TABLE _phones")
 
 
 #: Currency signs that name several currencies (ingestion keeps them as the currency of an amount written with
