@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import dagster as dg
 
@@ -85,7 +86,11 @@ def test_the_cursor_lists_the_last_day_of_files_not_the_inbox_history(tmp_path, 
     monkeypatch.setattr(sensors, "LISTED_NS", 0)  # a day later
     later = _look(inbox, launched.cursor)
     assert not later.run_requests and len(later.cursor) < 100
-    # An export copied in with its old modification time kept (cp -p) still arrives now, and is launched.
+    # An export copied in with its old modification time kept (cp -p) still arrives now, and is launched. The
+    # kernel stamps a new file's change time from a coarser clock than time.time_ns(): a file written right
+    # after the look above was stamped about 1 ms before it (2 runs in 200), under the mark that look set (the
+    # span is 0 here; a day in use, which no tick reaches). It is written a tick later, as files arrive.
+    time.sleep(0.02)
     _drop(inbox, "web/web-old.csv", "event_id,event_time,anonymous_id\n", 500)
     [request] = _look(inbox, _look(inbox, later.cursor).cursor).run_requests
     assert request.tags["cdp/new_files"] == "1"
