@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from cdp.errors import CdpError
-from cdp.store import table_exists
+from cdp.store import ensure_table, table_exists
 
 _BLOCK = 64  # SHA-256 block size in bytes
 
@@ -43,7 +43,9 @@ def store_secret(con: duckdb.DuckDBPyConnection, path: Path) -> bytes:
     subject hashes would stop matching too. The store keeps an HMAC of a fixed label under the key in
     ``suppression_key``; the first use of a key on a store records it there.
     """
-    con.execute("CREATE TABLE IF NOT EXISTS suppression_key (check_value VARCHAR NOT NULL, recorded_at TIMESTAMP)")
+    ensure_table(
+        con, "CREATE TABLE IF NOT EXISTS suppression_key (check_value VARCHAR NOT NULL, recorded_at TIMESTAMP)"
+    )
     recorded = [row[0] for row in con.execute("SELECT check_value FROM suppression_key").fetchall()]
     if not path.exists() and (recorded or _suppresses_anyone(con)):
         raise CdpError(

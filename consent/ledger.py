@@ -25,7 +25,7 @@ from __future__ import annotations
 import duckdb
 
 from cdp.config import PURPOSES
-from cdp.store import UNCOMPRESSED, drop_primary_key, table_exists, transaction
+from cdp.store import UNCOMPRESSED, drop_primary_key, ensure_table, table_exists, transaction
 
 #: Identifier columns an event may name, in the order consent resolution tries them.
 EVENT_IDENTIFIERS = (
@@ -155,7 +155,7 @@ WHERE consent_id IS NULL OR event_time IS NULL
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
     """The ledger table; a ledger made with a primary key is declared anew without it (outside a transaction)."""
-    con.execute(LEDGER_DDL)
+    ensure_table(con, LEDGER_DDL)
     drop_primary_key(con, "consent_events", LEDGER_DDL)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import duckdb
 
+from cdp.store import ensure_table
+
 KINDS = ("erasure", "access", "restriction", "objection", "lift_restriction")
 
 #: Open: received, nothing done yet (e.g. after a dry run). Rewrite pending: rows erased, the database
@@ -56,7 +58,7 @@ def utcnow() -> datetime:
 
 def ensure_register_schema(con: duckdb.DuckDBPyConnection) -> None:
     for ddl in REGISTER_DDL:
-        con.execute(ddl)
+        ensure_table(con, ddl)
 
 
 def _actor() -> str:

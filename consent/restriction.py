@@ -22,7 +22,7 @@ import duckdb
 
 from cdp.config import Settings
 from cdp.errors import CdpError
-from cdp.store import connect, table_exists, transaction
+from cdp.store import connect, ensure_table, table_exists, transaction
 from cdp.suppression import store_secret
 from consent import register
 from consent.erasure import Scope, Subject, drop_scope, find_subject, refuse_formerly_shared
@@ -41,7 +41,7 @@ class RestrictionResult:
 
 
 def ensure_restrictions(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(RESTRICTIONS_DDL)
+    ensure_table(con, RESTRICTIONS_DDL)
 
 
 def active_restrictions(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.store import UNCOMPRESSED, code_digest, table_exists, transaction
+from cdp.store import UNCOMPRESSED, code_digest, ensure_table, table_exists, transaction
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
 from identity.changes import ALL_RECORDS, changed_records
@@ -239,7 +239,7 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def ensure_state(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(STATE_DDL)
+    ensure_table(con, STATE_DDL)
 
 
 def state_current(con: duckdb.DuckDBPyConnection) -> bool:
@@ -294,7 +294,7 @@ def build_consent_state(
     try:
         with transaction(con):
             for ddl in BASIS_DDL:
-                con.execute(ddl)
+                ensure_table(con, ddl)
             if customers is None:
                 counts = _rebuild(con, params, loose)
             else:

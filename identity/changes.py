@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import duckdb
 
-from cdp.store import table_exists
+from cdp.store import ensure_table, table_exists
 
 #: Which customer each identity unit belongs to. Every record of a unit is the unit's customer's (identity
 #: assigns units, not records), so the profiles and the consent state join ``stg_records`` to this by
@@ -92,7 +92,7 @@ DDL = [
 
 def ensure_changes_schema(con: duckdb.DuckDBPyConnection) -> None:
     for ddl in DDL:
-        con.execute(ddl)
+        ensure_table(con, ddl)
 
 
 def record_changes(con: duckdb.DuckDBPyConnection, run_id: str, customers_sql: str | None) -> int:

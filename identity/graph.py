@@ -211,13 +211,22 @@ def _address_macro() -> str:
 
 
 def install_macros(con: duckdb.DuckDBPyConnection) -> None:
-    """The SQL helpers the graph and the model share (temporary, per connection)."""
+    """The SQL helpers the graph and the model share (temporary, per connection). Once a connection: one that
+    has ``cdp_macros_installed()``, declared after the others, has them all (a rolled-back transaction takes
+    all of them away). Asked by binding a call to it, which fails without aborting the caller's transaction:
+    0.1 ms against 7 ms for declaring them, three times a batch run."""
+    try:
+        con.sql("SELECT cdp_macros_installed()")
+        return
+    except duckdb.CatalogException:
+        pass
     con.execute(PLACEHOLDER_MACRO)
     con.execute(NEAR_DOB_MACRO)
     con.execute(_address_macro())
     con.execute(NAMES_DISAGREE_MACRO)
     con.execute(DISAGREE_MACRO)
     con.execute(CONTACTS_DISAGREE_MACRO)
+    con.execute("CREATE OR REPLACE TEMP MACRO cdp_macros_installed() AS true")
 
 
 def is_placeholder(key_type: str, value: str | None) -> bool:

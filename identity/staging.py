@@ -22,6 +22,7 @@ from cdp.store import (
     batches_not_in,
     create_table_as,
     drop_primary_key,
+    ensure_table,
     forget_batches,
     record_batches,
     table_exists,
@@ -73,7 +74,7 @@ def build_phone_map(
     """Add to ``phone_map(raw, region, e164)`` every new phone spelling of the raw tables, read in its
     row's region (of ``batches`` only, when given); with ``prune`` also drop spellings no longer present
     (erasure removes an erased subject's spellings itself)."""
-    con.execute(PHONE_MAP_DDL)
+    ensure_table(con, PHONE_MAP_DDL)
     scope = _phone_spellings("batch_id IN (SELECT unnest($batches))" if batches is not None else "true")
     new = con.execute(
         f"SELECT DISTINCT raw, region FROM ({scope}) s WHERE NOT EXISTS "
@@ -337,8 +338,8 @@ def _stage(
 ) -> None:
     """Build ``table`` in full, or only for the keys new batches carry."""
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(UNIT_CHANGES_DDL)
-    con.execute(BASIS_DDL)
+    ensure_table(con, UNIT_CHANGES_DDL)
+    ensure_table(con, BASIS_DDL)
     fingerprint = staging_fingerprint(region)
     raws = tuple(s.raw for s in sources)
     if table_exists(con, "phone_map"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 
+import duckdb
+
 from cdp.store import connect, table_exists
 
 
@@ -132,4 +134,25 @@ def test_a_primary_key_made_before_is_dropped_with_every_row_kept(tmp_path) -> N
     assert not drop_primary_key(con, "kinds", ddl)  # nothing to drop
     assert con.execute("SELECT count(*) FROM kinds").fetchall() == [(3001,)]
     assert "__keyed" not in str(con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
+    con.close()
+
+
+def test_ensure_table_declares_a_missing_table_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from cdp.store import ensure_table
+
+    con = connect(tmp_path / "cdp.duckdb")
+    con.execute("BEGIN TRANSACTION")
+    ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_x (a INTEGER)")  # declared in the open transaction
+    ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_x (a INTEGER, b INTEGER)")  # seen there: not run
+    con.execute("COMMIT")
+    assert [c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE ledger_x)").fetchall()] == ["a"]
+    with pytest.raises(ValueError, match="CREATE TABLE IF NOT EXISTS"):
+        ensure_table(con, "CREATE TABLE ledger_y (a INTEGER)")
+    con.close()
+    con = connect(tmp_path / "cdp.duckdb", read_only=True)
+    ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_x (a INTEGER)")  # a store read only runs nothing
+    with pytest.raises(duckdb.Error):
+        ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_z (a INTEGER)")
     con.close()

@@ -163,3 +163,26 @@ def test_swapped_names_with_a_nickname_are_one_person_not_a_conflict(idcon, stg,
     stats = build_graph(idcon, LIMITS)
     assert ("crm:c1", "crm:c2", "phone_e164", "shared_key") in edges(idcon)
     assert stats["hub_keys_conflict"] == 0
+
+
+def test_the_macros_are_declared_once_a_connection_and_again_after_a_rollback():
+    import duckdb
+
+    from identity.graph import install_macros
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a INTEGER)")
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO t VALUES (1)")
+    install_macros(con)  # the probe fails inside the transaction without aborting it
+    con.execute("ROLLBACK")  # and takes the macros away
+    install_macros(con)
+    assert con.execute("SELECT cdp_address('12 High St')").fetchall() == [("12 high street",)]
+    con.execute("CREATE OR REPLACE TEMP MACRO cdp_address(a) AS 'kept'")  # declared by hand after them
+    install_macros(con)  # finds them: declares nothing
+    assert con.execute("SELECT cdp_address('12 High St')").fetchall() == [("kept",)]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("INSERT INTO t VALUES (2)")
+    install_macros(con)
+    con.execute("COMMIT")
+    assert con.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
