@@ -424,7 +424,7 @@ def ensure_table(con: duckdb.DuckDBPyConnection, ddl: str) -> None:
     and runs whatever (0.5-1 ms). A 1% batch of the 1M bench declared its bookkeeping tables ~50 times."""
     declared = _DECLARED.match(ddl)
     if declared is None:
-        raise ValueError("not a CREATE TABLE IF NOT EXISTS statement")
+        raise ValueError(f"ensure_table takes a table's declaration if it does not exist, not {ddl[:30]!r}")
     if not table_exists(con, declared.group(1)):
         con.execute(ddl)
 

@@ -148,7 +148,7 @@ def test_ensure_table_declares_a_missing_table_only(tmp_path) -> None:  # type: 
     ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_x (a INTEGER, b INTEGER)")  # seen there: not run
     con.execute("COMMIT")
     assert [c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE ledger_x)").fetchall()] == ["a"]
-    with pytest.raises(ValueError, match="CREATE TABLE IF NOT EXISTS"):
+    with pytest.raises(ValueError, match="declaration if it does not exist"):
         ensure_table(con, "CREATE TABLE ledger_y (a INTEGER)")
     con.close()
     con = connect(tmp_path / "cdp.duckdb", read_only=True)
