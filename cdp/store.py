@@ -306,15 +306,17 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 _UNKEYED: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, set[str]] = weakref.WeakKeyDictionary()
 
 
-def drop_primary_key(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> bool:
-    """Declare ``table`` anew by ``ddl`` (its declaration, without a primary key), rows kept, when a store made
-    before gave it a primary key; returns whether it did. Outside a transaction (it runs its own).
+def drop_primary_key(con: duckdb.DuckDBPyConnection, ddl: str) -> bool:
+    """Declare the table of ``ddl`` (its ``CREATE TABLE IF NOT EXISTS``, without a primary key) anew, rows kept,
+    when a store made before gave it a primary key; returns whether it did. Outside a transaction (it runs its
+    own).
 
     A primary key is an ART index that DuckDB keeps beside the table and writes again at every checkpoint where
     the table changed: the consent ledger's, the consent state's and the phone map's were three quarters of
     what the 1M bench's 1% batch made the final checkpoint write (54 MB for a 13 MB WAL, the file 48 MB larger),
     about 0.1 s of the run. Those tables' rows are unique by construction (a check counts the consent state's
     duplicates, a test the ledger's). Looked at once a connection (nothing here declares a key again)."""
+    table = _declared_table(ddl)
     seen = _UNKEYED.setdefault(con, set())
     if table in seen:
         return False
@@ -418,14 +420,19 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str, temporary: bool = Fa
 _DECLARED = re.compile(r"\s*CREATE TABLE IF NOT EXISTS\s+(\w+)", re.IGNORECASE)
 
 
+def _declared_table(ddl: str) -> str:
+    """The table a ``CREATE TABLE IF NOT EXISTS`` of the code's own declares."""
+    declared = _DECLARED.match(ddl)
+    if declared is None:
+        raise ValueError(f"a table's declaration if it does not exist was expected, not {ddl[:30]!r}")
+    return declared.group(1)
+
+
 def ensure_table(con: duckdb.DuckDBPyConnection, ddl: str) -> None:
     """Run ``ddl`` (``CREATE TABLE IF NOT EXISTS <name> ...``, one of the code's own) unless the store has the
     table: asked by binding (:func:`table_exists`, 0.1-0.2 ms) before a statement that DuckDB parses, binds
     and runs whatever (0.5-1 ms). A 1% batch of the 1M bench declared its bookkeeping tables ~50 times."""
-    declared = _DECLARED.match(ddl)
-    if declared is None:
-        raise ValueError(f"ensure_table takes a table's declaration if it does not exist, not {ddl[:30]!r}")
-    if not table_exists(con, declared.group(1)):
+    if not table_exists(con, _declared_table(ddl)):
         con.execute(ddl)
 
 

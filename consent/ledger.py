@@ -156,7 +156,7 @@ WHERE consent_id IS NULL OR event_time IS NULL
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
     """The ledger table; a ledger made with a primary key is declared anew without it (outside a transaction)."""
     ensure_table(con, LEDGER_DDL)
-    drop_primary_key(con, "consent_events", LEDGER_DDL)
+    drop_primary_key(con, LEDGER_DDL)
 
 
 def sync_ledger(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

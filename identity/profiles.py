@@ -45,7 +45,7 @@ import duckdb
 import pandas as pd
 
 from cdp.config import Settings
-from cdp.store import code_digest, create_table_as, table_exists, transaction
+from cdp.store import code_digest, create_table_as, ensure_table, table_exists, transaction
 from identity.changes import ALL_RECORDS, changed_records
 from identity.graph import install_macros
 from identity.standardise import sql_plausible_time
@@ -271,7 +271,7 @@ def _phone_kinds_table(con: duckdb.DuckDBPyConnection, records: str) -> None:
     import phonenumbers
 
     release = phonenumbers.__version__
-    con.execute(PHONE_PREFIX_KINDS_DDL)
+    ensure_table(con, PHONE_PREFIX_KINDS_DDL)
     # The phones are read once (in a full build, a pass over every staged record joined to its customer).
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _phones AS

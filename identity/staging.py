@@ -342,8 +342,7 @@ def _stage(
     ensure_table(con, BASIS_DDL)
     fingerprint = staging_fingerprint(region)
     raws = tuple(s.raw for s in sources)
-    if table_exists(con, "phone_map"):
-        drop_primary_key(con, "phone_map", PHONE_MAP_DDL)
+    drop_primary_key(con, PHONE_MAP_DDL)
     incremental = incremental and _can_stage_incrementally(con, table, fingerprint)
     batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
     with transaction(con), email_functions(con):

@@ -123,15 +123,15 @@ def test_a_primary_key_made_before_is_dropped_with_every_row_kept(tmp_path) -> N
     con = connect(tmp_path / "cdp.duckdb")
     con.execute("CREATE TABLE kinds (k VARCHAR PRIMARY KEY, v INTEGER)")
     con.execute("INSERT INTO kinds SELECT 'k' || i, i FROM range(3000) t(i)")
-    assert drop_primary_key(con, "kinds", ddl)
+    assert drop_primary_key(con, ddl)
     assert con.execute("SELECT count(*), sum(v) FROM kinds").fetchall() == [(3000, sum(range(3000)))]
     keys = "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'kinds' AND constraint_type = 'PRIMARY KEY'"
     assert con.execute(keys).fetchall() == [(0,)]
     con.execute("INSERT INTO kinds VALUES ('k1', 1)")  # no key refuses it now
-    assert not drop_primary_key(con, "kinds", ddl)  # looked at once a connection
+    assert not drop_primary_key(con, ddl)  # looked at once a connection
     con.close()
     con = connect(tmp_path / "cdp.duckdb")
-    assert not drop_primary_key(con, "kinds", ddl)  # nothing to drop
+    assert not drop_primary_key(con, ddl)  # nothing to drop
     assert con.execute("SELECT count(*) FROM kinds").fetchall() == [(3001,)]
     assert "__keyed" not in str(con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
     con.close()
@@ -148,7 +148,7 @@ def test_ensure_table_declares_a_missing_table_only(tmp_path) -> None:  # type: 
     ensure_table(con, "CREATE TABLE IF NOT EXISTS ledger_x (a INTEGER, b INTEGER)")  # seen there: not run
     con.execute("COMMIT")
     assert [c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE ledger_x)").fetchall()] == ["a"]
-    with pytest.raises(ValueError, match="declaration if it does not exist"):
+    with pytest.raises(ValueError, match="declaration if it does not exist was expected"):
         ensure_table(con, "CREATE TABLE ledger_y (a INTEGER)")
     con.close()
     con = connect(tmp_path / "cdp.duckdb", read_only=True)
