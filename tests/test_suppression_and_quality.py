@@ -123,3 +123,20 @@ def test_validated_frames_are_not_fingerprinted(staged, monkeypatch):
 
     monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", hashing)
     assert validate_table(staged, "stg_records").success
+
+
+def test_expectation_types_are_derived_once_per_class(staged):
+    """Great Expectations derives an expectation's type from its class name, by two regular expressions, each
+    time it reads the expectation's configuration (about 75 times a validation): cdp.quality derives it once
+    per class, the same type."""
+    from great_expectations import util
+    from great_expectations.expectations import expectation
+
+    derive = expectation.camel_to_snake
+    before = derive.cache_info()
+    assert validate_table(staged, "stg_records").success
+    after = derive.cache_info()
+    assert after.hits > before.hits
+    assert after.misses - before.misses <= len(SUITES["stg_records"])  # a new class at most once
+    name = "ExpectColumnValuesToMatchRegex"
+    assert derive(name) == util.camel_to_snake(name) == "expect_column_values_to_match_regex"
