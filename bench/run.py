@@ -182,12 +182,15 @@ def comparisons_scored(con) -> int:  # type: ignore[no-untyped-def]
 
 def in_fresh_process(module_args: list[str], label: str) -> dict:
     """Run ``python -m <module_args>`` in a process of its own (its peak memory is its own) and return the
-    JSON its last line prints; exit with the last error line when it fails."""
+    JSON its last line prints; exit with the last error line when it fails, or with the pipeline's failure
+    when the JSON says the run did not succeed."""
     out = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"bench: {label} failed: {out.stderr.strip().splitlines()[-1]}")
     result: dict = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {json.dumps(result)}", flush=True)
+    if result.get("success") is False:  # the pipeline ran and failed: its seconds time a run that did not happen
+        sys.exit(f"bench: {label} failed: {result.get('failure')}")
     return result
 
 
