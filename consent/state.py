@@ -2,9 +2,9 @@
 
 Computed from the whole ledger, so that an event naming an identifier the platform had not seen when it
 arrived applies as soon as a record carrying that identifier is linked to a customer. After the first full
-computation it can be updated for the customers whose state may have changed only (the customers identity
-changed, the customers the events naming their identifier values reach, and the customers that new or newly
-current events reach; see :func:`build_consent_state`), with the same result as a full rebuild.
+computation it can be updated for the customers whose state may have changed only (the customers whose
+identifier values identity changed, the customers the events naming those values reach, and the customers that
+new or newly current events reach; see :func:`build_consent_state`), with the same result as a full rebuild.
 
 Rules, in the order they are applied:
 
@@ -265,11 +265,12 @@ def build_consent_state(
 
     ``customers``: the name of a table with a ``customer_id`` column, the customers whose records changed
     since the last computation (``_changed_customers``); the state must be :func:`state_current`. Recomputed
-    are those customers, every customer an event naming a value they hold or held reaches (through any
-    value the event names), and every customer reached by a ledger event appended since or dated between
-    the last ``as_of`` and this one. Another carrier of a changed customer's value that no event names is
-    left alone: a value's carriers only count through the events naming it. The result equals a full
-    rebuild's (``computed_at`` aside: untouched rows keep theirs). ``records``: a temp table holding those
+    are those of them whose identifier values changed (a value gained or lost: a customer's state depends on
+    its values, the events naming them and those values' other carriers), every customer an event naming such
+    a value reaches (through any value the event names), and every customer reached by a ledger event
+    appended since or dated between the last ``as_of`` and this one. Another carrier of a changed value that
+    no event names is left alone: a value's carriers only count through the events naming it. The result
+    equals a full rebuild's (``computed_at`` aside: untouched rows keep theirs). ``records``: a temp table holding those
     customers' staged records (:func:`identity.changes.records_of_run`), else they are read here.
     ``before_commit`` runs inside the transaction, just before it commits.
 
@@ -392,7 +393,8 @@ def bring_to_now(con: duckdb.DuckDBPyConnection) -> int:
 
 #: Temp tables of this module, dropped after every computation.
 _TEMPS = (
-    "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_buckets", "_cs_new",
+    "_consent_ids", "_consent_hits", "_cs_changed", "_cs_changed_ids", "_cs_held", "_cs_gained", "_cs_lost",
+    "_cs_moved", "_cs_buckets", "_cs_new",
     "_cs_seeds", "_cs_affected", "_cs_affected_ids", "_cs_changed_records",
     "_cs_events", "_cs_ledger", "_cs_values", "_cs_reach", "_cs_loose", "_cs_state",
 )  # fmt: skip
@@ -400,7 +402,7 @@ _TEMPS = (
 
 def _store_values(con: duckdb.DuckDBPyConnection, ids: str) -> None:
     """Append to ``consent_state_keys`` the values of ``ids`` (a temp table of :func:`_ids_sql`'s rows), with
-    their buckets: what a full computation stores for everyone and an update for its changed customers."""
+    their buckets: what a full computation stores for everyone (an update writes its differences only)."""
     con.execute(
         f"""INSERT INTO consent_state_keys
             SELECT customer_id, kind, value, {_BUCKET} FROM {ids} WHERE value IS NOT NULL"""
@@ -451,16 +453,42 @@ def _update(
         return {"customers": 0}
     records = records or changed_records(con, "_cs_changed", "_cs_changed_records")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_changed_ids AS {_ids_sql(loose, records)}")
-    # The buckets of every value a changed customer holds now or held at the last computation.
+    # The values a changed customer gained or lost since the last computation. A customer's state depends on
+    # its values only (and on the events naming them and those values' other carriers): most changed customers
+    # gained a record carrying values they had already (an event of a known cookie), and their state is what it
+    # was unless an event reaches them below. (A customer id that appeared or went gained or lost every value.)
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _cs_buckets AS
-            SELECT {_BUCKET} AS bucket FROM _cs_changed_ids WHERE value IS NOT NULL
-            UNION SELECT bucket FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)"""
+        """CREATE OR REPLACE TEMP TABLE _cs_held AS
+           SELECT * FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)"""
     )
-    # From here on consent_state_keys holds every customer's values as they are now: the changed customers'
-    # are read again above, everyone else's records are as they were (or they would be changed customers).
-    con.execute("DELETE FROM consent_state_keys WHERE customer_id IN (SELECT customer_id FROM _cs_changed)")
-    _store_values(con, "_cs_changed_ids")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_gained AS
+            SELECT customer_id, kind, value, {_BUCKET} AS bucket FROM (
+                SELECT c.* FROM _cs_changed_ids c ANTI JOIN _cs_held h USING (customer_id, kind, value)
+                WHERE c.value IS NOT NULL)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_lost AS
+           SELECT h.* FROM _cs_held h ANTI JOIN _cs_changed_ids c USING (customer_id, kind, value)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _cs_moved AS
+           SELECT customer_id FROM _cs_gained UNION SELECT customer_id FROM _cs_lost"""
+    )
+    # The buckets of those values: only their carriers changed, so only the events naming them can reach anyone
+    # differently (a CRM contact's new phone leaves the old number's other carriers with a new fan-out).
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _cs_buckets AS SELECT bucket FROM _cs_gained UNION SELECT bucket FROM _cs_lost"
+    )
+    # From here on consent_state_keys holds every customer's values as they are now: the changed customers' are
+    # read again above (only the difference is written), everyone else's records are as they were (or they
+    # would be changed customers).
+    con.execute(
+        """DELETE FROM consent_state_keys
+           WHERE customer_id IN (SELECT customer_id FROM _cs_lost)
+             AND (customer_id, kind, value) IN (SELECT (customer_id, kind, value) FROM _cs_lost)"""
+    )
+    con.execute("INSERT INTO consent_state_keys SELECT * FROM _cs_gained")
     # Events whose reach may differ from last time: naming a changed value, new, or come into (or out of)
     # force between the two as_of; then the buckets of every value they name, loose emails included. The
     # changed values themselves are not reached as such: who else carries a value matters to no one's state
@@ -492,7 +520,7 @@ def _update(
     )
     con.execute(
         """CREATE OR REPLACE TEMP TABLE _cs_affected AS
-           SELECT customer_id FROM _cs_changed
+           SELECT customer_id FROM _cs_moved
            UNION SELECT customer_id FROM consent_state_keys SEMI JOIN _cs_reach USING (bucket)"""
     )
     # Their state, exactly: the events reaching them, and every carrier of the values those events name.

@@ -62,6 +62,17 @@ def test_records_added_to_a_customer_recompute_that_customer_only(con, w):
     assert assert_equals_full_rebuild(con).query("customer_id == 'cD'")["status"].tolist() == ["granted"]
 
 
+def test_a_record_carrying_values_the_customer_holds_recomputes_no_one(con, w):
+    # Another web visit of cA's cookie and account: identity reports cA, whose values (and so whose state, and
+    # every other carrier's) are what they were. Nobody is recomputed, and the stored values are not rewritten.
+    keys = con.execute("SELECT * FROM consent_state_keys ORDER BY ALL").fetchall()
+    w.add_record(con, "cA", "web", "wA2", w.at(12), anonymous_id="anonA", user_id="uA", event_type="page_view")
+    counts = update(con, ["cA"])
+    assert counts["customers_recomputed"] == 0 and recomputed_rows(con) == set()
+    assert con.execute("SELECT * FROM consent_state_keys ORDER BY ALL").fetchall() == keys
+    assert_equals_full_rebuild(con)
+
+
 def test_new_customer_on_a_household_phone_recomputes_every_carrier_of_the_phone(con, w):
     w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
     counts = update(con, ["cH"])
