@@ -233,7 +233,7 @@ def _reread_identifiers(con: duckdb.DuckDBPyConnection) -> int:
                     SELECT e.event_id, {", ".join(f"n.{c}" for c in columns)}
                     FROM consent_events e
                     JOIN (SELECT batch_id AS _batch, row_number AS _row, {", ".join(columns)}
-                          FROM (SELECT {source.columns} FROM {source.raw} r)) n
+                          FROM ({source.rows()})) n
                       ON e.origin = '{origin}' AND e.batch_id = n._batch AND e.row_number = n._row
                     WHERE {" OR ".join(f"e.{c} IS DISTINCT FROM n.{c}" for c in columns)}"""
             )

@@ -31,16 +31,18 @@ from cdp.store import (
 from identity.standardise import (
     email_functions,
     normalise_phone,
-    sql_display_name,
-    sql_email_match_key,
+    sql_display_of_written,
     sql_fold_accents,
+    sql_match_key,
     sql_normalise_email,
     sql_normalise_id,
     sql_normalise_name,
     sql_normalise_postcode,
     sql_phone_region,
     sql_plausible_dob,
+    sql_read_by_python,
     sql_trim_id,
+    sql_written_name,
 )
 
 #: The raw tables with phones, and the region each row's national numbers are read in (``''``: the
@@ -100,14 +102,12 @@ def build_phone_map(
 
 
 def _names() -> str:
-    """First and last name in matching form, and as a profile shows them (NULL where matching has none)."""
-    parts = []
-    for col in ("first_name", "last_name"):
-        matching = sql_normalise_name(col)
-        parts.append(
-            f"{matching} AS {col}, CASE WHEN {matching} IS NOT NULL THEN {sql_display_name(col)} END AS {col}_display"
-        )
-    return ", ".join(parts)
+    """First and last name in matching form, and as written: the outer SELECT makes the latter what a profile
+    shows (:data:`_NAMES_FINISH`)."""
+    return ", ".join(
+        f"{sql_normalise_name(col)} AS {col}, {sql_written_name(col)} AS {col}_display"
+        for col in ("first_name", "last_name")
+    )
 
 
 def _ids(*cols: str) -> str:
@@ -115,10 +115,37 @@ def _ids(*cols: str) -> str:
     return ", ".join(f"{sql_normalise_id(c, c)} AS {c}" for c in cols)
 
 
+def _email(col: str = "email") -> str:
+    """The normalised email, and what the outer SELECT makes the match key of (:data:`_EMAIL_FINISH`): whether
+    the Python rule reads the address, and its key if so."""
+    read = sql_read_by_python(col)
+    return (
+        f"{sql_normalise_email(col)} AS email, "
+        f"struct_pack(python := {read}, key := CASE WHEN {read} THEN cdp_email_match_key({col}) END) AS email_key"
+    )
+
+
+# A staged source is two SELECTs (:meth:`_Staged.select`). The inner one standardises the raw columns; the outer
+# one finishes the values that are read several times from one standardised value: the email match key from the
+# normalised address, a name as shown from the name as written. Written out in one SELECT, each use repeats the
+# SQL it is read from, and DuckDB planned the four sources' staging in 83 ms instead of ~40.
+_EMAIL_FINISH = (f"CASE WHEN email_key.python THEN email_key.key ELSE {sql_match_key('email')} END AS email_key",)
+_NAMES_FINISH = (
+    *_EMAIL_FINISH,
+    *(
+        f"CASE WHEN {col} IS NOT NULL THEN {sql_display_of_written(f'{col}_display')} END AS {col}_display"
+        for col in ("first_name", "last_name")
+    ),
+)
+_ADDRESS_FINISH = (
+    *_NAMES_FINISH,
+    *(f"{sql_display_of_written(f'{col}_display', name=False)} AS {col}_display" for col in ("address_line1", "city")),
+)
+
+
 def _person(email: str = "email", phone: str = "phone", region: str = "''") -> str:
     return (
-        f"{sql_normalise_email(email)} AS email, {sql_email_match_key(email)} AS email_key, "
-        f"(SELECT e164 FROM phone_map m WHERE m.raw = {phone} AND m.region = {region}) AS phone_e164"
+        f"{_email(email)}, (SELECT e164 FROM phone_map m WHERE m.raw = {phone} AND m.region = {region}) AS phone_e164"
     )
 
 
@@ -145,9 +172,17 @@ class _Staged:
     time: str
     columns: str
     source: str | None = None  # stg_records.source; None for stg_consent
+    finish: tuple[str, ...] = _EMAIL_FINISH  # the outer SELECT's columns, each replacing the inner one's
 
     def select(self, where: str = "true") -> str:
-        return f"SELECT {self.columns} FROM {self.raw} r WHERE {where} " + _LATEST.format(key=self.key, time=self.time)
+        """The staged rows of the raw rows matching ``where``: the latest version of each key."""
+        return self.rows(f"{where} {_LATEST.format(key=self.key, time=self.time)}")
+
+    def rows(self, where: str = "true") -> str:
+        """Every raw row matching ``where`` (SQL over the raw table ``r``, which may end with a QUALIFY) as
+        staging reads it."""
+        inner = f"SELECT {self.columns} FROM {self.raw} r WHERE {where}"
+        return f"SELECT * REPLACE ({', '.join(self.finish)}) FROM ({inner})"
 
 
 RECORD_SOURCES: tuple[_Staged, ...] = (
@@ -156,7 +191,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         event_time AS record_time, lower(trim(event_type)) AS event_type,
         {_ids("user_id")}, NULL::VARCHAR AS loyalty_id, NULL::VARCHAR AS crm_id,
         {_ids("anonymous_id")}, NULL::VARCHAR AS device_id,
-        {sql_normalise_email("email")} AS email, {sql_email_match_key("email")} AS email_key,
+        {_email()},
         NULL::VARCHAR AS phone_e164, {_NULL_PERSON},
         {sql_trim_id("order_id")} AS order_id, revenue AS amount, upper(trim(currency)) AS currency,
         NULL::VARCHAR AS store_id, {_META}""", "web"),
@@ -177,7 +212,7 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         NULL AS address_line1_display, NULL AS city_display,
         {sql_normalise_postcode("postcode")} AS postcode, NULL AS country,
         transaction_id AS order_id, amount, upper(trim(currency)) AS currency, {_ids("store_id")}, {_META}""",
-        "store"),
+        "store", _NAMES_FINISH),
     _Staged("raw_crm", "crm_id", "coalesce(updated_at, created_at)", f"""
         'crm' AS source, crm_id AS source_record_id, 'crm:' || trim(crm_id) AS unit_id,
         coalesce(updated_at, created_at) AS record_time, 'crm_contact' AS event_type,
@@ -188,10 +223,11 @@ RECORD_SOURCES: tuple[_Staged, ...] = (
         NULLIF(trim(regexp_replace({sql_fold_accents('address_line1')}, '[^a-z0-9 ]+', ' ', 'g')), '')
             AS address_line1,
         NULLIF(lower(trim(city)), '') AS city, {sql_normalise_postcode("postcode")} AS postcode,
-        {sql_display_name("address_line1", name=False)} AS address_line1_display,
-        {sql_display_name("city", name=False)} AS city_display,
+        {sql_written_name("address_line1", name=False)} AS address_line1_display,
+        {sql_written_name("city", name=False)} AS city_display,
         NULLIF(upper(trim(country)), '') AS country,
-        NULL AS order_id, NULL::DECIMAL(18,2) AS amount, NULL AS currency, NULL AS store_id, {_META}""", "crm"),
+        NULL AS order_id, NULL::DECIMAL(18,2) AS amount, NULL AS currency, NULL AS store_id, {_META}""", "crm",
+        _ADDRESS_FINISH),
 )  # fmt: skip
 
 CONSENT_SOURCE = _Staged("raw_consent", "consent_id", "event_time", f"""
