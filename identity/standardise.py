@@ -382,26 +382,20 @@ def sql_normalise_name(col: str) -> str:
     return f"NULLIF({untitled}, '')"
 
 
-def sql_display_name(col: str, name: bool = True) -> str:
-    """A name as a profile shows it: as written (spaces collapsed, a leading title dropped as in matching),
-    and when it was written all in one case, capitalised word by word and after hyphens and apostrophes,
-    with "Mc" names as McDonald (``O'BRIEN-SMITH`` -> ``O'Brien-Smith``). The matching form has lost the
-    apostrophes and accents, which a letter or an export to the customer should keep. With ``name`` false
-    (an address line, a city), no title is dropped and an apostrophe starts no word (``ST MARY'S ROAD`` ->
-    ``St Mary's Road``)."""
-    return sql_display_of_written(sql_written_name(col, name), name)
-
-
 def sql_written_name(col: str, name: bool = True) -> str:
     """A name (or with ``name`` false, an address line or a city) as written: spaces collapsed and, for a name,
-    a leading title dropped; what :func:`sql_display_of_written` capitalises."""
+    a leading title dropped as in matching; what :func:`sql_display_name` capitalises."""
     written = f"trim(regexp_replace({col}, '{_WHITESPACE_CLASS}+', ' ', 'g'))"
     return f"regexp_replace({written}, '(?i)^({'|'.join(TITLES)})\\.? +(\\S)', '\\2')" if name else written
 
 
-def sql_display_of_written(untitled: str, name: bool = True) -> str:
-    """:func:`sql_display_name` of a value :func:`sql_written_name` gave. The value is read six times: a query
-    that has it as a column passes the column, so that DuckDB does not plan the expression six times over."""
+def sql_display_name(written: str, name: bool = True) -> str:
+    """A name as a profile shows it, from ``written`` (:func:`sql_written_name`'s value): as written, and when it
+    was written all in one case, capitalised word by word and after hyphens and apostrophes, with "Mc" names as
+    McDonald (``O'BRIEN-SMITH`` -> ``O'Brien-Smith``). The matching form has lost the apostrophes and accents,
+    which a letter or an export to the customer should keep. With ``name`` false (an address line, a city), an
+    apostrophe starts no word (``ST MARY'S ROAD`` -> ``St Mary's Road``). ``written`` is read six times: a query
+    that has it as a column passes the column, so that DuckDB does not plan its expression six times over."""
     cap = "upper(c[1]) || c[2:]"
     if name:
         cap = f"CASE WHEN c LIKE 'mc__%' THEN 'Mc' || upper(c[3]) || c[4:] ELSE {cap} END"
@@ -411,13 +405,13 @@ def sql_display_of_written(untitled: str, name: bool = True) -> str:
     # staging took twice as long, and evaluating it half as long again). string_split never gives an empty
     # list, the one case where the two differ.
     capitalised = (
-        f"list_aggr(list_transform(string_split(lower({untitled}), ' '), lambda a: list_aggr("
+        f"list_aggr(list_transform(string_split(lower({written}), ' '), lambda a: list_aggr("
         f"list_transform(string_split(a, '-'), lambda b: list_aggr("
         f"list_transform(string_split(b, {apostrophe}), lambda c: {cap}), 'string_agg', {apostrophe})), "
         f"'string_agg', '-')), 'string_agg', ' ')"
     )
-    one_case = f"{untitled} = lower({untitled}) OR {untitled} = upper({untitled})"
-    return f"NULLIF(CASE WHEN {one_case} THEN {capitalised} ELSE {untitled} END, '')"
+    one_case = f"{written} = lower({written}) OR {written} = upper({written})"
+    return f"NULLIF(CASE WHEN {one_case} THEN {capitalised} ELSE {written} END, '')"
 
 
 def sql_normalise_postcode(col: str) -> str:
