@@ -270,9 +270,9 @@ def build_consent_state(
     a value reaches (through any value the event names), and every customer reached by a ledger event
     appended since or dated between the last ``as_of`` and this one. Another carrier of a changed value that
     no event names is left alone: a value's carriers only count through the events naming it. The result
-    equals a full rebuild's (``computed_at`` aside: untouched rows keep theirs). ``records``: a temp table holding those
-    customers' staged records (:func:`identity.changes.records_of_run`), else they are read here.
-    ``before_commit`` runs inside the transaction, just before it commits.
+    equals a full rebuild's (``computed_at`` aside: untouched rows keep theirs). ``records``: a temp table
+    holding those customers' staged records (:func:`identity.changes.records_of_run`), else they are read
+    here. ``before_commit`` runs inside the transaction, just before it commits.
 
     Returns counts only, no personal data. ``granted`` / ``withdrawn``: state rows by status; ``events``:
     ledger size. A full rebuild adds ``unmatched_events`` (events in force that reach no known customer yet,
