@@ -374,6 +374,41 @@ def forget_batches(con: duckdb.DuckDBPyConnection, ledger: str, name: str) -> No
     con.execute(f"DELETE FROM {ledger} WHERE table_name = ?", [name])
 
 
+#: The asset checks that passed on a table as it is now (check names only). A check that passes adds itself
+#: (:func:`mark_verified`); whatever writes the table removes them all (:func:`unverify`), in the transaction
+#: of its write. A check run just after an incremental update of the table, by the run that made it, may
+#: then verify only the rows that update wrote, if it had verified the table before (see
+#: ``pipelines.checks.scoped_check``), as the expectation suites validate only batches they have not passed.
+CHECK_PASSES_DDL = "CREATE TABLE IF NOT EXISTS check_passes (table_name VARCHAR, check_name VARCHAR)"
+
+
+def verified_checks(con: duckdb.DuckDBPyConnection, table: str) -> frozenset[str]:
+    """The checks that passed on ``table`` since it was last written."""
+    ensure_table(con, CHECK_PASSES_DDL)
+    rows = con.execute("SELECT check_name FROM check_passes WHERE table_name = ?", [table]).fetchall()
+    return frozenset(name for (name,) in rows)
+
+
+def mark_verified(con: duckdb.DuckDBPyConnection, table: str, check: str) -> None:
+    """Record that ``check`` passed on ``table`` as it is now."""
+    ensure_table(con, CHECK_PASSES_DDL)
+    con.execute(
+        """INSERT INTO check_passes SELECT $table, $check WHERE NOT EXISTS (
+               SELECT 1 FROM check_passes WHERE table_name = $table AND check_name = $check)""",
+        {"table": table, "check": check},
+    )
+
+
+def unverify(con: duckdb.DuckDBPyConnection, table: str | None = None) -> None:
+    """``table`` (every table when None) changed: no check has verified it as it is now. Call it in the
+    transaction of the write, so that a write that commits never leaves a check's word standing."""
+    ensure_table(con, CHECK_PASSES_DDL)
+    if table is None:
+        con.execute("DELETE FROM check_passes")
+    else:
+        con.execute("DELETE FROM check_passes WHERE table_name = ?", [table])
+
+
 def quarantine_reasons(con: duckdb.DuckDBPyConnection, batch_ids: list[str]) -> dict[str, int]:
     """The quarantined rows of ``batch_ids`` by reason, most first (reasons are fixed texts naming columns,
     never values)."""

@@ -306,6 +306,7 @@ KEPT_TABLES: dict[str, str] = {
     "were built (the ledger's identifiers read) under",
     "staged_batches": "batch ids already staged, per staged table",
     "validated_batches": "batch ids whose rows passed a table's expectations, per table",
+    "check_passes": "which asset checks passed on a table as it is now: table and check names",
     "consent_state_basis": "one row: as_of, loose-withdrawal flag and version of the last consent state run",
     "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",

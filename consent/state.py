@@ -37,7 +37,7 @@ from pathlib import Path
 
 import duckdb
 
-from cdp.store import UNCOMPRESSED, code_digest, ensure_table, table_exists, transaction
+from cdp.store import UNCOMPRESSED, code_digest, ensure_table, table_exists, transaction, unverify
 from consent import ledger
 from consent.ledger import EVENT_IDENTIFIERS, ensure_ledger
 from identity.changes import ALL_RECORDS, changed_records
@@ -253,6 +253,13 @@ def state_current(con: duckdb.DuckDBPyConnection) -> bool:
     return rows == [(table_exists(con, "raw_consent"), BASIS_VERSION)]
 
 
+#: The customers the latest computation recomputed: every row it wrote, and every row of a customer it
+#: recomputed, carries its ``as_of`` as ``computed_at`` (a customer whose rows all ended has none left).
+RECOMPUTED_CUSTOMERS = (
+    "SELECT DISTINCT customer_id FROM consent_state WHERE computed_at = (SELECT as_of FROM consent_state_basis)"
+)
+
+
 def build_consent_state(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime | None = None,
@@ -300,6 +307,8 @@ def build_consent_state(
                 counts = _rebuild(con, params, loose)
             else:
                 counts = _update(con, params, loose, customers, records)
+            if customers is None or counts["customers"]:  # rows were written: its checks look again
+                unverify(con, "consent_state")
             con.execute("DELETE FROM consent_state_basis")
             if counts.get("linked", 1):  # with no customers yet, no basis either: the next computation is full
                 con.execute("INSERT INTO consent_state_basis VALUES ($as_of, $loose, $version)",

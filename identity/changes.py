@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import duckdb
 
-from cdp.store import ensure_table, table_exists
+from cdp.store import ensure_table, table_exists, unverify
 
 #: Which customer each identity unit belongs to. Every record of a unit is the unit's customer's (identity
 #: assigns units, not records), so the profiles and the consent state join ``stg_records`` to this by
@@ -109,10 +109,12 @@ def record_changes(con: duckdb.DuckDBPyConnection, run_id: str, customers_sql: s
 
 
 def invalidate(con: duckdb.DuckDBPyConnection) -> None:
-    """Make the next identity run and every consumer rebuild in full (records changed outside a run)."""
+    """Make the next identity run and every consumer rebuild in full (records changed outside a run), and every
+    asset check verify its whole table again (:func:`cdp.store.unverify`)."""
     ensure_changes_schema(con)
     con.execute("INSERT INTO customer_changes VALUES ('invalidated', ?)", [EVERYONE])
     con.execute("DELETE FROM change_consumers")
+    unverify(con)
 
 
 def invalidated(con: duckdb.DuckDBPyConnection) -> bool:

@@ -10,9 +10,13 @@ steps, the 1M bench's 1% batch ran 55 ms faster (eleven runs of each, alternatin
 Check names are constants so that the UI, tests and alerts can refer to them.
 """
 
+from collections.abc import Callable
+
 import dagster as dg
+import duckdb
 
 from cdp.quality import mark_validated, unvalidated_batches, validate_table
+from cdp.store import mark_verified
 from pipelines.resources import CdpStore
 
 RAW_EXPECTATIONS = "raw_expectations_pass"
@@ -59,3 +63,36 @@ def expectations_result(store: CdpStore, table: str, *, blocking: bool) -> dg.As
         asset_key=asset_key, check_name=check_name, severity=severity, passed=result.success,
         metadata={**result.metadata(), "batches": len(batches)},
     )  # fmt: skip
+
+
+#: ``scope`` metadata of a check that verified only the rows its asset's update wrote in the run, or all.
+SCOPE_WRITTEN, SCOPE_WHOLE = "customers updated in this run", "whole table"
+
+
+def scoped_check(
+    store: CdpStore, table: str, check: str, evaluate: Callable[[duckdb.DuckDBPyConnection, str], tuple[bool, dict]]
+) -> dg.AssetCheckResult:
+    """Evaluate a check of ``table`` on the rows it has not verified yet, and record a pass.
+
+    ``evaluate(con, only)`` returns whether the check passes and its metadata (counts); ``only`` is SQL true
+    for the rows to look at, by their ``customer_id``. After an incremental update of the table in the same
+    run, by a check that had passed on the table before it (:meth:`CdpStore.scope_checks`), they are the
+    rows of the customers the update wrote: the others are as the check last found them, since every write
+    of the table takes back the checks' passes (:func:`cdp.store.unverify`). Otherwise, and always in the
+    activation job, before an export, the whole table. This is how the expectation suites validate only the
+    batches they have not passed. For these checks, the 1M bench's 1% batch read every profile, consent row
+    and ledger event and the 800k customer links; scoped, it reads 4,463 customers' rows: 0.08 s less of a
+    3 s run. A check that fails leaves the table unverified, so the next run looks at all of it.
+    """
+    with store.session() as con:
+        customers = store.check_scope(table, check)
+        only = f"customer_id IN ({customers})" if customers else "true"
+        passed, metadata = evaluate(con, only)
+        if customers:
+            checked = con.execute(f"SELECT count(*) FROM ({customers})").fetchall()[0][0]
+            metadata = {**metadata, "scope": SCOPE_WRITTEN, "customers_checked": int(checked)}
+        else:
+            metadata = {**metadata, "scope": SCOPE_WHOLE}
+        if passed:
+            mark_verified(con, table, check)
+    return dg.AssetCheckResult(passed=passed, metadata=metadata)

@@ -56,14 +56,38 @@ class CdpStore(dg.ConfigurableResource):
 
     _in_run: bool = PrivateAttr(default=False)
     _con: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
+    #: Per table updated incrementally in this run: the checks that had verified it before, and the temp
+    #: table (on the run's connection) of the customers the update wrote. See :meth:`scope_checks`.
+    _check_scopes: dict[str, tuple[frozenset[str], str]] = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._in_run = True
+        self._check_scopes = {}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._check_scopes = {}
         if self._con is not None:
             self._con.close()
             self._con = None
+
+    def scope_checks(
+        self, con: duckdb.DuckDBPyConnection, table: str, verified: frozenset[str], customers: str
+    ) -> None:
+        """After this run's step updated ``table`` incrementally: its checks in ``verified`` (those that had
+        passed on the table as it was before the update, :func:`cdp.store.verified_checks`) may verify only
+        the rows of the customers ``customers`` (SQL of one column of customer ids) names, the rows the
+        update wrote. Only within the run, on its shared connection: a check evaluated anywhere else (the
+        activation job, the UI, a step of another process) verifies its whole table."""
+        if not verified or not self._in_run or con is not self._con:
+            return
+        scope = f"_check_scope_{table}"  # a table name of the code's own
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {scope} AS SELECT DISTINCT c AS customer_id FROM ({customers}) t(c)")
+        self._check_scopes[table] = (verified, scope)
+
+    def check_scope(self, table: str, check: str) -> str | None:
+        """SQL of the customer ids ``check`` of ``table`` has to verify (:meth:`scope_checks`); None: all."""
+        verified, scope = self._check_scopes.get(table, (frozenset(), ""))
+        return f"SELECT customer_id FROM {scope}" if check in verified else None
 
     @classmethod
     def from_settings(cls, settings: Settings, full_refresh: bool = False) -> CdpStore:

@@ -29,7 +29,9 @@ from cdp.config import Settings
 from consent.ledger import sync_ledger
 from consent.restriction import ensure_restrictions
 from consent.state import build_consent_state
+from identity.changes import record_changes
 from identity.profiles import build_customer_profiles
+from identity.resolve import ensure_identity_schema
 
 HOUSEHOLD = "+447911100999"
 T0 = datetime(2026, 1, 1, 9)
@@ -99,6 +101,17 @@ def make_world(con: duckdb.DuckDBPyConnection, ddl: dict[str, str]) -> None:
     con.execute("INSERT INTO restrictions VALUES ('cE', 'req-1', 'restriction', ?, NULL)", [at(7)])
 
 
+def identity_run(con: duckdb.DuckDBPyConnection, run_id: str, finished: datetime, changed: list[str] | None) -> None:
+    """What an identity run leaves for its consumers: its identity_runs row and its changed customers (None:
+    a full run, everyone)."""
+    ensure_identity_schema(con)
+    con.execute(
+        "INSERT INTO identity_runs (run_id, started_at, finished_at) VALUES (?, ?, ?)", [run_id, finished, finished]
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _run_changed AS SELECT unnest(?::VARCHAR[]) AS c", [changed or []])
+    record_changes(con, run_id, None if changed is None else "SELECT c FROM _run_changed")
+
+
 def states(con: duckdb.DuckDBPyConnection, purpose: str) -> dict[str, str]:
     return dict(con.execute("SELECT customer_id, status FROM consent_state WHERE purpose = ?", [purpose]).fetchall())
 
@@ -124,9 +137,9 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def w(staging_ddl: dict[str, str]) -> SimpleNamespace:
-    """The world's helpers: at, rebuild, add_record, add_consent, make_world, states, HOUSEHOLD."""
+    """The world's helpers: at, rebuild, add_record, add_consent, make_world, identity_run, states, HOUSEHOLD."""
     return SimpleNamespace(
         at=at, rebuild=rebuild, add_record=add_record, add_consent=add_consent,
-        make_world=functools.partial(make_world, ddl=staging_ddl),
+        make_world=functools.partial(make_world, ddl=staging_ddl), identity_run=identity_run,
         states=states, HOUSEHOLD=HOUSEHOLD,
     )  # fmt: skip

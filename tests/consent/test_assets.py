@@ -118,6 +118,10 @@ def test_the_activation_job_checks_what_it_reads_and_a_failed_blocking_check_sto
     assert {e.check_name for e in checked.get_asset_check_evaluations()} >= {
         assets.PROFILES_ONE_PER_CUSTOMER, assets.CONSENT_STATE_TRACES_TO_LEDGER, assets.EXPORT_ROWS_ALL_CONSENTED,
     }  # fmt: skip
+    # Its run updated none of the tables it checks: each check looks at the whole table.
+    assert {e.metadata["scope"].value for e in checked.get_asset_check_evaluations() if "scope" in e.metadata} == {
+        "whole table"
+    }
     exports = tmp_path / "home" / "exports" / "everyone"
     written = sorted(exports.iterdir())
     # A consent state that no ledger event explains: its blocking check fails, and nothing is exported.
@@ -162,11 +166,11 @@ def test_each_table_check_counts_what_is_wrong_in_its_table(store: CdpStore):
     passed, meta = _evaluate(assets.profiles_one_row_per_customer, store)
     # cA twice, cC gone, two profiles of no customer (one without an id): rows, distinct ids and both sides.
     assert not passed
-    assert meta == {"profiles": profiles + 2, "duplicate_rows": 2, "missing": 1, "orphans": 2}
+    assert meta == {"profiles": profiles + 2, "duplicate_rows": 2, "missing": 1, "orphans": 2, "scope": "whole table"}
     passed, meta = _evaluate(assets.profile_contacts_are_normalised, store)
-    assert not passed and meta == {"emails_not_normalised": 2, "phones_not_e164": 1}
+    assert not passed and meta == {"emails_not_normalised": 2, "phones_not_e164": 1, "scope": "whole table"}
     passed, meta = _evaluate(assets.consent_state_traces_to_ledger, store)
-    assert not passed and meta == {"untraced_rows": 2, "duplicate_rows": 0}
+    assert not passed and meta == {"untraced_rows": 2, "duplicate_rows": 0, "scope": "whole table"}
 
     # A second row of a customer and purpose.
     con = connect(store.db_path)
@@ -174,3 +178,78 @@ def test_each_table_check_counts_what_is_wrong_in_its_table(store: CdpStore):
     con.close()
     passed, meta = _evaluate(assets.consent_state_traces_to_ledger, store)
     assert not passed and meta["duplicate_rows"] == 1
+
+
+CHECKS = [assets.profiles_one_row_per_customer, assets.profile_contacts_are_normalised,
+          assets.consent_state_traces_to_ledger]  # fmt: skip
+
+
+def test_checks_after_an_incremental_update_in_their_run_look_at_the_customers_it_wrote(tmp_path: Path, w):
+    db = tmp_path / "cdp.duckdb"
+    con = connect(db)
+    w.make_world(con)
+    w.identity_run(con, "r1", w.at(20), None)
+    con.close()
+    store = CdpStore(db_path=str(db), home=str(tmp_path / "home"))
+
+    def run() -> dict[str, tuple[bool, dict]]:
+        result = dg.materialize(ALL[:3] + CHECKS, resources={"store": store}, raise_on_error=False)
+        return {
+            e.check_name: (e.passed, {k: v.value for k, v in e.metadata.items()})
+            for e in result.get_asset_check_evaluations()
+        }
+
+    first = run()  # full rebuilds: the whole tables
+    assert all(passed and meta["scope"] == "whole table" for passed, meta in first.values())
+    assert first[assets.PROFILES_ONE_PER_CUSTOMER][1]["profiles"] == 7
+    con = connect(db)
+    w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
+    w.identity_run(con, "r2", w.at(21), ["cH"])
+    con.close()
+    second = run()
+    assert all(passed and meta["scope"] == "customers updated in this run" for passed, meta in second.values())
+    assert second[assets.PROFILES_ONE_PER_CUSTOMER][1] == {
+        "profiles": 1, "duplicate_rows": 0, "missing": 0, "orphans": 0,
+        "scope": "customers updated in this run", "customers_checked": 1,
+    }  # fmt: skip
+    # cH and the two other carriers of the household phone
+    assert second[assets.CONSENT_STATE_TRACES_TO_LEDGER][1]["customers_checked"] == 3
+
+    # A customer the update wrote without a profile (its record is not staged): the scoped check sees it.
+    con = connect(db)
+    con.execute("INSERT INTO customer_source_records VALUES ('web', 'ghost', 'cZ', 'web:ghost')")
+    w.identity_run(con, "r3", w.at(22), ["cZ"])
+    con.close()
+    passed, meta = run()[assets.PROFILES_ONE_PER_CUSTOMER]
+    assert not passed and meta["missing"] == 1 and meta["scope"] == "customers updated in this run"
+    # It failed, so nothing vouches for the table any more: the next run's check looks at all of it.
+    con = connect(db)
+    w.identity_run(con, "r4", w.at(23), [])
+    con.close()
+    third = run()
+    passed, meta = third[assets.PROFILES_ONE_PER_CUSTOMER]
+    assert not passed and meta["missing"] == 1 and meta["scope"] == "whole table" and meta["profiles"] == 8
+    assert third[assets.PROFILE_CONTACTS_NORMALISED][1]["scope"] == "customers updated in this run"
+
+
+def test_writing_a_table_takes_back_the_passes_of_its_checks(store: CdpStore):
+    from cdp.config import Settings
+    from cdp.store import verified_checks
+    from consent.state import build_consent_state
+    from identity.changes import invalidate
+    from identity.profiles import build_customer_profiles
+
+    dg.materialize(ALL[:3], resources={"store": store})
+    for check in (assets.profiles_one_row_per_customer, assets.consent_state_traces_to_ledger):
+        assert _evaluate(check, store)[0]
+    con = connect(store.db_path)
+    assert verified_checks(con, "consent_state") == {assets.CONSENT_STATE_TRACES_TO_LEDGER}
+    build_consent_state(con)  # a rebuild (as an export's bring_to_now writes rows too)
+    assert verified_checks(con, "consent_state") == frozenset()
+    assert verified_checks(con, "customer_profiles") == {assets.PROFILES_ONE_PER_CUSTOMER}
+    build_customer_profiles(con, Settings())
+    assert verified_checks(con, "customer_profiles") == frozenset()
+    assert _evaluate(assets.profiles_one_row_per_customer, store)[0]
+    invalidate(con)  # an erasure: records left outside a run
+    assert verified_checks(con, "customer_profiles") == frozenset()
+    con.close()

@@ -18,8 +18,6 @@ from cdp.store import connect, raw_ddl
 from consent.ledger import sync_ledger
 from consent.restriction import ensure_restrictions
 from consent.state import build_consent_state, state_current
-from identity.changes import record_changes
-from identity.resolve import ensure_identity_schema
 from pipelines.assets import profiles as assets
 from pipelines.resources import CdpStore
 
@@ -190,21 +188,11 @@ def test_update_needs_a_basis_and_a_table_name(con):
         build_consent_state(con, as_of=LATER, customers="x; DROP TABLE consent_state")
 
 
-def _identity_run(con: duckdb.DuckDBPyConnection, run_id: str, finished: datetime, changed: list[str] | None) -> None:
-    """What an identity run leaves for its consumers: its identity_runs row and its changed customers."""
-    ensure_identity_schema(con)
-    con.execute(
-        "INSERT INTO identity_runs (run_id, started_at, finished_at) VALUES (?, ?, ?)", [run_id, finished, finished]
-    )
-    con.execute("CREATE OR REPLACE TEMP TABLE _run_changed AS SELECT unnest(?::VARCHAR[]) AS c", [changed or []])
-    record_changes(con, run_id, None if changed is None else "SELECT c FROM _run_changed")
-
-
 def test_assets_rebuild_in_full_first_then_only_what_identity_changed(tmp_path, w):
     db = tmp_path / "cdp.duckdb"
     con = connect(db)
     w.make_world(con)
-    _identity_run(con, "r1", datetime(2026, 1, 1), None)
+    w.identity_run(con, "r1", datetime(2026, 1, 1), None)
     con.close()
     store = CdpStore(db_path=str(db), home=str(tmp_path / "home"))
     nodes = [assets.customer_profiles, assets.consent_events, assets.consent_state]
@@ -223,7 +211,7 @@ def test_assets_rebuild_in_full_first_then_only_what_identity_changed(tmp_path, 
     assert first["consent_state"]["customers_recomputed"] == 7  # every customer with records
     con = connect(db)
     w.add_record(con, "cH", "store", "tH", w.at(12), phone_e164=w.HOUSEHOLD, store_id="s1")
-    _identity_run(con, "r2", datetime(2026, 1, 2), ["cH"])
+    w.identity_run(con, "r2", datetime(2026, 1, 2), ["cH"])
     con.close()
     second = run()
     assert second["customer_profiles"] == {**second["customer_profiles"], "mode": "incremental",
