@@ -24,6 +24,7 @@ from cdp.store import (
     drop_primary_key,
     ensure_table,
     forget_batches,
+    new_batches_by_table,
     record_batches,
     table_exists,
     transaction,
@@ -62,26 +63,35 @@ PHONE_REGIONS = {
 PHONE_MAP_DDL = "CREATE TABLE IF NOT EXISTS phone_map (raw VARCHAR, region VARCHAR, e164 VARCHAR)"
 
 
-def _phone_spellings(where: str = "true") -> str:
-    """Every (spelling, region) pair of the raw tables' phones, of rows matching ``where``."""
-    return " UNION ".join(
-        f"SELECT phone AS raw, {region} AS region FROM {table} WHERE phone IS NOT NULL AND {where}"
-        for table, region in PHONE_REGIONS.items()
+def _phone_spellings(batches: dict[str, list[str]] | None = None) -> str:
+    """Every (spelling, region) pair of the raw tables' phones; of the rows of ``batches`` only (per raw table,
+    as :func:`cdp.store.new_batches_by_table` gives them) when given."""
+    return (
+        " UNION ".join(
+            f"SELECT phone AS raw, {region} AS region FROM {table} WHERE phone IS NOT NULL"
+            + ("" if batches is None else f" AND batch_id IN ({_literals(batches[table])})")
+            for table, region in PHONE_REGIONS.items()
+            if batches is None or table in batches
+        )
+        or "SELECT NULL::VARCHAR AS raw, NULL::VARCHAR AS region WHERE false"
     )
 
 
+def _literals(values: list[str]) -> str:
+    """Batch ids (the code's own hashes) as a list of SQL string literals."""
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+
+
 def build_phone_map(
-    con: duckdb.DuckDBPyConnection, region: str, prune: bool = True, batches: list[str] | None = None
+    con: duckdb.DuckDBPyConnection, region: str, prune: bool = True, batches: dict[str, list[str]] | None = None
 ) -> int:
     """Add to ``phone_map(raw, region, e164)`` every new phone spelling of the raw tables, read in its
     row's region (of ``batches`` only, when given); with ``prune`` also drop spellings no longer present
     (erasure removes an erased subject's spellings itself)."""
     ensure_table(con, PHONE_MAP_DDL)
-    scope = _phone_spellings("batch_id IN (SELECT unnest($batches))" if batches is not None else "true")
     new = con.execute(
-        f"SELECT DISTINCT raw, region FROM ({scope}) s WHERE NOT EXISTS "
-        "(SELECT 1 FROM phone_map m WHERE m.raw = s.raw AND m.region = s.region)",
-        {"batches": batches} if batches is not None else {},
+        f"SELECT DISTINCT raw, region FROM ({_phone_spellings(batches)}) s WHERE NOT EXISTS "
+        "(SELECT 1 FROM phone_map m WHERE m.raw = s.raw AND m.region = s.region)"
     ).fetchall()
     if new:
         frame = {
@@ -289,19 +299,26 @@ def _can_stage_incrementally(con: duckdb.DuckDBPyConnection, table: str, fingerp
 
 
 def _restage_keys(
-    con: duckdb.DuckDBPyConnection, table: str, sources: tuple[_Staged, ...], batches: list[str], key_column: str
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    sources: tuple[_Staged, ...],
+    batches: dict[str, list[str]],
+    key_column: str,
 ) -> None:
-    """Re-stage every key that a row of ``batches`` carries: its staged row is deleted and chosen anew
-    among all its versions. One DELETE for every source (a pass over the staged table: one a source took
-    160 ms against 85 ms for a 1% batch of the 1M bench), then one INSERT from every source's raw table."""
+    """Re-stage every key that a row of ``batches`` (new batches per raw table) carries: its staged row is
+    deleted and chosen anew among all its versions. One DELETE for every source (a pass over the staged table:
+    one a source took 160 ms against 85 ms for a 1% batch of the 1M bench), then one INSERT from every
+    source's raw table. A raw table is read by its own batches only: one with no new batch is not read."""
+    sources = tuple(staged for staged in sources if staged.raw in batches)
+    if not sources:
+        return
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _restage AS "
         + " UNION ALL ".join(
             f"SELECT DISTINCT {_literal(staged.source)}::VARCHAR AS source, {staged.key} AS k FROM {staged.raw} "
-            "WHERE batch_id IN (SELECT unnest($batches))"
+            f"WHERE batch_id IN ({_literals(batches[staged.raw])})"
             for staged in sources
-        ),
-        {"batches": batches},
+        )
     )
     if not con.execute("SELECT count(*) FROM _restage").fetchall()[0][0]:
         return
@@ -329,14 +346,13 @@ def _restage_keys(
     # the 1M bench's 1% batch. A source none of whose keys was staged before (new events, new receipts) has
     # every version of them in the new batches: those rows are read by their batch, a filter on a column of a
     # few distinct values, instead of matching every raw row's key.
-    new_batches = ", ".join("'" + batch.replace("'", "''") + "'" for batch in batches)
     mine = "{key} IN (SELECT k FROM _restage WHERE source IS NOT DISTINCT FROM {source})"
     selects = " UNION ALL BY NAME ".join(
         "("
         + staged.select(
             mine.format(key=staged.key, source=_literal(staged.source))
             if staged.source in restaged
-            else f"batch_id IN ({new_batches}) AND {staged.key} IS NOT NULL"
+            else f"batch_id IN ({_literals(batches[staged.raw])}) AND {staged.key} IS NOT NULL"
         )
         + ")"
         for staged in sources
@@ -380,11 +396,12 @@ def _stage(
     raws = tuple(s.raw for s in sources)
     drop_primary_key(con, PHONE_MAP_DDL)
     incremental = incremental and _can_stage_incrementally(con, table, fingerprint)
-    batches = batches_not_in(con, "staged_batches", table, raws) if incremental else []
+    by_table = new_batches_by_table(con, "staged_batches", table, raws) if incremental else {}
+    batches = sorted(batch for table_batches in by_table.values() for batch in table_batches)
     with transaction(con), email_functions(con):
         if _basis(con, "phone_map") != fingerprint:  # spellings read under other rules, or another region
             con.execute("DROP TABLE IF EXISTS phone_map")
-        build_phone_map(con, region, prune=not incremental, batches=batches if incremental else None)
+        build_phone_map(con, region, prune=not incremental, batches=by_table if incremental else None)
         if not incremental:  # (an incremental run's table and phone map have this basis already)
             con.execute(
                 "INSERT OR REPLACE INTO staging_basis VALUES (?, ?), ('phone_map', ?)",
@@ -397,7 +414,7 @@ def _stage(
                 con.execute("DELETE FROM stg_unit_changes")
                 con.execute("INSERT INTO stg_unit_changes VALUES (?)", [ALL_UNITS])
         elif batches:
-            _restage_keys(con, table, sources, batches, key_column)
+            _restage_keys(con, table, sources, by_table, key_column)
         record_batches(con, "staged_batches", table, batches)
 
 

@@ -66,3 +66,28 @@ def test_a_batch_is_staged_as_staging_everything_anew_would(con) -> None:  # typ
     assert emails == {"E1": "ann@x.com", "E2": "bob@x.com", "E3": "carl@x.com"}
     # The units of every restaged key changed: C1's (restaged, though its staged row is the same) and the new ones.
     assert changed == {"crm:C1", "crm:C2", "web:cookie-2", "web:cookie-3"}
+
+
+def test_every_new_file_of_a_source_is_staged_with_its_phones(con, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two new files of a source in one run: each raw table is read by its own new batches, all of them (new
+    keys, keys staged before, phones)."""
+    _write(
+        tmp_path / "inbox",
+        {
+            "app/c.csv": "event_id,event_time,device_id,phone\nA1,2026-03-02T10:00:00,dev-1,07700 900001\n",
+            "app/d.csv": "event_id,event_time,device_id,phone\nA2,2026-03-03T10:00:00,dev-2,07700 900002\n",
+            "web/c.csv": "event_id,event_time,anonymous_id,email\nE4,2026-03-02T10:00:00,cookie-4,dan@x.com\n",
+            "crm/c.csv": "crm_id,first_name,email,updated_at\nC1,Annie,ann@x.com,2026-04-01T00:00:00\n",
+            "crm/d.csv": "crm_id,first_name,email,updated_at\nC2,Bobby,bob@x.com,2026-04-01T00:00:00\n",
+        },
+    )
+    Ingestor(con, b"s" * 32).ingest_inbox(tmp_path / "inbox")
+    build_staging(con, "GB", incremental=True)
+    incremental = {table: _staged(con, table) for table in ("stg_records", "stg_consent")}
+    phones = dict(con.execute("SELECT source_record_id, phone_e164 FROM stg_records WHERE source = 'app'").fetchall())
+    assert phones == {"A1": "+447700900001", "A2": "+447700900002"}
+    assert {"E2", "E3", "E4"} <= {r for (r,) in con.execute("SELECT source_record_id FROM stg_records").fetchall()}
+    names = dict(con.execute("SELECT source_record_id, first_name FROM stg_records WHERE source = 'crm'").fetchall())
+    assert names == {"C1": "annie", "C2": "bobby"}
+    build_staging(con, "GB", incremental=False)
+    assert incremental == {table: _staged(con, table) for table in ("stg_records", "stg_consent")}
