@@ -38,6 +38,7 @@ check: lint typecheck test
 # Whole pipeline at 100k/300k/1M records, a 1% batch on the 1M base, consent leaks on a 20k-person world.
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.ingest_breakdown  # the 1M inbox bench.run generated
 	$(BIN)/python -m bench.incremental
 	$(BIN)/python -m bench.consent_bench
 

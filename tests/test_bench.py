@@ -22,3 +22,23 @@ def test_a_run_whose_pipeline_failed_stops_the_bench(tmp_path, monkeypatch, caps
 def test_a_run_that_succeeded_is_returned(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     _module(tmp_path, monkeypatch, "good_run", '{"success": true, "seconds": 3.4}')
     assert in_fresh_process(["good_run"], "batch") == {"success": True, "seconds": 3.4}
+
+
+def test_the_ingest_breakdown_counts_every_statement_against_a_part_of_ingestion(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every statement of a first load belongs to a named part (none to "other": a renamed Ingestor method would
+    put its statements there), and DuckDB alone and the ingest stage read the same rows of the inbox."""
+    from bench.ingest_breakdown import PHASES, run_one, to_markdown
+    from cdp.generate import generate_world
+
+    generate_world(tmp_path / "inbox", customers=150, seed=5)
+    result = run_one(tmp_path / "inbox")
+    ingest = result["ingest"]
+    assert ingest["rows_in"] == result["duckdb_alone"]["rows"] > 1000
+    assert ingest["files"] == result["duckdb_alone"]["files"]
+    phases = ingest["phases_s"]
+    assert phases["other"] == 0.0
+    assert all(phases[p] > 0 for p in ("read", "classify", "reused_keys", "insert", "commit"))
+    assert set(phases) == {*PHASES, "other", "python"}
+    assert abs(sum(phases.values()) - ingest["seconds"]) < 0.05
+    table = to_markdown(result, {"cpus": 2, "memory_gb": 1.0, "python": "3"})
+    assert "keys another owner holds" in table and f"{ingest['rows_in']:,} rows" in table
