@@ -539,10 +539,12 @@ def _update(
            WHERE customer_id IN (SELECT customer_id FROM _cs_affected)"""
     )
     # The applicable events naming their values, with their ledger rows, read once: the values they name,
-    # their hits and the state come from these.
+    # their hits and the state come from these. Only the columns those read: the rows lie all over the ledger,
+    # and fetching the email, consent id, file and batch of each too took 9 ms more (42 against 33 ms).
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _cs_ledger AS
-            SELECT * FROM consent_events
+            SELECT event_id, origin, event_time, purpose, status, source, policy_version, recorded_at, {_IDS}
+            FROM consent_events
             WHERE {in_force()} <= $as_of
               AND ({_naming_value("_cs_affected_ids")}
                    OR event_id IN (SELECT event_id FROM _cs_loose
