@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
@@ -344,6 +344,12 @@ def _ensure_batch_ledger(con: duckdb.DuckDBPyConnection, ledger: str) -> None:
     if ledger not in BATCH_LEDGERS:
         raise ValueError(f"not a batch ledger: {ledger!r}")
     ensure_table(con, f"CREATE TABLE IF NOT EXISTS {ledger} (table_name VARCHAR, batch_id VARCHAR)")
+
+
+def sql_strings(values: Iterable[str]) -> str:
+    """Values of the code's own (batch ids, table and source names, constants) as a comma-separated list of SQL
+    string literals, for an ``IN (...)``; never user text."""
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
 def batches_not_in(con: duckdb.DuckDBPyConnection, ledger: str, name: str, sources: tuple[str, ...]) -> list[str]:

@@ -32,7 +32,7 @@ from importlib import resources
 import duckdb
 import pandas as pd
 
-from cdp.store import table_exists
+from cdp.store import sql_strings, table_exists
 
 #: Key types that can join units, in the order edges are reported.
 KEY_TYPES = ("user_id", "loyalty_id", "email_key", "phone_e164", "crm_id", "device_id", "anonymous_id")
@@ -81,11 +81,6 @@ PLACEHOLDER_EMAIL_DOMAINS = (
 )  # fmt: skip
 
 
-def _sql_list(values: tuple[str, ...]) -> str:
-    # constants of this module, not user text
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-
-
 #: SQL: the local part of the email match key ``v`` folded for :data:`PLACEHOLDER_EMAIL_PHRASES`: its dots,
 #: underscores and hyphens dropped (the match key is lower-case already).
 FOLDED_EMAIL_LOCAL = "translate(split_part(v, '@', 1), '._-', '')"
@@ -93,15 +88,15 @@ FOLDED_EMAIL_LOCAL = "translate(split_part(v, '@', 1), '._-', '')"
 PLACEHOLDER_MACRO = f"""
 CREATE OR REPLACE TEMP MACRO cdp_is_placeholder(t, v) AS (
     v IS NULL OR trim(v) = ''
-    OR lower(trim(v)) IN ({_sql_list(PLACEHOLDER_VALUES)})
+    OR lower(trim(v)) IN ({sql_strings(PLACEHOLDER_VALUES)})
     OR length(replace(lower(trim(v)), left(lower(trim(v)), 1), '')) = 0
     OR regexp_full_match(trim(v), '[0\\-\\s.+]+')
     OR (t = 'email_key' AND (
-        split_part(v, '@', 1) IN ({_sql_list(PLACEHOLDER_EMAIL_LOCALS)})
+        split_part(v, '@', 1) IN ({sql_strings(PLACEHOLDER_EMAIL_LOCALS)})
         OR regexp_full_match(split_part(v, '@', 1), '(test|dummy|fake)[0-9._-]*')
-        OR {FOLDED_EMAIL_LOCAL} IN ({_sql_list(PLACEHOLDER_EMAIL_PHRASES)})
+        OR {FOLDED_EMAIL_LOCAL} IN ({sql_strings(PLACEHOLDER_EMAIL_PHRASES)})
         OR regexp_full_match({FOLDED_EMAIL_LOCAL}, '(noreply|donotreply|noemail|nomail)[0-9]*')
-        OR split_part(v, '@', 2) IN ({_sql_list(PLACEHOLDER_EMAIL_DOMAINS)})
+        OR split_part(v, '@', 2) IN ({sql_strings(PLACEHOLDER_EMAIL_DOMAINS)})
         OR length(replace(split_part(v, '@', 1), left(split_part(v, '@', 1), 1), '')) = 0))
     OR (t = 'phone_e164' AND regexp_matches(v, '0{{6,}}$'))
 )

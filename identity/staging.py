@@ -26,6 +26,7 @@ from cdp.store import (
     forget_batches,
     new_batches_by_table,
     record_batches,
+    sql_strings,
     table_exists,
     transaction,
 )
@@ -69,17 +70,12 @@ def _phone_spellings(batches: dict[str, list[str]] | None = None) -> str:
     return (
         " UNION ".join(
             f"SELECT phone AS raw, {region} AS region FROM {table} WHERE phone IS NOT NULL"
-            + ("" if batches is None else f" AND batch_id IN ({_literals(batches[table])})")
+            + ("" if batches is None else f" AND batch_id IN ({sql_strings(batches[table])})")
             for table, region in PHONE_REGIONS.items()
             if batches is None or table in batches
         )
         or "SELECT NULL::VARCHAR AS raw, NULL::VARCHAR AS region WHERE false"
     )
-
-
-def _literals(values: list[str]) -> str:
-    """Batch ids (the code's own hashes) as a list of SQL string literals."""
-    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
 def build_phone_map(
@@ -316,7 +312,7 @@ def _restage_keys(
         "CREATE OR REPLACE TEMP TABLE _restage AS "
         + " UNION ALL ".join(
             f"SELECT DISTINCT {_literal(staged.source)}::VARCHAR AS source, {staged.key} AS k FROM {staged.raw} "
-            f"WHERE batch_id IN ({_literals(batches[staged.raw])})"
+            f"WHERE batch_id IN ({sql_strings(batches[staged.raw])})"
             for staged in sources
         )
     )
@@ -352,7 +348,7 @@ def _restage_keys(
         + staged.select(
             mine.format(key=staged.key, source=_literal(staged.source))
             if staged.source in restaged
-            else f"batch_id IN ({_literals(batches[staged.raw])}) AND {staged.key} IS NOT NULL"
+            else f"batch_id IN ({sql_strings(batches[staged.raw])}) AND {staged.key} IS NOT NULL"
         )
         + ")"
         for staged in sources
