@@ -25,6 +25,7 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -44,8 +45,10 @@ def _stages(outcome) -> dict[str, float]:  # type: ignore[no-untyped-def]
     return {run.step: round(run.seconds, 2) for run in outcome.steps}
 
 
-def run_step(work: Path, step: str, in_memory: bool = False) -> dict:
-    """One step of the benchmark, in this process: ``base``, ``batch``, ``again`` (nothing new) or ``rebuild``."""
+def run_step(work: Path, step: str, in_memory: bool = False, store: Path | None = None) -> dict:
+    """One step of the benchmark, in this process: ``base``, ``batch``, ``again`` (nothing new), ``rebuild`` or
+    ``one_row`` (see :func:`_one_row_per_source`), on the inbox of ``work`` and the store (DuckDB file and Dagster
+    home) in ``store``, by default ``work`` too."""
     loading = time.perf_counter()
     from cdp.config import load_settings
     from cdp.store import connect
@@ -53,8 +56,8 @@ def run_step(work: Path, step: str, in_memory: bool = False) -> dict:
 
     load_s = time.perf_counter() - loading  # the code location: Dagster, Great Expectations, the assets
 
-    inbox = work / "inbox"
-    settings = load_settings(db_path=work / "cdp.duckdb", home=work / "home", inbox=inbox)
+    inbox, store = work / "inbox", store or work
+    settings = load_settings(db_path=store / "cdp.duckdb", home=store / "home", inbox=inbox)
     if step == "batch":
         for source in SOURCES:
             for f in (work / "batch" / source).iterdir():
@@ -134,9 +137,10 @@ def main() -> None:
     parser.add_argument("--dagster-in-memory", action="store_true", help="run on an in-memory Dagster instance")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step, print JSON
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)  # the store's folder, if not --work
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(run_step(args.work, args.step, args.dagster_in_memory)))
+        print(json.dumps(run_step(args.work, args.step, args.dagster_in_memory, args.store)))
         return
 
     from cdp.generate import generate_world, split_inbox
@@ -148,8 +152,8 @@ def main() -> None:
     held = split_inbox(work / "world", work / "inbox", work / "batch", args.fraction)
     print(f"bench: world generated in {time.perf_counter() - started:.0f} s; batch rows held back: {held}", flush=True)
 
-    def run(step: str) -> dict:
-        step_args = ["bench.incremental", "--step", step, "--work", str(work)]
+    def run(step: str, store: Path = work) -> dict:
+        step_args = ["bench.incremental", "--step", step, "--work", str(work), "--store", str(store)]
         return in_fresh_process(step_args + (["--dagster-in-memory"] if args.dagster_in_memory else []), step)
 
     # The base and the batch alternate, each base on a fresh store and each batch on the store its base left:
@@ -163,9 +167,10 @@ def main() -> None:
         if not repeat:
             _keep_base(work)  # for profiling a batch by hand on a copy of a base
         batches.append(run("batch"))
+    one_row = _one_row_per_source(work, run)
     steps = [_median(bases), _median(batches), run("again"), run("rebuild")]
     report = {
-        "machine": machine(), "fraction": args.fraction, "batch_rows": held, "steps": steps,
+        "machine": machine(), "fraction": args.fraction, "batch_rows": held, "steps": steps, "one_row": one_row,
         "base_seconds": [r["seconds"] for r in bases], "batch_seconds": [r["seconds"] for r in batches],
         "dagster_instance": "in-memory" if args.dagster_in_memory else "project (sqlite run storage)",
     }  # fmt: skip
@@ -187,6 +192,27 @@ def _copy_store(source: Path, target: Path) -> None:
         shutil.copyfile(f, target / f.name)
     shutil.copytree(source / "home", target / "home")
     os.sync()
+
+
+def _one_row_per_source(work: Path, run: Callable[..., dict]) -> dict:
+    """What any change costs, whatever its size: a copy of the first base's store, and the base's inbox with the
+    first row of each of the batch's files instead of the batch (under the same paths, so that the base's files
+    are known unread by their size and times, as in a daily run). The inbox is left as the batch's steps need it."""
+    for source in SOURCES:
+        for f in (work / "batch" / source).iterdir():
+            (work / "inbox" / source / f.name).unlink(missing_ok=True)
+            lines = f.read_text().splitlines(keepends=True)
+            keep = 2 if f.suffix == ".csv" else 1  # a CSV's header and first row, a JSON lines file's first line
+            (work / "inbox" / source / f"one-row-{f.name}").write_text("".join(lines[:keep]))
+    _copy_store(work / "base-copy", work / "one-row")
+    try:
+        return run("one_row", work / "one-row")
+    finally:
+        shutil.rmtree(work / "one-row", ignore_errors=True)
+        for source in SOURCES:
+            for f in (work / "batch" / source).iterdir():
+                (work / "inbox" / source / f"one-row-{f.name}").unlink()
+                shutil.copyfile(f, work / "inbox" / source / f.name)
 
 
 def _keep_base(work: Path) -> None:
@@ -225,9 +251,11 @@ def to_markdown(report: dict) -> str:
         "| identity s | units re-resolved | peak MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    one_row = report.get("one_row")
     runs = (
         ("base, first run on a fresh store", base),
         ("new batch", batch),
+        *((("one row of each of the batch's files, on a copy of the base", one_row),) if one_row else ()),
         ("same inbox again, nothing new", again),
         ("full refresh after them", rebuild),
     )
@@ -250,7 +278,13 @@ def to_markdown(report: dict) -> str:
         "",
         f"What every run costs whatever its batch (the run with nothing new): {again['seconds'] / base['seconds']:.1%} "
         f"of the base's full run; the batch's own work (the batch's run less that): "
-        f"{(batch['seconds'] - again['seconds']) / base['seconds']:.1%}.",
+        f"{(batch['seconds'] - again['seconds']) / base['seconds']:.1%}."
+        + (
+            f" What any change costs, whatever its size (one row of each of the batch's files): "
+            f"{one_row['seconds'] / base['seconds']:.1%}."
+            if one_row
+            else ""
+        ),
         "",
         "Seconds are those of the Dagster run; *with code loading* adds the import of the pipeline's code "
         "location (Dagster, Great Expectations, the assets) that a fresh process such as `cdp run` pays first.",

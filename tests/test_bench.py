@@ -42,3 +42,34 @@ def test_the_ingest_breakdown_counts_every_statement_against_a_part_of_ingestion
     assert abs(sum(phases.values()) - ingest["seconds"]) < 0.05
     table = to_markdown(result, {"cpus": 2, "memory_gb": 1.0, "python": "3"})
     assert "keys another owner holds" in table and f"{ingest['rows_in']:,} rows" in table
+
+
+def test_the_one_row_run_sees_the_first_rows_and_leaves_the_inbox_as_the_batch_left_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.incremental import SOURCES, _one_row_per_source
+
+    work = tmp_path / "work"
+    for source in SOURCES:
+        (work / "inbox" / source).mkdir(parents=True)
+        (work / "batch" / source).mkdir(parents=True)
+        (work / "inbox" / source / "base.csv").write_text("id\nold\n")
+        batch = "id\nnew1\nnew2\n" if source != "consent" else '{"id": 1}\n{"id": 2}\n'
+        name = "new-batch.csv" if source != "consent" else "new-batch.jsonl"
+        (work / "batch" / source / name).write_text(batch)
+        (work / "inbox" / source / name).write_text(batch)  # as the batch step left it
+    (work / "base-copy" / "home").mkdir(parents=True)
+    (work / "base-copy" / "cdp.duckdb").write_text("store")
+    seen = {}
+
+    def run(step, store):  # type: ignore[no-untyped-def]
+        seen["step"], seen["store"] = step, (store / "cdp.duckdb").read_text()
+        seen["inbox"] = {str(p.relative_to(work / "inbox")): p.read_text() for p in (work / "inbox").rglob("*.*")}
+        return {"seconds": 1.0}
+
+    assert _one_row_per_source(work, run) == {"seconds": 1.0}
+    assert seen["step"] == "one_row" and seen["store"] == "store"
+    assert seen["inbox"]["web/one-row-new-batch.csv"] == "id\nnew1\n"
+    assert seen["inbox"]["consent/one-row-new-batch.jsonl"] == '{"id": 1}\n'
+    assert "web/new-batch.csv" not in seen["inbox"] and seen["inbox"]["web/base.csv"] == "id\nold\n"
+    after = {str(p.relative_to(work / "inbox")): p.read_text() for p in (work / "inbox").rglob("*.*")}
+    assert after["web/new-batch.csv"] == "id\nnew1\nnew2\n" and not any("one-row" in p for p in after)
+    assert not (work / "one-row").exists()
