@@ -165,7 +165,7 @@ def main() -> None:
             _fresh_base(work)
         bases.append(run("base"))
         if not repeat:
-            _keep_base(work)  # for profiling a batch by hand on a copy of a base
+            _keep_base(work)  # for the one-row run, and for profiling a batch by hand on a copy of a base
         batches.append(run("batch"))
     one_row = _one_row_per_source(work, run)
     steps = [_median(bases), _median(batches), run("again"), run("rebuild")]
@@ -216,7 +216,7 @@ def _one_row_per_source(work: Path, run: Callable[..., dict]) -> dict:
 
 
 def _keep_base(work: Path) -> None:
-    """Copy the base run's store and Dagster home aside, for the batch's repeats."""
+    """Copy the first base run's store and Dagster home aside (``base-copy``): the one-row run starts from it."""
     _copy_store(work, work / "base-copy")
 
 
