@@ -59,9 +59,8 @@ def run_step(work: Path, step: str, in_memory: bool = False, store: Path | None 
     inbox, store = work / "inbox", store or work
     settings = load_settings(db_path=store / "cdp.duckdb", home=store / "home", inbox=inbox)
     if step == "batch":
-        for source in SOURCES:
-            for f in (work / "batch" / source).iterdir():
-                shutil.copyfile(f, inbox / source / f.name)
+        for source, f in _batch_files(work):
+            shutil.copyfile(f, inbox / source / f.name)
     before = None
     if step == "rebuild":  # what the incremental run left, to compare with what a full refresh builds
         con = connect(settings.db_path, read_only=True)
@@ -198,21 +197,24 @@ def _one_row_per_source(work: Path, run: Callable[..., dict]) -> dict:
     """What any change costs, whatever its size: a copy of the first base's store, and the base's inbox with the
     first row of each of the batch's files instead of the batch (under the same paths, so that the base's files
     are known unread by their size and times, as in a daily run). The inbox is left as the batch's steps need it."""
-    for source in SOURCES:
-        for f in (work / "batch" / source).iterdir():
-            (work / "inbox" / source / f.name).unlink(missing_ok=True)
-            lines = f.read_text().splitlines(keepends=True)
-            keep = 2 if f.suffix == ".csv" else 1  # a CSV's header and first row, a JSON lines file's first line
-            (work / "inbox" / source / f"one-row-{f.name}").write_text("".join(lines[:keep]))
+    for source, f in _batch_files(work):
+        (work / "inbox" / source / f.name).unlink(missing_ok=True)
+        lines = f.read_text().splitlines(keepends=True)
+        keep = 2 if f.suffix == ".csv" else 1  # a CSV's header and first row, a JSON lines file's first line
+        (work / "inbox" / source / f"one-row-{f.name}").write_text("".join(lines[:keep]))
     _copy_store(work / "base-copy", work / "one-row")
     try:
         return run("one_row", work / "one-row")
     finally:
         shutil.rmtree(work / "one-row", ignore_errors=True)
-        for source in SOURCES:
-            for f in (work / "batch" / source).iterdir():
-                (work / "inbox" / source / f"one-row-{f.name}").unlink()
-                shutil.copyfile(f, work / "inbox" / source / f.name)
+        for source, f in _batch_files(work):
+            (work / "inbox" / source / f"one-row-{f.name}").unlink()
+            shutil.copyfile(f, work / "inbox" / source / f.name)
+
+
+def _batch_files(work: Path) -> list[tuple[str, Path]]:
+    """(source, file) of every file of the batch held back in ``work/batch``."""
+    return [(source, f) for source in SOURCES for f in sorted((work / "batch" / source).iterdir())]
 
 
 def _keep_base(work: Path) -> None:
@@ -222,9 +224,8 @@ def _keep_base(work: Path) -> None:
 
 def _fresh_base(work: Path) -> None:
     """No store and no Dagster home, and the inbox without the batch's files: as before the first base run."""
-    for source in SOURCES:
-        for f in (work / "batch" / source).iterdir():
-            (work / "inbox" / source / f.name).unlink(missing_ok=True)
+    for source, f in _batch_files(work):
+        (work / "inbox" / source / f.name).unlink(missing_ok=True)
     for stale in work.glob("cdp.duckdb*"):
         stale.unlink()
     shutil.rmtree(work / "home", ignore_errors=True)
