@@ -170,7 +170,9 @@ def to_markdown(result: dict[str, Any], host: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inbox", type=Path, default=WORK / "1000000" / "inbox")
+    parser.add_argument(
+        "--inbox", type=Path, default=WORK / "1000000" / "inbox", help="an inbox (default: the 1M one bench.run made)"
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: run here, print JSON
     args = parser.parse_args()
     if args.one:
