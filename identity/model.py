@@ -383,6 +383,7 @@ class _SessionInBackground:
                 scratch = _scratch(spill, threads, memory_limit)
                 declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)  # names and types of DESCRIBE
                 scratch.execute(f"CREATE TABLE person_units ({declared})")
+                install_macros(scratch)  # the veto reads them (cdp_disagree): 12 ms off the caller's thread
                 self._result = _duckdb_session(scratch, settings, validate=False, n_units=0)  # rows: load()
             except BaseException as exc:  # raised again by load() in the caller's thread
                 self._result = exc
@@ -720,6 +721,33 @@ def crowded_blocks(
     return {(int(k), int(v)) for k, v in con.execute(" UNION ALL ".join(queries)).fetchall()}
 
 
+def _largest_blocks(con: duckdb.DuckDBPyConnection, units: str, rules: tuple[str, ...]) -> dict[tuple[int, int], int]:
+    """The most units one block of table ``units`` holds, by rule index and side (:class:`BlockKey`): both
+    sides of an asymmetric rule, side 0 of a symmetric one."""
+    queries = [
+        f"""SELECT {k}, {side}, max(n) FROM (SELECT {key.sql(side, "b")}, count(*) AS n FROM {units} b
+                                              WHERE {key.present(side, "b")} GROUP BY ALL)"""
+        for k, key in enumerate(block_keys(rules))
+        if key is not None
+        for side in ((0,) if key.symmetric else (0, 1))
+    ]
+    return {(int(k), int(side)): int(n or 0) for k, side, n in con.execute(" UNION ALL ".join(queries)).fetchall()}
+
+
+def _crowd_free(largest: dict[tuple[int, int], int], rules: tuple[str, ...], limit: int, margin: int) -> bool:
+    """Whether no block can be crowded (:func:`crowded_blocks`) when any may hold up to ``margin`` units more than
+    the ``largest`` (:func:`_largest_blocks`) say."""
+    for k, key in enumerate(block_keys(rules)):
+        if key is None:
+            continue
+        left = largest[(k, 0)] + margin
+        if key.symmetric and left > limit:
+            return False
+        if not key.symmetric and left * (largest[(k, 1)] + margin) > limit * (limit - 1) // 2:
+            return False
+    return True
+
+
 def mark_crowds(
     con: duckdb.DuckDBPyConnection, units: str, into: str, limit: int, rules: tuple[str, ...] | None = None
 ) -> set[tuple[int, int]]:
@@ -853,9 +881,16 @@ def _changed_units_frame(con: duckdb.DuckDBPyConnection, person_units: str, bloc
                                                              SELECT unit_id FROM _changed_person)
                  UNION ALL SELECT *, true AS _changed FROM _changed_before)"""
     rules = tuple(PREDICTION_BLOCKING)  # the prior is not measured again: its rules' crowds do not matter
-    crowded = crowded_blocks(con, "_frame_now", block_limit, rules)
-    if crowded != crowded_blocks(con, before, block_limit, rules):
-        raise CrowdsChanged("a block crossed the crowd limit")
+    # Blocks far from the limit (all of them, usually) are not counted one by one: when the largest would be no
+    # crowd even with every changed unit's previous version added to it, no block is crowded now or was before
+    # (one query over the frame instead of two; the crowd check took 16 against 47 ms on the 1M bench's batch).
+    margin = _count_rows(con, "_changed_before")
+    if _crowd_free(_largest_blocks(con, "_frame_now", rules), rules, block_limit, margin):
+        crowded: set[tuple[int, int]] = set()
+    else:
+        crowded = crowded_blocks(con, "_frame_now", block_limit, rules)
+        if crowded != crowded_blocks(con, before, block_limit, rules):
+            raise CrowdsChanged("a block crossed the crowd limit")
     # The units with their crowd bits (mark_crowds), read straight into the frame.
     frame = con.sql(f"SELECT u.*, {crowd_bits(crowded, rules)} FROM _frame_now u ORDER BY unit_id").to_arrow_table()
     for temp in ("_frame_now", "_block_probe", "_changed_before"):
@@ -931,7 +966,6 @@ def predict_changed_pairs(
             blocking_rules_to_generate_predictions=changed_rules,
             threshold_match_weight=threshold_weight,
         )
-        install_macros(session.con)
         pairs_sql = f"(SELECT unit_id_l, unit_id_r, match_weight FROM {scored.physical_name})"
         session.con.execute(f"CREATE TABLE scored_pairs AS {_vetoed_pairs_sql(pairs_sql)}")
         pairs = session.con.sql(

@@ -171,3 +171,35 @@ def test_training_leaves_out_the_units_of_crowded_blocks(tmp_path: Path, idstage
     assert meta["crowded_blocks"] >= 1
     assert meta["units_in_crowds_left_out"] >= LIMIT * 3
     assert (tmp_path / "model.json").exists()
+
+
+def _frame_after_rename(limit: int) -> None:
+    """Five units named Joseph Smith (Jo, Joe, ...); one of them is now Jos Smyth. The frame of the changed
+    unit, its crowd bits checked against ``limit``."""
+    from identity.model import _changed_units_frame
+
+    con = duckdb.connect()
+    con.execute(
+        """CREATE TABLE _person_units (unit_id VARCHAR, first_name VARCHAR, first_canon VARCHAR,
+           first_cands VARCHAR[], last_name VARCHAR, last_cands VARCHAR[], dob DATE, email_key VARCHAR,
+           email_local VARCHAR, phone_e164 VARCHAR, postcode VARCHAR, address_line1 VARCHAR, user_id VARCHAR,
+           loyalty_id VARCHAR)"""
+    )
+    for i, first in enumerate(("jo", "joe", "joey", "joseph", "jos")):  # one nickname-folded first name
+        con.execute(
+            "INSERT INTO _person_units (unit_id, first_name, first_canon, last_name) VALUES (?, ?, 'joseph', ?)",
+            [f"u{i}", first, "smyth" if i == 4 else "smith"],
+        )
+    con.execute("CREATE TABLE _changed_person AS FROM _person_units WHERE unit_id = 'u4'")
+    con.execute("CREATE TABLE _changed_before AS SELECT * REPLACE ('smith' AS last_name) FROM _changed_person")
+    _changed_units_frame(con, "_person_units", limit)
+
+
+def test_a_block_that_shrinks_below_the_limit_is_found_though_no_block_is_crowded_now() -> None:
+    """Joseph Smith's block held five units before and four now: with a limit of four it was crowded and is not.
+    No block is crowded now, and the largest is at the limit: one unit more before may have been a crowd."""
+    from identity.model import CrowdsChanged
+
+    with pytest.raises(CrowdsChanged):
+        _frame_after_rename(limit=4)
+    _frame_after_rename(limit=5)  # five units before were no crowd either
