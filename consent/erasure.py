@@ -308,6 +308,7 @@ KEPT_TABLES: dict[str, str] = {
     "validated_batches": "batch ids whose rows passed a table's expectations, per table",
     "check_passes": "which asset checks passed on a table as it is now: table and check names",
     "consent_state_basis": "one row: as_of, loose-withdrawal flag and version of the last consent state run",
+    "consent_state_seen_batches": "the ledger's batches (origin and batch id) the consent state has taken in",
     "change_consumers": "which identity run each incremental consumer last took in: asset names and run ids",
     "export_register": "one row per export file: segment, purpose, file, counts; members are in export_members",
     "erased_shared_identifiers": "keyed hashes of the emails and phones erased subjects shared with other "

@@ -209,7 +209,13 @@ QUALIFY row_number() OVER (
 
 # What an incremental update needs to know about the last computation:
 #   consent_state_basis  one row: the as_of it used, whether loose withdrawals applied, and BASIS_VERSION;
-#   consent_state_seen   the ids of the ledger events it had seen (applied, or dated after its as_of);
+#   consent_state_seen_batches  the batches (origin, batch_id) of the ledger events it had seen (applied, or
+#                        dated after its as_of): a sync appends each batch's events at once, in one statement
+#                        (consent.ledger), so an event of a batch seen was seen. New events are found by their
+#                        batch: a pass over two columns of few values, where matching every event's id against
+#                        the ids seen took 24 ms on the 1M bench's batch (62 ms in a process's first pass);
+#   consent_state_seen   the ids of the events it had seen that came without a batch (rows staged by hand,
+#                        compared on every sync): usually none;
 #   consent_state_keys   (customer_id, kind, value, bucket): every identifier value each customer's records
 #                        carry (:func:`_ids_sql`: personal data, erased with the customer), and its 24-bit hash
 #                        bucket. An update reads the carriers of the values its events name, and the values of
@@ -221,11 +227,16 @@ QUALIFY row_number() OVER (
 #                        only recomputes a few customers more than needed: exactness comes from the values.
 BASIS_DDL = [
     "CREATE TABLE IF NOT EXISTS consent_state_basis (as_of TIMESTAMP, loose BOOLEAN, version VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS consent_state_seen_batches (origin VARCHAR, batch_id VARCHAR)",
     f"CREATE TABLE IF NOT EXISTS consent_state_seen (event_id VARCHAR {UNCOMPRESSED})",
     f"""CREATE TABLE IF NOT EXISTS consent_state_keys (
         customer_id VARCHAR {UNCOMPRESSED}, kind VARCHAR, "value" VARCHAR {UNCOMPRESSED}, bucket INTEGER)""",
 ]
 _BUCKET = "(hash(kind, value) & 16777215)::INTEGER"
+#: SQL over ``consent_events``: the event is not among those the last computation saw (``consent_state_seen_batches``
+#: and ``consent_state_seen``).
+_UNSEEN = """CASE WHEN batch_id IS NULL THEN event_id NOT IN (SELECT event_id FROM consent_state_seen)
+                 ELSE (origin, batch_id) NOT IN (SELECT (origin, batch_id) FROM consent_state_seen_batches) END"""
 #: DuckDB's hash() may change between versions: the stored buckets are only trusted under the same one. The
 #: code of the rules (this module's and the ledger's) is part of it too, so that an edit to them makes the next
 #: computation full even when nobody bumps the version.
@@ -340,7 +351,7 @@ def events_due(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> i
         con.execute(
             f"""SELECT count(*) FROM consent_events
                WHERE {in_force()} <= $now AND ({in_force()} > (SELECT as_of FROM consent_state_basis)
-                                             OR event_id NOT IN (SELECT event_id FROM consent_state_seen))""",
+                                             OR {_UNSEEN})""",
             {"now": now or datetime.now(UTC).replace(tzinfo=None)},
         ).fetchall()[0][0]
     )
@@ -418,13 +429,23 @@ def _store_values(con: duckdb.DuckDBPyConnection, ids: str) -> None:
     )
 
 
+def _see(con: duckdb.DuckDBPyConnection, events: str) -> None:
+    """Record the ledger events of table ``events`` (``event_id``, ``origin``, ``batch_id``) as seen: their
+    batches, and the ids of those without one."""
+    con.execute(
+        f"""INSERT INTO consent_state_seen_batches
+            SELECT DISTINCT origin, batch_id FROM {events} WHERE batch_id IS NOT NULL"""
+    )
+    con.execute(f"INSERT INTO consent_state_seen SELECT event_id FROM {events} WHERE batch_id IS NULL")
+
+
 def _rebuild(con: duckdb.DuckDBPyConnection, params: dict[str, datetime], loose: bool) -> dict[str, int]:
     """Every customer's state from the whole ledger; the basis tables anew. In the caller's transaction."""
-    for table in ("consent_state", "consent_state_seen", "consent_state_keys"):
+    for table in ("consent_state", "consent_state_seen_batches", "consent_state_seen", "consent_state_keys"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     for ddl in (STATE_DDL, *BASIS_DDL):
         con.execute(ddl)
-    con.execute("INSERT INTO consent_state_seen SELECT event_id FROM consent_events")
+    _see(con, "consent_events")
     if not (table_exists(con, "stg_records") and table_exists(con, "customer_source_records")):
         return {"reached": 0, "ambiguous": 0, "linked": 0}
     con.execute(f"CREATE OR REPLACE TEMP TABLE _consent_ids AS {_ids_sql(loose)}")
@@ -450,9 +471,7 @@ def _update(
             SELECT DISTINCT customer_id FROM {customers} WHERE customer_id IS NOT NULL"""
     )
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE _cs_new AS
-           SELECT event_id FROM consent_events
-           WHERE event_id NOT IN (SELECT event_id FROM consent_state_seen)"""
+        f"CREATE OR REPLACE TEMP TABLE _cs_new AS SELECT event_id, origin, batch_id FROM consent_events WHERE {_UNSEEN}"
     )
     # No changed customer, no new event, none come into (or out of) force since the last as_of: nothing to do.
     quiet = f"""SELECT NOT EXISTS (FROM _cs_changed) AND NOT EXISTS (FROM _cs_new) AND NOT EXISTS (
@@ -586,5 +605,5 @@ def _update(
            WHERE NOT EXISTS (SELECT 1 FROM consent_state s
                              WHERE s.customer_id = n.customer_id AND s.purpose = n.purpose)"""
     )
-    con.execute("INSERT INTO consent_state_seen SELECT event_id FROM _cs_new")
+    _see(con, "_cs_new")
     return {"customers": int(con.execute("SELECT count(*) FROM _cs_affected").fetchall()[0][0])}

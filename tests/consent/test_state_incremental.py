@@ -108,6 +108,23 @@ def test_new_withdrawal_through_a_shared_phone_recomputes_the_customers_it_reach
     assert_equals_full_rebuild(con)
 
 
+def test_a_batch_synced_after_the_last_computation_is_new_whole_and_then_seen(con, w):
+    # The state knows which ledger events it took in by their batch (a sync appends a batch's events at once):
+    # the events of a batch it has not seen reach whom they name; the next update takes none of them as new.
+    w.add_consent(con, "k81", w.at(15), "email_marketing", "withdrawn", phone_e164=w.HOUSEHOLD,
+                  batch_id="b81", row_number=1)  # fmt: skip
+    w.add_consent(con, "k82", w.at(15), "sms_marketing", "withdrawn", email="alee@mailbox.com",
+                  batch_id="b81", row_number=2)  # fmt: skip
+    update(con, [])
+    assert recomputed_rows(con) == {"cA", "cB", "cC"}
+    assert w.states(con, "email_marketing")["cC"] == "withdrawn" and w.states(con, "sms_marketing")["cA"] == "withdrawn"
+    seen = "SELECT origin, batch_id FROM consent_state_seen_batches WHERE batch_id IS NOT DISTINCT FROM 'b81'"
+    assert con.execute(seen).fetchall() == [("consent", "b81")]
+    later = datetime(2026, 1, 20, 11)
+    assert update(con, [], as_of=later)["customers_recomputed"] == 0
+    assert_equals_full_rebuild(con, as_of=later)
+
+
 def test_fan_out_counts_carriers_that_are_not_recomputed(con, w):
     # cA and cD share a phone; a grant naming only that phone grants nobody. When a new event has cA alone
     # recomputed, the phone's fan-out must still count cD.
