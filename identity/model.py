@@ -909,12 +909,14 @@ def predict_changed_pairs(
     person_units: str = "_person_units",
     before: str | None = None,
     block_limit: int = 2000,
+    now: str | None = None,
 ) -> dict[str, Any]:
     """Score only the pairs that involve a changed unit: temp table ``_new_model_pairs``.
 
     ``person_units`` (a table or view, :func:`person_units_sql`) holds every person unit, changed ones with
     their new attributes, and ``changed`` names a table of unit ids; ``before`` (the same columns) may hold
-    the changed units' previous attributes. Splink's ``predict_within`` scores the changed units and the
+    the changed units' previous attributes, and ``now`` their attributes now (read there rather than in the
+    whole of ``person_units``). Splink's ``predict_within`` scores the changed units and the
     units in their blocks with the same blocking rules (each also asking for a changed unit in the pair),
     model and ``prior`` as a full run, so the pairs are those a full run would find for these units. The
     precision guard applies as in :func:`predict_pairs`; the ambiguity guard is the caller's (it needs every
@@ -927,7 +929,7 @@ def predict_changed_pairs(
         "CREATE OR REPLACE TEMP TABLE _new_model_pairs (unit_id_l VARCHAR, unit_id_r VARCHAR, match_weight DOUBLE)"
     )
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM {person_units} "
+        f"CREATE OR REPLACE TEMP TABLE _changed_person AS SELECT * FROM {now or person_units} "
         f"WHERE unit_id IN (SELECT unit_id FROM {changed})"
     )
     n_changed = _count_rows(con, "_changed_person")

@@ -666,12 +666,15 @@ def _resolve_changed(
         # A view: Splink reads the changed units and their candidates, not all 300k person units.
         con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_now AS {model.person_units_sql('identity_units')}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_before AS {model.person_units_sql('_old_units')}")
+        # The changed units as identity_units now holds them, read in _units (a few thousand rows, not 340k).
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _person_units_changed AS {model.person_units_sql('_units')}")
         try:
             stats.update(
                 model.predict_changed_pairs(
                     con, "_w", model.probability_to_weight(settings.match_threshold), prior, model_path,
                     threads=settings.threads, memory_limit=settings.memory_limit, person_units="_person_units_now",
-                    before="_person_units_before", block_limit=settings.max_units_per_block,
+                    before="_person_units_before", now="_person_units_changed",
+                    block_limit=settings.max_units_per_block,
                 )
             )  # fmt: skip
         except model.CrowdsChanged as exc:
