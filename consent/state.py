@@ -213,7 +213,7 @@ QUALIFY row_number() OVER (
 #                        dated after its as_of): a sync appends each batch's events at once, in one statement
 #                        (consent.ledger), so an event of a batch seen was seen. New events are found by their
 #                        batch: a pass over two columns of few values, where matching every event's id against
-#                        the ids seen took 24 ms on the 1M bench's batch (62 ms in a process's first pass);
+#                        the ids seen took 24 ms on the 1M bench's batch (61 ms in a process's first pass);
 #   consent_state_seen   the ids of the events it had seen that came without a batch (rows staged by hand,
 #                        compared on every sync): usually none;
 #   consent_state_keys   (customer_id, kind, value, bucket): every identifier value each customer's records
