@@ -695,17 +695,24 @@ def guarded_rules(rules: list[str], offset: int = 0) -> list[str]:
     ]
 
 
+def _block_sizes_sql(units: str, key: BlockKey, side: int) -> str:
+    """``(v, n)``: the units of table ``units`` in each block of one rule (block key ``v``), as ``side``."""
+    return f"SELECT {key.sql(side, 'b')} AS v, count(*) AS n FROM {units} b WHERE {key.present(side, 'b')} GROUP BY ALL"
+
+
+def _pairs_limit(limit: int) -> int:
+    """The pairs ``limit`` units make among themselves: more pairs than these make a crowd."""
+    return int(limit) * (int(limit) - 1) // 2
+
+
 def _crowded_blocks_sql(units: str, key: BlockKey, limit: int) -> str:
     """Block keys (``v``) of one rule over table ``units`` whose pairs exceed those of ``limit`` units. A
     symmetric rule pairs the n units of a block with each other; an asymmetric one (forename and surname
     swapped) pairs the units whose left key is v with those whose right key is v."""
-    left, right = (
-        f"SELECT {key.sql(side, 'b')} AS v, count(*) AS n FROM {units} b WHERE {key.present(side, 'b')} GROUP BY ALL"
-        for side in (0, 1)
-    )
+    left, right = (_block_sizes_sql(units, key, side) for side in (0, 1))
     if key.symmetric:
         return f"SELECT v FROM ({left}) WHERE n > {int(limit)}"
-    return f"SELECT v FROM ({left}) a JOIN ({right}) b USING (v) WHERE a.n * b.n > {int(limit) * (int(limit) - 1) // 2}"
+    return f"SELECT v FROM ({left}) a JOIN ({right}) b USING (v) WHERE a.n * b.n > {_pairs_limit(limit)}"
 
 
 def crowded_blocks(
@@ -725,8 +732,7 @@ def _largest_blocks(con: duckdb.DuckDBPyConnection, units: str, rules: tuple[str
     """The most units one block of table ``units`` holds, by rule index and side (:class:`BlockKey`): both
     sides of an asymmetric rule, side 0 of a symmetric one."""
     queries = [
-        f"""SELECT {k}, {side}, max(n) FROM (SELECT {key.sql(side, "b")}, count(*) AS n FROM {units} b
-                                              WHERE {key.present(side, "b")} GROUP BY ALL)"""
+        f"SELECT {k}, {side}, max(n) FROM ({_block_sizes_sql(units, key, side)})"
         for k, key in enumerate(block_keys(rules))
         if key is not None
         for side in ((0,) if key.symmetric else (0, 1))
@@ -743,7 +749,7 @@ def _crowd_free(largest: dict[tuple[int, int], int], rules: tuple[str, ...], lim
         left = largest[(k, 0)] + margin
         if key.symmetric and left > limit:
             return False
-        if not key.symmetric and left * (largest[(k, 1)] + margin) > limit * (limit - 1) // 2:
+        if not key.symmetric and left * (largest[(k, 1)] + margin) > _pairs_limit(limit):
             return False
     return True
 
