@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -249,37 +250,41 @@ def _assign_ids(
         "SELECT c.unit_id, i.customer_id FROM _clusters c JOIN _ids_frame i USING (anchor)"
     )
     con.unregister("_ids_frame")
-    moves = con.execute(
+    # The history in one statement: a previous id that moved to another is merged into it, or split from it when
+    # it lives on; one that neither moved nor lives on is retired (executemany took 0.2 ms a row: 245 merges of
+    # the 1M bench's batch, 50 ms).
+    reasons = con.execute(
         """
-        SELECT DISTINCT p.customer_id AS old_id, a.customer_id AS new_id
-        FROM _prev p JOIN _assignment a USING (unit_id) WHERE p.customer_id <> a.customer_id
-        ORDER BY 1, 2
-        """
-    ).fetchall()
-    still = set(ids.values())
-    history = [(old, new_id, "split" if old in still else "merged") for old, new_id in moves]
-    retired = con.execute(
-        """
-        SELECT DISTINCT customer_id FROM _prev
-        WHERE customer_id NOT IN (SELECT customer_id FROM _assignment)
-          AND unit_id NOT IN (SELECT unit_id FROM _assignment)
-        ORDER BY 1
-        """
-    ).fetchall()
-    moved_away = {old for old, _, _ in history}
-    history += [(old, None, "retired") for (old,) in retired if old not in moved_away]
-    if history:
-        con.executemany(
-            "INSERT INTO customer_id_history VALUES (?, ?, ?, ?, ?)",
-            [(old, new_id, reason, run_id, now) for old, new_id, reason in history],
+        INSERT INTO customer_id_history
+        WITH moves AS (
+            SELECT DISTINCT p.customer_id AS old_id, a.customer_id AS new_id
+            FROM _prev p JOIN _assignment a USING (unit_id) WHERE p.customer_id <> a.customer_id
+        ),
+        retired AS (
+            SELECT DISTINCT customer_id AS old_id, NULL::VARCHAR AS new_id FROM _prev
+            WHERE customer_id NOT IN (SELECT customer_id FROM _assignment)
+              AND unit_id NOT IN (SELECT unit_id FROM _assignment)
+              AND customer_id NOT IN (SELECT old_id FROM moves)
         )
+        SELECT old_id, new_id, reason, $run_id, $now FROM (
+            SELECT old_id, new_id,
+                   CASE WHEN old_id IN (SELECT customer_id FROM _assignment) THEN 'split' ELSE 'merged' END AS reason,
+                   0 AS part
+            FROM moves
+            UNION ALL SELECT old_id, new_id, 'retired', 1 FROM retired
+        ) ORDER BY part, old_id, new_id
+        RETURNING reason
+        """,
+        {"run_id": run_id, "now": now},
+    ).fetchall()
+    counts = Counter(reason for (reason,) in reasons)
     return {
         "customers": len(ids),
         "new_customers": new,
         "kept_customers": len(kept),
-        "merged": sum(1 for h in history if h[2] == "merged"),
-        "split": sum(1 for h in history if h[2] == "split"),
-        "retired": sum(1 for h in history if h[2] == "retired"),
+        "merged": counts["merged"],
+        "split": counts["split"],
+        "retired": counts["retired"],
         "last_sequence": seq,
     }
 

@@ -101,6 +101,17 @@ def test_merge_and_split_are_logged(idcon, stg, world, rec_, idsettings):
     assert (kept, "split") in history
 
 
+def test_a_customer_whose_records_are_gone_is_retired_and_counted(idcon, stg, world, idsettings):
+    stg(world)
+    resolve_identities(idcon, idsettings)
+    lone = assignment(idcon)["web", "e3"]
+    stg([r for r in world if r["source_record_id"] != "e3"])  # its one record is no longer staged
+    stats = resolve_identities(idcon, idsettings)
+    history = idcon.execute("SELECT old_customer_id, new_customer_id, reason FROM customer_id_history").fetchall()
+    assert history == [(lone, None, "retired")]
+    assert (stats["retired"], stats["merged"], stats["split"]) == (1, 0, 0)
+
+
 def test_explain_names_the_identifier_path(idcon, stg, world, idsettings, tmp_path):
     stg(world)
     resolve_identities(idcon, idsettings)
