@@ -108,20 +108,48 @@ def _shard(path: Path) -> tuple[list[tuple[str, str, str]], list[tuple[str]]]:
         con.close()
 
 
-def test_run_shards_are_dagsters_own_with_the_migrations_read_once(tmp_path, monkeypatch):
+def test_run_shards_are_dagsters_own_copied_from_a_template_written_once(tmp_path, monkeypatch):
     dagsters = _instance(tmp_path / "default", monkeypatch, None)
     try:
         expected = _shard(tmp_path / "default" / "history" / "runs" / f"{_run(dagsters)}.db")
     finally:
         dagsters.dispose()
     storage._migrations.cache_clear()
+    runs_dir = tmp_path / "project" / "history" / "runs"
     ours = _instance(tmp_path / "project", monkeypatch, PROJECT_DAGSTER_YAML)
     try:
         runs = [_run(ours), _run(ours)]
-        assert [_shard(tmp_path / "project" / "history" / "runs" / f"{r}.db") for r in runs] == [expected] * 2
-        assert storage._migrations.cache_info().misses == 1  # read for the first run's shard, kept for the next
+        assert [_shard(runs_dir / f"{r}.db") for r in runs] == [expected] * 2
+        assert storage._migrations.cache_info().misses == 1  # read for the template, by the first run only
     finally:
         ours.dispose()
+    # The template outlives the process, out of the way of Dagster's globs of run shards; nothing is left over.
+    assert [p.name for p in (runs_dir / ".templates").iterdir()] == [f"run-shard-{dg.__version__}.db"]
+    assert sorted(p.name for p in runs_dir.iterdir() if p.name.startswith(".")) == [".templates"]
+    storage._migrations.cache_clear()  # the next run's process: the template is there, no migration is read
+    ours = _instance(tmp_path / "project", monkeypatch, PROJECT_DAGSTER_YAML)
+    try:
+        assert _shard(runs_dir / f"{_run(ours)}.db") == expected
+        assert storage._migrations.cache_info().misses == 0
+    finally:
+        ours.dispose()
+
+
+def test_a_shard_that_cannot_be_linked_into_place_is_stamped_where_it_is(tmp_path, monkeypatch):
+    def no_links(*_args: object) -> None:
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(storage.os, "link", no_links)
+    events = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    try:
+        with events._connect("run-a") as conn:
+            conn.exec_driver_sql("SELECT 1")
+    finally:
+        events.dispose()
+    assert _shard(tmp_path / "runs" / "run-a.db") == _shard(
+        tmp_path / "runs" / ".templates" / f"run-shard-{dg.__version__}.db"
+    )
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.suffix == ".tmp"]
 
 
 def test_a_running_runs_events_reach_a_watcher_as_they_are_written(tmp_path):
