@@ -41,7 +41,7 @@ import tempfile
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -173,7 +173,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # guarded by Dagster's own _db_lock
-        self._tables_found: set[str] = set()  # see has_table
+        self._schema_found: set[tuple[str, str]] = set()  # see has_table
         super().__init__(base_dir or default_base_dir(), inst_data=inst_data)
         _LIVE.add(self)
 
@@ -261,11 +261,27 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         bench's incremental run is about 40 ms shorter without them. A table found stays (migrations add
         tables, none drops one; :meth:`wipe` deletes the files and forgets them); a table not found is looked
         for again, since ``dagster instance migrate`` in another process may add it."""
-        if table_name in self._tables_found:
+        return self._found("table", table_name, super().has_table)
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        """As Dagster's (whether the index shard's ``asset_keys`` table has the column), remembering a column once
+        found, as :meth:`has_table` does: Dagster reads the table's schema three times for each asset record it
+        reads (19 reads a run of the 1M bench: 53 ms, a third of it these lookups and the next)."""
+        return self._found("asset_keys column", column_name, super().has_asset_key_col)
+
+    def has_secondary_index(self, name: str) -> bool:
+        """As Dagster's (whether a data migration of the index shard has completed), remembering one once found,
+        as :meth:`has_table` does: Dagster asks twice for each asset record it reads, and a completed migration
+        stays completed (none is undone; :meth:`wipe` forgets them)."""
+        return self._found("secondary index", name, super().has_secondary_index)
+
+    def _found(self, kind: str, name: str, look: Callable[[str], bool]) -> bool:
+        """Whether the index shard has the ``kind`` called ``name``, asking ``look`` until it has."""
+        if (kind, name) in self._schema_found:
             return True
-        found = super().has_table(table_name)
+        found = look(name)
         if found:
-            self._tables_found.add(table_name)
+            self._schema_found.add((kind, name))
         return found
 
     def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
@@ -292,7 +308,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def wipe(self) -> None:
         self._dispose_engines()  # the run shards' files are deleted
-        self._tables_found.clear()
+        self._schema_found.clear()
         super().wipe()
 
     def dispose(self) -> None:

@@ -204,3 +204,34 @@ def test_a_table_found_is_remembered_and_one_missing_is_looked_for_again(tmp_pat
         assert events.has_table("added_later")
     finally:
         events.dispose()
+
+
+def test_asset_key_columns_and_data_migrations_found_are_remembered(tmp_path, monkeypatch):
+    from dagster._core.storage.event_log.migration import ASSET_KEY_INDEX_COLS
+
+    events = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    looked: list[str] = []
+    for method in ("has_asset_key_col", "has_secondary_index"):
+        dagsters = getattr(storage.SqliteEventLogStorage, method)
+        monkeypatch.setattr(
+            storage.SqliteEventLogStorage,
+            method,
+            lambda self, name, dagsters=dagsters: looked.append(name) or dagsters(self, name),
+        )
+    try:
+        for _ in range(2):
+            assert events.has_asset_key_col("cached_status_data") and events.has_secondary_index(ASSET_KEY_INDEX_COLS)
+            assert not events.has_asset_key_col("added_later") and not events.has_secondary_index("done_later")
+        assert looked == ["cached_status_data", ASSET_KEY_INDEX_COLS, "added_later", "done_later"] + [
+            "added_later",
+            "done_later",
+        ]  # found: read once; missing: read again
+        with sqlite3.connect(tmp_path / "runs" / "index.db") as db:  # a migration in another process
+            db.execute("ALTER TABLE asset_keys ADD COLUMN added_later TEXT")
+            db.execute("INSERT INTO secondary_indexes (name, migration_completed) VALUES ('done_later', '2026-01-01')")
+        assert events.has_asset_key_col("added_later") and events.has_secondary_index("done_later")
+        events.wipe()  # a wiped store is read anew
+        looked.clear()
+        assert events.has_asset_key_col("cached_status_data") and looked == ["cached_status_data"]
+    finally:
+        events.dispose()
