@@ -266,8 +266,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def has_asset_key_col(self, column_name: str) -> bool:
         """As Dagster's (whether the index shard's ``asset_keys`` table has the column), remembering a column once
         found, as :meth:`has_table` does: Dagster reads the table's schema three times for each asset record it
-        reads (19 reads a run of the 1M bench: 53 ms, a third of it these lookups and the next)."""
+        reads (19 reads a run of the 1M bench: 53 ms, a third of it these lookups and the next), and once for
+        each asset event it stores (:meth:`_has_asset_key_col_on_connection`)."""
         return self._found("asset_keys column", column_name, super().has_asset_key_col)
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        dagsters = super()._has_asset_key_col_on_connection
+        return self._found("asset_keys column", column_name, lambda name: dagsters(conn, name))
 
     def has_secondary_index(self, name: str) -> bool:
         """As Dagster's (whether a data migration of the index shard has completed), remembering one once found,

@@ -233,5 +233,17 @@ def test_asset_key_columns_and_data_migrations_found_are_remembered(tmp_path, mo
         events.wipe()  # a wiped store is read anew
         looked.clear()
         assert events.has_asset_key_col("cached_status_data") and looked == ["cached_status_data"]
+        # Storing an asset event asks on the connection it writes with: the answer found is used there too.
+        reflected: list[str] = []
+        on_connection = storage.SqliteEventLogStorage._has_asset_key_col_on_connection
+        monkeypatch.setattr(
+            storage.SqliteEventLogStorage,
+            "_has_asset_key_col_on_connection",
+            lambda self, conn, name: reflected.append(name) or on_connection(self, conn, name),
+        )
+        with events.index_connection() as conn:
+            for column in ("cached_status_data", "last_materialization_timestamp", "last_materialization_timestamp"):
+                assert events._has_asset_key_col_on_connection(conn, column)
+        assert reflected == ["last_materialization_timestamp"]
     finally:
         events.dispose()
