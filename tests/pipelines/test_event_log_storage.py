@@ -22,6 +22,11 @@ def numbers_positive() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True)
 
 
+@dg.asset
+def noted(context: dg.AssetExecutionContext) -> None:
+    context.log.info("a line of the step's own")
+
+
 def _instance(home: Path, monkeypatch: pytest.MonkeyPatch, yaml: Path | None) -> dg.DagsterInstance:
     home.mkdir(exist_ok=True)
     if yaml is not None:
@@ -247,3 +252,35 @@ def test_asset_key_columns_and_data_migrations_found_are_remembered(tmp_path, mo
         assert reflected == ["last_materialization_timestamp"]
     finally:
         events.dispose()
+
+
+def _rows(shard: Path) -> list[tuple[object, ...]]:
+    """A run shard's event rows as stored, without what differs from run to run (ids, times, the run's id)."""
+    con = sqlite3.connect(shard)
+    try:
+        return sorted(
+            con.execute(
+                """SELECT dagster_event_type, step_key, asset_key, partition, typeof(timestamp), length(timestamp),
+                          typeof(event), json_extract(event, '$.__class__')
+                   FROM event_logs"""
+            ).fetchall(),
+            key=str,
+        )
+    finally:
+        con.close()
+
+
+def test_events_of_steps_and_logs_are_stored_as_dagsters_own_are(tmp_path, monkeypatch):
+    """Step and log events go through one compiled INSERT (PooledSqliteEventLogStorage.store_event): the rows are
+    those Dagster's storage writes for the same job, and read back the same."""
+    shards = []
+    for home, yaml in (("default", None), ("project", PROJECT_DAGSTER_YAML)):
+        instance = _instance(tmp_path / home, monkeypatch, yaml)
+        try:
+            result = dg.materialize([numbers, numbers_positive, noted], instance=instance)
+            kinds = {e.dagster_event_type for e in instance.all_logs(result.run_id)}
+            assert {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_OUTPUT, None} <= kinds  # None: a log line
+        finally:
+            instance.dispose()
+        shards.append(_rows(tmp_path / home / "history" / "runs" / f"{result.run_id}.db"))
+    assert shards[0] == shards[1]
