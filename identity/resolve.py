@@ -289,11 +289,16 @@ def _assign_ids(
     }
 
 
-def _customer_sizes_sql(customers: str | None = None) -> str:
-    """Per customer (of the temp table ``customers``, or all): units, CRM contacts and online accounts."""
-    only = f"WHERE customer_id IN (SELECT customer_id FROM {customers})" if customers else ""
+def _customer_sizes_sql(assignment: str | None = None) -> str:
+    """Per customer: units, CRM contacts and online accounts. Of every customer in ``customer_source_records``,
+    or of those in the temp table ``assignment`` (``unit_id``, ``customer_id``), which holds all their units."""
+    units = (
+        f"SELECT DISTINCT a.customer_id, a.unit_id, u.source FROM {assignment} a JOIN identity_units u USING (unit_id)"
+        if assignment
+        else "SELECT DISTINCT customer_id, unit_id, source FROM customer_source_records"
+    )
     return f"""
-        WITH cu AS (SELECT DISTINCT customer_id, unit_id, source FROM customer_source_records {only}),
+        WITH cu AS ({units}),
         per AS (
             SELECT customer_id, count(*) AS units, count(*) FILTER (WHERE source = 'crm') AS crm_contacts
             FROM cu GROUP BY 1
@@ -307,14 +312,18 @@ def _customer_sizes_sql(customers: str | None = None) -> str:
         """
 
 
-def _store_customer_sizes(con: duckdb.DuckDBPyConnection, changed: str | None) -> None:
-    """``identity_customer_sizes``: every customer's size, rebuilt by a full run and, by an incremental one,
-    rewritten for the customers of the temp table ``changed`` only (the ids they had and have now)."""
-    if changed is None:
+def _store_customer_sizes(con: duckdb.DuckDBPyConnection, gone: str | None = None, assignment: str = "") -> None:
+    """``identity_customer_sizes``: every customer's size, rebuilt by a full run. An incremental one rewrites the
+    rows of the customers it re-resolved: the ids in the temp table ``gone`` lose theirs, and those of
+    ``assignment`` (``unit_id``, ``customer_id`` of all their units) get theirs anew."""
+    if gone is None:
         create_table_as(con, "identity_customer_sizes", _customer_sizes_sql(), uncompressed=("customer_id",))
         return
-    con.execute(f"DELETE FROM identity_customer_sizes WHERE customer_id IN (SELECT customer_id FROM {changed})")
-    con.execute(f"INSERT INTO identity_customer_sizes {_customer_sizes_sql(changed)}")
+    con.execute(
+        f"""DELETE FROM identity_customer_sizes
+            WHERE customer_id IN (SELECT customer_id FROM {gone} UNION SELECT customer_id FROM {assignment})"""
+    )
+    con.execute(f"INSERT INTO identity_customer_sizes {_customer_sizes_sql(assignment)}")
 
 
 def _outliers(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -468,7 +477,7 @@ def resolve_identities(
         )
         _insert_edges(con, run_id)
         _store_state(con)
-        _store_customer_sizes(con, None)
+        _store_customer_sizes(con)
         changes.record_changes(con, run_id, None)
         stats.update(ids)
         _finish(con, settings, fingerprint, run_id, started_at, started, stats, timings, "full", reason)
@@ -840,7 +849,14 @@ def _resolve_changed(
             "OR unit_id_r IN (SELECT unit_id FROM _scope)"
         )
         _insert_edges(con, run_id)
-        _store_customer_sizes(con, "_changed_ids")
+        # Sizes change only in the region: a changed unit outside it kept its attributes and keys (else it would be
+        # in W, whose components the region holds whole), and its customer its units. The region's customers are
+        # whole there, so their units are read from the assignment, not from all the record links.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _region_customers_before AS "
+            "SELECT customer_id FROM _touched_links WHERE unit_id IN (SELECT unit_id FROM _scope)"
+        )
+        _store_customer_sizes(con, "_region_customers_before", "_assignment")
         stats["changed_customers"] = changes.record_changes(con, run_id, "SELECT customer_id FROM _changed_ids")
         stats.update(ids)
         timings["write_seconds"] = round(time.perf_counter() - t, 2)
