@@ -72,7 +72,7 @@ from watchdog.observers import Observer
 #: The insert of one event log row, compiled once (see PooledSqliteEventLogStorage.store_event).
 _INSERT_EVENT = SqlEventLogStorageTable.insert()
 #: Event types whose rows Dagster also mirrors in the index shard or the run storage.
-RUN_STATUS_EVENTS = frozenset(EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
+_RUN_STATUS_EVENTS = frozenset(EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
 
 #: Engines kept at once: the index shard, the run being written, and a few runs the UI is reading.
 MAX_ENGINES = 8
@@ -270,7 +270,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         with the row as parameters. Dagster's builds a new statement holding the row for each event, which
         SQLAlchemy then keys and looks up in its cache: 0.6 ms an event, against 0.4 ms."""
         dagster_type = event.dagster_event_type if event.is_dagster_event else None
-        if dagster_type in ASSET_EVENTS or dagster_type in ASSET_CHECK_EVENTS or dagster_type in RUN_STATUS_EVENTS:
+        if dagster_type in ASSET_EVENTS or dagster_type in ASSET_CHECK_EVENTS or dagster_type in _RUN_STATUS_EVENTS:
             super().store_event(event)
             return
         with self.run_connection(event.run_id) as conn:
