@@ -121,6 +121,14 @@ _CONCURRENT_INIT = re.compile(
 )
 
 
+def _create_run_shard_schema(engine: Engine, connection: Connection) -> None:
+    """Dagster's event log schema in the empty shard of ``engine``, stamped (on ``connection``) with the head
+    revision of its migrations: a new run shard, or the template new ones are copied from."""
+    SqlEventLogStorageMetadata.create_all(engine)
+    MigrationContext.configure(connection).stamp(_migrations(), "head")
+    connection.commit()
+
+
 def _write_template(path: str) -> None:
     """An empty run shard at ``path``: Dagster's schema, stamped with the head revision of its migrations."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -129,10 +137,8 @@ def _write_template(path: str) -> None:
     try:
         engine = create_engine(f"sqlite:///{staging}")
         try:
-            SqlEventLogStorageMetadata.create_all(engine)
             with engine.connect() as connection:
-                MigrationContext.configure(connection).stamp(_migrations(), "head")
-                connection.commit()
+                _create_run_shard_schema(engine, connection)
         finally:
             engine.dispose()
         os.replace(staging, path)  # whole or not at all, for every process
@@ -222,10 +228,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             try:
                 with engine.connect() as connection:
                     if MigrationContext.configure(connection).get_current_revision() is None:
-                        SqlEventLogStorageMetadata.create_all(engine)
                         connection.execute(text("PRAGMA journal_mode=WAL;"))
-                        MigrationContext.configure(connection).stamp(_migrations(), "head")
-                        connection.commit()
+                        _create_run_shard_schema(engine, connection)
                 return
             except (exc.DatabaseError, sqlite3.DatabaseError) as error:
                 if not retries_left or not _CONCURRENT_INIT.search(str(error)):
