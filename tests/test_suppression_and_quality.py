@@ -140,3 +140,36 @@ def test_expectation_types_are_derived_once_per_class(staged):
     assert after.misses - before.misses <= len(SUITES["stg_records"])  # a new class at most once
     name = "ExpectColumnValuesToMatchRegex"
     assert derive(name) == util.camel_to_snake(name) == "expect_column_values_to_match_regex"
+
+
+def test_expectation_configurations_are_built_once_a_validation_with_the_same_results(staged, monkeypatch):
+    """Great Expectations builds an expectation's configuration anew at every read (about 75 times a validation):
+    cdp.quality builds it once per expectation within a validation, and only there. The results, passing and
+    failing, are those of Great Expectations' own property."""
+    from great_expectations.expectations import expectation
+
+    from cdp import quality
+
+    built: list[int] = []
+    original = quality._build_configuration
+
+    def counting(exp):  # type: ignore[no-untyped-def]
+        built.append(id(exp))
+        return original(exp)
+
+    monkeypatch.setattr(quality, "_build_configuration", counting)
+    staged.execute("INSERT INTO stg_records VALUES ('crm', 'C1', 'crm:C1', 'Not An Email', '07700 900123', 'sw1a 1aa')")
+    remembered = validate_table(staged, "stg_records")
+    # Once per expectation object (Great Expectations makes copies as it goes), however often it is read.
+    assert built and len(built) == len(set(built))
+    assert quality._configurations is None
+    # Outside a validation, every read builds it, as Great Expectations does.
+    built.clear()
+    import great_expectations.expectations as gxe
+
+    probe = gxe.ExpectColumnValuesToNotBeNull(column="unit_id")
+    assert probe.configuration == probe.configuration and len(built) == 2
+    monkeypatch.setattr(expectation.Expectation, "configuration", property(original))
+    own = validate_table(staged, "stg_records")
+    assert (remembered.success, remembered.failures, remembered.evaluated) == (own.success, own.failures, own.evaluated)
+    assert not remembered.success and len(remembered.failures) == 4  # email, phone, postcode, the pair
