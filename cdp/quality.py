@@ -51,7 +51,7 @@ logging.getLogger("great_expectations").setLevel(logging.ERROR)
 #: Within one of :func:`validate_table`'s validations, each expectation's configuration is built once and then
 #: read from here: Great Expectations builds it anew at every read (a pydantic ``dict()`` of the expectation, then
 #: an ``ExpectationConfiguration``), about 75 times an expectation, and that was a fifth of a small batch's
-#: validations (the seven of the 1M bench's 1% batch: 95-99 against 112-125 ms). The suites' expectations are
+#: validations (the seven of the 1M bench's 1% batch: 93-99 against 112-125 ms). The suites' expectations are
 #: made for the validation and nothing changes them during it. Outside a validation (None), every read builds
 #: the configuration as Great Expectations does. Keyed by ``id``, with the expectation kept alive until the
 #: validation ends, so that an id is not reused meanwhile.
@@ -207,6 +207,7 @@ def validate_table(
 ) -> SuiteResult:
     """Validate ``table`` (only its rows of ``batches`` when given) against its suite with Great
     Expectations; returns counts only."""
+    global _configurations
     expectations = suite if suite is not None else SUITES[table]
     columns = sorted({c for e in expectations for c in e.columns})
     # A column some expectation reads through its own SQL is selected that way (its other expectations,
@@ -223,7 +224,6 @@ def validate_table(
         ],
     )
     failures = []
-    global _configurations
     with _GX_LOCK:
         batch_def = _batch_definition(table)
         batch = batch_def.get_batch(batch_parameters={"dataframe": df})

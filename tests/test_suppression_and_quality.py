@@ -146,6 +146,7 @@ def test_expectation_configurations_are_built_once_a_validation_with_the_same_re
     """Great Expectations builds an expectation's configuration anew at every read (about 75 times a validation):
     cdp.quality builds it once per expectation within a validation, and only there. The results, passing and
     failing, are those of Great Expectations' own property."""
+    import great_expectations.expectations as gxe
     from great_expectations.expectations import expectation
 
     from cdp import quality
@@ -165,8 +166,6 @@ def test_expectation_configurations_are_built_once_a_validation_with_the_same_re
     assert quality._configurations is None
     # Outside a validation, every read builds it, as Great Expectations does.
     built.clear()
-    import great_expectations.expectations as gxe
-
     probe = gxe.ExpectColumnValuesToNotBeNull(column="unit_id")
     assert probe.configuration == probe.configuration and len(built) == 2
     monkeypatch.setattr(expectation.Expectation, "configuration", property(original))
