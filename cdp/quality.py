@@ -63,7 +63,7 @@ def _configuration(expectation: Any) -> Any:
     if _configurations is None:
         return _build_configuration(expectation)
     found = _configurations.get(id(expectation))
-    if found is None or found[0] is not expectation:
+    if found is None:  # (an id in the table is its expectation's: kept alive, it cannot be reused)
         found = _configurations[id(expectation)] = (expectation, _build_configuration(expectation))
     return found[1]
 
