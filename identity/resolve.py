@@ -312,13 +312,15 @@ def _customer_sizes_sql(assignment: str | None = None) -> str:
         """
 
 
-def _store_customer_sizes(con: duckdb.DuckDBPyConnection, gone: str | None = None, assignment: str = "") -> None:
-    """``identity_customer_sizes``: every customer's size, rebuilt by a full run. An incremental one rewrites the
-    rows of the customers it re-resolved: the ids in the temp table ``gone`` lose theirs, and those of
-    ``assignment`` (``unit_id``, ``customer_id`` of all their units) get theirs anew."""
-    if gone is None:
+def _store_customer_sizes(con: duckdb.DuckDBPyConnection, region: tuple[str, str] | None = None) -> None:
+    """``identity_customer_sizes``: every customer's size, rebuilt by a full run. An incremental one passes the
+    ``region`` it re-resolved, two temp tables ``(gone, assignment)``, and rewrites only those rows: the ids in
+    ``gone`` lose theirs, and those of ``assignment`` (``unit_id``, ``customer_id`` of all their units) get
+    theirs anew."""
+    if region is None:
         create_table_as(con, "identity_customer_sizes", _customer_sizes_sql(), uncompressed=("customer_id",))
         return
+    gone, assignment = region
     con.execute(
         f"""DELETE FROM identity_customer_sizes
             WHERE customer_id IN (SELECT customer_id FROM {gone} UNION SELECT customer_id FROM {assignment})"""
@@ -856,7 +858,7 @@ def _resolve_changed(
             "CREATE OR REPLACE TEMP TABLE _region_customers_before AS "
             "SELECT customer_id FROM _touched_links WHERE unit_id IN (SELECT unit_id FROM _scope)"
         )
-        _store_customer_sizes(con, "_region_customers_before", "_assignment")
+        _store_customer_sizes(con, ("_region_customers_before", "_assignment"))
         stats["changed_customers"] = changes.record_changes(con, run_id, "SELECT customer_id FROM _changed_ids")
         stats.update(ids)
         timings["write_seconds"] = round(time.perf_counter() - t, 2)
