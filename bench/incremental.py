@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=3, help="base and batch runs, alternating")
+    parser.add_argument("--repeats", type=int, default=5, help="base and batch runs, alternating")
     parser.add_argument("--dagster-in-memory", action="store_true", help="run on an in-memory Dagster instance")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step, print JSON
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -232,6 +233,11 @@ def _fresh_base(work: Path) -> None:
     os.sync()
 
 
+def pair_shares(bases: list[float], batches: list[float]) -> list[float]:
+    """Each batch's seconds as a share of the base it ran after (the runs alternate: base, batch, base, ...)."""
+    return [batch / base for base, batch in zip(bases, batches, strict=True)]
+
+
 def _median(runs: list[dict]) -> dict:
     """The run of median seconds (the lower middle one of an even number)."""
     return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
@@ -271,11 +277,14 @@ def to_markdown(report: dict) -> str:
         )
     runs_s = report.get("batch_seconds") or [batch["seconds"]]
     bases_s = report.get("base_seconds") or [base["seconds"]]
+    shares = pair_shares(bases_s, runs_s)
     lines += [
         "",
         f"The base and the new batch ran {len(runs_s)} times each, alternating (each base on a fresh store, each "
         f"batch on the store its base left): base {', '.join(f'{s:.2f}' for s in bases_s)} s, batch "
-        f"{', '.join(f'{s:.2f}' for s in runs_s)} s; the table shows the median run of each.",
+        f"{', '.join(f'{s:.2f}' for s in runs_s)} s; the table shows the median run of each. Each batch against "
+        f"the base it ran after: {', '.join(f'{s:.1%}' for s in shares)} (median {statistics.median(shares):.1%}; "
+        f"{sum(s >= 0.1 for s in shares)} of {len(shares)} at 10% or more).",
         "",
         f"What every run costs whatever its batch (the run with nothing new): {again['seconds'] / base['seconds']:.1%} "
         f"of the base's full run; the batch's own work (the batch's run less that): "

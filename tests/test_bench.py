@@ -73,3 +73,20 @@ def test_the_one_row_run_sees_the_first_rows_and_leaves_the_inbox_as_the_batch_l
     after = {str(p.relative_to(work / "inbox")): p.read_text() for p in (work / "inbox").rglob("*.*")}
     assert after["web/new-batch.csv"] == "id\nnew1\nnew2\n" and not any("one-row" in p for p in after)
     assert not (work / "one-row").exists()
+
+
+def test_the_incremental_report_gives_each_batch_as_a_share_of_the_base_it_ran_after() -> None:
+    """Shares of pairs, not of medians taken apart: the second batch is over 10% of its own base."""
+    from bench.incremental import to_markdown
+
+    def run(seconds: float, mode: str) -> dict:
+        identity = {"mode": mode, "seconds": 1.0, "region_units": None if mode == "full" else 10}
+        return {"seconds": seconds, "load_s": 3.0, "identity": identity, "peak_rss_mb": 1, "records": 1, "steps_s": {}}
+
+    report = {
+        "machine": {"cpus": 2, "memory_gb": 1.0, "python": "3"}, "fraction": 0.01, "batch_rows": {"web": 5},
+        "steps": [run(32.0, "full"), run(3.0, "incremental"), run(0.6, "incremental"), run(18.0, "full")],
+        "base_seconds": [34.0, 30.0, 32.0], "batch_seconds": [3.2, 3.1, 2.9],
+    }  # fmt: skip
+    text = to_markdown(report)
+    assert "Each batch against the base it ran after: 9.4%, 10.3%, 9.1% (median 9.4%; 1 of 3 at 10% or more)." in text
