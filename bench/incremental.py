@@ -8,10 +8,10 @@ A world is generated, and the newest rows of every source (``--fraction`` of the
 from its latest file) are held back as the new batch. The base is run through the pipeline; the batch is
 then added and run incrementally; base and batch run ``--repeats`` times, alternating, each base on a fresh
 store and each batch on the store its base left (a run's time varies by the minute on a shared machine; the
-median run of each is reported, with the others); the same inbox is run
-once more, with nothing new in it (what every run costs whatever the batch); the same store is finally
-rebuilt in full (``--full-refresh``) to check that the incremental runs gave the same
-customers. Results go to ``bench/results/incremental.{json,md}``.
+median run of each is reported, with the others and each batch's share of the base it ran after); the same
+inbox is run once more, with nothing new in it (what every run costs whatever the batch); the same store is
+finally rebuilt in full (``--full-refresh``) to check that the incremental runs gave the same customers.
+Results go to ``bench/results/incremental.{json,md}``.
 
 ``--dagster-in-memory`` runs every step on an in-memory Dagster instance (no run history for the UI) to
 show what Dagster's sqlite event log costs; its results go to ``incremental-dagster-in-memory.{json,md}``.
