@@ -284,7 +284,7 @@ def to_markdown(report: dict) -> str:
         f"batch on the store its base left): base {', '.join(f'{s:.2f}' for s in bases_s)} s, batch "
         f"{', '.join(f'{s:.2f}' for s in runs_s)} s; the table shows the median run of each. Each batch against "
         f"the base it ran after: {', '.join(f'{s:.1%}' for s in shares)} (median {statistics.median(shares):.1%}; "
-        f"{sum(s >= 0.1 for s in shares)} of {len(shares)} at 10% or more).",
+        f"{sum(round(s, 3) >= 0.1 for s in shares)} of {len(shares)} at 10.0% or more).",  # as printed
         "",
         f"What every run costs whatever its batch (the run with nothing new): {again['seconds'] / base['seconds']:.1%} "
         f"of the base's full run; the batch's own work (the batch's run less that): "
