@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--fraction", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--repeats", type=int, default=5, help="base and batch runs, alternating")
+    parser.add_argument("--repeats", type=int, default=5, help="base and batch runs, alternating (default %(default)s)")
     parser.add_argument("--dagster-in-memory", action="store_true", help="run on an in-memory Dagster instance")
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step, print JSON
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
