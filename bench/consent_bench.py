@@ -17,6 +17,14 @@ decided it (``consent_events.csv`` of the truth names each event's person):
 - ``unconnectable``: no evidence in the data joins the event's identifier to the exported customer (a
   withdrawal through a phone that no record of that person carries together with anything else).
 
+The other side of the same rules: customers held back as withdrawn although the person behind them last
+granted (``withheld``). Most are the person's own earlier withdrawal, where their later grant reached another
+of their customers or none (a grant applies only through an identifier that names one); the rest were reached
+by another person's withdrawal (``withheld_by_others``), and of those, ``withheld_loose`` through the loose
+email key alone (a withdrawal also reaches the customers whose email differs from its own only in punctuation,
+a ``+tag`` or what follows the domain's first label). Such a customer gets no message they asked for; a leak
+would send one to somebody who said no.
+
 Results go to ``bench/results/consent.{json,md}``.
 """
 
@@ -79,7 +87,7 @@ def measure(customers: int, seed: int) -> dict:
                 "CREATE OR REPLACE TEMP TABLE _exported AS SELECT customer_id FROM read_csv(?, all_varchar = true)",
                 [str(out)],
             )
-            results[purpose] = _leaks(con, purpose, export.row_count)
+            results[purpose] = _leaks(con, purpose, export.row_count) | withheld(con, purpose)
     finally:
         con.close()
     return {"customers": customers, "seed": seed, "pipeline_s": round(pipeline_s, 1), "exports": results}
@@ -167,18 +175,41 @@ def _leaks(con, purpose: str, rows: int) -> dict:  # type: ignore[no-untyped-def
     return {"rows": rows, **dict(zip(names, map(int, kinds), strict=True)), **till}
 
 
+def withheld(con, purpose: str) -> dict:  # type: ignore[no-untyped-def]
+    """``withheld``: customers whose consent state for ``purpose`` is a withdrawal while the person behind them
+    (``_customer_person``) last granted (``_t_consent``); ``withheld_by_others``: those whose deciding event is
+    another person's (``_t_consent_events``); ``withheld_loose``: those of them the loose email key alone reached
+    (the state's ``via``)."""
+    withheld, by_others, loose = con.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE others), count(*) FILTER (WHERE others AND via = 'email_loose')
+        FROM (
+            SELECT s.via, coalesce(e.person_id <> p.person_id, false) AS others
+            FROM consent_state s JOIN _customer_person p USING (customer_id)
+            JOIN _t_consent t ON t.person_id = p.person_id AND t.purpose = s.purpose
+            LEFT JOIN _t_consent_events e ON e.consent_id = regexp_extract(s.event_id, '^consent:([^@]+)', 1)
+            WHERE s.purpose = $purpose AND s.status = 'withdrawn' AND t.status = 'granted'
+        )
+        """,
+        {"purpose": purpose},
+    ).fetchall()[0]
+    return {"withheld": int(withheld), "withheld_by_others": int(by_others), "withheld_loose": int(loose)}
+
+
 def to_markdown(report: dict) -> str:
     lines = [
         f"World: {report['customers']:,} people (seed {report['seed']}); pipeline {report['pipeline_s']} s.",
         "",
         "| export | rows | leaks | consent not applied | identity missed a connectable link | no evidence joins it "
-        "| withdrew at a store by phone, email from the CRM: people | of them exported |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| withdrew at a store by phone, email from the CRM: people | of them exported "
+        "| withheld: the person last granted | by another person's withdrawal | of them by the loose email key alone |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for purpose, r in report["exports"].items():
         lines.append(
             f"| all_customers / {purpose} | {r['rows']:,} | {r['leaks']} | {r['reached']} | {r['connectable']} "
-            f"| {r['unconnectable']} | {r['till_withdrawals']:,} | {r['till_withdrawals_exported']} |"
+            f"| {r['unconnectable']} | {r['till_withdrawals']:,} | {r['till_withdrawals_exported']} "
+            f"| {r['withheld']} | {r['withheld_by_others']} | {r['withheld_loose']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -94,3 +94,49 @@ def test_the_incremental_report_gives_each_batch_as_a_share_of_the_base_it_ran_a
         "Each batch against the base it ran after: 9.4%, 10.3%, 10.0%, 9.1% (median 9.7%; 2 of 4 at 10.0% or more)"
     )
     assert expected in text
+
+
+def test_the_consent_bench_counts_customers_withheld_although_their_person_last_granted() -> None:
+    """Withheld: the state says withdrawn for the purpose, the person's latest event for that purpose is a grant;
+    by others: the deciding event is another person's (a version suffix aside); loose: of those, via the loose key."""
+    import duckdb
+
+    from bench.consent_bench import withheld
+
+    con = duckdb.connect()
+    columns = "customer_id VARCHAR, purpose VARCHAR, status VARCHAR, event_id VARCHAR, via VARCHAR"
+    con.execute(f"CREATE TABLE consent_state ({columns})")
+    con.execute("CREATE TEMP TABLE _customer_person (customer_id VARCHAR, person_id VARCHAR)")
+    con.execute("CREATE TEMP TABLE _t_consent (person_id VARCHAR, purpose VARCHAR, status VARCHAR)")
+    con.execute("CREATE TEMP TABLE _t_consent_events (consent_id VARCHAR, person_id VARCHAR)")
+    e, s = "email_marketing", "sms_marketing"
+    con.executemany(
+        "INSERT INTO consent_state VALUES (?, ?, ?, ?, ?)",
+        [
+            ("c1", e, "withdrawn", "consent:w1", "email_key"),  # granted later, elsewhere: withheld
+            ("c2", e, "withdrawn", "consent:x2@9f", "email_loose"),  # another's withdrawal, loose: all three
+            ("c8", e, "withdrawn", "consent:x8", "anonymous_id"),  # another's withdrawal, a shared cookie
+            ("c9", e, "withdrawn", "consent:w9", "email_loose"),  # the person's own typed withdrawal: withheld
+            ("c3", e, "withdrawn", "consent:w3", "email_loose"),  # the person withdrew: right
+            ("c4", e, "granted", "consent:g4", "email_key"),  # exported
+            ("c5", e, "withdrawn", "consent:w5", "phone_e164"),  # the person granted SMS only: right
+            ("c6", e, "withdrawn", "consent:x6", "anonymous_id"),  # the person never spoke of email: right
+            ("c7", s, "withdrawn", "consent:x7", "phone_e164"),  # another purpose
+        ],
+    )
+    con.executemany("INSERT INTO _customer_person VALUES (?, ?)", [(f"c{i}", f"P{i}") for i in range(1, 10)])
+    con.executemany(
+        "INSERT INTO _t_consent_events VALUES (?, ?)",
+        [("w1", "P1"), ("x2", "P0"), ("x8", "P0"), ("w9", "P9"), ("w3", "P3"), ("w5", "P5"), ("x6", "P0"),
+         ("x7", "P0")],
+    )  # fmt: skip
+    con.executemany(
+        "INSERT INTO _t_consent VALUES (?, ?, ?)",
+        [
+            ("P1", e, "granted"), ("P2", e, "granted"), ("P3", e, "withdrawn"), ("P4", e, "granted"),
+            ("P5", s, "granted"), ("P5", e, "withdrawn"), ("P7", s, "granted"), ("P7", e, "granted"),
+            ("P8", e, "granted"), ("P9", e, "granted"),
+        ],
+    )  # fmt: skip
+    assert withheld(con, e) == {"withheld": 4, "withheld_by_others": 2, "withheld_loose": 1}
+    assert withheld(con, s) == {"withheld": 1, "withheld_by_others": 1, "withheld_loose": 0}
