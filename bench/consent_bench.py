@@ -1,4 +1,4 @@
-"""Consent leak benchmark: does an ``all_customers`` export reach anyone whose latest consent is not a grant?
+"""Consent benchmark: exported customers whose latest consent is not a grant, and customers held back who granted.
 
     python -m bench.consent_bench                     # 20,000-person world
     python -m bench.consent_bench --customers 2000
@@ -180,7 +180,7 @@ def withheld(con, purpose: str) -> dict:  # type: ignore[no-untyped-def]
     (``_customer_person``) last granted (``_t_consent``); ``withheld_by_others``: those whose deciding event is
     another person's (``_t_consent_events``); ``withheld_loose``: those of them the loose email key alone reached
     (the state's ``via``)."""
-    withheld, by_others, loose = con.execute(
+    total, by_others, loose = con.execute(
         """
         SELECT count(*), count(*) FILTER (WHERE others), count(*) FILTER (WHERE others AND via = 'email_loose')
         FROM (
@@ -193,7 +193,7 @@ def withheld(con, purpose: str) -> dict:  # type: ignore[no-untyped-def]
         """,
         {"purpose": purpose},
     ).fetchall()[0]
-    return {"withheld": int(withheld), "withheld_by_others": int(by_others), "withheld_loose": int(loose)}
+    return {"withheld": int(total), "withheld_by_others": int(by_others), "withheld_loose": int(loose)}
 
 
 def to_markdown(report: dict) -> str:
@@ -216,8 +216,8 @@ def to_markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--customers", type=int, default=20_000, help="people in the generated world (default 20,000)")
+    parser.add_argument("--seed", type=int, default=7, help="the world's random seed (default 7)")
     args = parser.parse_args()
     report = measure(args.customers, args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
