@@ -178,8 +178,8 @@ def _leaks(con, purpose: str, rows: int) -> dict:  # type: ignore[no-untyped-def
 def withheld(con, purpose: str) -> dict:  # type: ignore[no-untyped-def]
     """``withheld``: customers whose consent state for ``purpose`` is a withdrawal while the person behind them
     (``_customer_person``) last granted (``_t_consent``); ``withheld_by_others``: those whose deciding event is
-    another person's (``_t_consent_events``); ``withheld_loose``: those of them the loose email key alone reached
-    (the state's ``via``)."""
+    another person's (``_t_consent_events``, by the ledger's ``consent_id``); ``withheld_loose``: those of them
+    the loose email key alone reached (the state's ``via``)."""
     total, by_others, loose = con.execute(
         """
         SELECT count(*), count(*) FILTER (WHERE others), count(*) FILTER (WHERE others AND via = 'email_loose')
@@ -187,7 +187,8 @@ def withheld(con, purpose: str) -> dict:  # type: ignore[no-untyped-def]
             SELECT s.via, coalesce(e.person_id <> p.person_id, false) AS others
             FROM consent_state s JOIN _customer_person p USING (customer_id)
             JOIN _t_consent t ON t.person_id = p.person_id AND t.purpose = s.purpose
-            LEFT JOIN _t_consent_events e ON e.consent_id = regexp_extract(s.event_id, '^consent:([^@]+)', 1)
+            LEFT JOIN consent_events ev USING (event_id)  -- the ledger's row: its source's consent_id
+            LEFT JOIN _t_consent_events e ON e.consent_id = ev.consent_id
             WHERE s.purpose = $purpose AND s.status = 'withdrawn' AND t.status = 'granted'
         )
         """,

@@ -109,6 +109,7 @@ def test_the_consent_bench_counts_customers_withheld_although_their_person_last_
     con.execute("CREATE TEMP TABLE _customer_person (customer_id VARCHAR, person_id VARCHAR)")
     con.execute("CREATE TEMP TABLE _t_consent (person_id VARCHAR, purpose VARCHAR, status VARCHAR)")
     con.execute("CREATE TEMP TABLE _t_consent_events (consent_id VARCHAR, person_id VARCHAR)")
+    con.execute("CREATE TABLE consent_events (event_id VARCHAR, consent_id VARCHAR)")  # the ledger, its ids
     e, s = "email_marketing", "sms_marketing"
     con.executemany(
         "INSERT INTO consent_state VALUES (?, ?, ?, ?, ?)",
@@ -125,6 +126,9 @@ def test_the_consent_bench_counts_customers_withheld_although_their_person_last_
         ],
     )
     con.executemany("INSERT INTO _customer_person VALUES (?, ?)", [(f"c{i}", f"P{i}") for i in range(1, 10)])
+    con.execute(
+        "INSERT INTO consent_events SELECT event_id, regexp_extract(event_id, '^consent:([^@]+)', 1) FROM consent_state"
+    )  # a later version (x2@9f) keeps its source's consent_id
     con.executemany(
         "INSERT INTO _t_consent_events VALUES (?, ?)",
         [("w1", "P1"), ("x2", "P0"), ("x8", "P0"), ("w9", "P9"), ("w3", "P3"), ("w5", "P5"), ("x6", "P0"),
